@@ -1,0 +1,172 @@
+"""Airflow DAGs for lakecast: one DAG per job file in ``conf/jobs/``, id ``lakecast__<job>``.
+
+Parsing stays light: this file reads YAML and builds DAG objects. Ray, torch and MLflow are
+imported inside the tasks, when they run. A job file that does not validate still shows up, as
+a DAG whose only task fails with the file's error, so a typo never hides a job silently and
+never takes the other jobs down with it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from pathlib import Path
+
+from airflow.sdk import Asset, Param, dag, task
+
+from jobs.config import JobConfig, job_files, load_job_file
+from jobs.settings import load_settings
+from jobs.yamlconf import ConfigError
+
+log = logging.getLogger(__name__)
+
+START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+PARAMS = {
+    "date": Param(
+        None, type=["null", "string"], format="date", title="Date to score",
+        description="Partition date YYYY-MM-DD. Empty: the day before the run's date.",
+    ),
+    "model_alias": Param(
+        None, type=["null", "string"], title="Model alias",
+        description="Score with this registry alias instead of the job file's (e.g. challenger).",
+    ),
+    "model_version": Param(
+        None, type=["null", "integer"], minimum=1, title="Model version",
+        description="Score with this fixed model version; wins over any alias.",
+    ),
+    "dry_run": Param(
+        False, type="boolean", title="Dry run",
+        description="Score into staging and check the output, but publish nothing.",
+    ),
+}  # fmt: skip
+
+
+def _doc(job: JobConfig, table_uri: str) -> str:
+    selector = f"version {job.model.version}" if job.model.version else f"alias `{job.model.alias}`"
+    return f"""
+# {job.name}
+
+{job.description}
+
+| | |
+|---|---|
+| input | `{job.input.table}` partition `ds=<date>`, key `{job.input.key}` |
+| model | `{job.model.name}` {selector}, resolved to a version number at run time |
+| output | `{table_uri}/ds=<date>/`, column `{job.output.score_column}` plus lineage |
+| schedule | `{job.schedule}` (UTC); a scheduled run scores the day before its run date |
+| actors | {job.compute.min_actors} to {job.compute.max_actors}, GPUs per actor: {job.compute.gpus_per_actor} |
+
+Trigger one date: `airflow dags trigger {job.dag_id} --conf '{{"date": "YYYY-MM-DD"}}'`.
+Tasks: **check_input** (the partition exists and is readable) → **predict** (Ray Data job,
+logged to MLflow) → **publish** (Asset event with the row count and model version).
+Configured in `conf/jobs/{job.name}.yaml`.
+"""
+
+
+def build_dag(job: JobConfig, lake_root: str):
+    table_uri = f"{lake_root.rstrip('/')}/{job.output.table}"
+    predictions = Asset(
+        name=f"lakecast.{job.name}.predictions",
+        uri=table_uri if "://" in table_uri else f"file://{table_uri}",
+    )
+
+    @dag(
+        dag_id=job.dag_id,
+        schedule=job.schedule,
+        start_date=START,
+        catchup=False,
+        max_active_runs=1,
+        doc_md=_doc(job, table_uri),
+        params=PARAMS,
+        tags=["lakecast", *job.airflow.tags],
+        default_args={
+            "owner": job.airflow.owner,
+            "retries": job.airflow.retries,
+            "retry_delay": dt.timedelta(minutes=job.airflow.retry_delay_minutes),
+        },
+    )
+    def pipeline() -> None:
+        @task
+        def check_input(params: dict | None = None, dag_run=None) -> dict:
+            """Fail fast, before Ray starts, when the partition is missing or unreadable."""
+            from jobs.lake import Lake
+            from jobs.schedule import score_date
+
+            ds = score_date(params.get("date"), dag_run.logical_date or dag_run.run_after)
+            lake = Lake(load_settings().lake_root)
+            files = lake.data_files(job.input.table, ds)
+            rows = sum(lake.count_rows(files))
+            log.info("%s ds=%s: %d files, %d rows", job.input.table, ds, len(files), rows)
+            return {"date": ds.isoformat(), "files": len(files), "rows": rows}
+
+        @task(execution_timeout=dt.timedelta(minutes=job.airflow.timeout_minutes))
+        def predict(checked: dict, params: dict | None = None) -> dict:
+            """Run the Ray Data job for the checked date and return its summary."""
+            from jobs.config import load_job, parse_date
+            from jobs.predict import run_job
+
+            result = run_job(
+                load_job(job.name),  # re-read: the file may have changed since parsing
+                parse_date(checked["date"]),
+                model_alias=params.get("model_alias"),
+                model_version=params.get("model_version"),
+                dry_run=bool(params.get("dry_run")),
+            )
+            return result.as_dict()
+
+        @task(outlets=[predictions])
+        def publish(result: dict, outlet_events=None) -> dict:
+            """Announce the new partition to downstream DAGs scheduled on the predictions Asset."""
+            if not result["committed"]:
+                from airflow.sdk.exceptions import AirflowSkipException
+
+                raise AirflowSkipException("dry run: nothing was published")
+            outlet_events[predictions].extra = {
+                k: result[k] for k in ("date", "rows", "model_name", "model_version", "run_id", "output")
+            }
+            return result
+
+        publish(predict(check_input()))
+
+    return pipeline()
+
+
+def build_broken_dag(path: Path, error: Exception):
+    """Stand-in for a job file that does not validate: visible, documented, and failing."""
+    message = str(error)
+
+    @dag(
+        dag_id="lakecast__" + re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem),
+        schedule=None,
+        start_date=START,
+        catchup=False,
+        tags=["lakecast", "invalid-config"],
+        doc_md=f"# {path.stem}: invalid job file\n\n```\n{message}\n```\n\nFix `{path.name}`; "
+        "`lakecast validate` checks every job file.",
+    )
+    def broken() -> None:
+        @task
+        def invalid_job_file() -> None:
+            raise ConfigError(message)
+
+        invalid_job_file()
+
+    return broken()
+
+
+def _build_all() -> None:
+    lake_root = load_settings().lake_root
+    for path in job_files():
+        try:
+            job = load_job_file(path)
+        except ConfigError as e:
+            log.error("%s", e)
+            broken = build_broken_dag(path, e)
+            globals()[broken.dag_id] = broken
+            continue
+        globals()[job.dag_id] = build_dag(job, lake_root)
+
+
+_build_all()

@@ -1,0 +1,46 @@
+"""The environment under which lakecast runs Airflow commands on the embedded default.
+
+``lakecast demo``, ``lakecast airflow ...`` and the tests all call Airflow through here, so the
+scheduler, the UI and ``airflow dags test`` share one Airflow home and one dags folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from jobs.settings import PROJECT_ROOT, Settings
+
+
+def airflow_env(settings: Settings) -> dict[str, str]:
+    home = settings.airflow_home
+    env = {
+        **os.environ,
+        "LAKECAST_HOME": str(settings.home),
+        "LAKECAST_PROFILE": settings.profile,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+    }
+    if settings.profile == "local":
+        # One user on one machine: the UI needs no login. Production profiles leave this off.
+        env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")
+        env.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home}/airflow.db")
+    return env
+
+
+def airflow_bin() -> str:
+    """The ``airflow`` beside this interpreter (the project's venv), else the one on PATH."""
+    beside = Path(sys.executable).parent / "airflow"
+    return str(beside) if beside.exists() else (shutil.which("airflow") or "airflow")
+
+
+def run_airflow(settings: Settings, args: list[str], *, capture: bool = False) -> subprocess.CompletedProcess:
+    settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    return subprocess.run(
+        [airflow_bin(), *args], env=airflow_env(settings), text=True, capture_output=capture, check=False
+    )

@@ -1,0 +1,187 @@
+"""The ``lakecast`` command line.
+
+Errors a user can fix (a bad job file, a missing partition, an unknown alias) print one
+sentence and exit with status 2; a traceback means a bug in lakecast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging.config
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from jobs.config import job_files, load_job, load_job_file, parse_date
+from jobs.settings import conf_dir, load_settings
+from jobs.yamlconf import ConfigError
+
+log = logging.getLogger("jobs.cli")
+
+
+def _out(text: str = "") -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from jobs.lake import LakeError
+    from jobs.predict import JobError
+    from models.registry import RegistryError
+
+    return ConfigError, LakeError, JobError, RegistryError
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    load_settings()
+    paths = [os.path.abspath(p) for p in args.files] or [str(p) for p in job_files()]
+    failed = 0
+    for path in paths:
+        try:
+            job = load_job_file(Path(path))
+            _out(f"ok      {path} → DAG {job.dag_id}")
+        except ConfigError as e:
+            failed += 1
+            _out(f"invalid {e}")
+    _out(f"{len(paths) - failed} valid, {failed} invalid job file(s) in {conf_dir() / 'jobs'}")
+    return 1 if failed else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from jobs.predict import run_job
+
+    job = load_job(args.job)
+    result = run_job(job, parse_date(args.date), model_alias=args.alias, model_version=args.version,
+                     dry_run=args.dry_run)  # fmt: skip
+    if args.json:
+        _out(json.dumps(result.as_dict(), indent=2))
+    else:
+        verb = "checked (dry run, nothing published)" if args.dry_run else "scored"
+        _out(f"{verb} {result.rows:,} rows of {job.name} {result.ds} in {result.seconds:.1f} s "
+             f"({result.rows_per_s:,.0f} rows/s) with {result.model.uri}")  # fmt: skip
+        _out(f"predictions: {result.output}")
+        _out(f"MLflow run:  {result.run_id}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from jobs.lake import Lake
+
+    job = load_job(args.job)
+    ds = parse_date(args.date)
+    manifest = Lake(load_settings().lake_root).read_manifest(job.output.table, ds)
+    if manifest is None:
+        raise ConfigError(f"no committed predictions for job {job.name!r} on {ds}")
+    _out(json.dumps(manifest, indent=2))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from jobs.airflow_env import airflow_bin
+    from jobs.demo import run_demo
+
+    settings = load_settings()
+    result = run_demo(settings, ds=parse_date(args.date), rows=args.rows, labeled_rows=args.labeled_rows,
+                      retrain=args.retrain)  # fmt: skip
+    s = result.summary
+    home = settings.home
+    _out()
+    _out(f"lakecast demo: scored {int(s['rows']):,} rows for {result.ds} in {s['seconds']:.1f} s "
+         f"({s['rows_per_s']:,.0f} rows/s) with {s['model_uri']}")  # fmt: skip
+    _out(f"  predictions  {s['output']}")
+    _out(f"  MLflow run   {s['run_id']} (experiment lakecast/churn)")
+    _out(f"  state        {home}  (delete it to start over)")
+    _out()
+    _out("Open the UIs on the same state:")
+    _out(f"  Airflow  LAKECAST_HOME={home} .venv/bin/lakecast airflow standalone   → http://localhost:8080")
+    _out(f"  MLflow   LAKECAST_HOME={home} .venv/bin/lakecast mlflow-ui             → http://localhost:5000")
+    _out(f"  (airflow itself: {airflow_bin()})")
+    return 0
+
+
+def cmd_airflow(args: argparse.Namespace) -> int:
+    from jobs.airflow_env import run_airflow
+
+    return run_airflow(load_settings(), args.args).returncode
+
+
+def cmd_mlflow_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    settings = load_settings()
+    mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    cmd = [mlflow_bin, "ui", "--backend-store-uri", settings.mlflow.tracking_uri,
+           "--host", args.host, "--port", str(args.port)]  # fmt: skip
+    return subprocess.run(cmd, check=False).returncode
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lakecast", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    yesterday = (dt.date.today() - dt.timedelta(days=1)).isoformat()
+
+    p = sub.add_parser("demo", help="build the demo lake and models, run the churn DAG once")
+    p.add_argument("--rows", type=int, default=200_000, help="raw rows to score (default 200,000)")
+    p.add_argument("--labeled-rows", type=int, default=50_000, help="labeled rows per day (default 50,000)")
+    p.add_argument("--date", default=yesterday, help="partition date YYYY-MM-DD (default: yesterday)")
+    p.add_argument("--retrain", action="store_true", help="train and register new model versions")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("run", help="run a job's Ray Data prediction for one date")
+    p.add_argument("job", help="job name: conf/jobs/<job>.yaml")
+    p.add_argument("--date", required=True, help="partition date YYYY-MM-DD")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--alias", help="model alias to use instead of the job file's")
+    group.add_argument("--version", type=int, help="fixed model version to use")
+    p.add_argument("--dry-run", action="store_true", help="score and check, but publish nothing")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("validate", help="check job files (default: all of conf/jobs/)")
+    p.add_argument("files", nargs="*")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("show", help="print the manifest of a committed predictions partition")
+    p.add_argument("job")
+    p.add_argument("--date", required=True)
+    p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("airflow", help="run an airflow command on lakecast's Airflow home and dags")
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=cmd_airflow)
+
+    p = sub.add_parser("mlflow-ui", help="serve the MLflow UI on lakecast's tracking store")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_mlflow_ui)
+    return parser
+
+
+def configure_logging() -> None:
+    path = conf_dir() / "logging.yaml"
+    if path.is_file():
+        logging.config.dictConfig(yaml.safe_load(path.read_text()))
+    else:
+        logging.basicConfig(level=logging.INFO)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging()
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        sys.stderr.write(f"lakecast: {e}\n")
+        return 2
+    except Exception as e:
+        if isinstance(e, _user_errors()):
+            sys.stderr.write(f"lakecast: {e}\n")
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

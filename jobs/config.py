@@ -1,0 +1,146 @@
+"""Job files: one YAML file under ``conf/jobs/`` is one nightly prediction job.
+
+This module is imported when Airflow parses the dags folder, so it stays light: pydantic and
+YAML only, never Ray, torch or MLflow.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, StringConstraints, field_validator, model_validator
+
+from jobs.settings import conf_dir
+from jobs.yamlconf import ConfigError, Frozen, load_model
+
+JOB_NAME = r"^[a-z][a-z0-9_]*$"
+# Tables are paths inside the lake: lower-case segments only, so a job file can never point
+# outside the lake root (no "..", no absolute paths, no schemes).
+TablePath = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]+(/[a-z0-9_]+)*$")]
+Column = Annotated[str, StringConstraints(min_length=1)]
+
+
+class InputSpec(Frozen):
+    table: TablePath = Field(description="table under the lake root, Hive-partitioned by ds=YYYY-MM-DD")
+    key: Column = Field(description="the entity id, copied to the predictions")
+    columns: list[Column] | None = Field(None, description="feature columns; default: the model signature")
+
+
+class ModelSpec(Frozen):
+    name: str = Field(min_length=1, description="registered model in the MLflow registry")
+    alias: str | None = Field("champion", description="alias to score with, resolved to a version per run")
+    version: int | None = Field(None, ge=1, description="a fixed version instead of an alias")
+
+    @model_validator(mode="after")
+    def _one_selector(self) -> ModelSpec:
+        if self.version is not None and self.alias not in (None, "champion"):
+            raise ValueError("set either alias or version, not both")
+        return self
+
+
+class OutputSpec(Frozen):
+    table: TablePath
+    score_column: Column = "score"
+    threshold: float | None = Field(None, ge=0, le=1, description="default: the model's own threshold")
+    rows_per_file: int = Field(1_000_000, ge=1_000, description="avoid many tiny Parquet files")
+
+
+class ComputeSpec(Frozen):
+    min_actors: int = Field(1, ge=1)
+    max_actors: int = Field(2, ge=1)
+    gpus_per_actor: float | Literal["auto"] = Field(
+        "auto", description="'auto': 1 where the Ray cluster has GPUs, else 0 (CPU actors)"
+    )
+    cpus_per_actor: float = Field(1, gt=0)
+    batch_size: int = Field(8192, ge=1)
+
+    @field_validator("gpus_per_actor")
+    @classmethod
+    def _non_negative(cls, v: float | str) -> float | str:
+        if not isinstance(v, str) and v < 0:
+            raise ValueError("must be 'auto' or >= 0")
+        return v
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> ComputeSpec:
+        if self.max_actors < self.min_actors:
+            raise ValueError(f"max_actors ({self.max_actors}) must be >= min_actors ({self.min_actors})")
+        return self
+
+
+class AirflowSpec(Frozen):
+    owner: str = "ml-platform"
+    retries: int = Field(2, ge=0)
+    retry_delay_minutes: float = Field(5, ge=0)
+    timeout_minutes: float = Field(240, gt=0, description="the predict task fails after this long")
+    tags: list[str] = []
+
+
+class JobConfig(Frozen):
+    name: Annotated[str, StringConstraints(pattern=JOB_NAME)]
+    description: str = Field(min_length=1)
+    schedule: str | None = Field(description="cron expression in UTC; null: triggered runs only")
+    input: InputSpec
+    model: ModelSpec
+    output: OutputSpec
+    compute: ComputeSpec = ComputeSpec()
+    airflow: AirflowSpec = AirflowSpec()
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from croniter import croniter  # ships with Airflow; light
+
+        if not croniter.is_valid(v):
+            raise ValueError(f"not a valid cron expression: {v!r}")
+        return v
+
+    @property
+    def dag_id(self) -> str:
+        return f"lakecast__{self.name}"
+
+
+def jobs_dir() -> Path:
+    return conf_dir() / "jobs"
+
+
+def job_files() -> list[Path]:
+    return sorted(jobs_dir().glob("*.yaml"))
+
+
+def load_job_file(path: Path) -> JobConfig:
+    """Load one job file; its name is the file's stem."""
+    import re
+
+    if not re.match(JOB_NAME, path.stem):
+        raise ConfigError(f"{path}: job file names must be lower-case letters, digits and '_', got {path.stem!r}")
+    return load_model(JobConfig, path, name=path.stem)
+
+
+def load_job(name: str) -> JobConfig:
+    """Load ``conf/jobs/<name>.yaml``; an unknown job lists the known ones."""
+    import re
+
+    if not re.match(JOB_NAME, name):
+        raise ConfigError(f"job name must be lower-case letters, digits and '_', got {name!r}")
+    path = jobs_dir() / f"{name}.yaml"
+    if not path.is_file():
+        known = ", ".join(p.stem for p in job_files()) or "none"
+        raise ConfigError(f"{path}: no such job file (known jobs: {known})")
+    return load_job_file(path)
+
+
+def parse_date(value: str | dt.date) -> dt.date:
+    """Parse a partition date, ``YYYY-MM-DD`` only: it becomes part of a lake path."""
+    if isinstance(value, dt.date):
+        return value
+    try:
+        if len(value) != 10:
+            raise ValueError
+        return dt.date.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"date must be a calendar date as YYYY-MM-DD, got {value!r}") from None

@@ -1,0 +1,45 @@
+"""Start or join Ray: a local Ray on this machine by default, a cluster when an address is set."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from jobs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def ensure_ray(settings: Settings) -> None:
+    """Initialise Ray once per process.
+
+    Inside a Ray job (``ray job submit``) ``RAY_ADDRESS`` is set and ``ray.init()`` joins that
+    cluster; otherwise an empty address starts a local Ray sized to this machine.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = settings.ray.address or os.environ.get("RAY_ADDRESS") or None
+    if address and address.startswith("http"):
+        address = None  # a Jobs API address: this process already runs inside the job
+    env_vars = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI") if k in os.environ}
+    ray.init(
+        address=address,
+        num_cpus=None if address else settings.ray.num_cpus,
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        runtime_env={"env_vars": env_vars} if env_vars else None,
+    )
+    log.info("Ray %s: %s", "cluster" if address else "local", ray.cluster_resources())
+
+
+def gpus_per_actor(requested: float | str) -> float:
+    """``auto`` becomes one GPU per actor where the cluster has GPUs, else CPU actors (0)."""
+    if requested != "auto":
+        return float(requested)
+    import ray
+
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0

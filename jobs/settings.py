@@ -1,0 +1,63 @@
+"""Platform settings: where the lake, MLflow and Ray are, for one profile of ``conf/profiles/``.
+
+``local`` (the default) is the embedded mode: everything lives under ``LAKECAST_HOME``.
+Select another with ``LAKECAST_PROFILE``. Values can come from the environment through
+``${VAR:-default}`` in the YAML; credentials always do.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+
+from jobs.yamlconf import ConfigError, Frozen, load_model
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PROFILE = "local"
+
+
+def conf_dir() -> Path:
+    """The configuration folder: ``LAKECAST_CONF``, else the project's ``conf/``."""
+    return Path(os.environ.get("LAKECAST_CONF") or PROJECT_ROOT / "conf").resolve()
+
+
+def lakecast_home() -> Path:
+    """All local state (lake, MLflow store, Airflow home); deleting it resets everything."""
+    return Path(os.environ.get("LAKECAST_HOME") or ".lakecast").resolve()
+
+
+class MlflowSettings(Frozen):
+    tracking_uri: str = Field(description="MLflow tracking store: sqlite:///... or http://host:5000")
+    registry_uri: str | None = Field(None, description="model registry; defaults to the tracking URI")
+    artifact_root: str = Field(description="where new experiments keep their artifacts")
+
+
+class RaySettings(Frozen):
+    address: str | None = Field(None, description="empty: start a local Ray; else a cluster address")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (default: all cores)")
+
+
+class Settings(Frozen):
+    profile: str
+    home: Path
+    lake_root: str = Field(description="a local directory or s3://bucket/prefix")
+    mlflow: MlflowSettings
+    ray: RaySettings = RaySettings()
+
+    @property
+    def airflow_home(self) -> Path:
+        return self.home / "airflow"
+
+
+def load_settings(profile: str | None = None) -> Settings:
+    """Load ``conf/profiles/<profile>.yaml`` with ``LAKECAST_HOME`` resolved to an absolute path."""
+    profile = profile or os.environ.get("LAKECAST_PROFILE") or DEFAULT_PROFILE
+    path = conf_dir() / "profiles" / f"{profile}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in (conf_dir() / "profiles").glob("*.yaml"))
+        raise ConfigError(f"{path}: profile {profile!r} not found (known profiles: {', '.join(known)})")
+    home = lakecast_home()
+    env = {**os.environ, "LAKECAST_HOME": str(home)}
+    return load_model(Settings, path, env=env, profile=profile, home=home)

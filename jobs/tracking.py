@@ -1,0 +1,98 @@
+"""MLflow: where runs go, and what a scoring run records about itself."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import warnings
+from typing import TYPE_CHECKING
+
+from jobs.lake import DataFile
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from jobs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def configure(settings: Settings) -> MlflowClient:
+    """Point this process (and, through the environment, its Ray workers) at the MLflow stores."""
+    import mlflow
+
+    os.environ["MLFLOW_TRACKING_URI"] = settings.mlflow.tracking_uri
+    mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
+    if settings.mlflow.registry_uri:
+        os.environ["MLFLOW_REGISTRY_URI"] = settings.mlflow.registry_uri
+        mlflow.set_registry_uri(settings.mlflow.registry_uri)
+    if settings.mlflow.tracking_uri.startswith("sqlite:///"):
+        os.makedirs(os.path.dirname(settings.mlflow.tracking_uri.removeprefix("sqlite:///")), exist_ok=True)
+    return mlflow.MlflowClient()
+
+
+def experiment_id(settings: Settings, name: str) -> str:
+    """Get or create an experiment whose artifacts live under the profile's artifact root.
+
+    Without an explicit location, a SQLite-backed MLflow puts artifacts in ``./mlruns`` of
+    whatever directory the process runs in, outside ``LAKECAST_HOME``.
+    """
+    import mlflow
+
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = f"{settings.mlflow.artifact_root.rstrip('/')}/{name.replace('/', '-')}"
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent run
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def log_dataset(*, name: str, uri: str, files: list[DataFile], context: str) -> None:
+    """Record a lake partition as an MLflow dataset of the active run (source, digest, files)."""
+    import hashlib
+
+    import mlflow
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+
+    digest = hashlib.sha256("".join(f"{f.path}:{f.size};" for f in files).encode()).hexdigest()[:8]
+    with warnings.catch_warnings():  # MLflow registers two local sources and warns that it picked one
+        warnings.simplefilter("ignore", UserWarning)
+        source = resolve_dataset_source(uri)
+    dataset = MetaDataset(source=source, name=name, digest=digest)
+    mlflow.log_input(dataset, context=context)
+
+
+def link_model_version(client: MlflowClient, name: str, version: int) -> None:
+    """Link the active run to the logged model behind a registered version (MLflow 3)."""
+    import mlflow
+    from mlflow.entities import LoggedModelInput
+
+    model_id = getattr(client.get_model_version(name, str(version)), "model_id", None)
+    if model_id:
+        mlflow.log_input(model=LoggedModelInput(model_id))
+
+
+@functools.cache
+def code_version() -> str:
+    """The package version, plus the git commit when running from a checkout."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    from jobs.settings import PROJECT_ROOT
+
+    try:
+        release = version("lakecast")
+    except PackageNotFoundError:
+        release = "unknown"
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, timeout=5, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return release
+    return f"{release}+g{sha}"

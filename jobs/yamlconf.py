@@ -1,0 +1,109 @@
+"""Load YAML files into frozen pydantic models, with ``${VAR}`` interpolation and readable errors.
+
+Both the platform profiles (``conf/profiles/*.yaml``) and the job files (``conf/jobs/*.yaml``) go
+through here, so every configuration error reads the same way: the file, the key, the bad value.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+M = TypeVar("M", bound=BaseModel)
+
+# ${NAME} or ${NAME:-default}; the default may not itself contain braces, so nested references
+# such as ${A:-${B}/lake} resolve from the inside out over repeated passes.
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^${}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing or wrong; the message names the file and the key."""
+
+
+class Frozen(BaseModel):
+    """Base for every settings model: immutable, and unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def interpolate(value: Any, *, env: Mapping[str, str], where: str) -> Any:
+    """Replace ``${VAR}`` and ``${VAR:-default}`` in every string of a parsed YAML document.
+
+    Secrets never live in ``conf/``: a file names the variable, the environment supplies the value.
+    """
+    if isinstance(value, dict):
+        return {k: interpolate(v, env=env, where=f"{where}.{k}" if where else str(k)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [interpolate(v, env=env, where=f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env and env[name] != "":
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"{where}: environment variable {name} is not set (write ${{{name}:-default}} for a default)")
+
+    previous = None
+    while previous != value:
+        previous, value = value, _VAR.sub(substitute, value)
+    return value
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Parse one YAML file into a mapping, or raise a ConfigError that names the file."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def format_validation_error(path: Path | str, error: ValidationError) -> str:
+    """One line per problem: ``file: key.sub: message (got 'value')``."""
+    lines = []
+    for problem in error.errors():
+        key = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key (check the spelling against the documented keys)"
+        elif problem["type"] == "missing":
+            message = "required key is missing"
+        else:
+            message = problem["msg"]
+            if "input" in problem and not isinstance(problem["input"], dict | list):
+                message += f" (got {problem['input']!r})"
+        lines.append(f"{path}: {key}: {message}")
+    return "\n".join(lines)
+
+
+def load_model(model: type[M], path: Path, *, env: Mapping[str, str] | None = None, **extra: Any) -> M:
+    """Read ``path``, interpolate the environment, and validate it as ``model``.
+
+    Args:
+        model: the pydantic model the file must satisfy.
+        path: the YAML file.
+        env: variables for interpolation (default: ``os.environ``).
+        extra: values merged into the document before validation (not from the file).
+
+    Raises:
+        ConfigError: naming the file and every bad key at once.
+    """
+    data = interpolate(read_yaml(path), env=os.environ if env is None else env, where="")
+    try:
+        return model.model_validate({**data, **extra})
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(path, e)) from None

@@ -1,0 +1,88 @@
+"""The MLflow model registry: resolve an alias to a version, register versions, move aliases.
+
+A job never scores "the champion": it resolves the alias to a version number once, at the start
+of a run, and stamps that number on every prediction.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+log = logging.getLogger(__name__)
+
+
+class RegistryError(LookupError):
+    """A registered model, alias or version does not exist."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One resolved model version."""
+
+    name: str
+    version: int
+    run_id: str | None
+    alias: str | None = None
+
+    @property
+    def uri(self) -> str:
+        """The version's URI, never the alias: a rerun scores with the same version."""
+        return f"models:/{self.name}/{self.version}"
+
+
+def resolve(client: MlflowClient, name: str, *, alias: str | None = None, version: int | None = None) -> ModelRef:
+    """Find the version that ``alias`` (or the fixed ``version``) names right now.
+
+    Raises:
+        RegistryError: naming the model, the alias or version asked for, and what exists.
+    """
+    try:
+        model = client.get_registered_model(name)
+    except MlflowException as e:
+        raise RegistryError(f"registered model {name!r} not found in the MLflow registry") from e
+    try:
+        if version is not None:
+            mv = client.get_model_version(name, str(version))
+        elif alias is not None:
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            raise RegistryError(f"say which version of {name!r} to use: an alias or a version number")
+    except MlflowException as e:
+        asked = f"alias {alias!r}" if version is None else f"version {version}"
+        aliases = ", ".join(f"{a}→v{v}" for a, v in sorted(model.aliases.items())) or "none"
+        raise RegistryError(f"registered model {name!r} has no {asked} (aliases: {aliases})") from e
+    return ModelRef(name=name, version=int(mv.version), run_id=mv.run_id, alias=alias)
+
+
+def register_pyfunc(
+    *, name: str, python_model: object, artifact_dir: Path, signature: object, input_example: object,
+    tags: dict[str, str] | None = None,
+) -> ModelRef:  # fmt: skip
+    """Log a pyfunc model in the active run and register it as a new version of ``name``."""
+    import mlflow
+
+    info = mlflow.pyfunc.log_model(
+        name="model",
+        python_model=python_model,
+        artifacts={"model": str(artifact_dir)},
+        signature=signature,
+        input_example=input_example,
+        registered_model_name=name,
+        # listed, not inferred: inference loads the model in a subprocess and takes seconds
+        pip_requirements=["torch==2.13.0", "pyarrow", "pandas", "numpy", "mlflow"],
+    )
+    client = MlflowClient()
+    version = int(info.registered_model_version)
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(name, str(version), key, value)
+    return ModelRef(name=name, version=version, run_id=info.run_id)
+
+
+def set_alias(client: MlflowClient, ref: ModelRef, alias: str) -> None:
+    client.set_registered_model_alias(ref.name, alias, str(ref.version))
+    log.info("alias %s@%s → version %d", ref.name, alias, ref.version)

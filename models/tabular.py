@@ -1,0 +1,156 @@
+"""The demo tabular classifier: preprocessing and a PyTorch MLP that travel together as one
+MLflow pyfunc model.
+
+Preprocessing is part of the model version, so ``mlflow.pyfunc.load_model(uri).predict(raw_df)``
+and the Ray job score raw rows the same way. The job skips pandas and calls
+:meth:`TabularClassifier.predict_proba` on Arrow batches; the pyfunc ``predict`` converts its
+pandas input to Arrow and calls the same method.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow.pyfunc
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+SPEC_FILE = "spec.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """How raw columns become the network's input: standardised numbers, one-hot categories.
+
+    A null number becomes the training mean (0 after scaling); a null or unseen category gets
+    its column's slot 0, so the model scores any row whose columns have the right types.
+    """
+
+    numeric: list[str]
+    means: list[float]
+    stds: list[float]
+    categorical: dict[str, list[str]]
+    hidden: list[int]
+    threshold: float = 0.5
+
+    @property
+    def columns(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+    @property
+    def width(self) -> int:
+        return len(self.numeric) + sum(len(v) + 1 for v in self.categorical.values())
+
+    @classmethod
+    def fit(cls, table: pa.Table, *, numeric: list[str], categorical: list[str], hidden: list[int]) -> FeatureSpec:
+        means, stds = [], []
+        for c in numeric:
+            x = _as_float(table.column(c))
+            means.append(float(np.nanmean(x)))
+            stds.append(float(np.nanstd(x)) or 1.0)
+        cats = {c: sorted(v for v in pc.unique(table.column(c)).to_pylist() if v is not None) for c in categorical}
+        return cls(numeric, means, stds, cats, hidden)
+
+    def transform(self, table: pa.Table) -> np.ndarray:
+        """Raw Arrow columns → float32 matrix of shape (rows, width)."""
+        n = table.num_rows
+        out = np.zeros((n, self.width), dtype=np.float32)
+        for j, c in enumerate(self.numeric):
+            x = (_as_float(table.column(c)) - self.means[j]) / self.stds[j]
+            out[:, j] = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        offset, rows = len(self.numeric), np.arange(n)
+        for c, values in self.categorical.items():
+            column = table.column(c)
+            if not pa.types.is_string(column.type):
+                column = column.cast(pa.string())
+            idx = pc.fill_null(pc.index_in(column, value_set=pa.array(values, pa.string())), -1)
+            out[rows, offset + 1 + idx.to_numpy()] = 1.0  # unseen/null → slot 0
+            offset += len(values) + 1
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> FeatureSpec:
+        return cls(**json.loads(text))
+
+
+def _as_float(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    if not pa.types.is_floating(column.type):
+        column = column.cast(pa.float64())
+    return column.to_numpy(zero_copy_only=False)  # nulls become NaN
+
+
+def build_net(spec: FeatureSpec) -> torch.nn.Module:
+    """An MLP with one logit out; ``spec.hidden`` sets its size (and so its quality)."""
+    from torch import nn
+
+    layers: list[nn.Module] = []
+    width = spec.width
+    for h in spec.hidden:
+        layers += [nn.Linear(width, h), nn.ReLU()]
+        width = h
+    layers.append(nn.Linear(width, 1))
+    return nn.Sequential(*layers)
+
+
+class TabularClassifier(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc model: load once (``load_context``), score per call (``predict``)."""
+
+    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+        self.load(Path(context.artifacts["model"]))
+
+    def load(self, folder: Path) -> None:
+        import torch
+
+        self.spec = FeatureSpec.from_json((folder / SPEC_FILE).read_text())
+        self.net = build_net(self.spec)
+        self.net.load_state_dict(torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True))
+        self.net.eval()
+        self.device = torch.device("cpu")
+        self.dtype = torch.float32
+
+    @property
+    def threshold(self) -> float:
+        return self.spec.threshold
+
+    @property
+    def input_columns(self) -> list[str]:
+        return self.spec.columns
+
+    def to(self, device: str, *, dtype: str | None = None) -> TabularClassifier:
+        """Move the network (``cuda`` for a GPU actor); ``dtype='bfloat16'`` halves the math."""
+        import torch
+
+        self.device = torch.device(device)
+        self.dtype = getattr(torch, dtype) if dtype else torch.float32
+        self.net.to(self.device, self.dtype)
+        return self
+
+    def predict_proba(self, table: pa.Table) -> np.ndarray:
+        """Probability of the positive class for each row of a raw Arrow batch."""
+        import torch
+
+        features = torch.from_numpy(self.spec.transform(table))
+        with torch.inference_mode():
+            if self.device.type == "cuda":
+                features = features.pin_memory().to(self.device, non_blocking=True)
+            logits = self.net(features.to(self.dtype)).squeeze(1)
+            return torch.sigmoid(logits.float()).cpu().numpy()
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        import pandas as pd
+
+        table = pa.Table.from_pandas(model_input, preserve_index=False)
+        proba = self.predict_proba(table)
+        return pd.DataFrame({"probability": proba, "prediction": (proba >= self.threshold).astype(np.int8)})
