@@ -1,0 +1,89 @@
+"""Shared fixtures: a fresh LAKECAST_HOME with a tiny real demo lake, real MLflow on SQLite,
+two really trained and registered model versions, and one local Ray for the session."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+DAY = dt.date(2026, 11, 21)
+ROWS = 3_000
+LABELED_ROWS = 4_000
+
+
+@pytest.fixture(scope="session")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Everything the tests write lives here; the profile is the embedded default."""
+    path = tmp_path_factory.mktemp("lakecast-home")
+    saved = {k: os.environ.get(k) for k in ("LAKECAST_HOME", "LAKECAST_PROFILE", "MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    os.environ["LAKECAST_HOME"] = str(path)
+    for k in ("LAKECAST_PROFILE", "MLFLOW_TRACKING_URI", "RAY_ADDRESS", "LAKECAST_LAKE_ROOT"):
+        os.environ.pop(k, None)
+    yield path
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def settings(home: Path):
+    from jobs.settings import load_settings
+
+    return load_settings()
+
+
+@pytest.fixture(scope="session")
+def lake(settings):
+    from jobs import demo_data
+    from jobs.lake import Lake
+
+    lake = Lake(settings.lake_root)
+    demo_data.build_demo_lake(lake, DAY, rows=ROWS, labeled_rows=LABELED_ROWS)
+    return lake
+
+
+@pytest.fixture(scope="session")
+def registered(settings, lake) -> dict[str, int]:
+    """champion and challenger versions of churn-classifier, trained on the fixture's labels."""
+    from jobs.demo import train_and_register
+
+    return train_and_register(settings, lake, DAY - dt.timedelta(days=1), name="churn-classifier")
+
+
+@pytest.fixture(scope="session")
+def ray_local(settings) -> Iterator[None]:
+    import ray
+
+    from jobs.ray_runtime import ensure_ray
+
+    ensure_ray(settings)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def churn_job():
+    from jobs.config import load_job
+
+    return load_job("churn")
+
+
+@pytest.fixture(autouse=True)
+def no_open_mlflow_run() -> Iterator[None]:
+    """A test that leaves an MLflow run open fails: runs must end, even on errors."""
+    yield
+    import sys
+
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        active = mlflow.active_run()
+        if active is not None:
+            mlflow.end_run("FAILED")
+            pytest.fail(f"test left MLflow run {active.info.run_id} open")

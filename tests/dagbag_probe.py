@@ -1,0 +1,33 @@
+"""Run in a subprocess by test_dags.py, under lakecast's Airflow environment: parse the dags
+folder the way the dag-processor does and report what a user would check, as JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+t0 = time.perf_counter()
+from airflow.dag_processing.dagbag import DagBag  # noqa: E402
+
+bag = DagBag()
+seconds = time.perf_counter() - t0
+report = {
+    "import_errors": {str(k): v for k, v in bag.import_errors.items()},
+    "seconds": seconds,
+    "heavy_modules": sorted(m for m in ("ray", "torch", "mlflow") if m in sys.modules),
+    "dags": {},
+}
+for dag_id, dag in bag.dags.items():
+    report["dags"][dag_id] = {
+        "tasks": [t.task_id for t in dag.tasks],
+        "schedule": str(getattr(dag.timetable, "summary", dag.timetable)),
+        "catchup": dag.catchup,
+        "tags": sorted(dag.tags),
+        "params": sorted(dag.params.keys()),
+        "retries": dag.default_args.get("retries"),
+        "doc_md": dag.doc_md or "",
+        "outlets": [o.uri for t in dag.tasks for o in t.outlets],
+        "upstream": {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks},
+    }
+json.dump(report, sys.stdout)

@@ -1,0 +1,138 @@
+"""Job files and profiles: what a user sees when a YAML file is wrong."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from jobs.config import load_job, load_job_file, parse_date
+from jobs.settings import load_settings
+from jobs.yamlconf import ConfigError
+
+VALID = """\
+description: test job
+schedule: "0 2 * * *"
+input: {table: raw/customers, key: customer_id}
+model: {name: churn-classifier, alias: champion}
+output: {table: predictions/churn_test}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "myjob") -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_the_demo_job_file_loads(home):
+    job = load_job("churn")
+    assert job.dag_id == "lakecast__churn"
+    assert job.model.alias == "champion"
+    assert job.output.score_column == "churn_probability"
+    assert job.compute.gpus_per_actor == "auto"
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    path = write(tmp_path, VALID + "compute: {batch_sise: 10}\n")
+    with pytest.raises(ConfigError) as e:
+        load_job_file(path)
+    assert str(path) in str(e.value)
+    assert "compute.batch_sise: unknown key" in str(e.value)
+
+
+def test_wrong_type_names_key_and_value(tmp_path):
+    path = write(tmp_path, VALID + "compute: {batch_size: lots}\n")
+    with pytest.raises(ConfigError, match=r"compute\.batch_size: .*integer.*'lots'"):
+        load_job_file(path)
+
+
+def test_missing_required_key(tmp_path):
+    path = write(tmp_path, VALID.replace("output: {table: predictions/churn_test}\n", ""))
+    with pytest.raises(ConfigError, match=r"myjob\.yaml: output: required key is missing"):
+        load_job_file(path)
+
+
+def test_missing_job_lists_known_jobs(home):
+    with pytest.raises(ConfigError, match=r"no such job file \(known jobs: .*churn"):
+        load_job("nope")
+
+
+@pytest.mark.parametrize("table", ["../etc", "/abs/path", "raw/../../x", "s3://bucket/x", "Raw/Customers"])
+def test_tables_cannot_leave_the_lake(tmp_path, table):
+    path = write(tmp_path, VALID.replace("predictions/churn_test", table))
+    with pytest.raises(ConfigError, match=r"output\.table"):
+        load_job_file(path)
+
+
+@pytest.mark.parametrize("name", ["../x", "Churn", "a-b", ""])
+def test_job_names_are_checked(home, name):
+    with pytest.raises(ConfigError, match="job name"):
+        load_job(name)
+
+
+def test_bad_cron_and_pool_bounds(tmp_path):
+    path = write(tmp_path, VALID.replace('"0 2 * * *"', '"every night"') + "compute: {min_actors: 3, max_actors: 2}\n")
+    with pytest.raises(ConfigError) as e:
+        load_job_file(path)
+    assert "schedule: " in str(e.value) and "'every night'" in str(e.value)
+    assert "max_actors (2) must be >= min_actors (3)" in str(e.value)
+
+
+def test_environment_interpolation(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHURN_MODEL", "churn-from-env")
+    text = VALID.replace("churn-classifier", "'${CHURN_MODEL}'").replace("champion", "'${ALIAS:-best}'")
+    path = write(tmp_path, text)
+    job = load_job_file(path)
+    assert job.model.name == "churn-from-env"
+    assert job.model.alias == "best"
+
+
+def test_unset_variable_is_named(tmp_path, monkeypatch):
+    monkeypatch.delenv("NOT_SET_ANYWHERE", raising=False)
+    path = write(tmp_path, VALID.replace("churn-classifier", "'${NOT_SET_ANYWHERE}'"))
+    with pytest.raises(ConfigError, match=r"model\.name: environment variable NOT_SET_ANYWHERE is not set"):
+        load_job_file(path)
+
+
+def test_not_yaml_and_not_a_mapping(tmp_path):
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_job_file(write(tmp_path, "input: [unclosed\n"))
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        load_job_file(write(tmp_path, "- a\n- b\n"))
+
+
+def test_local_profile_lives_under_lakecast_home(home):
+    settings = load_settings()
+    assert settings.profile == "local"
+    assert settings.lake_root == f"{home}/lake"
+    assert settings.mlflow.tracking_uri == f"sqlite:///{home}/mlflow.db"
+    assert settings.mlflow.artifact_root.startswith(str(home))
+
+
+def test_lake_root_override(home, monkeypatch):
+    monkeypatch.setenv("LAKECAST_LAKE_ROOT", "s3://bucket/prefix")
+    assert load_settings().lake_root == "s3://bucket/prefix"
+
+
+def test_unknown_profile(home):
+    with pytest.raises(ConfigError, match=r"profile 'prod-eu' not found \(known profiles: .*local"):
+        load_settings("prod-eu")
+
+
+@pytest.mark.parametrize("bad", ["2026-13-01", "yesterday", "2026-11-21/../x", "20261121", ""])
+def test_dates_are_calendar_dates(bad):
+    with pytest.raises(ConfigError, match="YYYY-MM-DD"):
+        parse_date(bad)
+    assert parse_date("2026-11-21") == dt.date(2026, 11, 21)
+
+
+def test_validate_command(home, tmp_path, capsys):
+    from jobs.cli import main
+
+    assert main(["validate"]) == 0
+    assert "lakecast__churn" in capsys.readouterr().out
+    bad = write(tmp_path, VALID + "surprise: 1\n")
+    assert main(["validate", str(bad)]) == 1
+    assert "surprise: unknown key" in capsys.readouterr().out

@@ -1,0 +1,75 @@
+"""DAG integrity: the dags folder parses the way Airflow's dag-processor parses it."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobs.airflow_env import airflow_env
+from jobs.schedule import score_date
+
+PROBE = Path(__file__).with_name("dagbag_probe.py")
+
+
+def parse_dags(settings, **env) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(PROBE)], env={**airflow_env(settings), **env}, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def parsed(settings) -> dict:
+    return parse_dags(settings)
+
+
+def test_dags_folder_imports_without_errors(parsed):
+    assert parsed["import_errors"] == {}
+    assert "lakecast__churn" in parsed["dags"]
+
+
+def test_parsing_imports_no_ray_torch_or_mlflow(parsed):
+    assert parsed["heavy_modules"] == []
+
+
+def test_churn_dag_shape(parsed):
+    dag = parsed["dags"]["lakecast__churn"]
+    assert dag["tasks"] == ["check_input", "predict", "publish"]
+    assert dag["upstream"] == {"check_input": [], "predict": ["check_input"], "publish": ["predict"]}
+    assert dag["catchup"] is False
+    assert "0 2 * * *" in dag["schedule"]
+    assert dag["params"] == ["date", "dry_run", "model_alias", "model_version"]
+    assert dag["retries"] == 2
+    assert "churn-classifier" in dag["doc_md"] and "airflow dags trigger lakecast__churn" in dag["doc_md"]
+    assert len(dag["outlets"]) == 1 and dag["outlets"][0].startswith("file://")
+    assert dag["outlets"][0].endswith("/lake/predictions/churn")
+
+
+def test_an_invalid_job_file_shows_as_a_failing_dag(settings, tmp_path):
+    conf = tmp_path / "conf"
+    (conf / "jobs").mkdir(parents=True)
+    (conf / "profiles").mkdir()
+    src = Path(__file__).resolve().parents[1] / "conf"
+    (conf / "profiles" / "local.yaml").write_text((src / "profiles" / "local.yaml").read_text())
+    (conf / "jobs" / "churn.yaml").write_text((src / "jobs" / "churn.yaml").read_text())
+    (conf / "jobs" / "typo.yaml").write_text((src / "jobs" / "churn.yaml").read_text() + "shedule: daily\n")
+    parsed = parse_dags(settings, LAKECAST_CONF=str(conf))
+    assert parsed["import_errors"] == {}
+    assert parsed["dags"]["lakecast__churn"]["tasks"] == ["check_input", "predict", "publish"]
+    broken = parsed["dags"]["lakecast__typo"]
+    assert broken["tasks"] == ["invalid_job_file"]
+    assert "invalid-config" in broken["tags"]
+    assert "shedule: unknown key" in broken["doc_md"]
+
+
+def test_score_date_rules():
+    nightly = dt.datetime(2026, 11, 22, 2, 0, tzinfo=dt.UTC)
+    assert score_date(None, nightly) == dt.date(2026, 11, 21)
+    assert score_date("2026-11-01", nightly) == dt.date(2026, 11, 1)
+    assert score_date("", dt.date(2026, 1, 1)) == dt.date(2025, 12, 31)

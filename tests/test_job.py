@@ -1,0 +1,97 @@
+"""The Ray Data job end to end on a local Ray, real MLflow and the local lake."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import pyarrow.dataset as pads
+import pytest
+
+from jobs.lake import LakeError
+from jobs.predict import run_job
+from models.registry import RegistryError
+from tests.conftest import DAY, ROWS
+
+OUT = "predictions/churn"
+
+
+def read_output(lake):
+    return pads.dataset(lake.partition_path(OUT, DAY), format="parquet").to_table()
+
+
+@pytest.fixture(scope="module")
+def first_run(settings, lake, registered, ray_local, churn_job):
+    return run_job(churn_job, DAY, settings=settings)
+
+
+def test_every_row_scored_once_with_lineage(first_run, lake, registered):
+    table = read_output(lake)
+    assert table.num_rows == ROWS == first_run.rows
+    assert len(table["customer_id"].unique()) == ROWS
+    assert set(table["model_name"].to_pylist()) == {"churn-classifier"}
+    assert set(table["model_version"].to_pylist()) == {registered["champion"]}  # the number, not the alias
+    assert set(table["scoring_run_id"].to_pylist()) == {first_run.run_id}
+    assert table["scored_at"].null_count == 0
+
+
+def test_only_committed_files_and_manifest_in_partition(first_run, lake):
+    names = sorted(p.rsplit("/", 1)[-1] for p in pads.dataset(lake.partition_path(OUT, DAY)).files)
+    assert all(n.endswith(".parquet") for n in names)
+    manifest = lake.read_manifest(OUT, DAY)
+    assert manifest["scoring_run_id"] == first_run.run_id
+    assert manifest["rows"] == ROWS
+    assert sum(f["rows"] for f in manifest["output"]) == ROWS
+    assert sorted(f["file"] for f in manifest["output"]) == names
+    assert manifest["model"]["version"] == first_run.model.version
+    assert not lake.exists(f"{lake.base}/_staging/{OUT}/ds={DAY}/{first_run.run_id}")
+
+
+def test_run_is_logged_to_mlflow(first_run, settings):
+    run = mlflow.MlflowClient(settings.mlflow.tracking_uri).get_run(first_run.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["job"] == "churn"
+    assert run.data.params["date"] == DAY.isoformat()
+    assert run.data.params["model_uri"] == first_run.model.uri
+    assert run.data.metrics["rows"] == ROWS
+    assert run.data.metrics["rows_per_s"] > 0
+    assert run.data.tags["lakecast.model_version"] == f"churn-classifier/{first_run.model.version}"
+    contexts = {tag.value for d in run.inputs.dataset_inputs for tag in d.tags if tag.key == "mlflow.data.context"}
+    assert contexts == {"input", "output"}
+
+
+def test_rerun_replaces_the_partition(first_run, settings, lake, churn_job):
+    second = run_job(churn_job, DAY, settings=settings, model_alias="challenger")
+    table = read_output(lake)
+    assert table.num_rows == ROWS  # replaced, not appended
+    assert set(table["scoring_run_id"].to_pylist()) == {second.run_id}
+    assert set(table["model_version"].to_pylist()) == {second.model.version} != {first_run.model.version}
+
+
+def test_dry_run_publishes_nothing(first_run, settings, lake, churn_job):
+    before = lake.read_manifest(OUT, DAY)
+    result = run_job(churn_job, DAY, settings=settings, dry_run=True)
+    assert not result.committed and result.rows == ROWS
+    assert lake.read_manifest(OUT, DAY) == before
+
+
+def test_missing_partition_is_a_clear_error(settings, lake, registered, churn_job):
+    with pytest.raises(LakeError, match=r"raw/customers/ds=2020-01-01 does not exist"):
+        run_job(churn_job, DAY.replace(year=2020, month=1, day=1), settings=settings)
+
+
+def test_unknown_alias_is_a_clear_error(settings, lake, registered, churn_job):
+    with pytest.raises(RegistryError, match=r"has no alias 'nightly' \(aliases: challenger→v\d+, champion→v\d+\)"):
+        run_job(churn_job, DAY, settings=settings, model_alias="nightly")
+
+
+def test_cli_run_and_show(first_run, home, capsys):
+    from jobs.cli import main
+
+    assert main(["run", "churn", "--date", DAY.isoformat(), "--version", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["rows"] == ROWS and result["model_version"] == 1 and result["committed"]
+    assert main(["show", "churn", "--date", DAY.isoformat()]) == 0
+    assert json.loads(capsys.readouterr().out)["scoring_run_id"] == result["run_id"]
+    assert main(["run", "churn", "--date", "2026-02-30"]) == 2
+    assert "YYYY-MM-DD, got '2026-02-30'" in capsys.readouterr().err
