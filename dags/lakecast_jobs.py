@@ -25,22 +25,32 @@ START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
 PARAMS = {
     "date": Param(
-        None, type=["null", "string"], format="date", title="Date to score",
+        None,
+        type=["null", "string"],
+        format="date",
+        title="Date to score",
         description="Partition date YYYY-MM-DD. Empty: the day before the run's date.",
     ),
     "model_alias": Param(
-        None, type=["null", "string"], title="Model alias",
+        None,
+        type=["null", "string"],
+        title="Model alias",
         description="Score with this registry alias instead of the job file's (e.g. challenger).",
     ),
     "model_version": Param(
-        None, type=["null", "integer"], minimum=1, title="Model version",
+        None,
+        type=["null", "integer"],
+        minimum=1,
+        title="Model version",
         description="Score with this fixed model version; wins over any alias.",
     ),
     "dry_run": Param(
-        False, type="boolean", title="Dry run",
+        False,
+        type="boolean",
+        title="Dry run",
         description="Score into staging and check the output, but publish nothing.",
     ),
-}  # fmt: skip
+}
 
 
 def _doc(job: JobConfig, table_uri: str) -> str:

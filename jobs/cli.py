@@ -28,11 +28,13 @@ def _out(text: str = "") -> None:
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
+    from jobs.commit import CommitConflict
     from jobs.lake import LakeError
     from jobs.predict import JobError
+    from jobs.validation import InvalidInput
     from models.registry import RegistryError
 
-    return ConfigError, LakeError, JobError, RegistryError
+    return ConfigError, LakeError, JobError, RegistryError, InvalidInput, CommitConflict
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -54,14 +56,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     from jobs.predict import run_job
 
     job = load_job(args.job)
-    result = run_job(job, parse_date(args.date), model_alias=args.alias, model_version=args.version,
-                     dry_run=args.dry_run)  # fmt: skip
+    result = run_job(
+        job, parse_date(args.date), model_alias=args.alias, model_version=args.version, dry_run=args.dry_run
+    )
     if args.json:
         _out(json.dumps(result.as_dict(), indent=2))
     else:
         verb = "checked (dry run, nothing published)" if args.dry_run else "scored"
-        _out(f"{verb} {result.rows:,} rows of {job.name} {result.ds} in {result.seconds:.1f} s "
-             f"({result.rows_per_s:,.0f} rows/s) with {result.model.uri}")  # fmt: skip
+        _out(
+            f"{verb} {result.rows:,} rows of {job.name} {result.ds} in {result.seconds:.1f} s "
+            f"({result.rows_per_s:,.0f} rows/s) with {result.model.uri}"
+        )
         _out(f"predictions: {result.output}")
         _out(f"MLflow run:  {result.run_id}")
     return 0
@@ -84,13 +89,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from jobs.demo import run_demo
 
     settings = load_settings()
-    result = run_demo(settings, ds=parse_date(args.date), rows=args.rows, labeled_rows=args.labeled_rows,
-                      retrain=args.retrain)  # fmt: skip
+    result = run_demo(
+        settings, ds=parse_date(args.date), rows=args.rows, labeled_rows=args.labeled_rows, retrain=args.retrain
+    )
     s = result.summary
     home = settings.home
     _out()
-    _out(f"lakecast demo: scored {int(s['rows']):,} rows for {result.ds} in {s['seconds']:.1f} s "
-         f"({s['rows_per_s']:,.0f} rows/s) with {s['model_uri']}")  # fmt: skip
+    _out(
+        f"lakecast demo: scored {int(s['rows']):,} rows for {result.ds} in {s['seconds']:.1f} s "
+        f"({s['rows_per_s']:,.0f} rows/s) with {s['model_uri']}"
+    )
     _out(f"  predictions  {s['output']}")
     _out(f"  MLflow run   {s['run_id']} (experiment lakecast/churn)")
     _out(f"  state        {home}  (delete it to start over)")
@@ -113,8 +121,16 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    cmd = [mlflow_bin, "ui", "--backend-store-uri", settings.mlflow.tracking_uri,
-           "--host", args.host, "--port", str(args.port)]  # fmt: skip
+    cmd = [
+        mlflow_bin,
+        "ui",
+        "--backend-store-uri",
+        settings.mlflow.tracking_uri,
+        "--host",
+        args.host,
+        "--port",
+        str(args.port),
+    ]
     return subprocess.run(cmd, check=False).returncode
 
 

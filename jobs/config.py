@@ -47,6 +47,27 @@ class OutputSpec(Frozen):
     rows_per_file: int = Field(1_000_000, ge=1_000, description="avoid many tiny Parquet files")
 
 
+class ColumnCheck(Frozen):
+    """Row-level rules for one input column, beyond what the model signature says."""
+
+    nullable: bool | None = Field(None, description="default: the signature's (optional columns take nulls)")
+    min: float | None = None
+    max: float | None = None
+    categories: list[str] | None = Field(None, description="allowed values; others are invalid")
+
+
+class ValidationSpec(Frozen):
+    on_invalid_rows: Literal["fail", "quarantine"] = Field(
+        "quarantine", description="fail the run, or set bad rows aside in quarantine/<job>/ and score the rest"
+    )
+    max_invalid_share: float = Field(0.01, ge=0, le=1, description="the run fails above this share of bad rows")
+    duplicate_keys: Literal["keep", "fail"] = Field(
+        "keep", description="keep: score every row and log the count; fail: stop before scoring"
+    )
+    max_string_length: int = Field(1024, ge=1, description="longer strings make a row invalid")
+    columns: dict[str, ColumnCheck] = {}
+
+
 class ComputeSpec(Frozen):
     min_actors: int = Field(1, ge=1)
     max_actors: int = Field(2, ge=1)
@@ -85,6 +106,7 @@ class JobConfig(Frozen):
     input: InputSpec
     model: ModelSpec
     output: OutputSpec
+    validation: ValidationSpec = ValidationSpec()
     compute: ComputeSpec = ComputeSpec()
     airflow: AirflowSpec = AirflowSpec()
 

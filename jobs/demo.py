@@ -58,13 +58,24 @@ def train_and_register(settings: Settings, lake: Lake, train_day: dt.date, *, na
             warnings.simplefilter("ignore", UserWarning)
             signature = infer_signature(sample, model.predict(None, sample))
         with mlflow.start_run(experiment_id=experiment, run_name=f"train {spec.label}"):
-            mlflow.log_params({"architecture": spec.label, "hidden": spec.hidden, "epochs": spec.epochs,
-                               "train_rows": table.num_rows, "train_date": train_day.isoformat()})  # fmt: skip
+            mlflow.log_params(
+                {
+                    "architecture": spec.label,
+                    "hidden": spec.hidden,
+                    "epochs": spec.epochs,
+                    "train_rows": table.num_rows,
+                    "train_date": train_day.isoformat(),
+                }
+            )
             mlflow.log_metrics(metrics)
             ref = registry.register_pyfunc(
-                name=name, python_model=TabularClassifier(), artifact_dir=folder, signature=signature,
-                input_example=example, tags={"architecture": spec.label},
-            )  # fmt: skip
+                name=name,
+                python_model=TabularClassifier(),
+                artifact_dir=folder,
+                signature=signature,
+                input_example=example,
+                tags={"architecture": spec.label},
+            )
         registry.set_alias(client, ref, alias)
         versions[alias] = ref.version
     return versions
@@ -108,8 +119,12 @@ def latest_scoring_run(settings: Settings, ds: dt.date) -> dict:
     if not runs:
         raise RuntimeError(f"no committed scoring run for {ds} found in MLflow")
     run = runs[0]
-    return {"run_id": run.info.run_id, "experiment_id": run.info.experiment_id, **run.data.metrics,
-            "model_uri": run.data.params.get("model_uri")}  # fmt: skip
+    return {
+        "run_id": run.info.run_id,
+        "experiment_id": run.info.experiment_id,
+        **run.data.metrics,
+        "model_uri": run.data.params.get("model_uri"),
+    }
 
 
 def run_demo(settings: Settings, *, ds: dt.date, rows: int, labeled_rows: int, retrain: bool) -> DemoResult:

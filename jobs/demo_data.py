@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs import commit
 from jobs.lake import Lake
 
 log = logging.getLogger(__name__)
@@ -34,15 +35,31 @@ CATEGORIES: dict[str, list[str]] = {
     "auto_renew": ["yes", "no"],
 }
 NUMERIC = [
-    "age", "tenure_months", "monthly_charges", "total_charges", "num_support_calls",
-    "avg_session_minutes", "days_since_last_login", "num_devices", "data_usage_gb",
-    "late_payments_12m", "discount_pct", "satisfaction_score", "referrals",
-    "contract_months_left", "app_crashes_30d",
-]  # fmt: skip
+    "age",
+    "tenure_months",
+    "monthly_charges",
+    "total_charges",
+    "num_support_calls",
+    "avg_session_minutes",
+    "days_since_last_login",
+    "num_devices",
+    "data_usage_gb",
+    "late_payments_12m",
+    "discount_pct",
+    "satisfaction_score",
+    "referrals",
+    "contract_months_left",
+    "app_crashes_30d",
+]
 FEATURES = NUMERIC + list(CATEGORIES)
 # share of nulls per column: real snapshots have gaps
-NULL_SHARE = {"satisfaction_score": 0.10, "avg_session_minutes": 0.03, "total_charges": 0.01,
-              "payment_method": 0.02, "device_os": 0.05}  # fmt: skip
+NULL_SHARE = {
+    "satisfaction_score": 0.10,
+    "avg_session_minutes": 0.03,
+    "total_charges": 0.01,
+    "payment_method": 0.02,
+    "device_os": 0.05,
+}
 
 
 def _seed(ds: dt.date, salt: int) -> int:
@@ -127,17 +144,23 @@ def _churn(num: dict[str, np.ndarray], cat: dict[str, np.ndarray], rng: np.rando
 
 def write_partition(lake: Lake, table: str, ds: dt.date, data: pa.Table, *, files: int) -> str:
     """Write ``data`` as ``files`` Parquet files and commit them as one partition."""
+    with commit.partition_lock(lake, table, ds, job="demo"):
+        commit.recover(lake, table, ds)
+        return _write_files(lake, table, ds, data, files=files)
+
+
+def _write_files(lake: Lake, table: str, ds: dt.date, data: pa.Table, *, files: int) -> str:
     staging = lake.staging_path(table, ds, f"demo-{uuid.uuid4().hex[:12]}")
     lake.fs.create_dir(staging, recursive=True)
     step = -(-data.num_rows // files)
     outputs = []
     for i in range(files):
         part = data.slice(i * step, step)
-        path = f"{staging}/part-{i:05d}.parquet"
-        pq.write_table(part, path, filesystem=lake.fs, compression="snappy")
-        outputs.append({"file": f"part-{i:05d}.parquet", "rows": part.num_rows})
-    manifest = {"table": table, "ds": ds.isoformat(), "writer": "lakecast demo", "files": outputs}
-    return lake.commit(staging, table, ds, manifest)
+        name = f"part-{staging.rsplit('/', 1)[-1]}-{i:05d}.parquet"  # unique per write: see jobs.commit
+        pq.write_table(part, f"{staging}/{name}", filesystem=lake.fs, compression="snappy")
+        outputs.append({"file": name, "rows": part.num_rows})
+    manifest = {"table": table, "date": ds.isoformat(), "writer": "lakecast demo", "output": outputs}
+    return commit.commit(lake, staging, table, ds, manifest)
 
 
 def build_demo_lake(lake: Lake, ds: dt.date, *, rows: int, labeled_rows: int) -> dict[str, str]:

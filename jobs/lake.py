@@ -6,8 +6,8 @@ Only this module knows paths. A table is a folder of Hive-style date partitions:
     <root>/<table>/ds=YYYY-MM-DD/_manifest.json
 
 Writers never write into a partition. They write into a staging folder of their own,
-``<root>/_staging/<table>/ds=.../<run_id>/``, and :meth:`Lake.commit` swaps it in whole, so a
-reader sees the previous partition or the new one, never a half-written mix.
+``<root>/_staging/<table>/ds=.../<run_id>/``, and :mod:`jobs.commit` publishes it whole. Where a
+partition has a manifest, lakecast reads exactly the files it names.
 """
 
 from __future__ import annotations
@@ -50,14 +50,31 @@ class Lake:
         return self.root.startswith("s3://")
 
     @cached_property
+    def s3fs(self):
+        """The s3fs filesystem behind :attr:`fs` for an ``s3://`` root.
+
+        Credentials and endpoint come from the standard AWS chain and variables
+        (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_ENDPOINT_URL``), never from YAML.
+        Retries are bounded so an unreachable endpoint fails in seconds, not minutes.
+        """
+        import s3fs
+
+        return s3fs.S3FileSystem(
+            retries=2,
+            config_kwargs={
+                "connect_timeout": 5,
+                "read_timeout": 120,
+                "retries": {"max_attempts": 3, "mode": "standard"},
+            },
+        )
+
+    @cached_property
     def fs(self) -> pafs.FileSystem:
         """The pyarrow filesystem that Ray Data and pyarrow both read and write through."""
         if self._fs is not None:
             return self._fs
         if self.is_s3:
-            import s3fs  # credentials and endpoint: the standard AWS chain and variables
-
-            return pafs.PyFileSystem(pafs.FSSpecHandler(s3fs.S3FileSystem()))
+            return pafs.PyFileSystem(pafs.FSSpecHandler(self.s3fs))
         return pafs.LocalFileSystem()
 
     @cached_property
@@ -81,7 +98,16 @@ class Lake:
         return f"{self.base}/_staging/{table}/ds={ds.isoformat()}/{run_id}"
 
     def exists(self, path: str) -> bool:
-        return self.fs.get_file_info(path).type != pafs.FileType.NotFound
+        return self._info(path).type != pafs.FileType.NotFound
+
+    def _info(self, path: str) -> pafs.FileInfo:
+        try:
+            return self.fs.get_file_info(path)
+        except Exception as e:  # botocore and aiohttp raise many types for an unreachable endpoint
+            if not self.is_s3:
+                raise
+            endpoint = os.environ.get("AWS_ENDPOINT_URL", "the default AWS endpoint")
+            raise LakeError(f"cannot reach the lake {self.root} at {endpoint}: {e}") from e
 
     def data_files(self, table: str, ds: dt.date) -> list[DataFile]:
         """The committed Parquet files of one partition, skipping ``_`` and ``.`` metadata.
@@ -90,15 +116,21 @@ class Lake:
             LakeError: the partition does not exist or holds no data file.
         """
         path = self.partition_path(table, ds)
-        info = self.fs.get_file_info(path)
-        if info.type == pafs.FileType.NotFound:
+        if self._info(path).type == pafs.FileType.NotFound:
             raise LakeError(f"partition {self.uri(path)} does not exist: no data for {table} on {ds}")
-        files = self._list_data_files(path)
+        files = self.list_data_files(path)
+        manifest = self.read_manifest(table, ds)
+        if manifest is not None:  # exactly the committed files, whatever else the folder holds
+            named = {f["file"] for f in manifest["output"]}
+            files = [f for f in files if os.path.basename(f.path) in named]
+            missing = named - {os.path.basename(f.path) for f in files}
+            if missing:
+                raise LakeError(f"partition {self.uri(path)} lacks files its manifest names: {sorted(missing)}")
         if not files:
             raise LakeError(f"partition {self.uri(path)} holds no Parquet data files")
         return files
 
-    def _list_data_files(self, path: str) -> list[DataFile]:
+    def list_data_files(self, path: str) -> list[DataFile]:
         infos = self.fs.get_file_info(pafs.FileSelector(path, recursive=False))
         return sorted(
             (
@@ -125,29 +157,3 @@ class Lake:
             return None
         with self.fs.open_input_stream(path) as f:
             return json.loads(f.read())
-
-    def commit(self, staging: str, table: str, ds: dt.date, manifest: dict[str, Any]) -> str:
-        """Publish a staged partition: write its manifest, then swap it in for the old one.
-
-        Returns:
-            the partition path.
-        """
-        with self.fs.open_output_stream(f"{staging}/{MANIFEST}") as f:
-            f.write(json.dumps(manifest, indent=2, default=str).encode())
-        target = self.partition_path(table, ds)
-        self.fs.create_dir(self.table_path(table), recursive=True)
-        trash = None
-        if self.exists(target):
-            trash = f"{self.base}/_trash/{table}/ds={ds.isoformat()}/{os.path.basename(staging)}"
-            self.fs.create_dir(os.path.dirname(trash), recursive=True)
-            self.fs.move(target, trash)
-        self.fs.move(staging, target)
-        if trash:
-            self.fs.delete_dir(trash)
-        log.info("committed %s", self.uri(target))
-        return target
-
-    def discard(self, staging: str) -> None:
-        """Remove a staging folder that will not be committed (a failed or dry run)."""
-        if self.exists(staging):
-            self.fs.delete_dir(staging)

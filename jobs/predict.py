@@ -17,11 +17,12 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from jobs import tracking
+from jobs import commit, tracking, validation
 from jobs.config import JobConfig
 from jobs.lake import DataFile, Lake, LakeError
 from jobs.ray_runtime import ensure_ray, gpus_per_actor
 from jobs.settings import Settings, load_settings
+from jobs.validation import InvalidInput
 from models.predictor import LINEAGE_COLUMNS, BatchPredictor, Lineage, PredictorOptions
 from models.registry import ModelRef, resolve
 
@@ -50,12 +51,18 @@ class RunResult:
     def as_dict(self) -> dict[str, Any]:
         """For XCom and JSON output: plain values only."""
         return {
-            "job": self.job, "date": self.ds.isoformat(), "rows": self.rows,
-            "seconds": round(self.seconds, 3), "rows_per_s": round(self.rows_per_s, 1),
-            "model_name": self.model.name, "model_version": self.model.version,
-            "model_uri": self.model.uri, "run_id": self.run_id, "output": self.output,
+            "job": self.job,
+            "date": self.ds.isoformat(),
+            "rows": self.rows,
+            "seconds": round(self.seconds, 3),
+            "rows_per_s": round(self.rows_per_s, 1),
+            "model_name": self.model.name,
+            "model_version": self.model.version,
+            "model_uri": self.model.uri,
+            "run_id": self.run_id,
+            "output": self.output,
             "committed": self.committed,
-        }  # fmt: skip
+        }
 
 
 def run_job(
@@ -71,13 +78,12 @@ def run_job(
 
     Args:
         model_alias / model_version: override the job file's model selection for this run.
-        dry_run: do everything but the commit: the published partition is left as it was.
+        dry_run: do everything but the commit: the published partitions are left as they were.
 
     Raises:
-        LakeError, RegistryError, JobError: with a message that names what is wrong.
+        LakeError, RegistryError, InvalidInput, CommitConflict, JobError: a sentence naming what
+        is wrong. Whatever happens, the previously committed partition stays as it was.
     """
-    import mlflow
-
     settings = settings or load_settings()
     lake = Lake(settings.lake_root)
     client = tracking.configure(settings)
@@ -85,97 +91,242 @@ def run_job(
     t0 = time.perf_counter()
 
     files = lake.data_files(job.input.table, ds)
-    rows_in = sum(lake.count_rows(files))
+    rows_in = sum(lake.count_rows(files))  # reads every footer: zero-byte and truncated files fail here
     if model_version is None and model_alias is None:
         model_alias, model_version = job.model.alias, job.model.version
     ref = resolve(client, job.model.name, alias=None if model_version else model_alias, version=model_version)
-    columns = [job.input.key, *feature_columns(job, ref)]
-    _check_columns(lake, files[0], columns)
+    rules = validation.rules_from(model_inputs(job, ref), job.validation, job.input.key)
+    validation.check_schema(lake, files, rules)
+    duplicates, examples = validation.duplicate_keys(lake, files, job.input.key)
+    if duplicates:
+        message = f"{duplicates} row(s) repeat a {job.input.key} already seen (e.g. {examples})"
+        if job.validation.duplicate_keys == "fail":
+            raise InvalidInput(f"{lake.uri(lake.partition_path(job.input.table, ds))}: {message}")
+        log.warning("%s; each row is scored (validation.duplicate_keys: keep)", message)
     log.info("scoring %s %s: %d rows in %d files with %s", job.name, ds, rows_in, len(files), ref.uri)
+
+    lease = job.airflow.timeout_minutes * 60 + 600
+    with commit.partition_lock(lake, job.output.table, ds, job=job.name, lease_s=lease):
+        for table in (job.output.table, quarantine_table(job)):
+            commit.recover(lake, table, ds)
+        result = _run_locked(
+            job,
+            ds,
+            lake=lake,
+            settings=settings,
+            ref=ref,
+            files=files,
+            rows_in=rows_in,
+            rules=rules,
+            duplicates=duplicates,
+            started_at=started_at,
+            t0=t0,
+            dry_run=dry_run,
+        )
+    log.info(
+        "scored %d rows in %.1f s (%.0f rows/s) → %s", result.rows, result.seconds, result.rows_per_s, result.output
+    )
+    return result
+
+
+def quarantine_table(job: JobConfig) -> str:
+    return f"quarantine/{job.name}"
+
+
+def _run_locked(
+    job: JobConfig,
+    ds: dt.date,
+    *,
+    lake: Lake,
+    settings: Settings,
+    ref: ModelRef,
+    files: list[DataFile],
+    rows_in: int,
+    rules: list,
+    duplicates: int,
+    started_at: dt.datetime,
+    t0: float,
+    dry_run: bool,
+) -> RunResult:
+    import mlflow
 
     experiment = tracking.experiment_id(settings, f"lakecast/{job.name}")
     with mlflow.start_run(experiment_id=experiment, run_name=f"{job.name} {ds.isoformat()}") as run:
         run_id = run.info.run_id
         gpus = _log_start(job, ds, ref, lake, files, settings)
         staging = lake.staging_path(job.output.table, ds, run_id)
+        q_staging = lake.staging_path(quarantine_table(job), ds, run_id)
         try:
-            _score(job, lake, files, columns, staging, settings=settings, ref=ref, run_id=run_id,
-                   started_at=started_at, gpus=gpus)  # fmt: skip
-            out_files = lake._list_data_files(staging)
+            lake.fs.create_dir(q_staging, recursive=True)
+            _score(
+                job,
+                lake,
+                files,
+                rules,
+                staging,
+                q_staging,
+                settings=settings,
+                ref=ref,
+                run_id=run_id,
+                started_at=started_at,
+                gpus=gpus,
+            )
+            out_files = lake.list_data_files(staging)
             out_rows = lake.count_rows(out_files)
-            if sum(out_rows) != rows_in:
-                raise JobError(f"wrote {sum(out_rows)} rows for {rows_in} input rows; nothing was committed")
+            q_files = lake.list_data_files(q_staging)
+            q_rows = lake.count_rows(q_files)
+            if sum(out_rows) + sum(q_rows) != rows_in:
+                raise JobError(
+                    f"wrote {sum(out_rows)} predictions and quarantined {sum(q_rows)} rows for {rows_in} input "
+                    "rows; nothing was committed"
+                )
+            invalid = sum(q_rows)
+            share = invalid / rows_in if rows_in else 0.0
+            mlflow.log_metrics({"invalid_rows": invalid, "invalid_share": share, "duplicate_keys": duplicates})
             manifest = _manifest(job, ds, run_id, ref, lake, files, out_files, out_rows, started_at)
+            q_manifest = _manifest(job, ds, run_id, ref, lake, files, q_files, q_rows, started_at)
+            if invalid:
+                log.warning(
+                    "%d of %d rows (%.2f%%) failed validation and were quarantined: %s",
+                    invalid,
+                    rows_in,
+                    100 * share,
+                    _reason_counts(lake, q_files),
+                )
+            if share > job.validation.max_invalid_share:
+                q_partition = lake.partition_path(quarantine_table(job), ds)
+                if not dry_run:
+                    commit.commit(lake, q_staging, quarantine_table(job), ds, q_manifest)
+                raise InvalidInput(
+                    f"{invalid} of {rows_in} rows ({100 * share:.2f}%) failed validation, above the job's limit "
+                    f"of {100 * job.validation.max_invalid_share:g}% (validation.max_invalid_share); no "
+                    f"predictions were published; the rows are in {lake.uri(q_partition)}"
+                )
             if dry_run:
-                lake.discard(staging)
+                commit.discard(lake, staging)
+                commit.discard(lake, q_staging)
                 output = lake.partition_path(job.output.table, ds)
             else:
-                output = lake.commit(staging, job.output.table, ds, manifest)
-        except BaseException:
-            lake.discard(staging)
-            raise
+                commit.commit(lake, q_staging, quarantine_table(job), ds, q_manifest)
+                output = commit.commit(lake, staging, job.output.table, ds, manifest)
+        except BaseException as e:
+            commit.discard(lake, staging)
+            commit.discard(lake, q_staging)
+            cause = _unwrap_ray_error(e)
+            if cause is e:
+                raise
+            raise cause from None
         seconds = time.perf_counter() - t0
         mlflow.log_metrics({"rows": rows_in, "seconds": seconds, "rows_per_s": rows_in / seconds})
         if not dry_run:
-            tracking.log_dataset(name=f"{job.output.table}@{ds}", uri=lake.uri(output),
-                                 files=[DataFile(f.path.replace(staging, output), f.size) for f in out_files],
-                                 context="output")  # fmt: skip
+            tracking.log_dataset(
+                name=f"{job.output.table}@{ds}",
+                uri=lake.uri(output),
+                files=lake.data_files(job.output.table, ds),
+                context="output",
+            )
         mlflow.set_tag("lakecast.committed", str(not dry_run).lower())
-    result = RunResult(job.name, ds, rows_in, seconds, ref, run_id, lake.uri(output), committed=not dry_run)
-    log.info("scored %d rows in %.1f s (%.0f rows/s) → %s", result.rows, seconds, result.rows_per_s, result.output)
-    return result
+    return RunResult(job.name, ds, rows_in, seconds, ref, run_id, lake.uri(output), committed=not dry_run)
 
 
-def feature_columns(job: JobConfig, ref: ModelRef) -> list[str]:
-    """The job file's columns, else the model signature's inputs."""
-    if job.input.columns:
-        return list(job.input.columns)
+def _reason_counts(lake: Lake, files: list[DataFile]) -> dict[str, int]:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    reasons = pq.ParquetDataset([f.path for f in files], filesystem=lake.fs).read(columns=[validation.REASON])
+    counts = pc.value_counts(reasons.column(0))
+    return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))
+
+
+def _unwrap_ray_error(e: BaseException) -> BaseException:
+    """A task's exception arrives wrapped in a RayTaskError; users need the original sentence."""
+    cause = getattr(e, "cause", None)
+    if cause is not None and isinstance(cause, (InvalidInput, LakeError, JobError)):
+        return cause
+    return e
+
+
+def model_inputs(job: JobConfig, ref: ModelRef) -> list[tuple[str, str, bool]]:
+    """(column, MLflow type, required) for each feature: the signature's, limited to the job's columns."""
     from mlflow.models import get_model_info
 
     signature = get_model_info(ref.uri).signature
     if signature is None or signature.inputs is None:
-        raise JobError(f"{ref.uri} has no signature: list input.columns in conf/jobs/{job.name}.yaml")
-    return [c for c in signature.inputs.input_names() if c != job.input.key]
+        if not job.input.columns:
+            raise JobError(f"{ref.uri} has no signature: list input.columns in conf/jobs/{job.name}.yaml")
+        return [(c, "any", False) for c in job.input.columns]
+    specs = [(c.name, str(c.type), c.required) for c in signature.inputs.inputs if c.name != job.input.key]
+    if job.input.columns:
+        known = {name for name, _, _ in specs}
+        unknown = [c for c in job.input.columns if c not in known]
+        if unknown:
+            raise JobError(f"input.columns {unknown} are not inputs of {ref.uri}")
+        specs = [s for s in specs if s[0] in job.input.columns]
+    return specs
 
 
-def _check_columns(lake: Lake, first: DataFile, columns: list[str]) -> None:
-    import pyarrow.parquet as pq
-
-    try:
-        schema = pq.read_schema(first.path, filesystem=lake.fs)
-    except Exception as e:
-        raise LakeError(f"cannot read Parquet file {lake.uri(first.path)}: {e}") from e
-    missing = [c for c in columns if c not in schema.names]
-    if missing:
-        raise JobError(f"{lake.uri(first.path)}: missing column(s) {', '.join(map(repr, missing))}")
-
-
-def _log_start(job: JobConfig, ds: dt.date, ref: ModelRef, lake: Lake, files: list[DataFile],
-               settings: Settings) -> float:  # fmt: skip
+def _log_start(
+    job: JobConfig, ds: dt.date, ref: ModelRef, lake: Lake, files: list[DataFile], settings: Settings
+) -> float:
     import mlflow
 
     ensure_ray(settings)
     gpus = gpus_per_actor(job.compute.gpus_per_actor)
-    mlflow.log_params({
-        "job": job.name, "date": ds.isoformat(), "model_uri": ref.uri, "model_version": ref.version,
-        "model_alias": ref.alias or "", "input_files": len(files), "profile": settings.profile,
-        "compute.min_actors": job.compute.min_actors, "compute.max_actors": job.compute.max_actors,
-        "compute.gpus_per_actor": gpus, "compute.cpus_per_actor": job.compute.cpus_per_actor,
-        "compute.batch_size": job.compute.batch_size,
-    })  # fmt: skip
-    mlflow.set_tags({
-        "lakecast.job": job.name, "lakecast.date": ds.isoformat(),
-        "lakecast.model_version": f"{ref.name}/{ref.version}", "lakecast.code_version": tracking.code_version(),
-    })  # fmt: skip
-    tracking.log_dataset(name=f"{job.input.table}@{ds}", uri=lake.uri(lake.partition_path(job.input.table, ds)),
-                         files=files, context="input")  # fmt: skip
+    mlflow.log_params(
+        {
+            "job": job.name,
+            "date": ds.isoformat(),
+            "model_uri": ref.uri,
+            "model_version": ref.version,
+            "model_alias": ref.alias or "",
+            "input_files": len(files),
+            "profile": settings.profile,
+            "compute.min_actors": job.compute.min_actors,
+            "compute.max_actors": job.compute.max_actors,
+            "compute.gpus_per_actor": gpus,
+            "compute.cpus_per_actor": job.compute.cpus_per_actor,
+            "compute.batch_size": job.compute.batch_size,
+        }
+    )
+    mlflow.set_tags(
+        {
+            "lakecast.job": job.name,
+            "lakecast.date": ds.isoformat(),
+            "lakecast.model_version": f"{ref.name}/{ref.version}",
+            "lakecast.code_version": tracking.code_version(),
+        }
+    )
+    tracking.log_dataset(
+        name=f"{job.input.table}@{ds}",
+        uri=lake.uri(lake.partition_path(job.input.table, ds)),
+        files=files,
+        context="input",
+    )
     tracking.link_model_version(mlflow.MlflowClient(), ref.name, ref.version)
     return gpus
 
 
-def _score(job: JobConfig, lake: Lake, files: list[DataFile], columns: list[str], staging: str, *,
-           settings: Settings, ref: ModelRef, run_id: str, started_at: dt.datetime, gpus: float) -> None:  # fmt: skip
-    """The Ray Data pipeline: read → actor pool of predictors → Parquet in staging."""
+def _score(
+    job: JobConfig,
+    lake: Lake,
+    files: list[DataFile],
+    rules: list,
+    staging: str,
+    q_staging: str,
+    *,
+    settings: Settings,
+    ref: ModelRef,
+    run_id: str,
+    started_at: dt.datetime,
+    gpus: float,
+) -> None:
+    """The Ray Data pipeline: read → validate rows → actor pool of predictors → Parquet in staging.
+
+    Fault tolerance is set on purpose, bounded: a task whose worker dies is retried up to 3 times
+    (reads, validation and writes are idempotent: they rewrite the same file names); an actor
+    that dies is restarted up to 3 times and its in-flight batches are resubmitted. A batch that
+    kills every actor it meets fails the run instead of looping forever.
+    """
     import ray
 
     options = PredictorOptions(
@@ -188,8 +339,12 @@ def _score(job: JobConfig, lake: Lake, files: list[DataFile], columns: list[str]
         lineage=Lineage(ref.name, ref.version, run_id, started_at),
         num_threads=max(1, int(job.compute.cpus_per_actor)),
     )
-    dataset = ray.data.read_parquet([f.path for f in files], filesystem=lake.fs, columns=columns, partitioning=None)
-    scored = dataset.map_batches(
+    columns = [r.name for r in rules if r.name != job.input.key]
+    validator = validation.RowValidator(rules, job.validation.on_invalid_rows, job.input.key, lake.fs, q_staging)
+    dataset = ray.data.read_parquet(
+        [f.path for f in files], filesystem=lake.fs, columns=[job.input.key, *columns], partitioning=None
+    )
+    scored = dataset.map_batches(validator, batch_format="pyarrow", ray_remote_args_fn=_task_retries).map_batches(
         BatchPredictor,
         fn_constructor_kwargs={"options": options},
         batch_format="pyarrow",
@@ -198,12 +353,30 @@ def _score(job: JobConfig, lake: Lake, files: list[DataFile], columns: list[str]
         num_cpus=job.compute.cpus_per_actor,
         num_gpus=gpus,
         udf_modifying_row_count=False,
+        ray_remote_args_fn=_actor_restarts,
     )
     scored.write_parquet(staging, filesystem=lake.fs, min_rows_per_file=job.output.rows_per_file)
 
 
-def _manifest(job: JobConfig, ds: dt.date, run_id: str, ref: ModelRef, lake: Lake, files: list[DataFile],
-              out_files: list[DataFile], out_rows: list[int], started_at: dt.datetime) -> dict[str, Any]:  # fmt: skip
+def _task_retries() -> dict[str, int]:
+    return {"max_retries": 3}
+
+
+def _actor_restarts() -> dict[str, int]:
+    return {"max_restarts": 3, "max_task_retries": 3}
+
+
+def _manifest(
+    job: JobConfig,
+    ds: dt.date,
+    run_id: str,
+    ref: ModelRef,
+    lake: Lake,
+    files: list[DataFile],
+    out_files: list[DataFile],
+    out_rows: list[int],
+    started_at: dt.datetime,
+) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
     schema = pq.read_schema(out_files[0].path, filesystem=lake.fs) if out_files else None

@@ -60,9 +60,14 @@ def resolve(client: MlflowClient, name: str, *, alias: str | None = None, versio
 
 
 def register_pyfunc(
-    *, name: str, python_model: object, artifact_dir: Path, signature: object, input_example: object,
+    *,
+    name: str,
+    python_model: object,
+    artifact_dir: Path,
+    signature: object,
+    input_example: object,
     tags: dict[str, str] | None = None,
-) -> ModelRef:  # fmt: skip
+) -> ModelRef:
     """Log a pyfunc model in the active run and register it as a new version of ``name``."""
     import mlflow
 

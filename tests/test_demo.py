@@ -22,8 +22,12 @@ def test_demo_runs_the_dag_through_airflow(tmp_path):
     lakecast = str(Path(sys.executable).with_name("lakecast"))
     proc = subprocess.run(
         [lakecast, "demo", "--rows", "4000", "--labeled-rows", "3000", "--date", "2026-11-21"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     out = proc.stdout
     summary = r"scored 4,000 rows for 2026-11-21 in [\d.]+ s \([\d,]+ rows/s\) with models:/churn-classifier/1"

@@ -38,8 +38,14 @@ def test_scores_a_batch_with_lineage(settings, registered, raw_batch):
     out = predictor(raw_batch)
     assert out.num_rows == raw_batch.num_rows
     assert out.column_names == [
-        "customer_id", "churn_probability", "prediction", "model_name", "model_version", "scoring_run_id", "scored_at",
-    ]  # fmt: skip
+        "customer_id",
+        "churn_probability",
+        "prediction",
+        "model_name",
+        "model_version",
+        "scoring_run_id",
+        "scored_at",
+    ]
     assert out["customer_id"].equals(raw_batch["customer_id"])
     proba = out["churn_probability"].to_numpy()
     assert ((proba >= 0) & (proba <= 1)).all() and proba.std() > 0

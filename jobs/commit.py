@@ -1,0 +1,219 @@
+"""Publishing a partition safely: one writer at a time, all or nothing, and cleanup after crashes.
+
+The guarantees, and what each rests on:
+
+* **One writer per partition.** A run holds the partition's lock from before it reads until it
+  has committed. Locally the lock is ``flock`` on ``_locks/<table>/ds=<date>.lock``: the kernel
+  releases it when the process dies, so a killed run never blocks the next one. On S3 it is an
+  object created with a conditional PUT (``If-None-Match: *``) holding the owner and an expiry;
+  a lock past its expiry (a run killed without cleanup) is taken over.
+* **All or nothing, local.** The staged folder is swapped with the partition folder in one
+  ``renameat2(RENAME_EXCHANGE)`` call: a reader sees the old files or the new ones. Where the
+  filesystem lacks it, two renames, with the old partition parked in ``_trash/`` so that
+  :func:`recover` can put it back if the process dies in between.
+* **All or nothing, S3 (no rename there).** New files are copied in under new names, then
+  ``_manifest.json`` is written: that single PUT is the commit point. Old files are deleted after.
+  lakecast's readers use the manifest's file list, so they see exactly one committed version;
+  a reader that lists the folder can see old and new files together for the seconds between the
+  first copy and the last delete. :func:`recover` deletes files no manifest names.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from jobs.lake import MANIFEST, Lake
+
+log = logging.getLogger(__name__)
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+class CommitConflict(RuntimeError):
+    """Another run holds the partition; this one stopped before writing anything."""
+
+
+def _owner(job: str, lease_s: float) -> dict[str, Any]:
+    now = dt.datetime.now(dt.UTC)
+    return {
+        "job": job,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "since": now.isoformat(),
+        "expires": (now + dt.timedelta(seconds=lease_s)).isoformat(),
+    }
+
+
+def _lock_path(lake: Lake, table: str, ds: dt.date) -> str:
+    return f"{lake.base}/_locks/{table}/ds={ds.isoformat()}.lock"
+
+
+def _conflict(table: str, ds: dt.date, owner: dict[str, Any] | None) -> CommitConflict:
+    who = (
+        f"job {owner.get('job')} on host {owner.get('host')} (pid {owner.get('pid')}) since {owner.get('since')}"
+        if owner
+        else "another run"
+    )
+    return CommitConflict(
+        f"{table} ds={ds} is being written by {who}; this run stopped before writing anything. "
+        "Try again when that run has finished."
+    )
+
+
+@contextmanager
+def partition_lock(lake: Lake, table: str, ds: dt.date, *, job: str, lease_s: float = 4 * 3600) -> Iterator[None]:
+    """Hold the partition's write lock, or raise :class:`CommitConflict` at once."""
+    path = _lock_path(lake, table, ds)
+    owner = _owner(job, lease_s)
+    if lake.is_s3:
+        with _s3_lock(lake, path, owner, table, ds):
+            yield
+        return
+    import fcntl
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            held = os.pread(fd, 4096, 0)
+            raise _conflict(table, ds, json.loads(held) if held else None) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(owner).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the flock
+
+
+@contextmanager
+def _s3_lock(lake: Lake, path: str, owner: dict[str, Any], table: str, ds: dt.date) -> Iterator[None]:
+    s3 = lake.s3fs
+    bucket, key = path.split("/", 1)
+    body = json.dumps(owner).encode()
+    for _ in range(2):
+        try:
+            s3.call_s3("put_object", Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
+            break
+        except OSError:
+            pass  # precondition failed: the lock exists
+        try:
+            held = json.loads(s3.cat_file(path))
+        except FileNotFoundError:
+            continue  # released meanwhile: try again
+        if dt.datetime.fromisoformat(held["expires"]) > dt.datetime.now(dt.UTC):
+            raise _conflict(table, ds, held)
+        log.warning("taking over the expired lock of %s", held)
+        s3.rm_file(path)
+    else:
+        raise _conflict(table, ds, None)
+    try:
+        yield
+    finally:
+        s3.rm_file(path)
+
+
+def recover(lake: Lake, table: str, ds: dt.date) -> None:
+    """Undo what a dead run left behind; call it while holding the partition lock.
+
+    Removes staging folders of the partition (only the lock holder writes there, so any found are
+    from dead runs), restores a partition parked in ``_trash/`` by an interrupted local commit, and
+    deletes data files that the committed manifest does not name.
+    """
+    target = lake.partition_path(table, ds)
+    staging_root = f"{lake.base}/_staging/{table}/ds={ds.isoformat()}"
+    trash_root = f"{lake.base}/_trash/{table}/ds={ds.isoformat()}"
+    if lake.exists(staging_root):
+        log.warning("removing staging left by dead runs: %s", lake.uri(staging_root))
+        lake.fs.delete_dir(staging_root)
+    if lake.exists(trash_root):
+        parked = sorted(i.path for i in lake.fs.get_file_info(pafs.FileSelector(trash_root)))
+        if parked and not lake.exists(target):
+            log.warning("restoring %s from an interrupted commit", lake.uri(target))
+            lake.fs.move(parked[-1], target)
+        lake.fs.delete_dir(trash_root)
+    manifest = lake.read_manifest(table, ds)
+    if manifest is not None:
+        named = {f["file"] for f in manifest["output"]}
+        for f in lake.list_data_files(target):
+            if os.path.basename(f.path) not in named:
+                log.warning("removing %s: not in the committed manifest", lake.uri(f.path))
+                lake.fs.delete_file(f.path)
+
+
+def commit(lake: Lake, staging: str, table: str, ds: dt.date, manifest: dict[str, Any]) -> str:
+    """Publish ``staging`` as the partition; call it while holding the partition lock.
+
+    Returns:
+        the partition path.
+    """
+    target = lake.partition_path(table, ds)
+    lake.fs.create_dir(lake.table_path(table), recursive=True)
+    if lake.is_s3:
+        _commit_s3(lake, staging, target, manifest)
+    else:
+        _write_manifest(lake, staging, manifest)
+        _swap_local(lake, staging, target, table, ds)
+    log.info("committed %s", lake.uri(target))
+    return target
+
+
+def _write_manifest(lake: Lake, folder: str, manifest: dict[str, Any]) -> None:
+    with lake.fs.open_output_stream(f"{folder}/{MANIFEST}") as f:
+        f.write(json.dumps(manifest, indent=2, default=str).encode())
+
+
+def _swap_local(lake: Lake, staging: str, target: str, table: str, ds: dt.date) -> None:
+    if not os.path.exists(target):
+        os.rename(staging, target)
+        return
+    if _exchange(staging, target):
+        shutil.rmtree(staging)  # now holds the previous partition
+        return
+    trash = f"{lake.base}/_trash/{table}/ds={ds.isoformat()}/{os.path.basename(staging)}"
+    os.makedirs(os.path.dirname(trash), exist_ok=True)
+    os.rename(target, trash)
+    os.rename(staging, target)
+    shutil.rmtree(os.path.dirname(trash))
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Atomically swap two paths (Linux ``renameat2``); False where unsupported."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    return renameat2(_AT_FDCWD, a.encode(), _AT_FDCWD, b.encode(), _RENAME_EXCHANGE) == 0
+
+
+def _commit_s3(lake: Lake, staging: str, target: str, manifest: dict[str, Any]) -> None:
+    s3 = lake.s3fs
+    old = lake.list_data_files(target) if lake.exists(target) else []
+    new_names = {f["file"] for f in manifest["output"]}
+    for name in new_names:  # names are unique per run, so copies never overwrite committed files
+        s3.copy(f"{staging}/{name}", f"{target}/{name}")
+    s3.pipe_file(f"{target}/{MANIFEST}", json.dumps(manifest, indent=2, default=str).encode())  # commit point
+    for f in old:
+        if os.path.basename(f.path) not in new_names:
+            s3.rm_file(f.path)
+    s3.rm(staging, recursive=True)
+
+
+def discard(lake: Lake, staging: str) -> None:
+    """Remove a staging folder that will not be committed (a failed or dry run)."""
+    try:
+        if lake.exists(staging):
+            lake.fs.delete_dir(staging)
+    except OSError as e:  # cleanup must not hide the error that brought us here
+        log.warning("could not remove %s (the next run removes it): %s", lake.uri(staging), e)

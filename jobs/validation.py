@@ -1,0 +1,197 @@
+"""Input validation before scoring.
+
+Two levels. **Schema**, checked on the driver before anything is written: every file of the
+partition has a readable footer and every needed column with a type the model accepts; a
+problem is an error naming the file and the column. **Rows**, checked inside the Ray pipeline on
+each batch: nulls where none are allowed, NaN or infinity, values out of range, categories not
+allowed, strings too long. Bad rows either fail the run (``on_invalid_rows: fail``) or go, with a
+``reason`` column, to ``quarantine/<job>/ds=<date>/`` while the rest is scored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from jobs.lake import DataFile, Lake, LakeError
+
+if TYPE_CHECKING:
+    from jobs.config import ValidationSpec
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["number", "string", "boolean", "any"]
+REASON = "reason"
+
+
+class InvalidInput(ValueError):
+    """The input breaks the job's schema or row rules; nothing was published."""
+
+
+@dataclass(frozen=True)
+class ColumnRule:
+    name: str
+    kind: Kind
+    nullable: bool = True
+    min: float | None = None
+    max: float | None = None
+    categories: tuple[str, ...] | None = None
+    max_length: int | None = None
+
+
+_SIGNATURE_KINDS: dict[str, Kind] = {
+    "double": "number",
+    "float": "number",
+    "long": "number",
+    "integer": "number",
+    "string": "string",
+    "boolean": "boolean",
+}
+
+
+def rules_from(signature_inputs: list[tuple[str, str, bool]], spec: ValidationSpec, key: str) -> list[ColumnRule]:
+    """Merge the model signature (name, MLflow type, required) with the job file's rules.
+
+    Raises:
+        InvalidInput: the job file has rules for a column the model does not take.
+    """
+    by_name = {name: (_SIGNATURE_KINDS.get(t, "any"), required) for name, t, required in signature_inputs}
+    unknown = sorted(set(spec.columns) - set(by_name))
+    if unknown:
+        raise InvalidInput(f"validation.columns names {unknown}, which the model does not take as input")
+    rules = []
+    for name, (kind, required) in by_name.items():
+        check = spec.columns.get(name)
+        nullable = (not required) if check is None or check.nullable is None else check.nullable
+        rules.append(
+            ColumnRule(
+                name,
+                kind,
+                nullable=nullable,
+                min=check.min if check else None,
+                max=check.max if check else None,
+                categories=tuple(check.categories) if check and check.categories else None,
+                max_length=spec.max_string_length if kind == "string" else None,
+            )
+        )
+    rules.append(ColumnRule(key, "any", nullable=False))
+    return rules
+
+
+def _kind_of(t: pa.DataType) -> Kind:
+    if pa.types.is_dictionary(t):
+        return _kind_of(t.value_type)
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
+        return "number"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_boolean(t):
+        return "boolean"
+    return "any"
+
+
+def check_schema(lake: Lake, files: list[DataFile], rules: list[ColumnRule]) -> None:
+    """Every file has every needed column, with a type the model takes.
+
+    Raises:
+        LakeError: a file is unreadable (zero bytes, truncated, not Parquet).
+        InvalidInput: naming the file, the column, its type and the expected kind.
+    """
+    for f in files:
+        try:
+            schema = pq.read_schema(f.path, filesystem=lake.fs)
+        except Exception as e:
+            raise LakeError(f"cannot read Parquet file {lake.uri(f.path)}: {e}") from e
+        for rule in rules:
+            if rule.name not in schema.names:
+                raise InvalidInput(f"{lake.uri(f.path)}: missing column {rule.name!r}")
+            actual = schema.field(rule.name).type
+            if rule.kind != "any" and _kind_of(actual) != rule.kind:
+                raise InvalidInput(
+                    f"{lake.uri(f.path)}: column {rule.name!r} has type {actual}, the model expects a {rule.kind}"
+                )
+
+
+def invalid_reasons(batch: pa.Table, rules: list[ColumnRule]) -> pa.Array:
+    """Per row, the first rule it breaks ("age: null", "plan_tier: not an allowed category"), else null."""
+    n = batch.num_rows
+    reasons = np.full(n, None, dtype=object)
+    for rule in rules:
+        column = batch.column(rule.name)
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        checks: list[tuple[pa.ChunkedArray | pa.Array, str]] = []
+        if pa.types.is_floating(column.type):
+            checks.append((pc.is_inf(column), "infinite"))
+            if not rule.nullable:
+                checks.append((pc.is_nan(column), "NaN"))
+        if not rule.nullable:
+            checks.append((pc.is_null(column), "null"))
+        if rule.min is not None:
+            checks.append((pc.less(column, rule.min), f"below {rule.min:g}"))
+        if rule.max is not None:
+            checks.append((pc.greater(column, rule.max), f"above {rule.max:g}"))
+        if rule.categories is not None:
+            allowed = pc.is_in(column, value_set=pa.array(rule.categories, column.type))
+            checks.append((pc.and_(pc.invert(allowed), pc.is_valid(column)), "not an allowed category"))
+        if rule.max_length is not None and _kind_of(column.type) == "string":
+            checks.append((pc.greater(pc.utf8_length(column), rule.max_length), f"longer than {rule.max_length}"))
+        for mask, what in checks:
+            hit = pc.fill_null(mask, False).to_numpy(zero_copy_only=False) & (reasons == None)  # noqa: E711
+            reasons[hit] = f"{rule.name}: {what}"
+    return pa.array(reasons, pa.string())
+
+
+@dataclass(frozen=True)
+class RowValidator:
+    """A Ray Data map_batches function: returns the valid rows, sets the others aside.
+
+    Bad rows are written to ``quarantine_dir`` under a name derived from their content, so a
+    retried task rewrites the same file instead of adding a duplicate.
+    """
+
+    rules: list[ColumnRule]
+    policy: Literal["fail", "quarantine"]
+    key: str
+    fs: object
+    quarantine_dir: str
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        reasons = invalid_reasons(batch, self.rules)
+        if reasons.null_count == len(reasons):
+            return batch
+        bad = pc.is_valid(reasons)
+        if self.policy == "fail":
+            first = pc.index(bad, True).as_py()
+            raise InvalidInput(
+                f"{len(reasons) - reasons.null_count} invalid row(s) in a batch, e.g. {self.key}="
+                f"{batch.column(self.key)[first].as_py()!r}: {reasons[first].as_py()} "
+                "(validation.on_invalid_rows is 'fail'; set it to 'quarantine' to score the rest)"
+            )
+        rejected = batch.filter(bad).append_column(REASON, reasons.filter(bad))
+        digest = hashlib.sha1(_digest(rejected)).hexdigest()[:20]
+        pq.write_table(rejected, f"{self.quarantine_dir}/q-{digest}.parquet", filesystem=self.fs)
+        return batch.filter(pc.invert(bad))
+
+
+def _digest(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def duplicate_keys(lake: Lake, files: list[DataFile], key: str) -> tuple[int, list]:
+    """How many rows repeat an earlier key, and a few examples (reads only the key column)."""
+    keys = pq.ParquetDataset([f.path for f in files], filesystem=lake.fs).read(columns=[key]).column(key)
+    counts = pc.value_counts(keys)
+    repeated = counts.filter(pc.greater(counts.field("counts"), 1))
+    extra = int(pc.sum(pc.subtract(repeated.field("counts"), 1)).as_py() or 0)
+    return extra, repeated.field("values").to_pylist()[:5]
