@@ -27,13 +27,15 @@ import logging
 import os
 import shutil
 import socket
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import pyarrow.fs as pafs
 
-from jobs.lake import MANIFEST, Lake
+from jobs.lake import MANIFEST, Lake, LakeError
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ def _owner(job: str, lease_s: float) -> dict[str, Any]:
         "job": job,
         "host": socket.gethostname(),
         "pid": os.getpid(),
+        "token": uuid.uuid4().hex,
         "since": now.isoformat(),
         "expires": (now + dt.timedelta(seconds=lease_s)).isoformat(),
     }
@@ -103,16 +106,20 @@ def _s3_lock(lake: Lake, path: str, owner: dict[str, Any], table: str, ds: dt.da
     s3 = lake.s3fs
     bucket, key = path.split("/", 1)
     body = json.dumps(owner).encode()
-    for _ in range(2):
+    for _ in range(5):
         try:
             s3.call_s3("put_object", Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
             break
-        except OSError:
-            pass  # precondition failed: the lock exists
-        try:
+        except OSError as e:
+            if "pre-condition" not in str(e) and "PreconditionFailed" not in str(e):
+                raise LakeError(f"cannot create the lock {lake.uri(path)}: {e}") from e
+        try:  # the lock exists: whose is it?
             held = json.loads(s3.cat_file(path))
         except FileNotFoundError:
-            continue  # released meanwhile: try again
+            time.sleep(0.2)  # released meanwhile: try again
+            continue
+        if held.get("token") == owner["token"]:
+            break  # our own PUT: its response was lost and the client's retry met our lock
         if dt.datetime.fromisoformat(held["expires"]) > dt.datetime.now(dt.UTC):
             raise _conflict(table, ds, held)
         log.warning("taking over the expired lock of %s", held)
@@ -207,7 +214,8 @@ def _commit_s3(lake: Lake, staging: str, target: str, manifest: dict[str, Any]) 
     for f in old:
         if os.path.basename(f.path) not in new_names:
             s3.rm_file(f.path)
-    s3.rm(staging, recursive=True)
+    if s3.exists(staging):  # an empty staging folder is no object at all on S3
+        s3.rm(staging, recursive=True)
 
 
 def discard(lake: Lake, staging: str) -> None:

@@ -59,8 +59,15 @@ class Lake:
         """
         import s3fs
 
+        # Values set in this process travel inside the pickled filesystem to Ray workers, which
+        # may not share this environment; where unset, s3fs falls back to the standard chain.
+        env = os.environ.get
         return s3fs.S3FileSystem(
-            retries=2,
+            key=env("AWS_ACCESS_KEY_ID"),
+            secret=env("AWS_SECRET_ACCESS_KEY"),
+            token=env("AWS_SESSION_TOKEN"),
+            endpoint_url=env("AWS_ENDPOINT_URL_S3") or env("AWS_ENDPOINT_URL"),
+            client_kwargs={"region_name": env("AWS_REGION") or env("AWS_DEFAULT_REGION") or "us-east-1"},
             config_kwargs={
                 "connect_timeout": 5,
                 "read_timeout": 120,
@@ -131,6 +138,8 @@ class Lake:
         return files
 
     def list_data_files(self, path: str) -> list[DataFile]:
+        if self._info(path).type == pafs.FileType.NotFound:
+            return []  # S3 has no empty folders: a prefix with no object does not exist
         infos = self.fs.get_file_info(pafs.FileSelector(path, recursive=False))
         return sorted(
             (

@@ -322,10 +322,12 @@ def _score(
 ) -> None:
     """The Ray Data pipeline: read → validate rows → actor pool of predictors → Parquet in staging.
 
-    Fault tolerance is set on purpose, bounded: a task whose worker dies is retried up to 3 times
-    (reads, validation and writes are idempotent: they rewrite the same file names); an actor
-    that dies is restarted up to 3 times and its in-flight batches are resubmitted. A batch that
-    kills every actor it meets fails the run instead of looping forever.
+    Fault tolerance is Ray Data's, kept on purpose (its knobs, ``ray_remote_args``, are deprecated
+    in Ray 2.60): a read, validation or write task whose worker dies is retried (Ray's default, 3
+    times), and that is safe because each rewrites the same file names; an actor that dies is
+    restarted and its in-flight batches are resubmitted. An exception raised by our code is not
+    retried: it fails the run at once. The job's ``airflow.timeout_minutes`` bounds the whole,
+    and rows out must equal rows in before anything is committed.
     """
     import ray
 
@@ -344,7 +346,7 @@ def _score(
     dataset = ray.data.read_parquet(
         [f.path for f in files], filesystem=lake.fs, columns=[job.input.key, *columns], partitioning=None
     )
-    scored = dataset.map_batches(validator, batch_format="pyarrow", ray_remote_args_fn=_task_retries).map_batches(
+    scored = dataset.map_batches(validator, batch_format="pyarrow").map_batches(
         BatchPredictor,
         fn_constructor_kwargs={"options": options},
         batch_format="pyarrow",
@@ -353,17 +355,8 @@ def _score(
         num_cpus=job.compute.cpus_per_actor,
         num_gpus=gpus,
         udf_modifying_row_count=False,
-        ray_remote_args_fn=_actor_restarts,
     )
     scored.write_parquet(staging, filesystem=lake.fs, min_rows_per_file=job.output.rows_per_file)
-
-
-def _task_retries() -> dict[str, int]:
-    return {"max_retries": 3}
-
-
-def _actor_restarts() -> dict[str, int]:
-    return {"max_restarts": 3, "max_task_retries": 3}
 
 
 def _manifest(

@@ -87,3 +87,38 @@ def no_open_mlflow_run() -> Iterator[None]:
         if active is not None:
             mlflow.end_run("FAILED")
             pytest.fail(f"test left MLflow run {active.info.run_id} open")
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real S3 server (SeaweedFS) for the session, stopped at the end even on failure."""
+    from tests.s3server import SeaweedS3
+
+    server = SeaweedS3(tmp_path_factory.mktemp("seaweedfs")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch: pytest.MonkeyPatch):
+    """Point this process at the S3 server the way a user does: AWS_* variables."""
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    return s3_server
+
+
+_buckets = iter(range(10_000))
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request: pytest.FixtureRequest, settings, tmp_path: Path):
+    """Settings whose lake is a fresh local folder or a fresh S3 bucket: storage tests run on both."""
+    if request.param == "local":
+        return settings.model_copy(update={"lake_root": str(tmp_path / "lake")})
+    request.getfixturevalue("s3_env")
+    from jobs.lake import Lake
+
+    bucket = f"lake-{os.getpid()}-{next(_buckets)}"
+    root = f"s3://{bucket}/lakecast"
+    Lake(root).s3fs.mkdir(bucket)
+    return settings.model_copy(update={"lake_root": root})
