@@ -239,10 +239,15 @@ def _reason_counts(lake: Lake, files: list[DataFile]) -> dict[str, int]:
 
 
 def _unwrap_ray_error(e: BaseException) -> BaseException:
-    """A task's exception arrives wrapped in a RayTaskError; users need the original sentence."""
-    cause = getattr(e, "cause", None)
-    if cause is not None and isinstance(cause, (InvalidInput, LakeError, JobError)):
-        return cause
+    """A task's exception arrives wrapped (RayTaskError, then UserCodeException); users need the
+    original sentence, so find our own error in the chain."""
+    seen: BaseException | None = e
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, (InvalidInput, LakeError, JobError)):
+            return seen
+        seen = getattr(seen, "cause", None) or seen.__cause__
     return e
 
 
@@ -255,7 +260,11 @@ def model_inputs(job: JobConfig, ref: ModelRef) -> list[tuple[str, str, bool]]:
         if not job.input.columns:
             raise JobError(f"{ref.uri} has no signature: list input.columns in conf/jobs/{job.name}.yaml")
         return [(c, "any", False) for c in job.input.columns]
-    specs = [(c.name, str(c.type), c.required) for c in signature.inputs.inputs if c.name != job.input.key]
+    specs = [
+        (c.name, getattr(c.type, "name", str(c.type)), c.required)
+        for c in signature.inputs.inputs
+        if c.name != job.input.key
+    ]
     if job.input.columns:
         known = {name for name, _, _ in specs}
         unknown = [c for c in job.input.columns if c not in known]
@@ -341,6 +350,8 @@ def _score(
         lineage=Lineage(ref.name, ref.version, run_id, started_at),
         num_threads=max(1, int(job.compute.cpus_per_actor)),
     )
+    # our errors (InvalidInput) reach the driver as themselves, not as a generic UserCodeException
+    ray.data.DataContext.get_current().raise_original_map_exception = True
     columns = [r.name for r in rules if r.name != job.input.key]
     validator = validation.RowValidator(rules, job.validation.on_invalid_rows, job.input.key, lake.fs, q_staging)
     dataset = ray.data.read_parquet(

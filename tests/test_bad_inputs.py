@@ -1,0 +1,220 @@
+"""A corpus of bad inputs, each with the outcome a user should get: a clear error that names the
+file, column, key or value, or output that follows the job's validation policy. In every case
+the predictions committed before stay as they were unless the run succeeded."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+from jobs import commit, demo_data
+from jobs.config import JobConfig
+from jobs.lake import Lake, LakeError
+from jobs.predict import run_job
+from jobs.validation import InvalidInput
+from tests.conftest import DAY
+
+N = 400
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    write: Callable[[Lake, str], None]  # writes the input partition of table
+    error: type[Exception] | None = None
+    match: str = ""  # regex on the error, or on the quarantine reasons
+    scored: int | None = None
+    quarantined: int = 0
+    validation: dict = field(default_factory=dict)
+
+
+def good(rows: int = N) -> pa.Table:
+    return demo_data.generate(rows, DAY)
+
+
+def files(*tables: pa.Table, raw: dict[str, bytes] | None = None) -> Callable[[Lake, str], None]:
+    """Write tables as separate Parquet files, as an outside producer would (no manifest)."""
+
+    def write(lake: Lake, path: str) -> None:
+        lake.fs.create_dir(path, recursive=True)
+        for i, t in enumerate(tables):
+            pq.write_table(t, f"{path}/part-{i}.parquet", filesystem=lake.fs)
+        for name, data in (raw or {}).items():
+            with lake.fs.open_output_stream(f"{path}/{name}") as f:
+                f.write(data)
+
+    return write
+
+
+def replaced(table: pa.Table, column: str, values: pa.Array) -> pa.Table:
+    return table.set_column(table.schema.get_field_index(column), column, values)
+
+
+def every(k: int, value: object, column: str, t: pa.Table | None = None) -> pa.Table:
+    """Set ``column`` to ``value`` in every k-th row."""
+    t = t if t is not None else good()
+    mask = pa.array(np.arange(t.num_rows) % k == 0)
+    return replaced(t, column, pc.if_else(mask, pa.scalar(value, t.schema.field(column).type), t.column(column)))
+
+
+def truncated() -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(good(), sink)
+    data = sink.getvalue().to_pybytes()
+    return data[: len(data) // 2]
+
+
+def dup_ids() -> pa.Table:
+    t = good()
+    ids = t.column("customer_id").to_numpy().copy()
+    ids[:10] = ids[10:20]
+    return replaced(t, "customer_id", pa.array(ids))
+
+
+QUARANTINE = {"max_invalid_share": 0.5}
+CASES = [
+    Case("corrupt_file", files(good(), raw={"part-9.parquet": b"PAR1 this is not parquet at all"}), LakeError,
+         r"cannot read Parquet file .*/part-9\.parquet"),
+    Case("truncated_file", files(good(), raw={"part-9.parquet": truncated()}), LakeError,
+         r"cannot read Parquet file .*/part-9\.parquet"),
+    Case("zero_byte_file", files(good(), raw={"part-9.parquet": b""}), LakeError, r"part-9\.parquet"),
+    Case("empty_partition", files(), LakeError, r"holds no Parquet data files"),
+    Case("missing_partition", lambda lake, path: None, LakeError, r"ds=2026-11-21 does not exist"),
+    Case("missing_column", files(good(), good().drop_columns(["tenure_months"])), InvalidInput,
+         r"part-1\.parquet: missing column 'tenure_months'"),
+    Case("extra_columns", files(good().append_column("surprise", pa.array(["x"] * N))), scored=N),
+    Case("wrong_dtype", files(replaced(good(), "age", pa.array(["forty"] * N))), InvalidInput,
+         r"part-0\.parquet: column 'age' has type string, the model expects a number"),
+    Case("all_null_optional_column", files(replaced(good(), "satisfaction_score", pa.nulls(N, pa.float64()))),
+         scored=N),
+    Case("all_null_required_column", files(replaced(good(), "region", pa.nulls(N, pa.string()))), InvalidInput,
+         r"400 of 400 rows \(100\.00%\) failed validation, above the job's limit of 1%"),
+    Case("nan_and_inf", files(every(4, float("inf"), "monthly_charges", every(5, float("nan"), "tenure_months"))),
+         # NaN is a missing value: allowed where the signature allows nulls, not in tenure_months
+         scored=N - 160, quarantined=160, match=r"monthly_charges: infinite|tenure_months: NaN", validation=QUARANTINE),
+    Case("unseen_category_allowed", files(every(10, "quantum", "plan_tier")), scored=N),
+    Case("unseen_category_listed", files(every(10, "quantum", "plan_tier")), scored=N - 40, quarantined=40,
+         match=r"plan_tier: not an allowed category",
+         validation=QUARANTINE | {"columns": {"plan_tier": {"categories": ["basic", "standard", "premium", "fiber"]}}}),
+    Case("out_of_range", files(every(8, 150, "age")), scored=N - 50, quarantined=50, match=r"age: above 120",
+         validation=QUARANTINE | {"columns": {"age": {"min": 18, "max": 120}}}),
+    Case("null_with_fail_policy", files(every(50, None, "contract_type")), InvalidInput,
+         r"invalid row\(s\) in a batch, e\.g\. customer_id=\d+: contract_type: null",
+         validation={"on_invalid_rows": "fail"}),
+    Case("too_many_invalid_rows", files(every(2, None, "contract_type")), InvalidInput,
+         r"200 of 400 rows \(50\.00%\) failed validation"),
+    Case("duplicate_ids_kept", files(dup_ids()), scored=N),
+    Case("duplicate_ids_fail", files(dup_ids()), InvalidInput, r"10 row\(s\) repeat a customer_id already seen",
+         validation={"duplicate_keys": "fail"}),
+    Case("very_long_strings", files(every(20, "x" * 5000, "region")), scored=N - 20, quarantined=20,
+         match=r"region: longer than 1024", validation=QUARANTINE),
+]  # fmt: skip
+
+
+@pytest.fixture
+def case_lake(settings, tmp_path) -> Lake:
+    return Lake(str(tmp_path / "lake"))
+
+
+def make_job(base: JobConfig, case: Case) -> JobConfig:
+    name = f"bad_{case.id}"
+    return base.model_copy(update={
+        "name": name,
+        "input": base.input.model_copy(update={"table": f"raw/{name}"}),
+        "output": base.output.model_copy(update={"table": f"predictions/{name}"}),
+        "validation": base.validation.model_validate(case.validation),
+    })  # fmt: skip
+
+
+def commit_previous(lake: Lake, table: str) -> None:
+    """A committed partition from an earlier night that a failed run must not touch."""
+    staging = lake.staging_path(table, DAY, "previous")
+    lake.fs.create_dir(staging, recursive=True)
+    pq.write_table(pa.table({"customer_id": [1, 2, 3]}), f"{staging}/part-previous.parquet", filesystem=lake.fs)
+    manifest = {"scoring_run_id": "previous", "output": [{"file": "part-previous.parquet", "rows": 3}]}
+    commit.commit(lake, staging, table, DAY, manifest)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, case_lake: Lake, settings, registered, ray_local, churn_job):
+    job = make_job(churn_job, case)
+    lake = case_lake
+    case.write(lake, lake.partition_path(job.input.table, DAY))
+    commit_previous(lake, job.output.table)
+    run_settings = settings.model_copy(update={"lake_root": lake.root})
+
+    if case.error is not None:
+        with pytest.raises(case.error, match=case.match):
+            run_job(job, DAY, settings=run_settings)
+        assert lake.read_manifest(job.output.table, DAY)["scoring_run_id"] == "previous"
+        assert pads.dataset(lake.partition_path(job.output.table, DAY)).count_rows() == 3
+        return
+
+    result = run_job(job, DAY, settings=run_settings)
+    out = pads.dataset(lake.partition_path(job.output.table, DAY), format="parquet").to_table()
+    assert out.num_rows == case.scored == result.rows - case.quarantined
+    quarantine = lake.partition_path(f"quarantine/{job.name}", DAY)
+    rejected = pads.dataset(quarantine, format="parquet").to_table() if case.quarantined else None
+    assert lake.read_manifest(f"quarantine/{job.name}", DAY)["rows"] == case.quarantined
+    if rejected is not None:
+        assert rejected.num_rows == case.quarantined
+        assert all(__import__("re").search(case.match, r) for r in rejected["reason"].to_pylist())
+        # every input row is either scored or quarantined, exactly once
+        both = pa.concat_arrays([out["customer_id"].combine_chunks(), rejected["customer_id"].combine_chunks()])
+        assert len(both.unique()) == N
+
+
+def test_user_errors_from_the_command_line(home, registered, capsys):
+    from jobs.cli import main
+
+    cases = {
+        ("run", "../../etc", "--date", "2026-11-21"): "job name must be lower-case letters",
+        ("run", "churn", "--date", "2026-11-21/../../x"): "date must be a calendar date as YYYY-MM-DD",
+        ("run", "churn", "--date", "tomorrow"): "got 'tomorrow'",
+        ("run", "churn", "--date", "2026-11-21", "--alias", "no-such-alias"): "has no alias 'no-such-alias'",
+        ("show", "churn", "--date", "1999-01-01"): "no committed predictions for job 'churn' on 1999-01-01",
+    }
+    for argv, message in cases.items():
+        assert main(list(argv)) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+
+
+def test_unreachable_s3_endpoint_fails_fast_and_clearly(monkeypatch):
+    from tests.s3server import free_ports
+
+    port = free_ports(1)[0]  # nothing listens there
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "y")
+    lake = Lake("s3://lake/root")
+    t0 = time.monotonic()
+    with pytest.raises(LakeError, match=rf"cannot reach the lake s3://lake/root at http://127\.0\.0\.1:{port}"):
+        lake.data_files("raw/customers", DAY)
+    assert time.monotonic() - t0 < 60  # bounded retries, not minutes of waiting
+
+
+def test_manifest_names_what_was_committed(case_lake, settings, registered, ray_local, churn_job):
+    lake = case_lake
+    job = make_job(churn_job, CASES[6])  # extra columns: a successful run
+    CASES[6].write(lake, lake.partition_path(job.input.table, DAY))
+    result = run_job(job, DAY, settings=settings.model_copy(update={"lake_root": lake.root}))
+    manifest = lake.read_manifest(job.output.table, DAY)
+    assert manifest["job"] == job.name and manifest["date"] == DAY.isoformat()
+    assert manifest["scoring_run_id"] == result.run_id
+    assert manifest["model"]["version"] == result.model.version
+    assert [i["path"].rsplit("/", 1)[-1] for i in manifest["input"]] == ["part-0.parquet"]
+    assert manifest["rows"] == N and "churn_probability" in manifest["schema"]
+    assert manifest["code_version"].startswith("0.1.0")
+    assert dt.datetime.fromisoformat(manifest["ended_at"]) >= dt.datetime.fromisoformat(manifest["started_at"])
+    json.dumps(manifest)

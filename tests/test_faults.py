@@ -1,0 +1,99 @@
+"""Real faults, not simulated ones: a Ray worker killed mid-job, and the whole job killed
+mid-run and then run again, as an Airflow retry does."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pyarrow.dataset as pads
+import pytest
+
+from jobs import demo_data
+from jobs.lake import Lake
+from jobs.predict import run_job
+from tests.conftest import DAY
+
+pytestmark = pytest.mark.slow
+ROWS = 200_000
+OUT = "predictions/churn"
+
+
+def map_workers() -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        if "MapWorker(MapBatches(RowValidator)->MapBatches(BatchPredictor))" in " ".join(p.info["cmdline"] or []):
+            found.append(p)
+    return found
+
+
+@pytest.fixture
+def big_lake(settings, tmp_path) -> Lake:
+    lake = Lake(str(tmp_path / "lake"))
+    demo_data.write_partition(lake, demo_data.RAW_TABLE, DAY, demo_data.generate(ROWS, DAY), files=4)
+    return lake
+
+
+def test_killed_worker_still_writes_every_row_once(big_lake, settings, registered, ray_local, churn_job):
+    # small batches and one actor: the run lasts long enough to kill its actor mid-way
+    job = churn_job.model_copy(
+        update={"compute": churn_job.compute.model_copy(update={"batch_size": 250, "min_actors": 1, "max_actors": 1})}
+    )
+    result: dict = {}
+    run = threading.Thread(
+        target=lambda: result.update(
+            r=run_job(job, DAY, settings=settings.model_copy(update={"lake_root": big_lake.root}))
+        )
+    )
+    run.start()
+    deadline = time.monotonic() + 120
+    while not map_workers() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(2.0)  # let it score part of the data
+    victims = map_workers()
+    assert victims and run.is_alive(), "the job ended before the worker could be killed"
+    for p in victims:
+        os.kill(p.pid, signal.SIGKILL)
+    run.join(300)
+    assert not run.is_alive()
+    table = pads.dataset(big_lake.partition_path(OUT, DAY), format="parquet").to_table()
+    assert result["r"].rows == ROWS
+    assert table.num_rows == ROWS
+    assert len(table["customer_id"].unique()) == ROWS  # every row exactly once
+
+
+def test_killed_run_loses_nothing_and_the_retry_commits(big_lake, settings, registered, ray_local, churn_job, home):
+    lake = big_lake
+    run_settings = settings.model_copy(update={"lake_root": lake.root})
+    previous = run_job(churn_job, DAY, settings=run_settings)
+
+    env = {**os.environ, "LAKECAST_HOME": str(home), "LAKECAST_LAKE_ROOT": lake.root}
+    lakecast = str(Path(sys.executable).with_name("lakecast"))
+    proc = subprocess.Popen(
+        [lakecast, "run", "churn", "--date", DAY.isoformat(), "--alias", "challenger"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    staging = Path(lake.base) / "_staging" / OUT / f"ds={DAY}"
+    deadline = time.monotonic() + 120
+    while not (staging.exists() and any(staging.rglob("*.parquet"))) and time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+    proc.wait(30)
+
+    # the committed partition is intact and readable; the dead run left staging behind
+    assert lake.read_manifest(OUT, DAY)["scoring_run_id"] == previous.run_id
+    table = pads.dataset(lake.partition_path(OUT, DAY), format="parquet").to_table()
+    assert table.num_rows == ROWS and set(table["scoring_run_id"].to_pylist()) == {previous.run_id}
+
+    retry = run_job(churn_job, DAY, settings=run_settings, model_alias="challenger")  # the lock died with it
+    table = pads.dataset(lake.partition_path(OUT, DAY), format="parquet").to_table()
+    assert table.num_rows == ROWS and len(table["customer_id"].unique()) == ROWS
+    assert set(table["scoring_run_id"].to_pylist()) == {retry.run_id}
+    assert not any(staging.rglob("*.parquet"))  # the dead run's staging was cleaned up
