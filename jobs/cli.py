@@ -134,6 +134,16 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
     return subprocess.run(cmd, check=False).returncode
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from jobs.bench import markdown, run
+
+    report = run(load_settings(), rows=args.rows, json_path=Path(args.json) if args.json else None)
+    _out(markdown(report))
+    if args.json:
+        _out(f"written: {args.json} (and .md, .png beside it)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lakecast", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job")
     p.add_argument("--date", required=True)
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("bench", help="measure the job against IO, the model alone and a hand-written loop")
+    p.add_argument("--rows", type=int, default=10_000_000, help="rows to score (default 10,000,000)")
+    p.add_argument("--json", help="write the report as JSON here (a .md and a .png beside it)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("airflow", help="run an airflow command on lakecast's Airflow home and dags")
     p.add_argument("args", nargs=argparse.REMAINDER)

@@ -66,8 +66,11 @@ def _seed(ds: dt.date, salt: int) -> int:
     return ds.toordinal() * 1009 + salt
 
 
-def generate(rows: int, ds: dt.date, *, seed: int = 0, with_label: bool = False) -> pa.Table:
-    """One day's customer snapshot of ``rows`` rows (and the label when ``with_label``)."""
+def generate(rows: int, ds: dt.date, *, seed: int = 0, with_label: bool = False, first_id: int = 7_000_000) -> pa.Table:
+    """One day's customer snapshot of ``rows`` rows (and the label when ``with_label``).
+
+    Ids run from ``first_id``: the same customers day after day.
+    """
     rng = np.random.default_rng(_seed(ds, seed))
     n = rows
     cat = {c: rng.integers(0, len(v), n) for c, v in CATEGORIES.items()}
@@ -96,8 +99,7 @@ def generate(rows: int, ds: dt.date, *, seed: int = 0, with_label: bool = False)
         "contract_months_left": np.where(cat["contract_type"] == 0, 0, rng.integers(0, 24, n)).astype(np.float64),
         "app_crashes_30d": crashes,
     }
-    base = 7_000_000  # ids are stable across days: the same customers, day after day
-    columns: dict[str, pa.Array] = {KEY: pa.array(np.arange(base, base + n, dtype=np.int64))}
+    columns: dict[str, pa.Array] = {KEY: pa.array(np.arange(first_id, first_id + n, dtype=np.int64))}
     for c in NUMERIC:
         columns[c] = _with_nulls(pa.array(num[c]), NULL_SHARE.get(c, 0.0), rng)
     for c, values in CATEGORIES.items():

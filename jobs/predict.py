@@ -43,6 +43,8 @@ class RunResult:
     run_id: str
     output: str
     committed: bool
+    first_batch_unix: float | None = None
+    committed_unix: float | None = None
 
     @property
     def rows_per_s(self) -> float:
@@ -62,6 +64,8 @@ class RunResult:
             "run_id": self.run_id,
             "output": self.output,
             "committed": self.committed,
+            "first_batch_unix": self.first_batch_unix,
+            "committed_unix": self.committed_unix,
         }
 
 
@@ -217,7 +221,13 @@ def _run_locked(
                 raise
             raise cause from None
         seconds = time.perf_counter() - t0
-        mlflow.log_metrics({"rows": rows_in, "seconds": seconds, "rows_per_s": rows_in / seconds})
+        committed_unix = time.time()
+        first_batch_unix = _first_batch_unix(run_id)
+        metrics = {"rows": rows_in, "seconds": seconds, "rows_per_s": rows_in / seconds}
+        if first_batch_unix is not None and committed_unix > first_batch_unix:
+            metrics["startup_s"] = first_batch_unix - started_at.timestamp()
+            metrics["steady_rows_per_s"] = (rows_in - invalid) / (committed_unix - first_batch_unix)
+        mlflow.log_metrics(metrics)
         if not dry_run:
             tracking.log_dataset(
                 name=f"{job.output.table}@{ds}",
@@ -226,7 +236,26 @@ def _run_locked(
                 context="output",
             )
         mlflow.set_tag("lakecast.committed", str(not dry_run).lower())
-    return RunResult(job.name, ds, rows_in, seconds, ref, run_id, lake.uri(output), committed=not dry_run)
+    return RunResult(
+        job.name,
+        ds,
+        rows_in,
+        seconds,
+        ref,
+        run_id,
+        lake.uri(output),
+        committed=not dry_run,
+        first_batch_unix=first_batch_unix,
+        committed_unix=committed_unix,
+    )
+
+
+def _first_batch_unix(run_id: str) -> float | None:
+    """The earliest first-batch time the actors recorded (see BatchPredictor)."""
+    import mlflow
+
+    history = mlflow.MlflowClient().get_metric_history(run_id, "first_batch_unix")
+    return min((m.value for m in history), default=None)
 
 
 def _reason_counts(lake: Lake, files: list[DataFile]) -> dict[str, int]:

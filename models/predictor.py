@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import time
 import warnings
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -81,7 +82,20 @@ class BatchPredictor:
         else:  # any other pyfunc: pandas in, first output column is the score
             self.model, self.pyfunc = None, pyfunc
             self.threshold = options.threshold if options.threshold is not None else 0.5
+        self.reported_first_batch = False
         log.info("actor pid %d scores %s on %s", os.getpid(), options.model_uri, self.device)
+
+    def _report_first_batch(self) -> None:
+        """Record on the scoring run when this actor scored its first batch: startup is the time
+        from the run's start to the earliest of these, and steady-state throughput is measured
+        from there to the commit."""
+        import mlflow
+
+        self.reported_first_batch = True
+        try:
+            mlflow.MlflowClient().log_metric(self.options.lineage.scoring_run_id, "first_batch_unix", time.time())
+        except Exception as e:  # telemetry must never fail a scoring run
+            log.warning("could not record the first batch time: %s", e)
 
     def score(self, batch: pa.Table) -> np.ndarray:
         if self.model is not None:
@@ -92,6 +106,8 @@ class BatchPredictor:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         proba = self.score(batch).astype(np.float32, copy=False)
+        if not self.reported_first_batch:
+            self._report_first_batch()
         n, lineage = batch.num_rows, self.options.lineage
         return pa.table(
             {

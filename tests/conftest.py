@@ -99,15 +99,23 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory):
     server.stop()
 
 
+S3_BUCKET = "lakecast-tests"
+
+
 @pytest.fixture
 def s3_env(s3_server, monkeypatch: pytest.MonkeyPatch):
     """Point this process at the S3 server the way a user does: AWS_* variables."""
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)
+    from jobs.lake import Lake
+
+    s3 = Lake(f"s3://{S3_BUCKET}").s3fs
+    if not s3.exists(S3_BUCKET):
+        s3.mkdir(S3_BUCKET)  # one bucket: SeaweedFS gives each bucket volumes of its own
     return s3_server
 
 
-_buckets = iter(range(10_000))
+_prefixes = iter(range(10_000))
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -116,9 +124,5 @@ def storage(request: pytest.FixtureRequest, settings, tmp_path: Path):
     if request.param == "local":
         return settings.model_copy(update={"lake_root": str(tmp_path / "lake")})
     request.getfixturevalue("s3_env")
-    from jobs.lake import Lake
-
-    bucket = f"lake-{os.getpid()}-{next(_buckets)}"
-    root = f"s3://{bucket}/lakecast"
-    Lake(root).s3fs.mkdir(bucket)
+    root = f"s3://{S3_BUCKET}/lake-{os.getpid()}-{next(_prefixes)}"
     return settings.model_copy(update={"lake_root": root})

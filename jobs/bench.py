@@ -1,0 +1,332 @@
+"""``lakecast bench``: how close the job comes to what the machine allows and to a hand-written loop.
+
+It generates its data once (``$LAKECAST_HOME/bench/lake``), then measures in one run:
+
+1. IO only: read and write the same Parquet columns with no model, through Ray Data and
+   through plain pyarrow;
+2. model only: the same network on feature tensors already in memory, all cores;
+3. naive: what a user writes by hand in one process: pandas read, a torch loop over batches,
+   pandas write;
+4. the lakecast job itself, as ``lakecast run churn`` in a fresh process.
+
+With the model on the CPU, reading, writing and the model share the cores, so the bound is
+1 / (1/IO + 1/model); efficiency = steady-state rows/s of the job / bound, and vs_naive = naive
+wall time / job wall time. Both whole jobs run as fresh processes and are timed from process
+start to the last row committed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs import demo_data
+from jobs.config import load_job
+from jobs.lake import Lake
+from jobs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DAY = dt.date(2026, 1, 1)
+ROWS_PER_FILE = 1_000_000
+JOB = "churn"
+
+
+@dataclass(frozen=True)
+class Timed:
+    seconds: float
+    rows: int
+    peak_rss_mb: float = 0.0
+
+    @property
+    def rows_per_s(self) -> float:
+        return self.rows / self.seconds
+
+
+def prepare(lake: Lake, rows: int) -> list[str]:
+    """The raw partition, generated once per size (a rerun with the same --rows reuses it)."""
+    manifest = lake.read_manifest(demo_data.RAW_TABLE, DAY)
+    if manifest is None or sum(f["rows"] for f in manifest["output"]) != rows:
+        log.info("generating %d rows for the benchmark (once)", rows)
+        parts = []
+        for i, start in enumerate(range(0, rows, ROWS_PER_FILE)):
+            n = min(ROWS_PER_FILE, rows - start)
+            parts.append(demo_data.generate(n, DAY, seed=i, first_id=start))
+        table = pa.concat_tables(parts)
+        demo_data.write_partition(lake, demo_data.RAW_TABLE, DAY, table, files=len(parts))
+    return [f.path for f in lake.data_files(demo_data.RAW_TABLE, DAY)]
+
+
+def io_only_pyarrow(files: list[str], columns: list[str], out: Path) -> Timed:
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    rows = 0
+    for i, path in enumerate(files):
+        table = pq.read_table(path, columns=columns)
+        pq.write_table(table, out / f"part-{i}.parquet")
+        rows += table.num_rows
+    return Timed(time.perf_counter() - t0, rows)
+
+
+def io_only_ray(files: list[str], columns: list[str], out: Path) -> Timed:
+    import ray
+
+    t0 = time.perf_counter()
+    dataset = ray.data.read_parquet(files, columns=columns, partitioning=None)
+    dataset.write_parquet(str(out), min_rows_per_file=ROWS_PER_FILE)
+    return Timed(time.perf_counter() - t0, sum(pq.ParquetFile(f).metadata.num_rows for f in files))
+
+
+def model_only(model: Any, files: list[str], batch_size: int) -> Timed:
+    """The network alone on feature tensors already in memory, with every core."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    table = pq.read_table(files[0], columns=model.input_columns)
+    features = torch.from_numpy(model.spec.transform(table))
+    batches = features.split(batch_size)
+    with torch.inference_mode():
+        model.net(batches[0])  # warm up
+        t0 = time.perf_counter()
+        for batch in batches:
+            torch.sigmoid(model.net(batch))
+    return Timed(time.perf_counter() - t0, features.shape[0])
+
+
+class RssSampler:
+    """Peak resident memory of a process and all its descendants (Ray's workers included)."""
+
+    def __init__(self, pid: int) -> None:
+        import psutil
+
+        self.root = psutil.Process(pid)
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        import psutil
+
+        while not self._stop.is_set():
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+                self.peak = max(self.peak, sum(p.memory_info().rss for p in procs if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.1)
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        return self.peak / 2**20
+
+
+def timed_process(argv: list[str], env: dict[str, str]) -> tuple[float, float, str, float]:
+    """Run a fresh process; return (start unix time, wall seconds, stdout, peak RSS MiB)."""
+    start = time.time()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sampler = RssSampler(proc.pid)
+    out, err = proc.communicate()
+    seconds = time.perf_counter() - t0
+    peak = sampler.stop()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{err[-3000:]}")
+    return start, seconds, out, peak
+
+
+def naive(files: list[str], out_dir: str, model_uri: str, batch_size: int) -> int:
+    """The hand-written baseline: pandas read, a torch loop over batches, pandas write."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+
+    model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    os.makedirs(out_dir, exist_ok=True)
+    rows = 0
+    for i, path in enumerate(files):
+        df = pd.read_parquet(path, columns=[demo_data.KEY, *model.input_columns])
+        scores = [model.predict(None, df.iloc[s : s + batch_size]) for s in range(0, len(df), batch_size)]
+        pred = pd.concat(scores, ignore_index=True)
+        out = pd.DataFrame(
+            {
+                demo_data.KEY: df[demo_data.KEY].to_numpy(),
+                "churn_probability": pred["probability"],
+                "prediction": pred["prediction"],
+                "model_uri": model_uri,
+            }
+        )
+        out.to_parquet(f"{out_dir}/part-{i}.parquet", index=False)
+        rows += len(out)
+    return int(np.int64(rows))
+
+
+def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: str = "") -> dict[str, Any]:
+    import shutil
+
+    import mlflow
+    import ray
+
+    from jobs import tracking
+    from jobs.demo import registered_aliases, train_and_register
+    from jobs.ray_runtime import ensure_ray
+    from models.tabular import TabularClassifier
+
+    root = settings.home / "bench"
+    lake = Lake(str(root / "lake"))
+    files = prepare(lake, rows)
+    job = load_job(JOB)
+    tracking.configure(settings)
+    if not {"champion", "challenger"} <= registered_aliases(settings, job.model.name).keys():
+        demo_data.build_demo_lake(Lake(settings.lake_root), DAY, rows=1000, labeled_rows=50_000)
+        train_and_register(settings, Lake(settings.lake_root), DAY - dt.timedelta(days=1), name=job.model.name)
+    from models.registry import resolve
+
+    ref = resolve(mlflow.MlflowClient(), job.model.name, alias=job.model.alias)
+    model = mlflow.pyfunc.load_model(ref.uri).unwrap_python_model()
+    assert isinstance(model, TabularClassifier)
+    columns = [demo_data.KEY, *model.input_columns]
+    scratch = root / "scratch"
+    shutil.rmtree(scratch, ignore_errors=True)
+
+    env = {**os.environ, "LAKECAST_HOME": str(settings.home), "LAKECAST_LAKE_ROOT": lake.root}
+    bin_dir = Path(sys.executable).parent
+    log.info("1/4 lakecast job (fresh process)")
+    start, job_s, out, job_peak = timed_process(
+        [str(bin_dir / "lakecast"), "run", JOB, "--date", DAY.isoformat(), "--json"], env
+    )
+    result = json.loads(out)
+    startup = result["first_batch_unix"] - start
+    steady = rows / (result["committed_unix"] - result["first_batch_unix"])
+
+    log.info("2/4 naive loop (fresh process)")
+    _, naive_s, _, naive_peak = timed_process(
+        [
+            sys.executable,
+            "-m",
+            "jobs.bench",
+            "naive",
+            str(scratch / "naive"),
+            ref.uri,
+            str(job.compute.batch_size),
+            *files,
+        ],
+        env,
+    )
+
+    log.info("3/4 IO only")
+    io_pa = io_only_pyarrow(files, columns, scratch / "io-pyarrow")
+    ensure_ray(settings)
+    io_ray = io_only_ray(files, columns, scratch / "io-ray")
+    ray.shutdown()
+    log.info("4/4 model only")
+    mod = model_only(model, files, job.compute.batch_size)
+    shutil.rmtree(scratch, ignore_errors=True)
+
+    io_best = max(io_pa.rows_per_s, io_ray.rows_per_s)
+    bound = 1 / (1 / io_best + 1 / mod.rows_per_s)
+    report = {
+        "rows": rows,
+        "io_only_rows_per_s": round(io_best),
+        "io_only_pyarrow_rows_per_s": round(io_pa.rows_per_s),
+        "io_only_ray_rows_per_s": round(io_ray.rows_per_s),
+        "model_only_rows_per_s": round(mod.rows_per_s),
+        "naive_rows_per_s": round(rows / naive_s),
+        "lakecast_rows_per_s": round(rows / job_s),
+        "steady_rows_per_s": round(steady),
+        "bound_rows_per_s": round(bound),
+        "efficiency": round(steady / bound, 3),
+        "vs_naive": round(naive_s / job_s, 3),
+        "startup_s": round(startup, 2),
+        "lakecast_seconds": round(job_s, 2),
+        "naive_seconds": round(naive_s, 2),
+        "peak_rss_mb": round(job_peak),
+        "naive_peak_rss_mb": round(naive_peak),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "device": "cpu",
+        },
+        "settings": {
+            "model": ref.uri,
+            "batch_size": job.compute.batch_size,
+            "min_actors": job.compute.min_actors,
+            "max_actors": job.compute.max_actors,
+            "cpus_per_actor": job.compute.cpus_per_actor,
+        },
+    }
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2))
+        json_path.with_suffix(".md").write_text(markdown(report))
+        chart(report, json_path.with_suffix(".png"))
+    return report
+
+
+def markdown(r: dict[str, Any]) -> str:
+    rows = [
+        ("IO only (best of pyarrow, Ray Data)", r["io_only_rows_per_s"]),
+        ("model only (tensors in memory)", r["model_only_rows_per_s"]),
+        ("bound 1/(1/IO + 1/model)", r["bound_rows_per_s"]),
+        ("naive loop, whole job", r["naive_rows_per_s"]),
+        ("lakecast, whole job", r["lakecast_rows_per_s"]),
+        ("lakecast, steady state", r["steady_rows_per_s"]),
+    ]
+    lines = [f"Benchmark: {r['rows']:,} rows on {r['machine']['cpus']} CPUs", "", "| measure | rows/s |", "|---|---:|"]
+    lines += [f"| {name} | {value:,} |" for name, value in rows]
+    lines += [
+        "",
+        f"efficiency {r['efficiency']}, vs_naive {r['vs_naive']}, startup {r['startup_s']} s, "
+        f"peak RSS {r['peak_rss_mb']} MiB (naive {r['naive_peak_rss_mb']} MiB)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def chart(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["IO only", "model only", "bound", "naive", "lakecast\nwhole", "lakecast\nsteady"]
+    keys = [
+        "io_only_rows_per_s",
+        "model_only_rows_per_s",
+        "bound_rows_per_s",
+        "naive_rows_per_s",
+        "lakecast_rows_per_s",
+        "steady_rows_per_s",
+    ]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    bars = ax.bar(names, [r[k] for k in keys], color=["#999", "#999", "#555", "#c66", "#36c", "#36c"])
+    ax.bar_label(bars, labels=[f"{r[k] / 1000:,.0f}k" for k in keys])
+    ax.set_ylabel("rows/s")
+    ax.set_title(
+        f"lakecast bench, {r['rows']:,} rows, {r['machine']['cpus']} CPUs: "
+        f"efficiency {r['efficiency']}, vs naive {r['vs_naive']}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+if __name__ == "__main__":  # python -m jobs.bench naive OUT MODEL_URI BATCH FILE...
+    if sys.argv[1] != "naive":
+        raise SystemExit("usage: python -m jobs.bench naive OUT_DIR MODEL_URI BATCH_SIZE FILE...")
+    naive(sys.argv[5:], sys.argv[2], sys.argv[3], int(sys.argv[4]))
