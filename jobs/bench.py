@@ -156,10 +156,11 @@ def naive(files: list[str], out_dir: str, model_uri: str, batch_size: int) -> in
     import pandas as pd
 
     model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model()
+    columns = model.arrow_scorer().input_columns
     os.makedirs(out_dir, exist_ok=True)
     rows = 0
     for i, path in enumerate(files):
-        df = pd.read_parquet(path, columns=[demo_data.KEY, *model.input_columns])
+        df = pd.read_parquet(path, columns=[demo_data.KEY, *columns])
         scores = [model.predict(None, df.iloc[s : s + batch_size]) for s in range(0, len(df), batch_size)]
         pred = pd.concat(scores, ignore_index=True)
         out = pd.DataFrame(
@@ -184,7 +185,7 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
     from jobs import tracking
     from jobs.demo import registered_aliases, train_and_register
     from jobs.ray_runtime import ensure_ray
-    from models.tabular import TabularClassifier
+    from models.tabular import TabularScorer
 
     root = settings.home / "bench"
     lake = Lake(str(root / "lake"))
@@ -197,8 +198,8 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
     from models.registry import resolve
 
     ref = resolve(mlflow.MlflowClient(), job.model.name, alias=job.model.alias)
-    model = mlflow.pyfunc.load_model(ref.uri).unwrap_python_model()
-    assert isinstance(model, TabularClassifier)
+    model = mlflow.pyfunc.load_model(ref.uri).unwrap_python_model().arrow_scorer()
+    assert isinstance(model, TabularScorer)
     columns = [demo_data.KEY, *model.input_columns]
     scratch = root / "scratch"
     shutil.rmtree(scratch, ignore_errors=True)

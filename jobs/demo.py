@@ -38,7 +38,7 @@ def train_and_register(settings: Settings, lake: Lake, train_day: dt.date, *, na
     from mlflow.models import infer_signature
 
     from models import registry, train
-    from models.tabular import TabularClassifier
+    from models.tabular_pyfunc import TabularClassifier
 
     client = tracking.configure(settings)
     files = lake.data_files(demo_data.LABELED_TABLE, train_day)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -23,7 +25,7 @@ from jobs.lake import DataFile, Lake, LakeError
 from jobs.ray_runtime import ensure_ray, gpus_per_actor
 from jobs.settings import Settings, load_settings
 from jobs.validation import InvalidInput
-from models.predictor import LINEAGE_COLUMNS, BatchPredictor, Lineage, PredictorOptions
+from models.predictor import LINEAGE_COLUMNS, ArrowScorer, BatchPredictor, Lineage, PredictorOptions, arrow_scorer
 from models.registry import ModelRef, resolve
 
 log = logging.getLogger(__name__)
@@ -90,14 +92,51 @@ def run_job(
     """
     settings = settings or load_settings()
     lake = Lake(settings.lake_root)
-    client = tracking.configure(settings)
     started_at = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
-
-    files = lake.data_files(job.input.table, ds)
-    rows_in = sum(lake.count_rows(files))  # reads every footer: zero-byte and truncated files fail here
     if model_version is None and model_alias is None:
         model_alias, model_version = job.model.alias, job.model.version
+
+    # Starting Ray takes seconds of waiting on its processes: do the checks and load the model
+    # on another thread meanwhile.
+    with ThreadPoolExecutor(1, thread_name_prefix="preflight") as pool:
+        checked = pool.submit(_preflight, job, ds, settings, lake, model_alias, model_version)
+        ensure_ray(settings)
+        pre = checked.result()
+
+    lease = job.airflow.timeout_minutes * 60 + 600
+    with commit.partition_lock(lake, job.output.table, ds, job=job.name, lease_s=lease):
+        for table in (job.output.table, quarantine_table(job)):
+            commit.recover(lake, table, ds)
+        result = _run_locked(
+            job, ds, lake=lake, settings=settings, pre=pre, started_at=started_at, t0=t0, dry_run=dry_run
+        )
+    log.info(
+        "scored %d rows in %.1f s (%.0f rows/s) → %s", result.rows, result.seconds, result.rows_per_s, result.output
+    )
+    return result
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What the job knows before it writes anything: inputs checked, model resolved and loaded."""
+
+    files: list[DataFile]
+    rows_in: int
+    ref: ModelRef
+    rules: list[validation.ColumnRule]
+    duplicates: int
+    scorer: ArrowScorer | None
+
+
+def _preflight(
+    job: JobConfig, ds: dt.date, settings: Settings, lake: Lake, model_alias: str | None, model_version: int | None
+) -> Preflight:
+    import mlflow
+
+    client = tracking.configure(settings)
+    files = lake.data_files(job.input.table, ds)
+    rows_in = sum(lake.count_rows(files))  # reads every footer: zero-byte and truncated files fail here
     ref = resolve(client, job.model.name, alias=None if model_version else model_alias, version=model_version)
     rules = validation.rules_from(model_inputs(job, ref), job.validation, job.input.key)
     validation.check_schema(lake, files, rules)
@@ -107,30 +146,11 @@ def run_job(
         if job.validation.duplicate_keys == "fail":
             raise InvalidInput(f"{lake.uri(lake.partition_path(job.input.table, ds))}: {message}")
         log.warning("%s; each row is scored (validation.duplicate_keys: keep)", message)
+    with warnings.catch_warnings():  # pyfunc nags about type hints that our Arrow path does not use
+        warnings.simplefilter("ignore", UserWarning)
+        scorer = arrow_scorer(mlflow.pyfunc.load_model(ref.uri))
     log.info("scoring %s %s: %d rows in %d files with %s", job.name, ds, rows_in, len(files), ref.uri)
-
-    lease = job.airflow.timeout_minutes * 60 + 600
-    with commit.partition_lock(lake, job.output.table, ds, job=job.name, lease_s=lease):
-        for table in (job.output.table, quarantine_table(job)):
-            commit.recover(lake, table, ds)
-        result = _run_locked(
-            job,
-            ds,
-            lake=lake,
-            settings=settings,
-            ref=ref,
-            files=files,
-            rows_in=rows_in,
-            rules=rules,
-            duplicates=duplicates,
-            started_at=started_at,
-            t0=t0,
-            dry_run=dry_run,
-        )
-    log.info(
-        "scored %d rows in %.1f s (%.0f rows/s) → %s", result.rows, result.seconds, result.rows_per_s, result.output
-    )
-    return result
+    return Preflight(files, rows_in, ref, rules, duplicates, scorer)
 
 
 def quarantine_table(job: JobConfig) -> str:
@@ -143,17 +163,14 @@ def _run_locked(
     *,
     lake: Lake,
     settings: Settings,
-    ref: ModelRef,
-    files: list[DataFile],
-    rows_in: int,
-    rules: list,
-    duplicates: int,
+    pre: Preflight,
     started_at: dt.datetime,
     t0: float,
     dry_run: bool,
 ) -> RunResult:
     import mlflow
 
+    ref, files, rows_in, duplicates = pre.ref, pre.files, pre.rows_in, pre.duplicates
     experiment = tracking.experiment_id(settings, f"lakecast/{job.name}")
     with mlflow.start_run(experiment_id=experiment, run_name=f"{job.name} {ds.isoformat()}") as run:
         run_id = run.info.run_id
@@ -161,19 +178,10 @@ def _run_locked(
         staging = lake.staging_path(job.output.table, ds, run_id)
         q_staging = lake.staging_path(quarantine_table(job), ds, run_id)
         try:
-            lake.fs.create_dir(q_staging, recursive=True)
+            for folder in (q_staging, telemetry_path(staging)):
+                lake.fs.create_dir(folder, recursive=True)
             _score(
-                job,
-                lake,
-                files,
-                rules,
-                staging,
-                q_staging,
-                settings=settings,
-                ref=ref,
-                run_id=run_id,
-                started_at=started_at,
-                gpus=gpus,
+                job, lake, pre, staging, q_staging, settings=settings, run_id=run_id, started_at=started_at, gpus=gpus
             )
             out_files = lake.list_data_files(staging)
             out_rows = lake.count_rows(out_files)
@@ -214,15 +222,15 @@ def _run_locked(
                 commit.commit(lake, q_staging, quarantine_table(job), ds, q_manifest)
                 output = commit.commit(lake, staging, job.output.table, ds, manifest)
         except BaseException as e:
-            commit.discard(lake, staging)
-            commit.discard(lake, q_staging)
+            for folder in (staging, q_staging, telemetry_path(staging)):
+                commit.discard(lake, folder)
             cause = _unwrap_ray_error(e)
             if cause is e:
                 raise
             raise cause from None
         seconds = time.perf_counter() - t0
         committed_unix = time.time()
-        first_batch_unix = _first_batch_unix(run_id)
+        first_batch_unix = _first_batch_unix(lake, staging)
         metrics = {"rows": rows_in, "seconds": seconds, "rows_per_s": rows_in / seconds}
         if first_batch_unix is not None and committed_unix > first_batch_unix:
             metrics["startup_s"] = first_batch_unix - started_at.timestamp()
@@ -250,12 +258,23 @@ def _run_locked(
     )
 
 
-def _first_batch_unix(run_id: str) -> float | None:
-    """The earliest first-batch time the actors recorded (see BatchPredictor)."""
-    import mlflow
+def telemetry_path(staging: str) -> str:
+    """Beside the staging folder, never inside it: nothing here is ever committed."""
+    return f"{staging}-telemetry"
 
-    history = mlflow.MlflowClient().get_metric_history(run_id, "first_batch_unix")
-    return min((m.value for m in history), default=None)
+
+def _first_batch_unix(lake: Lake, staging: str) -> float | None:
+    """The earliest first-batch time the actors recorded (see BatchPredictor), then clean up."""
+    import pyarrow.fs as pafs
+
+    folder = telemetry_path(staging)
+    infos = lake.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
+    times = []
+    for info in infos:
+        with lake.fs.open_input_stream(info.path) as f:
+            times.append(float(f.read()))
+    commit.discard(lake, folder)
+    return min(times, default=None)
 
 
 def _reason_counts(lake: Lake, files: list[DataFile]) -> dict[str, int]:
@@ -347,13 +366,11 @@ def _log_start(
 def _score(
     job: JobConfig,
     lake: Lake,
-    files: list[DataFile],
-    rules: list,
+    pre: Preflight,
     staging: str,
     q_staging: str,
     *,
     settings: Settings,
-    ref: ModelRef,
     run_id: str,
     started_at: dt.datetime,
     gpus: float,
@@ -369,6 +386,7 @@ def _score(
     """
     import ray
 
+    ref, rules = pre.ref, pre.rules
     options = PredictorOptions(
         model_uri=ref.uri,
         tracking_uri=settings.mlflow.tracking_uri,
@@ -378,17 +396,19 @@ def _score(
         threshold=job.output.threshold,
         lineage=Lineage(ref.name, ref.version, run_id, started_at),
         num_threads=max(1, int(job.compute.cpus_per_actor)),
+        telemetry_dir=telemetry_path(staging),
+        filesystem=lake.fs,
     )
     # our errors (InvalidInput) reach the driver as themselves, not as a generic UserCodeException
     ray.data.DataContext.get_current().raise_original_map_exception = True
     columns = [r.name for r in rules if r.name != job.input.key]
     validator = validation.RowValidator(rules, job.validation.on_invalid_rows, job.input.key, lake.fs, q_staging)
     dataset = ray.data.read_parquet(
-        [f.path for f in files], filesystem=lake.fs, columns=[job.input.key, *columns], partitioning=None
+        [f.path for f in pre.files], filesystem=lake.fs, columns=[job.input.key, *columns], partitioning=None
     )
     scored = dataset.map_batches(validator, batch_format="pyarrow").map_batches(
         BatchPredictor,
-        fn_constructor_kwargs={"options": options},
+        fn_constructor_kwargs={"options": options, "scorer": pre.scorer},
         batch_format="pyarrow",
         batch_size=job.compute.batch_size,
         compute=ray.data.ActorPoolStrategy(min_size=job.compute.min_actors, max_size=job.compute.max_actors),

@@ -10,6 +10,7 @@ import datetime as dt
 import logging
 import os
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -54,52 +55,68 @@ class PredictorOptions:
     lineage: Lineage
     num_threads: int = 1
     dtype: str | None = None
+    telemetry_dir: str | None = None
+    filesystem: object | None = None
+
+
+def arrow_scorer(pyfunc: object) -> ArrowScorer | None:
+    """The fast-path scorer inside a loaded pyfunc model, if its python model offers one."""
+    inner = pyfunc.unwrap_python_model() if hasattr(pyfunc, "unwrap_python_model") else None
+    scorer = inner.arrow_scorer() if hasattr(inner, "arrow_scorer") else None
+    return scorer if isinstance(scorer, ArrowScorer) else None
 
 
 class BatchPredictor:
-    """Ray Data callable class: ``map_batches(BatchPredictor, fn_constructor_kwargs=...)``."""
+    """Ray Data callable class: ``map_batches(BatchPredictor, fn_constructor_kwargs=...)``.
 
-    def __init__(self, options: PredictorOptions) -> None:
-        import mlflow
+    Given ``scorer`` (loaded once on the driver, shipped through the object store), an actor
+    starts without MLflow and without reaching the registry. Without it, the actor loads the
+    pyfunc model from ``options.model_uri`` and scores through pandas.
+    """
+
+    def __init__(self, options: PredictorOptions, scorer: ArrowScorer | None = None) -> None:
         import torch
 
         self.options = options
         # one intra-op pool per actor, sized to the CPUs Ray gave it: no oversubscription
         torch.set_num_threads(max(1, options.num_threads))
-        mlflow.set_tracking_uri(options.tracking_uri)
-        if options.registry_uri:
-            mlflow.set_registry_uri(options.registry_uri)
         # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPUs; an actor given none sees no CUDA.
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        with warnings.catch_warnings():  # pyfunc nags about type hints our Arrow fast path doesn't use
-            warnings.simplefilter("ignore", UserWarning)
-            pyfunc = mlflow.pyfunc.load_model(options.model_uri)
-        inner = pyfunc.unwrap_python_model() if hasattr(pyfunc, "unwrap_python_model") else None
-        if isinstance(inner, ArrowScorer):
-            self.model: ArrowScorer | None = inner.to(self.device, dtype=options.dtype)
-            self.pyfunc = None
-            self.threshold = options.threshold if options.threshold is not None else inner.threshold
-        else:  # any other pyfunc: pandas in, first output column is the score
-            self.model, self.pyfunc = None, pyfunc
-            self.threshold = options.threshold if options.threshold is not None else 0.5
+        self.pyfunc = None
+        if scorer is None:
+            import mlflow
+
+            mlflow.set_tracking_uri(options.tracking_uri)
+            if options.registry_uri:
+                mlflow.set_registry_uri(options.registry_uri)
+            with warnings.catch_warnings():  # pyfunc nags about type hints our Arrow path doesn't use
+                warnings.simplefilter("ignore", UserWarning)
+                self.pyfunc = mlflow.pyfunc.load_model(options.model_uri)
+            scorer = arrow_scorer(self.pyfunc)
+        self.model = scorer.to(self.device, dtype=options.dtype) if scorer is not None else None
+        default = self.model.threshold if self.model is not None else 0.5
+        self.threshold = options.threshold if options.threshold is not None else default
         self.reported_first_batch = False
         log.info("actor pid %d scores %s on %s", os.getpid(), options.model_uri, self.device)
 
     def _report_first_batch(self) -> None:
-        """Record on the scoring run when this actor scored its first batch: startup is the time
-        from the run's start to the earliest of these, and steady-state throughput is measured
-        from there to the commit."""
-        import mlflow
-
+        """Note when this actor scored its first batch, in a file beside the run's staging folder:
+        the job's startup is the time to the earliest of these, and its steady-state throughput
+        is measured from there to the commit."""
         self.reported_first_batch = True
+        if self.options.telemetry_dir is None or self.options.filesystem is None:
+            return
         try:
-            mlflow.MlflowClient().log_metric(self.options.lineage.scoring_run_id, "first_batch_unix", time.time())
+            path = f"{self.options.telemetry_dir}/first-batch-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            with self.options.filesystem.open_output_stream(path) as f:
+                f.write(repr(time.time()).encode())
         except Exception as e:  # telemetry must never fail a scoring run
             log.warning("could not record the first batch time: %s", e)
 
     def score(self, batch: pa.Table) -> np.ndarray:
         if self.model is not None:
             return self.model.predict_proba(batch)
+        assert self.pyfunc is not None
         out = self.pyfunc.predict(batch.to_pandas())
         column = out.iloc[:, 0] if hasattr(out, "iloc") and out.ndim == 2 else out
         return np.asarray(column, dtype=np.float32)

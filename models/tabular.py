@@ -1,10 +1,9 @@
-"""The demo tabular classifier: preprocessing and a PyTorch MLP that travel together as one
-MLflow pyfunc model.
+"""The demo tabular classifier: preprocessing and a PyTorch MLP, scored on Arrow batches.
 
-Preprocessing is part of the model version, so ``mlflow.pyfunc.load_model(uri).predict(raw_df)``
-and the Ray job score raw rows the same way. The job skips pandas and calls
-:meth:`TabularClassifier.predict_proba` on Arrow batches; the pyfunc ``predict`` converts its
-pandas input to Arrow and calls the same method.
+:class:`TabularScorer` needs torch and pyarrow only, not MLflow: the job loads it once on the
+driver and ships it to the Ray actors, which then start without importing MLflow or reaching the
+registry. :mod:`models.tabular_pyfunc` wraps it as the MLflow pyfunc model that the registry
+holds, so ``mlflow.pyfunc.load_model(uri).predict(raw_df)`` runs this same code.
 """
 
 from __future__ import annotations
@@ -12,15 +11,13 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-import mlflow.pyfunc
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 if TYPE_CHECKING:
-    import pandas as pd
     import torch
 
 SPEC_FILE = "spec.json"
@@ -104,13 +101,10 @@ def build_net(spec: FeatureSpec) -> torch.nn.Module:
     return nn.Sequential(*layers)
 
 
-class TabularClassifier(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc model: load once (``load_context``), score per call (``predict``)."""
+class TabularScorer:
+    """The fast path the job uses: raw Arrow batch in, probabilities out (an ``ArrowScorer``)."""
 
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        self.load(Path(context.artifacts["model"]))
-
-    def load(self, folder: Path) -> None:
+    def __init__(self, folder: Path) -> None:
         import torch
 
         self.spec = FeatureSpec.from_json((folder / SPEC_FILE).read_text())
@@ -128,7 +122,7 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
     def input_columns(self) -> list[str]:
         return self.spec.columns
 
-    def to(self, device: str, *, dtype: str | None = None) -> TabularClassifier:
+    def to(self, device: str, *, dtype: str | None = None) -> TabularScorer:
         """Move the network (``cuda`` for a GPU actor); ``dtype='bfloat16'`` halves the math."""
         import torch
 
@@ -147,10 +141,3 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
                 features = features.pin_memory().to(self.device, non_blocking=True)
             logits = self.net(features.to(self.dtype)).squeeze(1)
             return torch.sigmoid(logits.float()).cpu().numpy()
-
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        import pandas as pd
-
-        table = pa.Table.from_pandas(model_input, preserve_index=False)
-        proba = self.predict_proba(table)
-        return pd.DataFrame({"probability": proba, "prediction": (proba >= self.threshold).astype(np.int8)})

@@ -17,7 +17,7 @@ def raw_batch(lake) -> pa.Table:
     return pads.dataset(lake.partition_path("raw/customers", DAY), format="parquet").to_table().slice(0, 500)
 
 
-def make_predictor(settings, version: int, threshold: float | None = None):
+def make_predictor(settings, version: int, threshold: float | None = None, scorer=None):
     from models.predictor import BatchPredictor, Lineage, PredictorOptions
 
     return BatchPredictor(
@@ -29,7 +29,8 @@ def make_predictor(settings, version: int, threshold: float | None = None):
             score_column="churn_probability",
             threshold=threshold,
             lineage=Lineage("churn-classifier", version, "run-123", dt.datetime(2026, 11, 22, 2, tzinfo=dt.UTC)),
-        )
+        ),
+        scorer=scorer,
     )
 
 
@@ -54,6 +55,20 @@ def test_scores_a_batch_with_lineage(settings, registered, raw_batch):
     assert set(out["scoring_run_id"].to_pylist()) == {"run-123"}
     assert out["scored_at"].type == pa.timestamp("us", tz="UTC")
     assert predictor.device == "cpu"
+
+
+def test_a_shipped_scorer_scores_the_same_without_the_registry(settings, registered, raw_batch):
+    """The job loads the model once on the driver and ships it to actors: same scores."""
+    import mlflow
+
+    from models.predictor import arrow_scorer
+
+    uri = f"models:/churn-classifier/{registered['champion']}"
+    scorer = arrow_scorer(mlflow.pyfunc.load_model(uri))
+    from_registry = make_predictor(settings, registered["champion"])(raw_batch)
+    shipped = make_predictor(settings, registered["champion"], scorer=scorer)
+    assert shipped.pyfunc is None  # no MLflow in the actor
+    assert shipped(raw_batch)["churn_probability"].equals(from_registry["churn_probability"])
 
 
 def test_same_scores_as_the_registered_pyfunc(settings, registered, raw_batch):
