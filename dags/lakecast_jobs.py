@@ -138,7 +138,26 @@ def build_dag(job: JobConfig, lake_root: str):
             }
             return result
 
-        publish(predict(check_input()))
+        published = publish(predict(check_input()))
+
+        if job.ab is not None:
+
+            @task(execution_timeout=dt.timedelta(minutes=job.airflow.timeout_minutes))
+            def compare(result: dict) -> dict:
+                """A/B: champion vs challenger on the day's labeled data; promote if the policy says so."""
+                from jobs.ab import run_compare
+                from jobs.config import load_job, parse_date
+
+                current = load_job(job.name)
+                report = run_compare(current, parse_date(result["date"]))
+                summary = {k: report[k] for k in ("date", "verdict", "reasons", "lake_path", "mlflow_run_id")}
+                if report["verdict"] == "promote" and current.ab and current.ab.auto_promote:
+                    from jobs.promotion import promote
+
+                    summary["promotion"] = promote(current, reason="auto_promote: verdict promote")
+                return summary
+
+            compare(published)
 
     return pipeline()
 

@@ -31,10 +31,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from jobs.commit import CommitConflict
     from jobs.lake import LakeError
     from jobs.predict import JobError
+    from jobs.promotion import PromotionRefused
     from jobs.validation import InvalidInput
     from models.registry import RegistryError
 
-    return ConfigError, LakeError, JobError, RegistryError, InvalidInput, CommitConflict
+    return ConfigError, LakeError, JobError, RegistryError, InvalidInput, CommitConflict, PromotionRefused
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -134,6 +135,36 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
     return subprocess.run(cmd, check=False).returncode
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from jobs.ab import run_compare
+    from jobs.ab_report import markdown
+
+    report = run_compare(load_job(args.job), parse_date(args.date))
+    _out(json.dumps(report, indent=2, default=str) if args.json else markdown(report))
+    _out(f"report: {report['lake_path']} (MLflow run {report['mlflow_run_id']})")
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    from jobs.promotion import promote
+
+    event = promote(load_job(args.job), force=args.force, reason=args.reason)
+    forced = " (forced)" if event["forced"] else ""
+    _out(
+        f"{event['model']}: champion v{event['from_version']} → v{event['to_version']}{forced}; "
+        f"previous-champion = v{event['from_version']}; audit: {event['audit_path']}"
+    )
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from jobs.promotion import rollback
+
+    event = rollback(load_job(args.job), reason=args.reason)
+    _out(f"{event['model']}: champion v{event['from_version']} → v{event['to_version']}; audit: {event['audit_path']}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from jobs.bench import markdown, run
 
@@ -174,6 +205,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job")
     p.add_argument("--date", required=True)
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("compare", help="A/B: score the labeled table with champion and challenger, decide")
+    p.add_argument("job")
+    p.add_argument("--date", required=True)
+    p.add_argument("--json", action="store_true", help="print report.json instead of the Markdown report")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("promote", help="move champion to the challenger if the latest verdict is promote")
+    p.add_argument("job")
+    p.add_argument("--force", action="store_true", help="promote whatever the verdict (recorded in the audit)")
+    p.add_argument("--reason", default="", help="why, for the audit log")
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("rollback", help="move champion back to previous-champion")
+    p.add_argument("job")
+    p.add_argument("--reason", default="", help="why, for the audit log")
+    p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("bench", help="measure the job against IO, the model alone and a hand-written loop")
     p.add_argument("--rows", type=int, default=10_000_000, help="rows to score (default 10,000,000)")

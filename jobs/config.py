@@ -68,6 +68,38 @@ class ValidationSpec(Frozen):
     columns: dict[str, ColumnCheck] = {}
 
 
+CLASSIFICATION_METRICS = {"accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "log_loss", "brier", "ece"}
+REGRESSION_METRICS = {"rmse", "mae", "r2"}
+
+
+class ABSpec(Frozen):
+    """Offline comparison of two aliases on a labeled table, and the policy that decides."""
+
+    labeled_table: TablePath
+    label: Column
+    task: Literal["classification", "regression"] = "classification"
+    champion: str = "champion"
+    challenger: str = "challenger"
+    primary_metric: str = "roc_auc"
+    min_improvement: float = Field(0.0, ge=0, description="the smallest gain in the primary metric that counts")
+    guards: dict[str, float] = Field({}, description="metric → largest regression tolerated")
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    bootstrap: int = Field(1000, ge=100, le=100_000)
+    group_key: Column | None = Field(None, description="resample entities, not rows, in the bootstrap")
+    segment_column: Column | None = None
+    auto_promote: bool = False
+    challenger_share: float = Field(0.0, ge=0, le=1, description="canary: share of entities the challenger scores")
+    shadow: bool = Field(False, description="the challenger also scores every row into <output>_shadow")
+
+    @model_validator(mode="after")
+    def _known_metrics(self) -> ABSpec:
+        known = CLASSIFICATION_METRICS if self.task == "classification" else REGRESSION_METRICS
+        for metric in [self.primary_metric, *self.guards]:
+            if metric not in known:
+                raise ValueError(f"unknown {self.task} metric {metric!r} (known: {', '.join(sorted(known))})")
+        return self
+
+
 class ComputeSpec(Frozen):
     min_actors: int = Field(1, ge=1)
     max_actors: int = Field(2, ge=1)
@@ -107,6 +139,7 @@ class JobConfig(Frozen):
     model: ModelSpec
     output: OutputSpec
     validation: ValidationSpec = ValidationSpec()
+    ab: ABSpec | None = None
     compute: ComputeSpec = ComputeSpec()
     airflow: AirflowSpec = AirflowSpec()
 

@@ -137,3 +137,24 @@ class BatchPredictor:
                 "scored_at": pa.repeat(pa.scalar(lineage.scored_at, pa.timestamp("us", tz="UTC")), n),
             }
         )
+
+
+class PairPredictor:
+    """Ray Data callable class for an A/B comparison: both versions score each batch, so the data
+    is read once. Returns the passthrough columns and one score column per version."""
+
+    def __init__(self, champion: BatchPredictor, challenger: BatchPredictor, passthrough: list[str]) -> None:
+        self.champion, self.challenger, self.passthrough = champion, challenger, passthrough
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        columns = {c: batch.column(c) for c in self.passthrough}
+        columns["score_champion"] = pa.array(self.champion.score(batch).astype(np.float32, copy=False))
+        columns["score_challenger"] = pa.array(self.challenger.score(batch).astype(np.float32, copy=False))
+        return pa.table(columns)
+
+
+class PairActor(PairPredictor):
+    """The actor form: built from picklable options (Ray constructs it on the worker)."""
+
+    def __init__(self, options: tuple[PredictorOptions, PredictorOptions], scorers: tuple, passthrough: list[str]):
+        super().__init__(BatchPredictor(options[0], scorers[0]), BatchPredictor(options[1], scorers[1]), passthrough)

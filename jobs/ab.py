@@ -1,0 +1,271 @@
+"""``lakecast compare``: score a labeled partition with the champion and the challenger in one
+Ray Data pass, compare them with confidence intervals, decide, and record it all.
+
+Records: an MLflow parent run (differences, intervals, verdict, report.json, report.md, plots)
+with a child run per model version; ``<lake>/ab/<job>/ds=<date>/report.json``; and a tag on both
+model versions with the verdict of that date.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import tempfile
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from jobs import abstats, commit, tracking
+from jobs.ab_report import markdown, plots
+from jobs.config import ABSpec, JobConfig
+from jobs.lake import Lake
+from jobs.predict import model_inputs
+from jobs.ray_runtime import ensure_ray, gpus_per_actor
+from jobs.settings import Settings, load_settings
+from jobs.yamlconf import ConfigError
+from models.predictor import Lineage, PairActor, PredictorOptions, arrow_scorer
+from models.registry import ModelRef, resolve
+
+log = logging.getLogger(__name__)
+
+
+def ab_spec(job: JobConfig) -> ABSpec:
+    if job.ab is None:
+        raise ConfigError(f"conf/jobs/{job.name}.yaml has no ab: section, so there is nothing to compare")
+    return job.ab
+
+
+def report_table(job: JobConfig) -> str:
+    return f"ab/{job.name}"
+
+
+def run_compare(job: JobConfig, ds: dt.date, *, settings: Settings | None = None) -> dict[str, Any]:
+    """Compare the job's two aliases on ``ds``'s labeled partition; returns the report."""
+    import mlflow
+
+    spec = ab_spec(job)
+    settings = settings or load_settings()
+    lake = Lake(settings.lake_root)
+    client = tracking.configure(settings)
+    refs = (
+        resolve(client, job.model.name, alias=spec.champion),
+        resolve(client, job.model.name, alias=spec.challenger),
+    )
+    files = lake.data_files(spec.labeled_table, ds)
+    table = _score_both(job, spec, lake, files, refs, settings)
+    y = table.column(spec.label).to_numpy(zero_copy_only=False).astype(np.float64)
+    a = table.column("score_champion").to_numpy()
+    b = table.column("score_challenger").to_numpy()
+    groups = table.column(spec.group_key).to_numpy(zero_copy_only=False) if spec.group_key else None
+    segments = table.column(spec.segment_column).to_numpy(zero_copy_only=False) if spec.segment_column else None
+    threshold = job.output.threshold if job.output.threshold is not None else 0.5
+    comparison = abstats.compare(
+        y,
+        a,
+        b,
+        task=spec.task,
+        threshold=threshold,
+        confidence=spec.confidence,
+        bootstrap=spec.bootstrap,
+        groups=groups,
+        segments=segments,
+    )
+    verdict, reasons = abstats.verdict(
+        comparison, primary=spec.primary_metric, min_improvement=spec.min_improvement, guards=spec.guards
+    )
+    report = {
+        "job": job.name,
+        "date": ds.isoformat(),
+        "task": spec.task,
+        "labeled_table": spec.labeled_table,
+        "rows": len(y),
+        "champion": {"alias": spec.champion, "name": refs[0].name, "version": refs[0].version},
+        "challenger": {"alias": spec.challenger, "name": refs[1].name, "version": refs[1].version},
+        "metrics": {"champion": comparison.champion, "challenger": comparison.challenger},
+        "differences": {m: asdict(i) for m, i in comparison.differences.items()},
+        "confidence": spec.confidence,
+        "bootstrap": {"resamples": spec.bootstrap, "unit": spec.group_key or "row"},
+        "mcnemar": comparison.mcnemar,
+        "segments": {"column": spec.segment_column, "values": comparison.segments} if spec.segment_column else None,
+        "shadow": shadow_summary(job, lake, ds),
+        "policy": {
+            "primary_metric": spec.primary_metric,
+            "min_improvement": spec.min_improvement,
+            "guards": spec.guards,
+        },
+        "verdict": verdict,
+        "reasons": reasons,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(),
+    }
+    report["lake_path"] = lake.uri(f"{lake.partition_path(report_table(job), ds)}/report.json")
+    experiment = tracking.experiment_id(settings, f"lakecast/{job.name}")
+    with mlflow.start_run(experiment_id=experiment, run_name=f"compare {job.name} {ds}") as parent:
+        report["mlflow_run_id"] = parent.info.run_id
+        _log_to_mlflow(report, comparison, refs, y, a, b)
+    _write_report(lake, job, ds, report)
+    for ref in refs:
+        client.set_model_version_tag(ref.name, str(ref.version), f"lakecast.ab.{ds.isoformat()}", verdict)
+        client.set_model_version_tag(ref.name, str(ref.version), "lakecast.ab.latest", f"{ds.isoformat()}: {verdict}")
+    log.info("compare %s %s: v%d vs v%d → %s", job.name, ds, refs[0].version, refs[1].version, verdict)
+    return report
+
+
+def _score_both(
+    job: JobConfig, spec: ABSpec, lake: Lake, files: list, refs: tuple[ModelRef, ModelRef], settings: Settings
+) -> pa.Table:
+    import mlflow
+    import ray
+
+    features = sorted({c for ref in refs for c, _, _ in model_inputs(job, ref)})
+    passthrough = list(dict.fromkeys(c for c in (job.input.key, spec.label, spec.group_key, spec.segment_column) if c))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        scorers = tuple(arrow_scorer(mlflow.pyfunc.load_model(ref.uri)) for ref in refs)
+    now = dt.datetime.now(dt.UTC)
+    options = tuple(
+        PredictorOptions(
+            model_uri=ref.uri,
+            tracking_uri=settings.mlflow.tracking_uri,
+            registry_uri=settings.mlflow.registry_uri,
+            key=job.input.key,
+            score_column="score",
+            threshold=job.output.threshold,
+            lineage=Lineage(ref.name, ref.version, "compare", now),
+            num_threads=max(1, int(job.compute.cpus_per_actor)),
+        )
+        for ref in refs
+    )
+    ensure_ray(settings)
+    ray.data.DataContext.get_current().raise_original_map_exception = True
+    columns = list(dict.fromkeys([*passthrough, *features]))
+    dataset = ray.data.read_parquet([f.path for f in files], filesystem=lake.fs, columns=columns, partitioning=None)
+    scored = dataset.map_batches(
+        PairActor,
+        fn_constructor_kwargs={"options": options, "scorers": scorers, "passthrough": passthrough},
+        batch_format="pyarrow",
+        batch_size=job.compute.batch_size,
+        compute=ray.data.ActorPoolStrategy(min_size=job.compute.min_actors, max_size=job.compute.max_actors),
+        num_cpus=job.compute.cpus_per_actor,
+        num_gpus=gpus_per_actor(job.compute.gpus_per_actor),
+        udf_modifying_row_count=False,
+    )
+    return pa.concat_tables(list(scored.iter_batches(batch_format="pyarrow", batch_size=None)))
+
+
+def shadow_summary(job: JobConfig, lake: Lake, ds: dt.date) -> dict[str, float] | None:
+    """Agreement and score shift (PSI) between the predictions and the shadow predictions of ``ds``."""
+    import pyarrow.dataset as pads
+
+    from jobs.lake import LakeError
+
+    try:
+        main = lake.data_files(job.output.table, ds)
+        shadow = lake.data_files(shadow_table(job), ds)
+    except LakeError:
+        return None
+    score = job.output.score_column
+    read = lambda fs: pads.dataset([f.path for f in fs], filesystem=lake.fs, format="parquet").to_table(  # noqa: E731
+        columns=[job.input.key, score, "prediction"]
+    )
+    joined = read(main).join(read(shadow), job.input.key, right_suffix="_shadow")
+    a = joined.column(score).to_numpy()
+    b = joined.column(f"{score}_shadow").to_numpy()
+    agree = joined.column("prediction").to_numpy() == joined.column("prediction_shadow").to_numpy()
+    return {"rows": len(a), "agreement": float(agree.mean()) if len(a) else float("nan"), "psi": psi(a, b)}
+
+
+def shadow_table(job: JobConfig) -> str:
+    return f"{job.output.table}_shadow"
+
+
+def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:
+    """Population stability index of ``actual`` against ``expected``, on ``expected``'s deciles."""
+    edges = np.unique(np.quantile(expected, np.linspace(0, 1, bins + 1)))
+    if len(edges) < 3:
+        return 0.0
+    e = np.histogram(np.clip(expected, edges[0], edges[-1]), edges)[0] / len(expected)
+    a = np.histogram(np.clip(actual, edges[0], edges[-1]), edges)[0] / len(actual)
+    e, a = np.clip(e, 1e-6, None), np.clip(a, 1e-6, None)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+def _log_to_mlflow(
+    report: dict[str, Any],
+    comparison: abstats.Comparison,
+    refs: tuple[ModelRef, ModelRef],
+    y: np.ndarray,
+    a: np.ndarray,
+    b: np.ndarray,
+) -> None:
+    import mlflow
+
+    mlflow.set_tags(
+        {
+            "lakecast.kind": "compare",
+            "lakecast.job": report["job"],
+            "lakecast.date": report["date"],
+            "lakecast.verdict": report["verdict"],
+        }
+    )
+    mlflow.log_params(
+        {
+            "champion": refs[0].uri,
+            "challenger": refs[1].uri,
+            "primary_metric": report["policy"]["primary_metric"],
+            "confidence": report["confidence"],
+            "bootstrap": report["bootstrap"]["resamples"],
+            "rows": report["rows"],
+        }
+    )
+    for m, i in comparison.differences.items():
+        mlflow.log_metrics({f"diff_{m}": i.diff, f"diff_{m}_low": i.low, f"diff_{m}_high": i.high})
+    if comparison.mcnemar:
+        mlflow.log_metric("mcnemar_p_value", comparison.mcnemar["p_value"])
+    for role, ref, metrics in (
+        ("champion", refs[0], comparison.champion),
+        ("challenger", refs[1], comparison.challenger),
+    ):
+        # nested runs default to the "Default" experiment, not their parent's: say which
+        experiment = mlflow.active_run().info.experiment_id
+        with mlflow.start_run(run_name=f"{role} v{ref.version}", nested=True, experiment_id=experiment):
+            mlflow.set_tags({"lakecast.role": role, "lakecast.model_version": f"{ref.name}/{ref.version}"})
+            mlflow.log_metrics(metrics)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        (folder / "report.md").write_text(markdown(report))
+        plots(report, y, a, b, folder)
+        mlflow.log_artifacts(str(folder))
+
+
+def _write_report(lake: Lake, job: JobConfig, ds: dt.date, report: dict[str, Any]) -> str:
+    """``<lake>/ab/<job>/ds=<date>/report.json``, committed like any partition."""
+    table = report_table(job)
+    with commit.partition_lock(lake, table, ds, job=job.name):
+        commit.recover(lake, table, ds)
+        staging = lake.staging_path(table, ds, report["mlflow_run_id"])
+        lake.fs.create_dir(staging, recursive=True)
+        with lake.fs.open_output_stream(f"{staging}/report.json") as f:
+            f.write(json.dumps(report, indent=2, default=str).encode())
+        manifest = {"job": job.name, "date": ds.isoformat(), "output": [{"file": "report.json", "rows": 0}]}
+        path = commit.commit(lake, staging, table, ds, manifest)
+    return lake.uri(f"{path}/report.json")
+
+
+def latest_report(lake: Lake, job: JobConfig) -> dict[str, Any] | None:
+    """The most recent comparison report of the job in the lake."""
+    import pyarrow.fs as pafs
+
+    infos = lake.fs.get_file_info(pafs.FileSelector(lake.table_path(report_table(job)), allow_not_found=True))
+    days = sorted(i.base_name for i in infos if i.base_name.startswith("ds="))
+    for day in reversed(days):
+        path = f"{lake.table_path(report_table(job))}/{day}/report.json"
+        if lake.exists(path):
+            with lake.fs.open_input_stream(path) as f:
+                return json.loads(f.read())
+    return None

@@ -1,0 +1,130 @@
+"""The statistics of an A/B comparison: paired bootstrap intervals, McNemar's exact test,
+segments, and the verdict. Pure NumPy on arrays of labels and both models' scores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from jobs.metrics import LOWER_IS_BETTER, METRICS, better
+
+
+@dataclass(frozen=True)
+class Interval:
+    diff: float  # challenger - champion
+    low: float
+    high: float
+
+
+@dataclass
+class Comparison:
+    champion: dict[str, float]
+    challenger: dict[str, float]
+    differences: dict[str, Interval]
+    mcnemar: dict[str, float] | None
+    segments: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def _resample_indices(n: int, groups: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
+    if groups is None:
+        return rng.integers(0, n, n)
+    order = np.argsort(groups, kind="mergesort")
+    _, starts, counts = np.unique(groups[order], return_index=True, return_counts=True)
+    pick = rng.integers(0, len(starts), len(starts))
+    lengths = counts[pick]
+    # rows of the picked groups: start of each picked group + 0..len-1, without a Python loop
+    offsets = np.repeat(starts[pick] - np.r_[0, np.cumsum(lengths)[:-1]], lengths)
+    return order[offsets + np.arange(lengths.sum())]
+
+
+def compare(
+    y: np.ndarray,
+    champion: np.ndarray,
+    challenger: np.ndarray,
+    *,
+    task: str,
+    threshold: float,
+    confidence: float,
+    bootstrap: int,
+    groups: np.ndarray | None = None,
+    segments: np.ndarray | None = None,
+    seed: int = 0,
+) -> Comparison:
+    """Metrics of both models, and a paired bootstrap interval for each difference."""
+    fn = METRICS[task]
+    a, b = fn(y, champion, threshold), fn(y, challenger, threshold)
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {m: [] for m in a}
+    for _ in range(bootstrap):
+        idx = _resample_indices(len(y), groups, rng)
+        ra, rb = fn(y[idx], champion[idx], threshold), fn(y[idx], challenger[idx], threshold)
+        for m in a:
+            draws[m].append(rb[m] - ra[m])
+    tail = (1 - confidence) / 2 * 100
+    differences = {
+        m: Interval(b[m] - a[m], *(float(x) for x in np.nanpercentile(draws[m], [tail, 100 - tail]))) for m in a
+    }
+    mcnemar = _mcnemar(y, champion, challenger, threshold) if task == "classification" else None
+    result = Comparison(a, b, differences, mcnemar)
+    if segments is not None:
+        for value in np.unique(segments.astype(str)):
+            rows = segments.astype(str) == value
+            if rows.sum() < 2:
+                continue
+            result.segments[value] = {
+                "rows": int(rows.sum()),
+                "champion": fn(y[rows], champion[rows], threshold),
+                "challenger": fn(y[rows], challenger[rows], threshold),
+            }
+    return result
+
+
+def _mcnemar(y: np.ndarray, a: np.ndarray, b: np.ndarray, threshold: float) -> dict[str, float]:
+    """McNemar's exact test on the rows where exactly one model is right."""
+    from scipy.stats import binomtest
+
+    right_a = (a >= threshold) == (y == 1)
+    right_b = (b >= threshold) == (y == 1)
+    only_a, only_b = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
+    p = binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
+    return {"champion_only_right": only_a, "challenger_only_right": only_b, "p_value": float(p)}
+
+
+def verdict(c: Comparison, *, primary: str, min_improvement: float, guards: dict[str, float]) -> tuple[str, list[str]]:
+    """``promote``, ``keep`` or ``inconclusive``, with the reasons in words.
+
+    promote: the primary metric is better with confidence (interval above 0) by at least
+    ``min_improvement``, and no guard metric regresses beyond its tolerance.
+    keep: the challenger is worse with confidence, or a guard regresses beyond its tolerance.
+    inconclusive: anything else (the interval straddles 0, or the gain is real but too small).
+    """
+    reasons: list[str] = []
+    d = c.differences[primary]
+    gain, lo, hi = better(primary, d.diff), *sorted((better(primary, d.low), better(primary, d.high)))
+    direction = "lower" if primary in LOWER_IS_BETTER else "higher"
+    reasons.append(
+        f"{primary} ({direction} is better): champion {c.champion[primary]:.4f}, challenger "
+        f"{c.challenger[primary]:.4f}, gain {gain:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+    )
+    broken = []
+    for metric, tolerance in guards.items():
+        g = c.differences[metric]
+        g_gain = better(metric, g.diff)
+        if g_gain < -tolerance:
+            broken.append(f"guard {metric} regresses by {-g_gain:.4f}, more than the {tolerance:g} tolerated")
+        else:
+            reasons.append(f"guard {metric}: change {g_gain:+.4f} within the {tolerance:g} tolerated")
+    if broken:
+        return "keep", [*reasons, *broken]
+    if hi < 0:
+        return "keep", [*reasons, f"the challenger is worse on {primary} with confidence"]
+    if lo > 0 and gain >= min_improvement:
+        return "promote", [
+            *reasons,
+            f"the challenger is better on {primary} with confidence, by at least the {min_improvement:g} required",
+        ]
+    if lo > 0:
+        return "inconclusive", [*reasons, f"better with confidence, but by less than the {min_improvement:g} required"]
+    return "inconclusive", [*reasons, f"the interval for {primary} includes no difference"]

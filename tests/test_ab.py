@@ -1,0 +1,152 @@
+"""A/B comparison: verdicts on constructed data, the whole comparison on the demo models, and
+promotion then rollback with its audit trail."""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pytest
+
+from jobs import abstats
+from jobs.ab import latest_report, psi, run_compare
+from jobs.lake import Lake
+from jobs.promotion import PREVIOUS, PromotionRefused, promote, read_audit, rollback
+from tests.conftest import DAY
+
+
+def constructed(n: int, champion_signal: float, challenger_signal: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+
+    def scores(signal: float) -> np.ndarray:
+        return 1 / (1 + np.exp(-(signal * (2 * y - 1) + rng.normal(size=n))))
+
+    return y, scores(champion_signal), scores(challenger_signal)
+
+
+def decide(y, a, b, **policy):
+    c = abstats.compare(y, a, b, task="classification", threshold=0.5, confidence=0.95, bootstrap=300)
+    return abstats.verdict(c, primary="roc_auc", min_improvement=policy.get("min_improvement", 0.005),
+                           guards=policy.get("guards", {}))  # fmt: skip
+
+
+def test_a_clearly_better_challenger_is_promoted():
+    verdict, reasons = decide(*constructed(4000, 0.5, 1.2))
+    assert verdict == "promote", reasons
+    assert "better on roc_auc with confidence" in reasons[-1]
+
+
+def test_a_clearly_worse_challenger_is_kept_out():
+    verdict, reasons = decide(*constructed(4000, 1.2, 0.5))
+    assert verdict == "keep", reasons
+    assert "worse on roc_auc with confidence" in reasons[-1]
+
+
+def test_an_equal_challenger_is_inconclusive():
+    verdict, reasons = decide(*constructed(4000, 0.8, 0.8))
+    assert verdict == "inconclusive", reasons
+    assert "includes no difference" in reasons[-1]
+
+
+def test_a_broken_guard_keeps_the_champion():
+    y, a, b = constructed(4000, 0.5, 1.2)
+    b = np.clip(b * 0.3, 0, 1)  # same ranking (AUC), badly calibrated
+    verdict, reasons = decide(y, a, b, guards={"log_loss": 0.01})
+    assert verdict == "keep"
+    assert any("guard log_loss regresses" in r for r in reasons)
+
+
+def test_entity_bootstrap_resamples_whole_entities():
+    groups = np.repeat(np.arange(50), 4)
+    idx = abstats._resample_indices(len(groups), groups, np.random.default_rng(0))
+    picked = groups[idx]
+    assert len(idx) == len(groups)
+    _, counts = np.unique(picked, return_counts=True)
+    assert set(counts % 4) == {0}  # every entity comes with all 4 of its rows
+
+
+def test_mcnemar_matches_the_exact_binomial_test():
+    y = np.array([1] * 30)
+    a = np.array([0.9] * 20 + [0.1] * 10)  # right on 20
+    b = np.array([0.1] * 5 + [0.9] * 25)  # right on 25; only-a = 5, only-b = 10
+    c = abstats.compare(y, a, b, task="classification", threshold=0.5, confidence=0.9, bootstrap=100)
+    assert c.mcnemar["champion_only_right"] == 5 and c.mcnemar["challenger_only_right"] == 10
+    from scipy.stats import binomtest
+
+    assert c.mcnemar["p_value"] == pytest.approx(binomtest(5, 15, 0.5).pvalue)
+
+
+def test_psi_is_zero_for_the_same_distribution_and_grows_with_shift():
+    rng = np.random.default_rng(0)
+    x = rng.random(10_000)
+    assert psi(x, x) == pytest.approx(0, abs=1e-9)
+    assert psi(x, np.clip(x + 0.2, 0, 1)) > 0.1
+
+
+@pytest.fixture(scope="module")
+def report(settings, lake, registered, ray_local, churn_job):
+    return run_compare(churn_job, DAY, settings=settings)
+
+
+def test_compare_records_report_in_lake_mlflow_and_registry(report, settings, lake, registered):
+    assert report["champion"]["version"] == registered["champion"]
+    assert report["challenger"]["version"] == registered["challenger"]
+    assert report["rows"] == 4000 and report["verdict"] in {"promote", "keep", "inconclusive"}
+    assert set(report["differences"]) == {"accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "log_loss",
+                                          "brier", "ece"}  # fmt: skip
+    assert report["segments"]["column"] == "contract_type"
+    assert set(report["segments"]["values"]) == {"month_to_month", "one_year", "two_year"}
+    # the same report.json in the lake and in MLflow
+    assert latest_report(Lake(settings.lake_root), __import__("jobs.config").config.load_job("churn")) == report
+    client = mlflow.MlflowClient(settings.mlflow.tracking_uri)
+    parent = client.get_run(report["mlflow_run_id"])
+    assert parent.data.tags["lakecast.verdict"] == report["verdict"]
+    assert "diff_roc_auc_low" in parent.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"report.json", "report.md", "roc.png", "calibration.png", "differences.png"} <= artifacts
+    children = client.search_runs([parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    assert sorted(r.data.tags["lakecast.role"] for r in children) == ["challenger", "champion"]
+    with open(client.download_artifacts(parent.info.run_id, "report.json")) as f:
+        assert json.load(f) == report
+    for version in registered.values():
+        tags = client.get_model_version("churn-classifier", str(version)).tags
+        assert tags[f"lakecast.ab.{DAY}"] == report["verdict"]
+
+
+def test_the_demo_challenger_wins(report):
+    """The large MLP is better than the small one on the demo's interactions."""
+    assert report["differences"]["roc_auc"]["low"] > 0, report["reasons"]
+
+
+def test_promote_then_rollback_restores_aliases_with_an_audit_trail(report, settings, lake, registered, churn_job):
+    client = mlflow.MlflowClient(settings.mlflow.tracking_uri)
+
+    def aliases() -> dict[str, int]:
+        return {a: int(v) for a, v in client.get_registered_model("churn-classifier").aliases.items()}
+
+    before = dict(aliases())
+    try:
+        if report["verdict"] != "promote":
+            with pytest.raises(PromotionRefused, match="Use --force"):
+                promote(churn_job, settings=settings)
+        event = promote(churn_job, settings=settings, force=report["verdict"] != "promote", reason="test")
+        assert aliases()["champion"] == registered["challenger"]
+        assert aliases()[PREVIOUS] == registered["champion"]
+        assert event["from_version"] == registered["champion"] and event["to_version"] == registered["challenger"]
+
+        back = rollback(churn_job, settings=settings, reason="test rollback")
+        assert aliases()["champion"] == registered["champion"]
+        assert PREVIOUS not in aliases()
+        assert back["to_version"] == registered["champion"]
+        with pytest.raises(PromotionRefused, match="nothing to roll back to"):
+            rollback(churn_job, settings=settings)
+        trail = read_audit(Lake(settings.lake_root), churn_job)
+        assert [e["action"] for e in trail[-2:]] == ["promote", "rollback"]
+        assert all({"by", "at", "from_version", "to_version", "why"} <= e.keys() for e in trail)
+        tags = client.get_model_version("churn-classifier", str(registered["challenger"])).tags
+        assert "lakecast.promoted_at" in tags and "lakecast.rolled_back_at" in tags
+    finally:
+        for alias, version in before.items():
+            client.set_registered_model_alias("churn-classifier", alias, str(version))

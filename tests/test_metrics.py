@@ -1,0 +1,51 @@
+"""Every metric agrees with scikit-learn's on the same predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn import metrics as skm
+
+from jobs.metrics import classification, ece, regression
+
+
+@pytest.fixture(params=[0, 1, 2])
+def preds(request):
+    rng = np.random.default_rng(request.param)
+    y = rng.integers(0, 2, 5000)
+    p = np.clip(0.3 * y + rng.random(5000) * 0.7, 0, 1)
+    if request.param == 2:
+        p = np.round(p, 1)  # many ties
+    return y, p
+
+
+def test_classification_matches_sklearn(preds):
+    y, p = preds
+    m = classification(y, p)
+    pred = (p >= 0.5).astype(int)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert m["precision"] == pytest.approx(skm.precision_score(y, pred))
+    assert m["recall"] == pytest.approx(skm.recall_score(y, pred))
+    assert m["f1"] == pytest.approx(skm.f1_score(y, pred))
+    assert m["roc_auc"] == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12)
+    assert m["pr_auc"] == pytest.approx(skm.average_precision_score(y, p), abs=1e-12)
+    assert m["log_loss"] == pytest.approx(skm.log_loss(y, np.clip(p, 1e-15, 1 - 1e-15)), rel=1e-9)
+    assert m["brier"] == pytest.approx(skm.brier_score_loss(y, p))
+
+
+def test_ece_is_the_binned_calibration_gap():
+    y = np.array([0, 1, 1, 0, 1])
+    p = np.array([0.05, 0.15, 0.95, 0.91, 0.99])
+    # bins: [0,.1): p .05 y 0 → .05; [.1,.2): .15 vs 1 → .85; [.9,1]: mean p .95, mean y 2/3 → .2833 x 3
+    expected = (0.05 + 0.85 + abs((0.95 + 0.91 + 0.99) - 2)) / 5
+    assert ece(y, p) == pytest.approx(expected)
+
+
+def test_regression_matches_sklearn():
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=1000)
+    p = y + rng.normal(scale=0.5, size=1000)
+    m = regression(y, p)
+    assert m["rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(y, p)))
+    assert m["mae"] == pytest.approx(skm.mean_absolute_error(y, p))
+    assert m["r2"] == pytest.approx(skm.r2_score(y, p))
