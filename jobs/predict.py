@@ -16,7 +16,7 @@ import logging
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from jobs import commit, tracking, validation
@@ -25,7 +25,15 @@ from jobs.lake import DataFile, Lake, LakeError
 from jobs.ray_runtime import ensure_ray, gpus_per_actor
 from jobs.settings import Settings, load_settings
 from jobs.validation import InvalidInput
-from models.predictor import LINEAGE_COLUMNS, ArrowScorer, BatchPredictor, Lineage, PredictorOptions, arrow_scorer
+from models.predictor import (
+    LINEAGE_COLUMNS,
+    ArrowScorer,
+    BatchPredictor,
+    Lineage,
+    PredictorOptions,
+    RoutedPredictor,
+    arrow_scorer,
+)
 from models.registry import ModelRef, resolve
 
 log = logging.getLogger(__name__)
@@ -106,7 +114,7 @@ def run_job(
 
     lease = job.airflow.timeout_minutes * 60 + 600
     with commit.partition_lock(lake, job.output.table, ds, job=job.name, lease_s=lease):
-        for table in (job.output.table, quarantine_table(job)):
+        for table in (job.output.table, quarantine_table(job), shadow_table(job)):
             commit.recover(lake, table, ds)
         result = _run_locked(
             job, ds, lake=lake, settings=settings, pre=pre, started_at=started_at, t0=t0, dry_run=dry_run
@@ -127,6 +135,8 @@ class Preflight:
     rules: list[validation.ColumnRule]
     duplicates: int
     scorer: ArrowScorer | None
+    challenger: ModelRef | None = None  # canary or shadow scoring (the job's ab: section)
+    challenger_scorer: ArrowScorer | None = None
 
 
 def _preflight(
@@ -149,12 +159,26 @@ def _preflight(
     with warnings.catch_warnings():  # pyfunc nags about type hints that our Arrow path does not use
         warnings.simplefilter("ignore", UserWarning)
         scorer = arrow_scorer(mlflow.pyfunc.load_model(ref.uri))
+        challenger = challenger_scorer = None
+        if job.ab is not None and (job.ab.challenger_share > 0 or job.ab.shadow):
+            challenger = resolve(client, job.model.name, alias=job.ab.challenger)
+            challenger_scorer = arrow_scorer(mlflow.pyfunc.load_model(challenger.uri))
+            model_inputs(job, challenger)  # its columns must be among those read
     log.info("scoring %s %s: %d rows in %d files with %s", job.name, ds, rows_in, len(files), ref.uri)
-    return Preflight(files, rows_in, ref, rules, duplicates, scorer)
+    return Preflight(files, rows_in, ref, rules, duplicates, scorer, challenger, challenger_scorer)
 
 
 def quarantine_table(job: JobConfig) -> str:
     return f"quarantine/{job.name}"
+
+
+def shadow_table(job: JobConfig) -> str:
+    """Where the challenger's shadow scores go, beside the predictions."""
+    return f"{job.output.table}_shadow"
+
+
+def _shadow(job: JobConfig) -> bool:
+    return job.ab is not None and job.ab.shadow
 
 
 def _run_locked(
@@ -177,12 +201,25 @@ def _run_locked(
         gpus = _log_start(job, ds, ref, lake, files, settings)
         staging = lake.staging_path(job.output.table, ds, run_id)
         q_staging = lake.staging_path(quarantine_table(job), ds, run_id)
+        s_staging = lake.staging_path(shadow_table(job), ds, run_id)
         try:
-            for folder in (q_staging, telemetry_path(staging)):
+            for folder in (q_staging, telemetry_path(staging), *([s_staging] if _shadow(job) else [])):
                 lake.fs.create_dir(folder, recursive=True)
             _score(
-                job, lake, pre, staging, q_staging, settings=settings, run_id=run_id, started_at=started_at, gpus=gpus
+                job,
+                lake,
+                pre,
+                staging,
+                q_staging,
+                settings=settings,
+                run_id=run_id,
+                started_at=started_at,
+                gpus=gpus,
+                shadow_dir=s_staging if _shadow(job) else None,
             )
+            if _shadow(job):
+                s_files = lake.list_data_files(s_staging)
+                s_rows = lake.count_rows(s_files)
             out_files = lake.list_data_files(staging)
             out_rows = lake.count_rows(out_files)
             q_files = lake.list_data_files(q_staging)
@@ -214,15 +251,20 @@ def _run_locked(
                     f"of {100 * job.validation.max_invalid_share:g}% (validation.max_invalid_share); no "
                     f"predictions were published; the rows are in {lake.uri(q_partition)}"
                 )
+            if _shadow(job) and sum(s_rows) != sum(out_rows):
+                raise JobError(f"the shadow scored {sum(s_rows)} rows for {sum(out_rows)} predictions")
             if dry_run:
-                commit.discard(lake, staging)
-                commit.discard(lake, q_staging)
+                for folder in (staging, q_staging, s_staging):
+                    commit.discard(lake, folder)
                 output = lake.partition_path(job.output.table, ds)
             else:
                 commit.commit(lake, q_staging, quarantine_table(job), ds, q_manifest)
+                if _shadow(job):
+                    s_manifest = _manifest(job, ds, run_id, pre.challenger, lake, files, s_files, s_rows, started_at)
+                    commit.commit(lake, s_staging, shadow_table(job), ds, s_manifest)
                 output = commit.commit(lake, staging, job.output.table, ds, manifest)
         except BaseException as e:
-            for folder in (staging, q_staging, telemetry_path(staging)):
+            for folder in (staging, q_staging, s_staging, telemetry_path(staging)):
                 commit.discard(lake, folder)
             cause = _unwrap_ray_error(e)
             if cause is e:
@@ -374,6 +416,7 @@ def _score(
     run_id: str,
     started_at: dt.datetime,
     gpus: float,
+    shadow_dir: str | None = None,
 ) -> None:
     """The Ray Data pipeline: read → validate rows → actor pool of predictors → Parquet in staging.
 
@@ -394,7 +437,7 @@ def _score(
         key=job.input.key,
         score_column=job.output.score_column,
         threshold=job.output.threshold,
-        lineage=Lineage(ref.name, ref.version, run_id, started_at),
+        lineage=Lineage(ref.name, ref.version, run_id, started_at, variant=ref.alias or f"v{ref.version}"),
         num_threads=max(1, int(job.compute.cpus_per_actor)),
         telemetry_dir=telemetry_path(staging),
         filesystem=lake.fs,
@@ -406,9 +449,26 @@ def _score(
     dataset = ray.data.read_parquet(
         [f.path for f in pre.files], filesystem=lake.fs, columns=[job.input.key, *columns], partitioning=None
     )
+    predictor, kwargs = BatchPredictor, {"options": options, "scorer": pre.scorer}
+    if pre.challenger is not None and job.ab is not None:
+        b = pre.challenger
+        challenger = replace(
+            options,
+            model_uri=b.uri,
+            lineage=replace(options.lineage, model_version=b.version, variant=job.ab.challenger),
+        )
+        predictor, kwargs = (
+            RoutedPredictor,
+            {
+                "champion": (options, pre.scorer),
+                "challenger": (challenger, pre.challenger_scorer),
+                "share": job.ab.challenger_share,
+                "shadow_dir": shadow_dir,
+            },
+        )
     scored = dataset.map_batches(validator, batch_format="pyarrow").map_batches(
-        BatchPredictor,
-        fn_constructor_kwargs={"options": options, "scorer": pre.scorer},
+        predictor,
+        fn_constructor_kwargs=kwargs,
         batch_format="pyarrow",
         batch_size=job.compute.batch_size,
         compute=ray.data.ActorPoolStrategy(min_size=job.compute.min_actors, max_size=job.compute.max_actors),

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 log = logging.getLogger(__name__)
 
-LINEAGE_COLUMNS = ("model_name", "model_version", "scoring_run_id", "scored_at")
+LINEAGE_COLUMNS = ("model_name", "model_version", "variant", "scoring_run_id", "scored_at")
 
 
 @runtime_checkable
@@ -42,6 +42,7 @@ class Lineage:
     model_version: int
     scoring_run_id: str
     scored_at: dt.datetime
+    variant: str = "champion"
 
 
 @dataclass(frozen=True)
@@ -133,10 +134,71 @@ class BatchPredictor:
                 "prediction": pa.array((proba >= self.threshold).astype(np.int8)),
                 "model_name": pa.repeat(lineage.model_name, n),
                 "model_version": pa.repeat(pa.scalar(lineage.model_version, pa.int32()), n),
+                "variant": pa.repeat(lineage.variant, n),
                 "scoring_run_id": pa.repeat(lineage.scoring_run_id, n),
                 "scored_at": pa.repeat(pa.scalar(lineage.scored_at, pa.timestamp("us", tz="UTC")), n),
             }
         )
+
+
+def canary_mask(keys: pa.Array | pa.ChunkedArray, share: float) -> np.ndarray:
+    """True for the entities the challenger scores: a hash of the id below ``share``.
+
+    The hash depends on the id alone, so an entity stays in or out of the canary night after
+    night, on every machine, whatever the batch it arrives in.
+    """
+    if share <= 0:
+        return np.zeros(len(keys), dtype=bool)
+    if pa.types.is_integer(keys.type):
+        x = keys.to_numpy(zero_copy_only=False).astype(np.uint64)
+        with np.errstate(over="ignore"):  # splitmix64: wrap-around is the point
+            x = x + np.uint64(0x9E3779B97F4A7C15)
+            x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+            x = x ^ (x >> np.uint64(31))
+        return (x >> np.uint64(11)).astype(np.float64) / float(2**53) < share
+    import hashlib
+
+    values = keys.cast(pa.string()).to_pylist()
+    digests = [int.from_bytes(hashlib.blake2b(str(v).encode(), digest_size=8).digest()) >> 11 for v in values]
+    return np.array(digests, dtype=np.float64) / float(2**53) < share
+
+
+class RoutedPredictor:
+    """Ray Data callable class for canary and shadow scoring in the nightly job.
+
+    Canary: the challenger scores the share of entities that :func:`canary_mask` picks; every row
+    records which version scored it. Shadow: the challenger also scores every row, written beside
+    the predictions under a name derived from the content, so a retried batch rewrites its file.
+    """
+
+    def __init__(
+        self,
+        champion: tuple[PredictorOptions, ArrowScorer | None],
+        challenger: tuple[PredictorOptions, ArrowScorer | None],
+        share: float,
+        shadow_dir: str | None,
+    ) -> None:
+        self.champion, self.challenger = BatchPredictor(*champion), BatchPredictor(*challenger)
+        self.share, self.shadow_dir = share, shadow_dir
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import hashlib
+
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        main = self.champion(batch)
+        other = self.challenger(batch)
+        if self.shadow_dir is not None:
+            sink = pa.BufferOutputStream()
+            pq.write_table(other.drop_columns(["scored_at"]), sink)
+            name = hashlib.sha1(sink.getvalue().to_pybytes()).hexdigest()[:20]
+            pq.write_table(other, f"{self.shadow_dir}/s-{name}.parquet", filesystem=self.champion.options.filesystem)
+        mask = pa.array(canary_mask(batch.column(self.champion.options.key), self.share))
+        if not pc.any(mask).as_py():
+            return main
+        return pa.table({c: pc.if_else(mask, other.column(c), main.column(c)) for c in main.column_names})
 
 
 class PairPredictor:

@@ -150,3 +150,48 @@ def test_promote_then_rollback_restores_aliases_with_an_audit_trail(report, sett
     finally:
         for alias, version in before.items():
             client.set_registered_model_alias("churn-classifier", alias, str(version))
+
+
+def test_canary_mask_is_stable_and_near_its_share():
+    import pyarrow as pa
+
+    from models.predictor import canary_mask
+
+    ids = pa.array(range(7_000_000, 7_100_000))
+    mask = canary_mask(ids, 0.2)
+    assert abs(mask.mean() - 0.2) < 0.01
+    assert (canary_mask(ids.slice(500, 1000), 0.2) == mask[500:1500]).all()  # batch boundaries do not matter
+    assert canary_mask(ids, 0.1)[mask].mean() < 1 and not canary_mask(ids, 0.1)[~mask].any()  # nested shares
+    names = pa.array([f"c{i}" for i in range(20_000)])
+    assert abs(canary_mask(names, 0.5).mean() - 0.5) < 0.02
+
+
+def test_canary_and_shadow_in_the_nightly_job(settings, lake, registered, ray_local, churn_job):
+    """The challenger scores its canary share of customers, the same ones on a rerun, and shadows
+    every row; the comparison reports agreement and PSI on that unlabeled data."""
+    import pyarrow.dataset as pads
+
+    from jobs.predict import run_job
+
+    job = churn_job.model_copy(update={"ab": churn_job.ab.model_copy(update={"challenger_share": 0.3, "shadow": True})})
+    out = lake.partition_path(job.output.table, DAY)
+    first = run_job(job, DAY, settings=settings)
+    table = pads.dataset(out, format="parquet").to_table()
+    canary = table.filter(pads.field("variant") == "challenger")
+    assert 0.25 < canary.num_rows / table.num_rows < 0.35
+    assert set(canary["model_version"].to_pylist()) == {registered["challenger"]}
+    assert set(table.filter(pads.field("variant") == "champion")["model_version"].to_pylist()) == {
+        registered["champion"]
+    }
+    shadow = pads.dataset(lake.partition_path(f"{job.output.table}_shadow", DAY), format="parquet").to_table()
+    assert shadow.num_rows == table.num_rows
+    assert set(shadow["model_version"].to_pylist()) == {registered["challenger"]}
+    assert set(shadow["scoring_run_id"].to_pylist()) == {first.run_id}
+
+    run_job(job, DAY, settings=settings)  # a rerun routes the same customers
+    again = pads.dataset(out, format="parquet").to_table().filter(pads.field("variant") == "challenger")
+    assert sorted(again["customer_id"].to_pylist()) == sorted(canary["customer_id"].to_pylist())
+
+    report = run_compare(job, DAY, settings=settings)
+    assert report["shadow"]["rows"] == table.num_rows
+    assert 0 <= report["shadow"]["agreement"] <= 1 and report["shadow"]["psi"] >= 0

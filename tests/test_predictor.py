@@ -44,6 +44,7 @@ def test_scores_a_batch_with_lineage(settings, registered, raw_batch):
         "prediction",
         "model_name",
         "model_version",
+        "variant",
         "scoring_run_id",
         "scored_at",
     ]
