@@ -97,6 +97,7 @@ def promote(job: JobConfig, *, settings: Settings | None = None, force: bool = F
         "from_version": champion.version,
         "to_version": challenger.version,
         "forced": bool(problems),
+        "overridden": problems,
         "why": reason or ("forced: " + " ".join(problems) if problems else "latest verdict: promote"),
         "report": report.get("lake_path") if report else None,
     }

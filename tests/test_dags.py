@@ -40,8 +40,14 @@ def test_parsing_imports_no_ray_torch_or_mlflow(parsed):
 
 def test_churn_dag_shape(parsed):
     dag = parsed["dags"]["lakecast__churn"]
-    assert dag["tasks"] == ["check_input", "predict", "publish"]
-    assert dag["upstream"] == {"check_input": [], "predict": ["check_input"], "publish": ["predict"]}
+    # compare: the job file has an ab: section
+    assert dag["tasks"] == ["check_input", "predict", "publish", "compare"]
+    assert dag["upstream"] == {
+        "check_input": [],
+        "predict": ["check_input"],
+        "publish": ["predict"],
+        "compare": ["publish"],
+    }
     assert dag["catchup"] is False
     assert "0 2 * * *" in dag["schedule"]
     assert dag["params"] == ["date", "dry_run", "model_alias", "model_version"]
@@ -61,7 +67,7 @@ def test_an_invalid_job_file_shows_as_a_failing_dag(settings, tmp_path):
     (conf / "jobs" / "typo.yaml").write_text((src / "jobs" / "churn.yaml").read_text() + "shedule: daily\n")
     parsed = parse_dags(settings, LAKECAST_CONF=str(conf))
     assert parsed["import_errors"] == {}
-    assert parsed["dags"]["lakecast__churn"]["tasks"] == ["check_input", "predict", "publish"]
+    assert parsed["dags"]["lakecast__churn"]["tasks"] == ["check_input", "predict", "publish", "compare"]
     broken = parsed["dags"]["lakecast__typo"]
     assert broken["tasks"] == ["invalid_job_file"]
     assert "invalid-config" in broken["tags"]

@@ -1,0 +1,51 @@
+"""The benchmark runs end to end at a tiny size and reports every figure (timings are not
+asserted: they live in the benchmark's report, not in the tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+KEYS = {
+    "io_only_rows_per_s",
+    "model_only_rows_per_s",
+    "naive_rows_per_s",
+    "lakecast_rows_per_s",
+    "steady_rows_per_s",
+    "bound_rows_per_s",
+    "efficiency",
+    "vs_naive",
+    "startup_s",
+    "peak_rss_mb",
+    "machine",
+    "settings",
+}
+
+
+def test_bench_reports_every_figure(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAKECAST_", "AIRFLOW", "MLFLOW_", "RAY_"))}
+    env["LAKECAST_HOME"] = str(tmp_path / "home")
+    out = tmp_path / "report.json"
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("lakecast")), "bench", "--rows", "20000", "--json", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report.keys() >= KEYS
+    assert report["rows"] == 20000
+    assert all(report[k] > 0 for k in KEYS - {"machine", "settings"})
+    assert report["bound_rows_per_s"] <= min(report["io_only_rows_per_s"], report["model_only_rows_per_s"])
+    assert out.with_suffix(".png").stat().st_size > 1000
+    assert "| lakecast, steady state |" in out.with_suffix(".md").read_text()
+    assert "efficiency" in proc.stdout
