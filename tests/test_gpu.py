@@ -1,0 +1,69 @@
+"""The CUDA path of the predictor: a GPU actor scores on the GPU, with pinned memory and
+non-blocking copies, in fp32 or bf16, and agrees with the CPU. Skipped where no GPU is present;
+run it on a GPU machine with ``pytest tests/test_gpu.py``. It needs torch and pyarrow only."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def scorer_folder(tmp_path_factory):
+    from jobs import demo_data
+    from models import train
+
+    day = dt.date(2026, 11, 21)
+    table = demo_data.generate(20_000, day, with_label=True)
+    folder, _ = train.train(
+        table,
+        label=demo_data.LABEL,
+        numeric=demo_data.NUMERIC,
+        categorical=list(demo_data.CATEGORIES),
+        spec=train.CHALLENGER,
+    )
+    return folder, demo_data.generate(50_000, day)
+
+
+def predictor(folder, dtype=None):
+    from models.predictor import BatchPredictor, Lineage, PredictorOptions
+    from models.tabular import TabularScorer
+
+    options = PredictorOptions(
+        model_uri="models:/churn-classifier/1",
+        tracking_uri="unused",
+        registry_uri=None,
+        key="customer_id",
+        score_column="p",
+        threshold=None,
+        dtype=dtype,
+        lineage=Lineage("churn-classifier", 1, "gpu-test", dt.datetime.now(dt.UTC)),
+    )
+    return BatchPredictor(options, TabularScorer(folder))
+
+
+def test_a_gpu_actor_scores_on_cuda_like_the_cpu(scorer_folder):
+    from models.tabular import TabularScorer
+
+    folder, batch = scorer_folder
+    cpu = TabularScorer(folder).predict_proba(batch)
+    gpu = predictor(folder)
+    assert gpu.device == "cuda" and next(gpu.model.net.parameters()).is_cuda
+    out = gpu(batch)
+    np.testing.assert_allclose(out["p"].to_numpy(), cpu, atol=1e-5)
+    assert out.num_rows == batch.num_rows
+
+
+def test_bf16_stays_close(scorer_folder):
+    from models.tabular import TabularScorer
+
+    folder, batch = scorer_folder
+    cpu = TabularScorer(folder).predict_proba(batch)
+    bf16 = predictor(folder, dtype="bfloat16")(batch)["p"].to_numpy()
+    assert np.abs(bf16 - cpu).max() < 0.02
+    assert ((bf16 >= 0.5) == (cpu >= 0.5)).mean() > 0.99
