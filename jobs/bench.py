@@ -318,6 +318,7 @@ def chart(r: dict[str, Any], path: Path) -> None:
     bars = ax.bar(names, [r[k] for k in keys], color=["#999", "#999", "#555", "#c66", "#36c", "#36c"])
     ax.bar_label(bars, labels=[f"{r[k] / 1000:,.0f}k" for k in keys])
     ax.set_ylabel("rows/s")
+    ax.set_ylim(top=max(r[k] for k in keys) * 1.15)  # room for the bar labels under the title
     ax.set_title(
         f"lakecast bench, {r['rows']:,} rows, {r['machine']['cpus']} CPUs: "
         f"efficiency {r['efficiency']}, vs naive {r['vs_naive']}"
