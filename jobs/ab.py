@@ -24,7 +24,7 @@ from jobs import abstats, commit, tracking
 from jobs.ab_report import markdown, plots
 from jobs.config import ABSpec, JobConfig
 from jobs.lake import Lake
-from jobs.predict import model_inputs
+from jobs.predict import model_inputs, shadow_table
 from jobs.ray_runtime import ensure_ray, gpus_per_actor
 from jobs.settings import Settings, load_settings
 from jobs.yamlconf import ConfigError
@@ -177,10 +177,6 @@ def shadow_summary(job: JobConfig, lake: Lake, ds: dt.date) -> dict[str, float] 
     b = joined.column(f"{score}_shadow").to_numpy()
     agree = joined.column("prediction").to_numpy() == joined.column("prediction_shadow").to_numpy()
     return {"rows": len(a), "agreement": float(agree.mean()) if len(a) else float("nan"), "psi": psi(a, b)}
-
-
-def shadow_table(job: JobConfig) -> str:
-    return f"{job.output.table}_shadow"
 
 
 def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:
