@@ -15,6 +15,7 @@ from pathlib import Path
 
 from airflow.sdk import Asset, Param, dag, task
 
+from jobs.airflow_ray import LakecastJobOperator
 from jobs.config import JobConfig, job_files, load_job_file
 from jobs.settings import load_settings
 from jobs.yamlconf import ConfigError
@@ -111,20 +112,15 @@ def build_dag(job: JobConfig, lake_root: str):
             log.info("%s ds=%s: %d files, %d rows", job.input.table, ds, len(files), rows)
             return {"date": ds.isoformat(), "files": len(files), "rows": rows}
 
-        @task(execution_timeout=dt.timedelta(minutes=job.airflow.timeout_minutes))
-        def predict(checked: dict, params: dict | None = None) -> dict:
-            """Run the Ray Data job for the checked date and return its summary."""
-            from jobs.config import load_job, parse_date
-            from jobs.predict import run_job
-
-            result = run_job(
-                load_job(job.name),  # re-read: the file may have changed since parsing
-                parse_date(checked["date"]),
-                model_alias=params.get("model_alias"),
-                model_version=params.get("model_version"),
-                dry_run=bool(params.get("dry_run")),
-            )
-            return result.as_dict()
+        timeout = dt.timedelta(minutes=job.airflow.timeout_minutes)
+        predict = LakecastJobOperator(
+            task_id="predict",
+            doc_md="Run the Ray Data job for the checked date: here, or on the Ray cluster of the profile.",
+            job_name=job.name,
+            command="run",
+            checked=check_input(),
+            timeout=timeout,
+        )
 
         @task(outlets=[predictions])
         def publish(result: dict, outlet_events=None) -> dict:
@@ -138,26 +134,17 @@ def build_dag(job: JobConfig, lake_root: str):
             }
             return result
 
-        published = publish(predict(check_input()))
+        published = publish(predict.output)
 
         if job.ab is not None:
-
-            @task(execution_timeout=dt.timedelta(minutes=job.airflow.timeout_minutes))
-            def compare(result: dict) -> dict:
-                """A/B: champion vs challenger on the day's labeled data; promote if the policy says so."""
-                from jobs.ab import run_compare
-                from jobs.config import load_job, parse_date
-
-                current = load_job(job.name)
-                report = run_compare(current, parse_date(result["date"]))
-                summary = {k: report[k] for k in ("date", "verdict", "reasons", "lake_path", "mlflow_run_id")}
-                if report["verdict"] == "promote" and current.ab and current.ab.auto_promote:
-                    from jobs.promotion import promote
-
-                    summary["promotion"] = promote(current, reason="auto_promote: verdict promote")
-                return summary
-
-            compare(published)
+            LakecastJobOperator(
+                task_id="compare",
+                doc_md="A/B: champion vs challenger on the day's labeled data; promote if the policy says so.",
+                job_name=job.name,
+                command="compare",
+                checked=published,
+                timeout=timeout,
+            )
 
     return pipeline()
 

@@ -32,10 +32,20 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from jobs.lake import LakeError
     from jobs.predict import JobError
     from jobs.promotion import PromotionRefused
+    from jobs.submit import SubmitError
     from jobs.validation import InvalidInput
     from models.registry import RegistryError
 
-    return ConfigError, LakeError, JobError, RegistryError, InvalidInput, CommitConflict, PromotionRefused
+    return (
+        ConfigError,
+        LakeError,
+        JobError,
+        RegistryError,
+        InvalidInput,
+        CommitConflict,
+        PromotionRefused,
+        SubmitError,
+    )
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -58,8 +68,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     job = load_job(args.job)
     result = run_job(
-        job, parse_date(args.date), model_alias=args.alias, model_version=args.version, dry_run=args.dry_run
+        job,
+        parse_date(args.date),
+        model_alias=args.alias,
+        model_version=args.version,
+        dry_run=args.dry_run,
+        mlflow_run_id=args.mlflow_run_id,
     )
+    _emit_result(args, result.as_dict())
     if args.json:
         _out(json.dumps(result.as_dict(), indent=2))
     else:
@@ -70,6 +86,58 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         _out(f"predictions: {result.output}")
         _out(f"MLflow run:  {result.run_id}")
+    return 0
+
+
+def _emit_result(args: argparse.Namespace, result: dict) -> None:
+    """For a submitted job: the result as one marked line, which the submitting side parses."""
+    if getattr(args, "emit_result", False):
+        from jobs.submit import RESULT_MARKER
+
+        _out(RESULT_MARKER + json.dumps(result, default=str))
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """``lakecast run`` on the Ray cluster of the profile, followed to its end from here."""
+    from jobs import submit
+
+    settings = load_settings()
+    address = args.address or settings.ray.address
+    if not submit.is_jobs_api(address):
+        raise ConfigError(
+            f"lakecast submit needs a Ray Jobs API address such as http://head:8265 (--address, RAY_ADDRESS or "
+            f"ray.address in profile {settings.profile!r}); got {address or 'none'}"
+        )
+    job = load_job(args.job)
+    ds = parse_date(args.date)
+    run_args = ["run", job.name, "--date", ds.isoformat()]
+    if args.alias:
+        run_args += ["--alias", args.alias]
+    if args.version:
+        run_args += ["--version", str(args.version)]
+    if args.dry_run:
+        run_args.append("--dry-run")
+    key = f"cli:{job.name}:{ds}:{dt.datetime.now(dt.UTC).isoformat()}:{os.getpid()}"
+    sub = submit.submit_new(
+        address,
+        key=key,
+        base=submit.submission_base(key, job=job.name, command="run", ds=ds.isoformat()),
+        args=run_args,
+        settings=settings,
+        metadata={"job": job.name, "date": ds.isoformat(), "submitted_by": "lakecast submit"},
+    )
+    _out(f"submitted {sub.submission_id}: {sub.dashboard_url}")
+    try:
+        timeout_s = job.airflow.timeout_minutes * 60
+        status, logs = submit.follow(address, sub.submission_id, timeout_s=timeout_s, on_line=_out)
+    except KeyboardInterrupt:
+        submit.stop(address, sub.submission_id)
+        _out(f"interrupted: stopping Ray job {sub.submission_id}")
+        return 130
+    if status != "SUCCEEDED":
+        raise submit.SubmitError(submit.failure_message(address, sub.submission_id, status, "", logs))
+    result = submit.result_from_logs(logs) or {}
+    _out(f"{sub.submission_id} succeeded: {result.get('rows', '?')} rows → {result.get('output', '?')}")
     return 0
 
 
@@ -140,6 +208,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from jobs.ab_report import markdown
 
     report = run_compare(load_job(args.job), parse_date(args.date))
+    _emit_result(args, report)
     _out(json.dumps(report, indent=2, default=str) if args.json else markdown(report))
     _out(f"report: {report['lake_path']} (MLflow run {report['mlflow_run_id']})")
     return 0
@@ -195,7 +264,19 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--version", type=int, help="fixed model version to use")
     p.add_argument("--dry-run", action="store_true", help="score and check, but publish nothing")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--mlflow-run-id", help="log into this (already created) MLflow run instead of a new one")
+    p.add_argument("--emit-result", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("submit", help="run a job on the Ray cluster through the Jobs API and follow it")
+    p.add_argument("job", help="job name: conf/jobs/<job>.yaml")
+    p.add_argument("--date", required=True, help="partition date YYYY-MM-DD")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--alias", help="model alias to use instead of the job file's")
+    group.add_argument("--version", type=int, help="fixed model version to use")
+    p.add_argument("--dry-run", action="store_true", help="score and check, but publish nothing")
+    p.add_argument("--address", help="Ray Jobs API, http://head:8265 (default: the profile's ray.address)")
+    p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("validate", help="check job files (default: all of conf/jobs/)")
     p.add_argument("files", nargs="*")
@@ -210,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job")
     p.add_argument("--date", required=True)
     p.add_argument("--json", action="store_true", help="print report.json instead of the Markdown report")
+    p.add_argument("--emit-result", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("promote", help="move champion to the challenger if the latest verdict is promote")

@@ -87,12 +87,15 @@ def run_job(
     model_alias: str | None = None,
     model_version: int | None = None,
     dry_run: bool = False,
+    mlflow_run_id: str | None = None,
 ) -> RunResult:
     """Score ``job``'s input partition for ``ds`` and commit the predictions.
 
     Args:
         model_alias / model_version: override the job file's model selection for this run.
         dry_run: do everything but the commit: the published partitions are left as they were.
+        mlflow_run_id: log into this run, created beforehand by the caller (the Airflow task links
+            to it before the job starts), instead of a new one.
 
     Raises:
         LakeError, RegistryError, InvalidInput, CommitConflict, JobError: a sentence naming what
@@ -117,7 +120,15 @@ def run_job(
         for table in (job.output.table, quarantine_table(job), shadow_table(job)):
             commit.recover(lake, table, ds)
         result = _run_locked(
-            job, ds, lake=lake, settings=settings, pre=pre, started_at=started_at, t0=t0, dry_run=dry_run
+            job,
+            ds,
+            lake=lake,
+            settings=settings,
+            pre=pre,
+            started_at=started_at,
+            t0=t0,
+            dry_run=dry_run,
+            mlflow_run_id=mlflow_run_id,
         )
     log.info(
         "scored %d rows in %.1f s (%.0f rows/s) → %s", result.rows, result.seconds, result.rows_per_s, result.output
@@ -191,12 +202,17 @@ def _run_locked(
     started_at: dt.datetime,
     t0: float,
     dry_run: bool,
+    mlflow_run_id: str | None = None,
 ) -> RunResult:
     import mlflow
 
     ref, files, rows_in, duplicates = pre.ref, pre.files, pre.rows_in, pre.duplicates
     experiment = tracking.experiment_id(settings, f"lakecast/{job.name}")
-    with mlflow.start_run(experiment_id=experiment, run_name=f"{job.name} {ds.isoformat()}") as run:
+    if mlflow_run_id:
+        started = mlflow.start_run(run_id=mlflow_run_id)
+    else:
+        started = mlflow.start_run(experiment_id=experiment, run_name=tracking.scoring_run_name(job.name, ds))
+    with started as run:
         run_id = run.info.run_id
         gpus = _log_start(job, ds, ref, lake, files, settings)
         staging = lake.staging_path(job.output.table, ds, run_id)

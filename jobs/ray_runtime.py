@@ -6,6 +6,8 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from jobs.yamlconf import ConfigError
+
 if TYPE_CHECKING:
     from jobs.settings import Settings
 
@@ -15,23 +17,29 @@ log = logging.getLogger(__name__)
 def ensure_ray(settings: Settings) -> None:
     """Initialise Ray once per process.
 
-    Inside a Ray job (``ray job submit``) ``RAY_ADDRESS`` is set and ``ray.init()`` joins that
-    cluster; otherwise an empty address starts a local Ray sized to this machine.
+    Inside a Ray job (``ray job submit``, ``lakecast submit``, the DAG in cluster mode) Ray sets
+    ``RAY_ADDRESS`` to its cluster and the job joins it. With no address this starts a private
+    local Ray (``address="local"``), never silently joining some other Ray that happens to run on
+    this machine.
     """
     import ray
 
     if ray.is_initialized():
         return
-    address = settings.ray.address or os.environ.get("RAY_ADDRESS") or None
+    address = os.environ.get("RAY_ADDRESS") or settings.ray.address or None
     if address and address.startswith("http"):
-        address = None  # a Jobs API address: this process already runs inside the job
+        # a Jobs API address belongs to the submitting side: ``lakecast submit`` or the DAG
+        raise ConfigError(
+            f"RAY_ADDRESS / ray.address {address} is a Ray Jobs API address: submit the job there with "
+            "`lakecast submit` (or let the DAG do it); `lakecast run` runs here on a local Ray"
+        )
     env_vars = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI") if k in os.environ}
     ray.init(
-        address=address,
+        address=address or "local",
         num_cpus=None if address else settings.ray.num_cpus,
         include_dashboard=False,
         logging_level=logging.WARNING,
-        runtime_env={"env_vars": env_vars} if env_vars else None,
+        runtime_env={"env_vars": env_vars} if env_vars and not address else None,
     )
     log.info("Ray %s: %s", "cluster" if address else "local", ray.cluster_resources())
 

@@ -31,11 +31,17 @@ def lakecast_home() -> Path:
 class MlflowSettings(Frozen):
     tracking_uri: str = Field(description="MLflow tracking store: sqlite:///... or http://host:5000")
     registry_uri: str | None = Field(None, description="model registry; defaults to the tracking URI")
-    artifact_root: str = Field(description="where new experiments keep their artifacts")
+    artifact_root: str | None = Field(
+        None, description="where new experiments keep their artifacts; empty: the tracking server's default"
+    )
+    ui_url: str | None = Field(None, description="MLflow UI for links (default: the tracking server)")
 
 
 class RaySettings(Frozen):
-    address: str | None = Field(None, description="empty: start a local Ray; else a cluster address")
+    address: str | None = Field(
+        None, description="empty: start a local Ray; http://head:8265: submit through the Jobs API; host:port: join"
+    )
+    dashboard_url: str | None = Field(None, description="Ray dashboard for links (default: the Jobs API address)")
     num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (default: all cores)")
 
 

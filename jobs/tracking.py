@@ -43,11 +43,49 @@ def experiment_id(settings: Settings, name: str) -> str:
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = f"{settings.mlflow.artifact_root.rstrip('/')}/{name.replace('/', '-')}"
+    root = settings.mlflow.artifact_root
+    # no root: a tracking server that stores (and serves) artifacts itself decides
+    location = f"{root.rstrip('/')}/{name.replace('/', '-')}" if root else None
     try:
         return mlflow.create_experiment(name, artifact_location=location)
     except mlflow.exceptions.MlflowException:  # created meanwhile by a concurrent run
         return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def scoring_run_name(job: str, ds) -> str:
+    return f"{job} {ds.isoformat() if hasattr(ds, 'isoformat') else ds}"
+
+
+def create_scoring_run(settings: Settings, job: str, ds, *, tags: dict[str, str] | None = None) -> tuple[str, str]:
+    """Create the run a scoring job will log into, before the job starts: (experiment id, run id).
+
+    The Airflow task does this so that its link to the run works from the first second, in
+    cluster mode too, where the job itself runs elsewhere.
+    """
+    client = configure(settings)
+    experiment = experiment_id(settings, f"lakecast/{job}")
+    run = client.create_run(experiment, run_name=scoring_run_name(job, ds), tags=tags or {})
+    return experiment, run.info.run_id
+
+
+def fail_run_if_open(settings: Settings, run_id: str) -> None:
+    """A job that died before it ended its run leaves it RUNNING: mark it FAILED."""
+    client = configure(settings)
+    if client.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
+        client.set_terminated(run_id, "FAILED")
+
+
+def ui_base(settings: Settings) -> str:
+    """Where users open the MLflow UI: the profile's ui_url, the tracking server, or ``lakecast mlflow-ui``."""
+    if settings.mlflow.ui_url:
+        return settings.mlflow.ui_url.rstrip("/")
+    if settings.mlflow.tracking_uri.startswith(("http://", "https://")):
+        return settings.mlflow.tracking_uri.rstrip("/")
+    return "http://localhost:5000"
+
+
+def run_url(settings: Settings, experiment: str, run_id: str) -> str:
+    return f"{ui_base(settings)}/#/experiments/{experiment}/runs/{run_id}"
 
 
 def log_dataset(*, name: str, uri: str, files: list[DataFile], context: str) -> None:

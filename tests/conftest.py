@@ -126,3 +126,21 @@ def storage(request: pytest.FixtureRequest, settings, tmp_path: Path):
     request.getfixturevalue("s3_env")
     root = f"s3://{S3_BUCKET}/lake-{os.getpid()}-{next(_prefixes)}"
     return settings.model_copy(update={"lake_root": root})
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A real Ray head (``ray start --head``, dashboard and Jobs API) on 127.0.0.1, token-authenticated
+    like a production cluster; this process gets the token the way a user's client does."""
+    from tests.rayhead import RayHead
+
+    head = RayHead(tmp_path_factory.mktemp("ray-head")).start()
+    saved = {k: os.environ.get(k) for k in head.auth_env}
+    os.environ.update(head.auth_env)
+    yield head
+    head.stop()
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v

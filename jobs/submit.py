@@ -1,0 +1,193 @@
+"""Cluster mode: run lakecast's entrypoints on a Ray cluster through the Ray Jobs API.
+
+The job that runs on the cluster is the same command a user runs locally (``python -m jobs.cli
+run ...``): the runtime environment ships this project's code and ``conf/``, and the settings
+and credentials travel as environment variables, never inside the uploaded files.
+
+Submission ids are derived from a caller's key (for Airflow: the DAG run, the task and the job)
+plus an attempt number, so a caller that restarts finds the job it started and follows it
+instead of starting a second one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from jobs.settings import PROJECT_ROOT, Settings
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobSubmissionClient
+
+log = logging.getLogger(__name__)
+
+RESULT_MARKER = "LAKECAST_RESULT "
+TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
+
+# What the job needs from the submitting side's environment. Credentials go here, not into the
+# uploaded files. RAY_ADDRESS means something else there; conf/ travels with the code.
+_FORWARDED = ("LAKECAST_PROFILE", "LAKECAST_LAKE_ROOT", "LAKECAST_HOME", "MLFLOW_", "AWS_")
+_NOT_FORWARDED = ("LAKECAST_CONF",)
+# Uploaded with the job: code and conf/, nothing of the local state, venv or tests.
+_EXCLUDES = [".venv", ".lakecast", ".git", ".ci", "tests", "docs", "docker", "test-artifacts", "*.egg-info"]
+
+
+class SubmitError(RuntimeError):
+    """The Ray job could not be submitted, or it ended without success."""
+
+
+def is_jobs_api(address: str | None) -> bool:
+    """A Ray Jobs API (dashboard) address, as opposed to a GCS address or none at all."""
+    return bool(address) and address.startswith(("http://", "https://"))
+
+
+def client(address: str) -> JobSubmissionClient:
+    """A Jobs API client; Ray's auth token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH) is sent when one is set."""
+    from ray.job_submission import JobSubmissionClient
+
+    if "RAY_AUTH_MODE" not in os.environ and ({"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & os.environ.keys()):
+        os.environ["RAY_AUTH_MODE"] = "token"  # a token given means a cluster that asks for it
+
+    try:
+        return JobSubmissionClient(address)
+    except Exception as e:  # ConnectionError, or a RuntimeError naming the address
+        raise SubmitError(f"cannot reach the Ray Jobs API at {address}: {e}") from e
+
+
+def runtime_env(settings: Settings) -> dict[str, Any]:
+    """The project's code and conf/, and the settings the job needs, as Ray's runtime_env."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k.startswith(_FORWARDED) and k not in _NOT_FORWARDED and not k.startswith("MLFLOW_RUN")
+    }
+    env["LAKECAST_PROFILE"] = settings.profile
+    env["MLFLOW_TRACKING_URI"] = settings.mlflow.tracking_uri
+    if settings.mlflow.registry_uri:
+        env["MLFLOW_REGISTRY_URI"] = settings.mlflow.registry_uri
+    env["PYTHONUNBUFFERED"] = "1"  # log lines reach the Airflow task log as they happen
+    return {"working_dir": str(PROJECT_ROOT), "excludes": _EXCLUDES, "env_vars": env}
+
+
+def entrypoint(args: Sequence[str]) -> str:
+    """The shell command of the job: lakecast's own CLI, with a result line to parse at the end."""
+    return shlex.join(["python", "-m", "jobs.cli", *args, "--emit-result"])
+
+
+def submission_base(key: str, *, job: str, command: str, ds: str) -> str:
+    """``lakecast-<job>-<command>-<date>-<hash of key>``: readable in the dashboard, stable per key."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    slug = re.sub(r"[^a-z0-9-]", "-", f"{job}-{command}-{ds}".lower())
+    return f"lakecast-{slug}-{digest}"
+
+
+@dataclass(frozen=True)
+class Submission:
+    address: str
+    submission_id: str
+    metadata: dict[str, str]
+
+    @property
+    def dashboard_url(self) -> str:
+        return job_url(self.address, self.submission_id)
+
+
+def job_url(dashboard: str, submission_id: str) -> str:
+    return f"{dashboard.rstrip('/')}/#/jobs/{submission_id}"
+
+
+def _attempts(address: str, key: str) -> list:
+    return [j for j in client(address).list_jobs() if (j.metadata or {}).get("lakecast_key") == key]
+
+
+def find_running(address: str, key: str) -> Submission | None:
+    """The job an earlier attempt with this key started and that still runs, if any.
+
+    A retry or restart of the Airflow task (its worker died, the scheduler was restarted) follows
+    that job instead of starting a second one next to it.
+    """
+    for j in _attempts(address, key):
+        if j.status.value not in TERMINAL:
+            log.info("attaching to Ray job %s, still %s from an earlier attempt", j.submission_id, j.status.value)
+            return Submission(address, j.submission_id, dict(j.metadata or {}))
+    return None
+
+
+def submit_new(
+    address: str, *, key: str, base: str, args: Sequence[str], settings: Settings, metadata: dict[str, str]
+) -> Submission:
+    """Submit attempt n+1 of ``key``: Ray never reuses a submission id, even of a finished job."""
+    submission_id = f"{base}-{len(_attempts(address, key)) + 1}"
+    metadata = {**metadata, "lakecast_key": key}
+    client(address).submit_job(
+        entrypoint=entrypoint(args),
+        submission_id=submission_id,
+        runtime_env=runtime_env(settings),
+        metadata=metadata,
+    )
+    log.info("submitted Ray job %s: %s", submission_id, " ".join(args))
+    return Submission(address, submission_id, metadata)
+
+
+def result_from_logs(logs: str) -> dict[str, Any] | None:
+    """The JSON the entrypoint printed after its marker (the last one, if it printed several)."""
+    for line in reversed(logs.splitlines()):
+        if line.startswith(RESULT_MARKER):
+            return json.loads(line[len(RESULT_MARKER) :])
+    return None
+
+
+def failure_message(address: str, submission_id: str, status: str, message: str, logs: str) -> str:
+    """A sentence for the user: what the job printed as its error, and where to see the rest."""
+    errors = [line for line in logs.splitlines() if line.startswith("lakecast: ")]
+    reason = errors[-1].removeprefix("lakecast: ") if errors else (message or "").strip() or "no message"
+    tail = "\n".join(logs.splitlines()[-15:]) if not errors else ""
+    text = f"Ray job {submission_id} {status.lower()}: {reason} (logs: {job_url(address, submission_id)})"
+    return f"{text}\n{tail}" if tail else text
+
+
+def follow(
+    address: str,
+    submission_id: str,
+    *,
+    timeout_s: float | None = None,
+    on_line: Callable[[str], None] = print,
+    poll_s: float = 1.0,
+) -> tuple[str, str]:
+    """Stream the job's log lines to ``on_line`` until it ends; stop it past ``timeout_s``.
+
+    Returns (status, full logs). Polling the logs keeps this synchronous and simple: the
+    deferrable Airflow path tails them asynchronously instead (jobs.airflow_ray).
+    """
+    jobs_api = client(address)
+    deadline = time.monotonic() + timeout_s if timeout_s else None
+    shown = 0
+    while True:
+        status = jobs_api.get_job_status(submission_id).value
+        logs = jobs_api.get_job_logs(submission_id)
+        done = status in TERMINAL
+        end = len(logs) if done else logs.rfind("\n") + 1  # whole lines only, until the end
+        for line in logs[shown:end].splitlines():
+            on_line(line)
+        shown = max(shown, end)
+        if done:
+            return status, logs
+        if deadline and time.monotonic() > deadline:
+            jobs_api.stop_job(submission_id)
+            raise SubmitError(f"Ray job {submission_id} ran past its timeout of {timeout_s:.0f} s and was stopped")
+        time.sleep(poll_s)
+
+
+def stop(address: str, submission_id: str) -> bool:
+    """Ask Ray to stop the job (SIGTERM to the entrypoint, then SIGKILL); True if it was running."""
+    stopped = client(address).stop_job(submission_id)
+    log.info("stop requested for Ray job %s: %s", submission_id, "stopping" if stopped else "already ended")
+    return stopped

@@ -1,0 +1,125 @@
+"""Cluster mode against a real Ray head: the Jobs API runs lakecast's entrypoint, the trigger the
+DAG defers to follows it, failures carry the job's error, and a stop or a timeout stops the job."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import time
+
+import pyarrow.dataset as pads
+import pytest
+
+from jobs import demo_data, submit
+from jobs.airflow_ray import RayJobTrigger
+from jobs.lake import Lake
+from tests.conftest import DAY, LABELED_ROWS, ROWS
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def cluster_lake(tmp_path_factory, registered) -> Lake:
+    """A lake of its own, so the cluster's jobs never race the local tests' partitions."""
+    lake = Lake(str(tmp_path_factory.mktemp("cluster-lake")))
+    demo_data.build_demo_lake(lake, DAY, rows=ROWS, labeled_rows=LABELED_ROWS)
+    return lake
+
+
+@pytest.fixture
+def cluster(ray_head, cluster_lake, settings, monkeypatch):
+    """This process as a user's terminal or Airflow worker in cluster mode."""
+    monkeypatch.setenv("RAY_ADDRESS", ray_head.address)
+    monkeypatch.setenv("LAKECAST_LAKE_ROOT", cluster_lake.root)
+    from jobs.settings import load_settings
+
+    return load_settings()
+
+
+def _wait_status(address: str, sid: str, wanted: set[str], timeout: float = 90) -> str:
+    jobs_api = submit.client(address)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = jobs_api.get_job_status(sid).value
+        if status in wanted:
+            return status
+        time.sleep(0.5)
+    raise AssertionError(f"{sid} never reached {wanted}; last status {status}")
+
+
+def _follow(trigger: RayJobTrigger) -> dict:
+    async def first_event() -> dict:
+        async for event in trigger.run():
+            return event.payload
+        raise AssertionError("the trigger ended without an event")
+
+    return asyncio.run(first_event())
+
+
+def test_the_dags_trigger_follows_a_submitted_job_to_success(cluster, cluster_lake, capfd):
+    key = "lakecast__churn/manual__test/predict/churn"
+    args = ["run", "churn", "--date", DAY.isoformat()]
+    base = submit.submission_base(key, job="churn", command="run", ds=DAY.isoformat())
+    sub = submit.submit_new(cluster.ray.address, key=key, base=base, args=args, settings=cluster, metadata={})
+    assert sub.submission_id == f"{base}-1"
+    # a restarted Airflow task finds the running job instead of starting a second one
+    assert submit.find_running(cluster.ray.address, key).submission_id == sub.submission_id
+
+    trigger = RayJobTrigger(cluster.ray.address, sub.submission_id, deadline_unix=time.time() + 300, poll_s=1)
+    capfd.readouterr()
+    event = _follow(trigger)
+
+    assert event["status"] == "SUCCEEDED", submit.client(cluster.ray.address).get_job_logs(sub.submission_id)
+    streamed = "".join(capfd.readouterr())  # the trigger logs through Airflow's structlog
+    assert submit.RESULT_MARKER in streamed  # the job's own output reached the task log, line by line
+    result = submit.result_from_logs(submit.client(cluster.ray.address).get_job_logs(sub.submission_id))
+    assert result["rows"] == ROWS and result["committed"]
+    table = pads.dataset(cluster_lake.partition_path("predictions/churn", DAY), format="parquet").to_table()
+    assert table.num_rows == ROWS
+    assert set(table.column("scoring_run_id").to_pylist()) == {result["run_id"]}
+    # finished: the next attempt of the same task submits anew, with the next attempt number
+    assert submit.find_running(cluster.ray.address, key) is None
+
+
+def test_lakecast_submit_fails_with_the_jobs_error(cluster, capsys):
+    from jobs.cli import main
+
+    missing = dt.date(2020, 1, 1)
+    assert main(["submit", "churn", "--date", missing.isoformat()]) == 2
+    out, err = capsys.readouterr()
+    assert "Running entrypoint" in out  # the job's log was followed live
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("lakecast: Ray job lakecast-churn-run-2020-01-01-")  # one sentence, no traceback
+    assert "failed" in last and f"no data for raw/customers on {missing}" in last
+    assert cluster.ray.address in last  # where to read the whole log
+
+
+def _sleeper(address: str, seconds: int = 120) -> str:
+    return submit.client(address).submit_job(entrypoint=f"python -c 'import time; time.sleep({seconds})'")
+
+
+def test_a_stop_from_airflow_stops_the_ray_job(cluster):
+    sid = _sleeper(cluster.ray.address)
+    _wait_status(cluster.ray.address, sid, {"RUNNING"})
+    trigger = RayJobTrigger(cluster.ray.address, sid, deadline_unix=time.time() + 300)
+    asyncio.run(trigger.on_kill())  # what the triggerer calls when the task is marked failed or cleared
+    assert _wait_status(cluster.ray.address, sid, {"STOPPED", "FAILED", "SUCCEEDED"}, timeout=30) == "STOPPED"
+
+
+def test_the_job_files_timeout_stops_the_ray_job(cluster):
+    sid = _sleeper(cluster.ray.address)
+    _wait_status(cluster.ray.address, sid, {"RUNNING"})
+    event = _follow(RayJobTrigger(cluster.ray.address, sid, deadline_unix=time.time() + 2, poll_s=0.5))
+    assert event == {"status": "TIMEOUT", "submission_id": sid, "message": ""}
+    assert _wait_status(cluster.ray.address, sid, {"STOPPED", "FAILED", "SUCCEEDED"}, timeout=30) == "STOPPED"
+
+
+def test_the_runtime_env_carries_settings_not_local_state(cluster, monkeypatch):
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "from-the-environment")
+    env = submit.runtime_env(cluster)
+    assert env["env_vars"]["AWS_SECRET_ACCESS_KEY"] == "from-the-environment"
+    assert env["env_vars"]["MLFLOW_TRACKING_URI"] == cluster.mlflow.tracking_uri
+    assert "RAY_ADDRESS" not in env["env_vars"]
+    assert {".venv", ".lakecast", ".git"} <= set(env["excludes"])
+    assert json.dumps(env)  # plain values: Ray sends it as JSON
