@@ -25,6 +25,17 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# What the end-to-end tests start besides Python packages: PostgreSQL and headless Chromium,
+# from Debian's packages (apt-get, as root or through sudo).
+SUDO := $(shell test "$$(id -u)" = 0 || echo sudo)
+DEBS := postgresql chromium chromium-driver
+system-deps:
+	@if ! { ls /usr/lib/postgresql/*/bin/initdb && command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then \
+	  echo "installing Debian packages: $(DEBS)"; \
+	  $(SUDO) apt-get install -y -q $(DEBS) >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -q >/dev/null && $(SUDO) apt-get install -y -q $(DEBS) >/dev/null; }; \
+	fi
+
 demo: $(STAMP)
 	$(BIN)/lakecast demo $(ARGS)
 
@@ -32,7 +43,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint system-deps
 	$(BIN)/lakecast validate
 	$(BIN)/pytest $(ARGS)
 
@@ -42,4 +53,4 @@ bench: $(STAMP)
 clean:
 	rm -rf .lakecast test-artifacts
 
-.PHONY: help install demo lint test bench clean
+.PHONY: help install system-deps demo lint test bench clean

@@ -159,9 +159,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     result = run_demo(
-        settings, ds=parse_date(args.date), rows=args.rows, labeled_rows=args.labeled_rows, retrain=args.retrain
+        settings,
+        ds=parse_date(args.date),
+        rows=args.rows,
+        labeled_rows=args.labeled_rows,
+        retrain=args.retrain,
+        run=not args.no_run,
     )
     s = result.summary
+    if args.no_run:
+        aliases = ", ".join(f"{a}=v{v}" for a, v in sorted(s["aliases"].items()))
+        _out(f"lakecast demo: lake {s['lake']} holds {result.rows:,} rows for {result.ds}; models {aliases}")
+        _out(f'run it: airflow dags trigger lakecast__churn --conf \'{{"date": "{result.ds}"}}\'')
+        return 0
     home = settings.home
     _out()
     _out(
@@ -254,6 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--labeled-rows", type=int, default=50_000, help="labeled rows per day (default 50,000)")
     p.add_argument("--date", default=yesterday, help="partition date YYYY-MM-DD (default: yesterday)")
     p.add_argument("--retrain", action="store_true", help="train and register new model versions")
+    p.add_argument("--no-run", action="store_true", help="only build the lake and register the models")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="run a job's Ray Data prediction for one date")

@@ -127,7 +127,13 @@ def latest_scoring_run(settings: Settings, ds: dt.date) -> dict:
     }
 
 
-def run_demo(settings: Settings, *, ds: dt.date, rows: int, labeled_rows: int, retrain: bool) -> DemoResult:
+def run_demo(
+    settings: Settings, *, ds: dt.date, rows: int, labeled_rows: int, retrain: bool, run: bool = True
+) -> DemoResult:
+    """Build the demo lake and models; with ``run``, run the DAG once through ``airflow dags test``.
+
+    Without ``run`` it only seeds a stack (say the docker one), whose scheduler then runs the DAG.
+    """
     lake = Lake(settings.lake_root)
     t0 = time.perf_counter()
     demo_data.build_demo_lake(lake, ds, rows=rows, labeled_rows=labeled_rows)
@@ -137,6 +143,8 @@ def run_demo(settings: Settings, *, ds: dt.date, rows: int, labeled_rows: int, r
     if retrain or not {"champion", "challenger"} <= aliases.keys():
         aliases = train_and_register(settings, lake, ds - dt.timedelta(days=1), name=job.model.name)
     log.info("model %s: %s", job.model.name, ", ".join(f"{a}=v{v}" for a, v in sorted(aliases.items())))
+    if not run:
+        return DemoResult(ds, rows, {"aliases": aliases, "lake": lake.uri(lake.base)})
     run_dag(settings, ds)
     summary = latest_scoring_run(settings, ds)
     summary["output"] = lake.uri(lake.partition_path(job.output.table, ds))

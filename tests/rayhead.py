@@ -25,7 +25,7 @@ class RayHead:
     def __init__(self, workdir: Path, *, num_cpus: int = 2, env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.num_cpus = num_cpus
-        self.gcs, self.dashboard, self.client, self.min_worker = free_ports(4, start=41000)
+        self.gcs, self.dashboard, self.client, self.min_worker = free_ports(4, start=41000, paired=False)
         self.env = env or {}
         self.proc: subprocess.Popen | None = None
 
@@ -43,7 +43,8 @@ class RayHead:
         bin_dir = Path(sys.executable).parent
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "auth_token").write_text(secrets.token_hex(32))
-        env = {**os.environ, **self.env, **self.auth_env, "PATH": f"{bin_dir}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {**os.environ, **self.env, **self.auth_env, "RAY_USAGE_STATS_ENABLED": "0"}
+        env["PATH"] = f"{bin_dir}:{os.environ['PATH']}"  # the job's `python` is this environment's
         env.pop("RAY_ADDRESS", None)
         cmd = [
             str(bin_dir / "ray"),

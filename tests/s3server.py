@@ -30,13 +30,14 @@ def _free(port: int) -> bool:
     return True
 
 
-def free_ports(count: int, *, start: int = 20000) -> list[int]:
-    """Ports p with p + 10000 free too (SeaweedFS's gRPC ports), spread by pid to avoid clashes."""
+def free_ports(count: int, *, start: int = 20000, paired: bool = True) -> list[int]:
+    """Free ports from ``start`` on, spread by pid to avoid clashes; ``paired``: p + 10000 free too
+    (SeaweedFS's gRPC ports)."""
     ports: list[int] = []
     port = start + (os.getpid() * 7) % 9000
     while len(ports) < count:
         port = start + (port - start + 1) % 9000
-        if _free(port) and _free(port + 10000):
+        if _free(port) and (not paired or _free(port + 10000)):
             ports.append(port)
     return ports
 

@@ -1,0 +1,219 @@
+"""The production stack of docker/compose.yaml, run natively for the end-to-end test.
+
+PostgreSQL from Debian's package, ``mlflow server``, and Airflow's api-server, scheduler,
+dag-processor and triggerer: the same programs and subcommands as the compose services, on
+127.0.0.1 with ports of their own. Every process starts in a session of its own and is stopped,
+with its children, by :meth:`Service.stop`, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def pg_bin(name: str) -> str:
+    """A PostgreSQL server program: on PATH, or where Debian's postgresql package puts it."""
+    found = shutil.which(name) or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
+    if not found:
+        raise RuntimeError(f"{name} not found: install Debian's postgresql package (apt-get install postgresql)")
+    return found
+
+
+def wait_until(check: Callable[[], bool], *, timeout: float, what: str, service: Service | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service is not None and service.proc.poll() is not None:
+            raise RuntimeError(f"{service.name} exited with {service.proc.returncode}:\n{service.log_tail()}")
+        with contextlib.suppress(Exception):
+            if check():
+                return
+        time.sleep(0.5)
+    tail = service.log_tail() if service else ""
+    raise RuntimeError(f"{what} not ready within {timeout:.0f} s\n{tail}")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return r.status < 500
+    except urllib.error.HTTPError as e:
+        return e.code < 500
+
+
+class Service:
+    """One long-running program with its log in ``logdir``."""
+
+    def __init__(self, name: str, argv: list[str], *, env: dict[str, str], logdir: Path, user: str | None = None):
+        self.name = name
+        self.log_path = logdir / f"{name}.log"
+        if user:
+            argv = ["runuser", "-u", user, "--", *argv]
+        self.proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdout=open(self.log_path, "w"),  # noqa: SIM115 - the child owns it
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM, grace: float = 20) -> None:
+        for s, wait in ((sig, grace), (signal.SIGKILL, 5)):
+            try:
+                os.killpg(self.proc.pid, s)
+            except ProcessLookupError:
+                return
+            try:
+                self.proc.wait(wait)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+
+class Postgres:
+    """A throwaway PostgreSQL cluster on loopback, trust authentication, owned by the ``postgres``
+    user when the tests run as root (the server refuses to run as root)."""
+
+    def __init__(self, port: int, logdir: Path) -> None:
+        self.port = port
+        self.logdir = logdir
+        self.dir = Path(tempfile.mkdtemp(prefix="lakecast-pg-"))  # not under pytest's 0700 root folder
+        self.user = "postgres" if os.geteuid() == 0 else None
+        self.service: Service | None = None
+
+    def url(self, database: str) -> str:
+        return f"postgresql+psycopg2://lakecast@127.0.0.1:{self.port}/{database}"
+
+    def start(self) -> Postgres:
+        data = self.dir / "data"
+        if self.user:
+            shutil.chown(self.dir, self.user)
+        prefix = ["runuser", "-u", self.user, "--"] if self.user else []
+        subprocess.run(
+            [*prefix, pg_bin("initdb"), "-D", str(data), "-U", "lakecast", "-A", "trust", "-E", "UTF8"],
+            check=True,
+            capture_output=True,
+        )
+        argv = [pg_bin("postgres"), "-D", str(data), "-p", str(self.port), "-k", str(self.dir)]
+        argv += ["-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200", "-c", "fsync=off"]
+        self.service = Service("postgres", argv, env=dict(os.environ), logdir=self.logdir, user=self.user)
+        wait_until(self._ready, timeout=60, what="PostgreSQL", service=self.service)
+        for db in ("airflow", "mlflow"):
+            self.psql(f"CREATE DATABASE {db}")
+        return self
+
+    def psql(self, sql: str) -> None:
+        subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "lakecast", "-d", "postgres", "-c", sql],
+            check=True,
+            capture_output=True,
+        )
+
+    def _ready(self) -> bool:
+        cmd = ["pg_isready", "-h", "127.0.0.1", "-p", str(self.port)]
+        return subprocess.run(cmd, capture_output=True).returncode == 0
+
+    def stop(self) -> None:
+        if self.service:
+            self.service.stop(signal.SIGINT)  # PostgreSQL's fast shutdown
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Airflow:
+    """Airflow 3 as compose runs it: PostgreSQL metadata, LocalExecutor, four server processes."""
+
+    def __init__(self, home: Path, *, port: int, db_url: str, env: dict[str, str], logdir: Path) -> None:
+        self.home = home
+        self.port = port
+        self.logdir = logdir
+        self.password = "e2e-admin-password"
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "passwords.json").write_text(json.dumps({"admin": self.password}))
+        self.env = {
+            **os.environ,
+            **env,
+            "AIRFLOW_HOME": str(home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(Path(__file__).resolve().parent.parent / "dags"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
+            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+            "AIRFLOW__API_AUTH__JWT_SECRET": "e2e-jwt-secret-not-for-production",
+            "AIRFLOW__API__SECRET_KEY": "e2e-secret-key-not-for-production",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin",
+            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+            "AIRFLOW__TRIGGERER__JOB_HEARTBEAT_SEC": "2",
+            "AIRFLOW__CORE__PARALLELISM": "4",
+        }
+        self.services: list[Service] = []
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            [str(BIN / "airflow"), *args], env=self.env, capture_output=True, text=True, timeout=timeout
+        )
+        if check and done.returncode != 0:
+            raise RuntimeError(f"airflow {' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+        return done
+
+    def start(self) -> Airflow:
+        self.cli("db", "migrate")
+        for name, args in (
+            ("airflow-apiserver", ["api-server", "--port", str(self.port), "--host", "127.0.0.1", "--workers", "1"]),
+            ("airflow-scheduler", ["scheduler"]),
+            ("airflow-dag-processor", ["dag-processor"]),
+            ("airflow-triggerer", ["triggerer"]),
+        ):
+            self.services.append(Service(name, [str(BIN / "airflow"), *args], env=self.env, logdir=self.logdir))
+        wait_until(
+            lambda: http_ok(f"{self.url}/api/v2/monitor/health"),
+            timeout=180,
+            what="the Airflow API server",
+            service=self.services[0],
+        )
+        return self
+
+    def token(self) -> str:
+        body = json.dumps({"username": "admin", "password": self.password}).encode()
+        req = urllib.request.Request(
+            f"{self.url}/auth/token", data=body, headers={"Content-Type": "application/json"}, method="POST"
+        )
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.load(r)["access_token"]
+
+    def api(self, path: str, token: str) -> dict | str:
+        req = urllib.request.Request(f"{self.url}/api/v2{path}", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            text = r.read().decode()
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.stop()

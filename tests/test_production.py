@@ -1,0 +1,190 @@
+"""End to end, as a user of the production stack would see it.
+
+PostgreSQL (Debian's package) holds Airflow's and MLflow's metadata; SeaweedFS is the S3 lake and
+MLflow's artifact store; ``mlflow server``, a Ray head and Airflow's api-server, scheduler,
+dag-processor and triggerer run as docker/compose.yaml runs them. The user seeds the demo,
+runs ``airflow dags trigger``, follows the run through the REST API and the UI, and finds the
+predictions in S3 and the run in MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.parse
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DAY, LABELED_ROWS, ROWS, S3_BUCKET
+from tests.s3server import free_ports
+from tests.stack import BIN, Airflow, Postgres, Service, http_ok, wait_until
+
+pytestmark = pytest.mark.slow
+
+DAG_ID = "lakecast__churn"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def stack(s3_server, ray_head, tmp_path_factory):
+    """Every service of the compose file, natively; all stopped at the end, also on failure."""
+    work = tmp_path_factory.mktemp("production")
+    logs = ARTIFACTS / "production-logs"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir(parents=True)
+    pg_port, mlflow_port, airflow_port = free_ports(3, start=51000, paired=False)
+    prefix = f"s3://{S3_BUCKET}/e2e-{os.getpid()}"
+    env = {
+        **s3_server.env,
+        **ray_head.auth_env,
+        "LAKECAST_PROFILE": "production",
+        "LAKECAST_LAKE_ROOT": f"{prefix}/lake",
+        "LAKECAST_HOME": str(work / "home"),
+        "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
+        "RAY_ADDRESS": ray_head.address,
+    }
+    started: list = []
+    try:
+        postgres = Postgres(pg_port, logs).start()
+        started.append(postgres)
+        mlflow = Service(
+            "mlflow",
+            [
+                *(str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(mlflow_port), "--workers", "1"),
+                *("--backend-store-uri", postgres.url("mlflow"), "--artifacts-destination", f"{prefix}/mlflow"),
+                "--serve-artifacts",
+            ],
+            env={**os.environ, **env},
+            logdir=logs,
+        )
+        started.append(mlflow)
+        wait_until(lambda: http_ok(f"{env['MLFLOW_TRACKING_URI']}/health"), timeout=120, what="MLflow", service=mlflow)
+        airflow = Airflow(work / "airflow", port=airflow_port, db_url=postgres.url("airflow"), env=env, logdir=logs)
+        started.append(airflow)
+        airflow.start()
+        # the user seeds the stack with the demo lake and models (no DAG run: the scheduler does that)
+        seed = subprocess.run(
+            [
+                *(str(BIN / "lakecast"), "demo", "--no-run", "--date", DAY.isoformat()),
+                *("--rows", str(ROWS), "--labeled-rows", str(LABELED_ROWS)),
+            ],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert seed.returncode == 0, seed.stdout[-3000:] + seed.stderr[-3000:]
+        yield {"env": env, "airflow": airflow, "ray": ray_head, "prefix": prefix, "logs": logs}
+    finally:
+        for service in reversed(started):
+            service.stop()
+
+
+@pytest.fixture(scope="module")
+def dag_run(stack) -> dict:
+    """``airflow dags trigger`` as the user types it, then the REST API until the run ends."""
+    airflow: Airflow = stack["airflow"]
+    token = airflow.token()
+    wait_until(lambda: airflow.api(f"/dags/{DAG_ID}", token)["dag_id"] == DAG_ID, timeout=180, what="the DAG")
+    run_id = f"e2e__{DAY.isoformat()}__{int(time.time())}"
+    conf = json.dumps({"date": DAY.isoformat()})
+    airflow.cli("dags", "trigger", DAG_ID, "--conf", conf, "--run-id", run_id)
+    path = f"/dags/{DAG_ID}/dagRuns/{urllib.parse.quote(run_id)}"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        run = airflow.api(path, token)
+        if run["state"] in ("success", "failed"):
+            break
+        time.sleep(3)
+    tasks = {t["task_id"]: t for t in airflow.api(f"{path}/taskInstances", token)["task_instances"]}
+    return {"run": run, "path": path, "token": token, "tasks": tasks}
+
+
+def _task_log(airflow: Airflow, dag_run: dict, task_id: str) -> str:
+    ti = dag_run["tasks"][task_id]
+    log = airflow.api(f"{dag_run['path']}/taskInstances/{task_id}/logs/{ti['try_number']}", dag_run["token"])
+    return json.dumps(log) if isinstance(log, dict) else log
+
+
+def test_triggered_run_scores_on_the_cluster_into_s3_and_mlflow(stack, dag_run, s3_env):
+    airflow: Airflow = stack["airflow"]
+    states = {t: ti["state"] for t, ti in dag_run["tasks"].items()}
+    if dag_run["run"]["state"] != "success":
+        logs = "\n".join(f"--- {t}\n{_task_log(airflow, dag_run, t)[-4000:]}" for t in states)
+        pytest.fail(f"DAG run ended {dag_run['run']['state']}: {states}\n{logs}")
+    assert states == {"check_input": "success", "predict": "success", "publish": "success", "compare": "success"}
+
+    from jobs.lake import Lake
+
+    lake = Lake(stack["env"]["LAKECAST_LAKE_ROOT"])
+    manifest = lake.read_manifest("predictions/churn", DAY)
+    assert manifest is not None and manifest["rows"] == ROWS
+    run_id = manifest["scoring_run_id"]
+
+    from mlflow import MlflowClient
+
+    mlflow = MlflowClient(tracking_uri=stack["env"]["MLFLOW_TRACKING_URI"])
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["rows"] == ROWS
+    assert run.data.tags["airflow.dag_id"] == DAG_ID  # the run the task created and linked to
+
+    # the Ray job's output streamed into the predict task's log, through the triggerer
+    predict_log = _task_log(airflow, dag_run, "predict")
+    assert "Running entrypoint" in predict_log and "LAKECAST_RESULT" in predict_log
+
+    links = airflow.api(f"{dag_run['path']}/taskInstances/predict/links", dag_run["token"])["extra_links"]
+    assert run_id in links["MLflow run"]
+    assert links["Ray job"].startswith(stack["ray"].address) and "lakecast-churn-run-" in links["Ray job"]
+
+    with lake.fs.open_input_stream(f"{lake.partition_path('ab/churn', DAY)}/report.json") as f:
+        assert json.load(f)["verdict"] in ("promote", "keep", "inconclusive")
+
+
+def test_the_airflow_ui_shows_the_successful_run(stack, dag_run, tmp_path):
+    """Headless Chromium (Debian's) logs in and looks at the DAG's grid; a screenshot is kept."""
+    chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and driver_bin):
+        pytest.fail("chromium and chromedriver are needed: apt-get install chromium chromium-driver (make test does)")
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1600,1000",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_bin), options=options)
+    airflow: Airflow = stack["airflow"]
+    try:
+        wait = WebDriverWait(browser, 60)
+        browser.get(f"{airflow.url}/dags/{DAG_ID}")
+        wait.until(ec.presence_of_element_located((By.NAME, "username"))).send_keys("admin")
+        browser.find_element(By.NAME, "password").send_keys(airflow.password)
+        browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        run_id = dag_run["run"]["dag_run_id"]
+        browser.get(f"{airflow.url}/dags/{DAG_ID}/runs/{urllib.parse.quote(run_id)}")
+        wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "body"), run_id))
+        wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "body"), "Success"))  # the run's state badge
+        for task_id in ("check_input", "predict", "publish", "compare"):  # the grid's rows
+            assert browser.find_element(By.XPATH, f"//*[text()='{task_id}']")
+        time.sleep(2)  # let the grid paint before the picture
+    finally:
+        browser.save_screenshot(str(ARTIFACTS / "airflow-dag-run.png"))
+        browser.quit()
