@@ -254,6 +254,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scoring_arguments(p: argparse.ArgumentParser) -> None:
+    """What ``run`` and ``submit`` share: the job, the date, the model override, dry run."""
+    p.add_argument("job", help="job name: conf/jobs/<job>.yaml")
+    p.add_argument("--date", required=True, help="partition date YYYY-MM-DD")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--alias", help="model alias to use instead of the job file's")
+    group.add_argument("--version", type=int, help="fixed model version to use")
+    p.add_argument("--dry-run", action="store_true", help="score and check, but publish nothing")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lakecast", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -268,24 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("run", help="run a job's Ray Data prediction for one date")
-    p.add_argument("job", help="job name: conf/jobs/<job>.yaml")
-    p.add_argument("--date", required=True, help="partition date YYYY-MM-DD")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--alias", help="model alias to use instead of the job file's")
-    group.add_argument("--version", type=int, help="fixed model version to use")
-    p.add_argument("--dry-run", action="store_true", help="score and check, but publish nothing")
+    _scoring_arguments(p)
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--mlflow-run-id", help="log into this (already created) MLflow run instead of a new one")
     p.add_argument("--emit-result", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("submit", help="run a job on the Ray cluster through the Jobs API and follow it")
-    p.add_argument("job", help="job name: conf/jobs/<job>.yaml")
-    p.add_argument("--date", required=True, help="partition date YYYY-MM-DD")
-    group = p.add_mutually_exclusive_group()
-    group.add_argument("--alias", help="model alias to use instead of the job file's")
-    group.add_argument("--version", type=int, help="fixed model version to use")
-    p.add_argument("--dry-run", action="store_true", help="score and check, but publish nothing")
+    _scoring_arguments(p)
     p.add_argument("--address", help="Ray Jobs API, http://head:8265 (default: the profile's ray.address)")
     p.set_defaults(func=cmd_submit)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import http.client
 import os
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from tests.s3server import free_ports
+from tests.stack import stop_group
 
 
 class RayHead:
@@ -86,14 +86,5 @@ class RayHead:
     def stop(self) -> None:
         if self.proc is None:
             return
-        for sig, grace in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(grace)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_group(self.proc, grace=15)
         self.proc = None

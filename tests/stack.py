@@ -55,6 +55,20 @@ def http_ok(url: str) -> bool:
         return e.code < 500
 
 
+def stop_group(proc: subprocess.Popen, sig: signal.Signals = signal.SIGTERM, grace: float = 20) -> None:
+    """Signal a process started with ``start_new_session`` and all its children; SIGKILL after ``grace``."""
+    for s, wait in ((sig, grace), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, s)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
 class Service:
     """One long-running program with its log in ``logdir``."""
 
@@ -75,16 +89,7 @@ class Service:
         return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
     def stop(self, sig: signal.Signals = signal.SIGTERM, grace: float = 20) -> None:
-        for s, wait in ((sig, grace), (signal.SIGKILL, 5)):
-            try:
-                os.killpg(self.proc.pid, s)
-            except ProcessLookupError:
-                return
-            try:
-                self.proc.wait(wait)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        stop_group(self.proc, sig, grace)
 
 
 class Postgres:
