@@ -20,6 +20,7 @@ import shlex
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobs.settings import PROJECT_ROOT, Settings
@@ -40,6 +41,9 @@ _NOT_FORWARDED = ("LAKECAST_CONF",)
 _EXCLUDES = [".venv", ".lakecast", ".git", ".ci", "tests", "docs", "docker", "test-artifacts", "*.egg-info"]
 
 
+AGENT_WAIT_S = 120.0  # how long a submission waits for the cluster's job agent to come up
+
+
 class SubmitError(RuntimeError):
     """The Ray job could not be submitted, or it ended without success."""
 
@@ -49,15 +53,31 @@ def is_jobs_api(address: str | None) -> bool:
     return bool(address) and address.startswith(("http://", "https://"))
 
 
+def _auth_token() -> str | None:
+    """The cluster's token from RAY_AUTH_TOKEN or the file RAY_AUTH_TOKEN_PATH names, if either is set."""
+    if token := os.environ.get("RAY_AUTH_TOKEN", "").strip():
+        return token
+    if path := os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        try:
+            return Path(path).expanduser().read_text().strip()
+        except OSError as e:
+            raise SubmitError(f"cannot read the Ray auth token file RAY_AUTH_TOKEN_PATH={path}: {e}") from e
+    return None
+
+
 def client(address: str) -> JobSubmissionClient:
-    """A Jobs API client; Ray's auth token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH) is sent when one is set."""
+    """A Jobs API client that sends the token of the cluster it talks to.
+
+    The token is read here and sent as our own Authorization header because Ray caches the first
+    token it loads for the whole process: a worker that already ran a local Ray (tests, a triggerer
+    that talked to another cluster) would otherwise keep sending a stale one.
+    """
     from ray.job_submission import JobSubmissionClient
 
-    if "RAY_AUTH_MODE" not in os.environ and ({"RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"} & os.environ.keys()):
-        os.environ["RAY_AUTH_MODE"] = "token"  # a token given means a cluster that asks for it
-
+    token = _auth_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
-        return JobSubmissionClient(address)
+        return JobSubmissionClient(address, headers=headers)
     except Exception as e:  # ConnectionError, or a RuntimeError naming the address
         raise SubmitError(f"cannot reach the Ray Jobs API at {address}: {e}") from e
 
@@ -127,12 +147,23 @@ def submit_new(
     """Submit attempt n+1 of ``key``: Ray never reuses a submission id, even of a finished job."""
     submission_id = f"{base}-{len(_attempts(address, key)) + 1}"
     metadata = {**metadata, "lakecast_key": key}
-    client(address).submit_job(
-        entrypoint=entrypoint(args),
-        submission_id=submission_id,
-        runtime_env=runtime_env(settings),
-        metadata=metadata,
-    )
+    jobs = client(address)
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            jobs.submit_job(
+                entrypoint=entrypoint(args),
+                submission_id=submission_id,
+                runtime_env=runtime_env(settings),
+                metadata=metadata,
+            )
+            break
+        except RuntimeError as e:
+            # a cluster that just started (or lost the head's agent) asks to try again later
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise SubmitError(f"Ray did not accept job {submission_id} at {address}: {e}") from e
+            log.info("the Ray cluster has no job agent ready yet; trying again in 2 s")
+            time.sleep(2)
     log.info("submitted Ray job %s: %s", submission_id, " ".join(args))
     return Submission(address, submission_id, metadata)
 

@@ -25,7 +25,23 @@ class RayHead:
     def __init__(self, workdir: Path, *, num_cpus: int = 2, env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.num_cpus = num_cpus
-        self.gcs, self.dashboard, self.client, self.min_worker = free_ports(4, start=41000, paired=False)
+        # every port of its own: a local Ray in the test process holds Ray's defaults (agent 52365, ...)
+        ports = free_ports(8, start=41000, paired=False)
+        self.gcs, self.dashboard, self.client = ports[:3]
+        self.min_worker = max(ports) + 1  # workers take the 200 ports after the named ones
+        self.agent_ports = dict(
+            zip(
+                (
+                    "dashboard-agent-listen-port",
+                    "dashboard-agent-grpc-port",
+                    "runtime-env-agent-port",
+                    "metrics-export-port",
+                    "node-manager-port",
+                ),
+                ports[3:],
+                strict=True,
+            )
+        )
         self.env = env or {}
         self.proc: subprocess.Popen | None = None
 
@@ -59,6 +75,7 @@ class RayHead:
             f"--dashboard-port={self.dashboard}",
             f"--min-worker-port={self.min_worker}",
             f"--max-worker-port={self.min_worker + 200}",
+            *(f"--{name}={port}" for name, port in self.agent_ports.items()),
             f"--num-cpus={self.num_cpus}",
             "--object-store-memory=500000000",
             "--disable-usage-stats",
