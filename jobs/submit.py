@@ -17,13 +17,16 @@ import logging
 import os
 import re
 import shlex
+import shutil
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from jobs.settings import PROJECT_ROOT, Settings
+from jobs.settings import PROJECT_ROOT, Settings, conf_dir
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
@@ -34,7 +37,8 @@ RESULT_MARKER = "LAKECAST_RESULT "
 TERMINAL = frozenset({"SUCCEEDED", "FAILED", "STOPPED"})
 
 # What the job needs from the submitting side's environment. Credentials go here, not into the
-# uploaded files. RAY_ADDRESS means something else there; conf/ travels with the code.
+# uploaded files. RAY_ADDRESS means something else there; the configuration folder travels with
+# the code, as its conf/, so LAKECAST_CONF (a path on this machine) is not passed.
 _FORWARDED = ("LAKECAST_PROFILE", "LAKECAST_LAKE_ROOT", "LAKECAST_HOME", "MLFLOW_", "AWS_")
 _NOT_FORWARDED = ("LAKECAST_CONF",)
 # Uploaded with the job: code and conf/, nothing of the local state, venv or tests.
@@ -82,8 +86,32 @@ def client(address: str) -> JobSubmissionClient:
         raise SubmitError(f"cannot reach the Ray Jobs API at {address}: {e}") from e
 
 
-def runtime_env(settings: Settings) -> dict[str, Any]:
-    """The project's code and conf/, and the settings the job needs, as Ray's runtime_env."""
+@contextmanager
+def working_dir() -> Iterator[Path]:
+    """The folder to upload: the project itself, or a copy whose conf/ is ``LAKECAST_CONF``.
+
+    A job submitted with ``LAKECAST_CONF=/etc/lakecast`` must run on the cluster with those job
+    files, not with the project's own conf/. Ray uploads one folder, so when the two differ the
+    code (a few hundred kB) and that configuration are staged together in a temporary folder.
+    """
+    conf = conf_dir()
+    if conf == (PROJECT_ROOT / "conf").resolve():
+        yield PROJECT_ROOT
+        return
+    with tempfile.TemporaryDirectory(prefix="lakecast-job-") as tmp:
+        staged = Path(tmp) / "lakecast"
+        skip = shutil.ignore_patterns(*_EXCLUDES, "__pycache__")
+        shutil.copytree(PROJECT_ROOT, staged, ignore=lambda d, names: skip(d, names) | _top_conf(d, names))
+        shutil.copytree(conf, staged / "conf", ignore=shutil.ignore_patterns("__pycache__"))
+        yield staged
+
+
+def _top_conf(folder: str, names: list[str]) -> set[str]:
+    return {"conf"} if Path(folder) == PROJECT_ROOT and "conf" in names else set()
+
+
+def runtime_env(settings: Settings, folder: Path = PROJECT_ROOT) -> dict[str, Any]:
+    """The project's code and conf/ in ``folder``, and the settings the job needs, as Ray's runtime_env."""
     env = {
         k: v
         for k, v in os.environ.items()
@@ -94,7 +122,7 @@ def runtime_env(settings: Settings) -> dict[str, Any]:
     if settings.mlflow.registry_uri:
         env["MLFLOW_REGISTRY_URI"] = settings.mlflow.registry_uri
     env["PYTHONUNBUFFERED"] = "1"  # log lines reach the Airflow task log as they happen
-    return {"working_dir": str(PROJECT_ROOT), "excludes": _EXCLUDES, "env_vars": env}
+    return {"working_dir": str(folder), "excludes": _EXCLUDES, "env_vars": env}
 
 
 def entrypoint(args: Sequence[str]) -> str:
@@ -149,21 +177,22 @@ def submit_new(
     metadata = {**metadata, "lakecast_key": key}
     jobs = client(address)
     deadline = time.monotonic() + AGENT_WAIT_S
-    while True:
-        try:
-            jobs.submit_job(
-                entrypoint=entrypoint(args),
-                submission_id=submission_id,
-                runtime_env=runtime_env(settings),
-                metadata=metadata,
-            )
-            break
-        except RuntimeError as e:
-            # a cluster that just started (or lost the head's agent) asks to try again later
-            if "No available agent" not in str(e) or time.monotonic() > deadline:
-                raise SubmitError(f"Ray did not accept job {submission_id} at {address}: {e}") from e
-            log.info("the Ray cluster has no job agent ready yet; trying again in 2 s")
-            time.sleep(2)
+    with working_dir() as folder:
+        while True:
+            try:
+                jobs.submit_job(
+                    entrypoint=entrypoint(args),
+                    submission_id=submission_id,
+                    runtime_env=runtime_env(settings, folder),
+                    metadata=metadata,
+                )
+                break
+            except RuntimeError as e:
+                # a cluster that just started (or lost the head's agent) asks to try again later
+                if "No available agent" not in str(e) or time.monotonic() > deadline:
+                    raise SubmitError(f"Ray did not accept job {submission_id} at {address}: {e}") from e
+                log.info("the Ray cluster has no job agent ready yet; trying again in 2 s")
+                time.sleep(2)
     log.info("submitted Ray job %s: %s", submission_id, " ".join(args))
     return Submission(address, submission_id, metadata)
 

@@ -123,3 +123,20 @@ def test_the_runtime_env_carries_settings_not_local_state(cluster, monkeypatch):
     assert "RAY_ADDRESS" not in env["env_vars"]
     assert {".venv", ".lakecast", ".git"} <= set(env["excludes"])
     assert json.dumps(env)  # plain values: Ray sends it as JSON
+
+
+def test_a_conf_folder_of_its_own_travels_as_the_jobs_conf(tmp_path, monkeypatch):
+    """LAKECAST_CONF is a path on the submitting machine: the job on the cluster gets its files."""
+    conf = tmp_path / "site-conf"
+    (conf / "jobs").mkdir(parents=True)
+    (conf / "jobs" / "nightly.yaml").write_text("name: nightly\n")
+    monkeypatch.delenv("LAKECAST_CONF", raising=False)
+    with submit.working_dir() as folder:
+        assert (folder / "conf" / "jobs" / "churn.yaml").is_file()  # the project itself, uploaded as is
+    monkeypatch.setenv("LAKECAST_CONF", str(conf))
+    with submit.working_dir() as folder:
+        assert sorted(p.name for p in (folder / "conf" / "jobs").iterdir()) == ["nightly.yaml"]
+        assert (folder / "jobs" / "predict.py").is_file() and (folder / "models").is_dir()
+        assert not (folder / "tests").exists() and not (folder / ".venv").exists()
+        staged = folder
+    assert not staged.exists()  # removed once Ray has uploaded it

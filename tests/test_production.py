@@ -26,7 +26,8 @@ from tests.stack import BIN, Airflow, Postgres, Service, http_ok, wait_until
 pytestmark = pytest.mark.slow
 
 DAG_ID = "lakecast__churn"
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+PROJECT = Path(__file__).resolve().parent.parent
+ARTIFACTS = PROJECT / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
@@ -38,12 +39,21 @@ def stack(s3_server, ray_head, tmp_path_factory):
     logs.mkdir(parents=True)
     pg_port, mlflow_port, airflow_port = free_ports(3, start=51000, paired=False)
     prefix = f"s3://{S3_BUCKET}/e2e-{os.getpid()}"
+    # the shipped job files, in a folder of the site's own (LAKECAST_CONF, which cluster jobs must
+    # receive too), with the churn job triggered only: a scheduled run beside ours would double the work
+    conf = work / "conf"
+    shutil.copytree(PROJECT / "conf", conf)
+    churn = conf / "jobs" / "churn.yaml"
+    text = churn.read_text()
+    assert 'schedule: "0 2 * * *"' in text
+    churn.write_text(text.replace('schedule: "0 2 * * *"', "schedule: null"))
     env = {
         **s3_server.env,
         **ray_head.auth_env,
         "LAKECAST_PROFILE": "production",
         "LAKECAST_LAKE_ROOT": f"{prefix}/lake",
         "LAKECAST_HOME": str(work / "home"),
+        "LAKECAST_CONF": str(conf),
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
         "RAY_ADDRESS": ray_head.address,
     }
@@ -178,6 +188,8 @@ def test_the_airflow_ui_shows_the_successful_run(stack, dag_run, tmp_path):
         wait.until(ec.presence_of_element_located((By.NAME, "username"))).send_keys("admin")
         browser.find_element(By.NAME, "password").send_keys(airflow.password)
         browser.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        # logged in once the login form has sent us back to the DAG's page
+        wait.until(lambda b: "/auth/login" not in b.current_url and DAG_ID in b.find_element(By.TAG_NAME, "body").text)
         run_id = dag_run["run"]["dag_run_id"]
         browser.get(f"{airflow.url}/dags/{DAG_ID}/runs/{urllib.parse.quote(run_id)}")
         wait.until(ec.text_to_be_present_in_element((By.TAG_NAME, "body"), run_id))
@@ -187,4 +199,5 @@ def test_the_airflow_ui_shows_the_successful_run(stack, dag_run, tmp_path):
         time.sleep(2)  # let the grid paint before the picture
     finally:
         browser.save_screenshot(str(ARTIFACTS / "airflow-dag-run.png"))
+        (ARTIFACTS / "airflow-dag-run.html").write_text(f"<!-- {browser.current_url} -->\n{browser.page_source}")
         browser.quit()
