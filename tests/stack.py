@@ -57,16 +57,29 @@ def http_ok(url: str) -> bool:
 
 def stop_group(proc: subprocess.Popen, sig: signal.Signals = signal.SIGTERM, grace: float = 20) -> None:
     """Signal a process started with ``start_new_session`` and all its children; SIGKILL after ``grace``."""
+    stop_groups([proc], sig, grace)
+
+
+def stop_groups(procs: list[subprocess.Popen], sig: signal.Signals = signal.SIGTERM, grace: float = 20) -> None:
+    """:func:`stop_group` for several processes at once: they shut down side by side, not in turn.
+
+    Whatever a leader leaves behind in its group (a worker it forked) is killed at the end.
+    """
+    groups = [proc.pid for proc in procs]
     for s, wait in ((sig, grace), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(proc.pid, s)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(wait)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, s)
+        deadline = time.monotonic() + wait
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(max(0.0, deadline - time.monotonic()))
+        procs = [p for p in procs if p.poll() is None]
+        if not procs:
+            break
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(group, signal.SIGKILL)
 
 
 class Service:
@@ -220,5 +233,4 @@ class Airflow:
             return text
 
     def stop(self) -> None:
-        for service in reversed(self.services):
-            service.stop()
+        stop_groups([service.proc for service in self.services])
