@@ -25,7 +25,7 @@ from jobs.ab_report import markdown, plots
 from jobs.config import ABSpec, JobConfig
 from jobs.lake import Lake
 from jobs.predict import model_inputs, shadow_table
-from jobs.ray_runtime import ensure_ray, gpus_per_actor
+from jobs.ray_runtime import ensure_ray, gpus_per_actor, read_parquet_files
 from jobs.settings import Settings, load_settings
 from jobs.yamlconf import ConfigError
 from models.predictor import Lineage, PairActor, PredictorOptions, arrow_scorer
@@ -141,9 +141,8 @@ def _score_both(
         for ref in refs
     )
     ensure_ray(settings)
-    ray.data.DataContext.get_current().raise_original_map_exception = True
     columns = list(dict.fromkeys([*passthrough, *features]))
-    dataset = ray.data.read_parquet([f.path for f in files], filesystem=lake.fs, columns=columns, partitioning=None)
+    dataset = read_parquet_files([f.path for f in files], filesystem=lake.fs, columns=columns)
     scored = dataset.map_batches(
         PairActor,
         fn_constructor_kwargs={"options": options, "scorers": scorers, "passthrough": passthrough},

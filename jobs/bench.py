@@ -82,10 +82,10 @@ def io_only_pyarrow(files: list[str], columns: list[str], out: Path) -> Timed:
 
 
 def io_only_ray(files: list[str], columns: list[str], out: Path) -> Timed:
-    import ray
+    from jobs.ray_runtime import read_parquet_files
 
     t0 = time.perf_counter()
-    dataset = ray.data.read_parquet(files, columns=columns, partitioning=None)
+    dataset = read_parquet_files(files, filesystem=None, columns=columns)
     dataset.write_parquet(str(out), min_rows_per_file=ROWS_PER_FILE)
     return Timed(time.perf_counter() - t0, sum(pq.ParquetFile(f).metadata.num_rows for f in files))
 

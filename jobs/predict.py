@@ -22,7 +22,7 @@ from typing import Any
 from jobs import commit, tracking, validation
 from jobs.config import JobConfig
 from jobs.lake import DataFile, Lake, LakeError
-from jobs.ray_runtime import ensure_ray, gpus_per_actor
+from jobs.ray_runtime import ensure_ray, gpus_per_actor, read_parquet_files
 from jobs.settings import Settings, load_settings
 from jobs.validation import InvalidInput
 from models.predictor import (
@@ -458,13 +458,9 @@ def _score(
         telemetry_dir=telemetry_path(staging),
         filesystem=lake.fs,
     )
-    # our errors (InvalidInput) reach the driver as themselves, not as a generic UserCodeException
-    ray.data.DataContext.get_current().raise_original_map_exception = True
     columns = [r.name for r in rules if r.name != job.input.key]
     validator = validation.RowValidator(rules, job.validation.on_invalid_rows, job.input.key, lake.fs, q_staging)
-    dataset = ray.data.read_parquet(
-        [f.path for f in pre.files], filesystem=lake.fs, columns=[job.input.key, *columns], partitioning=None
-    )
+    dataset = read_parquet_files([f.path for f in pre.files], filesystem=lake.fs, columns=[job.input.key, *columns])
     predictor, kwargs = BatchPredictor, {"options": options, "scorer": pre.scorer}
     if pre.challenger is not None and job.ab is not None:
         b = pre.challenger

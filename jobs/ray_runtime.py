@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from jobs.yamlconf import ConfigError
 
 if TYPE_CHECKING:
+    import ray
+
     from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,3 +53,21 @@ def gpus_per_actor(requested: float | str) -> float:
     import ray
 
     return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+def read_parquet_files(paths: list[str], *, filesystem: Any, columns: list[str]) -> ray.data.Dataset:
+    """A Ray dataset over Parquet files the driver has already listed (a partition's files).
+
+    Ray 2.60's default Parquet reader (DataSourceV2) lists the paths again and reads every footer
+    on a pool of up to 32 new actor processes, which pays off for thousands of files on S3 but
+    costs several seconds of process start-up per job here: a nightly partition holds tens of
+    files whose sizes we know. The V1 reader reads them directly (4 s instead of 7.5 s for a
+    small job on 2 cores, measured in one run), with the same projection of ``columns``.
+    """
+    import ray
+
+    context = ray.data.DataContext.get_current()
+    context.use_datasource_v2 = False
+    # our errors (InvalidInput) reach the driver as themselves, not as a generic UserCodeException
+    context.raise_original_map_exception = True
+    return ray.data.read_parquet(paths, filesystem=filesystem, columns=columns, partitioning=None)
