@@ -182,9 +182,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _out(f"  MLflow run   {s['run_id']} (experiment lakecast/churn)")
     _out(f"  state        {home}  (delete it to start over)")
     _out()
+    # the same state: the home, and the lake when it is not the one inside it (S3)
+    state = f"LAKECAST_HOME={home}"
+    if lake_root := os.environ.get("LAKECAST_LAKE_ROOT"):
+        state += f" LAKECAST_LAKE_ROOT={lake_root}"
     _out("Open the UIs on the same state:")
-    _out(f"  Airflow  LAKECAST_HOME={home} .venv/bin/lakecast airflow standalone   → http://localhost:8080")
-    _out(f"  MLflow   LAKECAST_HOME={home} .venv/bin/lakecast mlflow-ui             → http://localhost:5000")
+    _out(f"  Airflow  {state} .venv/bin/lakecast airflow standalone   → http://localhost:8080")
+    _out(f"  MLflow   {state} .venv/bin/lakecast mlflow-ui             → http://localhost:5000")
     _out(f"  (airflow itself: {airflow_bin()})")
     return 0
 

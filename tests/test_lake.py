@@ -12,7 +12,7 @@ from jobs import commit, demo_data
 from jobs.commit import CommitConflict
 from jobs.lake import Lake, LakeError
 from jobs.predict import run_job
-from tests.conftest import DAY, S3_BUCKET
+from tests.conftest import DAY
 
 ROWS = 2_000
 OUT = "predictions/churn"
@@ -116,25 +116,3 @@ def test_interrupted_local_swap_is_restored(settings, tmp_path):
     with commit.partition_lock(lake, "t", DAY, job="test"):
         commit.recover(lake, "t", DAY)
     assert read(lake, "t").num_rows == 100
-
-
-@pytest.mark.slow
-def test_demo_runs_unchanged_on_s3(s3_env, tmp_path):
-    """``LAKECAST_LAKE_ROOT=s3://… lakecast demo`` builds the demo lake there and scores it."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAKECAST_", "AIRFLOW", "MLFLOW_TRACKING", "RAY_"))}
-    env |= {"LAKECAST_HOME": str(tmp_path / "home"), "LAKECAST_LAKE_ROOT": f"s3://{S3_BUCKET}/demo-lake"}
-    proc = subprocess.run(
-        [str(Path(sys.executable).with_name("lakecast")), "demo", "--rows", "3000", "--labeled-rows", "2000",
-         "--date", "2026-11-21"],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert f"predictions  s3://{S3_BUCKET}/demo-lake/predictions/churn/ds=2026-11-21" in proc.stdout
-    lake = Lake(f"s3://{S3_BUCKET}/demo-lake")
-    assert read(lake).num_rows == 3000
-    assert not (tmp_path / "home" / "lake").exists()

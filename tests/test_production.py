@@ -2,8 +2,9 @@
 
 PostgreSQL (Debian's package) holds Airflow's and MLflow's metadata; SeaweedFS is the S3 lake and
 MLflow's artifact store; ``mlflow server``, a Ray head and Airflow's api-server, scheduler,
-dag-processor and triggerer run as docker/compose.yaml runs them. The user seeds the demo,
-runs ``airflow dags trigger``, follows the run through the REST API and the UI, and finds the
+dag-processor and triggerer run as docker/compose.yaml runs them. The user seeds the demo
+(``LAKECAST_LAKE_ROOT=s3://… lakecast demo --no-run``: the demo lake built on S3), runs
+``airflow dags trigger``, follows the run through the REST API and the UI, and finds the
 predictions in S3 and the run in MLflow.
 """
 
