@@ -249,10 +249,23 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from jobs.bench import markdown, run
+    json_path = Path(args.json) if args.json else None
+    if args.workload == "image":
+        from jobs import bench_image
 
-    report = run(load_settings(), rows=args.rows, json_path=Path(args.json) if args.json else None)
-    _out(markdown(report))
+        report = bench_image.run(
+            load_settings().home,
+            rows=args.rows or 50_000,
+            size=args.image_size,
+            batch_size=args.batch_size,
+            json_path=json_path,
+        )
+        _out(bench_image.markdown(report))
+    else:
+        from jobs.bench import markdown, run
+
+        report = run(load_settings(), rows=args.rows or 10_000_000, json_path=json_path)
+        _out(markdown(report))
     if args.json:
         _out(f"written: {args.json} (and .md, .png beside it)")
     return 0
@@ -321,8 +334,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("bench", help="measure the job against IO, the model alone and a hand-written loop")
-    p.add_argument("--rows", type=int, default=10_000_000, help="rows to score (default 10,000,000)")
-    p.add_argument("--json", help="write the report as JSON here (a .md and a .png beside it)")
+    p.add_argument(
+        "--workload", choices=["tabular", "image"], default="tabular", help="the churn MLP, or ResNet-50 on JPEGs"
+    )
+    p.add_argument("--rows", type=int, help="rows to score (default 10,000,000 tabular, 50,000 images)")
+    p.add_argument("--json", help="write the report as JSON here (a .md beside it, and a .png for tabular)")
+    p.add_argument("--image-size", type=int, default=224, help="image workload: crop size in pixels")
+    p.add_argument("--batch-size", type=int, default=256, help="image workload: images per batch")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("airflow", help="run an airflow command on lakecast's Airflow home and dags")

@@ -49,3 +49,24 @@ def test_bench_reports_every_figure(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 1000
     assert "| lakecast, steady state |" in out.with_suffix(".md").read_text()
     assert "efficiency" in proc.stdout
+
+
+def test_image_bench_reports_the_gpu_figures_at_a_tiny_size(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAKECAST_", "AIRFLOW", "MLFLOW_", "RAY_"))}
+    env["LAKECAST_HOME"] = str(tmp_path / "home")
+    out = tmp_path / "image.json"
+    argv = ["bench", "--workload", "image", "--rows", "48", "--image-size", "64", "--batch-size", "16"]
+    proc = subprocess.run(
+        [str(Path(sys.executable).with_name("lakecast")), *argv, "--json", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["rows"] == 48 and report["settings"]["image_size"] == 64
+    for key in ("decode_only_rows_per_s", "model_only_rows_per_s", "bound_rows_per_s", "steady_rows_per_s"):
+        assert report[key] > 0, key
+    assert report["vs_model_only"] == pytest.approx(report["steady_rows_per_s"] / report["model_only_rows_per_s"], 1e-2)
+    assert "| lakecast pipeline, steady state |" in proc.stdout

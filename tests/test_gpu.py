@@ -67,3 +67,23 @@ def test_bf16_stays_close(scorer_folder):
     bf16 = predictor(folder, dtype="bfloat16")(batch)["p"].to_numpy()
     assert np.abs(bf16 - cpu).max() < 0.02
     assert ((bf16 >= 0.5) == (cpu >= 0.5)).mean() > 0.99
+
+
+def test_the_image_classifier_runs_on_cuda_like_the_cpu():
+    import pyarrow as pa
+
+    from models.image import ImageClassifier, ImageOptions, decode_jpegs
+    from tests.test_image import jpeg
+
+    batch = pa.table({"id": list(range(8)), "image": [jpeg(96, 96, (30 * i, 255 - 30 * i, 90)) for i in range(8)]})
+    pixels = decode_jpegs(batch, key="id", size=64)
+    torch.manual_seed(0)
+    gpu = ImageClassifier(ImageOptions(key="id", dtype=None, num_classes=10))
+    assert gpu.device.type == "cuda"
+    cpu = ImageClassifier(ImageOptions(key="id", dtype=None, num_classes=10, device="cpu"))
+    cpu.net.load_state_dict({k: v.cpu() for k, v in gpu.net.state_dict().items()})
+    on_gpu, on_cpu = gpu(pixels), cpu(pixels)
+    np.testing.assert_allclose(on_gpu["probability"], on_cpu["probability"], rtol=1e-2)
+    assert (on_gpu["label"] == on_cpu["label"]).mean() >= 0.75
+    bf16 = ImageClassifier(ImageOptions(key="id", dtype="bfloat16", num_classes=10))(pixels)
+    assert bf16["label"].shape == (8,) and np.isfinite(bf16["probability"]).all()

@@ -1,0 +1,283 @@
+"""``lakecast bench --workload image``: ResNet-50 on JPEG bytes stored in Parquet, the GPU workload.
+
+The job's shape with a decode stage: Ray Data reads the Parquet files, CPU tasks decode and crop
+the JPEGs to uint8 pixels, an actor pool of :class:`models.image.ImageClassifier` (one actor per
+GPU, or one CPU actor) classifies them, and Parquet is written. It measures, in one run:
+
+1. decode only: read and decode with every core, no model (the CPU side's limit);
+2. model only: the same network on uint8 pixels already in the device's memory;
+3. the pipeline, whole (from submitting it to the last file written) and steady state (from the
+   end of the first scored batch to the last file written).
+
+On a GPU the bound is min(decode only, model only), since decoding and the network use different
+processors; on the CPU they share the cores: 1 / (1/decode + 1/model). ``vs_model_only`` is the
+steady state over the model alone: how much of the GPU the pipeline keeps busy.
+
+It needs Ray, pyarrow, Pillow and torch, nothing of MLflow or Airflow, so it also runs on a bare
+GPU machine: ``python -m jobs.bench_image --rows 100000 --json report.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from models.image import ImageClassifier, ImageOptions, decode_jpegs
+
+log = logging.getLogger(__name__)
+
+KEY = "image_id"
+ROWS_PER_FILE = 1000
+
+
+def _jpeg_file(args: tuple[Path, int, int, int]) -> int:
+    """One Parquet file of random but image-like JPEGs: smooth colour fields with some grain."""
+    from PIL import Image
+
+    path, first, rows, side = args
+    rng = np.random.default_rng(first)
+    blobs = []
+    for _ in range(rows):
+        coarse = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize((side, side), Image.BICUBIC)
+        grain = rng.normal(0, 6, (side, side, 3))
+        img = Image.fromarray(np.clip(np.asarray(coarse) + grain, 0, 255).astype(np.uint8))
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=90)
+        blobs.append(buf.getvalue())
+    table = pa.table({KEY: pa.array(range(first, first + rows), pa.int64()), "image": pa.array(blobs, pa.binary())})
+    pq.write_table(table, path, row_group_size=rows)
+    return rows
+
+
+def prepare(folder: Path, rows: int, size: int) -> list[str]:
+    """The JPEG table, generated once per (rows, size) on every core."""
+    target = folder / f"images-{rows}-{size}"
+    done = target / "_done"
+    if not done.exists():
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        side = round(size * 8 / 7)  # stored as ImageNet evaluation expects: short side 8/7 of the crop
+        work = [
+            (target / f"part-{i:05d}.parquet", start, min(ROWS_PER_FILE, rows - start), side)
+            for i, start in enumerate(range(0, rows, ROWS_PER_FILE))
+        ]
+        log.info("generating %d JPEGs of %dx%d (once)", rows, side, side)
+        with ProcessPoolExecutor(os.cpu_count()) as pool:
+            assert sum(pool.map(_jpeg_file, work)) == rows
+        done.touch()
+    return sorted(str(p) for p in target.glob("part-*.parquet"))
+
+
+def _count(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {"n": np.array([len(batch[KEY])])}
+
+
+def decode_only(files: list[str], size: int, batch_size: int, rows: int) -> float:
+    from jobs.ray_runtime import read_parquet_files
+
+    t0 = time.perf_counter()
+    dataset = read_parquet_files(files, filesystem=None, columns=[KEY, "image"])
+    decoded = dataset.map_batches(
+        decode_jpegs, fn_kwargs={"key": KEY, "size": size}, batch_format="pyarrow", batch_size=batch_size
+    )
+    counted = sum(int(row["n"]) for row in decoded.map_batches(_count, batch_format="numpy").iter_rows())
+    assert counted == rows, (counted, rows)
+    return rows / (time.perf_counter() - t0)
+
+
+def model_only(options: ImageOptions, size: int, batch_size: int, seconds: float = 10.0) -> float:
+    """The network alone on pixels already on its device: what the pipeline can at best reach."""
+    import torch
+
+    model = ImageClassifier(options)
+    generator = torch.Generator().manual_seed(0)
+    pixels = torch.randint(0, 256, (batch_size, size, size, 3), dtype=torch.uint8, generator=generator)
+    pixels = pixels.to(model.device)
+    sync = torch.cuda.synchronize if model.device.type == "cuda" else (lambda: None)
+    for _ in range(3):  # warm up: cuDNN picks its kernels
+        model.classify(pixels)
+    sync()
+    t0, batches = time.perf_counter(), 0
+    while batches < 3 or time.perf_counter() - t0 < seconds:
+        model.classify(pixels)
+        batches += 1
+        if model.device.type != "cuda" and batches >= 3:
+            break
+    sync()
+    return batches * batch_size / (time.perf_counter() - t0)
+
+
+def pipeline(
+    files: list[str], out: Path, options: ImageOptions, *, size: int, batch_size: int, gpus: int, rows: int
+) -> tuple[float, float, float]:
+    """The job's shape; returns (whole rows/s, steady rows/s, seconds to the first scored batch)."""
+    import ray
+
+    from jobs.ray_runtime import read_parquet_files
+
+    t0 = time.perf_counter()
+    start = time.time()
+    dataset = read_parquet_files(files, filesystem=None, columns=[KEY, "image"])
+    decoded = dataset.map_batches(
+        decode_jpegs, fn_kwargs={"key": KEY, "size": size}, batch_format="pyarrow", batch_size=batch_size, num_cpus=1
+    )
+    scored = decoded.map_batches(
+        ImageClassifier,
+        fn_constructor_kwargs={"options": options},
+        batch_format="numpy",
+        batch_size=batch_size,
+        # two calls in flight per actor, each on its own CUDA stream: a batch's copy to the GPU
+        # overlaps the previous batch's convolutions
+        compute=ray.data.ActorPoolStrategy(
+            size=max(1, gpus), max_concurrent_calls_per_actor=2, enable_true_multi_threading=True
+        ),
+        num_gpus=1 if gpus else 0,
+        num_cpus=options.num_threads,
+        udf_modifying_row_count=False,
+    )
+    scored.write_parquet(str(out), min_rows_per_file=ROWS_PER_FILE * 10)
+    whole_s = time.perf_counter() - t0
+    end = time.time()
+    result = pq.ParquetDataset(str(out)).read(columns=[KEY, "scored_unix"])
+    if result.num_rows != rows or len(np.unique(result.column(KEY).to_numpy())) != rows:
+        raise RuntimeError(f"the image pipeline wrote {result.num_rows} rows for {rows} images")
+    stamps = result.column("scored_unix").to_numpy()
+    first = stamps.min()
+    after_first = int((stamps > first).sum())
+    return rows / whole_s, after_first / (end - first), first - start
+
+
+def run(
+    home: Path,
+    *,
+    rows: int,
+    size: int = 224,
+    batch_size: int = 256,
+    dtype: str | None = "bfloat16",
+    json_path: Path | None = None,
+) -> dict[str, Any]:
+    import ray
+    import torch
+
+    root = home / "bench"
+    files = prepare(root / "image-lake", rows, size)
+    scratch = root / "image-scratch"
+    shutil.rmtree(scratch, ignore_errors=True)
+    gpus = torch.cuda.device_count()
+    cpus = os.cpu_count() or 1
+    # on a GPU one core feeds the actor; on the CPU the actor gets half the cores, decoding the rest
+    threads = 1 if gpus else max(1, cpus // 2)
+    options = ImageOptions(key=KEY, dtype=dtype if gpus else None, num_threads=threads)
+    ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
+    try:
+        log.info("1/3 image pipeline: read → decode (CPU tasks) → ResNet-50 (%s) → write", "GPU" if gpus else "CPU")
+        whole, steady, startup = pipeline(
+            files, scratch / "out", options, size=size, batch_size=batch_size, gpus=gpus, rows=rows
+        )
+        log.info("2/3 decode only")
+        decode = decode_only(files, size, batch_size, rows)
+    finally:
+        ray.shutdown()
+    log.info("3/3 model only")
+    torch.set_num_threads(threads)
+    model = model_only(options, size, batch_size)
+    shutil.rmtree(scratch, ignore_errors=True)
+    bound = min(decode, model) if gpus else 1 / (1 / decode + 1 / model)
+    report = {
+        "workload": "image",
+        "rows": rows,
+        "decode_only_rows_per_s": round(decode, 1),
+        "model_only_rows_per_s": round(model, 1),
+        "bound_rows_per_s": round(bound, 1),
+        "lakecast_rows_per_s": round(whole, 1),
+        "steady_rows_per_s": round(steady, 1),
+        "efficiency": round(steady / bound, 3),
+        "vs_model_only": round(steady / model, 3),
+        "startup_s": round(startup, 2),
+        "machine": {
+            "cpus": cpus,
+            "gpus": gpus,
+            "gpu": torch.cuda.get_device_name(0) if gpus else None,
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "ray": ray.__version__,
+        },
+        "settings": {
+            "model": "ResNet-50, random weights (models/resnet.py)",
+            "image_size": size,
+            "batch_size": batch_size,
+            "dtype": options.dtype or "float32",
+            "channels_last": options.channels_last,
+            "actor_threads": threads,
+        },
+    }
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2))
+        json_path.with_suffix(".md").write_text(markdown(report))
+    return report
+
+
+def markdown(r: dict[str, Any]) -> str:
+    m, s = r["machine"], r["settings"]
+    device = f"{m['gpus']}x {m['gpu']}" if m["gpus"] else "CPU"
+    rows = [
+        ("decode only (read + JPEG decode, all cores)", r["decode_only_rows_per_s"]),
+        ("model only (pixels on the device)", r["model_only_rows_per_s"]),
+        ("bound", r["bound_rows_per_s"]),
+        ("lakecast pipeline, whole", r["lakecast_rows_per_s"]),
+        ("lakecast pipeline, steady state", r["steady_rows_per_s"]),
+    ]
+    lines = [
+        f"Image benchmark: {r['rows']:,} JPEGs, ResNet-50 at {s['image_size']}px, batch {s['batch_size']}, "
+        f"{s['dtype']}, on {device} and {m['cpus']} CPUs",
+        "",
+        "| measure | images/s |",
+        "|---|---:|",
+        *[f"| {name} | {value:,.0f} |" for name, value in rows],
+        "",
+        f"vs model only {r['vs_model_only']}, efficiency {r['efficiency']}, startup {r['startup_s']} s",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.bench_image", description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--dtype", default="bfloat16", help="on a GPU: bfloat16, float16 or float32")
+    parser.add_argument("--home", default=os.environ.get("LAKECAST_HOME", ".lakecast"))
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    report = run(
+        Path(args.home),
+        rows=args.rows,
+        size=args.size,
+        batch_size=args.batch_size,
+        dtype=None if args.dtype == "float32" else args.dtype,
+        json_path=Path(args.json) if args.json else None,
+    )
+    sys.stdout.write(markdown(report) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
