@@ -142,15 +142,31 @@ def _score_both(
     )
     ensure_ray(settings)
     columns = list(dict.fromkeys([*passthrough, *features]))
+    gpus = gpus_per_actor(job.compute.gpus_per_actor)
+    batch_size = job.compute.batch_size
+    if batch_size == "auto":  # measured on the champion's predictor
+        from jobs import batch_size as auto
+
+        paths = [f.path for f in files]
+        batch_size = auto.choose(
+            options[0],
+            scorers[0],
+            paths,
+            filesystem=lake.fs,
+            columns=columns,
+            rows_in=sum(lake.count_rows(files)),
+            cpus=job.compute.cpus_per_actor,
+            gpus=gpus,
+        )
     dataset = read_parquet_files([f.path for f in files], filesystem=lake.fs, columns=columns)
     scored = dataset.map_batches(
         PairActor,
         fn_constructor_kwargs={"options": options, "scorers": scorers, "passthrough": passthrough},
         batch_format="pyarrow",
-        batch_size=job.compute.batch_size,
+        batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(min_size=job.compute.min_actors, max_size=job.compute.max_actors),
         num_cpus=job.compute.cpus_per_actor,
-        num_gpus=gpus_per_actor(job.compute.gpus_per_actor),
+        num_gpus=gpus,
         udf_modifying_row_count=False,
     )
     return pa.concat_tables(list(scored.iter_batches(batch_format="pyarrow", batch_size=None)))

@@ -212,6 +212,9 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
     )
     result = json.loads(out)
     startup = result["first_batch_unix"] - start
+    batch_size = job.compute.batch_size
+    if batch_size == "auto":  # the naive loop and the model alone get the size the job chose
+        batch_size = int(mlflow.get_run(result["run_id"]).data.params["compute.batch_size_chosen"])
     steady = rows / (result["committed_unix"] - result["first_batch_unix"])
 
     log.info("2/4 naive loop (fresh process)")
@@ -223,7 +226,7 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
             "naive",
             str(scratch / "naive"),
             ref.uri,
-            str(job.compute.batch_size),
+            str(batch_size),
             *files,
         ],
         env,
@@ -235,7 +238,7 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
     io_ray = io_only_ray(files, columns, scratch / "io-ray")
     ray.shutdown()
     log.info("4/4 model only")
-    mod = model_only(model, files, job.compute.batch_size)
+    mod = model_only(model, files, batch_size)
     shutil.rmtree(scratch, ignore_errors=True)
 
     io_best = max(io_pa.rows_per_s, io_ray.rows_per_s)
@@ -265,7 +268,7 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
         },
         "settings": {
             "model": ref.uri,
-            "batch_size": job.compute.batch_size,
+            "batch_size": job.compute.batch_size if batch_size == job.compute.batch_size else f"auto: {batch_size}",
             "min_actors": job.compute.min_actors,
             "max_actors": job.compute.max_actors,
             "cpus_per_actor": job.compute.cpus_per_actor,

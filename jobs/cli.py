@@ -370,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         sys.stderr.write(f"lakecast: {e}\n")
         return 2
+    except BrokenPipeError:  # `lakecast ... | head`: the reader has gone, which is no error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:
         if isinstance(e, _user_errors()):
             sys.stderr.write(f"lakecast: {e}\n")

@@ -107,7 +107,9 @@ class ComputeSpec(Frozen):
         "auto", description="'auto': 1 where the Ray cluster has GPUs, else 0 (CPU actors)"
     )
     cpus_per_actor: float = Field(1, gt=0)
-    batch_size: int = Field(8192, ge=1)
+    batch_size: int | Literal["auto"] = Field(
+        8192, description="rows per model call; 'auto': measured at the start of each run (jobs/batch_size.py)"
+    )
 
     @field_validator("gpus_per_actor")
     @classmethod
@@ -115,6 +117,13 @@ class ComputeSpec(Frozen):
         if not isinstance(v, str) and v < 0:
             raise ValueError("must be 'auto' or >= 0")
         return v
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _rows_or_auto(cls, v: object) -> object:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError("must be a whole number of rows >= 1, or 'auto'")
 
     @model_validator(mode="after")
     def _pool_bounds(self) -> ComputeSpec:

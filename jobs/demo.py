@@ -9,9 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 from jobs import demo_data, tracking
 from jobs.airflow_env import run_airflow
@@ -48,36 +50,44 @@ def train_and_register(settings: Settings, lake: Lake, train_day: dt.date, *, na
     example = sample.head(5)
     experiment = tracking.experiment_id(settings, "lakecast/training")
     versions = {}
+    settings.home.mkdir(parents=True, exist_ok=True)
     for spec, alias in ((train.CHAMPION, "champion"), (train.CHALLENGER, "challenger")):
-        folder, metrics = train.train(
-            table, label=demo_data.LABEL, numeric=demo_data.NUMERIC, categorical=list(demo_data.CATEGORIES), spec=spec
-        )
-        model = TabularClassifier()
-        model.load(folder)
-        with warnings.catch_warnings():  # MLflow's hint on integer columns: ours never hold nulls
-            warnings.simplefilter("ignore", UserWarning)
-            signature = infer_signature(sample, model.predict(None, sample))
-        with mlflow.start_run(experiment_id=experiment, run_name=f"train {spec.label}"):
-            mlflow.log_params(
-                {
-                    "architecture": spec.label,
-                    "hidden": spec.hidden,
-                    "epochs": spec.epochs,
-                    "train_rows": table.num_rows,
-                    "train_date": train_day.isoformat(),
-                }
+        # the artifact folder lives under LAKECAST_HOME until MLflow has copied it, then goes
+        with tempfile.TemporaryDirectory(prefix=f"train-{spec.label}-", dir=settings.home) as scratch:
+            folder, metrics = train.train(
+                table,
+                label=demo_data.LABEL,
+                numeric=demo_data.NUMERIC,
+                categorical=list(demo_data.CATEGORIES),
+                spec=spec,
+                folder=Path(scratch),
             )
-            mlflow.log_metrics(metrics)
-            ref = registry.register_pyfunc(
-                name=name,
-                python_model=TabularClassifier(),
-                artifact_dir=folder,
-                signature=signature,
-                input_example=example,
-                tags={"architecture": spec.label},
-            )
-        registry.set_alias(client, ref, alias)
-        versions[alias] = ref.version
+            model = TabularClassifier()
+            model.load(folder)
+            with warnings.catch_warnings():  # MLflow's hint on integer columns: ours never hold nulls
+                warnings.simplefilter("ignore", UserWarning)
+                signature = infer_signature(sample, model.predict(None, sample))
+            with mlflow.start_run(experiment_id=experiment, run_name=f"train {spec.label}"):
+                mlflow.log_params(
+                    {
+                        "architecture": spec.label,
+                        "hidden": spec.hidden,
+                        "epochs": spec.epochs,
+                        "train_rows": table.num_rows,
+                        "train_date": train_day.isoformat(),
+                    }
+                )
+                mlflow.log_metrics(metrics)
+                ref = registry.register_pyfunc(
+                    name=name,
+                    python_model=TabularClassifier(),
+                    artifact_dir=folder,
+                    signature=signature,
+                    input_example=example,
+                    tags={"architecture": spec.label},
+                )
+            registry.set_alias(client, ref, alias)
+            versions[alias] = ref.version
     return versions
 
 

@@ -459,6 +459,23 @@ def _score(
         filesystem=lake.fs,
     )
     columns = [r.name for r in rules if r.name != job.input.key]
+    batch_size = job.compute.batch_size
+    if batch_size == "auto":
+        import mlflow
+
+        from jobs import batch_size as auto
+
+        batch_size = auto.choose(
+            options,
+            pre.scorer,
+            [f.path for f in pre.files],
+            filesystem=lake.fs,
+            columns=[job.input.key, *columns],
+            rows_in=pre.rows_in,
+            cpus=job.compute.cpus_per_actor,
+            gpus=gpus,
+        )
+        mlflow.log_param("compute.batch_size_chosen", batch_size)
     validator = validation.RowValidator(rules, job.validation.on_invalid_rows, job.input.key, lake.fs, q_staging)
     dataset = read_parquet_files([f.path for f in pre.files], filesystem=lake.fs, columns=[job.input.key, *columns])
     predictor, kwargs = BatchPredictor, {"options": options, "scorer": pre.scorer}
@@ -482,7 +499,7 @@ def _score(
         predictor,
         fn_constructor_kwargs=kwargs,
         batch_format="pyarrow",
-        batch_size=job.compute.batch_size,
+        batch_size=batch_size,
         compute=ray.data.ActorPoolStrategy(min_size=job.compute.min_actors, max_size=job.compute.max_actors),
         num_cpus=job.compute.cpus_per_actor,
         num_gpus=gpus,

@@ -33,13 +33,20 @@ CHALLENGER = TrainSpec("large-mlp", hidden=[128, 64], epochs=8)
 
 
 def train(
-    table: pa.Table, *, label: str, numeric: list[str], categorical: list[str], spec: TrainSpec
+    table: pa.Table,
+    *,
+    label: str,
+    numeric: list[str],
+    categorical: list[str],
+    spec: TrainSpec,
+    folder: Path | None = None,
 ) -> tuple[Path, dict[str, float]]:
     """Fit one model on an Arrow table.
 
     Returns:
-        a folder holding ``spec.json`` and ``weights.pt`` (the pyfunc artifact), and the
-        training metrics (log loss and accuracy on a 10% holdout).
+        ``folder`` (a new temporary folder if none is given; the caller removes it) holding
+        ``spec.json`` and ``weights.pt``, the pyfunc artifact, and the training metrics (log loss
+        and accuracy on a 10% holdout).
     """
     import torch
 
@@ -70,7 +77,8 @@ def train(
             "holdout_log_loss": float(loss_fn(logits, y[hold_idx])),
             "holdout_accuracy": float(((logits > 0).float() == y[hold_idx]).float().mean()),
         }
-    folder = Path(tempfile.mkdtemp(prefix=f"lakecast-{spec.label}-"))
+    folder = folder or Path(tempfile.mkdtemp(prefix=f"lakecast-{spec.label}-"))
+    folder.mkdir(parents=True, exist_ok=True)
     (folder / SPEC_FILE).write_text(features.to_json())
     torch.save(net.state_dict(), folder / WEIGHTS_FILE)
     log.info("trained %s: %s", spec.label, metrics)

@@ -44,8 +44,20 @@ def test_unknown_key_names_file_and_key(tmp_path):
 
 def test_wrong_type_names_key_and_value(tmp_path):
     path = write(tmp_path, VALID + "compute: {batch_size: lots}\n")
-    with pytest.raises(ConfigError, match=r"compute\.batch_size: .*integer.*'lots'"):
+    with pytest.raises(
+        ConfigError, match=r"compute\.batch_size: .*whole number of rows >= 1, or 'auto' \(got 'lots'\)"
+    ):
         load_job_file(path)
+
+
+def test_batch_size_is_rows_or_auto(tmp_path):
+    assert load_job_file(write(tmp_path, VALID + "compute: {batch_size: auto}\n")).compute.batch_size == "auto"
+    assert load_job_file(write(tmp_path, VALID + "compute: {batch_size: 4096}\n")).compute.batch_size == 4096
+    for bad in ("0", "2.5", "true"):
+        with pytest.raises(
+            ConfigError, match=rf"compute\.batch_size: .*\(got {bad.title() if bad == 'true' else bad}\)"
+        ):
+            load_job_file(write(tmp_path, VALID + f"compute: {{batch_size: {bad}}}\n"))
 
 
 def test_missing_required_key(tmp_path):

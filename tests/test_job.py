@@ -75,6 +75,18 @@ def test_dry_run_publishes_nothing(first_run, settings, lake, churn_job):
     assert lake.read_manifest(OUT, DAY) == before
 
 
+def test_batch_size_auto_measures_and_logs_its_choice(first_run, settings, churn_job):
+    from jobs.batch_size import CANDIDATES
+
+    compute = churn_job.compute.model_copy(update={"batch_size": "auto"})
+    result = run_job(churn_job.model_copy(update={"compute": compute}), DAY, settings=settings, dry_run=True)
+    assert result.rows == ROWS
+    params = mlflow.MlflowClient(settings.mlflow.tracking_uri).get_run(result.run_id).data.params
+    assert params["compute.batch_size"] == "auto"
+    # a partition of 3,000 rows: no candidate beyond the first above it is worth measuring
+    assert int(params["compute.batch_size_chosen"]) in [c for c in CANDIDATES if c <= 4096]
+
+
 def test_missing_partition_is_a_clear_error(settings, lake, registered, churn_job):
     with pytest.raises(LakeError, match=r"raw/customers/ds=2020-01-01 does not exist"):
         run_job(churn_job, DAY.replace(year=2020, month=1, day=1), settings=settings)

@@ -1,0 +1,113 @@
+"""``compute.batch_size: auto``: the batch size chosen by measuring the model on the day's rows.
+
+Too small a batch pays Ray Data's and PyTorch's per-call overhead on every few rows; too large a
+batch stops fitting the CPU's caches (or wastes GPU memory) and coarsens the pool's load
+balancing. Where the knee lies depends on the model, the machine and the device, so the job
+measures it: it scores a sample of the partition's own rows at each candidate size with the
+predictor the actors will run, with the actors' threads and device, and takes the smallest size
+whose throughput is within 5% of the best.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from models.predictor import ArrowScorer, BatchPredictor, PredictorOptions
+
+log = logging.getLogger(__name__)
+
+CANDIDATES = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
+ROUNDS = 3  # candidates measured round-robin, best of each kept: noise from neighbours hits all alike
+ENOUGH_S = 0.03  # per candidate and round: repeat the call until this long has passed
+TOLERANCE = 0.05
+
+
+def sample_rows(paths: list[str], filesystem: Any, columns: list[str], rows: int) -> pa.Table:
+    """Up to ``rows`` rows of the partition, from its first files (row groups, not whole files)."""
+    parts, have = [], 0
+    for path in paths:
+        f = pq.ParquetFile(path, filesystem=filesystem) if filesystem is not None else pq.ParquetFile(path)
+        for group in range(f.num_row_groups):
+            parts.append(f.read_row_group(group, columns=columns))
+            have += parts[-1].num_rows
+            if have >= rows:
+                return pa.concat_tables(parts).slice(0, rows)
+    return pa.concat_tables(parts) if parts else pa.table({})
+
+
+def measure(predictor: Any, sample: pa.Table, candidates: list[int]) -> dict[int, float]:
+    """rows/s of ``predictor(batch)`` at each batch size, best of :data:`ROUNDS` rounds."""
+    best = dict.fromkeys(candidates, 0.0)
+    predictor(sample.slice(0, min(candidates)))  # warm up: first-call allocations, lazy inits
+    for _ in range(ROUNDS):
+        for size in candidates:
+            batch = sample.slice(0, size)
+            calls, t0 = 0, time.perf_counter()
+            while calls == 0 or time.perf_counter() - t0 < ENOUGH_S:
+                predictor(batch)
+                calls += 1
+            best[size] = max(best[size], calls * batch.num_rows / (time.perf_counter() - t0))
+    return best
+
+
+def pick(throughput: dict[int, float]) -> int:
+    """The smallest batch within :data:`TOLERANCE` of the fastest."""
+    top = max(throughput.values())
+    return min(size for size, rate in throughput.items() if rate >= (1 - TOLERANCE) * top)
+
+
+def _measure_in_actor_resources(
+    options: PredictorOptions, scorer: ArrowScorer | None, sample: pa.Table, candidates: list[int]
+) -> dict[int, float]:
+    predictor = BatchPredictor(replace(options, telemetry_dir=None), scorer)
+    return measure(predictor, sample, candidates)
+
+
+def choose(
+    options: PredictorOptions,
+    scorer: ArrowScorer | None,
+    paths: list[str],
+    *,
+    filesystem: Any,
+    columns: list[str],
+    rows_in: int,
+    cpus: float,
+    gpus: float,
+) -> int:
+    """Measure and return the batch size for this run (see the module's docstring).
+
+    On CPU actors the measurement runs here, with the actors' thread count; for GPU actors it runs
+    as one Ray task given the same GPUs and CPUs as an actor, since the driver may have no GPU.
+    """
+    candidates = [c for c in CANDIDATES if c <= max(rows_in, CANDIDATES[0])]
+    sample = sample_rows(paths, filesystem, columns, max(candidates))
+    candidates = [c for c in candidates if c <= max(sample.num_rows, CANDIDATES[0])]
+    t0 = time.perf_counter()
+    if gpus > 0:
+        import ray
+
+        remote = ray.remote(num_cpus=cpus, num_gpus=gpus)(_measure_in_actor_resources)
+        throughput = ray.get(remote.remote(options, scorer, sample, candidates))
+    else:
+        import torch
+
+        threads = torch.get_num_threads()
+        try:
+            throughput = _measure_in_actor_resources(options, scorer, sample, candidates)
+        finally:
+            torch.set_num_threads(threads)
+    size = pick(throughput)
+    log.info(
+        "batch_size auto: %d rows (measured in %.1f s on %s; rows/s by size: %s)",
+        size,
+        time.perf_counter() - t0,
+        "a GPU" if gpus > 0 else f"{max(1, int(cpus))} CPU thread(s)",
+        ", ".join(f"{s}: {r:,.0f}" for s, r in throughput.items()),
+    )
+    return size

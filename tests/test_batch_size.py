@@ -1,0 +1,39 @@
+"""How ``batch_size: auto`` picks among measured sizes, and what it measures on."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs.batch_size import measure, pick, sample_rows
+
+
+def test_the_smallest_size_within_five_percent_of_the_fastest_wins():
+    assert pick({1024: 100.0, 2048: 190.0, 4096: 200.0, 8192: 201.0}) == 4096  # 190 < 0.95 * 201
+    assert pick({1024: 100.0, 2048: 200.0, 4096: 150.0}) == 2048
+    assert pick({1024: 10.0}) == 1024
+
+
+def test_per_call_overhead_favours_large_batches():
+    import time
+
+    def predictor(batch: pa.Table) -> None:  # a fixed cost per call, as Ray Data and torch have
+        time.sleep(0.002)
+
+    sample = pa.table({"x": range(4096)})
+    rates = measure(predictor, sample, [256, 1024, 4096])
+    assert rates[256] < rates[1024] < rates[4096]
+    assert pick(rates) == 4096
+
+
+def test_the_sample_comes_from_the_first_row_groups(tmp_path):
+    for i in range(3):
+        pq.write_table(
+            pa.table({"id": range(i * 1000, (i + 1) * 1000), "x": [1.0] * 1000}),
+            tmp_path / f"{i}.parquet",
+            row_group_size=400,
+        )
+    paths = sorted(str(p) for p in tmp_path.glob("*.parquet"))
+    sample = sample_rows(paths, None, ["id"], 1500)
+    assert sample.column_names == ["id"] and sample["id"].to_pylist() == list(range(1500))
+    assert sample_rows(paths, None, ["id"], 10_000).num_rows == 3000
