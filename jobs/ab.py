@@ -158,7 +158,9 @@ def _score_both(
             cpus=job.compute.cpus_per_actor,
             gpus=gpus,
         )
-    dataset = read_parquet_files([f.path for f in files], filesystem=lake.fs, columns=columns)
+    dataset = read_parquet_files(
+        [f.path for f in files], filesystem=lake.fs, columns=columns, sizes=[f.size for f in files]
+    )
     scored = dataset.map_batches(
         PairActor,
         fn_constructor_kwargs={"options": options, "scorers": scorers, "passthrough": passthrough},

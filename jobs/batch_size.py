@@ -28,11 +28,14 @@ ENOUGH_S = 0.03  # per candidate and round: repeat the call until this long has 
 TOLERANCE = 0.05
 
 
-def sample_rows(paths: list[str], filesystem: Any, columns: list[str], rows: int) -> pa.Table:
-    """Up to ``rows`` rows of the partition, from its first files (row groups, not whole files)."""
+def sample_rows(
+    paths: list[str], filesystem: Any, columns: list[str], rows: int, dictionary: list[str] = ()
+) -> pa.Table:
+    """Up to ``rows`` rows of the partition, from its first files (row groups, not whole files),
+    read as the job reads them (``dictionary``: the columns it reads dictionary-encoded)."""
     parts, have = [], 0
     for path in paths:
-        f = pq.ParquetFile(path, filesystem=filesystem) if filesystem is not None else pq.ParquetFile(path)
+        f = pq.ParquetFile(path, filesystem=filesystem, read_dictionary=[c for c in dictionary if c in columns] or None)
         for group in range(f.num_row_groups):
             parts.append(f.read_row_group(group, columns=columns))
             have += parts[-1].num_rows
@@ -79,6 +82,7 @@ def choose(
     rows_in: int,
     cpus: float,
     gpus: float,
+    dictionary: list[str] = (),
 ) -> int:
     """Measure and return the batch size for this run (see the module's docstring).
 
@@ -86,7 +90,7 @@ def choose(
     as one Ray task given the same GPUs and CPUs as an actor, since the driver may have no GPU.
     """
     candidates = [c for c in CANDIDATES if c <= max(rows_in, CANDIDATES[0])]
-    sample = sample_rows(paths, filesystem, columns, max(candidates))
+    sample = sample_rows(paths, filesystem, columns, max(candidates), dictionary)
     candidates = [c for c in candidates if c <= max(sample.num_rows, CANDIDATES[0])]
     t0 = time.perf_counter()
     if gpus > 0:

@@ -459,6 +459,7 @@ def _score(
         filesystem=lake.fs,
     )
     columns = [r.name for r in rules if r.name != job.input.key]
+    categorical = [r.name for r in rules if r.kind == "string" and r.name != job.input.key]
     batch_size = job.compute.batch_size
     if batch_size == "auto":
         import mlflow
@@ -474,10 +475,17 @@ def _score(
             rows_in=pre.rows_in,
             cpus=job.compute.cpus_per_actor,
             gpus=gpus,
+            dictionary=categorical,
         )
         mlflow.log_param("compute.batch_size_chosen", batch_size)
     validator = validation.RowValidator(rules, job.validation.on_invalid_rows, job.input.key, lake.fs, q_staging)
-    dataset = read_parquet_files([f.path for f in pre.files], filesystem=lake.fs, columns=[job.input.key, *columns])
+    dataset = read_parquet_files(
+        [f.path for f in pre.files],
+        filesystem=lake.fs,
+        columns=[job.input.key, *columns],
+        sizes=[f.size for f in pre.files],
+        dictionary=categorical,
+    )
     predictor, kwargs = BatchPredictor, {"options": options, "scorer": pre.scorer}
     if pre.challenger is not None and job.ab is not None:
         b = pre.challenger

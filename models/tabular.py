@@ -68,11 +68,7 @@ class FeatureSpec:
             out[:, j] = np.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
         offset, rows = len(self.numeric), np.arange(n)
         for c, values in self.categorical.items():
-            column = table.column(c)
-            if not pa.types.is_string(column.type):
-                column = column.cast(pa.string())
-            idx = pc.fill_null(pc.index_in(column, value_set=pa.array(values, pa.string())), -1)
-            out[rows, offset + 1 + idx.to_numpy()] = 1.0  # unseen/null → slot 0
+            out[rows, offset + 1 + _category_index(table.column(c), values)] = 1.0  # unseen/null → slot 0
             offset += len(values) + 1
         return out
 
@@ -82,6 +78,30 @@ class FeatureSpec:
     @classmethod
     def from_json(cls, text: str) -> FeatureSpec:
         return cls(**json.loads(text))
+
+
+def _category_index(column: pa.ChunkedArray, values: list[str]) -> np.ndarray:
+    """Position of each row's category in ``values``, -1 for null or unseen.
+
+    A dictionary-encoded column (the job reads categorical columns so, as Parquet stores them)
+    is looked up once per distinct value, then mapped through its indices: ~10x fewer hash
+    lookups than the strings row by row.
+    """
+    value_set = pa.array(values, pa.string())
+    if pa.types.is_dictionary(column.type):
+        parts = []
+        for chunk in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
+            dictionary = chunk.dictionary.cast(pa.string())
+            lookup = pc.fill_null(pc.index_in(dictionary, value_set=value_set), -1).to_numpy()
+            codes = pc.fill_null(chunk.indices, 0).to_numpy(zero_copy_only=False)
+            found = lookup[codes] if len(lookup) else np.full(len(chunk), -1)
+            if chunk.null_count:
+                found = np.where(chunk.is_valid().to_numpy(zero_copy_only=False), found, -1)
+            parts.append(found)
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    if not pa.types.is_string(column.type):
+        column = column.cast(pa.string())
+    return pc.fill_null(pc.index_in(column, value_set=value_set), -1).to_numpy()
 
 
 def _as_float(column: pa.ChunkedArray | pa.Array) -> np.ndarray:

@@ -1,0 +1,58 @@
+"""A Ray Data source over Parquet files the driver has already listed: one read task per file.
+
+Ray's own ``read_parquet`` plans a read by sampling: it starts remote tasks that open a few files
+and decode their first rows to estimate the in-memory size (the V2 reader also reads every footer
+on a pool of new actor processes). A nightly job has listed its partition and read every footer
+already (the row count check), so that planning is pure start-up cost: 1.7 s of a 1M-row job's
+start on 2 cores, measured in one run. This source plans from what the driver knows and streams
+each file in slices of row groups, so a task holds one slice in memory, not a whole file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
+
+# Ray's own default guess of Parquet's in-memory size over its size on disk, for planning only
+ENCODING_RATIO = 5
+SLICE_ROWS = 262_144  # per block: ~50 MB for the churn table's 30 columns
+
+
+def _read(path: str, filesystem: Any, columns: list[str], dictionary: list[str], slice_rows: int) -> Iterator[pa.Table]:
+    """One file, in slices of ``slice_rows`` rows: a read task holds a slice, not the file."""
+    with filesystem.open_input_file(path) if filesystem is not None else pa.OSFile(path) as f:
+        reader = pq.ParquetFile(f, read_dictionary=dictionary or None)
+        for batch in reader.iter_batches(batch_size=slice_rows, columns=columns):
+            yield pa.Table.from_batches([batch])
+
+
+class ListedParquetDatasource(Datasource):
+    def __init__(
+        self, paths: list[str], sizes: list[int], *, filesystem: Any, columns: list[str], dictionary: list[str]
+    ) -> None:
+        """``dictionary``: string columns to read dictionary-encoded, as Parquet stores them: a
+        categorical column then costs an index per row instead of a string per row."""
+        super().__init__()
+        self.paths, self.sizes, self.filesystem, self.columns = paths, sizes, filesystem, columns
+        self.dictionary = [c for c in dictionary if c in columns]
+
+    def get_name(self) -> str:
+        return "Parquet"
+
+    def estimate_inmemory_data_size(self) -> int:
+        return sum(self.sizes) * ENCODING_RATIO
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None):
+        return [
+            ReadTask(
+                partial(_read, path, self.filesystem, self.columns, self.dictionary, SLICE_ROWS),
+                BlockMetadata(num_rows=None, size_bytes=size * ENCODING_RATIO, input_files=[path], exec_stats=None),
+            )
+            for path, size in zip(self.paths, self.sizes, strict=True)
+        ]
