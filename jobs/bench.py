@@ -70,22 +70,22 @@ def prepare(lake: Lake, rows: int) -> list[str]:
     return [f.path for f in lake.data_files(demo_data.RAW_TABLE, DAY)]
 
 
-def io_only_pyarrow(files: list[str], columns: list[str], out: Path) -> Timed:
+def io_only_pyarrow(files: list[str], columns: list[str], out: Path, dictionary: list[str]) -> Timed:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     rows = 0
     for i, path in enumerate(files):
-        table = pq.read_table(path, columns=columns)
+        table = pq.read_table(path, columns=columns, read_dictionary=dictionary)
         pq.write_table(table, out / f"part-{i}.parquet")
         rows += table.num_rows
     return Timed(time.perf_counter() - t0, rows)
 
 
-def io_only_ray(files: list[str], columns: list[str], out: Path) -> Timed:
+def io_only_ray(files: list[str], columns: list[str], out: Path, dictionary: list[str]) -> Timed:
     from jobs.ray_runtime import read_parquet_files
 
     t0 = time.perf_counter()
-    dataset = read_parquet_files(files, filesystem=None, columns=columns)
+    dataset = read_parquet_files(files, filesystem=None, columns=columns, dictionary=dictionary)
     dataset.write_parquet(str(out), min_rows_per_file=ROWS_PER_FILE)
     return Timed(time.perf_counter() - t0, sum(pq.ParquetFile(f).metadata.num_rows for f in files))
 
@@ -233,9 +233,11 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
     )
 
     log.info("3/4 IO only")
-    io_pa = io_only_pyarrow(files, columns, scratch / "io-pyarrow")
+    # read as the job reads: categorical columns dictionary-encoded
+    categorical = list(model.spec.categorical)
+    io_pa = io_only_pyarrow(files, columns, scratch / "io-pyarrow", categorical)
     ensure_ray(settings)
-    io_ray = io_only_ray(files, columns, scratch / "io-ray")
+    io_ray = io_only_ray(files, columns, scratch / "io-ray", categorical)
     ray.shutdown()
     log.info("4/4 model only")
     mod = model_only(model, files, batch_size)

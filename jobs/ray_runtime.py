@@ -62,6 +62,7 @@ def read_parquet_files(
     columns: list[str],
     sizes: list[int] | None = None,
     dictionary: list[str] = (),
+    num_cpus: float | None = None,
 ) -> ray.data.Dataset:
     """A Ray dataset over Parquet files the driver has already listed (a partition's files).
 
@@ -81,4 +82,4 @@ def read_parquet_files(
         fs = filesystem if filesystem is not None else pafs.LocalFileSystem()
         sizes = [info.size or 0 for info in fs.get_file_info(paths)]
     source = ListedParquetDatasource(paths, sizes, filesystem=filesystem, columns=columns, dictionary=list(dictionary))
-    return ray.data.read_datasource(source, override_num_blocks=max(1, len(paths)))
+    return ray.data.read_datasource(source, override_num_blocks=max(1, len(paths)), num_cpus=num_cpus)
