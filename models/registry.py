@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
+if TYPE_CHECKING:  # mlflow takes 2 s to import: jobs import it where they use it, off Ray's start
+    from mlflow import MlflowClient
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ def resolve(client: MlflowClient, name: str, *, alias: str | None = None, versio
     Raises:
         RegistryError: naming the model, the alias or version asked for, and what exists.
     """
+    from mlflow.exceptions import MlflowException
+
     try:
         model = client.get_registered_model(name)
     except MlflowException as e:
@@ -70,6 +73,7 @@ def register_pyfunc(
 ) -> ModelRef:
     """Log a pyfunc model in the active run and register it as a new version of ``name``."""
     import mlflow
+    from mlflow import MlflowClient
 
     info = mlflow.pyfunc.log_model(
         name="model",
