@@ -109,3 +109,20 @@ def test_challenger_is_the_better_model(settings, registered, lake):
         for alias, v in registered.items()
     }
     assert auc["challenger"] > auc["champion"] + 0.01, auc
+
+
+def test_both_forms_of_the_first_layer_score_alike(settings, registered, raw_batch):
+    """The scorer times x·Wᵀ against (W·xᵀ)ᵀ on its first large batch and keeps the faster: the
+    choice may differ between machines, the probabilities may not."""
+    import mlflow
+
+    from models.predictor import arrow_scorer
+
+    mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
+    for alias in ("champion", "challenger"):
+        scorer = arrow_scorer(mlflow.pyfunc.load_model(f"models:/churn-classifier@{alias}"))
+        batch = pa.concat_tables([raw_batch] * 3)  # 1,500 rows: large enough to decide on
+        chosen = scorer.predict_proba(batch)
+        assert scorer.transposed_first_layer is not None
+        scorer.transposed_first_layer = not scorer.transposed_first_layer
+        np.testing.assert_allclose(scorer.predict_proba(batch), chosen, atol=1e-6)
