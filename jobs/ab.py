@@ -12,7 +12,6 @@ import datetime as dt
 import json
 import logging
 import tempfile
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from jobs.ray_runtime import ensure_ray, gpus_per_actor, read_parquet_files
 from jobs.settings import Settings, load_settings
 from jobs.yamlconf import ConfigError
 from models.predictor import Lineage, PairActor, PredictorOptions, arrow_scorer
-from models.registry import ModelRef, resolve
+from models.registry import ModelRef, load_pyfunc, resolve
 
 log = logging.getLogger(__name__)
 
@@ -118,14 +117,11 @@ def run_compare(job: JobConfig, ds: dt.date, *, settings: Settings | None = None
 def _score_both(
     job: JobConfig, spec: ABSpec, lake: Lake, files: list, refs: tuple[ModelRef, ModelRef], settings: Settings
 ) -> pa.Table:
-    import mlflow
     import ray
 
     features = sorted({c for ref in refs for c, _, _ in model_inputs(job, ref)})
     passthrough = list(dict.fromkeys(c for c in (job.input.key, spec.label, spec.group_key, spec.segment_column) if c))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        scorers = tuple(arrow_scorer(mlflow.pyfunc.load_model(ref.uri)) for ref in refs)
+    scorers = tuple(arrow_scorer(load_pyfunc(ref.uri)) for ref in refs)
     now = dt.datetime.now(dt.UTC)
     options = tuple(
         PredictorOptions(

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
 from typing import Any
@@ -34,7 +33,7 @@ from models.predictor import (
     RoutedPredictor,
     arrow_scorer,
 )
-from models.registry import ModelRef, resolve
+from models.registry import ModelRef, load_pyfunc, resolve
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +159,6 @@ class Preflight:
 def _preflight(
     job: JobConfig, ds: dt.date, settings: Settings, lake: Lake, model_alias: str | None, model_version: int | None
 ) -> Preflight:
-    import mlflow
-
     client = tracking.configure(settings)
     files = lake.data_files(job.input.table, ds)
     rows_in = sum(lake.count_rows(files))  # reads every footer: zero-byte and truncated files fail here
@@ -174,14 +171,12 @@ def _preflight(
         if job.validation.duplicate_keys == "fail":
             raise InvalidInput(f"{lake.uri(lake.partition_path(job.input.table, ds))}: {message}")
         log.warning("%s; each row is scored (validation.duplicate_keys: keep)", message)
-    with warnings.catch_warnings():  # pyfunc nags about type hints that our Arrow path does not use
-        warnings.simplefilter("ignore", UserWarning)
-        scorer = arrow_scorer(mlflow.pyfunc.load_model(ref.uri))
-        challenger = challenger_scorer = None
-        if job.ab is not None and (job.ab.challenger_share > 0 or job.ab.shadow):
-            challenger = resolve(client, job.model.name, alias=job.ab.challenger)
-            challenger_scorer = arrow_scorer(mlflow.pyfunc.load_model(challenger.uri))
-            model_inputs(job, challenger)  # its columns must be among those read
+    scorer = arrow_scorer(load_pyfunc(ref.uri))
+    challenger = challenger_scorer = None
+    if job.ab is not None and (job.ab.challenger_share > 0 or job.ab.shadow):
+        challenger = resolve(client, job.model.name, alias=job.ab.challenger)
+        challenger_scorer = arrow_scorer(load_pyfunc(challenger.uri))
+        model_inputs(job, challenger)  # its columns must be among those read
     log.info("scoring %s %s: %d rows in %d files with %s", job.name, ds, rows_in, len(files), ref.uri)
     return Preflight(files, rows_in, ref, rules, duplicates, scorer, challenger, challenger_scorer)
 

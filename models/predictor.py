@@ -11,7 +11,6 @@ import logging
 import os
 import time
 import uuid
-import warnings
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -87,12 +86,12 @@ class BatchPredictor:
         if scorer is None:
             import mlflow
 
+            from models.registry import load_pyfunc
+
             mlflow.set_tracking_uri(options.tracking_uri)
             if options.registry_uri:
                 mlflow.set_registry_uri(options.registry_uri)
-            with warnings.catch_warnings():  # pyfunc nags about type hints our Arrow path doesn't use
-                warnings.simplefilter("ignore", UserWarning)
-                self.pyfunc = mlflow.pyfunc.load_model(options.model_uri)
+            self.pyfunc = load_pyfunc(options.model_uri)
             scorer = arrow_scorer(self.pyfunc)
         self.model = scorer.to(self.device, dtype=options.dtype) if scorer is not None else None
         default = self.model.threshold if self.model is not None else 0.5

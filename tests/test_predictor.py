@@ -126,3 +126,53 @@ def test_both_forms_of_the_first_layer_score_alike(settings, registered, raw_bat
         assert scorer.transposed_first_layer is not None
         scorer.transposed_first_layer = not scorer.transposed_first_layer
         np.testing.assert_allclose(scorer.predict_proba(batch), chosen, atol=1e-6)
+
+
+def test_the_driver_loads_and_ships_the_scorer_without_torch(settings, registered, raw_batch, tmp_path):
+    """torch takes 2 s to import: the job's driver only loads the model and ships it to actors."""
+    import os
+    import pickle
+    import subprocess
+    import sys
+
+    from models.predictor import arrow_scorer
+    from models.registry import load_pyfunc
+
+    uri = f"models:/churn-classifier/{registered['champion']}"
+    shipped = tmp_path / "scorer.pkl"
+    code = (
+        "import pickle, sys\n"
+        "from models.predictor import arrow_scorer\n"
+        "from models.registry import load_pyfunc\n"
+        f"scorer = arrow_scorer(load_pyfunc({uri!r}))\n"
+        f"open({str(shipped)!r}, 'wb').write(pickle.dumps(scorer))\n"
+        "assert 'torch' not in sys.modules, 'the driver imported torch'\n"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": settings.mlflow.tracking_uri}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    scorer = pickle.loads(shipped.read_bytes())
+    expected = arrow_scorer(load_pyfunc(uri)).predict_proba(raw_batch)
+    np.testing.assert_array_equal(scorer.predict_proba(raw_batch), expected)
+
+
+def test_a_model_pinned_to_other_packages_is_named(tmp_path):
+    from importlib.metadata import version
+
+    from models.registry import requirement_mismatches
+
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(
+        "# logged by a newer trainer\n"
+        f"torch=={version('torch')}\n"  # satisfied (a local label such as +cpu does not count)
+        "pyarrow\n"
+        "numpy==0.0.1\n"
+        "lakecast-surely-not-installed==1.0\n"
+        'pandas==0.0.1; python_version < "3"\n'  # not for this Python
+        "-r more.txt\n"
+    )
+    problems = requirement_mismatches(requirements)
+    assert len(problems) == 2, problems
+    assert problems[0] == f"numpy==0.0.1, but this environment has numpy {version('numpy')}"
+    assert problems[1] == "lakecast-surely-not-installed==1.0, which is not installed here"
+    assert requirement_mismatches(tmp_path / "missing.txt") == []
