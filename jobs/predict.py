@@ -159,13 +159,16 @@ class Preflight:
 def _preflight(
     job: JobConfig, ds: dt.date, settings: Settings, lake: Lake, model_alias: str | None, model_version: int | None
 ) -> Preflight:
-    client = tracking.configure(settings)
     files = lake.data_files(job.input.table, ds)
     rows_in = sum(lake.count_rows(files))  # reads every footer: zero-byte and truncated files fail here
-    ref = resolve(client, job.model.name, alias=None if model_version else model_alias, version=model_version)
-    rules = validation.rules_from(model_inputs(job, ref), job.validation, job.input.key)
-    validation.check_schema(lake, files, rules)
-    duplicates, examples = validation.duplicate_keys(lake, files, job.input.key)
+    # the key column's read and check (numpy, mostly off the GIL) beside MLflow's import and lookups
+    with ThreadPoolExecutor(1, thread_name_prefix="duplicates") as pool:
+        keys_checked = pool.submit(validation.duplicate_keys, lake, files, job.input.key)
+        client = tracking.configure(settings)
+        ref = resolve(client, job.model.name, alias=None if model_version else model_alias, version=model_version)
+        rules = validation.rules_from(model_inputs(job, ref), job.validation, job.input.key)
+        validation.check_schema(lake, files, rules)  # a missing or mistyped key column is named here first
+        duplicates, examples = keys_checked.result()
     if duplicates:
         message = f"{duplicates} row(s) repeat a {job.input.key} already seen (e.g. {examples})"
         if job.validation.duplicate_keys == "fail":
