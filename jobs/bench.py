@@ -90,6 +90,13 @@ def io_only_ray(files: list[str], columns: list[str], out: Path, dictionary: lis
     return Timed(time.perf_counter() - t0, sum(pq.ParquetFile(f).metadata.num_rows for f in files))
 
 
+def _settle() -> None:
+    """Flush the disk's pending writes (the last step's output, files just deleted) before the next
+    step, so that no step pays for the one before it."""
+    os.sync()
+    time.sleep(1)
+
+
 def _io_only_ray(
     settings: Settings, files: list[str], columns: list[str], scratch: Path, dictionary: list[str]
 ) -> Timed:
@@ -226,8 +233,10 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
     if running_ray:
         # A Ray that runs between jobs, as a production cluster does, has already run Ray Data
         # (its helper actors are up): the Ray Data IO pass goes first, then the job joins it.
+        _settle()
         log.info("0/4 IO only through Ray Data on the running Ray at %s", running_ray)
         io_ray = _io_only_ray(settings, files, columns, scratch, categorical)
+    _settle()
     log.info("1/4 lakecast job (fresh process)")
     start, job_s, out, job_peak = timed_process(
         [str(bin_dir / "lakecast"), "run", JOB, "--date", DAY.isoformat(), "--json"], env
@@ -238,6 +247,8 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
     if batch_size == "auto":  # the naive loop and the model alone get the size the job chose
         batch_size = int(mlflow.get_run(result["run_id"]).data.params["compute.batch_size_chosen"])
     steady = rows / (result["committed_unix"] - result["first_batch_unix"])
+
+    _settle()
 
     log.info("2/4 naive loop (fresh process)")
     _, naive_s, _, naive_peak = timed_process(
@@ -254,6 +265,8 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
         env,
     )
 
+    _settle()
+
     log.info("3/4 IO only")
     # the best of two: a baseline measured low on a busy machine would flatter the job
     io_pa = max(
@@ -261,6 +274,7 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
         key=lambda t: t.rows_per_s,
     )
     io_ray = io_ray or _io_only_ray(settings, files, columns, scratch, categorical)
+    _settle()
     log.info("4/4 model only")
     mod = model_only(model, files, batch_size)
     shutil.rmtree(scratch, ignore_errors=True)

@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def configure(settings: Settings) -> MlflowClient:
-    """Point this process (and, through the environment, its Ray workers) at the MLflow stores."""
+    """Point this process (and, through the environment, the processes it starts) at the MLflow stores."""
     import mlflow
 
     os.environ["MLFLOW_TRACKING_URI"] = settings.mlflow.tracking_uri
