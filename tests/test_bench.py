@@ -24,6 +24,7 @@ KEYS = {
     "vs_naive",
     "startup_s",
     "peak_rss_mb",
+    "peak_pss_mb",
     "machine",
     "settings",
 }
@@ -45,6 +46,9 @@ def test_bench_reports_every_figure(tmp_path):
     assert report.keys() >= KEYS
     assert report["rows"] == 20000
     assert all(report[k] > 0 for k in KEYS - {"machine", "settings"})
+    # PSS splits shared pages (Ray's object store) between processes: never above summed RSS
+    assert report["peak_pss_mb"] <= report["peak_rss_mb"]
+    assert report["settings"]["ray"] == "private local Ray, started by the job"
     assert report["bound_rows_per_s"] <= min(report["io_only_rows_per_s"], report["model_only_rows_per_s"])
     assert out.with_suffix(".png").stat().st_size > 1000
     assert "| lakecast, steady state |" in out.with_suffix(".md").read_text()
