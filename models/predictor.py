@@ -131,13 +131,23 @@ class BatchPredictor:
                 self.options.key: batch.column(self.options.key),
                 self.options.score_column: pa.array(proba),
                 "prediction": pa.array((proba >= self.threshold).astype(np.int8)),
-                "model_name": pa.repeat(lineage.model_name, n),
+                "model_name": constant_strings(lineage.model_name, n),
                 "model_version": pa.repeat(pa.scalar(lineage.model_version, pa.int32()), n),
-                "variant": pa.repeat(lineage.variant, n),
-                "scoring_run_id": pa.repeat(lineage.scoring_run_id, n),
+                "variant": constant_strings(lineage.variant, n),
+                "scoring_run_id": constant_strings(lineage.scoring_run_id, n),
                 "scored_at": pa.repeat(pa.scalar(lineage.scored_at, pa.timestamp("us", tz="UTC")), n),
             }
         )
+
+
+def constant_strings(value: str, n: int) -> pa.DictionaryArray:
+    """A string column that holds one value, dictionary-encoded: four bytes of index per row
+    where a plain column copies the value into every row (a run id is 32 bytes). Lineage columns
+    are all like this; plain, they were 60% of the bytes each batch moved through Ray's object
+    store, and the Parquet writer hashed every value again to dictionary-encode it. Parquet
+    stores them as strings either way; pyarrow reads them back dictionary-encoded, pandas as
+    categoricals."""
+    return pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, dtype=np.int32)), pa.array([value], pa.string()))
 
 
 def canary_mask(keys: pa.Array | pa.ChunkedArray, share: float) -> np.ndarray:
@@ -197,7 +207,18 @@ class RoutedPredictor:
         mask = pa.array(canary_mask(batch.column(self.champion.options.key), self.share))
         if not pc.any(mask).as_py():
             return main
-        return pa.table({c: pc.if_else(mask, other.column(c), main.column(c)) for c in main.column_names})
+        return pa.table({c: _pick(mask, other.column(c), main.column(c)) for c in main.column_names})
+
+
+def _pick(mask: pa.Array, where_true: pa.Array, where_false: pa.Array) -> pa.Array:
+    """``if_else`` for columns that may be dictionary-encoded with different dictionaries (the
+    champion's and the challenger's lineage): choose on the values, encode the result again."""
+    import pyarrow.compute as pc
+
+    if not pa.types.is_dictionary(where_true.type):
+        return pc.if_else(mask, where_true, where_false)
+    values = where_true.type.value_type
+    return pc.dictionary_encode(pc.if_else(mask, where_true.cast(values), where_false.cast(values)))
 
 
 class PairPredictor:

@@ -158,9 +158,12 @@ class TabularScorer:
 
             import torch
 
-            net = build_net(self.spec)
-            net.load_state_dict(torch.load(io.BytesIO(self.weights), map_location="cpu", weights_only=True))
-            self._net = net.eval().to(self.device, self.dtype)
+            # first used inside predict_proba's inference mode: build ordinary parameters anyway,
+            # so the network still works outside it (training, load_state_dict)
+            with torch.inference_mode(False):
+                net = build_net(self.spec)
+                net.load_state_dict(torch.load(io.BytesIO(self.weights), map_location="cpu", weights_only=True))
+                self._net = net.eval().to(self.device, self.dtype)
         return self._net
 
     @property

@@ -176,3 +176,17 @@ def test_a_model_pinned_to_other_packages_is_named(tmp_path):
     assert problems[0] == f"numpy==0.0.1, but this environment has numpy {version('numpy')}"
     assert problems[1] == "lakecast-surely-not-installed==1.0, which is not installed here"
     assert requirement_mismatches(tmp_path / "missing.txt") == []
+
+
+def test_lineage_strings_are_stored_as_parquet_strings(settings, registered, raw_batch, tmp_path):
+    """One value per run, dictionary-encoded in memory; any Parquet reader sees strings."""
+    import pyarrow.parquet as pq
+
+    out = make_predictor(settings, registered["champion"])(raw_batch)
+    assert pa.types.is_dictionary(out["scoring_run_id"].type)
+    pq.write_table(out, tmp_path / "part.parquet")
+    schema = pq.ParquetFile(tmp_path / "part.parquet").schema
+    for column in ("model_name", "variant", "scoring_run_id"):
+        assert str(schema.column(schema.names.index(column)).logical_type) == "String"
+    plain = pq.read_table(tmp_path / "part.parquet", schema=pa.schema([("scoring_run_id", pa.string())]))
+    assert set(plain["scoring_run_id"].to_pylist()) == {"run-123"}
