@@ -121,15 +121,25 @@ def check_schema(lake: Lake, files: list[DataFile], rules: list[ColumnRule]) -> 
 
 
 def _per_row(column: pa.ChunkedArray, check: Callable[[pa.Array], pa.Array]) -> pa.ChunkedArray:
-    """A check computed once per distinct value of a dictionary column, then mapped to its rows."""
-    masks = [pc.fill_null(pc.take(check(chunk.dictionary), chunk.indices), False) for chunk in column.chunks]
+    """A check computed once per distinct value of a dictionary column, then mapped to its rows.
+
+    When no distinct value fails (nearly every chunk of every night), no row can: the chunk's
+    mask is all null, which the callers read as "no row breaks this rule", and the mapping to
+    rows (an index lookup per row) is skipped."""
+    masks = []
+    for chunk in column.chunks:
+        flagged = check(chunk.dictionary)
+        if flagged.null_count == len(flagged) or not pc.any(flagged).as_py():
+            masks.append(pa.nulls(len(chunk), pa.bool_()))
+        else:
+            masks.append(pc.fill_null(pc.take(flagged, chunk.indices), False))
     return pa.chunked_array(masks, pa.bool_())
 
 
 def _dictionary_checks(column: pa.ChunkedArray, rule: ColumnRule) -> Iterator[tuple[pa.ChunkedArray, str]]:
     """The string checks of :func:`_checks` on a dictionary-encoded column, without decoding it."""
     if not rule.nullable:
-        yield pc.or_(pc.is_null(column), _per_row(column, pc.is_null)), "null"
+        yield pc.or_kleene(pc.is_null(column), _per_row(column, pc.is_null)), "null"
     if rule.categories is not None:
         allowed = pa.array(rule.categories, column.type.value_type)
         yield (
