@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.metrics import LOWER_IS_BETTER, METRICS, better
+from jobs.metrics import LOWER_IS_BETTER, METRICS, Classification, better
 
 
 @dataclass(frozen=True)
@@ -27,16 +27,33 @@ class Comparison:
     segments: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+class Resampler:
+    """Bootstrap resamples of n rows: of rows, or of whole groups of rows (each group's rows
+    drawn together, when rows of one entity are not independent). The groups are sorted once."""
+
+    def __init__(self, n: int, groups: np.ndarray | None) -> None:
+        self.n = n
+        self.groups = groups is not None
+        if groups is not None:
+            self.order = np.argsort(groups, kind="mergesort")
+            _, self.starts, self.counts = np.unique(groups[self.order], return_index=True, return_counts=True)
+
+    def indices(self, rng: np.random.Generator) -> np.ndarray:
+        if not self.groups:
+            return rng.integers(0, self.n, self.n)
+        pick = rng.integers(0, len(self.starts), len(self.starts))
+        lengths = self.counts[pick]
+        # rows of the picked groups: start of each picked group + 0..len-1, without a Python loop
+        offsets = np.repeat(self.starts[pick] - np.r_[0, np.cumsum(lengths)[:-1]], lengths)
+        return self.order[offsets + np.arange(lengths.sum())]
+
+    def weights(self, rng: np.random.Generator) -> np.ndarray:
+        """The same draw as :meth:`indices`, as how many times each row was drawn."""
+        return np.bincount(self.indices(rng), minlength=self.n)
+
+
 def _resample_indices(n: int, groups: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-    if groups is None:
-        return rng.integers(0, n, n)
-    order = np.argsort(groups, kind="mergesort")
-    _, starts, counts = np.unique(groups[order], return_index=True, return_counts=True)
-    pick = rng.integers(0, len(starts), len(starts))
-    lengths = counts[pick]
-    # rows of the picked groups: start of each picked group + 0..len-1, without a Python loop
-    offsets = np.repeat(starts[pick] - np.r_[0, np.cumsum(lengths)[:-1]], lengths)
-    return order[offsets + np.arange(lengths.sum())]
+    return Resampler(n, groups).indices(rng)
 
 
 def compare(
@@ -54,12 +71,25 @@ def compare(
 ) -> Comparison:
     """Metrics of both models, and a paired bootstrap interval for each difference."""
     fn = METRICS[task]
-    a, b = fn(y, champion, threshold), fn(y, challenger, threshold)
     rng = np.random.default_rng(seed)
+    resampler = Resampler(len(y), groups)
+    if task == "classification":  # sorted once, each resample a reweighting (see Classification)
+        ca, cb = Classification(y, champion, threshold), Classification(y, challenger, threshold)
+        a, b = ca.metrics(), cb.metrics()
+
+        def resampled() -> tuple[dict[str, float], dict[str, float]]:
+            w = resampler.weights(rng)
+            return ca.metrics(w), cb.metrics(w)
+    else:
+        a, b = fn(y, champion, threshold), fn(y, challenger, threshold)
+
+        def resampled() -> tuple[dict[str, float], dict[str, float]]:
+            idx = resampler.indices(rng)
+            return fn(y[idx], champion[idx], threshold), fn(y[idx], challenger[idx], threshold)
+
     draws: dict[str, list[float]] = {m: [] for m in a}
     for _ in range(bootstrap):
-        idx = _resample_indices(len(y), groups, rng)
-        ra, rb = fn(y[idx], champion[idx], threshold), fn(y[idx], challenger[idx], threshold)
+        ra, rb = resampled()
         for m in a:
             draws[m].append(rb[m] - ra[m])
     tail = (1 - confidence) / 2 * 100
@@ -115,7 +145,10 @@ def verdict(c: Comparison, *, primary: str, min_improvement: float, guards: dict
         if g_gain < -tolerance:
             broken.append(f"guard {metric} regresses by {-g_gain:.4f}, more than the {tolerance:g} tolerated")
         else:
-            reasons.append(f"guard {metric}: change {g_gain:+.4f} within the {tolerance:g} tolerated")
+            if g_gain >= 0:
+                reasons.append(f"guard {metric}: improves by {g_gain:.4f}")
+            else:
+                reasons.append(f"guard {metric}: regresses by {-g_gain:.4f}, within the {tolerance:g} tolerated")
     if broken:
         return "keep", [*reasons, *broken]
     if hi < 0:

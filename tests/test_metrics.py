@@ -49,3 +49,29 @@ def test_regression_matches_sklearn():
     assert m["rmse"] == pytest.approx(np.sqrt(skm.mean_squared_error(y, p)))
     assert m["mae"] == pytest.approx(skm.mean_absolute_error(y, p))
     assert m["r2"] == pytest.approx(skm.r2_score(y, p))
+
+
+def test_a_reweighting_scores_like_the_resample_it_stands_for(preds):
+    """The bootstrap scores each resample as weights on the rows (see Classification): the same
+    metrics as on the resampled rows themselves, rows drawn twice and rows not drawn included."""
+    from jobs.metrics import Classification
+
+    y, p = preds
+    prepared = Classification(y, p)
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        idx = rng.integers(0, len(y), len(y))
+        weighted = prepared.metrics(np.bincount(idx, minlength=len(y)))
+        direct = classification(y[idx], p[idx])
+        assert weighted.keys() == direct.keys()
+        for name, value in direct.items():
+            assert weighted[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+
+
+def test_one_class_resample_has_no_auc():
+    from jobs.metrics import Classification
+
+    y = np.array([0, 0, 1, 1])
+    m = Classification(y, np.array([0.1, 0.2, 0.8, 0.9])).metrics(np.array([1, 2, 0, 0]))
+    assert np.isnan(m["roc_auc"]) and np.isnan(m["pr_auc"])
+    assert m["accuracy"] == 1.0
