@@ -6,8 +6,6 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
-from jobs.yamlconf import ConfigError
-
 if TYPE_CHECKING:
     import ray
 
@@ -25,6 +23,8 @@ def ensure_ray(settings: Settings) -> None:
     this machine.
     """
     import ray
+
+    from jobs.yamlconf import ConfigError  # here: the image bench imports this module without pydantic
 
     if ray.is_initialized():
         return

@@ -74,3 +74,15 @@ def test_image_bench_reports_the_gpu_figures_at_a_tiny_size(tmp_path):
         assert report[key] > 0, key
     assert report["vs_model_only"] == pytest.approx(report["steady_rows_per_s"] / report["model_only_rows_per_s"], 1e-2)
     assert "| lakecast pipeline, steady state |" in proc.stdout
+
+
+def test_image_bench_needs_nothing_a_bare_gpu_machine_lacks():
+    """GPU machines come with torch, pyarrow and Pillow; the image bench must not need the
+    platform's pydantic, MLflow or Airflow beside Ray (its docstring says how it is run there)."""
+    code = (
+        "import sys, jobs.bench_image, jobs.ray_runtime, jobs.parquet_source, models.image, models.resnet; "
+        "print(sorted(m for m in ('pydantic', 'mlflow', 'airflow') if m in sys.modules))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"
