@@ -62,6 +62,7 @@ class ImageOptions:
     num_threads: int = 1
     num_classes: int = 1000
     device: str | None = None  # default: CUDA where the actor was given a GPU, else the CPU
+    warmup: tuple[int, int] | None = None  # (rows, side): classify one blank batch as the actor starts
 
 
 class ImageClassifier:
@@ -90,6 +91,17 @@ class ImageClassifier:
         self._local = threading.local()
         # Ray hands batches over as read-only views of its object store; we only read them
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        if options.warmup:
+            self._warm_up(*options.warmup)
+
+    def _warm_up(self, rows: int, side: int) -> None:
+        """cuDNN picks its kernels for a batch shape on the first batch of that shape, which takes
+        seconds on a GPU: done here, while the actor starts, not inside the stream of batches."""
+        import torch
+
+        self.classify(torch.zeros((rows, side, side, 3), dtype=torch.uint8, device=self.device))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
     def classify(self, pixels):  # (N, H, W, 3) uint8 tensor on self.device → (label, probability)
         """The model stage alone: normalise, the network, softmax; on the device, no copies out."""

@@ -59,3 +59,17 @@ def test_the_classifier_returns_a_class_and_its_probability_per_image():
     assert out["id"].tolist() == [1, 2, 3]
     assert out["label"].dtype == np.int16 and ((out["label"] >= 0) & (out["label"] < 10)).all()
     assert ((out["probability"] >= 0.1) & (out["probability"] <= 1)).all()  # top-1 of 10 classes
+
+
+def test_a_warmed_up_classifier_scores_as_a_cold_one():
+    """The warm-up batch (cuDNN's kernel choice, on a GPU) runs as the actor starts and changes
+    nothing about what it then returns."""
+    from models.image import ImageClassifier, ImageOptions, decode_jpegs
+
+    batch = pa.table({"id": [1, 2], "image": [jpeg(48, 48, (i * 120, 40, 200)) for i in range(2)]})
+    pixels = decode_jpegs(batch, key="id", size=32)
+    torch.manual_seed(1)
+    cold = ImageClassifier(ImageOptions(key="id", num_classes=10))
+    warm = ImageClassifier(ImageOptions(key="id", num_classes=10, warmup=(2, 32)))
+    warm.net.load_state_dict(cold.net.state_dict())
+    np.testing.assert_allclose(warm(pixels)["probability"], cold(pixels)["probability"], rtol=1e-6)
