@@ -93,9 +93,7 @@ def compare(
         for m in a:
             draws[m].append(rb[m] - ra[m])
     tail = (1 - confidence) / 2 * 100
-    differences = {
-        m: Interval(b[m] - a[m], *(float(x) for x in np.nanpercentile(draws[m], [tail, 100 - tail]))) for m in a
-    }
+    differences = {m: _interval(b[m] - a[m], draws[m], tail) for m in a}
     mcnemar = _mcnemar(y, champion, challenger, threshold) if task == "classification" else None
     result = Comparison(a, b, differences, mcnemar)
     if segments is not None:
@@ -109,6 +107,17 @@ def compare(
                 "challenger": fn(y[rows], challenger[rows], threshold),
             }
     return result
+
+
+def _interval(diff: float, draws: list[float], tail: float) -> Interval:
+    """The percentile interval of the resampled differences, over the resamples where the metric
+    is defined (ROC AUC needs both classes); NaN where it is defined in none."""
+    defined = np.asarray(draws, dtype=float)
+    defined = defined[~np.isnan(defined)]
+    if defined.size == 0:
+        return Interval(diff, float("nan"), float("nan"))
+    low, high = np.percentile(defined, [tail, 100 - tail])
+    return Interval(diff, float(low), float(high))
 
 
 def _mcnemar(y: np.ndarray, a: np.ndarray, b: np.ndarray, threshold: float) -> dict[str, float]:

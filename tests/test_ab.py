@@ -76,6 +76,9 @@ def test_mcnemar_matches_the_exact_binomial_test():
     from scipy.stats import binomtest
 
     assert c.mcnemar["p_value"] == pytest.approx(binomtest(5, 15, 0.5).pvalue)
+    # one class only: ROC AUC is undefined, in the point estimate and in every resample
+    assert np.isnan(c.champion["roc_auc"]) and np.isnan(c.differences["roc_auc"].low)
+    assert c.differences["accuracy"].low <= c.differences["accuracy"].diff <= c.differences["accuracy"].high
 
 
 def test_psi_is_zero_for_the_same_distribution_and_grows_with_shift():
