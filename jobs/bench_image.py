@@ -128,6 +128,7 @@ def pipeline(
     batch_size: int,
     gpus: int,
     actors_per_gpu: int,
+    calls_per_actor: int,
     rows: int,
 ) -> tuple[float, float, float]:
     """The job's shape; returns (whole rows/s, steady rows/s, seconds to the first scored batch).
@@ -149,10 +150,12 @@ def pipeline(
         fn_constructor_kwargs={"options": options},
         batch_format="numpy",
         batch_size=batch_size,
-        # two calls in flight per actor, each on its own CUDA stream: a batch's copy to the GPU
+        # calls in flight per actor (2 by default), each on its own CUDA stream: a batch's copy to the GPU
         # overlaps the previous batch's convolutions; several actors per GPU share its feeding
         compute=ray.data.ActorPoolStrategy(
-            size=max(1, gpus * actors_per_gpu), max_concurrent_calls_per_actor=2, enable_true_multi_threading=True
+            size=max(1, gpus * actors_per_gpu),
+            max_concurrent_calls_per_actor=calls_per_actor,
+            enable_true_multi_threading=True,
         ),
         num_gpus=1 / actors_per_gpu if gpus else 0,
         num_cpus=options.num_threads,
@@ -178,6 +181,8 @@ def run(
     batch_size: int = 256,
     dtype: str | None = "bfloat16",
     actors_per_gpu: int = 2,
+    calls_per_actor: int = 2,
+    pinned: bool = True,
     json_path: Path | None = None,
 ) -> dict[str, Any]:
     import ray
@@ -192,7 +197,11 @@ def run(
     # on a GPU one core feeds the actor; on the CPU the actor gets half the cores, decoding the rest
     threads = 1 if gpus else max(1, cpus // 2)
     options = ImageOptions(
-        key=KEY, dtype=dtype if gpus else None, num_threads=threads, warmup=(batch_size, size) if gpus else None
+        key=KEY,
+        dtype=dtype if gpus else None,
+        num_threads=threads,
+        warmup=(batch_size, size) if gpus else None,
+        pinned=pinned,
     )
     ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
     try:
@@ -205,6 +214,7 @@ def run(
             batch_size=batch_size,
             gpus=gpus,
             actors_per_gpu=actors_per_gpu if gpus else 1,
+            calls_per_actor=calls_per_actor,
             rows=rows,
         )
         log.info("2/3 decode only")
@@ -244,6 +254,8 @@ def run(
             "channels_last": options.channels_last,
             "actor_threads": threads,
             "actors_per_gpu": actors_per_gpu if gpus else None,
+            "calls_per_actor": calls_per_actor,
+            "pinned": pinned,
             "ray_data_op_reservation": ray.data.DataContext.get_current().op_resource_reservation_enabled,
         },
     }
@@ -285,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--dtype", default="bfloat16", help="on a GPU: bfloat16, float16 or float32")
     parser.add_argument("--actors-per-gpu", type=int, default=2, help="classifier actors sharing each GPU")
+    parser.add_argument("--calls-per-actor", type=int, default=2, help="batches in flight per actor")
+    parser.add_argument("--pageable", action="store_true", help="copy to the GPU without pinning first")
     parser.add_argument("--home", default=os.environ.get("LAKECAST_HOME", ".lakecast"))
     parser.add_argument("--json")
     args = parser.parse_args(argv)
@@ -296,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         dtype=None if args.dtype == "float32" else args.dtype,
         actors_per_gpu=args.actors_per_gpu,
+        calls_per_actor=args.calls_per_actor,
+        pinned=not args.pageable,
         json_path=Path(args.json) if args.json else None,
     )
     sys.stdout.write(markdown(report) + "\n")

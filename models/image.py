@@ -62,6 +62,7 @@ class ImageOptions:
     num_threads: int = 1
     num_classes: int = 1000
     device: str | None = None  # default: CUDA where the actor was given a GPU, else the CPU
+    pinned: bool = True  # on CUDA: copy each batch into pinned memory, then to the GPU asynchronously
     warmup: tuple[int, int] | None = None  # (rows, side): classify one blank batch as the actor starts
 
 
@@ -135,7 +136,7 @@ class ImageClassifier:
         stream = self._stream()
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             if stream is not None:
-                pixels = pixels.pin_memory().to(self.device, non_blocking=True)
+                pixels = (pixels.pin_memory() if self.options.pinned else pixels).to(self.device, non_blocking=True)
             label, score = self.classify(pixels)
             label, score = label.to(torch.int16).cpu().numpy(), score.cpu().numpy()
         return {
