@@ -72,6 +72,9 @@ def test_image_bench_reports_the_gpu_figures_at_a_tiny_size(tmp_path):
     assert report["rows"] == 48 and report["settings"]["image_size"] == 64
     for key in ("decode_only_rows_per_s", "model_only_rows_per_s", "bound_rows_per_s", "steady_rows_per_s"):
         assert report[key] > 0, key
+    assert report["decode_only_rows_per_s"] == max(
+        report["decode_only_ray_rows_per_s"], report["decode_only_pool_rows_per_s"]
+    )
     assert report["vs_model_only"] == pytest.approx(report["steady_rows_per_s"] / report["model_only_rows_per_s"], 1e-2)
     assert "| lakecast pipeline, steady state |" in proc.stdout
 
