@@ -1,8 +1,9 @@
 """``lakecast bench --workload image``: ResNet-50 on JPEG bytes stored in Parquet, the GPU workload.
 
-The job's shape with a decode stage: Ray Data reads the Parquet files, CPU tasks decode and crop
-the JPEGs to uint8 pixels, an actor pool of :class:`models.image.ImageClassifier` (one actor per
-GPU, or one CPU actor) classifies them, and Parquet is written. It measures, in one run:
+The job's shape with a decode stage: Ray Data reads the Parquet files and decodes and crops the
+JPEGs to uint8 pixels in the same CPU tasks, an actor pool of
+:class:`models.image.ImageClassifier` (two actors per GPU by default, or one CPU actor)
+classifies them, and Parquet is written. It measures, in one run:
 
 1. decode only: read and decode with every core, no model (the CPU side's limit), the best of
    Ray Data and a plain process pool;
