@@ -52,10 +52,6 @@ class Resampler:
         return np.bincount(self.indices(rng), minlength=self.n)
 
 
-def _resample_indices(n: int, groups: np.ndarray | None, rng: np.random.Generator) -> np.ndarray:
-    return Resampler(n, groups).indices(rng)
-
-
 def compare(
     y: np.ndarray,
     champion: np.ndarray,

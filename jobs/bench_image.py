@@ -233,7 +233,7 @@ def run(
             size=size,
             batch_size=batch_size,
             gpus=gpus,
-            actors_per_gpu=actors_per_gpu if gpus else 1,
+            actors_per_gpu=actors_per_gpu,
             calls_per_actor=calls_per_actor,
             rows=rows,
         )

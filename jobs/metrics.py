@@ -11,9 +11,10 @@ from collections.abc import Callable
 import numpy as np
 
 EPS = 1e-15
+ECE_BINS = 10
 
 
-def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+def ece(y: np.ndarray, p: np.ndarray, bins: int = ECE_BINS) -> float:
     """Expected calibration error: bin by predicted probability (equal width), weight |mean p - mean y|."""
     y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
     return _ece(_bins(p, bins), p, y, np.ones(len(y)), bins)
@@ -50,7 +51,7 @@ class Classification:
         clipped = np.clip(p, EPS, 1 - EPS)
         self.loss = -(y * np.log(clipped) + (1 - y) * np.log(1 - clipped))
         self.squared = (p - y) ** 2
-        self.bin_of = _bins(p, 10)
+        self.bin_of = _bins(p, ECE_BINS)
 
     def metrics(self, w: np.ndarray | None = None) -> dict[str, float]:
         """The metrics over the rows, each counted ``w`` times (default once)."""
@@ -71,7 +72,7 @@ class Classification:
             **self._ranked(w),
             "log_loss": float(np.dot(w, self.loss) / total),
             "brier": float(np.dot(w, self.squared) / total),
-            "ece": _ece(self.bin_of, self.p, self.y, w, 10),
+            "ece": _ece(self.bin_of, self.p, self.y, w, ECE_BINS),
         }
 
     def _ranked(self, w: np.ndarray) -> dict[str, float]:

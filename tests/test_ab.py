@@ -60,7 +60,7 @@ def test_a_broken_guard_keeps_the_champion():
 
 def test_entity_bootstrap_resamples_whole_entities():
     groups = np.repeat(np.arange(50), 4)
-    idx = abstats._resample_indices(len(groups), groups, np.random.default_rng(0))
+    idx = abstats.Resampler(len(groups), groups).indices(np.random.default_rng(0))
     picked = groups[idx]
     assert len(idx) == len(groups)
     _, counts = np.unique(picked, return_counts=True)
