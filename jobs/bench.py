@@ -288,6 +288,8 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
     )
     result = json.loads(out)
     startup = result["first_batch_unix"] - start
+    # where the startup went: each step of the job's start, in seconds from process start
+    milestones = {name: round(t - start, 2) for name, t in result["milestones_unix"].items()}
     batch_size = job.compute.batch_size
     if batch_size == "auto":  # the naive loop and the model alone get the size the job chose
         batch_size = int(mlflow.get_run(result["run_id"]).data.params["compute.batch_size_chosen"])
@@ -339,6 +341,7 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
         "efficiency": round(steady / bound, 3),
         "vs_naive": round(naive_s / job_s, 3),
         "startup_s": round(startup, 2),
+        "startup_milestones_s": milestones,
         "lakecast_seconds": round(job_s, 2),
         "naive_seconds": round(naive_s, 2),
         "peak_rss_mb": round(job_peak.rss_mb),
@@ -388,6 +391,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"efficiency {r['efficiency']}, vs_naive {r['vs_naive']}, startup {r['startup_s']} s, "
         f"peak memory: PSS {r['peak_pss_mb']} MiB, summed RSS {r['peak_rss_mb']} MiB "
         f"(naive: PSS {r['naive_peak_pss_mb']} MiB, RSS {r['naive_peak_rss_mb']} MiB)",
+        "startup, seconds from process start: "
+        + ", ".join(f"{name.replace('_', ' ')} {t}" for name, t in r["startup_milestones_s"].items()),
         f"Ray: {r['settings']['ray']}"
         + (
             "; the job's workers belong to it, so its memory is not in the peak RSS"

@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from jobs import commit, tracking, validation
@@ -25,7 +25,10 @@ from jobs.ray_runtime import ensure_ray, gpus_per_actor, read_parquet_files
 from jobs.settings import Settings, load_settings
 from jobs.validation import InvalidInput
 from models.predictor import (
+    ACTOR_READY,
+    FIRST_BATCH,
     LINEAGE_COLUMNS,
+    TELEMETRY_SEPARATOR,
     ArrowScorer,
     BatchPredictor,
     Lineage,
@@ -61,6 +64,8 @@ class RunResult:
     committed: bool
     first_batch_unix: float | None = None
     committed_unix: float | None = None
+    # when each step of the start was reached (unix seconds): see _milestones
+    milestones: dict[str, float] = field(default_factory=dict)
 
     @property
     def rows_per_s(self) -> float:
@@ -82,6 +87,7 @@ class RunResult:
             "committed": self.committed,
             "first_batch_unix": self.first_batch_unix,
             "committed_unix": self.committed_unix,
+            "milestones_unix": self.milestones,
         }
 
 
@@ -119,6 +125,7 @@ def run_job(
     with ThreadPoolExecutor(1, thread_name_prefix="preflight") as pool:
         checked = pool.submit(_preflight, job, ds, settings, lake, model_alias, model_version)
         ensure_ray(settings)
+        ray_ready = time.time()
         pre = checked.result()
 
     lease = job.airflow.timeout_minutes * 60 + 600
@@ -135,6 +142,7 @@ def run_job(
             t0=t0,
             dry_run=dry_run,
             mlflow_run_id=mlflow_run_id,
+            ray_ready=ray_ready,
         )
     log.info(
         "scored %d rows in %.1f s (%.0f rows/s) → %s", result.rows, result.seconds, result.rows_per_s, result.output
@@ -154,6 +162,7 @@ class Preflight:
     scorer: ArrowScorer | None
     challenger: ModelRef | None = None  # canary or shadow scoring (the job's ab: section)
     challenger_scorer: ArrowScorer | None = None
+    done_unix: float = field(default_factory=time.time)
 
 
 def _preflight(
@@ -208,6 +217,7 @@ def _run_locked(
     t0: float,
     dry_run: bool,
     mlflow_run_id: str | None = None,
+    ray_ready: float | None = None,
 ) -> RunResult:
     import mlflow
 
@@ -226,7 +236,7 @@ def _run_locked(
         try:
             for folder in (q_staging, telemetry_path(staging), *([s_staging] if _shadow(job) else [])):
                 lake.fs.create_dir(folder, recursive=True)
-            _score(
+            pipeline_start = _score(
                 job,
                 lake,
                 pre,
@@ -293,11 +303,17 @@ def _run_locked(
             raise cause from None
         seconds = time.perf_counter() - t0
         committed_unix = time.time()
-        first_batch_unix = _first_batch_unix(lake, staging)
+        milestones = _milestones(
+            started_at.timestamp(), ray_ready, pre.done_unix, pipeline_start, read_telemetry(lake, staging)
+        )
+        first_batch_unix = milestones.get("first_batch")
         metrics = {"rows": rows_in, "seconds": seconds, "rows_per_s": rows_in / seconds}
         if first_batch_unix is not None and committed_unix > first_batch_unix:
             metrics["startup_s"] = first_batch_unix - started_at.timestamp()
             metrics["steady_rows_per_s"] = (rows_in - invalid) / (committed_unix - first_batch_unix)
+        # the steps of the start, in seconds from the job's start (the last one is startup_s)
+        steps = {name: t for name, t in milestones.items() if name not in ("job_start", "first_batch")}
+        metrics |= {f"startup.{name}_s": t - started_at.timestamp() for name, t in steps.items()}
         mlflow.log_metrics(metrics)
         if not dry_run:
             tracking.log_dataset(
@@ -318,6 +334,7 @@ def _run_locked(
         committed=not dry_run,
         first_batch_unix=first_batch_unix,
         committed_unix=committed_unix,
+        milestones=milestones,
     )
 
 
@@ -326,18 +343,41 @@ def telemetry_path(staging: str) -> str:
     return f"{staging}-telemetry"
 
 
-def _first_batch_unix(lake: Lake, staging: str) -> float | None:
-    """The earliest first-batch time the actors recorded (see BatchPredictor), then clean up."""
+def read_telemetry(lake: Lake, staging: str) -> dict[str, float]:
+    """The earliest time each event was recorded by any actor (see BatchPredictor), then clean up."""
     import pyarrow.fs as pafs
 
     folder = telemetry_path(staging)
     infos = lake.fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True))
-    times = []
+    earliest: dict[str, float] = {}
     for info in infos:
+        event = info.base_name.split(TELEMETRY_SEPARATOR, 1)[0]
         with lake.fs.open_input_stream(info.path) as f:
-            times.append(float(f.read()))
+            t = float(f.read())
+        earliest[event] = min(t, earliest.get(event, t))
     commit.discard(lake, folder)
-    return min(times, default=None)
+    return earliest
+
+
+def _milestones(
+    job_start: float, ray_ready: float | None, checks_done: float, pipeline_start: float, actors: dict[str, float]
+) -> dict[str, float]:
+    """When each step of the job's start was reached, in unix seconds.
+
+    Ray's start and the input checks run side by side; the pipeline starts when both are done;
+    then the first actor is ready (its worker started, the model on its device) and scores its
+    first batch. On a cluster, a late ``actor_ready`` is the wait for a node (a GPU, say);
+    locally it is the actor's imports. A missing one was not reached (no rows, say).
+    """
+    found = {
+        "job_start": job_start,
+        "ray_ready": ray_ready,
+        "checks_done": checks_done,
+        "pipeline_start": pipeline_start,
+        "actor_ready": actors.get(ACTOR_READY),
+        "first_batch": actors.get(FIRST_BATCH),
+    }
+    return {name: t for name, t in found.items() if t is not None}
 
 
 def _reason_counts(lake: Lake, files: list[DataFile]) -> dict[str, int]:
@@ -438,7 +478,7 @@ def _score(
     started_at: dt.datetime,
     gpus: float,
     shadow_dir: str | None = None,
-) -> None:
+) -> float:
     """The Ray Data pipeline: read → validate rows → actor pool of predictors → Parquet in staging.
 
     Fault tolerance is Ray Data's, kept on purpose (its knobs, ``ray_remote_args``, are deprecated
@@ -447,6 +487,8 @@ def _score(
     restarted and its in-flight batches are resubmitted. An exception raised by our code is not
     retried: it fails the run at once. The job's ``airflow.timeout_minutes`` bounds the whole,
     and rows out must equal rows in before anything is committed.
+
+    Returns when the pipeline started (unix seconds).
     """
     import ray
 
@@ -519,12 +561,14 @@ def _score(
         num_gpus=gpus,
         udf_modifying_row_count=False,
     )
+    started = time.time()
     scored.write_parquet(
         staging,
         filesystem=lake.fs,
         min_rows_per_file=job.output.rows_per_file,
         ray_remote_args={"num_cpus": IO_CPUS},
     )
+    return started
 
 
 def _manifest(

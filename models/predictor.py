@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 
 LINEAGE_COLUMNS = ("model_name", "model_version", "variant", "scoring_run_id", "scored_at")
 
+# Events an actor records for the job's start-up figures (file names: EVENT--pid-random)
+ACTOR_READY, FIRST_BATCH = "actor-ready", "first-batch"
+TELEMETRY_SEPARATOR = "--"
+
 
 @runtime_checkable
 class ArrowScorer(Protocol):
@@ -97,21 +101,22 @@ class BatchPredictor:
         default = self.model.threshold if self.model is not None else 0.5
         self.threshold = options.threshold if options.threshold is not None else default
         self.reported_first_batch = False
+        self._record(ACTOR_READY)
         log.info("actor pid %d scores %s on %s", os.getpid(), options.model_uri, self.device)
 
-    def _report_first_batch(self) -> None:
-        """Note when this actor scored its first batch, in a file beside the run's staging folder:
-        the job's startup is the time to the earliest of these, and its steady-state throughput
-        is measured from there to the commit."""
-        self.reported_first_batch = True
+    def _record(self, event: str) -> None:
+        """Note when this actor reached ``event``, in a file beside the run's staging folder (the
+        job reads the earliest of each): the job's startup is the time to the first batch, its
+        steady-state throughput is measured from there to the commit, and ``actor-ready`` splits
+        the startup into the wait for the actor and its first batch."""
         if self.options.telemetry_dir is None or self.options.filesystem is None:
             return
         try:
-            path = f"{self.options.telemetry_dir}/first-batch-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            with self.options.filesystem.open_output_stream(path) as f:
+            name = f"{event}{TELEMETRY_SEPARATOR}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+            with self.options.filesystem.open_output_stream(f"{self.options.telemetry_dir}/{name}") as f:
                 f.write(repr(time.time()).encode())
         except Exception as e:  # telemetry must never fail a scoring run
-            log.warning("could not record the first batch time: %s", e)
+            log.warning("could not record the time of %s: %s", event, e)
 
     def score(self, batch: pa.Table) -> np.ndarray:
         if self.model is not None:
@@ -124,7 +129,8 @@ class BatchPredictor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         proba = self.score(batch).astype(np.float32, copy=False)
         if not self.reported_first_batch:
-            self._report_first_batch()
+            self.reported_first_batch = True
+            self._record(FIRST_BATCH)
         n, lineage = batch.num_rows, self.options.lineage
         return pa.table(
             {

@@ -50,6 +50,11 @@ def test_bench_reports_every_figure(tmp_path):
     assert report["peak_pss_mb"] <= report["peak_rss_mb"]
     assert report["settings"]["ray"] == "private local Ray, started by the job"
     assert report["bound_rows_per_s"] <= min(report["io_only_rows_per_s"], report["model_only_rows_per_s"])
+    # the startup split into its steps, in the order they happen, ending at the first batch
+    steps = report["startup_milestones_s"]
+    assert list(steps) == ["job_start", "ray_ready", "checks_done", "pipeline_start", "actor_ready", "first_batch"]
+    assert 0 < steps["job_start"] < max(steps["ray_ready"], steps["checks_done"]) <= steps["pipeline_start"]
+    assert steps["pipeline_start"] < steps["actor_ready"] <= steps["first_batch"] == report["startup_s"]
     assert out.with_suffix(".png").stat().st_size > 1000
     assert "| lakecast, steady state |" in out.with_suffix(".md").read_text()
     assert "efficiency" in proc.stdout

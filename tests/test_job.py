@@ -55,6 +55,10 @@ def test_run_is_logged_to_mlflow(first_run, settings):
     assert run.data.params["model_uri"] == first_run.model.uri
     assert run.data.metrics["rows"] == ROWS
     assert run.data.metrics["rows_per_s"] > 0
+    # the startup split into its steps, which happen in this order
+    m = run.data.metrics
+    assert 0 < max(m["startup.ray_ready_s"], m["startup.checks_done_s"]) <= m["startup.pipeline_start_s"]
+    assert m["startup.pipeline_start_s"] < m["startup.actor_ready_s"] <= m["startup_s"]
     assert run.data.tags["lakecast.model_version"] == f"churn-classifier/{first_run.model.version}"
     contexts = {tag.value for d in run.inputs.dataset_inputs for tag in d.tags if tag.key == "mlflow.data.context"}
     assert contexts == {"input", "output"}
