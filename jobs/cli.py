@@ -13,6 +13,7 @@ import logging.config
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
@@ -380,5 +381,30 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+def run(argv: list[str] | None = None) -> NoReturn:
+    """The `lakecast` program: :func:`main`, then a quick exit.
+
+    When main returns, what a command does is done and durable: a job has committed, logged to
+    MLflow and printed its result. Python's exit after that took 2.6 to 3 s of each `lakecast
+    run` on 2 cores: Ray's exit handler sleeps half a second for late log lines before it stops
+    Ray (1.3 s, its autoscaler monitor waiting out its second of grace), then tearing down an
+    interpreter that holds Ray's core worker, MLflow and pyarrow took 0.9 s. So Ray is stopped
+    (or left, when it runs on its own) at once, the other exit handlers run as usual (logging's,
+    MLflow's, temporary folders'), and the process ends without the teardown. An exception
+    still ends the process the usual way.
+    """
+    import atexit
+
+    code = main(argv)
+    if "ray" in sys.modules:
+        import ray
+
+        ray.shutdown()  # a private Ray's processes stopped, a running Ray's left; no-op without one
+    atexit._run_exitfuncs()  # what interpreter exit runs, in the same (reverse) order
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run()

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
 
 import mlflow
 import pyarrow.dataset as pads
@@ -62,6 +68,41 @@ def test_run_is_logged_to_mlflow(first_run, settings):
     assert run.data.tags["lakecast.model_version"] == f"churn-classifier/{first_run.model.version}"
     contexts = {tag.value for d in run.inputs.dataset_inputs for tag in d.tags if tag.key == "mlflow.data.context"}
     assert contexts == {"input", "output"}
+
+
+def _processes_with(marker: str) -> list[str]:
+    """Processes whose environment holds ``marker`` (a Ray started by a process inherits it)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if marker.encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                found.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:80])
+        except OSError:  # gone meanwhile, or not ours to read
+            pass
+    return found
+
+
+def test_the_program_prints_its_result_and_leaves_no_ray_behind(first_run, home):
+    """`lakecast` ends quickly once the job has committed (see jobs.cli.run): its output and
+    exit status must be whole, and the Ray it started must be gone with it."""
+    lakecast = str(Path(sys.executable).with_name("lakecast"))
+    marker = f"LAKECAST_TEST_MARK={uuid.uuid4().hex}"
+    # no RAY_ADDRESS (ray.init sets it for this test process's own Ray): a private Ray, as a user has
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | dict([marker.split("=")])
+    proc = subprocess.run(
+        [lakecast, "run", "churn", "--date", DAY.isoformat(), "--json"], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout)
+    assert result["rows"] == ROWS and result["committed"]
+    deadline = time.monotonic() + 10
+    while (left := _processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"still running after lakecast exited: {left}"
+
+    bad = subprocess.run([lakecast, "run", "churn", "--date", "2026-02-30"], env=env, capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "YYYY-MM-DD, got '2026-02-30'" in bad.stderr
 
 
 def test_rerun_replaces_the_partition(first_run, settings, lake, churn_job):
