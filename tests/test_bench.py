@@ -50,6 +50,10 @@ def test_bench_reports_every_figure(tmp_path):
     assert report["peak_pss_mb"] <= report["peak_rss_mb"]
     assert report["settings"]["ray"] == "private local Ray, started by the job"
     assert report["bound_rows_per_s"] <= min(report["io_only_rows_per_s"], report["model_only_rows_per_s"])
+    # whole jobs end at their last row written; their processes exit after that
+    assert 0 < report["lakecast_seconds"] <= report["lakecast_process_seconds"]
+    assert 0 < report["naive_seconds"] <= report["naive_process_seconds"]
+    assert report["vs_naive"] == pytest.approx(report["naive_seconds"] / report["lakecast_seconds"], rel=0.01)
     # the startup split into its steps, in the order they happen, ending at the first batch
     steps = report["startup_milestones_s"]
     assert list(steps) == ["job_start", "ray_ready", "checks_done", "pipeline_start", "actor_ready", "first_batch"]
