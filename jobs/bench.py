@@ -154,9 +154,9 @@ class Peak:
 class MemorySampler:
     """Peak memory of a process and all its descendants (a private Ray's workers included).
 
-    RSS every 0.1 s; PSS, which costs about 3 ms per process to read here, every second: a
-    streaming job's memory plateaus for seconds, and sampling it faster would take CPU from the
-    job it measures.
+    RSS every 0.25 s; PSS, which costs about 3 ms per process to read here, every second: a
+    streaming job's memory plateaus for seconds, and sampling faster would take CPU from the job
+    it measures (each sample walks every process on the machine to find the job's).
     """
 
     def __init__(self, pid: int) -> None:
@@ -174,10 +174,10 @@ class MemorySampler:
         while not self._stop.is_set():
             procs = self._processes()
             self.rss = max(self.rss, self._sum(procs, lambda p: p.memory_info().rss))
-            if self.has_pss and tick % 10 == 0:
+            if self.has_pss and tick % 4 == 0:
                 self.pss = max(self.pss, self._sum(procs, lambda p: p.memory_full_info().pss))
             tick += 1
-            time.sleep(0.1)
+            time.sleep(0.25)
 
     def _processes(self) -> list:
         import psutil
