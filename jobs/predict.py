@@ -152,8 +152,8 @@ def run_job(
 
 
 def _import_pipeline() -> None:
-    """Ray Data's modules: 0.7 s of imports on this 2-core machine, which the pipeline would
-    otherwise start with. A private Ray is still starting when the checks are done."""
+    """Ray Data's modules: 0.7 s of imports on a 2-core machine, which the pipeline would
+    otherwise start with. A private Ray is usually still starting when the checks are done."""
     import ray.data  # noqa: F401
 
 
@@ -311,7 +311,7 @@ def _run_locked(
         seconds = time.perf_counter() - t0
         committed_unix = time.time()
         milestones = _milestones(
-            started_at.timestamp(), ray_ready, pre.done_unix, pipeline_start, read_telemetry(lake, staging)
+            started_at.timestamp(), ray_ready, pre.done_unix, pipeline_start, _read_telemetry(lake, staging)
         )
         first_batch_unix = milestones.get("first_batch")
         metrics = {"rows": rows_in, "seconds": seconds, "rows_per_s": rows_in / seconds}
@@ -350,7 +350,7 @@ def telemetry_path(staging: str) -> str:
     return f"{staging}-telemetry"
 
 
-def read_telemetry(lake: Lake, staging: str) -> dict[str, float]:
+def _read_telemetry(lake: Lake, staging: str) -> dict[str, float]:
     """The earliest time each event was recorded by any actor (see BatchPredictor), then clean up."""
     import pyarrow.fs as pafs
 
