@@ -82,6 +82,7 @@ def _processes_with(marker: str) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_the_program_prints_its_result_and_leaves_no_ray_behind(first_run, home):
     """`lakecast` ends quickly once the job has committed (see jobs.cli.run): its output and
     exit status must be whole, and the Ray it started must be gone with it."""
