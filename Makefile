@@ -19,7 +19,7 @@ help:
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	@echo "installing lakecast and its dependencies into $(VENV) (about 2 minutes the first time)"
+	@echo "installing lakecast and its dependencies into $(VENV) (a few minutes the first time)"
 	@$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
 	@rm -f $(VENV)/.installed-* && touch $@
 
