@@ -24,7 +24,7 @@ from jobs.ab_report import markdown, plots
 from jobs.config import ABSpec, JobConfig
 from jobs.lake import Lake
 from jobs.predict import model_inputs, shadow_table
-from jobs.ray_runtime import ensure_ray, gpus_per_actor, read_parquet_files
+from jobs.ray_runtime import actor_pool, ensure_ray, gpus_per_actor, read_parquet_files
 from jobs.settings import Settings, load_settings
 from jobs.yamlconf import ConfigError
 from models.predictor import Lineage, PairActor, PredictorOptions, arrow_scorer
@@ -117,7 +117,6 @@ def run_compare(job: JobConfig, ds: dt.date, *, settings: Settings | None = None
 def _score_both(
     job: JobConfig, spec: ABSpec, lake: Lake, files: list, refs: tuple[ModelRef, ModelRef], settings: Settings
 ) -> pa.Table:
-    import ray
 
     features = sorted({c for ref in refs for c, _, _ in model_inputs(job, ref)})
     passthrough = list(dict.fromkeys(c for c in (job.input.key, spec.label, spec.group_key, spec.segment_column) if c))
@@ -154,15 +153,27 @@ def _score_both(
             cpus=job.compute.cpus_per_actor,
             gpus=gpus,
         )
+    # CPU actors read their own blocks, as the nightly job's do (docs/adr/0002): read tasks beside
+    # them would wait for CPUs an actor pool of min_actors = the machine's cores holds
+    fused = gpus == 0
     dataset = read_parquet_files(
-        [f.path for f in files], filesystem=lake.fs, columns=columns, sizes=[f.size for f in files]
+        [f.path for f in files],
+        filesystem=lake.fs,
+        columns=columns,
+        sizes=[f.size for f in files],
+        num_cpus=job.compute.cpus_per_actor if fused else None,
     )
     scored = dataset.map_batches(
         PairActor,
-        fn_constructor_kwargs={"options": options, "scorers": scorers, "passthrough": passthrough},
+        fn_constructor_kwargs={
+            "options": options,
+            "scorers": scorers,
+            "passthrough": passthrough,
+            "batch_size": batch_size if fused else None,
+        },
         batch_format="pyarrow",
-        batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=job.compute.min_actors, max_size=job.compute.max_actors),
+        batch_size=None if fused else batch_size,
+        compute=actor_pool(job.compute, inputs=len(files) if fused else None),
         num_cpus=job.compute.cpus_per_actor,
         num_gpus=gpus,
         udf_modifying_row_count=False,

@@ -21,7 +21,7 @@ from typing import Any
 from jobs import commit, tracking, validation
 from jobs.config import JobConfig
 from jobs.lake import DataFile, Lake, LakeError
-from jobs.ray_runtime import ensure_ray, gpus_per_actor, read_parquet_files
+from jobs.ray_runtime import actor_pool, ensure_ray, gpus_per_actor, read_parquet_files
 from jobs.settings import Settings, load_settings
 from jobs.validation import InvalidInput
 from models.predictor import (
@@ -241,7 +241,7 @@ def _run_locked(
         q_staging = lake.staging_path(quarantine_table(job), ds, run_id)
         s_staging = lake.staging_path(shadow_table(job), ds, run_id)
         try:
-            for folder in (q_staging, telemetry_path(staging), *([s_staging] if _shadow(job) else [])):
+            for folder in (staging, q_staging, telemetry_path(staging), *([s_staging] if _shadow(job) else [])):
                 lake.fs.create_dir(folder, recursive=True)
             pipeline_start = _score(
                 job,
@@ -488,16 +488,19 @@ def _score(
 ) -> float:
     """The Ray Data pipeline: read → validate rows → actor pool of predictors → Parquet in staging.
 
+    CPU actors run all four steps themselves, a file at a time (docs/adr/0002); GPU actors get
+    their batches from read tasks and hand them to write tasks.
+
     Fault tolerance is Ray Data's, kept on purpose (its knobs, ``ray_remote_args``, are deprecated
-    in Ray 2.60): a read, validation or write task whose worker dies is retried (Ray's default, 3
-    times), and that is safe because each rewrites the same file names; an actor that dies is
-    restarted and its in-flight batches are resubmitted. An exception raised by our code is not
-    retried: it fails the run at once. The job's ``airflow.timeout_minutes`` bounds the whole,
-    and rows out must equal rows in before anything is committed.
+    in Ray 2.60): an actor that dies is restarted and its in-flight work resubmitted, a read or
+    write task whose worker dies is retried (Ray's default, 3 times), and both are safe because a
+    retry rewrites the same file names. An exception raised by our code is not retried: it fails
+    the run at once. The job's ``airflow.timeout_minutes`` bounds the whole, and rows out must
+    equal rows in before anything is committed.
 
     Returns when the pipeline started (unix seconds).
     """
-    import ray
+    from jobs.part_writer import ScoreAndWrite  # imports Ray Data: only once Ray is up
 
     ref, rules = pre.ref, pre.rules
     options = PredictorOptions(
@@ -533,13 +536,19 @@ def _score(
         )
         mlflow.log_param("compute.batch_size_chosen", batch_size)
     validator = validation.RowValidator(rules, job.validation.on_invalid_rows, job.input.key, lake.fs, q_staging)
+    # CPU actors read, validate, score and write in one process (see jobs.part_writer); a GPU
+    # actor gets its batches from CPU read tasks and hands them to CPU write tasks
+    fused = gpus == 0
+    cpus = job.compute.cpus_per_actor if fused else IO_CPUS
     dataset = read_parquet_files(
         [f.path for f in pre.files],
         filesystem=lake.fs,
         columns=[job.input.key, *columns],
         sizes=[f.size for f in pre.files],
         dictionary=categorical,
-        num_cpus=IO_CPUS,
+        num_cpus=cpus,
+        # fused, a slice becomes one output file: as many rows as the job wants in a file
+        slice_rows=job.output.rows_per_file if fused else None,
     )
     predictor, kwargs = BatchPredictor, {"options": options, "scorer": pre.scorer}
     if pre.challenger is not None and job.ab is not None:
@@ -558,17 +567,36 @@ def _score(
                 "shadow_dir": shadow_dir,
             },
         )
-    scored = dataset.map_batches(validator, batch_format="pyarrow").map_batches(
+    validated = dataset.map_batches(validator, batch_format="pyarrow", num_cpus=cpus)
+    actors = actor_pool(job.compute, inputs=len(pre.files) if fused else None)  # a read task per file
+    started = time.time()
+    if fused:
+        validated.map_batches(
+            ScoreAndWrite,
+            fn_constructor_kwargs={
+                "predictor": predictor,
+                "kwargs": kwargs,
+                "key": job.input.key,
+                "staging": staging,
+                "filesystem": lake.fs,
+                "batch_size": batch_size,
+            },
+            batch_format="pyarrow",
+            batch_size=None,
+            compute=actors,
+            num_cpus=cpus,
+        ).materialize()
+        return started
+    scored = validated.map_batches(
         predictor,
         fn_constructor_kwargs=kwargs,
         batch_format="pyarrow",
         batch_size=batch_size,
-        compute=ray.data.ActorPoolStrategy(min_size=job.compute.min_actors, max_size=job.compute.max_actors),
+        compute=actors,
         num_cpus=job.compute.cpus_per_actor,
         num_gpus=gpus,
         udf_modifying_row_count=False,
     )
-    started = time.time()
     scored.write_parquet(
         staging,
         filesystem=lake.fs,

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import ray
 
+    from jobs.config import ComputeSpec
     from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,15 @@ def gpus_per_actor(requested: float | str) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 
+def actor_pool(compute: ComputeSpec, *, inputs: int | None = None) -> ray.data.ActorPoolStrategy:
+    """The job's actor pool. Given how many inputs the pool gets (one per file where the actors read
+    their own files), it starts no more actors than that: a one-file partition starts one."""
+    import ray
+
+    low = compute.min_actors if inputs is None else max(1, min(compute.min_actors, inputs))
+    return ray.data.ActorPoolStrategy(min_size=low, max_size=max(low, compute.max_actors))
+
+
 def read_parquet_files(
     paths: list[str],
     *,
@@ -64,17 +74,19 @@ def read_parquet_files(
     sizes: list[int] | None = None,
     dictionary: list[str] = (),
     num_cpus: float | None = None,
+    slice_rows: int | None = None,
 ) -> ray.data.Dataset:
     """A Ray dataset over Parquet files the driver has already listed (a partition's files).
 
     One read task per file, planned from the listing alone (see :mod:`jobs.parquet_source`: no
-    sampling tasks, no footer-reading actors), reading only ``columns``. ``sizes`` in bytes are
-    looked up when not given.
+    sampling tasks, no footer-reading actors), reading only ``columns`` in slices of ``slice_rows``
+    rows (default :data:`jobs.parquet_source.SLICE_ROWS`). ``sizes`` in bytes are looked up when
+    not given.
     """
     import pyarrow.fs as pafs
     import ray
 
-    from jobs.parquet_source import ListedParquetDatasource
+    from jobs.parquet_source import SLICE_ROWS, ListedParquetDatasource
 
     context = ray.data.DataContext.get_current()
     # our errors (InvalidInput) reach the driver as themselves, not as a generic UserCodeException
@@ -82,5 +94,12 @@ def read_parquet_files(
     if sizes is None:
         fs = filesystem if filesystem is not None else pafs.LocalFileSystem()
         sizes = [info.size or 0 for info in fs.get_file_info(paths)]
-    source = ListedParquetDatasource(paths, sizes, filesystem=filesystem, columns=columns, dictionary=list(dictionary))
+    source = ListedParquetDatasource(
+        paths,
+        sizes,
+        filesystem=filesystem,
+        columns=columns,
+        dictionary=list(dictionary),
+        slice_rows=slice_rows or SLICE_ROWS,
+    )
     return ray.data.read_datasource(source, override_num_blocks=max(1, len(paths)), num_cpus=num_cpus)

@@ -229,12 +229,25 @@ def _pick(mask: pa.Array, where_true: pa.Array, where_false: pa.Array) -> pa.Arr
 
 class PairPredictor:
     """Ray Data callable class for an A/B comparison: both versions score each batch, so the data
-    is read once. Returns the passthrough columns and one score column per version."""
+    is read once. Returns the passthrough columns and one score column per version.
 
-    def __init__(self, champion: BatchPredictor, challenger: BatchPredictor, passthrough: list[str]) -> None:
+    ``batch_size``: score a larger block in batches of this many rows (the CPU path, where Ray
+    hands the actor whole blocks it has read itself)."""
+
+    def __init__(
+        self,
+        champion: BatchPredictor,
+        challenger: BatchPredictor,
+        passthrough: list[str],
+        batch_size: int | None = None,
+    ) -> None:
         self.champion, self.challenger, self.passthrough = champion, challenger, passthrough
+        self.batch_size = batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        step = self.batch_size or batch.num_rows
+        if batch.num_rows > step:
+            return pa.concat_tables(self(batch.slice(i, step)) for i in range(0, batch.num_rows, step))
         columns = {c: batch.column(c) for c in self.passthrough}
         columns["score_champion"] = pa.array(self.champion.score(batch).astype(np.float32, copy=False))
         columns["score_challenger"] = pa.array(self.challenger.score(batch).astype(np.float32, copy=False))
@@ -244,5 +257,12 @@ class PairPredictor:
 class PairActor(PairPredictor):
     """The actor form: built from picklable options (Ray constructs it on the worker)."""
 
-    def __init__(self, options: tuple[PredictorOptions, PredictorOptions], scorers: tuple, passthrough: list[str]):
-        super().__init__(BatchPredictor(options[0], scorers[0]), BatchPredictor(options[1], scorers[1]), passthrough)
+    def __init__(
+        self,
+        options: tuple[PredictorOptions, PredictorOptions],
+        scorers: tuple,
+        passthrough: list[str],
+        batch_size: int | None = None,
+    ):
+        champion, challenger = BatchPredictor(options[0], scorers[0]), BatchPredictor(options[1], scorers[1])
+        super().__init__(champion, challenger, passthrough, batch_size)

@@ -37,7 +37,7 @@ def test_demo_runs_the_dag_through_airflow(tmp_path):
     assert pads.dataset(str(partition), format="parquet").count_rows() == 4000
     # the task log shows Ray Data's progress and the task states of a real Airflow run
     log = proc.stdout + proc.stderr
-    assert "MapBatches(BatchPredictor)" in log
+    assert "MapBatches(ScoreAndWrite)" in log  # CPU actors read, score and write in one process
     assert "DagRun Finished: dag_id=lakecast__churn" in log and "state=success" in log
     # nothing outside LAKECAST_HOME
     assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
