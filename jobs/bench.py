@@ -2,8 +2,8 @@
 
 It generates its data once (``$LAKECAST_HOME/bench/lake``), then measures in one run:
 
-1. IO only: read and write the same Parquet columns with no model, through Ray Data and
-   through plain pyarrow;
+1. IO only: read the job's input columns and write the job's output columns with no model
+   (zeros for the scores), through Ray Data and through plain pyarrow;
 2. model only: the same network on feature tensors already in memory, all cores;
 3. naive: what a user writes by hand in one process: pandas read, a torch loop over batches,
    pandas write;
@@ -76,17 +76,44 @@ def prepare(lake: Lake, rows: int) -> list[str]:
     return [f.path for f in lake.data_files(demo_data.RAW_TABLE, DAY)]
 
 
+def output_like(table: pa.Table) -> pa.Table:
+    """What the job writes for ``table``'s rows, with no model: the key, a score and a prediction
+    (zeros) and the lineage columns. IO only writes this, the job's own output, not a copy of its
+    input: the input's 20-odd columns cost three times the job's write, and the job beat a
+    "bound" that wrote them (efficiency 1.18 in one 10M-row run)."""
+    import datetime as dt
+
+    import numpy as np
+
+    from models.predictor import Lineage, constant_strings
+
+    n, lineage = table.num_rows, Lineage("model", 1, "0" * 32, dt.datetime.now(dt.UTC))
+    return pa.table(
+        {
+            demo_data.KEY: table.column(demo_data.KEY),
+            "churn_probability": pa.array(np.zeros(n, dtype=np.float32)),
+            "prediction": pa.array(np.zeros(n, dtype=np.int8)),
+            "model_name": constant_strings(lineage.model_name, n),
+            "model_version": pa.repeat(pa.scalar(lineage.model_version, pa.int32()), n),
+            "variant": constant_strings(lineage.variant, n),
+            "scoring_run_id": constant_strings(lineage.scoring_run_id, n),
+            "scored_at": pa.repeat(pa.scalar(lineage.scored_at, pa.timestamp("us", tz="UTC")), n),
+        }
+    )
+
+
 def io_only_pyarrow(files: list[str], columns: list[str], out: Path, dictionary: list[str]) -> Timed:
-    """Read and write each file with pyarrow, one file per core at a time: the machine's IO with
-    all cores (pyarrow reads and writes off the GIL; one file after another leaves cores idle
-    while a file is written, and the bound would then be one the job can beat)."""
+    """Read each file's input columns and write the job's output for it with pyarrow, one file per
+    core at a time: the machine's IO with all cores (pyarrow reads and writes off the GIL; one
+    file after another leaves cores idle while a file is written, and the bound would then be one
+    the job can beat)."""
     from concurrent.futures import ThreadPoolExecutor
 
     out.mkdir(parents=True, exist_ok=True)
 
     def copy(i: int, path: str) -> int:
         table = pq.read_table(path, columns=columns, read_dictionary=dictionary)
-        pq.write_table(table, out / f"part-{i}.parquet")
+        pq.write_table(output_like(table), out / f"part-{i}.parquet")
         return table.num_rows
 
     t0 = time.perf_counter()
@@ -100,7 +127,7 @@ def io_only_ray(files: list[str], columns: list[str], out: Path, dictionary: lis
 
     t0 = time.perf_counter()
     dataset = read_parquet_files(files, filesystem=None, columns=columns, dictionary=dictionary)
-    dataset.write_parquet(str(out), min_rows_per_file=ROWS_PER_FILE)
+    dataset.map_batches(output_like, batch_format="pyarrow").write_parquet(str(out), min_rows_per_file=ROWS_PER_FILE)
     return Timed(time.perf_counter() - t0, sum(pq.ParquetFile(f).metadata.num_rows for f in files))
 
 
