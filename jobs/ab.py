@@ -24,7 +24,7 @@ from jobs.ab_report import markdown, plots
 from jobs.config import ABSpec, JobConfig
 from jobs.lake import Lake
 from jobs.predict import model_inputs, shadow_table
-from jobs.ray_runtime import actor_pool, ensure_ray, gpus_per_actor, read_parquet_files
+from jobs.ray_runtime import actor_pool, actors_read_and_write, ensure_ray, gpus_per_actor, read_parquet_files
 from jobs.settings import Settings, load_settings
 from jobs.yamlconf import ConfigError
 from models.predictor import Lineage, PairActor, PredictorOptions, arrow_scorer
@@ -155,7 +155,7 @@ def _score_both(
         )
     # CPU actors read their own blocks, as the nightly job's do (docs/adr/0002): read tasks beside
     # them would wait for CPUs an actor pool of min_actors = the machine's cores holds
-    fused = gpus == 0
+    fused = actors_read_and_write(gpus)
     dataset = read_parquet_files(
         [f.path for f in files],
         filesystem=lake.fs,
@@ -173,7 +173,7 @@ def _score_both(
         },
         batch_format="pyarrow",
         batch_size=None if fused else batch_size,
-        compute=actor_pool(job.compute, inputs=len(files) if fused else None),
+        compute=actor_pool(job.compute, inputs=len(files)) if fused else actor_pool(job.compute, beside=1),
         num_cpus=job.compute.cpus_per_actor,
         num_gpus=gpus,
         udf_modifying_row_count=False,

@@ -21,7 +21,7 @@ from typing import Any
 from jobs import commit, tracking, validation
 from jobs.config import JobConfig
 from jobs.lake import DataFile, Lake, LakeError
-from jobs.ray_runtime import actor_pool, ensure_ray, gpus_per_actor, read_parquet_files
+from jobs.ray_runtime import actor_pool, actors_read_and_write, ensure_ray, gpus_per_actor, read_parquet_files
 from jobs.settings import Settings, load_settings
 from jobs.validation import InvalidInput
 from models.predictor import (
@@ -536,9 +536,7 @@ def _score(
         )
         mlflow.log_param("compute.batch_size_chosen", batch_size)
     validator = validation.RowValidator(rules, job.validation.on_invalid_rows, job.input.key, lake.fs, q_staging)
-    # CPU actors read, validate, score and write in one process (see jobs.part_writer); a GPU
-    # actor gets its batches from CPU read tasks and hands them to CPU write tasks
-    fused = gpus == 0
+    fused = actors_read_and_write(gpus)
     cpus = job.compute.cpus_per_actor if fused else IO_CPUS
     dataset = read_parquet_files(
         [f.path for f in pre.files],
@@ -568,7 +566,8 @@ def _score(
             },
         )
     validated = dataset.map_batches(validator, batch_format="pyarrow", num_cpus=cpus)
-    actors = actor_pool(job.compute, inputs=len(pre.files) if fused else None)  # a read task per file
+    # fused: a read task per file; staged: read and write tasks need CPUs beside the actors
+    actors = actor_pool(job.compute, inputs=len(pre.files)) if fused else actor_pool(job.compute, beside=2 * IO_CPUS)
     started = time.time()
     if fused:
         validated.map_batches(

@@ -57,12 +57,37 @@ def gpus_per_actor(requested: float | str) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 
-def actor_pool(compute: ComputeSpec, *, inputs: int | None = None) -> ray.data.ActorPoolStrategy:
-    """The job's actor pool. Given how many inputs the pool gets (one per file where the actors read
-    their own files), it starts no more actors than that: a one-file partition starts one."""
+def actors_read_and_write(gpus: float) -> bool:
+    """CPU actors read, validate, score and write in one process (docs/adr/0002); a GPU actor gets
+    its batches from CPU read tasks and hands them to CPU write tasks."""
+    return gpus == 0
+
+
+def actor_pool(compute: ComputeSpec, *, inputs: int | None = None, beside: float = 0.0) -> ray.data.ActorPoolStrategy:
+    """The job's actor pool, its minimum size cut to what can start and be fed.
+
+    Args:
+        inputs: how many inputs the pool gets (one per file where the actors read their own
+            files): no more actors start than that, so a one-file partition starts one.
+        beside: CPUs the stages beside the actors need (read and write tasks). The minimum leaves
+            them room: actors holding every CPU of the cluster would wait forever for the reads.
+    """
     import ray
 
-    low = compute.min_actors if inputs is None else max(1, min(compute.min_actors, inputs))
+    low = compute.min_actors if inputs is None else min(compute.min_actors, inputs)
+    if beside:
+        cpus = ray.cluster_resources().get("CPU", 0.0)
+        fits = int((cpus - beside) // compute.cpus_per_actor)
+        if fits < low:
+            log.warning(
+                "compute.min_actors %d would leave the read and write tasks no CPU of the cluster's %g; "
+                "starting %d actor(s)",
+                compute.min_actors,
+                cpus,
+                max(fits, 1),
+            )
+            low = fits
+    low = max(1, low)
     return ray.data.ActorPoolStrategy(min_size=low, max_size=max(low, compute.max_actors))
 
 

@@ -153,3 +153,29 @@ def test_cli_run_and_show(first_run, home, capsys):
     assert json.loads(capsys.readouterr().out)["scoring_run_id"] == result["run_id"]
     assert main(["run", "churn", "--date", "2026-02-30"]) == 2
     assert "YYYY-MM-DD, got '2026-02-30'" in capsys.readouterr().err
+
+
+def test_cpu_actors_write_a_file_per_input_file_named_after_it(first_run, lake):
+    inputs = sorted(f.path.rsplit("/", 1)[-1].removesuffix(".parquet") for f in lake.data_files("raw/customers", DAY))
+    outputs = sorted(p.rsplit("/", 1)[-1] for p in pads.dataset(lake.partition_path(OUT, DAY)).files)
+    assert len(outputs) == len(inputs)  # files below output.rows_per_file: one slice each
+    assert all(out.startswith(f"{stem}-0000-") for stem, out in zip(inputs, outputs, strict=True))
+
+
+def test_the_gpu_pipeline_shape_writes_every_row_once(
+    settings, registered, ray_local, churn_job, tmp_path, monkeypatch, caplog
+):
+    """GPU actors get batches from read tasks and hand them to write tasks (no GPU here: the same
+    pipeline on CPU actors). The job's two actors would hold both CPUs and starve the reads: one
+    starts, and the log says why."""
+    from jobs import demo_data, predict
+    from jobs.lake import Lake
+
+    monkeypatch.setattr(predict, "actors_read_and_write", lambda gpus: False)
+    lake = Lake(str(tmp_path / "lake"))
+    demo_data.write_partition(lake, demo_data.RAW_TABLE, DAY, demo_data.generate(ROWS, DAY), files=3)
+    result = run_job(churn_job, DAY, settings=settings.model_copy(update={"lake_root": lake.root}))
+    table = read_output(lake)
+    assert result.rows == table.num_rows == len(table["customer_id"].unique()) == ROWS
+    assert set(table["scoring_run_id"].to_pylist()) == {result.run_id}
+    assert "compute.min_actors 2 would leave the read and write tasks no CPU" in caplog.text
