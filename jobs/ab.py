@@ -117,7 +117,6 @@ def run_compare(job: JobConfig, ds: dt.date, *, settings: Settings | None = None
 def _score_both(
     job: JobConfig, spec: ABSpec, lake: Lake, files: list, refs: tuple[ModelRef, ModelRef], settings: Settings
 ) -> pa.Table:
-
     features = sorted({c for ref in refs for c, _, _ in model_inputs(job, ref)})
     passthrough = list(dict.fromkeys(c for c in (job.input.key, spec.label, spec.group_key, spec.segment_column) if c))
     scorers = tuple(arrow_scorer(load_pyfunc(ref.uri)) for ref in refs)
@@ -153,8 +152,7 @@ def _score_both(
             cpus=job.compute.cpus_per_actor,
             gpus=gpus,
         )
-    # CPU actors read their own blocks, as the nightly job's do (docs/adr/0002): read tasks beside
-    # them would wait for CPUs an actor pool of min_actors = the machine's cores holds
+    # CPU actors read their own blocks, as the nightly job's do (docs/adr/0002)
     fused = actors_read_and_write(gpus)
     dataset = read_parquet_files(
         [f.path for f in files],
