@@ -44,7 +44,12 @@ class OutputSpec(Frozen):
     table: TablePath
     score_column: Column = "score"
     threshold: float | None = Field(None, ge=0, le=1, description="default: the model's own threshold")
-    rows_per_file: int = Field(1_000_000, ge=1_000, description="avoid many tiny Parquet files")
+    rows_per_file: int = Field(
+        1_000_000,
+        ge=1_000,
+        description="CPU actors write a file per slice of this many input rows; with GPU actors, a lower bound "
+        "per file (no tiny Parquet files)",
+    )
 
 
 class ColumnCheck(Frozen):
