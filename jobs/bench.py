@@ -85,20 +85,15 @@ def output_like(table: pa.Table) -> pa.Table:
 
     import numpy as np
 
-    from models.predictor import Lineage, constant_strings
+    from models.predictor import Lineage, prediction_table
 
-    n, lineage = table.num_rows, Lineage("model", 1, "0" * 32, dt.datetime.now(dt.UTC))
-    return pa.table(
-        {
-            demo_data.KEY: table.column(demo_data.KEY),
-            "churn_probability": pa.array(np.zeros(n, dtype=np.float32)),
-            "prediction": pa.array(np.zeros(n, dtype=np.int8)),
-            "model_name": constant_strings(lineage.model_name, n),
-            "model_version": pa.repeat(pa.scalar(lineage.model_version, pa.int32()), n),
-            "variant": constant_strings(lineage.variant, n),
-            "scoring_run_id": constant_strings(lineage.scoring_run_id, n),
-            "scored_at": pa.repeat(pa.scalar(lineage.scored_at, pa.timestamp("us", tz="UTC")), n),
-        }
+    return prediction_table(
+        table.column(demo_data.KEY),
+        np.zeros(table.num_rows, dtype=np.float32),
+        key=demo_data.KEY,
+        score_column="churn_probability",
+        threshold=0.5,
+        lineage=Lineage("model", 1, "0" * 32, dt.datetime.now(dt.UTC)),
     )
 
 

@@ -47,14 +47,14 @@ class ListedParquetDatasource(Datasource):
         filesystem: Any,
         columns: list[str],
         dictionary: list[str],
-        slice_rows: int = SLICE_ROWS,
+        slice_rows: int | None = None,
     ) -> None:
         """``dictionary``: string columns to read dictionary-encoded, as Parquet stores them: a
         categorical column then costs an index per row instead of a string per row."""
         super().__init__()
         self.paths, self.sizes, self.filesystem, self.columns = paths, sizes, filesystem, columns
         self.dictionary = [c for c in dictionary if c in columns]
-        self.slice_rows = slice_rows
+        self.slice_rows = slice_rows or SLICE_ROWS
 
     def get_name(self) -> str:
         return "Parquet"

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.parquet_source import SOURCE
+from models.predictor import in_batches
 
 WRITTEN = pa.schema([("file", pa.string()), ("rows", pa.int64())])
 
@@ -48,7 +49,7 @@ class ScoreAndWrite:
         n = block.num_rows
         if n == 0:  # every row of the slice was quarantined
             return WRITTEN.empty_table()
-        scored = pa.concat_tables(self.predictor(block.slice(i, self.batch_size)) for i in range(0, n, self.batch_size))
+        scored = in_batches(self.predictor, block, self.batch_size)
         name = f"{self._name(block)}.parquet"
         pq.write_table(scored, f"{self.staging}/{name}", filesystem=self.filesystem)
         return pa.table({"file": [name], "rows": [n]}, schema=WRITTEN)

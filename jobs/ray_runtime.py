@@ -111,7 +111,7 @@ def read_parquet_files(
     import pyarrow.fs as pafs
     import ray
 
-    from jobs.parquet_source import SLICE_ROWS, ListedParquetDatasource
+    from jobs.parquet_source import ListedParquetDatasource
 
     context = ray.data.DataContext.get_current()
     # our errors (InvalidInput) reach the driver as themselves, not as a generic UserCodeException
@@ -125,6 +125,6 @@ def read_parquet_files(
         filesystem=filesystem,
         columns=columns,
         dictionary=list(dictionary),
-        slice_rows=slice_rows or SLICE_ROWS,
+        slice_rows=slice_rows,
     )
     return ray.data.read_datasource(source, override_num_blocks=max(1, len(paths)), num_cpus=num_cpus)

@@ -11,6 +11,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -131,19 +132,49 @@ class BatchPredictor:
         if not self.reported_first_batch:
             self.reported_first_batch = True
             self._record(FIRST_BATCH)
-        n, lineage = batch.num_rows, self.options.lineage
-        return pa.table(
-            {
-                self.options.key: batch.column(self.options.key),
-                self.options.score_column: pa.array(proba),
-                "prediction": pa.array((proba >= self.threshold).astype(np.int8)),
-                "model_name": constant_strings(lineage.model_name, n),
-                "model_version": pa.repeat(pa.scalar(lineage.model_version, pa.int32()), n),
-                "variant": constant_strings(lineage.variant, n),
-                "scoring_run_id": constant_strings(lineage.scoring_run_id, n),
-                "scored_at": pa.repeat(pa.scalar(lineage.scored_at, pa.timestamp("us", tz="UTC")), n),
-            }
+        options = self.options
+        return prediction_table(
+            batch.column(options.key),
+            proba,
+            key=options.key,
+            score_column=options.score_column,
+            threshold=self.threshold,
+            lineage=options.lineage,
         )
+
+
+def prediction_table(
+    keys: pa.Array | pa.ChunkedArray,
+    proba: np.ndarray,
+    *,
+    key: str,
+    score_column: str,
+    threshold: float,
+    lineage: Lineage,
+) -> pa.Table:
+    """The rows a job writes: the key, the score, the prediction and the lineage columns."""
+    n = len(keys)
+    return pa.table(
+        {
+            key: keys,
+            score_column: pa.array(proba),
+            "prediction": pa.array((proba >= threshold).astype(np.int8)),
+            "model_name": constant_strings(lineage.model_name, n),
+            "model_version": pa.repeat(pa.scalar(lineage.model_version, pa.int32()), n),
+            "variant": constant_strings(lineage.variant, n),
+            "scoring_run_id": constant_strings(lineage.scoring_run_id, n),
+            "scored_at": pa.repeat(pa.scalar(lineage.scored_at, pa.timestamp("us", tz="UTC")), n),
+        }
+    )
+
+
+def in_batches(score: Callable[[pa.Table], pa.Table], table: pa.Table, batch_size: int | None) -> pa.Table:
+    """``score`` over ``table`` in batches of at most ``batch_size`` rows (all at once when None),
+    the results joined in order: how an actor given a whole block scores it."""
+    step = batch_size or table.num_rows
+    if table.num_rows <= step:
+        return score(table)
+    return pa.concat_tables(score(table.slice(i, step)) for i in range(0, table.num_rows, step))
 
 
 def constant_strings(value: str, n: int) -> pa.DictionaryArray:
@@ -245,9 +276,9 @@ class PairPredictor:
         self.batch_size = batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        step = self.batch_size or batch.num_rows
-        if batch.num_rows > step:
-            return pa.concat_tables(self(batch.slice(i, step)) for i in range(0, batch.num_rows, step))
+        return in_batches(self._score_pair, batch, self.batch_size)
+
+    def _score_pair(self, batch: pa.Table) -> pa.Table:
         columns = {c: batch.column(c) for c in self.passthrough}
         columns["score_champion"] = pa.array(self.champion.score(batch).astype(np.float32, copy=False))
         columns["score_challenger"] = pa.array(self.challenger.score(batch).astype(np.float32, copy=False))
