@@ -43,6 +43,7 @@ from jobs import demo_data
 from jobs.config import load_job
 from jobs.lake import Lake
 from jobs.settings import Settings
+from models.predictor import parquet_options
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,8 @@ def io_only_pyarrow(files: list[str], columns: list[str], out: Path, dictionary:
 
     def copy(i: int, path: str) -> int:
         table = pq.read_table(path, columns=columns, read_dictionary=dictionary)
-        pq.write_table(output_like(table), out / f"part-{i}.parquet")
+        written = output_like(table)
+        pq.write_table(written, out / f"part-{i}.parquet", **parquet_options(written.column_names))
         return table.num_rows
 
     t0 = time.perf_counter()
@@ -122,7 +124,10 @@ def io_only_ray(files: list[str], columns: list[str], out: Path, dictionary: lis
 
     t0 = time.perf_counter()
     dataset = read_parquet_files(files, filesystem=None, columns=columns, dictionary=dictionary)
-    dataset.map_batches(output_like, batch_format="pyarrow").write_parquet(str(out), min_rows_per_file=ROWS_PER_FILE)
+    columns = output_like(pa.table({demo_data.KEY: pa.array([], pa.int64())})).column_names
+    dataset.map_batches(output_like, batch_format="pyarrow").write_parquet(
+        str(out), min_rows_per_file=ROWS_PER_FILE, **parquet_options(columns)
+    )
     return Timed(time.perf_counter() - t0, sum(pq.ParquetFile(f).metadata.num_rows for f in files))
 
 
@@ -148,21 +153,20 @@ def _io_only_ray(
 
 
 def model_only(model: Any, files: list[str], batch_size: int) -> Timed:
-    """The network alone on feature tensors already in memory, with every core."""
+    """The network alone on its input tensors already in memory, with every core: the scorer's
+    ``forward`` on what its ``inputs`` made of the first file, in the job's batch size."""
     import torch
 
     torch.set_num_threads(os.cpu_count() or 1)
     table = pq.read_table(files[0], columns=model.input_columns)
-    # row-major: the layout the network runs fastest on (the job builds column-major features and
-    # picks the faster form of the first layer for them, see TabularScorer._forward)
-    features = torch.from_numpy(model.spec.transform(table)).contiguous()
-    batches = features.split(batch_size)
+    numeric, slots = model.inputs(table)
+    batches = list(zip(numeric.split(batch_size, dim=1), slots.split(batch_size), strict=True))
     with torch.inference_mode():
-        model.net(batches[0])  # warm up
+        model.forward(*batches[0])  # warm up, and the scorer picks the first layer's form
         t0 = time.perf_counter()
         for batch in batches:
-            torch.sigmoid(model.net(batch))
-    return Timed(time.perf_counter() - t0, features.shape[0])
+            torch.sigmoid(model.forward(*batch))
+    return Timed(time.perf_counter() - t0, table.num_rows)
 
 
 @dataclass(frozen=True)

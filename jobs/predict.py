@@ -35,6 +35,7 @@ from models.predictor import (
     PredictorOptions,
     RoutedPredictor,
     arrow_scorer,
+    parquet_options,
 )
 from models.registry import ModelRef, load_pyfunc, resolve
 
@@ -601,6 +602,7 @@ def _score(
         filesystem=lake.fs,
         min_rows_per_file=job.output.rows_per_file,
         ray_remote_args={"num_cpus": IO_CPUS},
+        **parquet_options([job.input.key, job.output.score_column, "prediction", *LINEAGE_COLUMNS]),
     )
     return started
 

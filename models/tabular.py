@@ -58,7 +58,11 @@ class FeatureSpec:
         return cls(numeric, means, stds, cats, hidden)
 
     def transform(self, table: pa.Table) -> np.ndarray:
-        """Raw Arrow columns → float32 matrix of shape (rows, width)."""
+        """Raw Arrow columns → float32 matrix of shape (rows, width): what the network trains on.
+
+        Scoring does not build this matrix: :class:`TabularScorer` folds the standardisation and
+        the one-hot encoding into the first layer and takes :meth:`raw_numeric` and
+        :meth:`category_slots` instead."""
         n = table.num_rows
         # column-major: every write below fills (part of) one column, so it stays contiguous; ~1.6x
         # faster than row-major here, and torch's matmul takes the transposed layout without a copy
@@ -75,10 +79,31 @@ class FeatureSpec:
         # one-hot: index the column-major matrix as flat memory, (column * n + row): one 1-D
         # scatter per category column, ~3x faster than 2-D fancy indexing
         flat, rows = out.reshape(-1, order="F"), np.arange(n)
-        offset = len(self.numeric)
-        for c, values in self.categorical.items():
-            slot = offset + 1 + _category_index(table.column(c), values)  # unseen/null → slot 0
-            flat[slot * n + rows] = 1.0
+        for slots in self.category_slots(table).T:
+            flat[(len(self.numeric) + slots) * n + rows] = 1.0
+        return out
+
+    def raw_numeric(self, table: pa.Table) -> np.ndarray:
+        """The numeric columns unscaled, float32, one row of the result per column (each filled
+        contiguously); null, NaN and infinity become the column's training mean, as in
+        :meth:`transform`."""
+        out = np.empty((len(self.numeric), table.num_rows), dtype=np.float32)
+        for j, c in enumerate(self.numeric):
+            out[j] = _as_float(table.column(c))
+        finite = np.isfinite(out)
+        if not finite.all():
+            means = np.broadcast_to(np.asarray(self.means, dtype=np.float32)[:, None], out.shape)
+            out[~finite] = means[~finite]
+        return out
+
+    def category_slots(self, table: pa.Table) -> np.ndarray:
+        """Each row's one-hot position in each categorical column, counted from the first
+        categorical slot: shape (rows, categorical columns), int32. Slot 0 of a column's block
+        takes nulls and unseen values."""
+        out = np.empty((table.num_rows, len(self.categorical)), dtype=np.int32)
+        offset = 0
+        for k, (c, values) in enumerate(self.categorical.items()):
+            _category_index(table.column(c), values, shift=offset + 1, out=out[:, k])
             offset += len(values) + 1
         return out
 
@@ -90,30 +115,38 @@ class FeatureSpec:
         return cls(**json.loads(text))
 
 
-def _category_index(column: pa.ChunkedArray, values: list[str]) -> np.ndarray:
-    """Position of each row's category in ``values``, -1 for null or unseen.
+def _category_index(column: pa.ChunkedArray, values: list[str], *, shift: int, out: np.ndarray) -> None:
+    """Into ``out``: position of each row's category in ``values``, -1 for null or unseen, plus
+    ``shift``.
 
     A dictionary-encoded column (the job reads categorical columns so, as Parquet stores them)
     is looked up once per distinct value, then mapped through its indices: ~10x fewer hash
     lookups than the strings row by row.
     """
     value_set = pa.array(values, pa.string())
-    if pa.types.is_dictionary(column.type):
-        parts = []
-        for chunk in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
-            dictionary = chunk.dictionary.cast(pa.string())
-            # one extra entry, -1, for the null rows' codes
-            lookup = np.append(pc.fill_null(pc.index_in(dictionary, value_set=value_set), -1).to_numpy(), -1)
-            codes = pc.fill_null(chunk.indices, len(dictionary)) if chunk.null_count else chunk.indices
-            parts.append(lookup[codes.to_numpy(zero_copy_only=False)])
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-    if not pa.types.is_string(column.type):
-        column = column.cast(pa.string())
-    return pc.fill_null(pc.index_in(column, value_set=value_set), -1).to_numpy()
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    if not pa.types.is_dictionary(column.type):
+        if not pa.types.is_string(column.type):
+            chunks = [chunk.cast(pa.string()) for chunk in chunks]
+        start = 0
+        for chunk in chunks:
+            index = pc.fill_null(pc.index_in(chunk, value_set=value_set), -1).to_numpy(zero_copy_only=False)
+            np.add(index, shift, out=out[start : start + len(chunk)])
+            start += len(chunk)
+        return
+    start = 0
+    for chunk in chunks:
+        dictionary = chunk.dictionary.cast(pa.string())
+        # one extra entry, -1, for the null rows' codes
+        found = pc.fill_null(pc.index_in(dictionary, value_set=value_set), -1).to_numpy()
+        lookup = np.append(found, -1).astype(np.int32) + shift
+        codes = pc.fill_null(chunk.indices, len(dictionary)) if chunk.null_count else chunk.indices
+        np.take(lookup, codes.to_numpy(zero_copy_only=False), out=out[start : start + len(chunk)])
+        start += len(chunk)
 
 
 def _as_float(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
-    if not pa.types.is_floating(column.type):
+    if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)):
         column = column.cast(pa.float64())
     return column.to_numpy(zero_copy_only=False)  # nulls become NaN
 
@@ -134,6 +167,11 @@ def build_net(spec: FeatureSpec) -> torch.nn.Module:
 class TabularScorer:
     """The fast path the job uses: raw Arrow batch in, probabilities out (an ``ArrowScorer``).
 
+    It scores with the trained network, its first layer folded with the feature transform: the
+    standardisation goes into the numeric weights and bias, and each category's one-hot column
+    becomes a row of weights to look up. On the champion this halves the time per row (131 → 78
+    ns), mostly because it no longer builds and reads a 49-wide matrix that is 70% zeros.
+
     The weights stay bytes until the first use of the network: the job's driver loads this
     scorer and ships it to its actors without importing torch (2 s of a 2-core machine's start).
     """
@@ -144,15 +182,17 @@ class TabularScorer:
         self.device_name = "cpu"
         self.dtype_name = "float32"
         self._net: torch.nn.Module | None = None
-        self.transposed_first_layer: bool | None = None  # decided on the first large CPU batch
+        self._first: FoldedLayer | None = None
+        self.numeric_by_rows: bool | None = None  # decided on the first large CPU batch
 
     def __getstate__(self) -> dict:
         # shipped to each actor before its first batch: the weights as bytes, and every actor
         # measures the first layer's form on its own cores
-        return self.__dict__ | {"_net": None, "transposed_first_layer": None}
+        return self.__dict__ | {"_net": None, "_first": None, "numeric_by_rows": None}
 
     @property
     def net(self) -> torch.nn.Module:
+        """The network as trained: one-hot features in (see :meth:`FeatureSpec.transform`)."""
         if self._net is None:
             import io
 
@@ -165,6 +205,12 @@ class TabularScorer:
                 net.load_state_dict(torch.load(io.BytesIO(self.weights), map_location="cpu", weights_only=True))
                 self._net = net.eval().to(self.device, self.dtype)
         return self._net
+
+    @property
+    def first_layer(self) -> FoldedLayer:
+        if self._first is None:
+            self._first = FoldedLayer.fold(self.spec, self.net[0]).to(self.device, self.dtype)
+        return self._first
 
     @property
     def device(self) -> torch.device:
@@ -190,50 +236,97 @@ class TabularScorer:
         """Move the network (``cuda`` for a GPU actor); ``dtype='bfloat16'`` halves the math."""
         self.device_name = str(device)
         self.dtype_name = dtype or "float32"
+        self._first = None
         if self._net is not None:
             self._net.to(self.device, self.dtype)
         return self
+
+    def inputs(self, table: pa.Table) -> tuple[torch.Tensor, torch.Tensor]:
+        """What :meth:`forward` takes, from a raw Arrow batch, on the CPU: the numbers unscaled
+        (columns by rows) and each row's category slots (rows by columns)."""
+        import torch
+
+        return torch.from_numpy(self.spec.raw_numeric(table)), torch.from_numpy(self.spec.category_slots(table))
 
     def predict_proba(self, table: pa.Table) -> np.ndarray:
         """Probability of the positive class for each row of a raw Arrow batch."""
         import torch
 
-        features = torch.from_numpy(self.spec.transform(table))
+        numeric, slots = self.inputs(table)
         with torch.inference_mode():
             if self.device.type == "cuda":
-                features = features.pin_memory().to(self.device, non_blocking=True)
-            logits = self._forward(features.to(self.dtype)).squeeze(1)
+                numeric = numeric.pin_memory().to(self.device, non_blocking=True)
+                slots = slots.pin_memory().to(self.device, non_blocking=True)
+            logits = self.forward(numeric.to(self.dtype), slots).squeeze(1)
             return torch.sigmoid(logits.float()).cpu().numpy()
 
-    def _forward(self, features: torch.Tensor) -> torch.Tensor:
-        """The network on column-major features, its first layer in the faster of two forms.
+    def forward(self, numeric: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+        """Logits from :meth:`inputs`, the numeric product in the faster of two forms.
 
-        ``x @ W.T`` on a column-major ``x`` makes the CPU's GEMM take a transposed operand, which
-        is slow when the layer is narrow (5x for the champion's 4 units); the same product as
-        ``(W @ x.T).T`` reads ``x.T`` row-major and is fast there, but slower for a wide layer.
-        Which one wins depends on the shapes and the machine, so the first large batch times both.
-        """
+        The numbers come one column per row, so that each is copied contiguously; for
+        ``x · Wᵀ`` the GEMM then takes ``x`` transposed, which is slow when the layer is narrow
+        (5x for the champion's 4 units), while ``(W · x)ᵀ`` is fast there but slower for a wide
+        layer. Which wins depends on the shapes and the machine, so the first large batch times
+        both."""
+        if self.device.type != "cpu":
+            return self.net[1:](self._first_hidden(numeric, slots, by_rows=True))
+        if self.numeric_by_rows is None:
+            if numeric.shape[1] < 1024:
+                return self.net[1:](self._first_hidden(numeric, slots, by_rows=True))
+            self.numeric_by_rows = _time(self._first_hidden, numeric, slots, by_rows=True) < _time(
+                self._first_hidden, numeric, slots, by_rows=False
+            )
+        return self.net[1:](self._first_hidden(numeric, slots, by_rows=self.numeric_by_rows))
 
-        if self.device.type != "cpu" or features.is_contiguous():
-            return self.net(features)
-        if self.transposed_first_layer is None:
-            if features.shape[0] < 1024:
-                return self.net(features)
-            self.transposed_first_layer = _time(self._transposed, features) < _time(self.net, features)
-        return self._transposed(features) if self.transposed_first_layer else self.net(features)
-
-    def _transposed(self, features: torch.Tensor) -> torch.Tensor:
+    def _first_hidden(self, numeric: torch.Tensor, slots: torch.Tensor, *, by_rows: bool) -> torch.Tensor:
+        """The first layer's output, rows by units: the categories' weights summed per row (one
+        lookup each), plus the bias, plus the numbers times their weights."""
         import torch
 
-        first = self.net[0]
-        hidden = torch.addmm(first.bias.unsqueeze(1), first.weight, features.T).T
-        return self.net[1:](hidden)
+        first = self.first_layer
+        if slots.shape[1]:
+            hidden = torch.nn.functional.embedding_bag(slots, first.categories, mode="sum")
+        else:
+            hidden = torch.zeros(numeric.shape[1], first.bias.shape[0], dtype=first.bias.dtype, device=self.device)
+        if by_rows:
+            return torch.addmm(hidden.add_(first.bias), numeric.T, first.numeric.T)
+        return hidden.add_(torch.addmm(first.bias.unsqueeze(1), first.numeric, numeric).T)
 
 
-def _time(fn, x) -> float:
+@dataclass(frozen=True)
+class FoldedLayer:
+    """The first linear layer with :meth:`FeatureSpec.transform` folded in.
+
+    ``W · ((x - mean) / std) + b`` is ``(W / std) · x + (b - (W / std) · mean)``; a one-hot
+    column times its weights is the weights' column, looked up instead of multiplied.
+    """
+
+    numeric: torch.Tensor  # units by numeric columns: W / std
+    bias: torch.Tensor  # units: b - (W / std) · mean
+    categories: torch.Tensor  # one-hot slots by units: W's one-hot columns, as rows
+
+    @classmethod
+    def fold(cls, spec: FeatureSpec, layer: torch.nn.Linear) -> FoldedLayer:
+        import torch
+
+        # in float64, so the folded layer rounds no worse than the original
+        weight, bias = layer.weight.detach().double().cpu(), layer.bias.detach().double().cpu()
+        k = len(spec.numeric)
+        scaled = weight[:, :k] / torch.tensor(spec.stds, dtype=torch.float64)
+        return cls(
+            numeric=scaled.contiguous(),
+            bias=bias - scaled @ torch.tensor(spec.means, dtype=torch.float64),
+            categories=weight[:, k:].T.contiguous(),
+        )
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> FoldedLayer:
+        return FoldedLayer(*(t.to(device, dtype) for t in (self.numeric, self.bias, self.categories)))
+
+
+def _time(fn, *args, **kwargs) -> float:
     import time
 
-    fn(x)  # warm up
+    fn(*args, **kwargs)  # warm up
     t0 = time.perf_counter()
-    fn(x)
+    fn(*args, **kwargs)
     return time.perf_counter() - t0
