@@ -92,8 +92,9 @@ class FeatureSpec:
             out[j] = _as_float(table.column(c))
         finite = np.isfinite(out)
         if not finite.all():
-            means = np.broadcast_to(np.asarray(self.means, dtype=np.float32)[:, None], out.shape)
-            out[~finite] = means[~finite]
+            # column by column, only those with a gap: a mask over the whole block cost 10 ns a row
+            for j in np.flatnonzero(~finite.all(axis=1)):
+                np.copyto(out[j], np.float32(self.means[j]), where=~finite[j])
         return out
 
     def category_slots(self, table: pa.Table) -> np.ndarray:
