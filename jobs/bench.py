@@ -159,8 +159,8 @@ def model_only(model: Any, files: list[str], batch_size: int) -> Timed:
 
     torch.set_num_threads(os.cpu_count() or 1)
     table = pq.read_table(files[0], columns=model.input_columns)
-    numeric, slots = model.inputs(table)
-    batches = list(zip(numeric.split(batch_size, dim=1), slots.split(batch_size), strict=True))
+    numeric, codes, slots = model.inputs(table)
+    batches = [(x, c, slots) for x, c in zip(numeric.split(batch_size, dim=1), codes.split(batch_size), strict=True)]
     with torch.inference_mode():
         model.forward(*batches[0])  # warm up, and the scorer picks the first layer's form
         t0 = time.perf_counter()
