@@ -45,6 +45,11 @@ def test_a_block_becomes_one_file_named_after_its_source(writer, raw_batch, tmp_
     whole = make_predictor(settings, registered["champion"])(raw_batch)
     assert out["customer_id"].to_pylist() == raw_batch["customer_id"].to_pylist()
     assert out["churn_probability"].to_pylist() == pytest.approx(whole["churn_probability"].to_pylist(), abs=1e-6)
+    # row groups a reader can skip on the key or the score; the one-value lineage strings need none
+    group = pq.ParquetFile(tmp_path / files[0]).metadata.row_group(0)
+    stats = {group.column(i).path_in_schema: group.column(i).is_stats_set for i in range(group.num_columns)}
+    assert stats["customer_id"] and stats["churn_probability"] and stats["scored_at"]
+    assert not stats["scoring_run_id"]
 
 
 def test_a_retried_block_rewrites_its_file_and_pieces_of_a_slice_get_their_own(writer, raw_batch, tmp_path):
