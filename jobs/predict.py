@@ -36,6 +36,7 @@ from models.predictor import (
     RoutedPredictor,
     arrow_scorer,
     parquet_options,
+    prediction_columns,
 )
 from models.registry import ModelRef, load_pyfunc, resolve
 
@@ -602,7 +603,7 @@ def _score(
         filesystem=lake.fs,
         min_rows_per_file=job.output.rows_per_file,
         ray_remote_args={"num_cpus": IO_CPUS},
-        **parquet_options([job.input.key, job.output.score_column, "prediction", *LINEAGE_COLUMNS]),
+        **parquet_options(prediction_columns(job.input.key, job.output.score_column)),
     )
     return started
 

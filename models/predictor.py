@@ -145,6 +145,11 @@ class BatchPredictor:
         )
 
 
+def prediction_columns(key: str, score_column: str) -> list[str]:
+    """The columns :func:`prediction_table` builds, in order."""
+    return [key, score_column, "prediction", *LINEAGE_COLUMNS]
+
+
 def prediction_table(
     keys: pa.Array | pa.ChunkedArray,
     proba: np.ndarray,

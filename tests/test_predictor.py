@@ -35,6 +35,8 @@ def make_predictor(settings, version: int, threshold: float | None = None, score
 
 
 def test_scores_a_batch_with_lineage(settings, registered, raw_batch):
+    from models.predictor import prediction_columns
+
     predictor = make_predictor(settings, registered["champion"])
     out = predictor(raw_batch)
     assert out.num_rows == raw_batch.num_rows
@@ -48,6 +50,7 @@ def test_scores_a_batch_with_lineage(settings, registered, raw_batch):
         "scoring_run_id",
         "scored_at",
     ]
+    assert out.column_names == prediction_columns("customer_id", "churn_probability")
     assert out["customer_id"].equals(raw_batch["customer_id"])
     proba = out["churn_probability"].to_numpy()
     assert ((proba >= 0) & (proba <= 1)).all() and proba.std() > 0
