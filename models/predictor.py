@@ -104,20 +104,24 @@ class BatchPredictor:
         default = self.model.threshold if self.model is not None else 0.5
         self.threshold = options.threshold if options.threshold is not None else default
         self.reported_first_batch = False
-        self._record(ACTOR_READY)
+        self.ready_at = time.time()  # recorded with the first batch: see _record
         log.info("actor pid %d scores %s on %s", os.getpid(), options.model_uri, self.device)
 
-    def _record(self, event: str) -> None:
-        """Note when this actor reached ``event``, in a file beside the run's staging folder (the
-        job reads the earliest of each): the job's startup is the time to the first batch, its
-        steady-state throughput is measured from there to the commit, and ``actor-ready`` splits
-        the startup into the wait for the actor and its first batch."""
+    def _record(self, event: str, at: float) -> None:
+        """Note that this actor reached ``event`` at ``at``, in a file beside the run's staging
+        folder (the job reads the earliest of each): the job's startup is the time to the first
+        batch, its steady-state throughput is measured from there to the commit, and
+        ``actor-ready`` splits the startup into the wait for the actor and its first batch.
+
+        Both are written at the first batch, inside a task the job waits for. Written at the end
+        of the constructor, the ready file of an actor that got no batch could land after the job
+        had committed and cleaned up its staging, and stay there (seen on S3)."""
         if self.options.telemetry_dir is None or self.options.filesystem is None:
             return
         try:
             name = f"{event}{TELEMETRY_SEPARATOR}{os.getpid()}-{uuid.uuid4().hex[:8]}"
             with self.options.filesystem.open_output_stream(f"{self.options.telemetry_dir}/{name}") as f:
-                f.write(repr(time.time()).encode())
+                f.write(repr(at).encode())
         except Exception as e:  # telemetry must never fail a scoring run
             log.warning("could not record the time of %s: %s", event, e)
 
@@ -133,7 +137,8 @@ class BatchPredictor:
         proba = self.score(batch).astype(np.float32, copy=False)
         if not self.reported_first_batch:
             self.reported_first_batch = True
-            self._record(FIRST_BATCH)
+            self._record(ACTOR_READY, self.ready_at)
+            self._record(FIRST_BATCH, time.time())
         options = self.options
         return prediction_table(
             batch.column(options.key),
