@@ -23,21 +23,14 @@ from ray.data.datasource import Datasource, ReadTask
 # Ray's own default guess of Parquet's in-memory size over its size on disk, for planning only
 ENCODING_RATIO = 5
 SLICE_ROWS = 262_144  # per block: ~50 MB for the churn table's 30 columns
-# Schema metadata on each slice: the file's name and the slice's number, which the job's writer
-# names its output after (see jobs.part_writer)
-SOURCE = b"lakecast.source"
 
 
-def _read(
-    path: str, filesystem: Any, columns: list[str], dictionary: list[str], slice_rows: int, threads: bool
-) -> Iterator[pa.Table]:
-    """One file, in slices of ``slice_rows`` rows, each tagged with where it came from."""
-    stem = path.rsplit("/", 1)[-1].removesuffix(".parquet")
+def _read(path: str, filesystem: Any, columns: list[str], dictionary: list[str], threads: bool) -> Iterator[pa.Table]:
+    """One file, in slices of :data:`SLICE_ROWS` rows."""
     with filesystem.open_input_file(path) if filesystem is not None else pa.OSFile(path) as f:
         reader = pq.ParquetFile(f, read_dictionary=dictionary or None)
-        for i, batch in enumerate(reader.iter_batches(batch_size=slice_rows, columns=columns, use_threads=threads)):
-            table = pa.Table.from_batches([batch])
-            yield table.replace_schema_metadata({**(table.schema.metadata or {}), SOURCE: f"{stem}-{i:04d}"})
+        for batch in reader.iter_batches(batch_size=SLICE_ROWS, columns=columns, use_threads=threads):
+            yield pa.Table.from_batches([batch])
 
 
 class ListedParquetDatasource(Datasource):
@@ -49,7 +42,6 @@ class ListedParquetDatasource(Datasource):
         filesystem: Any,
         columns: list[str],
         dictionary: list[str],
-        slice_rows: int | None = None,
         threads: bool = True,
     ) -> None:
         """``dictionary``: string columns to read dictionary-encoded, as Parquet stores them: a
@@ -59,7 +51,6 @@ class ListedParquetDatasource(Datasource):
         super().__init__()
         self.paths, self.sizes, self.filesystem, self.columns = paths, sizes, filesystem, columns
         self.dictionary = [c for c in dictionary if c in columns]
-        self.slice_rows = slice_rows or SLICE_ROWS
         self.threads = threads
 
     def get_name(self) -> str:
@@ -71,7 +62,7 @@ class ListedParquetDatasource(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None):
         return [
             ReadTask(
-                partial(_read, path, self.filesystem, self.columns, self.dictionary, self.slice_rows, self.threads),
+                partial(_read, path, self.filesystem, self.columns, self.dictionary, self.threads),
                 BlockMetadata(num_rows=None, size_bytes=size * ENCODING_RATIO, input_files=[path], exec_stats=None),
             )
             for path, size in zip(self.paths, self.sizes, strict=True)

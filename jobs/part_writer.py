@@ -1,13 +1,18 @@
-"""Score a block and write it, in the same actor: the job's pipeline on CPU actors.
+"""Read, validate, score and write an input file in the same actor, a batch at a time: the job's
+pipeline on CPU actors (docs/adr/0002).
 
 With CPU actors, reading, scoring and writing share the same cores, and every row that crosses
 Ray's object store between them is copied in, copied out and scheduled as its own task. So on
-CPU the job fuses the whole path: Ray Data runs each input slice's read and row validation
-inside the actor (the read reserves the actors' CPUs, which lets Ray fuse it), and
-:class:`ScoreAndWrite` scores the slice in batches and writes it as one Parquet file into the
-run's staging folder. Only a file name and a row count go back through Ray. On 2 cores this took
-a 10M-row job's steady state from 1.6-1.9M to 3.4-3.9M rows/s: both actors score, where before
-one actor scored and the other core ran the write tasks.
+CPU, Ray Data hands each actor the paths of whole input files, and :class:`ScoreAndWrite`
+streams a file in batches of ``batch_size`` rows: it validates and scores each batch, keeps only
+the scores, and writes the scores of each ``rows_per_file`` input rows as one Parquet file into
+the run's staging folder (their invalid rows as one file in quarantine). Only file names and row
+counts go back through Ray.
+
+A batch at a time, an actor's working set is a batch of input and a file's worth of scores
+(about 15 bytes a row), not a decoded slice of the file: a 1M-row slice of the churn table grew
+an actor by 500 MB, and this machine backs new memory slowly (each actor's first two slices read
+in 0.6-1.0 s where later ones took 0.11 s). Streamed, the first batches cost what later ones do.
 
 GPU actors keep the three stages apart (CPU read tasks, GPU actors, CPU write tasks), so the GPU
 never waits on Parquet.
@@ -15,54 +20,106 @@ never waits on Parquet.
 
 from __future__ import annotations
 
-import hashlib
+import itertools
+from collections.abc import Iterable, Iterator
+from operator import itemgetter
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.parquet_source import SOURCE
+from jobs.validation import InvalidInput, RowValidator
 from models.predictor import in_batches, parquet_options
+
+# rows read and validated at a time, then scored in batches of the job's batch_size: about 40 MB
+# of the churn table's columns. Reading and validating 65,536 rows at a time cost more per row.
+READ_ROWS = 262_144
 
 WRITTEN = pa.schema([("file", pa.string()), ("rows", pa.int64())])
 
 
+def slices(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[tuple[int, pa.Table]]:
+    """``(slice number, piece)`` for ``batches`` cut into slices of ``rows`` rows, a batch that
+    straddles two slices cut in two."""
+    seen = 0
+    for batch in batches:
+        start = 0
+        while start < batch.num_rows:
+            n = min(batch.num_rows - start, rows - seen % rows)
+            yield seen // rows, pa.Table.from_batches([batch.slice(start, n)])
+            start, seen = start + n, seen + n
+
+
 class ScoreAndWrite:
-    """Ray Data callable class: ``map_batches(ScoreAndWrite, batch_size=None, ...)``.
+    """Ray Data callable class over a dataset of input files
+    (:func:`jobs.ray_runtime.files_dataset`): ``map_batches(ScoreAndWrite, batch_size=1, ...)``.
 
-    ``predictor(**kwargs)`` is built once per actor (a ``BatchPredictor`` or ``RoutedPredictor``)
-    and scores each block in batches of ``batch_size`` rows.
-
-    A block's file is named after its source slice (input file and slice number, which the job's
-    Parquet source tags it with) and where its rows sit in the slice. A task that Ray retries,
-    after its actor died, therefore rewrites the same file rather than adding a second copy; the
-    digest keeps the names apart where Ray cuts one slice into several blocks.
+    ``predictor(**kwargs)`` is built once per actor (a ``BatchPredictor`` or ``RoutedPredictor``).
+    Slice ``i`` of input file ``part-3.parquet`` is written as ``part-3-000i.parquet`` (scores)
+    and ``q-part-3-000i.parquet`` (invalid rows, if any): a task that Ray retries after its actor
+    died rewrites the same files rather than adding second copies.
     """
 
     def __init__(
-        self, predictor: type, kwargs: dict[str, Any], *, key: str, staging: str, filesystem: Any, batch_size: int
+        self,
+        predictor: type,
+        kwargs: dict[str, Any],
+        *,
+        validator: RowValidator,
+        columns: list[str],
+        dictionary: list[str],
+        staging: str,
+        filesystem: Any,
+        batch_size: int,
+        rows_per_file: int,
+        threads: bool = False,
     ):
+        """``dictionary``: string columns read dictionary-encoded, as Parquet stores them.
+        ``threads``: decode a batch's columns on pyarrow's thread pool, for actors with two CPUs
+        or more (with one, its threads would only contend with the other actors)."""
         self.predictor = predictor(**kwargs)
-        self.key, self.staging, self.filesystem, self.batch_size = key, staging, filesystem, batch_size
+        self.validator, self.columns, self.dictionary = validator, columns, dictionary
+        self.staging, self.filesystem = staging, filesystem
+        self.batch_size, self.rows_per_file, self.threads = batch_size, rows_per_file, threads
 
-    def __call__(self, block: pa.Table) -> pa.Table:
-        n = block.num_rows
-        if n == 0:  # every row of the slice was quarantined
-            return WRITTEN.empty_table()
-        scored = in_batches(self.predictor, block, self.batch_size)
-        name = f"{self._name(block)}.parquet"
-        pq.write_table(
-            scored, f"{self.staging}/{name}", filesystem=self.filesystem, **parquet_options(scored.column_names)
-        )
-        return pa.table({"file": [name], "rows": [n]}, schema=WRITTEN)
+    def __call__(self, files: pa.Table) -> pa.Table:
+        written = [
+            w
+            for path, uri in zip(*files.select(["path", "uri"]).to_pydict().values(), strict=True)
+            for w in self.score_file(path, uri)
+        ]
+        return pa.Table.from_pylist(written, schema=WRITTEN)
 
-    def _name(self, block: pa.Table) -> str:
-        """The source slice's tag and a digest of where the block's rows sit in it (each chunk's
-        offset, length, first and last key): the same on a retry, apart between pieces. A
-        digest of every key did as well and cost 9 ns a row, 3% of the actor's time."""
-        digest = hashlib.blake2b(digest_size=6)
-        for chunk in block.column(self.key).chunks:
-            if len(chunk):
-                digest.update(f"{chunk.offset}:{len(chunk)}:{chunk[0]}:{chunk[-1]};".encode())
-        source = (block.schema.metadata or {}).get(SOURCE, b"part").decode()
-        return f"{source}-{digest.hexdigest()}"
+    def score_file(self, path: str, uri: str) -> list[dict[str, Any]]:
+        """Score one input file; returns the files written to staging and their rows."""
+        stem = path.rsplit("/", 1)[-1].removesuffix(".parquet")
+        written = []
+        for i, pieces in itertools.groupby(self._read(path), key=itemgetter(0)):
+            name = f"{stem}-{i:04d}.parquet"
+            scored, rejected = [], []
+            for _, piece in pieces:
+                try:
+                    valid, bad = self.validator.split(piece)
+                except InvalidInput as e:
+                    raise InvalidInput(f"{uri}: {e}") from None
+                if bad is not None:
+                    rejected.append(bad)
+                if valid.num_rows:
+                    scored.append(in_batches(self.predictor, valid, self.batch_size))
+            if rejected:
+                path_q = f"{self.validator.quarantine_dir}/q-{name}"
+                pq.write_table(pa.concat_tables(rejected), path_q, filesystem=self.validator.fs)
+            if scored:  # else every row of the slice was quarantined
+                table = pa.concat_tables(scored)
+                pq.write_table(
+                    table, f"{self.staging}/{name}", filesystem=self.filesystem, **parquet_options(table.column_names)
+                )
+                written.append({"file": name, "rows": table.num_rows})
+        return written
+
+    def _read(self, path: str) -> Iterator[tuple[int, pa.Table]]:
+        fs = self.filesystem
+        with fs.open_input_file(path) if fs is not None else pa.OSFile(path) as f:
+            reader = pq.ParquetFile(f, read_dictionary=self.dictionary or None)
+            batches = reader.iter_batches(batch_size=READ_ROWS, columns=self.columns, use_threads=self.threads)
+            yield from slices(batches, self.rows_per_file)

@@ -21,7 +21,14 @@ from typing import Any
 from jobs import commit, tracking, validation
 from jobs.config import JobConfig
 from jobs.lake import DataFile, Lake, LakeError
-from jobs.ray_runtime import actor_pool, actors_read_and_write, ensure_ray, gpus_per_actor, read_parquet_files
+from jobs.ray_runtime import (
+    actor_pool,
+    actors_read_and_write,
+    ensure_ray,
+    files_dataset,
+    gpus_per_actor,
+    read_parquet_files,
+)
 from jobs.settings import Settings, load_settings
 from jobs.validation import InvalidInput
 from models.predictor import (
@@ -537,19 +544,6 @@ def _score(
             dictionary=categorical,
         )
         mlflow.log_param("compute.batch_size_chosen", batch_size)
-    validator = validation.RowValidator(rules, job.validation.on_invalid_rows, job.input.key, lake.fs, q_staging)
-    fused = actors_read_and_write(gpus)
-    cpus = job.compute.cpus_per_actor if fused else IO_CPUS
-    dataset = read_parquet_files(
-        [f.path for f in pre.files],
-        filesystem=lake.fs,
-        columns=[job.input.key, *columns],
-        sizes=[f.size for f in pre.files],
-        dictionary=categorical,
-        num_cpus=cpus,
-        # fused, a slice becomes one output file: as many rows as the job wants in a file
-        slice_rows=job.output.rows_per_file if fused else None,
-    )
     predictor, kwargs = BatchPredictor, {"options": options, "scorer": pre.scorer}
     if pre.challenger is not None and job.ab is not None:
         b = pre.challenger
@@ -567,27 +561,43 @@ def _score(
                 "shadow_dir": shadow_dir,
             },
         )
-    validated = dataset.map_batches(validator, batch_format="pyarrow", num_cpus=cpus)
-    # fused: a read task per file; staged: read and write tasks need CPUs beside the actors
-    actors = actor_pool(job.compute, inputs=len(pre.files)) if fused else actor_pool(job.compute, beside=2 * IO_CPUS)
-    started = time.time()
-    if fused:
-        validated.map_batches(
+    validator = validation.RowValidator(rules, job.validation.on_invalid_rows, job.input.key, lake.fs, q_staging)
+    if actors_read_and_write(gpus):
+        # a task per input file, each actor streaming its files from read to write (docs/adr/0002)
+        actors = actor_pool(job.compute, inputs=len(pre.files))
+        started = time.time()
+        files_dataset([f.path for f in pre.files], [lake.uri(f.path) for f in pre.files]).map_batches(
             ScoreAndWrite,
             fn_constructor_kwargs={
                 "predictor": predictor,
                 "kwargs": kwargs,
-                "key": job.input.key,
+                "validator": validator,
+                "columns": [job.input.key, *columns],
+                "dictionary": categorical,
                 "staging": staging,
                 "filesystem": lake.fs,
                 "batch_size": batch_size,
+                "rows_per_file": job.output.rows_per_file,
+                "threads": job.compute.cpus_per_actor >= 2,
             },
             batch_format="pyarrow",
-            batch_size=None,
+            batch_size=1,
             compute=actors,
-            num_cpus=cpus,
+            num_cpus=job.compute.cpus_per_actor,
         ).materialize()
         return started
+    dataset = read_parquet_files(
+        [f.path for f in pre.files],
+        filesystem=lake.fs,
+        columns=[job.input.key, *columns],
+        sizes=[f.size for f in pre.files],
+        dictionary=categorical,
+        num_cpus=IO_CPUS,
+    )
+    validated = dataset.map_batches(validator, batch_format="pyarrow", num_cpus=IO_CPUS)
+    # read and write tasks need CPUs beside the actors
+    actors = actor_pool(job.compute, beside=2 * IO_CPUS)
+    started = time.time()
     scored = validated.map_batches(
         predictor,
         fn_constructor_kwargs=kwargs,

@@ -99,27 +99,23 @@ def read_parquet_files(
     sizes: list[int] | None = None,
     dictionary: list[str] = (),
     num_cpus: float | None = None,
-    slice_rows: int | None = None,
 ) -> ray.data.Dataset:
     """A Ray dataset over Parquet files the driver has already listed (a partition's files).
 
     One read task per file, planned from the listing alone (see :mod:`jobs.parquet_source`: no
-    sampling tasks, no footer-reading actors), reading only ``columns`` in slices of ``slice_rows``
-    rows (default :data:`jobs.parquet_source.SLICE_ROWS`). ``sizes`` in bytes are looked up when
-    not given.
+    sampling tasks, no footer-reading actors), reading only ``columns`` in slices of
+    :data:`jobs.parquet_source.SLICE_ROWS` rows. ``sizes`` in bytes are looked up when not given.
 
     A read that reserves fewer than two CPUs decodes on its own thread: pyarrow's pool would add
-    threads to cores that every task and actor already keeps busy. With the fused CPU actors that
-    read on one CPU each, this raised a 10M-row job's steady state by 8% in each of three pairs.
+    threads to cores that every task and actor already keeps busy. With CPU actors that read on
+    one CPU each, this raised a 10M-row job's steady state by 8% in each of three pairs.
     """
     import pyarrow.fs as pafs
     import ray
 
     from jobs.parquet_source import ListedParquetDatasource
 
-    context = ray.data.DataContext.get_current()
-    # our errors (InvalidInput) reach the driver as themselves, not as a generic UserCodeException
-    context.raise_original_map_exception = True
+    _raise_our_errors()
     if sizes is None:
         fs = filesystem if filesystem is not None else pafs.LocalFileSystem()
         sizes = [info.size or 0 for info in fs.get_file_info(paths)]
@@ -129,7 +125,27 @@ def read_parquet_files(
         filesystem=filesystem,
         columns=columns,
         dictionary=list(dictionary),
-        slice_rows=slice_rows,
         threads=(num_cpus or 1) >= 2,
     )
     return ray.data.read_datasource(source, override_num_blocks=max(1, len(paths)), num_cpus=num_cpus)
+
+
+def files_dataset(paths: list[str], uris: list[str]) -> ray.data.Dataset:
+    """A dataset of one row per input file (``path``, and ``uri`` for messages), a block each:
+    what CPU actors that read their own files take, a file per task.
+
+    ``from_items`` builds its blocks in the driver. ``from_arrow`` runs a task per block for its
+    metadata, which took the workers Ray had started ahead for the actors: the actors started
+    1.6 s later."""
+    import ray
+
+    _raise_our_errors()
+    rows = [{"path": p, "uri": u} for p, u in zip(paths, uris, strict=True)]
+    return ray.data.from_items(rows, override_num_blocks=len(rows))
+
+
+def _raise_our_errors() -> None:
+    """Our errors (InvalidInput) reach the driver as themselves, not as a generic UserCodeException."""
+    import ray
+
+    ray.data.DataContext.get_current().raise_original_map_exception = True

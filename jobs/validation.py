@@ -207,7 +207,8 @@ class RowValidator:
     """A Ray Data map_batches function: returns the valid rows, sets the others aside.
 
     Bad rows are written to ``quarantine_dir`` under a name derived from their content, so a
-    retried task rewrites the same file instead of adding a duplicate.
+    retried task rewrites the same file instead of adding a duplicate. CPU actors call
+    :meth:`split` themselves and write a slice's bad rows as one file (:mod:`jobs.part_writer`).
     """
 
     rules: list[ColumnRule]
@@ -216,10 +217,15 @@ class RowValidator:
     fs: object
     quarantine_dir: str
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def split(self, batch: pa.Table) -> tuple[pa.Table, pa.Table | None]:
+        """The valid rows, and the others with their :data:`REASON` (None when every row is valid).
+
+        Raises:
+            InvalidInput: a row is invalid and the policy is ``fail``.
+        """
         reasons = invalid_reasons(batch, self.rules)
         if reasons.null_count == len(reasons):
-            return batch
+            return batch, None
         bad = pc.is_valid(reasons)
         if self.policy == "fail":
             first = pc.index(bad, True).as_py()
@@ -228,10 +234,14 @@ class RowValidator:
                 f"{batch.column(self.key)[first].as_py()!r}: {reasons[first].as_py()} "
                 "(validation.on_invalid_rows is 'fail'; set it to 'quarantine' to score the rest)"
             )
-        rejected = batch.filter(bad).append_column(REASON, reasons.filter(bad))
-        digest = hashlib.sha1(_digest(rejected)).hexdigest()[:20]
-        pq.write_table(rejected, f"{self.quarantine_dir}/q-{digest}.parquet", filesystem=self.fs)
-        return batch.filter(pc.invert(bad))
+        return batch.filter(pc.invert(bad)), batch.filter(bad).append_column(REASON, reasons.filter(bad))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        valid, rejected = self.split(batch)
+        if rejected is not None:
+            digest = hashlib.sha1(_digest(rejected)).hexdigest()[:20]
+            pq.write_table(rejected, f"{self.quarantine_dir}/q-{digest}.parquet", filesystem=self.fs)
+        return valid
 
 
 def _digest(table: pa.Table) -> bytes:

@@ -29,9 +29,7 @@ def map_workers() -> list[psutil.Process]:
     """The scoring actors: on CPU, each reads, validates, scores and writes its slices."""
     found = []
     for p in psutil.process_iter(["cmdline"]):
-        if "MapWorker(ReadParquet->MapBatches(RowValidator)->MapBatches(ScoreAndWrite))" in " ".join(
-            p.info["cmdline"] or []
-        ):
+        if "MapWorker(MapBatches(ScoreAndWrite))" in " ".join(p.info["cmdline"] or []):
             found.append(p)
     return found
 

@@ -1,68 +1,135 @@
-"""The CPU actors' last step: a validated block scored in batches and written as one file."""
+"""What a CPU actor does with an input file: read it a batch at a time, set invalid rows aside,
+score the rest and write a file of scores per ``rows_per_file`` input rows."""
 
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.parquet_source import SOURCE
-from jobs.part_writer import ScoreAndWrite
+from jobs import part_writer
+from jobs.part_writer import ScoreAndWrite, slices
+from jobs.validation import REASON, ColumnRule, InvalidInput, RowValidator
 from tests.conftest import DAY
 from tests.test_predictor import make_predictor
 
+AGE = ColumnRule(name="age", kind="number", nullable=False, min=18, max=120)
+
 
 @pytest.fixture(scope="module")
-def raw_batch(lake) -> pa.Table:
+def raw(lake) -> pa.Table:
     return pads.dataset(lake.partition_path("raw/customers", DAY), format="parquet").to_table().slice(0, 500)
 
 
 @pytest.fixture
-def writer(settings, registered, tmp_path):
+def folders(tmp_path):
+    staging, quarantine = tmp_path / "staging", tmp_path / "quarantine"
+    staging.mkdir(), quarantine.mkdir()
+    return staging, quarantine
+
+
+@pytest.fixture
+def writer(settings, registered, folders, monkeypatch):
+    """Reads 64 rows at a time and scores them 48 at a time: batches straddle the 200-row slices."""
+    monkeypatch.setattr(part_writer, "READ_ROWS", 64)
     predictor = make_predictor(settings, registered["champion"])
-    return ScoreAndWrite(
-        type(predictor),
-        {"options": predictor.options},
-        key="customer_id",
-        staging=str(tmp_path),
-        filesystem=None,
-        batch_size=64,  # several batches per block
-    )
+
+    def build(policy: str = "quarantine") -> ScoreAndWrite:
+        staging, quarantine = folders
+        return ScoreAndWrite(
+            type(predictor),
+            {"options": predictor.options},
+            validator=RowValidator([AGE], policy, "customer_id", None, str(quarantine)),
+            columns=["customer_id", *predictor.model.input_columns],
+            dictionary=[],
+            staging=str(staging),
+            filesystem=None,
+            batch_size=48,
+            rows_per_file=200,
+        )
+
+    return build
 
 
-def tagged(batch: pa.Table, source: str) -> pa.Table:
-    return batch.replace_schema_metadata({SOURCE: source.encode()})
+def files_of(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
 
 
-def test_a_block_becomes_one_file_named_after_its_source(writer, raw_batch, tmp_path, settings, registered):
-    written = writer(tagged(raw_batch, "part-7-0002"))
-    assert written.to_pylist() == [{"file": written["file"][0].as_py(), "rows": raw_batch.num_rows}]
-    files = sorted(p.name for p in tmp_path.iterdir())
-    assert files == [written["file"][0].as_py()] and files[0].startswith("part-7-0002-")
-    out = pq.read_table(tmp_path / files[0])
-    # the same rows, in order, with the scores the predictor gives the whole block at once
-    whole = make_predictor(settings, registered["champion"])(raw_batch)
-    assert out["customer_id"].to_pylist() == raw_batch["customer_id"].to_pylist()
+def run(writer: ScoreAndWrite, path) -> pa.Table:
+    return writer(pa.table({"path": [str(path)], "uri": [f"file://{path}"]}))
+
+
+def test_a_file_becomes_files_of_rows_per_file_rows_named_after_it(
+    writer, raw, tmp_path, folders, settings, registered
+):
+    pq.write_table(raw, tmp_path / "part-7.parquet")
+    written = run(writer(), tmp_path / "part-7.parquet")
+    names = ["part-7-0000.parquet", "part-7-0001.parquet", "part-7-0002.parquet"]
+    assert written.to_pylist() == [{"file": n, "rows": r} for n, r in zip(names, [200, 200, 100], strict=True)]
+    staging, quarantine = folders
+    assert files_of(staging) == names and files_of(quarantine) == []
+    out = pa.concat_tables(pq.read_table(staging / n) for n in names)
+    # the same rows, in order, with the scores the predictor gives the whole table at once
+    whole = make_predictor(settings, registered["champion"])(raw)
+    assert out["customer_id"].to_pylist() == raw["customer_id"].to_pylist()
     assert out["churn_probability"].to_pylist() == pytest.approx(whole["churn_probability"].to_pylist(), abs=1e-6)
     # row groups a reader can skip on the key or the score; the one-value lineage strings need none
-    group = pq.ParquetFile(tmp_path / files[0]).metadata.row_group(0)
+    group = pq.ParquetFile(staging / names[0]).metadata.row_group(0)
     stats = {group.column(i).path_in_schema: group.column(i).is_stats_set for i in range(group.num_columns)}
     assert stats["customer_id"] and stats["churn_probability"] and stats["scored_at"]
     assert not stats["scoring_run_id"]
 
 
-def test_a_retried_block_rewrites_its_file_and_pieces_of_a_slice_get_their_own(writer, raw_batch, tmp_path):
-    block = tagged(raw_batch, "part-0-0000")
-    first, again = writer(block), writer(block)  # Ray retries a task whose actor died
-    assert first["file"] == again["file"]
-    # Ray may cut one slice into several blocks: each keeps the slice's tag, none overwrites another
-    halves = [writer(block.slice(0, 200)), writer(block.slice(200))]
-    names = {first["file"][0].as_py(), *(h["file"][0].as_py() for h in halves)}
-    assert len(names) == 3 and sorted(p.name for p in tmp_path.iterdir()) == sorted(names)
-    assert sum(pq.read_metadata(tmp_path / n).num_rows for n in names) == 2 * raw_batch.num_rows
+def test_a_retried_file_rewrites_the_same_files(writer, raw, tmp_path, folders):
+    pq.write_table(raw, tmp_path / "part-0.parquet")
+    first = run(writer(), tmp_path / "part-0.parquet")
+    before = {n: pq.read_table(folders[0] / n) for n in files_of(folders[0])}
+    again = run(writer(), tmp_path / "part-0.parquet")  # Ray retries a task whose actor died
+    assert again.equals(first)
+    assert {n: pq.read_table(folders[0] / n) for n in files_of(folders[0])}.keys() == before.keys()
+    assert sum(pq.read_metadata(folders[0] / n).num_rows for n in before) == raw.num_rows
 
 
-def test_a_block_with_no_valid_row_writes_nothing(writer, raw_batch, tmp_path):
-    written = writer(tagged(raw_batch.slice(0, 0), "part-0-0000"))
-    assert written.num_rows == 0 and list(tmp_path.iterdir()) == []
+def test_invalid_rows_go_to_one_quarantine_file_per_slice(writer, raw, tmp_path, folders):
+    # row 10 is too young, row 250 too; every row of the last slice (400-499) is too old
+    ages = raw["age"].to_pylist()
+    ages[10], ages[250] = 3, 2
+    ages[400:] = [150] * 100
+    bad = raw.set_column(raw.schema.get_field_index("age"), "age", pa.array(ages, raw.schema.field("age").type))
+    pq.write_table(bad, tmp_path / "part-1.parquet")
+    written = run(writer(), tmp_path / "part-1.parquet")
+    staging, quarantine = folders
+    # a slice with no valid row writes no file of scores
+    assert written.to_pylist() == [
+        {"file": "part-1-0000.parquet", "rows": 199},
+        {"file": "part-1-0001.parquet", "rows": 199},
+    ]
+    assert files_of(staging) == ["part-1-0000.parquet", "part-1-0001.parquet"]
+    assert files_of(quarantine) == ["q-part-1-0000.parquet", "q-part-1-0001.parquet", "q-part-1-0002.parquet"]
+    rejected = pa.concat_tables(pq.read_table(quarantine / n) for n in files_of(quarantine))
+    keys = raw["customer_id"].to_pylist()
+    assert rejected["customer_id"].to_pylist() == [keys[10], keys[250], *keys[400:]]
+    assert all(r.startswith("age: ") for r in rejected[REASON].to_pylist())
+    scored = pa.concat_tables(pq.read_table(staging / n) for n in files_of(staging))
+    assert pc.count_distinct(scored["customer_id"]).as_py() == 398 and keys[10] not in scored["customer_id"].to_pylist()
+
+
+def test_under_the_fail_policy_an_invalid_row_names_its_file(writer, raw, tmp_path, folders):
+    ages = raw["age"].to_pylist()
+    ages[300] = 7
+    bad = raw.set_column(raw.schema.get_field_index("age"), "age", pa.array(ages, raw.schema.field("age").type))
+    pq.write_table(bad, tmp_path / "part-2.parquet")
+    with pytest.raises(InvalidInput) as e:
+        run(writer("fail"), tmp_path / "part-2.parquet")
+    key = raw["customer_id"][300].as_py()
+    assert str(e.value).startswith(f"file://{tmp_path}/part-2.parquet: 1 invalid row(s)") and f"={key!r}" in str(
+        e.value
+    )
+
+
+def test_slices_cut_the_batches_that_straddle_two():
+    batches = [pa.record_batch({"x": list(range(n))}) for n in (5, 7, 3)]
+    pieces = [(i, piece.num_rows) for i, piece in slices(batches, 4)]
+    assert pieces == [(0, 4), (1, 1), (1, 3), (2, 4), (3, 3)]
