@@ -4,15 +4,17 @@ pipeline on CPU actors (docs/adr/0002).
 With CPU actors, reading, scoring and writing share the same cores, and every row that crosses
 Ray's object store between them is copied in, copied out and scheduled as its own task. So on
 CPU, Ray Data hands each actor the paths of whole input files, and :class:`ScoreAndWrite`
-streams a file in batches of ``batch_size`` rows: it validates and scores each batch, keeps only
-the scores, and writes the scores of each ``rows_per_file`` input rows as one Parquet file into
-the run's staging folder (their invalid rows as one file in quarantine). Only file names and row
-counts go back through Ray.
+streams a file :data:`READ_ROWS` rows at a time: it validates them, scores the valid ones in
+batches of ``batch_size``, keeps only the scores, and writes the scores of each
+``rows_per_file`` input rows as one Parquet file into the run's staging folder (their invalid
+rows as one file in quarantine). Only file names and row counts go back through Ray.
 
-A batch at a time, an actor's working set is a batch of input and a file's worth of scores
-(about 15 bytes a row), not a decoded slice of the file: a 1M-row slice of the churn table grew
-an actor by 500 MB, and this machine backs new memory slowly (each actor's first two slices read
-in 0.6-1.0 s where later ones took 0.11 s). Streamed, the first batches cost what later ones do.
+So an actor's working set is a batch of input and a file's worth of scores (about 15 bytes a
+row), not a decoded slice of the file: a 1M-row slice of the churn table grew an actor by 500 MB,
+and the development machine backs new memory slowly (each actor's first two slices read in
+0.6-1.0 s where later ones took 0.11 s). Streamed, the first batches cost what later ones do.
+Ray Data's own read could not keep the batches small: it joins a read's blocks up to
+``target_max_block_size`` (128 MiB) before the next step.
 
 GPU actors keep the three stages apart (CPU read tasks, GPU actors, CPU write tasks), so the GPU
 never waits on Parquet.
@@ -83,11 +85,9 @@ class ScoreAndWrite:
         self.batch_size, self.rows_per_file, self.threads = batch_size, rows_per_file, threads
 
     def __call__(self, files: pa.Table) -> pa.Table:
-        written = [
-            w
-            for path, uri in zip(*files.select(["path", "uri"]).to_pydict().values(), strict=True)
-            for w in self.score_file(path, uri)
-        ]
+        written = []
+        for path, uri in zip(files["path"].to_pylist(), files["uri"].to_pylist(), strict=True):
+            written += self.score_file(path, uri)
         return pa.Table.from_pylist(written, schema=WRITTEN)
 
     def score_file(self, path: str, uri: str) -> list[dict[str, Any]]:
