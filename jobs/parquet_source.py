@@ -25,12 +25,21 @@ ENCODING_RATIO = 5
 SLICE_ROWS = 262_144  # per block: ~50 MB for the churn table's 30 columns
 
 
-def _read(path: str, filesystem: Any, columns: list[str], dictionary: list[str], threads: bool) -> Iterator[pa.Table]:
-    """One file, in slices of :data:`SLICE_ROWS` rows."""
+def file_batches(
+    path: str, filesystem: Any, *, columns: list[str], dictionary: list[str], rows: int, threads: bool
+) -> Iterator[pa.RecordBatch]:
+    """``columns`` of one Parquet file, ``rows`` rows at a time; ``dictionary`` columns read
+    dictionary-encoded. The read of this source's tasks and of the CPU actors (jobs.part_writer)."""
     with filesystem.open_input_file(path) if filesystem is not None else pa.OSFile(path) as f:
         reader = pq.ParquetFile(f, read_dictionary=dictionary or None)
-        for batch in reader.iter_batches(batch_size=SLICE_ROWS, columns=columns, use_threads=threads):
-            yield pa.Table.from_batches([batch])
+        yield from reader.iter_batches(batch_size=rows, columns=columns, use_threads=threads)
+
+
+def _read(path: str, filesystem: Any, columns: list[str], dictionary: list[str], threads: bool) -> Iterator[pa.Table]:
+    """One file, in slices of :data:`SLICE_ROWS` rows."""
+    batches = file_batches(path, filesystem, columns=columns, dictionary=dictionary, rows=SLICE_ROWS, threads=threads)
+    for batch in batches:
+        yield pa.Table.from_batches([batch])
 
 
 class ListedParquetDatasource(Datasource):

@@ -30,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.parquet_source import file_batches
 from jobs.validation import InvalidInput, RowValidator
 from models.predictor import in_batches, parquet_options
 
@@ -118,8 +119,12 @@ class ScoreAndWrite:
         return written
 
     def _read(self, path: str) -> Iterator[tuple[int, pa.Table]]:
-        fs = self.filesystem
-        with fs.open_input_file(path) if fs is not None else pa.OSFile(path) as f:
-            reader = pq.ParquetFile(f, read_dictionary=self.dictionary or None)
-            batches = reader.iter_batches(batch_size=READ_ROWS, columns=self.columns, use_threads=self.threads)
-            yield from slices(batches, self.rows_per_file)
+        batches = file_batches(
+            path,
+            self.filesystem,
+            columns=self.columns,
+            dictionary=self.dictionary,
+            rows=READ_ROWS,
+            threads=self.threads,
+        )
+        return slices(batches, self.rows_per_file)
