@@ -524,7 +524,7 @@ def _score(
         telemetry_dir=telemetry_path(staging),
         filesystem=lake.fs,
     )
-    columns = [r.name for r in rules if r.name != job.input.key]
+    columns = [job.input.key, *(r.name for r in rules if r.name != job.input.key)]  # what is read
     categorical = [r.name for r in rules if r.kind == "string" and r.name != job.input.key]
     batch_size = job.compute.batch_size
     if batch_size == "auto":
@@ -537,7 +537,7 @@ def _score(
             pre.scorer,
             [f.path for f in pre.files],
             filesystem=lake.fs,
-            columns=[job.input.key, *columns],
+            columns=columns,
             rows_in=pre.rows_in,
             cpus=job.compute.cpus_per_actor,
             gpus=gpus,
@@ -572,7 +572,7 @@ def _score(
                 "predictor": predictor,
                 "kwargs": kwargs,
                 "validator": validator,
-                "columns": [job.input.key, *columns],
+                "columns": columns,
                 "dictionary": categorical,
                 "staging": staging,
                 "filesystem": lake.fs,
@@ -589,7 +589,7 @@ def _score(
     dataset = read_parquet_files(
         [f.path for f in pre.files],
         filesystem=lake.fs,
-        columns=[job.input.key, *columns],
+        columns=columns,
         sizes=[f.size for f in pre.files],
         dictionary=categorical,
         num_cpus=IO_CPUS,
