@@ -24,6 +24,7 @@ from jobs.lake import DataFile, Lake, LakeError
 from jobs.ray_runtime import (
     actor_pool,
     actors_read_and_write,
+    decode_on_threads,
     ensure_ray,
     files_dataset,
     gpus_per_actor,
@@ -578,7 +579,7 @@ def _score(
                 "filesystem": lake.fs,
                 "batch_size": batch_size,
                 "rows_per_file": job.output.rows_per_file,
-                "threads": job.compute.cpus_per_actor >= 2,
+                "threads": decode_on_threads(job.compute.cpus_per_actor),
             },
             batch_format="pyarrow",
             batch_size=1,

@@ -125,9 +125,16 @@ def read_parquet_files(
         filesystem=filesystem,
         columns=columns,
         dictionary=list(dictionary),
-        threads=(num_cpus or 1) >= 2,
+        threads=decode_on_threads(num_cpus),
     )
     return ray.data.read_datasource(source, override_num_blocks=max(1, len(paths)), num_cpus=num_cpus)
+
+
+def decode_on_threads(cpus: float | None) -> bool:
+    """Whether a read that reserves ``cpus`` decodes on pyarrow's thread pool: with fewer than
+    two, its threads would only contend with the tasks and actors that keep the other cores busy
+    (see :func:`read_parquet_files`)."""
+    return (cpus or 1) >= 2
 
 
 def files_dataset(paths: list[str], uris: list[str]) -> ray.data.Dataset:
