@@ -133,7 +133,7 @@ def run_job(
     # Starting Ray takes seconds of waiting on its processes: do the checks and load the model
     # on another thread meanwhile, then import what the pipeline needs if Ray is still starting.
     with ThreadPoolExecutor(1, thread_name_prefix="preflight") as pool:
-        checked = pool.submit(_preflight, job, ds, settings, lake, model_alias, model_version)
+        checked = pool.submit(preflight, job, ds, settings, lake, model_alias, model_version)
         pool.submit(_import_pipeline)
         ensure_ray(settings)
         ray_ready = time.time()
@@ -182,7 +182,7 @@ class Preflight:
     done_unix: float = field(default_factory=time.time)
 
 
-def _preflight(
+def preflight(
     job: JobConfig, ds: dt.date, settings: Settings, lake: Lake, model_alias: str | None, model_version: int | None
 ) -> Preflight:
     files = lake.data_files(job.input.table, ds)
@@ -512,21 +512,10 @@ def _score(
     """
     from jobs.part_writer import ScoreAndWrite  # imports Ray Data: only once Ray is up
 
-    ref, rules = pre.ref, pre.rules
-    options = PredictorOptions(
-        model_uri=ref.uri,
-        tracking_uri=settings.mlflow.tracking_uri,
-        registry_uri=settings.mlflow.registry_uri,
-        key=job.input.key,
-        score_column=job.output.score_column,
-        threshold=job.output.threshold,
-        lineage=Lineage(ref.name, ref.version, run_id, started_at, variant=ref.alias or f"v{ref.version}"),
-        num_threads=max(1, int(job.compute.cpus_per_actor)),
-        telemetry_dir=telemetry_path(staging),
-        filesystem=lake.fs,
+    options = predictor_options(
+        job, lake, pre, settings=settings, run_id=run_id, started_at=started_at, telemetry_dir=telemetry_path(staging)
     )
-    columns = [job.input.key, *(r.name for r in rules if r.name != job.input.key)]  # what is read
-    categorical = [r.name for r in rules if r.kind == "string" and r.name != job.input.key]
+    columns, categorical = read_columns(job, pre.rules)
     batch_size = job.compute.batch_size
     if batch_size == "auto":
         import mlflow
@@ -545,42 +534,17 @@ def _score(
             dictionary=categorical,
         )
         mlflow.log_param("compute.batch_size_chosen", batch_size)
-    predictor, kwargs = BatchPredictor, {"options": options, "scorer": pre.scorer}
-    if pre.challenger is not None and job.ab is not None:
-        b = pre.challenger
-        challenger = replace(
-            options,
-            model_uri=b.uri,
-            lineage=replace(options.lineage, model_version=b.version, variant=job.ab.challenger),
-        )
-        predictor, kwargs = (
-            RoutedPredictor,
-            {
-                "champion": (options, pre.scorer),
-                "challenger": (challenger, pre.challenger_scorer),
-                "share": job.ab.challenger_share,
-                "shadow_dir": shadow_dir,
-            },
-        )
-    validator = validation.RowValidator(rules, job.validation.on_invalid_rows, job.input.key, lake.fs, q_staging)
+    predictor, kwargs = predictor_for(job, pre, options, shadow_dir)
+    validator = row_validator(job, lake, pre, q_staging)
     if actors_read_and_write(gpus):
         # a task per input file, each actor streaming its files from read to write (docs/adr/0002)
         actors = actor_pool(job.compute, inputs=len(pre.files))
         started = time.time()
         files_dataset([f.path for f in pre.files], [lake.uri(f.path) for f in pre.files]).map_batches(
             ScoreAndWrite,
-            fn_constructor_kwargs={
-                "predictor": predictor,
-                "kwargs": kwargs,
-                "validator": validator,
-                "columns": columns,
-                "dictionary": categorical,
-                "staging": staging,
-                "filesystem": lake.fs,
-                "batch_size": batch_size,
-                "rows_per_file": job.output.rows_per_file,
-                "threads": decode_on_threads(job.compute.cpus_per_actor),
-            },
+            fn_constructor_kwargs=score_and_write_kwargs(
+                job, lake, pre, predictor, kwargs, validator=validator, staging=staging, batch_size=batch_size
+            ),
             batch_format="pyarrow",
             batch_size=1,
             compute=actors,
@@ -617,6 +581,94 @@ def _score(
         **parquet_options(prediction_columns(job.input.key, job.output.score_column)),
     )
     return started
+
+
+def read_columns(job: JobConfig, rules: list[validation.ColumnRule]) -> tuple[list[str], list[str]]:
+    """What the job reads (the key, then the model's inputs), and which of those are categorical
+    strings, read dictionary-encoded as Parquet stores them."""
+    columns = [job.input.key, *(r.name for r in rules if r.name != job.input.key)]
+    categorical = [r.name for r in rules if r.kind == "string" and r.name != job.input.key]
+    return columns, categorical
+
+
+def predictor_options(
+    job: JobConfig,
+    lake: Lake,
+    pre: Preflight,
+    *,
+    settings: Settings,
+    run_id: str,
+    started_at: dt.datetime,
+    telemetry_dir: str | None = None,
+) -> PredictorOptions:
+    """The champion's options, as the job's actors get them."""
+    ref = pre.ref
+    return PredictorOptions(
+        model_uri=ref.uri,
+        tracking_uri=settings.mlflow.tracking_uri,
+        registry_uri=settings.mlflow.registry_uri,
+        key=job.input.key,
+        score_column=job.output.score_column,
+        threshold=job.output.threshold,
+        lineage=Lineage(ref.name, ref.version, run_id, started_at, variant=ref.alias or f"v{ref.version}"),
+        num_threads=max(1, int(job.compute.cpus_per_actor)),
+        telemetry_dir=telemetry_dir,
+        filesystem=lake.fs,
+    )
+
+
+def predictor_for(
+    job: JobConfig, pre: Preflight, options: PredictorOptions, shadow_dir: str | None = None
+) -> tuple[type, dict[str, Any]]:
+    """The predictor class and its constructor's arguments: the champion alone, or the champion
+    and the challenger when the job's ``ab:`` section routes a share to it or shadows it."""
+    if pre.challenger is None or job.ab is None:
+        return BatchPredictor, {"options": options, "scorer": pre.scorer}
+    b = pre.challenger
+    challenger = replace(
+        options,
+        model_uri=b.uri,
+        lineage=replace(options.lineage, model_version=b.version, variant=job.ab.challenger),
+    )
+    return RoutedPredictor, {
+        "champion": (options, pre.scorer),
+        "challenger": (challenger, pre.challenger_scorer),
+        "share": job.ab.challenger_share,
+        "shadow_dir": shadow_dir,
+    }
+
+
+def row_validator(job: JobConfig, lake: Lake, pre: Preflight, quarantine_dir: str) -> validation.RowValidator:
+    """The job's row checks, its policy for a bad row, and where quarantined rows go."""
+    return validation.RowValidator(pre.rules, job.validation.on_invalid_rows, job.input.key, lake.fs, quarantine_dir)
+
+
+def score_and_write_kwargs(
+    job: JobConfig,
+    lake: Lake,
+    pre: Preflight,
+    predictor: type,
+    kwargs: dict[str, Any],
+    *,
+    validator: validation.RowValidator,
+    staging: str,
+    batch_size: int,
+) -> dict[str, Any]:
+    """What a CPU actor's :class:`jobs.part_writer.ScoreAndWrite` is built with; the benchmark
+    builds the same in plain processes, to measure the job's own work without Ray."""
+    columns, categorical = read_columns(job, pre.rules)
+    return {
+        "predictor": predictor,
+        "kwargs": kwargs,
+        "validator": validator,
+        "columns": columns,
+        "dictionary": categorical,
+        "staging": staging,
+        "filesystem": lake.fs,
+        "batch_size": batch_size,
+        "rows_per_file": job.output.rows_per_file,
+        "threads": decode_on_threads(job.compute.cpus_per_actor),
+    }
 
 
 def _manifest(
