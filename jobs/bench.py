@@ -7,12 +7,15 @@ It generates its data once (``$LAKECAST_HOME/bench/lake``), then measures in one
 2. model only: the same network on feature tensors already in memory, all cores;
 3. naive: what a user writes by hand in one process: pandas read, a torch loop over batches,
    pandas write;
-4. the lakecast job itself, as ``lakecast run churn`` in a fresh process.
+4. the lakecast job itself, as ``lakecast run churn`` in a fresh process;
+5. the job's own work without Ray: its CPU actors' read-validate-score-write code in one plain
+   process per core, each over its share of the files (:func:`hot_path`).
 
 With the model on the CPU, reading, writing and the model share the cores, so the bound is
 1 / (1/IO + 1/model); efficiency = steady-state rows/s of the job / bound, and vs_naive = naive
 wall time / job wall time. Both whole jobs run as fresh processes and are timed from process
-start to the last row committed.
+start to the last row committed. The fifth splits the efficiency in two: the job's work per row
+against the bound, then its steady state against that work done without Ray.
 
 Against a running Ray (``RAY_ADDRESS`` or the profile's ``ray.address``) the Ray Data IO pass
 goes first, so the job meets a Ray that has run Ray Data before, as a cluster that outlives its
@@ -279,6 +282,75 @@ def naive(files: list[str], out_dir: str, model_uri: str, batch_size: int) -> in
     return int(np.int64(rows))
 
 
+def hot_path(scratch: Path, batch_size: int, env: dict[str, str]) -> Timed:
+    """The job's own work per row without Ray: one plain process per core, each running the CPU
+    actors' :class:`jobs.part_writer.ScoreAndWrite` (read, validate, score, write), built as the
+    job builds it, over its share of the partition's files.
+
+    Timed from the moment every process is ready (model loaded, modules imported) to the last
+    file written: the steady state of a perfect split, with nothing of Ray's in it. Between the
+    bound and this lies the work the bound leaves out (validation, the features' conversion, the
+    lineage columns); between this and the job's steady state, what Ray costs (its processes,
+    scheduling, and the actors' ramp)."""
+    import tempfile
+
+    count = os.cpu_count() or 1
+    argv = [sys.executable, "-m", "jobs.bench", "hot-path", str(scratch / "hot-path"), str(batch_size), str(count)]
+    with contextlib.ExitStack() as stack:
+        procs = []
+        for index in range(count):
+            err = stack.enter_context(tempfile.TemporaryFile("w+"))
+            proc = subprocess.Popen(
+                [*argv, str(index)], env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True
+            )
+            stack.callback(proc.kill)
+            procs.append((proc, err))
+        for proc, err in procs:
+            if proc.stdout.readline().strip() != "ready":  # type: ignore[union-attr]
+                proc.wait()
+                err.seek(0)
+                raise RuntimeError(f"{' '.join(argv)} failed:\n{err.read()[-3000:]}")
+        start = time.time()
+        for proc, _ in procs:
+            proc.stdin.write("go\n")  # type: ignore[union-attr]
+            proc.stdin.flush()  # type: ignore[union-attr]
+        done = [json.loads(proc.communicate()[0]) for proc, _ in procs]
+    return Timed(max(d["done_unix"] for d in done) - start, sum(d["rows"] for d in done))
+
+
+def hot_path_worker(out_dir: str, batch_size: int, count: int, index: int) -> dict[str, Any]:
+    """One process of :func:`hot_path`: files ``index``, ``index + count``, ... of the partition."""
+    from jobs import predict
+    from jobs.part_writer import ScoreAndWrite
+    from jobs.settings import load_settings
+
+    settings = load_settings()
+    job = load_job(JOB)
+    lake = Lake(settings.lake_root)
+    pre = predict.preflight(job, DAY, settings, lake, job.model.alias, job.model.version)
+    staging, quarantine = f"{out_dir}/{index}", f"{out_dir}/{index}-quarantine"
+    for folder in (staging, quarantine):
+        os.makedirs(folder, exist_ok=True)
+    options = predict.predictor_options(
+        job, lake, pre, settings=settings, run_id="0" * 32, started_at=dt.datetime.now(dt.UTC)
+    )
+    predictor, kwargs = predict.predictor_for(job, pre, options)
+    validator = predict.row_validator(job, lake, pre, quarantine)
+    actor = ScoreAndWrite(
+        **predict.score_and_write_kwargs(
+            job, lake, pre, predictor, kwargs, validator=validator, staging=staging, batch_size=batch_size
+        )
+    )
+    mine = pre.files[index::count]
+    rows = sum(lake.count_rows(mine))
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    sys.stdin.readline()
+    for f in mine:
+        actor.score_file(f.path, lake.uri(f.path))
+    return {"rows": rows, "done_unix": time.time()}
+
+
 def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: str = "") -> dict[str, Any]:
     import shutil
 
@@ -314,10 +386,10 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
         # A Ray that runs between jobs, as a production cluster does, has already run Ray Data
         # (its helper actors are up): the Ray Data IO pass goes first, then the job joins it.
         _settle()
-        log.info("0/4 IO only through Ray Data on the running Ray at %s", running_ray)
+        log.info("0/5 IO only through Ray Data on the running Ray at %s", running_ray)
         io_ray = _io_only_ray(settings, files, columns, scratch, categorical)
     _settle()
-    log.info("1/4 lakecast job (fresh process)")
+    log.info("1/5 lakecast job (fresh process)")
     start, job_process_s, out, job_peak = timed_process(
         [str(bin_dir / "lakecast"), "run", JOB, "--date", DAY.isoformat(), "--json"], env
     )
@@ -333,7 +405,7 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
 
     _settle()
 
-    log.info("2/4 naive loop (fresh process)")
+    log.info("2/5 naive loop (fresh process)")
     naive_start, naive_process_s, naive_out, naive_peak = timed_process(
         [
             sys.executable,
@@ -350,8 +422,14 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
     naive_s = json.loads(naive_out)["done_unix"] - naive_start  # to its last row written
 
     _settle()
+    log.info("3/5 the job's own work without Ray (a plain process per core)")
+    hot = hot_path(scratch, batch_size, env)
+    if hot.rows != rows:
+        raise RuntimeError(f"the hot path read {hot.rows} rows of the partition's {rows}")
 
-    log.info("3/4 IO only")
+    _settle()
+
+    log.info("4/5 IO only")
     # the best of two: a baseline measured low on a busy machine would flatter the job
     io_pa = max(
         (io_only_pyarrow(files, columns, scratch / f"io-pyarrow-{i}", categorical) for i in range(2)),
@@ -359,7 +437,7 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
     )
     io_ray = io_ray or _io_only_ray(settings, files, columns, scratch, categorical)
     _settle()
-    log.info("4/4 model only")
+    log.info("5/5 model only")
     mod = model_only(model, files, batch_size)
     shutil.rmtree(scratch, ignore_errors=True)
 
@@ -374,8 +452,12 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
         "naive_rows_per_s": round(rows / naive_s),
         "lakecast_rows_per_s": round(rows / job_s),
         "steady_rows_per_s": round(steady),
+        "hot_path_rows_per_s": round(hot.rows_per_s),
         "bound_rows_per_s": round(bound),
         "efficiency": round(steady / bound, 3),
+        # the efficiency's two factors: the job's work per row, then what Ray costs
+        "hot_path_vs_bound": round(hot.rows_per_s / bound, 3),
+        "steady_vs_hot_path": round(steady / hot.rows_per_s, 3),
         "vs_naive": round(naive_s / job_s, 3),
         "startup_s": round(startup, 2),
         "startup_milestones_s": milestones,
@@ -423,6 +505,7 @@ def markdown(r: dict[str, Any]) -> str:
         ("naive loop, whole job", r["naive_rows_per_s"]),
         ("lakecast, whole job", r["lakecast_rows_per_s"]),
         ("lakecast, steady state", r["steady_rows_per_s"]),
+        ("the job's own work without Ray, a process per core", r["hot_path_rows_per_s"]),
     ]
     lines = [f"Benchmark: {r['rows']:,} rows on {r['machine']['cpus']} CPUs", "", "| measure | rows/s |", "|---|---:|"]
     lines += [f"| {name} | {value:,} |" for name, value in rows]
@@ -431,6 +514,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"efficiency {r['efficiency']}, vs_naive {r['vs_naive']}, startup {r['startup_s']} s, "
         f"peak memory: PSS {r['peak_pss_mb']} MiB, summed RSS {r['peak_rss_mb']} MiB "
         f"(naive: PSS {r['naive_peak_pss_mb']} MiB, RSS {r['naive_peak_rss_mb']} MiB)",
+        f"efficiency = {r['hot_path_vs_bound']} (the job's work per row against the bound: validation, "
+        f"features, lineage) x {r['steady_vs_hot_path']} (its steady state against that work without Ray)",
         "startup, seconds from process start: "
         + ", ".join(f"{name.replace('_', ' ')} {t}" for name, t in r["startup_milestones_s"].items()),
         f"Ray: {r['settings']['ray']}"
@@ -450,7 +535,7 @@ def chart(r: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = ["IO only", "model only", "bound", "naive", "lakecast\nwhole", "lakecast\nsteady"]
+    names = ["IO only", "model only", "bound", "naive", "lakecast\nwhole", "lakecast\nsteady", "job's work\nno Ray"]
     keys = [
         "io_only_rows_per_s",
         "model_only_rows_per_s",
@@ -458,9 +543,10 @@ def chart(r: dict[str, Any], path: Path) -> None:
         "naive_rows_per_s",
         "lakecast_rows_per_s",
         "steady_rows_per_s",
+        "hot_path_rows_per_s",
     ]
     fig, ax = plt.subplots(figsize=(8, 4))
-    bars = ax.bar(names, [r[k] for k in keys], color=["#999", "#999", "#555", "#c66", "#36c", "#36c"])
+    bars = ax.bar(names, [r[k] for k in keys], color=["#999", "#999", "#555", "#c66", "#36c", "#36c", "#9bd"])
     ax.bar_label(bars, labels=[f"{r[k] / 1000:,.0f}k" for k in keys])
     ax.set_ylabel("rows/s")
     ax.set_ylim(top=max(r[k] for k in keys) * 1.15)  # room for the bar labels under the title
@@ -473,8 +559,15 @@ def chart(r: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-if __name__ == "__main__":  # python -m jobs.bench naive OUT MODEL_URI BATCH FILE...
-    if sys.argv[1] != "naive":
-        raise SystemExit("usage: python -m jobs.bench naive OUT_DIR MODEL_URI BATCH_SIZE FILE...")
-    written = naive(sys.argv[5:], sys.argv[2], sys.argv[3], int(sys.argv[4]))
-    sys.stdout.write(json.dumps({"rows": written, "done_unix": time.time()}) + "\n")
+if __name__ == "__main__":  # the benchmark's own subprocesses: the naive loop, the hot path
+    if sys.argv[1:2] == ["naive"]:  # OUT_DIR MODEL_URI BATCH_SIZE FILE...
+        written = naive(sys.argv[5:], sys.argv[2], sys.argv[3], int(sys.argv[4]))
+        sys.stdout.write(json.dumps({"rows": written, "done_unix": time.time()}) + "\n")
+    elif sys.argv[1:2] == ["hot-path"]:  # OUT_DIR BATCH_SIZE COUNT INDEX
+        done = hot_path_worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+        sys.stdout.write(json.dumps(done) + "\n")
+    else:
+        raise SystemExit(
+            "usage: python -m jobs.bench naive OUT_DIR MODEL_URI BATCH_SIZE FILE... | "
+            "hot-path OUT_DIR BATCH_SIZE COUNT INDEX"
+        )

@@ -19,8 +19,11 @@ KEYS = {
     "naive_rows_per_s",
     "lakecast_rows_per_s",
     "steady_rows_per_s",
+    "hot_path_rows_per_s",
     "bound_rows_per_s",
     "efficiency",
+    "hot_path_vs_bound",
+    "steady_vs_hot_path",
     "vs_naive",
     "startup_s",
     "peak_rss_mb",
@@ -54,13 +57,18 @@ def test_bench_reports_every_figure(tmp_path):
     assert 0 < report["lakecast_seconds"] <= report["lakecast_process_seconds"]
     assert 0 < report["naive_seconds"] <= report["naive_process_seconds"]
     assert report["vs_naive"] == pytest.approx(report["naive_seconds"] / report["lakecast_seconds"], rel=0.01)
+    # the efficiency's two factors: the job's work per row without Ray, then what Ray costs
+    factors = report["hot_path_vs_bound"] * report["steady_vs_hot_path"]
+    assert report["efficiency"] == pytest.approx(factors, rel=0.01)
     # the startup split into its steps, in the order they happen, ending at the first batch
     steps = report["startup_milestones_s"]
     assert list(steps) == ["job_start", "ray_ready", "checks_done", "pipeline_start", "actor_ready", "first_batch"]
     assert 0 < steps["job_start"] < max(steps["ray_ready"], steps["checks_done"]) <= steps["pipeline_start"]
     assert steps["pipeline_start"] < steps["actor_ready"] <= steps["first_batch"] == report["startup_s"]
     assert out.with_suffix(".png").stat().st_size > 1000
-    assert "| lakecast, steady state |" in out.with_suffix(".md").read_text()
+    table = out.with_suffix(".md").read_text()
+    assert "| lakecast, steady state |" in table
+    assert "| the job's own work without Ray, a process per core |" in table
     assert "efficiency" in proc.stdout
 
 
