@@ -124,6 +124,7 @@ def test_the_folded_first_layer_scores_as_the_trained_network(settings, register
     import torch
 
     from models.predictor import arrow_scorer
+    from models.tabular import SMALL_DICTIONARY
 
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
     n = raw_batch.num_rows
@@ -142,6 +143,10 @@ def test_the_folded_first_layer_scores_as_the_trained_network(settings, register
         {c: pc.dictionary_encode(batch.column(c)) if c in strings else batch.column(c) for c in batch.column_names}
     )
     chunked = pa.concat_tables([encoded.slice(0, 7), encoded.slice(7, n - 107), encoded.slice(n - 100)])
+    # dictionaries as other writers make them: a null among the entries, and one larger than a
+    # batch's dictionary usually is (looked up through Arrow instead of Python)
+    null_entry = with_dictionary(batch, "plan_tier", lambda seen: [None, *seen])
+    large = with_dictionary(batch, "plan_tier", lambda seen: [*seen, *(f"x{i}" for i in range(SMALL_DICTIONARY))])
     for alias in ("champion", "challenger"):
         scorer = arrow_scorer(mlflow.pyfunc.load_model(f"models:/churn-classifier@{alias}"))
         features = one_hot_features(scorer.spec, batch)
@@ -149,9 +154,19 @@ def test_the_folded_first_layer_scores_as_the_trained_network(settings, register
         with torch.inference_mode():
             trained = torch.sigmoid(scorer.net(torch.from_numpy(features))).squeeze(1).numpy()
         assert np.isfinite(trained).all() and trained.std() > 0
-        for table in (batch, encoded, chunked):
+        for table in (batch, encoded, chunked, null_entry, large):
             assert table.column("plan_tier").num_chunks == (3 if table is chunked else 1)
             np.testing.assert_allclose(scorer.predict_proba(table), trained, atol=1e-6, err_msg=alias)
+
+
+def with_dictionary(table: pa.Table, column: str, entries) -> pa.Table:
+    """``table`` with ``column`` dictionary-encoded over ``entries(distinct values)``."""
+    values = table.column(column).to_pylist()
+    dictionary = entries(sorted({v for v in values if v is not None}))
+    index = {v: i for i, v in enumerate(dictionary)}  # a null row points at a null entry if any
+    indices = pa.array([index.get(v) for v in values], pa.int32())
+    encoded = pa.DictionaryArray.from_arrays(indices, pa.array(dictionary, pa.string()))
+    return table.set_column(table.schema.get_field_index(column), column, encoded)
 
 
 def one_hot_features(spec, table: pa.Table) -> np.ndarray:
