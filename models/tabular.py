@@ -143,8 +143,7 @@ def _codes(column: pa.ChunkedArray | pa.Array, values: list[str]) -> Iterator[tu
             yield codes.to_numpy(zero_copy_only=False), np.append(_slots(chunk.dictionary, values), 0)
         else:
             strings = chunk if pa.types.is_string(chunk.type) else chunk.cast(pa.string())
-            found = pc.index_in(strings, value_set=pa.array(values, pa.string()))
-            yield pc.fill_null(found, -1).to_numpy(zero_copy_only=False) + 1, np.arange(len(values) + 1)
+            yield _arrow_slots(strings, values), np.arange(len(values) + 1)
 
 
 # a dictionary up to this size is looked up value by value in Python (see _slots)
@@ -162,10 +161,15 @@ def _slots(dictionary: pa.Array, values: list[str]) -> np.ndarray:
     if not pa.types.is_string(dictionary.type):
         dictionary = dictionary.cast(pa.string())
     if len(dictionary) > SMALL_DICTIONARY:
-        found = pc.index_in(dictionary, value_set=pa.array(values, pa.string()))
-        return pc.fill_null(found, -1).to_numpy() + 1
+        return _arrow_slots(dictionary, values)
     slot = _slot_of(tuple(values))
     return np.fromiter((slot.get(v, 0) for v in dictionary.to_pylist()), np.int64, len(dictionary))
+
+
+def _arrow_slots(strings: pa.Array, values: list[str]) -> np.ndarray:
+    """Each string's slot, looked up by Arrow: ``values[i]`` is slot ``i + 1``, null and unseen 0."""
+    found = pc.index_in(strings, value_set=pa.array(values, pa.string()))
+    return pc.fill_null(found, -1).to_numpy(zero_copy_only=False) + 1
 
 
 @functools.lru_cache(maxsize=64)
