@@ -282,7 +282,7 @@ def naive(files: list[str], out_dir: str, model_uri: str, batch_size: int) -> in
     return int(np.int64(rows))
 
 
-def hot_path(scratch: Path, batch_size: int, env: dict[str, str]) -> Timed:
+def hot_path(scratch: Path, batch_size: int, env: dict[str, str]) -> tuple[Timed, dict[str, float]]:
     """The job's own work per row without Ray: one plain process per core, each running the CPU
     actors' :class:`jobs.part_writer.ScoreAndWrite` (read, validate, score, write), built as the
     job builds it, over its share of the partition's files.
@@ -291,7 +291,10 @@ def hot_path(scratch: Path, batch_size: int, env: dict[str, str]) -> Timed:
     file written: the steady state of a perfect split, with nothing of Ray's in it. Between the
     bound and this lies the work the bound leaves out (validation, the features' conversion, the
     lineage columns); between this and the job's steady state, what Ray costs (its processes,
-    scheduling, and the actors' ramp)."""
+    scheduling, and the actors' ramp).
+
+    Also returns the seconds the processes spent in each stage (jobs.part_writer.STAGES), summed,
+    to set beside the job's own (its ``actor_seconds``)."""
     import tempfile
 
     count = os.cpu_count() or 1
@@ -315,13 +318,14 @@ def hot_path(scratch: Path, batch_size: int, env: dict[str, str]) -> Timed:
             proc.stdin.write("go\n")  # type: ignore[union-attr]
             proc.stdin.flush()  # type: ignore[union-attr]
         done = [json.loads(proc.communicate()[0]) for proc, _ in procs]
-    return Timed(max(d["done_unix"] for d in done) - start, sum(d["rows"] for d in done))
+    stages = {stage: sum(d["seconds"][stage] for d in done) for stage in done[0]["seconds"]}
+    return Timed(max(d["done_unix"] for d in done) - start, sum(d["rows"] for d in done)), stages
 
 
 def hot_path_worker(out_dir: str, batch_size: int, count: int, index: int) -> dict[str, Any]:
     """One process of :func:`hot_path`: files ``index``, ``index + count``, ... of the partition."""
     from jobs import predict
-    from jobs.part_writer import ScoreAndWrite
+    from jobs.part_writer import STAGES, ScoreAndWrite
     from jobs.settings import load_settings
 
     settings = load_settings()
@@ -346,9 +350,9 @@ def hot_path_worker(out_dir: str, batch_size: int, count: int, index: int) -> di
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     sys.stdin.readline()
-    for f in mine:
-        actor.score_file(f.path, lake.uri(f.path))
-    return {"rows": rows, "done_unix": time.time()}
+    files = [actor.score_file(f.path, lake.uri(f.path)) for f in mine]
+    seconds = {stage: sum(f[f"{stage}_s"] for f in files) for stage in STAGES}
+    return {"rows": rows, "done_unix": time.time(), "seconds": seconds}
 
 
 def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: str = "") -> dict[str, Any]:
@@ -423,7 +427,7 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
 
     _settle()
     log.info("3/5 the job's own work without Ray (a plain process per core)")
-    hot = hot_path(scratch, batch_size, env)
+    hot, hot_stages = hot_path(scratch, batch_size, env)
     if hot.rows != rows:
         raise RuntimeError(f"the hot path read {hot.rows} rows of the partition's {rows}")
 
@@ -461,6 +465,10 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
         "vs_naive": round(naive_s / job_s, 3),
         "startup_s": round(startup, 2),
         "startup_milestones_s": milestones,
+        # where the time went, in seconds summed over the processes: the job's actors, and the
+        # same code without Ray (read, validate, score: features, model and output rows, write)
+        "actor_seconds": result.get("actor_seconds", {}),
+        "hot_path_seconds": {stage: round(t, 3) for stage, t in hot_stages.items()},
         "lakecast_seconds": round(job_s, 2),
         "naive_seconds": round(naive_s, 2),
         # process start to exit, for what the exit adds (Ray's shutdown, interpreter teardown)
@@ -498,6 +506,8 @@ def _round(value: float | None) -> int | None:
 
 
 def markdown(r: dict[str, Any]) -> str:
+    from jobs.predict import actor_time
+
     rows = [
         ("IO only (best of pyarrow, Ray Data)", r["io_only_rows_per_s"]),
         ("model only (tensors in memory)", r["model_only_rows_per_s"]),
@@ -516,6 +526,12 @@ def markdown(r: dict[str, Any]) -> str:
         f"(naive: PSS {r['naive_peak_pss_mb']} MiB, RSS {r['naive_peak_rss_mb']} MiB)",
         f"efficiency = {r['hot_path_vs_bound']} (the job's work per row against the bound: validation, "
         f"features, lineage) x {r['steady_vs_hot_path']} (its steady state against that work without Ray)",
+        "where the time went: "
+        + "; ".join(
+            f"{who}: {actor_time(r[key])}"
+            for who, key in (("the job's actors", "actor_seconds"), ("without Ray", "hot_path_seconds"))
+            if r.get(key)
+        ),
         "startup, seconds from process start: "
         + ", ".join(f"{name.replace('_', ' ')} {t}" for name, t in r["startup_milestones_s"].items()),
         f"Ray: {r['settings']['ray']}"

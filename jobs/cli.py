@@ -65,7 +65,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from jobs.predict import run_job
+    from jobs.predict import actor_time, run_job
 
     job = load_job(args.job)
     result = run_job(
@@ -87,6 +87,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         _out(f"predictions: {result.output}")
         _out(f"MLflow run:  {result.run_id}")
+        if result.actor_seconds:
+            _out(f"actors:      {actor_time(result.actor_seconds)}")
     return 0
 
 

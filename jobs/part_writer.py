@@ -23,6 +23,7 @@ never waits on Parquet.
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterable, Iterator
 from operator import itemgetter
 from typing import Any
@@ -38,7 +39,15 @@ from models.predictor import in_batches, parquet_options
 # of the churn table's columns. Reading and validating 65,536 rows at a time cost more per row.
 READ_ROWS = 262_144
 
-WRITTEN = pa.schema([("file", pa.string()), ("rows", pa.int64())])
+# what an actor spends its time on, in order; "score" is the predictor's call: the features'
+# conversion from Arrow, the model, and the output rows with their lineage
+STAGES = ("read", "validate", "score", "write")
+
+# what an actor returns for each input file: rows scored and set aside, and the seconds of each stage
+DONE = pa.schema(
+    [("file", pa.string()), ("rows", pa.int64()), ("quarantined", pa.int64())]
+    + [(f"{stage}_s", pa.float64()) for stage in STAGES]
+)
 
 
 def slices(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[tuple[int, pa.Table]]:
@@ -60,7 +69,8 @@ class ScoreAndWrite:
     ``predictor(**kwargs)`` is built once per actor (a ``BatchPredictor`` or ``RoutedPredictor``).
     Slice ``i`` of input file ``part-3.parquet`` is written as ``part-3-000i.parquet`` (scores)
     and ``q-part-3-000i.parquet`` (invalid rows, if any): a task that Ray retries after its actor
-    died rewrites the same files rather than adding second copies.
+    died rewrites the same files rather than adding second copies. Each call returns a row of
+    :data:`DONE` per input file.
     """
 
     def __init__(
@@ -86,37 +96,46 @@ class ScoreAndWrite:
         self.batch_size, self.rows_per_file, self.threads = batch_size, rows_per_file, threads
 
     def __call__(self, files: pa.Table) -> pa.Table:
-        written = []
-        for path, uri in zip(files["path"].to_pylist(), files["uri"].to_pylist(), strict=True):
-            written += self.score_file(path, uri)
-        return pa.Table.from_pylist(written, schema=WRITTEN)
+        done = [
+            self.score_file(path, uri)
+            for path, uri in zip(files["path"].to_pylist(), files["uri"].to_pylist(), strict=True)
+        ]
+        return pa.Table.from_pylist(done, schema=DONE)
 
-    def score_file(self, path: str, uri: str) -> list[dict[str, Any]]:
-        """Score one input file; returns the files written to staging and their rows."""
+    def score_file(self, path: str, uri: str) -> dict[str, Any]:
+        """Score one input file: a row of :data:`DONE` (``file`` is ``uri``)."""
         stem = path.rsplit("/", 1)[-1].removesuffix(".parquet")
-        written = []
-        for i, pieces in itertools.groupby(self._read(path), key=itemgetter(0)):
+        seconds = dict.fromkeys(STAGES, 0.0)
+        rows = quarantined = 0
+        for i, pieces in itertools.groupby(_timed(self._read(path), seconds), key=itemgetter(0)):
             name = f"{stem}-{i:04d}.parquet"
             scored, rejected = [], []
             for _, piece in pieces:
+                t0 = time.perf_counter()
                 try:
                     valid, bad = self.validator.split(piece)
                 except InvalidInput as e:
                     raise InvalidInput(f"{uri}: {e}") from None
+                t1 = time.perf_counter()
                 if bad is not None:
                     rejected.append(bad)
                 if valid.num_rows:
                     scored.append(in_batches(self.predictor, valid, self.batch_size))
+                seconds["validate"] += t1 - t0
+                seconds["score"] += time.perf_counter() - t1
+            t0 = time.perf_counter()
             if rejected:
-                path_q = f"{self.validator.quarantine_dir}/q-{name}"
-                pq.write_table(pa.concat_tables(rejected), path_q, filesystem=self.validator.fs)
+                bad = pa.concat_tables(rejected)
+                pq.write_table(bad, f"{self.validator.quarantine_dir}/q-{name}", filesystem=self.validator.fs)
+                quarantined += bad.num_rows
             if scored:  # else every row of the slice was quarantined
                 table = pa.concat_tables(scored)
                 pq.write_table(
                     table, f"{self.staging}/{name}", filesystem=self.filesystem, **parquet_options(table.column_names)
                 )
-                written.append({"file": name, "rows": table.num_rows})
-        return written
+                rows += table.num_rows
+            seconds["write"] += time.perf_counter() - t0
+        return {"file": uri, "rows": rows, "quarantined": quarantined, **{f"{k}_s": v for k, v in seconds.items()}}
 
     def _read(self, path: str) -> Iterator[tuple[int, pa.Table]]:
         batches = file_batches(
@@ -128,3 +147,14 @@ class ScoreAndWrite:
             threads=self.threads,
         )
         return slices(batches, self.rows_per_file)
+
+
+def _timed(items: Iterator[Any], seconds: dict[str, float]) -> Iterator[Any]:
+    """``items``, the time spent producing them (reading and decoding) added to ``seconds["read"]``."""
+    while True:
+        t0 = time.perf_counter()
+        item = next(items, None)
+        seconds["read"] += time.perf_counter() - t0
+        if item is None:
+            return
+        yield item

@@ -65,10 +65,14 @@ def test_bench_reports_every_figure(tmp_path):
     assert list(steps) == ["job_start", "ray_ready", "checks_done", "pipeline_start", "actor_ready", "first_batch"]
     assert 0 < steps["job_start"] < max(steps["ray_ready"], steps["checks_done"]) <= steps["pipeline_start"]
     assert steps["pipeline_start"] < steps["actor_ready"] <= steps["first_batch"] == report["startup_s"]
+    # where the time went, stage by stage, in the job's actors and in the same code without Ray
+    for key in ("actor_seconds", "hot_path_seconds"):
+        assert list(report[key]) == ["read", "validate", "score", "write"] and all(report[key].values())
     assert out.with_suffix(".png").stat().st_size > 1000
     table = out.with_suffix(".md").read_text()
     assert "| lakecast, steady state |" in table
     assert "| the job's own work without Ray, a process per core |" in table
+    assert "where the time went: the job's actors: read " in table
     assert "efficiency" in proc.stdout
 
 

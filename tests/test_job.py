@@ -53,7 +53,7 @@ def test_only_committed_files_and_manifest_in_partition(first_run, lake):
     assert not lake.exists(f"{lake.base}/_staging/{OUT}/ds={DAY}/{first_run.run_id}")
 
 
-def test_run_is_logged_to_mlflow(first_run, settings):
+def test_run_is_logged_to_mlflow(first_run, settings, churn_job):
     run = mlflow.MlflowClient(settings.mlflow.tracking_uri).get_run(first_run.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["job"] == "churn"
@@ -65,6 +65,10 @@ def test_run_is_logged_to_mlflow(first_run, settings):
     m = run.data.metrics
     assert 0 < max(m["startup.ray_ready_s"], m["startup.checks_done_s"]) <= m["startup.pipeline_start_s"]
     assert m["startup.pipeline_start_s"] < m["startup.actor_ready_s"] <= m["startup_s"]
+    # where the actors' time went, stage by stage, within the job's own time on its actors
+    stages = {stage: m[f"actors.{stage}_s"] for stage in ("read", "validate", "score", "write")}
+    assert all(t > 0 for t in stages.values()) and sum(stages.values()) < m["seconds"] * churn_job.compute.max_actors
+    assert first_run.as_dict()["actor_seconds"] == pytest.approx(stages, abs=1e-3)
     assert run.data.tags["lakecast.model_version"] == f"churn-classifier/{first_run.model.version}"
     contexts = {tag.value for d in run.inputs.dataset_inputs for tag in d.tags if tag.key == "mlflow.data.context"}
     assert contexts == {"input", "output"}
@@ -178,4 +182,5 @@ def test_the_gpu_pipeline_shape_writes_every_row_once(
     table = read_output(lake)
     assert result.rows == table.num_rows == len(table["customer_id"].unique()) == ROWS
     assert set(table["scoring_run_id"].to_pylist()) == {result.run_id}
+    assert result.actor_seconds == {}  # the stages run in separate tasks: no split of an actor's time
     assert "compute.min_actors 2 would leave the read and write tasks no CPU" in caplog.text
