@@ -289,8 +289,8 @@ def hot_path(scratch: Path, batch_size: int, env: dict[str, str]) -> tuple[Timed
 
     Timed from the moment every process is ready (model loaded, modules imported) to the last
     file written: the steady state of a perfect split, with nothing of Ray's in it. Between the
-    bound and this lies the work the bound leaves out (validation, the features' conversion, the
-    lineage columns); between this and the job's steady state, what Ray costs (its processes,
+    bound and this lies the work the bound leaves out (validation, the features' conversion,
+    reading in batches rather than whole files); between this and the job's steady state, what Ray costs (its processes,
     scheduling, and the actors' ramp).
 
     Also returns the seconds the processes spent in each stage (jobs.part_writer.STAGES), summed,
@@ -525,7 +525,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"peak memory: PSS {r['peak_pss_mb']} MiB, summed RSS {r['peak_rss_mb']} MiB "
         f"(naive: PSS {r['naive_peak_pss_mb']} MiB, RSS {r['naive_peak_rss_mb']} MiB)",
         f"efficiency = {r['hot_path_vs_bound']} (the job's work per row against the bound: validation, "
-        f"features, lineage) x {r['steady_vs_hot_path']} (its steady state against that work without Ray)",
+        f"features, reading in batches) x {r['steady_vs_hot_path']} (its steady state against that work without Ray)",
         "where the time went: "
         + "; ".join(
             f"{who}: {actor_time(r[key])}"
