@@ -325,7 +325,7 @@ def hot_path(scratch: Path, batch_size: int, env: dict[str, str]) -> tuple[Timed
 def hot_path_worker(out_dir: str, batch_size: int, count: int, index: int) -> dict[str, Any]:
     """One process of :func:`hot_path`: files ``index``, ``index + count``, ... of the partition."""
     from jobs import predict
-    from jobs.part_writer import STAGES, ScoreAndWrite
+    from jobs.part_writer import ScoreAndWrite, stage_seconds
     from jobs.settings import load_settings
 
     settings = load_settings()
@@ -350,9 +350,8 @@ def hot_path_worker(out_dir: str, batch_size: int, count: int, index: int) -> di
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     sys.stdin.readline()
-    files = [actor.score_file(f.path, lake.uri(f.path)) for f in mine]
-    seconds = {stage: sum(f[f"{stage}_s"] for f in files) for stage in STAGES}
-    return {"rows": rows, "done_unix": time.time(), "seconds": seconds}
+    done = [actor.score_file(f.path, lake.uri(f.path)) for f in mine]
+    return {"rows": rows, "done_unix": time.time(), "seconds": stage_seconds(done)}
 
 
 def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: str = "") -> dict[str, Any]:

@@ -50,6 +50,12 @@ DONE = pa.schema(
 )
 
 
+def stage_seconds(done: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds by stage, summed over rows of :data:`DONE` (as dicts): over an actor's files, or a
+    job's."""
+    return {stage: sum(row[f"{stage}_s"] for row in done) for stage in STAGES}
+
+
 def slices(batches: Iterable[pa.RecordBatch], rows: int) -> Iterator[tuple[int, pa.Table]]:
     """``(slice number, piece)`` for ``batches`` cut into slices of ``rows`` rows, a batch that
     straddles two slices cut in two."""

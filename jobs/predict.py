@@ -359,7 +359,7 @@ def _run_locked(
         first_batch_unix=first_batch_unix,
         committed_unix=committed_unix,
         milestones=milestones,
-        actor_seconds=actor_seconds or {},
+        actor_seconds=actor_seconds,
     )
 
 
@@ -509,7 +509,7 @@ def _score(
     started_at: dt.datetime,
     gpus: float,
     shadow_dir: str | None = None,
-) -> tuple[float, dict[str, float] | None]:
+) -> tuple[float, dict[str, float]]:
     """The Ray Data pipeline: read → validate rows → actor pool of predictors → Parquet in staging.
 
     CPU actors run all four steps themselves, a file at a time (docs/adr/0002); GPU actors get
@@ -523,9 +523,9 @@ def _score(
     equal rows in before anything is committed.
 
     Returns when the pipeline started (unix seconds) and, with CPU actors, the seconds they spent
-    in each stage (:data:`jobs.part_writer.STAGES`), summed over the actors.
+    in each stage (:data:`jobs.part_writer.STAGES`), summed over the actors (else ``{}``).
     """
-    from jobs.part_writer import STAGES, ScoreAndWrite  # imports Ray Data: only once Ray is up
+    from jobs.part_writer import ScoreAndWrite, stage_seconds  # imports Ray Data: only once Ray is up
 
     options = predictor_options(
         job, lake, pre, settings=settings, run_id=run_id, started_at=started_at, telemetry_dir=telemetry_path(staging)
@@ -565,8 +565,7 @@ def _score(
             compute=actors,
             num_cpus=job.compute.cpus_per_actor,
         )
-        rows = done.take_all()  # a row per input file
-        return started, {stage: sum(r[f"{stage}_s"] for r in rows) for stage in STAGES}
+        return started, stage_seconds(done.take_all())  # take_all: a row per input file
     dataset = read_parquet_files(
         [f.path for f in pre.files],
         filesystem=lake.fs,
@@ -596,7 +595,7 @@ def _score(
         ray_remote_args={"num_cpus": IO_CPUS},
         **parquet_options(prediction_columns(job.input.key, job.output.score_column)),
     )
-    return started, None
+    return started, {}
 
 
 def read_columns(job: JobConfig, rules: list[validation.ColumnRule]) -> tuple[list[str], list[str]]:
