@@ -313,13 +313,15 @@ def hot_path(scratch: Path, batch_size: int, env: dict[str, str]) -> tuple[Timed
 
     Timed from the moment every process is ready (model loaded, modules imported) to the last
     file written: the steady state of a perfect split, with nothing of Ray's in it. Between the
-    bound and this lies the work the bound leaves out (validation, the features' conversion,
-    reading in batches rather than whole files); between this and the job's steady state, what Ray costs (its processes,
-    scheduling, and the actors' ramp).
+    bound and this lies the work the bound leaves out (validation, the features' conversion from
+    Arrow); between this and the job's steady state, what Ray costs (its processes, scheduling,
+    and the actors' ramp).
 
     Also returns the seconds the processes spent in each stage (jobs.part_writer.STAGES), summed,
     to set beside the job's own (its ``actor_seconds``)."""
     import tempfile
+
+    from jobs.part_writer import stage_seconds  # imports Ray Data's block types
 
     count = os.cpu_count() or 1
     argv = [sys.executable, "-m", "jobs.bench", "hot-path", str(scratch / "hot-path"), str(batch_size), str(count)]
@@ -342,14 +344,14 @@ def hot_path(scratch: Path, batch_size: int, env: dict[str, str]) -> tuple[Timed
             proc.stdin.write("go\n")  # type: ignore[union-attr]
             proc.stdin.flush()  # type: ignore[union-attr]
         done = [json.loads(proc.communicate()[0]) for proc, _ in procs]
-    stages = {stage: sum(d["seconds"][stage] for d in done) for stage in done[0]["seconds"]}
+    stages = stage_seconds([row for d in done for row in d["files"]])
     return Timed(max(d["done_unix"] for d in done) - start, sum(d["rows"] for d in done)), stages
 
 
 def hot_path_worker(out_dir: str, batch_size: int, count: int, index: int) -> dict[str, Any]:
     """One process of :func:`hot_path`: files ``index``, ``index + count``, ... of the partition."""
     from jobs import predict
-    from jobs.part_writer import ScoreAndWrite, stage_seconds
+    from jobs.part_writer import ScoreAndWrite
     from jobs.settings import load_settings
 
     settings = load_settings()
@@ -375,7 +377,7 @@ def hot_path_worker(out_dir: str, batch_size: int, count: int, index: int) -> di
     sys.stdout.flush()
     sys.stdin.readline()
     done = [actor.score_file(f.path, lake.uri(f.path)) for f in mine]
-    return {"rows": rows, "done_unix": time.time(), "seconds": stage_seconds(done)}
+    return {"rows": rows, "done_unix": time.time(), "files": done}
 
 
 def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: str = "") -> dict[str, Any]:
@@ -557,7 +559,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"peak memory: PSS {r['peak_pss_mb']} MiB, summed RSS {r['peak_rss_mb']} MiB "
         f"(naive: PSS {r['naive_peak_pss_mb']} MiB, RSS {r['naive_peak_rss_mb']} MiB)",
         f"efficiency = {r['hot_path_vs_bound']} (the job's work per row against the bound: validation, "
-        f"features, reading in batches) x {r['steady_vs_hot_path']} (its steady state against that work without Ray)",
+        f"features) x {r['steady_vs_hot_path']} (its steady state against that work without Ray)",
         "where the time went: "
         + "; ".join(
             f"{who}: {actor_time(r[key])}"
