@@ -34,6 +34,12 @@ def map_workers() -> list[psutil.Process]:
     return found
 
 
+def staged_predictions(lake: Lake) -> list[Path]:
+    """The prediction files a running job has written into its staging folder so far."""
+    staging = Path(lake.base) / "_staging" / OUT / f"ds={DAY}"
+    return [p for p in staging.glob("*/*.parquet") if not p.parent.name.endswith("-telemetry")]
+
+
 @pytest.fixture
 def big_lake(settings, tmp_path) -> Lake:
     lake = Lake(str(tmp_path / "lake"))
@@ -53,10 +59,11 @@ def test_killed_worker_still_writes_every_row_once(big_lake, settings, registere
         )
     )
     run.start()
+    # killed once it has written its first file of four: part of the data is scored, part is not
+    # (a fixed delay raced the job, which on a fast day had ended by then)
     deadline = time.monotonic() + 120
-    while not map_workers() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    time.sleep(2.0)  # let it score part of the data
+    while not staged_predictions(big_lake) and run.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
     victims = map_workers()
     assert victims and run.is_alive(), "the job ended before the worker could be killed"
     for p in victims:
@@ -82,7 +89,7 @@ def test_killed_run_loses_nothing_and_the_retry_commits(big_lake, settings, regi
     )  # fmt: skip
     staging = Path(lake.base) / "_staging" / OUT / f"ds={DAY}"
     deadline = time.monotonic() + 120
-    while not (staging.exists() and any(staging.rglob("*.parquet"))) and time.monotonic() < deadline:
+    while not staged_predictions(lake) and time.monotonic() < deadline:
         assert proc.poll() is None, "the run ended before it could be killed"
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
