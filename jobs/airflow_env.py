@@ -26,6 +26,11 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
     }
+    # `airflow standalone` starts its scheduler, API server and the rest as `airflow ...` found on
+    # PATH: put this venv's first, as activating it would, or they fail from a shell without it
+    airflow = Path(airflow_bin())
+    if airflow.is_absolute():
+        env["PATH"] = os.pathsep.join([str(airflow.parent), env.get("PATH", os.defpath)])
     if settings.profile == "local":
         # One user on one machine: the UI needs no login. Production profiles leave this off.
         env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")

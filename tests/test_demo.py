@@ -1,33 +1,48 @@
 """The README's main command as a user runs it: ``lakecast demo`` in a fresh LAKECAST_HOME,
-which drives the churn DAG through Airflow (``airflow dags test``) on SQLite."""
+which drives the churn DAG through Airflow (``airflow dags test``) on SQLite; then the command it
+prints to open the Airflow UI on the same state."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pyarrow.dataset as pads
 import pytest
 
+from tests.s3server import free_ports
+from tests.stack import Service
+
 pytestmark = pytest.mark.slow
+LAKECAST = str(Path(sys.executable).with_name("lakecast"))
 
 
-def test_demo_runs_the_dag_through_airflow(tmp_path):
-    home = tmp_path / "home"
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str], subprocess.CompletedProcess]:
+    """The demo in a fresh folder, with none of our variables set: (its folder, its env, the run)."""
+    cwd = tmp_path_factory.mktemp("demo")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LAKECAST_", "AIRFLOW", "MLFLOW_", "RAY_"))}
-    env["LAKECAST_HOME"] = str(home)
-    lakecast = str(Path(sys.executable).with_name("lakecast"))
+    env["LAKECAST_HOME"] = str(cwd / "home")
     proc = subprocess.run(
-        [lakecast, "demo", "--rows", "4000", "--labeled-rows", "3000", "--date", "2026-11-21"],
+        [LAKECAST, "demo", "--rows", "4000", "--labeled-rows", "3000", "--date", "2026-11-21"],
         env=env,
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=600,
     )
+    return cwd, env, proc
+
+
+def test_demo_runs_the_dag_through_airflow(demo):
+    cwd, _, proc = demo
+    home = cwd / "home"
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-5000:]
     out = proc.stdout
     summary = r"scored 4,000 rows for 2026-11-21 in [\d.]+ s \([\d,]+ rows/s\) with models:/churn-classifier/1"
@@ -40,5 +55,41 @@ def test_demo_runs_the_dag_through_airflow(tmp_path):
     assert "MapBatches(ScoreAndWrite)" in log  # CPU actors read, score and write in one process
     assert "DagRun Finished: dag_id=lakecast__churn" in log and "state=success" in log
     # nothing outside LAKECAST_HOME
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["home"]
+    assert sorted(p.name for p in cwd.iterdir()) == ["home"]
     assert {"lake", "mlflow.db", "airflow", "mlartifacts"} <= {p.name for p in home.iterdir()}
+
+
+def test_the_printed_airflow_command_starts_every_component(demo, tmp_path):
+    """``lakecast airflow standalone``, as the demo prints it, from a shell whose PATH does not hold
+    the venv: standalone starts its scheduler, API server, dag processor and triggerer as
+    ``airflow …`` looked up on PATH."""
+    _, env, proc = demo
+    assert proc.returncode == 0
+    assert ".venv/bin/lakecast airflow standalone" in proc.stdout
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != venv_bin)
+    (port,) = free_ports(1, start=28000, paired=False)
+    standalone = Service(
+        "standalone",
+        [LAKECAST, "airflow", "standalone"],
+        env=env | {"PATH": path, "AIRFLOW__API__PORT": str(port)},
+        logdir=tmp_path,
+    )
+    try:
+        health: dict = {}
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and standalone.proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=3) as r:
+                    health = json.load(r)
+            except OSError:
+                pass
+            if health and all(part.get("status") == "healthy" for part in health.values()):
+                break
+            time.sleep(1)
+        log = standalone.log_tail(20000)
+        assert "No such file or directory: 'airflow'" not in log
+        assert set(health) == {"metadatabase", "scheduler", "triggerer", "dag_processor"}, log[-4000:]
+        assert all(part["status"] == "healthy" for part in health.values()), health
+    finally:
+        standalone.stop()
