@@ -291,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="build the demo lake and models, run the churn DAG once")
     p.add_argument("--rows", type=int, default=200_000, help="raw rows to score (default 200,000)")
-    p.add_argument("--labeled-rows", type=int, default=50_000, help="labeled rows per day (default 50,000)")
+    p.add_argument("--labeled-rows", type=int, default=100_000, help="labeled rows per day (default 100,000)")
     p.add_argument("--date", default=yesterday, help="partition date YYYY-MM-DD (default: yesterday)")
     p.add_argument("--retrain", action="store_true", help="train and register new model versions")
     p.add_argument("--no-run", action="store_true", help="only build the lake and register the models")
