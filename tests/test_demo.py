@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pyarrow.dataset as pads
 import pytest
 
 from tests.s3server import free_ports
-from tests.stack import Service
+from tests.stack import Service, wait_until
 
 pytestmark = pytest.mark.slow
 LAKECAST = str(Path(sys.executable).with_name("lakecast"))
@@ -75,21 +74,20 @@ def test_the_printed_airflow_command_starts_every_component(demo, tmp_path):
         env=env | {"PATH": path, "AIRFLOW__API__PORT": str(port)},
         logdir=tmp_path,
     )
+
+    def health() -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=3) as r:
+            return json.load(r)
+
+    def all_healthy() -> bool:
+        return all(part["status"] == "healthy" for part in health().values())
+
     try:
-        health: dict = {}
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and standalone.proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v2/monitor/health", timeout=3) as r:
-                    health = json.load(r)
-            except OSError:
-                pass
-            if health and all(part.get("status") == "healthy" for part in health.values()):
-                break
-            time.sleep(1)
+        wait_until(all_healthy, timeout=180, what="every component of airflow standalone", service=standalone)
         log = standalone.log_tail(20000)
         assert "No such file or directory: 'airflow'" not in log
-        assert set(health) == {"metadatabase", "scheduler", "triggerer", "dag_processor"}, log[-4000:]
-        assert all(part["status"] == "healthy" for part in health.values()), health
+        state = health()
+        assert set(state) == {"metadatabase", "scheduler", "triggerer", "dag_processor"}, log[-4000:]
+        assert all(part["status"] == "healthy" for part in state.values()), state
     finally:
         standalone.stop()

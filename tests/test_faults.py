@@ -34,10 +34,14 @@ def map_workers() -> list[psutil.Process]:
     return found
 
 
+def staging(lake: Lake) -> Path:
+    """Where the runs for DAY stage their output, a folder per run (see Lake.staging_path)."""
+    return Path(lake.staging_path(OUT, DAY, "run")).parent
+
+
 def staged_predictions(lake: Lake) -> list[Path]:
     """The prediction files a running job has written into its staging folder so far."""
-    staging = Path(lake.base) / "_staging" / OUT / f"ds={DAY}"
-    return [p for p in staging.glob("*/*.parquet") if not p.parent.name.endswith("-telemetry")]
+    return [p for p in staging(lake).glob("*/*.parquet") if not p.parent.name.endswith("-telemetry")]
 
 
 @pytest.fixture
@@ -87,7 +91,6 @@ def test_killed_run_loses_nothing_and_the_retry_commits(big_lake, settings, regi
         [lakecast, "run", "churn", "--date", DAY.isoformat(), "--alias", "challenger"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
-    staging = Path(lake.base) / "_staging" / OUT / f"ds={DAY}"
     deadline = time.monotonic() + 120
     while not staged_predictions(lake) and time.monotonic() < deadline:
         assert proc.poll() is None, "the run ended before it could be killed"
@@ -104,4 +107,4 @@ def test_killed_run_loses_nothing_and_the_retry_commits(big_lake, settings, regi
     table = pads.dataset(lake.partition_path(OUT, DAY), format="parquet").to_table()
     assert table.num_rows == ROWS and len(table["customer_id"].unique()) == ROWS
     assert set(table["scoring_run_id"].to_pylist()) == {retry.run_id}
-    assert not any(staging.rglob("*.parquet"))  # the dead run's staging was cleaned up
+    assert not any(staging(lake).rglob("*.parquet"))  # the dead run's staging was cleaned up
