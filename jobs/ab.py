@@ -23,7 +23,7 @@ from jobs import abstats, commit, tracking
 from jobs.ab_report import markdown, plots
 from jobs.config import ABSpec, JobConfig
 from jobs.lake import Lake
-from jobs.predict import model_inputs, shadow_table
+from jobs.predict import model_inputs, shadow_table, unwrap_ray_error
 from jobs.ray_runtime import actor_pool, actors_read_and_write, ensure_ray, gpus_per_actor, read_parquet_files
 from jobs.settings import Settings, load_settings
 from jobs.yamlconf import ConfigError
@@ -117,7 +117,8 @@ def run_compare(job: JobConfig, ds: dt.date, *, settings: Settings | None = None
 def _score_both(
     job: JobConfig, spec: ABSpec, lake: Lake, files: list, refs: tuple[ModelRef, ModelRef], settings: Settings
 ) -> pa.Table:
-    features = sorted({c for ref in refs for c, _, _ in model_inputs(job, ref)})
+    inputs = [tuple(c for c, _, _ in model_inputs(job, ref)) for ref in refs]
+    features = sorted({c for columns in inputs for c in columns})
     passthrough = list(dict.fromkeys(c for c in (job.input.key, spec.label, spec.group_key, spec.segment_column) if c))
     scorers = tuple(arrow_scorer(load_pyfunc(ref.uri)) for ref in refs)
     now = dt.datetime.now(dt.UTC)
@@ -131,8 +132,9 @@ def _score_both(
             threshold=job.output.threshold,
             lineage=Lineage(ref.name, ref.version, "compare", now),
             num_threads=max(1, int(job.compute.cpus_per_actor)),
+            input_columns=columns,
         )
-        for ref in refs
+        for ref, columns in zip(refs, inputs, strict=True)
     )
     ensure_ray(settings)
     columns = list(dict.fromkeys([*passthrough, *features]))
@@ -176,7 +178,13 @@ def _score_both(
         num_gpus=gpus,
         udf_modifying_row_count=False,
     )
-    return pa.concat_tables(list(scored.iter_batches(batch_format="pyarrow", batch_size=None)))
+    try:
+        return pa.concat_tables(list(scored.iter_batches(batch_format="pyarrow", batch_size=None)))
+    except Exception as e:
+        cause = unwrap_ray_error(e)
+        if cause is e:
+            raise
+        raise cause from None
 
 
 def shadow_summary(job: JobConfig, lake: Lake, ds: dt.date) -> dict[str, float] | None:

@@ -35,6 +35,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from jobs.promotion import PromotionRefused
     from jobs.submit import SubmitError
     from jobs.validation import InvalidInput
+    from models.predictor import ModelOutputError
     from models.registry import RegistryError
 
     return (
@@ -42,6 +43,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         LakeError,
         JobError,
         RegistryError,
+        ModelOutputError,
         InvalidInput,
         CommitConflict,
         PromotionRefused,
@@ -81,11 +83,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         _out(json.dumps(result.as_dict(), indent=2))
     else:
         verb = "checked (dry run, nothing published)" if args.dry_run else "scored"
+        rows = f"{result.rows - result.quarantined:,} of {result.rows:,}" if result.quarantined else f"{result.rows:,}"
         _out(
-            f"{verb} {result.rows:,} rows of {job.name} {result.ds} in {result.seconds:.1f} s "
+            f"{verb} {rows} rows of {job.name} {result.ds} in {result.seconds:.1f} s "
             f"({result.rows_per_s:,.0f} rows/s) with {result.model.uri}"
         )
         _out(f"predictions: {result.output}")
+        if result.quarantined:
+            where = f" → {result.quarantine}" if result.quarantine else " (dry run: not kept)"
+            _out(f"quarantined: {result.quarantined:,} invalid rows, not scored{where}")
         _out(f"MLflow run:  {result.run_id}")
         if result.actor_seconds:
             _out(f"actors:      {actor_time(result.actor_seconds)}")

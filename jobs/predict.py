@@ -40,6 +40,7 @@ from models.predictor import (
     ArrowScorer,
     BatchPredictor,
     Lineage,
+    ModelOutputError,
     PredictorOptions,
     RoutedPredictor,
     arrow_scorer,
@@ -79,6 +80,8 @@ class RunResult:
     # seconds the actors spent reading, validating, scoring and writing, summed over them (CPU
     # actors only: GPU actors get their batches from read tasks and hand them to write tasks)
     actor_seconds: dict[str, float] = field(default_factory=dict)
+    quarantined: int = 0  # of ``rows``, set aside as invalid instead of scored
+    quarantine: str | None = None  # where they were committed (None in a dry run)
 
     @property
     def rows_per_s(self) -> float:
@@ -102,6 +105,8 @@ class RunResult:
             "committed_unix": self.committed_unix,
             "milestones_unix": self.milestones,
             "actor_seconds": {stage: round(t, 3) for stage, t in self.actor_seconds.items()},
+            "quarantined": self.quarantined,
+            "quarantine": self.quarantine,
         }
 
 
@@ -183,6 +188,7 @@ class Preflight:
     scorer: ArrowScorer | None
     challenger: ModelRef | None = None  # canary or shadow scoring (the job's ab: section)
     challenger_scorer: ArrowScorer | None = None
+    challenger_columns: tuple[str, ...] = ()  # its input columns, in its order
     done_unix: float = field(default_factory=time.time)
 
 
@@ -206,12 +212,19 @@ def preflight(
         log.warning("%s; each row is scored (validation.duplicate_keys: keep)", message)
     scorer = arrow_scorer(load_pyfunc(ref.uri))
     challenger = challenger_scorer = None
+    challenger_columns: tuple[str, ...] = ()
     if job.ab is not None and (job.ab.challenger_share > 0 or job.ab.shadow):
         challenger = resolve(client, job.model.name, alias=job.ab.challenger)
         challenger_scorer = arrow_scorer(load_pyfunc(challenger.uri))
-        model_inputs(job, challenger)  # its columns must be among those read
+        challenger_columns = tuple(name for name, _, _ in model_inputs(job, challenger))
+        unread = [c for c in challenger_columns if c not in {r.name for r in rules}]
+        if unread:
+            raise JobError(
+                f"the challenger {challenger.uri} takes {unread}, which the champion {ref.uri} does not take: "
+                "canary and shadow scoring read the champion's inputs only"
+            )
     log.info("scoring %s %s: %d rows in %d files with %s", job.name, ds, rows_in, len(files), ref.uri)
-    return Preflight(files, rows_in, ref, rules, duplicates, scorer, challenger, challenger_scorer)
+    return Preflight(files, rows_in, ref, rules, duplicates, scorer, challenger, challenger_scorer, challenger_columns)
 
 
 def quarantine_table(job: JobConfig) -> str:
@@ -318,7 +331,7 @@ def _run_locked(
         except BaseException as e:
             for folder in (staging, q_staging, s_staging, telemetry_path(staging)):
                 commit.discard(lake, folder)
-            cause = _unwrap_ray_error(e)
+            cause = unwrap_ray_error(e)
             if cause is e:
                 raise
             raise cause from None
@@ -360,6 +373,8 @@ def _run_locked(
         committed_unix=committed_unix,
         milestones=milestones,
         actor_seconds=actor_seconds,
+        quarantined=invalid,
+        quarantine=lake.uri(lake.partition_path(quarantine_table(job), ds)) if invalid and not dry_run else None,
     )
 
 
@@ -420,14 +435,14 @@ def _reason_counts(lake: Lake, files: list[DataFile]) -> dict[str, int]:
     return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))
 
 
-def _unwrap_ray_error(e: BaseException) -> BaseException:
+def unwrap_ray_error(e: BaseException) -> BaseException:
     """A task's exception arrives wrapped (RayTaskError, then UserCodeException); users need the
     original sentence, so find our own error in the chain."""
     seen: BaseException | None = e
     for _ in range(8):
         if seen is None:
             break
-        if isinstance(seen, (InvalidInput, LakeError, JobError)):
+        if isinstance(seen, (InvalidInput, LakeError, JobError, ModelOutputError)):
             return seen
         seen = getattr(seen, "cause", None) or seen.__cause__
     return e
@@ -442,6 +457,8 @@ def model_inputs(job: JobConfig, ref: ModelRef) -> list[tuple[str, str, bool]]:
         if not job.input.columns:
             raise JobError(f"{ref.uri} has no signature: list input.columns in conf/jobs/{job.name}.yaml")
         return [(c, "any", False) for c in job.input.columns]
+    if signature.inputs.is_tensor_spec():
+        return _tensor_inputs(job, ref, signature.inputs.inputs)
     specs = [
         (c.name, getattr(c.type, "name", str(c.type)), c.required)
         for c in signature.inputs.inputs
@@ -454,6 +471,30 @@ def model_inputs(job: JobConfig, ref: ModelRef) -> list[tuple[str, str, bool]]:
             raise JobError(f"input.columns {unknown} are not inputs of {ref.uri}")
         specs = [s for s in specs if s[0] in job.input.columns]
     return specs
+
+
+def _tensor_inputs(job: JobConfig, ref: ModelRef, tensors: list) -> list[tuple[str, str, bool]]:
+    """A model that takes one tensor (``mlflow.pytorch``'s default ``pt2`` format) names no
+    columns: the job file lists them, in the tensor's order, and each must be a number with no
+    nulls."""
+    where = f"conf/jobs/{job.name}.yaml"
+    if len(tensors) != 1:
+        raise JobError(
+            f"{ref.uri} takes {len(tensors)} tensors; lakecast gives a model one matrix of its input columns"
+        )
+    if not job.input.columns:
+        raise JobError(
+            f"{ref.uri} takes a tensor, which names no columns: list its input columns, in the tensor's order, "
+            f"as input.columns in {where}"
+        )
+    shape = tensors[0].shape
+    width = shape[-1] if len(shape) == 2 else None
+    if width is None or (width != -1 and width != len(job.input.columns)):
+        raise JobError(
+            f"{ref.uri} takes a tensor of shape {shape}, and input.columns in {where} lists "
+            f"{len(job.input.columns)} columns; it needs one column per feature (shape (-1, columns))"
+        )
+    return [(c, "double", True) for c in job.input.columns]
 
 
 def _log_start(
@@ -629,6 +670,7 @@ def predictor_options(
         num_threads=max(1, int(job.compute.cpus_per_actor)),
         telemetry_dir=telemetry_dir,
         filesystem=lake.fs,
+        input_columns=tuple(r.name for r in pre.rules if r.name != job.input.key),
     )
 
 
@@ -644,6 +686,7 @@ def predictor_for(
         options,
         model_uri=b.uri,
         lineage=replace(options.lineage, model_version=b.version, variant=job.ab.challenger),
+        input_columns=pre.challenger_columns,
     )
     return RoutedPredictor, {
         "champion": (options, pre.scorer),

@@ -12,12 +12,15 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,10 @@ ENCODED_LINEAGE = ("model_name", "variant", "scoring_run_id")  # one string per 
 # Events an actor records for the job's start-up figures (file names: EVENT--pid-random)
 ACTOR_READY, FIRST_BATCH = "actor-ready", "first-batch"
 TELEMETRY_SEPARATOR = "--"
+
+
+class ModelOutputError(ValueError):
+    """A model's predictions are not one number per row; nothing was committed."""
 
 
 @runtime_checkable
@@ -64,13 +71,74 @@ class PredictorOptions:
     dtype: str | None = None
     telemetry_dir: str | None = None
     filesystem: object | None = None
+    # the model's input columns, in the order it takes them (a tensor's); empty: all but the key
+    input_columns: tuple[str, ...] = ()
 
 
 def arrow_scorer(pyfunc: object) -> ArrowScorer | None:
-    """The fast-path scorer inside a loaded pyfunc model, if its python model offers one."""
-    inner = pyfunc.unwrap_python_model() if hasattr(pyfunc, "unwrap_python_model") else None
+    """The fast-path scorer inside a loaded pyfunc model, if it is a python model that offers one.
+
+    A flavor's model (``mlflow.pytorch``, ``mlflow.sklearn``) has no python model to unwrap: it
+    is scored through its pyfunc, as :func:`pyfunc_input` shapes the batch."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        inner = pyfunc.unwrap_python_model()
+    except (AttributeError, MlflowException):
+        return None
     scorer = inner.arrow_scorer() if hasattr(inner, "arrow_scorer") else None
     return scorer if isinstance(scorer, ArrowScorer) else None
+
+
+def tensor_input(pyfunc: object) -> np.dtype | None:
+    """The element type of the one tensor a pyfunc model takes (``mlflow.pytorch``'s default
+    ``pt2`` format logs such a signature), or None when it takes named columns or has no
+    signature."""
+    schema = pyfunc.metadata.get_input_schema()
+    if schema is None or not schema.is_tensor_spec():
+        return None
+    return schema.numpy_types()[0]
+
+
+def pyfunc_input(batch: pa.Table, columns: Sequence[str], tensor: np.dtype | None) -> pd.DataFrame | np.ndarray:
+    """``batch`` as a pyfunc model without the Arrow fast path takes it: only its input columns
+    (the key is not one, and MLflow warns of an extra input on every batch), as a DataFrame, or,
+    for a model that takes one tensor, as one matrix of the tensor's type, a column per input
+    column in ``columns``' order.
+
+    The job reads string columns dictionary-encoded, which pandas would turn into categoricals
+    and MLflow's schema check refuses for a string input: they are decoded first."""
+    table = batch.select(list(columns))
+    if tensor is not None:
+        matrix = np.empty((table.num_rows, table.num_columns), dtype=tensor)
+        for j, column in enumerate(table.columns):
+            matrix[:, j] = column.to_numpy()
+        return matrix
+    decoded = [c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in table.columns]
+    return pa.table(decoded, names=table.column_names).to_pandas()
+
+
+def one_score_per_row(predictions: object, rows: int, model_uri: str) -> np.ndarray:
+    """A pyfunc model's predictions as one float32 score per row: a vector, or a single column
+    (a DataFrame's, or an ``(n, 1)`` array, what a PyTorch model with one output unit gives).
+
+    Raises:
+        ModelOutputError: naming the model and the shape or type it returned.
+    """
+    values = np.asarray(predictions.to_numpy() if hasattr(predictions, "to_numpy") else predictions)
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.shape != (rows,):
+        raise ModelOutputError(
+            f"{model_uri} returned predictions of shape {values.shape} for {rows} rows; lakecast needs one "
+            "number per row (a single output column, such as the positive class's probability)"
+        )
+    try:
+        return values.astype(np.float32)
+    except (TypeError, ValueError):
+        raise ModelOutputError(
+            f"{model_uri} returned {values.dtype} predictions; lakecast needs a number per row"
+        ) from None
 
 
 class BatchPredictor:
@@ -89,7 +157,7 @@ class BatchPredictor:
         torch.set_num_threads(max(1, options.num_threads))
         # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPUs; an actor given none sees no CUDA.
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.pyfunc = None
+        self.pyfunc, self.tensor = None, None
         if scorer is None:
             import mlflow
 
@@ -100,6 +168,7 @@ class BatchPredictor:
                 mlflow.set_registry_uri(options.registry_uri)
             self.pyfunc = load_pyfunc(options.model_uri)
             scorer = arrow_scorer(self.pyfunc)
+            self.tensor = tensor_input(self.pyfunc)
         self.model = scorer.to(self.device, dtype=options.dtype) if scorer is not None else None
         default = self.model.threshold if self.model is not None else 0.5
         self.threshold = options.threshold if options.threshold is not None else default
@@ -129,9 +198,10 @@ class BatchPredictor:
         if self.model is not None:
             return self.model.predict_proba(batch)
         assert self.pyfunc is not None
-        out = self.pyfunc.predict(batch.to_pandas())
-        column = out.iloc[:, 0] if hasattr(out, "iloc") and out.ndim == 2 else out
-        return np.asarray(column, dtype=np.float32)
+        options = self.options
+        columns = options.input_columns or [c for c in batch.column_names if c != options.key]
+        predictions = self.pyfunc.predict(pyfunc_input(batch, columns, self.tensor))
+        return one_score_per_row(predictions, batch.num_rows, options.model_uri)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         proba = self.score(batch).astype(np.float32, copy=False)

@@ -1,0 +1,262 @@
+"""A user's own model in the registry, with no lakecast code in it: a PyTorch network logged
+with ``mlflow.pytorch`` (as a pickle with named columns, or in MLflow's default ``pt2`` format,
+which takes one tensor), or any pyfunc model. The job scores it through its pyfunc, and its
+scores are what the model itself gives for the same rows."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import cloudpickle
+import mlflow
+import numpy as np
+import pandas as pd
+import pyarrow.dataset as pads
+import pytest
+import torch
+from mlflow.models import infer_signature
+
+from jobs.cli import main as lakecast
+from jobs.config import load_job_file
+from jobs.predict import JobError, run_job
+from jobs.settings import PROJECT_ROOT
+from jobs.tracking import configure
+from models.predictor import ModelOutputError
+from tests.conftest import DAY, ROWS
+
+# the demo table's numeric columns, in the order the user's network takes them
+NUMERIC = ["age", "tenure_months", "monthly_charges", "total_charges", "num_support_calls", "data_usage_gb"]
+
+
+def job_file(folder: Path, name: str, model: str, *, columns: list[str] | None = None) -> Path:
+    """``conf/jobs/<name>.yaml`` as a user writes it for their model (rows with nulls the network
+    cannot take are quarantined, so the job accepts up to half of them)."""
+    lines = [
+        f"description: churn scored by {model}",
+        "schedule: null",
+        "input: {table: raw/customers, key: customer_id"
+        + (f", columns: [{', '.join(columns)}]" if columns else "")
+        + "}",
+        f"model: {{name: {model}}}",
+        f"output: {{table: predictions/{name}}}",
+        "validation: {max_invalid_share: 0.5}",
+    ]
+    path = folder / "jobs" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def raw_rows(lake) -> pd.DataFrame:
+    return pads.dataset(lake.partition_path("raw/customers", DAY), format="parquet").to_table().to_pandas()
+
+
+def output(lake, name: str, table: str = "predictions") -> pd.DataFrame:
+    return pads.dataset(lake.partition_path(f"{table}/{name}", DAY), format="parquet").to_table().to_pandas()
+
+
+@pytest.fixture(scope="module")
+def network(lake) -> torch.nn.Module:
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Linear(len(NUMERIC), 8), torch.nn.ReLU(), torch.nn.Linear(8, 1), torch.nn.Sigmoid()
+    )
+    return net.eval()
+
+
+def expected_scores(net: torch.nn.Module, rows: pd.DataFrame, columns: list[str]) -> np.ndarray:
+    with torch.no_grad():
+        return net(torch.from_numpy(rows[columns].to_numpy(np.float32))).numpy()[:, 0]
+
+
+def register(settings, name: str, log) -> None:
+    """Log and register a model the way a user does, and point ``champion`` at it."""
+    configure(settings)
+    mlflow.set_experiment("users-own-models")
+    with mlflow.start_run():
+        info = log(name)
+    mlflow.MlflowClient().set_registered_model_alias(name, "champion", info.registered_model_version)
+
+
+@pytest.fixture(scope="module")
+def user_torch(settings, lake, network) -> str:
+    """A PyTorch network logged with its named columns (a pickle: MLflow's default, pt2, takes a
+    tensor; see below)."""
+    sample = raw_rows(lake)[NUMERIC].dropna().head(100)
+    register(
+        settings,
+        "user-torch",
+        lambda name: mlflow.pytorch.log_model(
+            network,
+            name="model",
+            serialization_format="pickle",
+            signature=infer_signature(sample, expected_scores(network, sample, NUMERIC)),
+            registered_model_name=name,
+            pip_requirements=[f"torch=={torch.__version__}"],
+        ),
+    )
+    return "user-torch"
+
+
+def test_pytorch_model_with_named_columns(settings, lake, ray_local, network, user_torch, tmp_path):
+    result = run_job(load_job_file(job_file(tmp_path, "user_torch", user_torch)), DAY, settings=settings)
+
+    rows = raw_rows(lake)
+    scored, quarantined = output(lake, "user_torch"), output(lake, "user_torch", "quarantine")
+    has_null = rows.set_index("customer_id")[NUMERIC].isna().any(axis=1)
+    assert sorted(quarantined["customer_id"]) == sorted(has_null.index[has_null])  # the signature requires them
+    assert result.rows == ROWS and result.quarantined == len(quarantined) > 0
+    assert len(scored) == ROWS - len(quarantined)
+    want = expected_scores(network, rows.set_index("customer_id").loc[scored["customer_id"]], NUMERIC)
+    np.testing.assert_allclose(scored["score"], want, rtol=1e-6)
+    assert set(scored["model_name"]) == {"user-torch"}
+
+
+def test_pt2_model_takes_the_columns_in_the_job_files_order(settings, lake, ray_local, network, tmp_path):
+    """MLflow's default format logs a tensor signature, which names no columns: the job file lists
+    them, in the network's order (here not the file's order)."""
+    order = NUMERIC[::-1]
+    reordered = torch.nn.Sequential(_Permute([order.index(c) for c in NUMERIC]), network).eval()
+    rows = raw_rows(lake)
+    sample = rows[order].dropna().head(16).to_numpy(np.float32)
+    register(
+        settings,
+        "user-pt2",
+        lambda name: mlflow.pytorch.log_model(
+            reordered,
+            name="model",
+            input_example=sample,
+            registered_model_name=name,
+            pip_requirements=[f"torch=={torch.__version__}"],
+        ),
+    )
+    conf = tmp_path / "conf"
+
+    with pytest.raises(JobError, match=r"takes a tensor.*input\.columns in conf/jobs/user_pt2\.yaml"):
+        run_job(load_job_file(job_file(conf, "user_pt2", "user-pt2")), DAY, settings=settings)
+    with pytest.raises(JobError, match=r"shape \(-1, 6\).*lists 5 columns"):
+        run_job(load_job_file(job_file(conf, "user_pt2", "user-pt2", columns=order[:5])), DAY, settings=settings)
+
+    run_job(load_job_file(job_file(conf, "user_pt2", "user-pt2", columns=order)), DAY, settings=settings)
+    scored = output(lake, "user_pt2")
+    assert len(scored) + len(output(lake, "user_pt2", "quarantine")) == ROWS
+    want = expected_scores(network, rows.set_index("customer_id").loc[scored["customer_id"]], NUMERIC)
+    np.testing.assert_allclose(scored["score"], want, rtol=1e-5, atol=1e-6)
+
+
+class _Permute(torch.nn.Module):
+    """Takes the columns in another order: a network trained on the reversed column order."""
+
+    def __init__(self, index: list[int]):
+        super().__init__()
+        self.register_buffer("index", torch.tensor(index))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, self.index]
+
+
+class _TierScore(mlflow.pyfunc.PythonModel):
+    """A pyfunc model on a string column and a number; ``columns`` outputs (2 is not a score)."""
+
+    def __init__(self, columns: int = 1):
+        self.columns = columns
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        score = (model_input["plan_tier"] == "premium") * 0.5 + model_input["age"] / 1000
+        return pd.DataFrame({f"out{i}": score for i in range(self.columns)})
+
+
+def test_pyfunc_model_gets_strings_and_a_user_error_for_a_bad_output(settings, lake, ray_local, tmp_path):
+    rows = raw_rows(lake)
+    sample = rows[["plan_tier", "age"]].dropna().head(20)
+    # the model's class is pickled with its code, as a user's notebook would log it
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    for name, columns in (("user-tiers", 1), ("user-two-outputs", 2)):
+        register(
+            settings,
+            name,
+            lambda name, columns=columns: mlflow.pyfunc.log_model(
+                name="model",
+                python_model=_TierScore(columns),
+                signature=infer_signature(sample, _TierScore(columns).predict(None, sample)),
+                registered_model_name=name,
+                pip_requirements=["pandas"],
+            ),
+        )
+
+    run_job(load_job_file(job_file(tmp_path, "user_tiers", "user-tiers")), DAY, settings=settings)
+    scored = output(lake, "user_tiers").merge(rows, on="customer_id")
+    np.testing.assert_allclose(scored["score"], (scored["plan_tier"] == "premium") * 0.5 + scored["age"] / 1000)
+
+    job = load_job_file(job_file(tmp_path, "user_two_outputs", "user-two-outputs"))
+    with pytest.raises(ModelOutputError, match=r"models:/user-two-outputs/1 returned predictions of shape \(\d+, 2\)"):
+        run_job(job, DAY, settings=settings)
+    assert not Path(lake.partition_path("predictions/user_two_outputs", DAY)).exists()
+
+
+class _AgeScore(mlflow.pyfunc.PythonModel):
+    """A challenger on fewer columns (``age``), or on one more (``tenure_months`` as well)."""
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.Series:
+        return model_input["age"] / 100 + model_input.get("tenure_months", 0) * 0
+
+
+def test_canary_gives_each_version_its_own_columns(settings, lake, ray_local, tmp_path):
+    rows = raw_rows(lake)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    for name, model, columns in (
+        ("user-canary", _TierScore(), ["plan_tier", "age"]),
+        ("user-canary", _AgeScore(), ["age"]),
+        ("user-canary", _AgeScore(), ["age", "tenure_months"]),
+    ):
+        sample = rows[columns].dropna().head(20)
+        register(
+            settings,
+            name,
+            lambda name, model=model, sample=sample: mlflow.pyfunc.log_model(
+                name="model",
+                python_model=model,
+                signature=infer_signature(sample, model.predict(None, sample)),
+                registered_model_name=name,
+                pip_requirements=["pandas"],
+            ),
+        )
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias("user-canary", "champion", "1")
+    path = job_file(tmp_path, "user_canary", "user-canary")
+    path.write_text(
+        path.read_text() + "ab: {labeled_table: labeled/customers, label: churned, challenger_share: 0.5}\n"
+    )
+
+    client.set_registered_model_alias("user-canary", "challenger", "3")
+    with pytest.raises(
+        JobError, match=r"challenger models:/user-canary/3 takes \['tenure_months'\], which the champion"
+    ):
+        run_job(load_job_file(path), DAY, settings=settings)
+
+    client.set_registered_model_alias("user-canary", "challenger", "2")
+    run_job(load_job_file(path), DAY, settings=settings)
+    scored = output(lake, "user_canary").merge(rows, on="customer_id")
+    by_tier = (scored["plan_tier"] == "premium") * 0.5 + scored["age"] / 1000
+    challenger = scored["variant"] == "challenger"
+    assert 0.3 < challenger.mean() < 0.7
+    np.testing.assert_allclose(scored["score"][challenger], scored["age"][challenger] / 100, rtol=1e-6)
+    np.testing.assert_allclose(scored["score"][~challenger], by_tier[~challenger], rtol=1e-6)
+
+
+def test_cli_says_how_many_rows_were_quarantined(settings, lake, ray_local, user_torch, tmp_path, monkeypatch, capsys):
+    """``lakecast run``'s summary counts the rows it set aside, and says where they are."""
+    conf = tmp_path / "conf"
+    shutil.copytree(PROJECT_ROOT / "conf" / "profiles", conf / "profiles")
+    job_file(conf, "user_torch", user_torch)
+    monkeypatch.setenv("LAKECAST_CONF", str(conf))
+
+    assert lakecast(["run", "user_torch", "--date", DAY.isoformat()]) == 0
+
+    quarantined = len(output(lake, "user_torch", "quarantine"))
+    out = capsys.readouterr().out
+    assert f"scored {ROWS - quarantined:,} of {ROWS:,} rows of user_torch {DAY}" in out
+    where = lake.uri(lake.partition_path("quarantine/user_torch", DAY))
+    assert f"quarantined: {quarantined:,} invalid rows, not scored → {where}" in out
