@@ -18,14 +18,16 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from jobs import abstats, commit, tracking
+from jobs import abstats, commit, tracking, validation
 from jobs.ab_report import markdown, plots
 from jobs.config import ABSpec, JobConfig
 from jobs.lake import Lake
-from jobs.predict import model_inputs, shadow_table, unwrap_ray_error
+from jobs.predict import JobError, model_inputs, shadow_table, unwrap_ray_error
 from jobs.ray_runtime import actor_pool, actors_read_and_write, ensure_ray, gpus_per_actor, read_parquet_files
 from jobs.settings import Settings, load_settings
+from jobs.validation import REASON, ColumnRule, InvalidInput
 from jobs.yamlconf import ConfigError
 from models.predictor import Lineage, PairActor, PredictorOptions, arrow_scorer
 from models.registry import ModelRef, load_pyfunc, resolve
@@ -56,10 +58,17 @@ def run_compare(job: JobConfig, ds: dt.date, *, settings: Settings | None = None
         resolve(client, job.model.name, alias=spec.challenger),
     )
     files = lake.data_files(spec.labeled_table, ds)
-    table = _score_both(job, spec, lake, files, refs, settings)
+    inputs = [model_inputs(job, ref) for ref in refs]
+    rules = _rules(job, spec, inputs)
+    validation.check_schema(lake, files, rules)
+    scored = _score_both(job, spec, lake, files, refs, inputs, rules, settings)
+    table, excluded = _excluded(job, scored, lake.uri(lake.partition_path(spec.labeled_table, ds)))
     y = table.column(spec.label).to_numpy(zero_copy_only=False).astype(np.float64)
     a = table.column("score_champion").to_numpy()
     b = table.column("score_challenger").to_numpy()
+    if spec.task == "classification":
+        for ref, scores in zip(refs, (a, b), strict=True):
+            _check_probabilities(ref, scores)
     groups = table.column(spec.group_key).to_numpy(zero_copy_only=False) if spec.group_key else None
     segments = table.column(spec.segment_column).to_numpy(zero_copy_only=False) if spec.segment_column else None
     threshold = job.output.threshold if job.output.threshold is not None else 0.5
@@ -83,6 +92,7 @@ def run_compare(job: JobConfig, ds: dt.date, *, settings: Settings | None = None
         "task": spec.task,
         "labeled_table": spec.labeled_table,
         "rows": len(y),
+        "excluded": excluded,
         "champion": {"alias": spec.champion, "name": refs[0].name, "version": refs[0].version},
         "challenger": {"alias": spec.challenger, "name": refs[1].name, "version": refs[1].version},
         "metrics": {"champion": comparison.champion, "challenger": comparison.challenger},
@@ -114,10 +124,91 @@ def run_compare(job: JobConfig, ds: dt.date, *, settings: Settings | None = None
     return report
 
 
+def _rules(job: JobConfig, spec: ABSpec, inputs: list[list[tuple[str, str, bool]]]) -> list[ColumnRule]:
+    """The nightly job's row rules for either version's inputs, and a label on every row: a row
+    the job would quarantine, or one with no outcome, is not compared."""
+    rules = [r for columns in inputs for r in validation.rules_from(columns, job.validation, job.input.key)]
+    rules.append(ColumnRule(spec.label, "any", nullable=False))
+    rules += [ColumnRule(c, "any") for c in (spec.group_key, spec.segment_column) if c]
+    return list(dict.fromkeys(rules))
+
+
+def _excluded(job: JobConfig, scored: pa.Table, where: str) -> tuple[pa.Table, dict[str, Any]]:
+    """The rows both versions scored, and what was left out and why, under the job's policy.
+
+    Raises:
+        InvalidInput: an invalid row under ``on_invalid_rows: fail``, or more than
+            ``max_invalid_share`` of the rows invalid; nothing is recorded.
+    """
+    reasons = scored.column(REASON)
+    bad = pc.is_valid(reasons)
+    n_bad, n = reasons.length() - reasons.null_count, scored.num_rows
+    by_reason: dict[str, int] = {}
+    if n_bad:
+        counts = pc.value_counts(reasons.drop_null())
+        by_reason = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))
+        first = pc.index(bad, True).as_py()
+        example = f"{job.input.key}={scored.column(job.input.key)[first].as_py()!r}: {reasons[first].as_py()}"
+        share = n_bad / n
+        if job.validation.on_invalid_rows == "fail":
+            raise InvalidInput(
+                f"{where}: {n_bad} of {n} labeled rows are invalid, e.g. {example} (validation.on_invalid_rows "
+                "is 'fail'); nothing was compared"
+            )
+        if share > job.validation.max_invalid_share:
+            raise InvalidInput(
+                f"{where}: {n_bad} of {n} labeled rows ({100 * share:.2f}%) are invalid, above the job's limit of "
+                f"{100 * job.validation.max_invalid_share:g}% (validation.max_invalid_share), e.g. {example}; "
+                "nothing was compared"
+            )
+        log.warning("%d of %d labeled rows left out of the comparison: %s", n_bad, n, by_reason)
+    return scored.filter(pc.invert(bad)).drop_columns([REASON]), {"rows": n_bad, "reasons": by_reason}
+
+
+def _check_probabilities(ref: ModelRef, scores: np.ndarray) -> None:
+    """A classification comparison needs each score to be a probability."""
+    outside = (scores < 0) | (scores > 1) | np.isnan(scores)
+    if outside.any():
+        raise JobError(
+            f"{ref.uri} scored {int(outside.sum())} of {len(scores)} labeled rows outside [0, 1] (e.g. "
+            f"{scores[outside][0]:g}); ab.task 'classification' compares probabilities of the positive class"
+        )
+
+
+class ValidatedPairActor(PairActor):
+    """:class:`PairActor` on the rows the nightly job would score; the others come back unscored,
+    with the :data:`~jobs.validation.REASON` they are invalid."""
+
+    def __init__(self, *, rules: list[ColumnRule], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.rules = rules
+
+    def _score_pair(self, batch: pa.Table) -> pa.Table:
+        reasons = validation.invalid_reasons(batch, self.rules)
+        valid, n_bad = pc.is_null(reasons), len(reasons) - reasons.null_count
+        if not n_bad:
+            return super()._score_pair(batch).append_column(REASON, reasons)
+        rejected = batch.select(self.passthrough).filter(pc.invert(valid))
+        for column in ("score_champion", "score_challenger"):
+            rejected = rejected.append_column(column, pa.nulls(n_bad, pa.float32()))
+        rejected = rejected.append_column(REASON, reasons.filter(pc.invert(valid)))
+        if n_bad == len(reasons):
+            return rejected
+        scored = super()._score_pair(batch.filter(valid)).append_column(REASON, reasons.filter(valid))
+        return pa.concat_tables([scored, rejected])
+
+
 def _score_both(
-    job: JobConfig, spec: ABSpec, lake: Lake, files: list, refs: tuple[ModelRef, ModelRef], settings: Settings
+    job: JobConfig,
+    spec: ABSpec,
+    lake: Lake,
+    files: list,
+    refs: tuple[ModelRef, ModelRef],
+    signatures: list[list[tuple[str, str, bool]]],
+    rules: list[ColumnRule],
+    settings: Settings,
 ) -> pa.Table:
-    inputs = [tuple(c for c, _, _ in model_inputs(job, ref)) for ref in refs]
+    inputs = [tuple(c for c, _, _ in columns) for columns in signatures]
     features = sorted({c for columns in inputs for c in columns})
     passthrough = list(dict.fromkeys(c for c in (job.input.key, spec.label, spec.group_key, spec.segment_column) if c))
     scorers = tuple(arrow_scorer(load_pyfunc(ref.uri)) for ref in refs)
@@ -164,8 +255,9 @@ def _score_both(
         num_cpus=job.compute.cpus_per_actor if fused else None,
     )
     scored = dataset.map_batches(
-        PairActor,
+        ValidatedPairActor,
         fn_constructor_kwargs={
+            "rules": rules,
             "options": options,
             "scorers": scorers,
             "passthrough": passthrough,

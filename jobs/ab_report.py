@@ -22,6 +22,7 @@ def markdown(r: dict[str, Any]) -> str:
         f"Champion `{champ['alias']}` = v{champ['version']}, challenger `{chall['alias']}` = v{chall['version']}, "
         f"{r['rows']:,} labeled rows of `{r['labeled_table']}`, {r['bootstrap']['resamples']} paired bootstrap "
         f"resamples by {r['bootstrap']['unit']}, {r['confidence']:.0%} intervals.",
+        *_excluded(r.get("excluded")),
         "",
         "| metric | champion | challenger | difference | interval | gain |",
         "|---|---:|---:|---:|---|---|",
@@ -58,6 +59,13 @@ def markdown(r: dict[str, Any]) -> str:
             f"Shadow scoring on {sh['rows']:,} unlabeled rows: agreement {sh['agreement']:.2%}, PSI {sh['psi']:.4f}.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def _excluded(excluded: dict[str, Any] | None) -> list[str]:
+    if not excluded or not excluded["rows"]:
+        return []
+    reasons = ", ".join(f"{reason} ({count:,})" for reason, count in sorted(excluded["reasons"].items()))
+    return ["", f"Left out: {excluded['rows']:,} invalid rows, which the nightly job would not score: {reasons}."]
 
 
 def plots(r: dict[str, Any], y: np.ndarray, a: np.ndarray, b: np.ndarray, folder: Path) -> None:

@@ -134,11 +134,18 @@ def one_score_per_row(predictions: object, rows: int, model_uri: str) -> np.ndar
             "number per row (a single output column, such as the positive class's probability)"
         )
     try:
-        return values.astype(np.float32)
+        scores = values.astype(np.float32)
     except (TypeError, ValueError):
         raise ModelOutputError(
             f"{model_uri} returned {values.dtype} predictions; lakecast needs a number per row"
         ) from None
+    broken = ~np.isfinite(scores)
+    if broken.any():
+        raise ModelOutputError(
+            f"{model_uri} returned NaN or infinite predictions for {int(broken.sum())} of {rows} rows (the first "
+            f"at row {int(np.argmax(broken))} of the batch), from inputs that passed validation; nothing is published"
+        )
+    return scores
 
 
 class BatchPredictor:

@@ -17,14 +17,18 @@ import pyarrow.dataset as pads
 import pytest
 import torch
 from mlflow.models import infer_signature
+from sklearn.metrics import roc_auc_score
 
+from jobs.ab import run_compare
+from jobs.ab_report import markdown
 from jobs.cli import main as lakecast
 from jobs.config import load_job_file
 from jobs.predict import JobError, run_job
 from jobs.settings import PROJECT_ROOT
 from jobs.tracking import configure
+from jobs.validation import InvalidInput
 from models.predictor import ModelOutputError
-from tests.conftest import DAY, ROWS
+from tests.conftest import DAY, LABELED_ROWS, ROWS
 
 # the demo table's numeric columns, in the order the user's network takes them
 NUMERIC = ["age", "tenure_months", "monthly_charges", "total_charges", "num_support_calls", "data_usage_gb"]
@@ -168,19 +172,26 @@ class _TierScore(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({f"out{i}": score for i in range(self.columns)})
 
 
+class _OldAgeNaN(_TierScore):
+    """A model that breaks on some valid rows: NaN for customers over 70."""
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        return super().predict(context, model_input).where(model_input["age"] <= 70)
+
+
 def test_pyfunc_model_gets_strings_and_a_user_error_for_a_bad_output(settings, lake, ray_local, tmp_path):
     rows = raw_rows(lake)
     sample = rows[["plan_tier", "age"]].dropna().head(20)
     # the model's class is pickled with its code, as a user's notebook would log it
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    for name, columns in (("user-tiers", 1), ("user-two-outputs", 2)):
+    for name, model in (("user-tiers", _TierScore()), ("user-two-outputs", _TierScore(2)), ("user-nan", _OldAgeNaN())):
         register(
             settings,
             name,
-            lambda name, columns=columns: mlflow.pyfunc.log_model(
+            lambda name, model=model: mlflow.pyfunc.log_model(
                 name="model",
-                python_model=_TierScore(columns),
-                signature=infer_signature(sample, _TierScore(columns).predict(None, sample)),
+                python_model=model,
+                signature=infer_signature(sample, _TierScore().predict(None, sample)),
                 registered_model_name=name,
                 pip_requirements=["pandas"],
             ),
@@ -194,6 +205,11 @@ def test_pyfunc_model_gets_strings_and_a_user_error_for_a_bad_output(settings, l
     with pytest.raises(ModelOutputError, match=r"models:/user-two-outputs/1 returned predictions of shape \(\d+, 2\)"):
         run_job(job, DAY, settings=settings)
     assert not Path(lake.partition_path("predictions/user_two_outputs", DAY)).exists()
+
+    job = load_job_file(job_file(tmp_path, "user_nan", "user-nan"))
+    with pytest.raises(ModelOutputError, match=r"models:/user-nan/1 returned NaN or infinite predictions for [1-9]"):
+        run_job(job, DAY, settings=settings)
+    assert not Path(lake.partition_path("predictions/user_nan", DAY)).exists()
 
 
 class _AgeScore(mlflow.pyfunc.PythonModel):
@@ -260,3 +276,60 @@ def test_cli_says_how_many_rows_were_quarantined(settings, lake, ray_local, user
     assert f"scored {ROWS - quarantined:,} of {ROWS:,} rows of user_torch {DAY}" in out
     where = lake.uri(lake.partition_path("quarantine/user_torch", DAY))
     assert f"quarantined: {quarantined:,} invalid rows, not scored → {where}" in out
+
+
+def test_compare_of_own_models_leaves_out_the_rows_the_job_would_not_score(
+    settings, lake, ray_local, network, tmp_path
+):
+    """The labeled rows with a null the networks cannot take are counted and left out, as the
+    nightly job quarantines them; the metrics are those of the models' own scores on the rest."""
+    labeled = pads.dataset(lake.partition_path("labeled/customers", DAY), format="parquet").to_table().to_pandas()
+    sample = labeled[NUMERIC].dropna().head(100)
+    torch.manual_seed(1)
+    other = torch.nn.Sequential(torch.nn.Linear(len(NUMERIC), 1), torch.nn.Sigmoid()).eval()
+    logits = network[:-1]  # the champion's network without its sigmoid: scores, not probabilities
+    for net in (network, other, logits):
+        register(
+            settings,
+            "user-ab",
+            lambda name, net=net: mlflow.pytorch.log_model(
+                net,
+                name="model",
+                serialization_format="pickle",
+                signature=infer_signature(sample, expected_scores(net, sample, NUMERIC)),
+                registered_model_name=name,
+                pip_requirements=[f"torch=={torch.__version__}"],
+            ),
+        )
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias("user-ab", "champion", "1")
+    client.set_registered_model_alias("user-ab", "challenger", "2")
+    path = job_file(tmp_path, "user_ab", "user-ab")
+    ab = "ab: {labeled_table: labeled/customers, label: churned, bootstrap: 100}\n"
+    path.write_text(path.read_text() + ab)
+
+    report = run_compare(load_job_file(path), DAY, settings=settings)
+
+    has_null = labeled[NUMERIC].isna().any(axis=1)
+    assert report["excluded"]["rows"] == has_null.sum() > 0
+    assert sum(report["excluded"]["reasons"].values()) == has_null.sum()
+    assert report["rows"] == LABELED_ROWS - has_null.sum()
+    valid = labeled[~has_null]
+    for role, net in (("champion", network), ("challenger", other)):
+        want = roc_auc_score(valid["churned"], expected_scores(net, valid, NUMERIC))
+        assert report["metrics"][role]["roc_auc"] == pytest.approx(want, abs=1e-6)
+    assert f"Left out: {has_null.sum():,} invalid rows" in markdown(report)
+
+    path.write_text(path.read_text().replace("max_invalid_share: 0.5", "max_invalid_share: 0.001"))
+    with pytest.raises(InvalidInput, match=r"labeled rows \(.*%\) are invalid, above the job's limit of 0.1%"):
+        run_compare(load_job_file(path), DAY, settings=settings)
+    path.write_text(path.read_text().replace("validation: {", "validation: {on_invalid_rows: fail, "))
+    with pytest.raises(InvalidInput, match=r"labeled rows are invalid, e\.g\. customer_id=\d+: \w+: null"):
+        run_compare(load_job_file(path), DAY, settings=settings)
+
+    client.set_registered_model_alias("user-ab", "challenger", "3")
+    path.write_text(
+        path.read_text().replace("on_invalid_rows: fail, max_invalid_share: 0.001", "max_invalid_share: 0.5")
+    )
+    with pytest.raises(JobError, match=r"models:/user-ab/3 scored \d+ of \d+ labeled rows outside \[0, 1\]"):
+        run_compare(load_job_file(path), DAY, settings=settings)
