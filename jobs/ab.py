@@ -244,6 +244,7 @@ def _score_both(
             rows_in=sum(lake.count_rows(files)),
             cpus=job.compute.cpus_per_actor,
             gpus=gpus,
+            rules=rules,
         )
     # CPU actors read their own blocks, as the nightly job's do (docs/adr/0002)
     fused = actors_read_and_write(gpus)

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from jobs.validation import ColumnRule, invalid_reasons
 from models.predictor import ArrowScorer, BatchPredictor, PredictorOptions
 
 log = logging.getLogger(__name__)
@@ -29,15 +32,23 @@ TOLERANCE = 0.05
 
 
 def sample_rows(
-    paths: list[str], filesystem: Any, columns: list[str], rows: int, dictionary: list[str] = ()
+    paths: list[str],
+    filesystem: Any,
+    columns: list[str],
+    rows: int,
+    dictionary: list[str] = (),
+    rules: Sequence[ColumnRule] = (),
 ) -> pa.Table:
     """Up to ``rows`` rows of the partition, from its first files (row groups, not whole files),
-    read as the job reads them (``dictionary``: the columns it reads dictionary-encoded)."""
+    read as the job reads them (``dictionary``: the columns it reads dictionary-encoded). Only
+    rows that pass ``rules`` are kept: the actors score no others, and a model need not take them
+    (a null where its signature requires a value)."""
     parts, have = [], 0
     for path in paths:
         f = pq.ParquetFile(path, filesystem=filesystem, read_dictionary=[c for c in dictionary if c in columns] or None)
         for group in range(f.num_row_groups):
-            parts.append(f.read_row_group(group, columns=columns))
+            part = f.read_row_group(group, columns=columns)
+            parts.append(part.filter(pc.is_null(invalid_reasons(part, list(rules)))) if rules else part)
             have += parts[-1].num_rows
             if have >= rows:
                 return pa.concat_tables(parts).slice(0, rows)
@@ -83,6 +94,7 @@ def choose(
     cpus: float,
     gpus: float,
     dictionary: list[str] = (),
+    rules: Sequence[ColumnRule] = (),
 ) -> int:
     """Measure and return the batch size for this run (see the module's docstring).
 
@@ -90,7 +102,7 @@ def choose(
     as one Ray task given the same GPUs and CPUs as an actor, since the driver may have no GPU.
     """
     candidates = [c for c in CANDIDATES if c <= max(rows_in, CANDIDATES[0])]
-    sample = sample_rows(paths, filesystem, columns, max(candidates), dictionary)
+    sample = sample_rows(paths, filesystem, columns, max(candidates), dictionary, rules)
     candidates = [c for c in candidates if c <= max(sample.num_rows, CANDIDATES[0])]
     t0 = time.perf_counter()
     if gpus > 0:

@@ -165,7 +165,13 @@ def run_job(
             ray_ready=ray_ready,
         )
     log.info(
-        "scored %d rows in %.1f s (%.0f rows/s) → %s", result.rows, result.seconds, result.rows_per_s, result.output
+        "scored %d of %d rows in %.1f s (%.0f rows/s; %d quarantined) → %s",
+        result.rows - result.quarantined,
+        result.rows,
+        result.seconds,
+        result.rows_per_s,
+        result.quarantined,
+        result.output,
     )
     return result
 
@@ -588,6 +594,7 @@ def _score(
             cpus=job.compute.cpus_per_actor,
             gpus=gpus,
             dictionary=categorical,
+            rules=pre.rules,
         )
         mlflow.log_param("compute.batch_size_chosen", batch_size)
     predictor, kwargs = predictor_for(job, pre, options, shadow_dir)

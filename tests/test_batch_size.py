@@ -6,6 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.batch_size import measure, pick, sample_rows
+from jobs.validation import ColumnRule
 
 
 def test_the_smallest_size_within_five_percent_of_the_fastest_wins():
@@ -37,3 +38,14 @@ def test_the_sample_comes_from_the_first_row_groups(tmp_path):
     sample = sample_rows(paths, None, ["id"], 1500)
     assert sample.column_names == ["id"] and sample["id"].to_pylist() == list(range(1500))
     assert sample_rows(paths, None, ["id"], 10_000).num_rows == 3000
+
+
+def test_the_sample_holds_only_rows_the_actors_would_score(tmp_path):
+    """A model whose signature requires a column is never given its nulls, measured or not."""
+    x = [None if i % 3 == 0 else float(i) for i in range(1000)]
+    pq.write_table(pa.table({"id": range(1000), "x": x}), tmp_path / "0.parquet", row_group_size=100)
+    sample = sample_rows(
+        [str(tmp_path / "0.parquet")], None, ["id", "x"], 500, rules=[ColumnRule("x", "number", False)]
+    )
+    assert sample.num_rows == 500 and sample["x"].null_count == 0
+    assert sample["id"].to_pylist() == [i for i in range(1000) if i % 3][:500]
