@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 from jobs.settings import PROJECT_ROOT, Settings
@@ -49,3 +51,16 @@ def run_airflow(settings: Settings, args: list[str], *, capture: bool = False) -
     return subprocess.run(
         [airflow_bin(), *args], env=airflow_env(settings), text=True, capture_output=capture, check=False
     )
+
+
+def needs_database(settings: Settings) -> bool:
+    """The embedded default's SQLite database has no Airflow schema yet: a new ``LAKECAST_HOME``
+    (or one a crashed first command left an empty file in). A database set through
+    ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` is the operator's to migrate."""
+    if settings.profile != "local" or "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN" in os.environ:
+        return False
+    db = settings.airflow_home / "airflow.db"
+    if not db.exists():
+        return True
+    with closing(sqlite3.connect(db)) as conn:
+        return conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'alembic_version'").fetchone() is None

@@ -203,9 +203,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_airflow(args: argparse.Namespace) -> int:
-    from jobs.airflow_env import run_airflow
+    """Any Airflow command; on a new embedded home it first creates Airflow's database, which
+    every command but ``standalone`` and ``db …`` would otherwise refuse to run without."""
+    from jobs.airflow_env import needs_database, run_airflow
 
-    return run_airflow(load_settings(), args.args).returncode
+    settings = load_settings()
+    if args.args[:1] not in (["db"], ["standalone"]) and needs_database(settings):
+        sys.stderr.write(f"lakecast: creating Airflow's database in {settings.airflow_home} (airflow db migrate)\n")
+        migrate = run_airflow(settings, ["db", "migrate"], capture=True)
+        if migrate.returncode:
+            sys.stderr.write(migrate.stdout[-3000:] + migrate.stderr[-3000:])
+            return migrate.returncode
+    return run_airflow(settings, args.args).returncode
 
 
 def cmd_mlflow_ui(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,27 @@ def test_score_date_rules():
     assert score_date(None, nightly) == dt.date(2026, 11, 21)
     assert score_date("2026-11-01", nightly) == dt.date(2026, 11, 1)
     assert score_date("", dt.date(2026, 1, 1)) == dt.date(2025, 12, 31)
+
+
+def test_airflow_commands_work_on_a_new_home(tmp_path):
+    """``lakecast airflow tasks list`` as the first command on a new LAKECAST_HOME: Airflow refuses
+    every command on a database it has not migrated, so lakecast creates it first, once."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAKECAST_", "AIRFLOW", "MLFLOW_", "RAY_"))}
+    env["LAKECAST_HOME"] = str(tmp_path / "home")
+    lakecast = str(Path(sys.executable).with_name("lakecast"))
+
+    def tasks_list() -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [lakecast, "airflow", "tasks", "list", "lakecast__churn"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    first = tasks_list()
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    assert "creating Airflow's database" in first.stderr
+    assert first.stdout.split() == ["check_input", "compare", "predict", "publish"]
+    again = tasks_list()
+    assert again.returncode == 0 and "creating" not in again.stderr and again.stdout == first.stdout
