@@ -35,7 +35,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from jobs.promotion import PromotionRefused
     from jobs.submit import SubmitError
     from jobs.validation import InvalidInput
-    from models.predictor import ModelOutputError
+    from models.predictor import ModelInputError, ModelOutputError
     from models.registry import RegistryError
 
     return (
@@ -44,6 +44,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         JobError,
         RegistryError,
         ModelOutputError,
+        ModelInputError,
         InvalidInput,
         CommitConflict,
         PromotionRefused,

@@ -40,6 +40,7 @@ from models.predictor import (
     ArrowScorer,
     BatchPredictor,
     Lineage,
+    ModelInputError,
     ModelOutputError,
     PredictorOptions,
     RoutedPredictor,
@@ -448,7 +449,7 @@ def unwrap_ray_error(e: BaseException) -> BaseException:
     for _ in range(8):
         if seen is None:
             break
-        if isinstance(seen, (InvalidInput, LakeError, JobError, ModelOutputError)):
+        if isinstance(seen, (InvalidInput, LakeError, JobError, ModelOutputError, ModelInputError)):
             return seen
         seen = getattr(seen, "cause", None) or seen.__cause__
     return e

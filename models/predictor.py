@@ -12,7 +12,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -34,6 +34,10 @@ TELEMETRY_SEPARATOR = "--"
 
 class ModelOutputError(ValueError):
     """A model's predictions are not one number per row; nothing was committed."""
+
+
+class ModelInputError(ValueError):
+    """A column's values do not fit the type the model's signature declares; nothing was committed."""
 
 
 @runtime_checkable
@@ -100,21 +104,50 @@ def tensor_input(pyfunc: object) -> np.dtype | None:
     return schema.numpy_types()[0]
 
 
-def pyfunc_input(batch: pa.Table, columns: Sequence[str], tensor: np.dtype | None) -> pd.DataFrame | np.ndarray:
+def column_types(pyfunc: object) -> dict[str, np.dtype]:
+    """The numeric type of each input column a pyfunc model's signature names. MLflow's schema
+    check refuses a column of another numeric type, even one that converts without loss (an
+    int64 for a double, a float64 for the float32 a PyTorch model was logged with)."""
+    schema = pyfunc.metadata.get_input_schema()
+    if schema is None or schema.is_tensor_spec():
+        return {}
+    types = zip(schema.input_names(), schema.numpy_types(), strict=True)
+    return {name: np.dtype(t) for name, t in types if np.dtype(t).kind in "iuf"}
+
+
+def pyfunc_input(
+    batch: pa.Table, columns: Sequence[str], tensor: np.dtype | None, types: Mapping[str, np.dtype] | None = None
+) -> pd.DataFrame | np.ndarray:
     """``batch`` as a pyfunc model without the Arrow fast path takes it: only its input columns
     (the key is not one, and MLflow warns of an extra input on every batch), as a DataFrame, or,
     for a model that takes one tensor, as one matrix of the tensor's type, a column per input
     column in ``columns``' order.
 
     The job reads string columns dictionary-encoded, which pandas would turn into categoricals
-    and MLflow's schema check refuses for a string input: they are decoded first."""
+    and MLflow's schema check refuses for a string input: they are decoded first. Numbers are
+    cast to the signature's ``types``, with Arrow's checks: a float to an integer only where it
+    is whole, an int64 to an int32 only where it fits.
+
+    Raises:
+        ModelInputError: naming the column, the type and the value that does not fit.
+    """
     table = batch.select(list(columns))
     if tensor is not None:
         matrix = np.empty((table.num_rows, table.num_columns), dtype=tensor)
         for j, column in enumerate(table.columns):
             matrix[:, j] = column.to_numpy()
         return matrix
-    decoded = [c.cast(c.type.value_type) if pa.types.is_dictionary(c.type) else c for c in table.columns]
+    decoded = []
+    for name, column in zip(table.column_names, table.columns, strict=True):
+        if pa.types.is_dictionary(column.type):
+            column = column.cast(column.type.value_type)
+        want = (types or {}).get(name)
+        if want is not None and column.type != (arrow_type := pa.from_numpy_dtype(want)):
+            try:
+                column = column.cast(arrow_type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise ModelInputError(f"column {name!r} does not fit the model's {want} input: {e}") from None
+        decoded.append(column)
     return pa.table(decoded, names=table.column_names).to_pandas()
 
 
@@ -164,7 +197,7 @@ class BatchPredictor:
         torch.set_num_threads(max(1, options.num_threads))
         # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPUs; an actor given none sees no CUDA.
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.pyfunc, self.tensor = None, None
+        self.pyfunc, self.tensor, self.types = None, None, {}
         if scorer is None:
             import mlflow
 
@@ -176,6 +209,7 @@ class BatchPredictor:
             self.pyfunc = load_pyfunc(options.model_uri)
             scorer = arrow_scorer(self.pyfunc)
             self.tensor = tensor_input(self.pyfunc)
+            self.types = column_types(self.pyfunc)
         self.model = scorer.to(self.device, dtype=options.dtype) if scorer is not None else None
         default = self.model.threshold if self.model is not None else 0.5
         self.threshold = options.threshold if options.threshold is not None else default
@@ -207,7 +241,11 @@ class BatchPredictor:
         assert self.pyfunc is not None
         options = self.options
         columns = options.input_columns or [c for c in batch.column_names if c != options.key]
-        predictions = self.pyfunc.predict(pyfunc_input(batch, columns, self.tensor))
+        try:
+            model_input = pyfunc_input(batch, columns, self.tensor, self.types)
+        except ModelInputError as e:
+            raise ModelInputError(f"{options.model_uri}: {e}") from None
+        predictions = self.pyfunc.predict(model_input)
         return one_score_per_row(predictions, batch.num_rows, options.model_uri)
 
     def __call__(self, batch: pa.Table) -> pa.Table:

@@ -87,8 +87,9 @@ def register(settings, name: str, log) -> None:
 @pytest.fixture(scope="module")
 def user_torch(settings, lake, network) -> str:
     """A PyTorch network logged with its named columns (a pickle: MLflow's default, pt2, takes a
-    tensor; see below)."""
-    sample = raw_rows(lake)[NUMERIC].dropna().head(100)
+    tensor; see below), typed float32 as PyTorch users build their frames: the lake's columns are
+    int64 and float64, which MLflow's schema check refuses for a float32 input."""
+    sample = raw_rows(lake)[NUMERIC].dropna().head(100).astype(np.float32)
     register(
         settings,
         "user-torch",

@@ -268,3 +268,20 @@ def test_lineage_strings_are_stored_as_parquet_strings(settings, registered, raw
         assert str(schema.column(schema.names.index(column)).logical_type) == "String"
     plain = pq.read_table(tmp_path / "part.parquet", schema=pa.schema([("scoring_run_id", pa.string())]))
     assert set(plain["scoring_run_id"].to_pylist()) == {"run-123"}
+
+
+def test_a_pyfunc_model_gets_its_signatures_number_types():
+    """MLflow refuses an int64 or float64 column for a float32 input (and a float64 for an int64),
+    so lakecast casts each to the declared type, and names a value that does not fit."""
+    from models.predictor import ModelInputError, pyfunc_input
+
+    batch = pa.table({"id": [1, 2], "age": [40, 51], "charges": [1.5, 2.25], "calls": [3.0, 4.0]})
+    types = {"age": np.dtype("float32"), "charges": np.dtype("float32"), "calls": np.dtype("int64")}
+    frame = pyfunc_input(batch, ["age", "charges", "calls"], None, types)
+    assert list(frame.columns) == ["age", "charges", "calls"]  # never the key
+    assert frame.dtypes.to_dict() == types
+    assert frame.to_numpy().tolist() == [[40.0, 1.5, 3.0], [51.0, 2.25, 4.0]]
+    with pytest.raises(ModelInputError, match=r"column 'charges' does not fit the model's int64 input: .*1\.5"):
+        pyfunc_input(batch, ["charges"], None, {"charges": np.dtype("int64")})
+    with pytest.raises(ModelInputError, match=r"column 'id' does not fit the model's int32 input"):
+        pyfunc_input(pa.table({"id": [2**40]}), ["id"], None, {"id": np.dtype("int32")})
