@@ -196,6 +196,7 @@ class Preflight:
     challenger: ModelRef | None = None  # canary or shadow scoring (the job's ab: section)
     challenger_scorer: ArrowScorer | None = None
     challenger_columns: tuple[str, ...] = ()  # its input columns, in its order
+    columns: tuple[str, ...] = ()  # the champion's input columns, in its order
     done_unix: float = field(default_factory=time.time)
 
 
@@ -209,7 +210,8 @@ def preflight(
         keys_checked = pool.submit(validation.duplicate_keys, lake, files, job.input.key)
         client = tracking.configure(settings)
         ref = resolve(client, job.model.name, alias=None if model_version else model_alias, version=model_version)
-        rules = validation.rules_from(model_inputs(job, ref), job.validation, job.input.key)
+        inputs = model_inputs(job, ref)
+        rules = validation.rules_from(inputs, job.validation, job.input.key)
         validation.check_schema(lake, files, rules)  # a missing or mistyped key column is named here first
         duplicates, examples = keys_checked.result()
     if duplicates:
@@ -231,7 +233,19 @@ def preflight(
                 "canary and shadow scoring read the champion's inputs only"
             )
     log.info("scoring %s %s: %d rows in %d files with %s", job.name, ds, rows_in, len(files), ref.uri)
-    return Preflight(files, rows_in, ref, rules, duplicates, scorer, challenger, challenger_scorer, challenger_columns)
+    columns = tuple(name for name, _, _ in inputs)
+    return Preflight(
+        files,
+        rows_in,
+        ref,
+        rules,
+        duplicates,
+        scorer,
+        challenger,
+        challenger_scorer,
+        challenger_columns,
+        columns=columns,
+    )
 
 
 def quarantine_table(job: JobConfig) -> str:
@@ -456,7 +470,9 @@ def unwrap_ray_error(e: BaseException) -> BaseException:
 
 
 def model_inputs(job: JobConfig, ref: ModelRef) -> list[tuple[str, str, bool]]:
-    """(column, MLflow type, required) for each feature: the signature's, limited to the job's columns."""
+    """(column, MLflow type, required) for each input: the signature's, limited to the job's
+    columns. The key is one where the signature names it (a signature inferred from a frame that
+    held the id): MLflow refuses to call such a model without it."""
     from mlflow.models import get_model_info
 
     signature = get_model_info(ref.uri).signature
@@ -466,17 +482,13 @@ def model_inputs(job: JobConfig, ref: ModelRef) -> list[tuple[str, str, bool]]:
         return [(c, "any", False) for c in job.input.columns]
     if signature.inputs.is_tensor_spec():
         return _tensor_inputs(job, ref, signature.inputs.inputs)
-    specs = [
-        (c.name, getattr(c.type, "name", str(c.type)), c.required)
-        for c in signature.inputs.inputs
-        if c.name != job.input.key
-    ]
+    specs = [(c.name, getattr(c.type, "name", str(c.type)), c.required) for c in signature.inputs.inputs]
     if job.input.columns:
         known = {name for name, _, _ in specs}
         unknown = [c for c in job.input.columns if c not in known]
         if unknown:
             raise JobError(f"input.columns {unknown} are not inputs of {ref.uri}")
-        specs = [s for s in specs if s[0] in job.input.columns]
+        specs = [s for s in specs if s[0] in job.input.columns or s[0] == job.input.key]
     return specs
 
 
@@ -678,7 +690,7 @@ def predictor_options(
         num_threads=max(1, int(job.compute.cpus_per_actor)),
         telemetry_dir=telemetry_dir,
         filesystem=lake.fs,
-        input_columns=tuple(r.name for r in pre.rules if r.name != job.input.key),
+        input_columns=pre.columns,
     )
 
 

@@ -182,7 +182,9 @@ class _OldAgeNaN(_TierScore):
 
 def test_pyfunc_model_gets_strings_and_a_user_error_for_a_bad_output(settings, lake, ray_local, tmp_path):
     rows = raw_rows(lake)
-    sample = rows[["plan_tier", "age"]].dropna().head(20)
+    # a signature inferred from the frame the user had, id included: MLflow will not call the
+    # model without every column its signature names
+    sample = rows[["customer_id", "plan_tier", "age"]].dropna().head(20)
     # the model's class is pickled with its code, as a user's notebook would log it
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     for name, model in (("user-tiers", _TierScore()), ("user-two-outputs", _TierScore(2)), ("user-nan", _OldAgeNaN())):
