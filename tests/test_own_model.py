@@ -90,19 +90,21 @@ def user_torch(settings, lake, network) -> str:
     tensor; see below), typed float32 as PyTorch users build their frames: the lake's columns are
     int64 and float64, which MLflow's schema check refuses for a float32 input."""
     sample = raw_rows(lake)[NUMERIC].dropna().head(100).astype(np.float32)
-    register(
-        settings,
-        "user-torch",
-        lambda name: mlflow.pytorch.log_model(
-            network,
-            name="model",
-            serialization_format="pickle",
-            signature=infer_signature(sample, expected_scores(network, sample, NUMERIC)),
-            registered_model_name=name,
-            pip_requirements=[f"torch=={torch.__version__}"],
-        ),
-    )
+    register(settings, "user-torch", with_columns(network, sample))
     return "user-torch"
+
+
+def with_columns(net: torch.nn.Module, sample: pd.DataFrame):
+    """Logs ``net`` as a user does to give it named columns: a pickle with a signature inferred
+    from ``sample`` (MLflow's default format, pt2, takes one tensor)."""
+    return lambda name: mlflow.pytorch.log_model(
+        net,
+        name="model",
+        serialization_format="pickle",
+        signature=infer_signature(sample, expected_scores(net, sample, NUMERIC)),
+        registered_model_name=name,
+        pip_requirements=[f"torch=={torch.__version__}"],
+    )
 
 
 def test_pytorch_model_with_named_columns(settings, lake, ray_local, network, user_torch, tmp_path):
@@ -292,18 +294,7 @@ def test_compare_of_own_models_leaves_out_the_rows_the_job_would_not_score(
     other = torch.nn.Sequential(torch.nn.Linear(len(NUMERIC), 1), torch.nn.Sigmoid()).eval()
     logits = network[:-1]  # the champion's network without its sigmoid: scores, not probabilities
     for net in (network, other, logits):
-        register(
-            settings,
-            "user-ab",
-            lambda name, net=net: mlflow.pytorch.log_model(
-                net,
-                name="model",
-                serialization_format="pickle",
-                signature=infer_signature(sample, expected_scores(net, sample, NUMERIC)),
-                registered_model_name=name,
-                pip_requirements=[f"torch=={torch.__version__}"],
-            ),
-        )
+        register(settings, "user-ab", with_columns(net, sample))
     client = mlflow.MlflowClient()
     client.set_registered_model_alias("user-ab", "champion", "1")
     client.set_registered_model_alias("user-ab", "challenger", "2")
