@@ -458,12 +458,17 @@ def _reason_counts(lake: Lake, files: list[DataFile]) -> dict[str, int]:
 
 def unwrap_ray_error(e: BaseException) -> BaseException:
     """A task's exception arrives wrapped (RayTaskError, then UserCodeException); users need the
-    original sentence, so find our own error in the chain."""
+    original sentence, so find our own error in the chain. Ray's wrapper is an instance of the
+    error's own class too (``RayTaskError(InvalidInput)``), but its text is the worker's
+    traceback: skip it."""
+    from ray.exceptions import RayError
+
     seen: BaseException | None = e
     for _ in range(8):
         if seen is None:
             break
-        if isinstance(seen, (InvalidInput, LakeError, JobError, ModelOutputError, ModelInputError)):
+        ours = isinstance(seen, (InvalidInput, LakeError, JobError, ModelOutputError, ModelInputError))
+        if ours and not isinstance(seen, RayError):
             return seen
         seen = getattr(seen, "cause", None) or seen.__cause__
     return e

@@ -153,7 +153,9 @@ def pyfunc_input(
 
 def one_score_per_row(predictions: object, rows: int, model_uri: str) -> np.ndarray:
     """A pyfunc model's predictions as one float32 score per row: a vector, or a single column
-    (a DataFrame's, or an ``(n, 1)`` array, what a PyTorch model with one output unit gives).
+    (a DataFrame's, or an ``(n, 1)`` array, what a PyTorch model with one output unit gives), or
+    a binary classifier's two class probabilities, of which the score is the second (scikit-learn
+    logged with ``pyfunc_predict_fn="predict_proba"``, a network with a two-way softmax).
 
     Raises:
         ModelOutputError: naming the model and the shape or type it returned.
@@ -161,10 +163,13 @@ def one_score_per_row(predictions: object, rows: int, model_uri: str) -> np.ndar
     values = np.asarray(predictions.to_numpy() if hasattr(predictions, "to_numpy") else predictions)
     if values.ndim == 2 and values.shape[1] == 1:
         values = values[:, 0]
+    elif values.ndim == 2 and values.shape[1] == 2 and _class_probabilities(values):
+        values = values[:, 1]
     if values.shape != (rows,):
         raise ModelOutputError(
             f"{model_uri} returned predictions of shape {values.shape} for {rows} rows; lakecast needs one "
-            "number per row (a single output column, such as the positive class's probability)"
+            "number per row (a single output column, such as the positive class's probability), or a binary "
+            "classifier's two class probabilities (each row summing to 1)"
         )
     try:
         scores = values.astype(np.float32)
@@ -179,6 +184,13 @@ def one_score_per_row(predictions: object, rows: int, model_uri: str) -> np.ndar
             f"at row {int(np.argmax(broken))} of the batch), from inputs that passed validation; nothing is published"
         )
     return scores
+
+
+def _class_probabilities(values: np.ndarray) -> bool:
+    """Each row is a probability distribution over two classes."""
+    if values.dtype.kind not in "fiu":
+        return False
+    return bool(np.all((values >= 0) & (values <= 1)) and np.allclose(values.sum(axis=1), 1.0, atol=1e-4))
 
 
 class BatchPredictor:

@@ -207,14 +207,46 @@ def test_pyfunc_model_gets_strings_and_a_user_error_for_a_bad_output(settings, l
     np.testing.assert_allclose(scored["score"], (scored["plan_tier"] == "premium") * 0.5 + scored["age"] / 1000)
 
     job = load_job_file(job_file(tmp_path, "user_two_outputs", "user-two-outputs"))
-    with pytest.raises(ModelOutputError, match=r"models:/user-two-outputs/1 returned predictions of shape \(\d+, 2\)"):
+    with pytest.raises(
+        ModelOutputError, match=r"^models:/user-two-outputs/1 returned predictions of shape \(\d+, 2\)"
+    ) as raised:
         run_job(job, DAY, settings=settings)
+    assert type(raised.value) is ModelOutputError  # the sentence, not Ray's wrapper with the traceback
     assert not Path(lake.partition_path("predictions/user_two_outputs", DAY)).exists()
 
     job = load_job_file(job_file(tmp_path, "user_nan", "user-nan"))
     with pytest.raises(ModelOutputError, match=r"models:/user-nan/1 returned NaN or infinite predictions for [1-9]"):
         run_job(job, DAY, settings=settings)
     assert not Path(lake.partition_path("predictions/user_nan", DAY)).exists()
+
+
+def test_a_scikit_learn_classifier_scores_its_positive_class(settings, lake, ray_local, tmp_path):
+    """Logged as scikit-learn's docs say, with ``predict_proba``: two class probabilities a row."""
+    from sklearn.linear_model import LogisticRegression
+
+    labeled = pads.dataset(lake.partition_path("labeled/customers", DAY), format="parquet").to_table().to_pandas()
+    labeled = labeled.dropna(subset=NUMERIC)
+    classifier = LogisticRegression(max_iter=1000).fit(labeled[NUMERIC], labeled["churned"])
+    register(
+        settings,
+        "user-sklearn",
+        lambda name: mlflow.sklearn.log_model(
+            classifier,
+            name="model",
+            pyfunc_predict_fn="predict_proba",
+            signature=infer_signature(labeled[NUMERIC].head(50), classifier.predict_proba(labeled[NUMERIC].head(50))),
+            registered_model_name=name,
+        ),
+    )
+
+    run_job(load_job_file(job_file(tmp_path, "user_sklearn", "user-sklearn")), DAY, settings=settings)
+
+    rows = raw_rows(lake).set_index("customer_id")
+    scored = output(lake, "user_sklearn")
+    assert len(scored) + len(output(lake, "user_sklearn", "quarantine")) == ROWS
+    want = classifier.predict_proba(rows.loc[scored["customer_id"], NUMERIC])[:, 1]
+    np.testing.assert_allclose(scored["score"], want, rtol=1e-5)
+    assert (scored["prediction"] == (want >= 0.5)).all()
 
 
 class _AgeScore(mlflow.pyfunc.PythonModel):
