@@ -1,7 +1,8 @@
 """A user's own model in the registry, with no lakecast code in it: a PyTorch network logged
 with ``mlflow.pytorch`` (as a pickle with named columns, or in MLflow's default ``pt2`` format,
-which takes one tensor), or any pyfunc model. The job scores it through its pyfunc, and its
-scores are what the model itself gives for the same rows."""
+which takes one tensor), a scikit-learn classifier, or any pyfunc model. The job scores it
+through its pyfunc, and its scores are what the model itself gives for the same rows; the
+comparison's metrics are those of the models' own scores."""
 
 from __future__ import annotations
 
