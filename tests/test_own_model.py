@@ -221,6 +221,9 @@ def test_pyfunc_model_gets_strings_and_a_user_error_for_a_bad_output(settings, l
     assert not Path(lake.partition_path("predictions/user_nan", DAY)).exists()
 
 
+# MLflow's scikit-learn flavor saves through skops, which looks up names in every loaded module;
+# in this process that includes Airflow's, and each lookup of a moved name warns
+@pytest.mark.filterwarnings("ignore::FutureWarning:skops")
 def test_a_scikit_learn_classifier_scores_its_positive_class(settings, lake, ray_local, tmp_path):
     """Logged as scikit-learn's docs say, with ``predict_proba``: two class probabilities a row."""
     from sklearn.linear_model import LogisticRegression
