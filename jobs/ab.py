@@ -345,6 +345,7 @@ def _log_to_mlflow(
         mlflow.log_metrics({f"diff_{m}": i.diff, f"diff_{m}_low": i.low, f"diff_{m}_high": i.high})
     if comparison.mcnemar:
         mlflow.log_metric("mcnemar_p_value", comparison.mcnemar["p_value"])
+    mlflow.log_metric("excluded_rows", report["excluded"]["rows"])
     for role, ref, metrics in (
         ("champion", refs[0], comparison.champion),
         ("challenger", refs[1], comparison.challenger),
