@@ -65,7 +65,10 @@ def _excluded(excluded: dict[str, Any] | None) -> list[str]:
     if not excluded or not excluded["rows"]:
         return []
     reasons = ", ".join(f"{reason} ({count:,})" for reason, count in sorted(excluded["reasons"].items()))
-    return ["", f"Left out: {excluded['rows']:,} invalid rows, which the nightly job would not score: {reasons}."]
+    return [
+        "",
+        f"Left out: {excluded['rows']:,} rows that the nightly job would not score or that have no label: {reasons}.",
+    ]
 
 
 def plots(r: dict[str, Any], y: np.ndarray, a: np.ndarray, b: np.ndarray, folder: Path) -> None:

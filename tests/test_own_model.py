@@ -348,7 +348,7 @@ def test_compare_of_own_models_leaves_out_the_rows_the_job_would_not_score(
     for role, net in (("champion", network), ("challenger", other)):
         want = roc_auc_score(valid["churned"], expected_scores(net, valid, NUMERIC))
         assert report["metrics"][role]["roc_auc"] == pytest.approx(want, abs=1e-6)
-    assert f"Left out: {has_null.sum():,} invalid rows" in markdown(report)
+    assert f"Left out: {has_null.sum():,} rows that the nightly job would not score" in markdown(report)
     assert client.get_run(report["mlflow_run_id"]).data.metrics["excluded_rows"] == has_null.sum()
 
     path.write_text(path.read_text().replace("max_invalid_share: 0.5", "max_invalid_share: 0.001"))
