@@ -119,9 +119,9 @@ def pyfunc_input(
     batch: pa.Table, columns: Sequence[str], tensor: np.dtype | None, types: Mapping[str, np.dtype] | None = None
 ) -> pd.DataFrame | np.ndarray:
     """``batch`` as a pyfunc model without the Arrow fast path takes it: only its input columns
-    (the key is not one, and MLflow warns of an extra input on every batch), as a DataFrame, or,
-    for a model that takes one tensor, as one matrix of the tensor's type, a column per input
-    column in ``columns``' order.
+    (the key only where the signature names it: MLflow warns of an extra input on every batch),
+    as a DataFrame, or, for a model that takes one tensor, as one matrix of the tensor's type, a
+    column per input column in ``columns``' order.
 
     The job reads string columns dictionary-encoded, which pandas would turn into categoricals
     and MLflow's schema check refuses for a string input: they are decoded first. Numbers are
