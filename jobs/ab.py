@@ -143,10 +143,8 @@ def _excluded(job: JobConfig, scored: pa.Table, where: str) -> tuple[pa.Table, d
     reasons = scored.column(REASON)
     bad = pc.is_valid(reasons)
     n_bad, n = reasons.length() - reasons.null_count, scored.num_rows
-    by_reason: dict[str, int] = {}
+    by_reason = validation.reason_counts(reasons)
     if n_bad:
-        counts = pc.value_counts(reasons.drop_null())
-        by_reason = dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))
         first = pc.index(bad, True).as_py()
         example = f"{job.input.key}={scored.column(job.input.key)[first].as_py()!r}: {reasons[first].as_py()}"
         share = n_bad / n
@@ -185,15 +183,17 @@ class ValidatedPairActor(PairActor):
 
     def _score_pair(self, batch: pa.Table) -> pa.Table:
         reasons = validation.invalid_reasons(batch, self.rules)
-        valid, n_bad = pc.is_null(reasons), len(reasons) - reasons.null_count
+        n_bad = len(reasons) - reasons.null_count
         if not n_bad:
             return super()._score_pair(batch).append_column(REASON, reasons)
-        rejected = batch.select(self.passthrough).filter(pc.invert(valid))
+        bad = pc.is_valid(reasons)
+        rejected = batch.select(self.passthrough).filter(bad)
         for column in ("score_champion", "score_challenger"):
             rejected = rejected.append_column(column, pa.nulls(n_bad, pa.float32()))
-        rejected = rejected.append_column(REASON, reasons.filter(pc.invert(valid)))
+        rejected = rejected.append_column(REASON, reasons.filter(bad))
         if n_bad == len(reasons):
             return rejected
+        valid = pc.invert(bad)
         scored = super()._score_pair(batch.filter(valid)).append_column(REASON, reasons.filter(valid))
         return pa.concat_tables([scored, rejected])
 

@@ -448,12 +448,10 @@ def _milestones(
 
 
 def _reason_counts(lake: Lake, files: list[DataFile]) -> dict[str, int]:
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     reasons = pq.ParquetDataset([f.path for f in files], filesystem=lake.fs).read(columns=[validation.REASON])
-    counts = pc.value_counts(reasons.column(0))
-    return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))
+    return validation.reason_counts(reasons.column(0))
 
 
 def unwrap_ray_error(e: BaseException) -> BaseException:

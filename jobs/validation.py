@@ -202,6 +202,12 @@ def invalid_reasons(batch: pa.Table, rules: list[ColumnRule]) -> pa.Array:
     return pa.array(reasons, pa.string())
 
 
+def reason_counts(reasons: pa.Array | pa.ChunkedArray) -> dict[str, int]:
+    """How many rows broke each rule, from a :data:`REASON` column (nulls, the valid rows, are not counted)."""
+    counts = pc.value_counts(reasons.drop_null())
+    return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))
+
+
 @dataclass(frozen=True)
 class RowValidator:
     """A Ray Data map_batches function: returns the valid rows, sets the others aside.
