@@ -20,7 +20,8 @@ from typing import Any
 
 from jobs import commit, tracking, validation
 from jobs.config import JobConfig
-from jobs.lake import DataFile, Lake, LakeError
+from jobs.lake import DataFile, Lake
+from jobs.ray_errors import find_ours
 from jobs.ray_runtime import (
     actor_pool,
     actors_read_and_write,
@@ -40,8 +41,6 @@ from models.predictor import (
     ArrowScorer,
     BatchPredictor,
     Lineage,
-    ModelInputError,
-    ModelOutputError,
     PredictorOptions,
     RoutedPredictor,
     arrow_scorer,
@@ -352,10 +351,10 @@ def _run_locked(
         except BaseException as e:
             for folder in (staging, q_staging, s_staging, telemetry_path(staging)):
                 commit.discard(lake, folder)
-            cause = unwrap_ray_error(e)
-            if cause is e:
+            ours = find_ours(e)
+            if ours is None:
                 raise
-            raise cause from None
+            raise ours from None
         seconds = time.perf_counter() - t0
         committed_unix = time.time()
         milestones = _milestones(
@@ -452,24 +451,6 @@ def _reason_counts(lake: Lake, files: list[DataFile]) -> dict[str, int]:
 
     reasons = pq.ParquetDataset([f.path for f in files], filesystem=lake.fs).read(columns=[validation.REASON])
     return validation.reason_counts(reasons.column(0))
-
-
-def unwrap_ray_error(e: BaseException) -> BaseException:
-    """A task's exception arrives wrapped (RayTaskError, then UserCodeException); users need the
-    original sentence, so find our own error in the chain. Ray's wrapper is an instance of the
-    error's own class too (``RayTaskError(InvalidInput)``), but its text is the worker's
-    traceback: skip it."""
-    from ray.exceptions import RayError
-
-    seen: BaseException | None = e
-    for _ in range(8):
-        if seen is None:
-            break
-        ours = isinstance(seen, (InvalidInput, LakeError, JobError, ModelOutputError, ModelInputError))
-        if ours and not isinstance(seen, RayError):
-            return seen
-        seen = getattr(seen, "cause", None) or seen.__cause__
-    return e
 
 
 def model_inputs(job: JobConfig, ref: ModelRef) -> list[tuple[str, str, bool]]:

@@ -6,6 +6,8 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from jobs.ray_errors import report_our_errors
+
 if TYPE_CHECKING:
     import ray
 
@@ -115,7 +117,7 @@ def read_parquet_files(
 
     from jobs.parquet_source import ListedParquetDatasource
 
-    _raise_our_errors()
+    report_our_errors()
     if sizes is None:
         fs = filesystem if filesystem is not None else pafs.LocalFileSystem()
         sizes = [info.size or 0 for info in fs.get_file_info(paths)]
@@ -146,13 +148,6 @@ def files_dataset(paths: list[str], uris: list[str]) -> ray.data.Dataset:
     1.6 s later."""
     import ray
 
-    _raise_our_errors()
+    report_our_errors()
     rows = [{"path": p, "uri": u} for p, u in zip(paths, uris, strict=True)]
     return ray.data.from_items(rows, override_num_blocks=len(rows))
-
-
-def _raise_our_errors() -> None:
-    """Our errors (InvalidInput) reach the driver as themselves, not as a generic UserCodeException."""
-    import ray
-
-    ray.data.DataContext.get_current().raise_original_map_exception = True

@@ -6,9 +6,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -16,11 +22,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from jobs import commit, demo_data
 from jobs.config import JobConfig
 from jobs.lake import Lake, LakeError
 from jobs.predict import run_job
+from jobs.settings import PROJECT_ROOT
 from jobs.validation import InvalidInput
 from tests.conftest import DAY
 
@@ -156,8 +164,10 @@ def test_bad_input(case: Case, case_lake: Lake, settings, registered, ray_local,
     if case.error is not None:
         with pytest.raises(case.error, match=case.match) as raised:
             run_job(job, DAY, settings=run_settings)
-        # our sentence, not Ray's wrapper of it (a subclass too, whose text is a traceback)
+        # our sentence, not Ray's wrapper of it (a subclass too, whose text is a traceback), and
+        # without the retry advice Ray Data appends to an actor's error
         assert type(raised.value) is case.error and "Traceback" not in str(raised.value)
+        assert "\n" not in str(raised.value), str(raised.value)
         assert lake.read_manifest(job.output.table, DAY)["scoring_run_id"] == "previous"
         assert pads.dataset(lake.partition_path(job.output.table, DAY)).count_rows() == 3
         return
@@ -190,6 +200,37 @@ def test_user_errors_from_the_command_line(home, registered, capsys):
         assert main(list(argv)) == 2, argv
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err, err
+
+
+@pytest.mark.slow
+def test_an_actors_error_reaches_the_terminal_as_one_sentence(settings, lake, registered, tmp_path):
+    """`lakecast run` on a partition that breaks the job's fail policy, as a user runs it: the
+    error raised in the actor ends the output as our sentence, without the tracebacks, the retry
+    advice and the "open an issue on Ray" that Ray Data prints for an error it does not know."""
+    conf = tmp_path / "conf"
+    shutil.copytree(PROJECT_ROOT / "conf", conf)
+    job_file = yaml.safe_load((conf / "jobs" / "churn.yaml").read_text())
+    job_file["input"]["table"] = "raw/bad_cli"
+    job_file["output"]["table"] = "predictions/bad_cli"
+    job_file["validation"] = {"on_invalid_rows": "fail"}
+    (conf / "jobs" / "bad_cli.yaml").write_text(yaml.safe_dump(job_file))
+    files(every(50, None, "contract_type"))(lake, lake.partition_path("raw/bad_cli", DAY))
+
+    lakecast = str(Path(sys.executable).with_name("lakecast"))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"LAKECAST_CONF": str(conf)}
+    proc = subprocess.run(
+        [lakecast, "run", "bad_cli", "--date", DAY.isoformat()], env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.rstrip().splitlines()[-1]
+    assert re.fullmatch(
+        r"lakecast: \S+/raw/bad_cli/ds=\S+\.parquet: \d+ invalid row\(s\) in a batch, e\.g\. customer_id=\d+: "
+        r"contract_type: null \(validation\.on_invalid_rows is 'fail'; set it to 'quarantine' to score the rest\)",
+        last,
+    ), last
+    for noise in ("Traceback", "open an issue", "Failed to apply UDF", "DataContext"):
+        assert noise not in proc.stderr, proc.stderr[-3000:]
+    assert lake.read_manifest("predictions/bad_cli", DAY) is None  # nothing published
 
 
 def test_unreachable_s3_endpoint_fails_fast_and_clearly(monkeypatch):

@@ -1,0 +1,81 @@
+"""How an error raised inside Ray reaches the user: as lakecast's own sentence, said once.
+
+An actor's exception crosses Ray and Ray Data on its way to the driver, and each adds to it:
+
+- Ray wraps it: ``RayTaskError(InvalidInput)`` is an ``InvalidInput`` too, but its text is the
+  worker's traceback;
+- Ray Data appends its retry advice to the message ("Failed to apply UDF transform after 1/1
+  attempts ... configure `ray.data.DataContext.get_current()`");
+- Ray Data logs it twice on the console with tracebacks, the second time as an error "in Ray Data
+  or Ray Core internal code" with a request to open an issue on Ray's GitHub.
+
+For lakecast's own errors (a bad row, a model's bad output, a lake that cannot be read) none of
+that helps: the user needs the sentence, which names the file, the column and the setting. So the
+driver finds the error in the chain, strips Ray Data's note from it, and keeps those console
+records back; Ray Data's log file under the Ray session keeps them in full. Any other exception is
+left exactly as Ray reports it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+# Ray Data appends this, on a new line, to the message of an exception that ran out of retries
+RETRY_NOTE = "\nFailed to apply UDF transform after "
+
+
+def ours() -> tuple[type[Exception], ...]:
+    """The errors lakecast raises inside actors and tasks for the user to act on."""
+    from jobs.lake import LakeError
+    from jobs.predict import JobError
+    from jobs.validation import InvalidInput
+    from models.predictor import ModelInputError, ModelOutputError
+
+    return InvalidInput, LakeError, JobError, ModelOutputError, ModelInputError
+
+
+def find_ours(e: BaseException) -> BaseException | None:
+    """Our error in the chain of ``e``, its message as we wrote it."""
+    from ray.exceptions import RayError
+
+    seen: BaseException | None = e
+    for _ in range(8):
+        if seen is None:
+            break
+        if isinstance(seen, ours()) and not isinstance(seen, RayError):
+            return _without_retry_note(seen)
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    return None
+
+
+def _without_retry_note(e: BaseException) -> BaseException:
+    if e.args and isinstance(e.args[0], str) and RETRY_NOTE in e.args[0]:
+        e.args = (e.args[0].split(RETRY_NOTE, 1)[0], *e.args[1:])
+    return e
+
+
+class QuietForOurErrors(logging.Filter):
+    """Keeps Ray Data's console records of one of our errors back (its log file still has them).
+
+    Ray Data logs them while it handles the exception: the record carries it, or the handler runs
+    inside the ``except`` block, where ``sys.exc_info()`` holds it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else sys.exc_info()[1]
+        return exc is None or find_ours(exc) is None
+
+
+def report_our_errors() -> None:
+    """Make Ray Data hand our errors to the driver as themselves, and say them once.
+
+    ``raise_original_map_exception``: otherwise Ray Data raises a ``UserCodeException`` in the
+    worker whose cause, our error, does not survive the trip to the driver. Called before each
+    dataset is built; the console filter goes on once."""
+    import ray
+
+    ray.data.DataContext.get_current().raise_original_map_exception = True
+    for handler in logging.getLogger("ray.data").handlers:
+        console = isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler)
+        if console and not any(isinstance(f, QuietForOurErrors) for f in handler.filters):
+            handler.addFilter(QuietForOurErrors())
