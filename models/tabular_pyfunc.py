@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import mlflow.pyfunc
 import numpy as np
+import pandas as pd  # at run time: MLflow resolves predict's type hints when it loads the model
 import pyarrow as pa
 
 from models.tabular import TabularScorer
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 
 class TabularClassifier(mlflow.pyfunc.PythonModel):
@@ -29,7 +27,5 @@ class TabularClassifier(mlflow.pyfunc.PythonModel):
         return self.scorer
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        import pandas as pd
-
         proba = self.scorer.predict_proba(pa.Table.from_pandas(model_input, preserve_index=False))
         return pd.DataFrame({"probability": proba, "prediction": (proba >= self.scorer.threshold).astype(np.int8)})

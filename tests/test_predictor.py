@@ -285,3 +285,20 @@ def test_a_pyfunc_model_gets_its_signatures_number_types():
         pyfunc_input(batch, ["charges"], None, {"charges": np.dtype("int64")})
     with pytest.raises(ModelInputError, match=r"column 'id' does not fit the model's int32 input"):
         pyfunc_input(pa.table({"id": [2**40]}), ["id"], None, {"id": np.dtype("int32")})
+
+
+def test_the_demo_model_imports_without_mlflow_nagging():
+    """MLflow checks a PythonModel's predict type hints when the class is defined, on every job's
+    start; hints it cannot resolve printed two log lines and a warning about adding type hints."""
+    import subprocess
+    import sys
+
+    from jobs.settings import PROJECT_ROOT
+
+    code = (
+        "import logging, warnings; logging.basicConfig(level=logging.INFO); warnings.simplefilter('always'); "
+        "import models.tabular_pyfunc"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "type hint" not in proc.stderr, proc.stderr
