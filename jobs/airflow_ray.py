@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 from airflow.sdk import BaseOperator, BaseOperatorLink, BaseXCom
@@ -31,6 +31,22 @@ if TYPE_CHECKING:
     from jobs.settings import Settings
 
 Command = Literal["run", "compare"]
+
+
+@contextlib.contextmanager
+def failing_at_once() -> Iterator[None]:
+    """An error that a retry cannot fix (:mod:`jobs.failures`: the job file, the registry, the
+    partition's rows or the model must change first) fails the task without its retries."""
+    from jobs.failures import retry_cannot_fix
+
+    try:
+        yield
+    except Exception as e:
+        if retry_cannot_fix(e):
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(f"{e} (not retried: a retry fails the same way)") from e
+        raise
 
 
 class _StoredLink(BaseOperatorLink):
@@ -92,7 +108,12 @@ class RayJobTrigger(BaseTrigger):
         finally:
             tail.cancel()
         yield TriggerEvent(
-            {"status": info.status.value, "submission_id": self.submission_id, "message": info.message or ""}
+            {
+                "status": info.status.value,
+                "submission_id": self.submission_id,
+                "message": info.message or "",
+                "exit_code": info.driver_exit_code,
+            }
         )
 
     async def _tail(self, jobs_api) -> None:
@@ -138,16 +159,21 @@ class LakecastJobOperator(BaseOperator):
         from jobs.config import load_job, parse_date
         from jobs.settings import load_settings
 
-        settings = load_settings()
-        job = load_job(self.job_name)  # re-read: the file may have changed since parsing
-        ds = parse_date(self.checked["date"])
-        params = context["params"]
-        if not submit.is_jobs_api(settings.ray.address):
-            return self._run_here(context, settings, job, ds, params)
-        return self._submit(context, settings, job, ds, params)
+        with failing_at_once():
+            settings = load_settings()
+            job = load_job(self.job_name)  # re-read: the file may have changed since parsing
+            ds = parse_date(self.checked["date"])
+            params = context["params"]
+            if not submit.is_jobs_api(settings.ray.address):
+                return self._run_here(context, settings, job, ds, params)
+            return self._submit(context, settings, job, ds, params)
 
     def execute_complete(self, context: Context, event: dict, mlflow_run_id: str | None = None) -> dict:
         """Back from the triggerer: the Ray job ended. Its result line is the task's result."""
+        with failing_at_once():
+            return self._completed(context, event, mlflow_run_id)
+
+    def _completed(self, context: Context, event: dict, mlflow_run_id: str | None) -> dict:
         from jobs import tracking
         from jobs.config import load_job
         from jobs.settings import load_settings
@@ -162,7 +188,7 @@ class LakecastJobOperator(BaseOperator):
                 raise submit.SubmitError(
                     f"Ray job {sid} ran past the job file's timeout of {self.timeout} and was stopped"
                 )
-            raise submit.SubmitError(submit.failure_message(address, sid, status, event.get("message", ""), logs))
+            raise submit.job_failed(address, sid, status, event.get("message", ""), logs, event.get("exit_code"))
         result = submit.result_from_logs(logs)
         if result is None:
             raise submit.SubmitError(f"Ray job {sid} succeeded but printed no result line; see its logs")

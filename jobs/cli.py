@@ -1,7 +1,9 @@
 """The ``lakecast`` command line.
 
-Errors a user can fix (a bad job file, a missing partition, an unknown alias) print one
-sentence and exit with status 2; a traceback means a bug in lakecast.
+Errors a user can act on print one sentence and exit with status 2 where something must change
+first (a bad job file, an unknown alias, rows that fail validation) or 75 where trying again
+may pass (a partition not there yet, storage or the cluster out of reach); see
+:mod:`jobs.failures`. A traceback means a bug in lakecast.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import NoReturn
 import yaml
 
 from jobs.config import job_files, load_job, load_job_file, parse_date
+from jobs.failures import EXIT_FIX_FIRST, exit_status, user_errors
 from jobs.settings import conf_dir, load_settings
 from jobs.yamlconf import ConfigError
 
@@ -26,30 +29,6 @@ log = logging.getLogger("jobs.cli")
 
 def _out(text: str = "") -> None:
     sys.stdout.write(text + "\n")
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    from jobs.commit import CommitConflict
-    from jobs.lake import LakeError
-    from jobs.predict import JobError
-    from jobs.promotion import PromotionRefused
-    from jobs.submit import SubmitError
-    from jobs.validation import InvalidInput
-    from models.predictor import ModelInputError, ModelOutputError
-    from models.registry import RegistryError
-
-    return (
-        ConfigError,
-        LakeError,
-        JobError,
-        RegistryError,
-        ModelOutputError,
-        ModelInputError,
-        InvalidInput,
-        CommitConflict,
-        PromotionRefused,
-        SubmitError,
-    )
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -145,7 +124,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
         _out(f"interrupted: stopping Ray job {sub.submission_id}")
         return 130
     if status != "SUCCEEDED":
-        raise submit.SubmitError(submit.failure_message(address, sub.submission_id, status, "", logs))
+        code = submit.driver_exit_code(address, sub.submission_id)
+        raise submit.job_failed(address, sub.submission_id, status, "", logs, code)
     result = submit.result_from_logs(logs) or {}
     _out(f"{sub.submission_id} succeeded: {result.get('rows', '?')} rows → {result.get('output', '?')}")
     return 0
@@ -388,14 +368,14 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except ConfigError as e:
         sys.stderr.write(f"lakecast: {e}\n")
-        return 2
+        return EXIT_FIX_FIRST
     except BrokenPipeError:  # `lakecast ... | head`: the reader has gone, which is no error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as e:
-        if isinstance(e, _user_errors()):
+        if isinstance(e, user_errors()):
             sys.stderr.write(f"lakecast: {e}\n")
-            return 2
+            return exit_status(e)
         raise
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jobs.failures import EXIT_FIX_FIRST
 from jobs.settings import PROJECT_ROOT, Settings, conf_dir
 
 if TYPE_CHECKING:
@@ -49,7 +50,14 @@ AGENT_WAIT_S = 120.0  # how long a submission waits for the cluster's job agent 
 
 
 class SubmitError(RuntimeError):
-    """The Ray job could not be submitted, or it ended without success."""
+    """The Ray job could not be submitted, or it ended without success.
+
+    ``fix_first``: the job's driver ended with lakecast's status for an error that a retry
+    cannot fix (:mod:`jobs.failures`); None where it did not say."""
+
+    def __init__(self, message: str, *, fix_first: bool | None = None):
+        super().__init__(message)
+        self.fix_first = fix_first
 
 
 def is_jobs_api(address: str | None) -> bool:
@@ -205,13 +213,21 @@ def result_from_logs(logs: str) -> dict[str, Any] | None:
     return None
 
 
-def failure_message(address: str, submission_id: str, status: str, message: str, logs: str) -> str:
-    """A sentence for the user: what the job printed as its error, and where to see the rest."""
+def job_failed(
+    address: str, submission_id: str, status: str, message: str, logs: str, exit_code: int | None
+) -> SubmitError:
+    """The error for a Ray job that ended without success: what the job printed as its error,
+    where to see the rest, and whether a retry can fix it (its driver's exit status)."""
     errors = [line for line in logs.splitlines() if line.startswith("lakecast: ")]
     reason = errors[-1].removeprefix("lakecast: ") if errors else (message or "").strip() or "no message"
     tail = "\n".join(logs.splitlines()[-15:]) if not errors else ""
     text = f"Ray job {submission_id} {status.lower()}: {reason} (logs: {job_url(address, submission_id)})"
-    return f"{text}\n{tail}" if tail else text
+    return SubmitError(f"{text}\n{tail}" if tail else text, fix_first=exit_code == EXIT_FIX_FIRST)
+
+
+def driver_exit_code(address: str, submission_id: str) -> int | None:
+    """The exit status of an ended job's entrypoint (None where Ray did not record one)."""
+    return client(address).get_job_info(submission_id).driver_exit_code
 
 
 def follow(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import re
 import time
 
 import pyarrow.dataset as pads
@@ -82,17 +83,36 @@ def test_the_dags_trigger_follows_a_submitted_job_to_success(cluster, cluster_la
     assert submit.find_running(cluster.ray.address, key) is None
 
 
-def test_lakecast_submit_fails_with_the_jobs_error(cluster, capsys):
+def test_a_failed_job_says_whether_a_retry_can_fix_it(cluster, capsys):
+    """`lakecast submit` ends with the job's error sentence and its driver's verdict: a partition
+    that is not there yet may land before the next try; an unknown alias fails the same way every
+    time, so the DAG's task, following the job through its trigger, fails without its retries."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from jobs.airflow_ray import LakecastJobOperator
     from jobs.cli import main
+    from jobs.failures import EXIT_FIX_FIRST, EXIT_TRY_AGAIN
 
     missing = dt.date(2020, 1, 1)
-    assert main(["submit", "churn", "--date", missing.isoformat()]) == 2
+    assert main(["submit", "churn", "--date", missing.isoformat()]) == EXIT_TRY_AGAIN
     out, err = capsys.readouterr()
     assert "Running entrypoint" in out  # the job's log was followed live
     last = err.strip().splitlines()[-1]
     assert last.startswith("lakecast: Ray job lakecast-churn-run-2020-01-01-")  # one sentence, no traceback
     assert "failed" in last and f"no data for raw/customers on {missing}" in last
     assert cluster.ray.address in last  # where to read the whole log
+
+    assert main(["submit", "churn", "--date", DAY.isoformat(), "--alias", "no-such-alias"]) == EXIT_FIX_FIRST
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "has no alias 'no-such-alias'" in last, last
+    sid = re.search(r"Ray job (\S+) failed", last).group(1)
+    event = _follow(RayJobTrigger(cluster.ray.address, sid, deadline_unix=time.time() + 60, poll_s=0.5))
+    assert event["status"] == "FAILED" and event["exit_code"] == EXIT_FIX_FIRST
+    task = LakecastJobOperator(
+        task_id="predict", job_name="churn", command="run", checked={"date": DAY.isoformat()}, timeout=dt.timedelta(1)
+    )
+    with pytest.raises(AirflowFailException, match=r"has no alias 'no-such-alias'.*not retried"):
+        task.execute_complete(context={}, event=event)
 
 
 def _sleeper(address: str, seconds: int = 120) -> str:

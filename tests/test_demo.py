@@ -7,14 +7,20 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
+import yaml
 
+from jobs.settings import PROJECT_ROOT
+from tests.conftest import DAY
 from tests.s3server import free_ports
 from tests.stack import Service, wait_until
 
@@ -91,3 +97,41 @@ def test_the_printed_airflow_command_starts_every_component(demo, tmp_path):
         assert all(part["status"] == "healthy" for part in state.values()), state
     finally:
         standalone.stop()
+
+
+def test_a_partition_that_fails_validation_fails_its_task_without_retries(demo, tmp_path):
+    """Airflow retries a failed task, but rows that break the job's validation fail the same way on
+    every try: the predict task fails on its first try with the job's sentence, not after the job
+    file's retries have scored the partition again."""
+    from jobs import demo_data
+
+    cwd, env, proc = demo
+    assert proc.returncode == 0
+    conf = tmp_path / "conf"
+    shutil.copytree(PROJECT_ROOT / "conf", conf)
+    job = yaml.safe_load((conf / "jobs" / "churn.yaml").read_text())
+    job["input"]["table"] = "raw/strict"
+    job["output"]["table"] = "predictions/strict"
+    job["validation"] = {"on_invalid_rows": "fail"}
+    job["airflow"] |= {"retries": 2, "retry_delay_minutes": 0}
+    del job["ab"]
+    (conf / "jobs" / "strict.yaml").write_text(yaml.safe_dump(job))
+    rows = demo_data.generate(1000, DAY)
+    column = rows.schema.get_field_index("contract_type")
+    rows = rows.set_column(column, "contract_type", pa.nulls(rows.num_rows, pa.string()))
+    partition = cwd / "home" / "lake" / "raw" / "strict" / f"ds={DAY}"
+    partition.mkdir(parents=True)
+    pq.write_table(rows, partition / "part-0.parquet")
+
+    run = subprocess.run(
+        [LAKECAST, "airflow", "dags", "test", "lakecast__strict", "--conf", json.dumps({"date": DAY.isoformat()})],
+        env=env | {"LAKECAST_CONF": str(conf)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    log = run.stdout + run.stderr
+    assert run.returncode != 0 and "DagRun failed" in log, log[-4000:]
+    assert log.count("[DAG TEST] running task <TaskInstance: lakecast__strict.predict") == 1, log[-4000:]
+    assert "contract_type: null (validation.on_invalid_rows is 'fail'" in log
+    assert "not retried: a retry fails the same way" in log
