@@ -8,7 +8,6 @@ import datetime as dt
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -22,15 +21,14 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
 from jobs import commit, demo_data
 from jobs.config import JobConfig
 from jobs.lake import Lake, LakeError
 from jobs.predict import run_job
-from jobs.settings import PROJECT_ROOT
 from jobs.validation import InvalidInput
 from tests.conftest import DAY
+from tests.jobfiles import conf_with_job
 
 N = 400
 
@@ -212,13 +210,7 @@ def test_an_actors_error_reaches_the_terminal_as_one_sentence(settings, lake, re
     """`lakecast run` on a partition that breaks the job's fail policy, as a user runs it: the
     error raised in the actor ends the output as our sentence, without the tracebacks, the retry
     advice and the "open an issue on Ray" that Ray Data prints for an error it does not know."""
-    conf = tmp_path / "conf"
-    shutil.copytree(PROJECT_ROOT / "conf", conf)
-    job_file = yaml.safe_load((conf / "jobs" / "churn.yaml").read_text())
-    job_file["input"]["table"] = "raw/bad_cli"
-    job_file["output"]["table"] = "predictions/bad_cli"
-    job_file["validation"] = {"on_invalid_rows": "fail"}
-    (conf / "jobs" / "bad_cli.yaml").write_text(yaml.safe_dump(job_file))
+    conf = conf_with_job(tmp_path / "conf", "bad_cli", validation={"on_invalid_rows": "fail"})
     files(every(50, None, "contract_type"))(lake, lake.partition_path("raw/bad_cli", DAY))
 
     lakecast = str(Path(sys.executable).with_name("lakecast"))

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import urllib.request
@@ -17,10 +16,9 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
-import yaml
 
-from jobs.settings import PROJECT_ROOT
 from tests.conftest import DAY
+from tests.jobfiles import conf_with_job
 from tests.s3server import free_ports
 from tests.stack import Service, wait_until
 
@@ -107,15 +105,13 @@ def test_a_partition_that_fails_validation_fails_its_task_without_retries(demo, 
 
     cwd, env, proc = demo
     assert proc.returncode == 0
-    conf = tmp_path / "conf"
-    shutil.copytree(PROJECT_ROOT / "conf", conf)
-    job = yaml.safe_load((conf / "jobs" / "churn.yaml").read_text())
-    job["input"]["table"] = "raw/strict"
-    job["output"]["table"] = "predictions/strict"
-    job["validation"] = {"on_invalid_rows": "fail"}
-    job["airflow"] |= {"retries": 2, "retry_delay_minutes": 0}
-    del job["ab"]
-    (conf / "jobs" / "strict.yaml").write_text(yaml.safe_dump(job))
+    conf = conf_with_job(
+        tmp_path / "conf",
+        "strict",
+        validation={"on_invalid_rows": "fail"},
+        airflow={"retries": 2, "retry_delay_minutes": 0},
+        ab=None,
+    )
     rows = demo_data.generate(1000, DAY)
     column = rows.schema.get_field_index("contract_type")
     rows = rows.set_column(column, "contract_type", pa.nulls(rows.num_rows, pa.string()))
