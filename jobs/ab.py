@@ -25,7 +25,7 @@ from jobs.ab_report import markdown, plots
 from jobs.config import ABSpec, JobConfig
 from jobs.lake import Lake
 from jobs.predict import JobError, model_inputs, shadow_table
-from jobs.ray_errors import find_ours
+from jobs.ray_errors import raise_ours
 from jobs.ray_runtime import actor_pool, actors_read_and_write, ensure_ray, gpus_per_actor, read_parquet_files
 from jobs.settings import Settings, load_settings
 from jobs.validation import REASON, ColumnRule, InvalidInput
@@ -275,10 +275,8 @@ def _score_both(
     try:
         return pa.concat_tables(list(scored.iter_batches(batch_format="pyarrow", batch_size=None)))
     except Exception as e:
-        ours = find_ours(e)
-        if ours is None:
-            raise
-        raise ours from None
+        raise_ours(e)
+        raise
 
 
 def shadow_summary(job: JobConfig, lake: Lake, ds: dt.date) -> dict[str, float] | None:

@@ -21,7 +21,7 @@ from typing import Any
 from jobs import commit, tracking, validation
 from jobs.config import JobConfig
 from jobs.lake import DataFile, Lake
-from jobs.ray_errors import find_ours
+from jobs.ray_errors import raise_ours
 from jobs.ray_runtime import (
     actor_pool,
     actors_read_and_write,
@@ -351,10 +351,8 @@ def _run_locked(
         except BaseException as e:
             for folder in (staging, q_staging, s_staging, telemetry_path(staging)):
                 commit.discard(lake, folder)
-            ours = find_ours(e)
-            if ours is None:
-                raise
-            raise ours from None
+            raise_ours(e)
+            raise
         seconds = time.perf_counter() - t0
         committed_unix = time.time()
         milestones = _milestones(

@@ -25,28 +25,28 @@ import sys
 RETRY_NOTE = "\nFailed to apply UDF transform after "
 
 
-def ours() -> tuple[type[Exception], ...]:
-    """The errors lakecast raises inside actors and tasks for the user to act on."""
-    from jobs.lake import LakeError
-    from jobs.predict import JobError
-    from jobs.validation import InvalidInput
-    from models.predictor import ModelInputError, ModelOutputError
-
-    return InvalidInput, LakeError, JobError, ModelOutputError, ModelInputError
-
-
 def find_ours(e: BaseException) -> BaseException | None:
-    """Our error in the chain of ``e``, its message as we wrote it."""
+    """Our error (:func:`jobs.failures.user_errors`) in the chain of ``e``, its message as we wrote it."""
     from ray.exceptions import RayError
+
+    from jobs.failures import user_errors
 
     seen: BaseException | None = e
     for _ in range(8):
         if seen is None:
             break
-        if isinstance(seen, ours()) and not isinstance(seen, RayError):
+        if isinstance(seen, user_errors()) and not isinstance(seen, RayError):
             return _without_retry_note(seen)
         seen = getattr(seen, "cause", None) or seen.__cause__
     return None
+
+
+def raise_ours(e: BaseException) -> None:
+    """Raise our error from the chain of ``e`` without Ray's wrapping; return where there is none
+    or ``e`` is ours itself, for the caller to re-raise ``e`` as it is."""
+    ours = find_ours(e)
+    if ours is not None and ours is not e:
+        raise ours from None
 
 
 def _without_retry_note(e: BaseException) -> BaseException:
