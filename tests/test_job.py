@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 
 from jobs.lake import LakeError
@@ -39,6 +40,15 @@ def test_every_row_scored_once_with_lineage(first_run, lake, registered):
     assert set(table["model_version"].to_pylist()) == {registered["champion"]}  # the number, not the alias
     assert set(table["scoring_run_id"].to_pylist()) == {first_run.run_id}
     assert table["scored_at"].null_count == 0
+
+
+def test_every_output_column_is_required(first_run, lake):
+    """A reader (or a data contract) can rely on no column holding a null: Parquet says so."""
+    columns = read_output(lake).column_names
+    for path in pads.dataset(lake.partition_path(OUT, DAY)).files:
+        schema = pq.ParquetFile(path).schema  # a column's definition level 0: Parquet's "required"
+        levels = {schema.column(i).name: schema.column(i).max_definition_level for i in range(len(schema))}
+        assert levels == dict.fromkeys(columns, 0), path
 
 
 def test_only_committed_files_and_manifest_in_partition(first_run, lake):
