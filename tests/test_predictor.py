@@ -270,6 +270,24 @@ def test_lineage_strings_are_stored_as_parquet_strings(settings, registered, raw
     assert set(plain["scoring_run_id"].to_pylist()) == {"run-123"}
 
 
+def test_a_table_reads_across_partitions_written_before_its_columns_were_required(
+    settings, registered, raw_batch, tmp_path
+):
+    """Earlier versions wrote the same columns as optional: a reader of the whole table gets
+    every partition's rows, whichever it meets first."""
+    import pyarrow.parquet as pq
+
+    out = make_predictor(settings, registered["champion"])(raw_batch)
+    assert not any(field.nullable for field in out.schema)
+    optional = out.cast(pa.schema([field.with_nullable(True) for field in out.schema]))
+    for day, table in (("2026-01-01", out), ("2026-01-02", optional), ("2026-01-03", out)):
+        (tmp_path / f"ds={day}").mkdir()
+        pq.write_table(table, tmp_path / f"ds={day}" / "part.parquet")
+    read = pads.dataset(tmp_path, format="parquet", partitioning="hive").to_table()
+    assert read.num_rows == 3 * out.num_rows
+    assert read["customer_id"].null_count == 0
+
+
 def test_a_pyfunc_model_gets_its_signatures_number_types():
     """MLflow refuses an int64 or float64 column for a float32 input (and a float64 for an int64),
     so lakecast casts each to the declared type, and names a value that does not fit."""
