@@ -23,6 +23,9 @@ def configure(settings: Settings) -> MlflowClient:
     import mlflow
 
     os.environ["MLFLOW_TRACKING_URI"] = settings.mlflow.tracking_uri
+    # Against a tracking server, MLflow writes "View run … at: <url>" to stdout as each run ends,
+    # into the output of `lakecast run --json`; lakecast names the run itself.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
     if settings.mlflow.registry_uri:
         os.environ["MLFLOW_REGISTRY_URI"] = settings.mlflow.registry_uri

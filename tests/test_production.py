@@ -156,6 +156,27 @@ def test_triggered_run_scores_on_the_cluster_into_s3_and_mlflow(stack, dag_run, 
         assert json.load(f)["verdict"] in ("promote", "keep", "inconclusive")
 
 
+def test_a_run_from_a_laptop_against_the_teams_mlflow_prints_clean_json(stack, dag_run):
+    """The local profile with the team's tracking server and S3 lake: ``--json`` stays JSON (MLflow
+    writes "View run … at" to stdout as a run against a server ends)."""
+    env = {k: v for k, v in stack["env"].items() if k not in ("RAY_ADDRESS", "LAKECAST_PROFILE")}
+    done = subprocess.run(
+        [str(BIN / "lakecast"), "run", "churn", "--date", DAY.isoformat(), "--dry-run", "--json"],
+        env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **env, "LAKECAST_PROFILE": "local"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["rows"] == ROWS and result["committed"] is False
+
+    from mlflow import MlflowClient
+
+    run = MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"]).get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+
+
 def test_the_airflow_ui_shows_the_successful_run(stack, dag_run, tmp_path):
     """Headless Chromium (Debian's) logs in and looks at the DAG's grid; a screenshot is kept."""
     chromium, driver_bin = shutil.which("chromium"), shutil.which("chromedriver")
