@@ -520,6 +520,8 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
         },
         "settings": {
             "ray": f"running at {running_ray}" if running_ray else "private local Ray, started by the job",
+            # the job's checks open MLflow's store: SQLite's costs about 0.7 s of imports, a server's none
+            "mlflow": _mlflow_store(settings.mlflow.tracking_uri),
             "model": ref.uri,
             "batch_size": job.compute.batch_size if batch_size == job.compute.batch_size else f"auto: {batch_size}",
             "min_actors": job.compute.min_actors,
@@ -537,6 +539,12 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
 
 def _round(value: float | None) -> int | None:
     return None if value is None else round(value)
+
+
+def _mlflow_store(uri: str) -> str:
+    """Which MLflow store the job ran against, without credentials a URI may carry."""
+    scheme = uri.split(":", 1)[0]
+    return "tracking server" if scheme in ("http", "https") else f"{scheme} (embedded)"
 
 
 def markdown(r: dict[str, Any]) -> str:
@@ -574,6 +582,7 @@ def markdown(r: dict[str, Any]) -> str:
             if r["settings"]["ray"].startswith("running")
             else ""
         ),
+        f"MLflow: {r['settings']['mlflow']}",
         "",
     ]
     return "\n".join(lines)

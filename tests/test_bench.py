@@ -52,6 +52,7 @@ def test_bench_reports_every_figure(tmp_path):
     # PSS splits shared pages (Ray's object store) between processes: never above summed RSS
     assert report["peak_pss_mb"] <= report["peak_rss_mb"]
     assert report["settings"]["ray"] == "private local Ray, started by the job"
+    assert report["settings"]["mlflow"] == "sqlite (embedded)"
     assert report["bound_rows_per_s"] <= min(report["io_only_rows_per_s"], report["model_only_rows_per_s"])
     # IO only is the best way the machine has: pyarrow reading each file whole or in batches, or Ray Data
     ways = ("io_only_pyarrow_whole_rows_per_s", "io_only_pyarrow_streamed_rows_per_s", "io_only_ray_rows_per_s")
