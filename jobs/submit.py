@@ -222,7 +222,8 @@ def job_failed(
     reason = errors[-1].removeprefix("lakecast: ") if errors else (message or "").strip() or "no message"
     tail = "\n".join(logs.splitlines()[-15:]) if not errors else ""
     text = f"Ray job {submission_id} {status.lower()}: {reason} (logs: {job_url(address, submission_id)})"
-    return SubmitError(f"{text}\n{tail}" if tail else text, fix_first=exit_code == EXIT_FIX_FIRST)
+    verdict = None if exit_code is None else exit_code == EXIT_FIX_FIRST
+    return SubmitError(f"{text}\n{tail}" if tail else text, fix_first=verdict)
 
 
 def driver_exit_code(address: str, submission_id: str) -> int | None:
