@@ -43,7 +43,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs import demo_data
+from jobs import demo_data, huge_pages
 from jobs.config import load_job
 from jobs.lake import Lake
 from jobs.settings import Settings
@@ -459,6 +459,10 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
     _settle(files)
 
     log.info("4/5 IO only")
+    if not job.compute.transparent_huge_pages:
+        # IO only reads under the memory policy of the job's actors (jobs/huge_pages.py); the
+        # processes this one started before (the job's driver, the naive loop) kept the kernel's
+        huge_pages.turn_off()
     # the best of two runs of each way to read: a baseline measured low would flatter the job
     io_ways = {
         way: max(
@@ -527,6 +531,7 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
             "min_actors": job.compute.min_actors,
             "max_actors": job.compute.max_actors,
             "cpus_per_actor": job.compute.cpus_per_actor,
+            "transparent_huge_pages": job.compute.transparent_huge_pages,
         },
     }
     if json_path:

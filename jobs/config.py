@@ -115,6 +115,10 @@ class ComputeSpec(Frozen):
     batch_size: int | Literal["auto"] = Field(
         8192, description="rows per model call; 'auto': measured at the start of each run (jobs/batch_size.py)"
     )
+    transparent_huge_pages: bool = Field(
+        False,
+        description="false: CPU actors turn Linux's transparent huge pages off for themselves (jobs/huge_pages.py)",
+    )
 
     @field_validator("gpus_per_actor")
     @classmethod

@@ -31,6 +31,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.huge_pages import turn_off as huge_pages_off
 from jobs.parquet_source import file_batches
 from jobs.validation import InvalidInput, RowValidator
 from models.predictor import in_batches, parquet_options
@@ -92,10 +93,15 @@ class ScoreAndWrite:
         batch_size: int,
         rows_per_file: int,
         threads: bool = False,
+        huge_pages: bool = True,
     ):
         """``dictionary``: string columns read dictionary-encoded, as Parquet stores them.
         ``threads``: decode a batch's columns on pyarrow's thread pool, for actors with two CPUs
-        or more (with one, its threads would only contend with the other actors)."""
+        or more (with one, its threads would only contend with the other actors).
+        ``huge_pages``: False turns transparent huge pages off for this process (the job's
+        default: :mod:`jobs.huge_pages` says why)."""
+        if not huge_pages:
+            huge_pages_off()
         self.predictor = predictor(**kwargs)
         self.validator, self.columns, self.dictionary = validator, columns, dictionary
         self.staging, self.filesystem = staging, filesystem

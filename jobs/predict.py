@@ -519,6 +519,7 @@ def _log_start(
             "compute.gpus_per_actor": gpus,
             "compute.cpus_per_actor": job.compute.cpus_per_actor,
             "compute.batch_size": job.compute.batch_size,
+            "compute.transparent_huge_pages": job.compute.transparent_huge_pages,
         }
     )
     mlflow.set_tags(
@@ -728,6 +729,7 @@ def score_and_write_kwargs(
         "batch_size": batch_size,
         "rows_per_file": job.output.rows_per_file,
         "threads": decode_on_threads(job.compute.cpus_per_actor),
+        "huge_pages": job.compute.transparent_huge_pages,
     }
 
 

@@ -69,6 +69,7 @@ def test_run_is_logged_to_mlflow(first_run, settings, churn_job):
     assert run.data.params["job"] == "churn"
     assert run.data.params["date"] == DAY.isoformat()
     assert run.data.params["model_uri"] == first_run.model.uri
+    assert run.data.params["compute.transparent_huge_pages"] == "False"  # the CPU actors turned them off
     assert run.data.metrics["rows"] == ROWS
     assert run.data.metrics["rows_per_s"] > 0
     # the startup split into its steps, which happen in this order

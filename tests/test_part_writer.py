@@ -3,7 +3,10 @@ score the rest and write a file of scores per ``rows_per_file`` input rows."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -138,3 +141,27 @@ def test_slices_cut_the_batches_that_straddle_two():
     batches = [pa.record_batch({"x": list(range(n))}) for n in (5, 7, 3)]
     pieces = [(i, piece.num_rows) for i, piece in slices(batches, 4)]
     assert pieces == [(0, 4), (1, 1), (1, 3), (2, 4), (3, 3)]
+
+
+# a fresh interpreter: the switch holds for the rest of a process's life
+ACTOR_IN_A_PROCESS = """
+import sys
+from jobs.huge_pages import turned_off
+from jobs.part_writer import ScoreAndWrite
+ScoreAndWrite(dict, {}, validator=None, columns=[], dictionary=[], staging="", filesystem=None,
+              batch_size=1, rows_per_file=1, huge_pages=sys.argv[1] == "on")
+print(turned_off())
+"""
+
+
+@pytest.mark.skipif(
+    "THP_enabled:" not in Path("/proc/self/status").read_text() if Path("/proc/self/status").exists() else True,
+    reason="the kernel does not report transparent huge pages per process",
+)
+def test_an_actor_turns_transparent_huge_pages_off_for_its_process_unless_the_job_keeps_them():
+    def turned_off(setting: str) -> str:
+        argv = [sys.executable, "-c", ACTOR_IN_A_PROCESS, setting]
+        return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
+
+    assert turned_off("off") == "True"
+    assert turned_off("on") == "False"
