@@ -460,8 +460,9 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
 
     log.info("4/5 IO only")
     if not job.compute.transparent_huge_pages:
-        # IO only reads under the memory policy of the job's actors (jobs/huge_pages.py); the
-        # processes this one started before (the job's driver, the naive loop) kept the kernel's
+        # IO only reads under the memory policy of the job's actors (jobs/huge_pages.py). What
+        # started before this point keeps the kernel's setting: the job's driver, the naive loop,
+        # and a running Ray's workers, which did the Ray Data IO pass as step 0.
         huge_pages.turn_off()
     # the best of two runs of each way to read: a baseline measured low would flatter the job
     io_ways = {

@@ -154,8 +154,11 @@ print(turned_off())
 """
 
 
+STATUS = Path("/proc/self/status")
+
+
 @pytest.mark.skipif(
-    "THP_enabled:" not in Path("/proc/self/status").read_text() if Path("/proc/self/status").exists() else True,
+    not STATUS.exists() or "THP_enabled:" not in STATUS.read_text(),
     reason="the kernel does not report transparent huge pages per process",
 )
 def test_an_actor_turns_transparent_huge_pages_off_for_its_process_unless_the_job_keeps_them():
