@@ -352,6 +352,7 @@ def hot_path_worker(out_dir: str, batch_size: int, count: int, index: int) -> di
     """One process of :func:`hot_path`: files ``index``, ``index + count``, ... of the partition."""
     from jobs import predict
     from jobs.part_writer import ScoreAndWrite
+    from jobs.ray_runtime import files_at_once
     from jobs.settings import load_settings
 
     settings = load_settings()
@@ -361,14 +362,24 @@ def hot_path_worker(out_dir: str, batch_size: int, count: int, index: int) -> di
     staging, quarantine = f"{out_dir}/{index}", f"{out_dir}/{index}-quarantine"
     for folder in (staging, quarantine):
         os.makedirs(folder, exist_ok=True)
+    # a process per core stands for an actor's thread per CPU: its files' threads, one at a time
+    at_once = files_at_once(job.compute, len(pre.files))
     options = predict.predictor_options(
-        job, lake, pre, settings=settings, run_id="0" * 32, started_at=dt.datetime.now(dt.UTC)
+        job, lake, pre, settings=settings, run_id="0" * 32, started_at=dt.datetime.now(dt.UTC), at_once=at_once
     )
     predictor, kwargs = predict.predictor_for(job, pre, options)
     validator = predict.row_validator(job, lake, pre, quarantine)
     actor = ScoreAndWrite(
         **predict.score_and_write_kwargs(
-            job, lake, pre, predictor, kwargs, validator=validator, staging=staging, batch_size=batch_size
+            job,
+            lake,
+            pre,
+            predictor,
+            kwargs,
+            validator=validator,
+            staging=staging,
+            batch_size=batch_size,
+            at_once=at_once,
         )
     )
     mine = pre.files[index::count]
@@ -387,6 +398,7 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
 
     from jobs import tracking
     from jobs.demo import registered_aliases, train_and_register
+    from jobs.ray_runtime import files_at_once
     from models.tabular import TabularScorer
 
     root = settings.home / "bench"
@@ -532,6 +544,7 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
             "min_actors": job.compute.min_actors,
             "max_actors": job.compute.max_actors,
             "cpus_per_actor": job.compute.cpus_per_actor,
+            "files_at_once": files_at_once(job.compute, len(files)),
             "transparent_huge_pages": job.compute.transparent_huge_pages,
         },
     }

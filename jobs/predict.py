@@ -27,9 +27,11 @@ from jobs.ray_runtime import (
     actors_read_and_write,
     decode_on_threads,
     ensure_ray,
+    files_at_once,
     files_dataset,
     gpus_per_actor,
     read_parquet_files,
+    threads_per_file,
 )
 from jobs.settings import Settings, load_settings
 from jobs.validation import InvalidInput
@@ -518,6 +520,7 @@ def _log_start(
             "compute.max_actors": job.compute.max_actors,
             "compute.gpus_per_actor": gpus,
             "compute.cpus_per_actor": job.compute.cpus_per_actor,
+            "compute.files_at_once": files_at_once(job.compute, len(files)) if actors_read_and_write(gpus) else 1,
             "compute.batch_size": job.compute.batch_size,
             "compute.transparent_huge_pages": job.compute.transparent_huge_pages,
         }
@@ -555,8 +558,8 @@ def _score(
 ) -> tuple[float, dict[str, float]]:
     """The Ray Data pipeline: read → validate rows → actor pool of predictors → Parquet in staging.
 
-    CPU actors run all four steps themselves, a file at a time (docs/adr/0002); GPU actors get
-    their batches from read tasks and hand them to write tasks.
+    CPU actors run all four steps themselves, a file per thread and a thread per CPU
+    (docs/adr/0002); GPU actors get their batches from read tasks and hand them to write tasks.
 
     Fault tolerance is Ray Data's, kept on purpose (its knobs, ``ray_remote_args``, are deprecated
     in Ray 2.60): an actor that dies is restarted and its in-flight work resubmitted, a read or
@@ -570,8 +573,17 @@ def _score(
     """
     from jobs.part_writer import ScoreAndWrite, stage_seconds  # imports Ray Data: only once Ray is up
 
+    # CPU actors score as many files at once as they have CPUs, a thread each (files_at_once)
+    at_once = files_at_once(job.compute, len(pre.files)) if actors_read_and_write(gpus) else 1
     options = predictor_options(
-        job, lake, pre, settings=settings, run_id=run_id, started_at=started_at, telemetry_dir=telemetry_path(staging)
+        job,
+        lake,
+        pre,
+        settings=settings,
+        run_id=run_id,
+        started_at=started_at,
+        telemetry_dir=telemetry_path(staging),
+        at_once=at_once,
     )
     columns, categorical = read_columns(job, pre.rules)
     batch_size = job.compute.batch_size
@@ -587,7 +599,7 @@ def _score(
             filesystem=lake.fs,
             columns=columns,
             rows_in=pre.rows_in,
-            cpus=job.compute.cpus_per_actor,
+            cpus=threads_per_file(job.compute, at_once),
             gpus=gpus,
             dictionary=categorical,
             rules=pre.rules,
@@ -597,12 +609,20 @@ def _score(
     validator = row_validator(job, lake, pre, q_staging)
     if actors_read_and_write(gpus):
         # a task per input file, each actor streaming its files from read to write (docs/adr/0002)
-        actors = actor_pool(job.compute, inputs=len(pre.files))
+        actors = actor_pool(job.compute, inputs=len(pre.files), at_once=at_once)
         started = time.time()
         done = files_dataset([f.path for f in pre.files], [lake.uri(f.path) for f in pre.files]).map_batches(
             ScoreAndWrite,
             fn_constructor_kwargs=score_and_write_kwargs(
-                job, lake, pre, predictor, kwargs, validator=validator, staging=staging, batch_size=batch_size
+                job,
+                lake,
+                pre,
+                predictor,
+                kwargs,
+                validator=validator,
+                staging=staging,
+                batch_size=batch_size,
+                at_once=at_once,
             ),
             batch_format="pyarrow",
             batch_size=1,
@@ -659,8 +679,10 @@ def predictor_options(
     run_id: str,
     started_at: dt.datetime,
     telemetry_dir: str | None = None,
+    at_once: int = 1,
 ) -> PredictorOptions:
-    """The champion's options, as the job's actors get them."""
+    """The champion's options, as the job's actors get them when each scores ``at_once`` files at
+    a time (:func:`jobs.ray_runtime.files_at_once`)."""
     ref = pre.ref
     return PredictorOptions(
         model_uri=ref.uri,
@@ -670,7 +692,7 @@ def predictor_options(
         score_column=job.output.score_column,
         threshold=job.output.threshold,
         lineage=Lineage(ref.name, ref.version, run_id, started_at, variant=ref.alias or f"v{ref.version}"),
-        num_threads=max(1, int(job.compute.cpus_per_actor)),
+        num_threads=max(1, int(threads_per_file(job.compute, at_once))),
         telemetry_dir=telemetry_dir,
         filesystem=lake.fs,
         input_columns=pre.columns,
@@ -714,9 +736,11 @@ def score_and_write_kwargs(
     validator: validation.RowValidator,
     staging: str,
     batch_size: int,
+    at_once: int = 1,
 ) -> dict[str, Any]:
-    """What a CPU actor's :class:`jobs.part_writer.ScoreAndWrite` is built with; the benchmark
-    builds the same in plain processes, to measure the job's own work without Ray."""
+    """What a CPU actor's :class:`jobs.part_writer.ScoreAndWrite` is built with, for ``at_once``
+    files at a time; the benchmark builds the same in plain processes, to measure the job's own
+    work without Ray."""
     columns, categorical = read_columns(job, pre.rules)
     return {
         "predictor": predictor,
@@ -728,7 +752,7 @@ def score_and_write_kwargs(
         "filesystem": lake.fs,
         "batch_size": batch_size,
         "rows_per_file": job.output.rows_per_file,
-        "threads": decode_on_threads(job.compute.cpus_per_actor),
+        "threads": decode_on_threads(threads_per_file(job.compute, at_once)),
         "huge_pages": job.compute.transparent_huge_pages,
     }
 

@@ -78,7 +78,8 @@ def test_run_is_logged_to_mlflow(first_run, settings, churn_job):
     assert m["startup.pipeline_start_s"] < m["startup.actor_ready_s"] <= m["startup_s"]
     # where the actors' time went, stage by stage, within the job's own time on its actors
     stages = {stage: m[f"actors.{stage}_s"] for stage in ("read", "validate", "score", "write")}
-    assert all(t > 0 for t in stages.values()) and sum(stages.values()) < m["seconds"] * churn_job.compute.max_actors
+    threads = churn_job.compute.max_actors * int(run.data.params["compute.files_at_once"])
+    assert all(t > 0 for t in stages.values()) and sum(stages.values()) < m["seconds"] * threads
     assert first_run.as_dict()["actor_seconds"] == pytest.approx(stages, abs=1e-3)
     assert run.data.tags["lakecast.model_version"] == f"churn-classifier/{first_run.model.version}"
     contexts = {tag.value for d in run.inputs.dataset_inputs for tag in d.tags if tag.key == "mlflow.data.context"}
@@ -181,15 +182,17 @@ def test_the_gpu_pipeline_shape_writes_every_row_once(
     settings, registered, ray_local, churn_job, tmp_path, monkeypatch, caplog
 ):
     """GPU actors get batches from read tasks and hand them to write tasks (no GPU here: the same
-    pipeline on CPU actors). The job's two actors would hold both CPUs and starve the reads: one
-    starts, and the log says why."""
+    pipeline on CPU actors). Two actors of a CPU each would hold both CPUs and starve the reads:
+    one starts, and the log says why."""
     from jobs import demo_data, predict
     from jobs.lake import Lake
 
     monkeypatch.setattr(predict, "actors_read_and_write", lambda gpus: False)
     lake = Lake(str(tmp_path / "lake"))
     demo_data.write_partition(lake, demo_data.RAW_TABLE, DAY, demo_data.generate(ROWS, DAY), files=3)
-    result = run_job(churn_job, DAY, settings=settings.model_copy(update={"lake_root": lake.root}))
+    two = churn_job.compute.model_copy(update={"min_actors": 2, "max_actors": 2, "cpus_per_actor": 1})
+    job = churn_job.model_copy(update={"compute": two})
+    result = run_job(job, DAY, settings=settings.model_copy(update={"lake_root": lake.root}))
     table = read_output(lake)
     assert result.rows == table.num_rows == len(table["customer_id"].unique()) == ROWS
     assert set(table["scoring_run_id"].to_pylist()) == {result.run_id}

@@ -137,6 +137,51 @@ def test_under_the_fail_policy_an_invalid_row_names_its_file(writer, raw, tmp_pa
     )
 
 
+def test_one_actor_scores_two_files_at_once_as_it_scores_them_one_after_the_other(writer, raw, tmp_path, folders):
+    """An actor with two CPUs gets two files at a time, each on a thread of Ray's (the job's
+    files_at_once): the same instance serves both calls, and nothing of one file's may end up in
+    the other's output or counts."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    inputs = {f"part-{i}": raw.slice(start, 100 + 10 * i) for i, start in enumerate(range(0, 400, 100))}
+    for stem, table in inputs.items():
+        pq.write_table(table, tmp_path / f"{stem}.parquet")
+    actor = writer()
+    with ThreadPoolExecutor(2) as pool:
+        done = [
+            row
+            for result in pool.map(lambda stem: run(actor, tmp_path / f"{stem}.parquet"), inputs)
+            for row in result.to_pylist()
+        ]
+    assert [(row["file"], row["rows"]) for row in done] == [
+        (f"file://{tmp_path}/{stem}.parquet", table.num_rows) for stem, table in inputs.items()
+    ]
+    staging, _ = folders
+    for stem, table in inputs.items():
+        assert files_of(staging).count(f"{stem}-0000.parquet") == 1
+        out = pq.read_table(staging / f"{stem}-0000.parquet")
+        assert out["customer_id"].to_pylist() == table["customer_id"].to_pylist()
+
+
+@pytest.mark.parametrize(
+    ("cpus", "min_actors", "files", "at_once", "threads_each"),
+    [
+        (2, 1, 10, 2, 1),  # the churn job on two cores: a file per CPU, torch on one thread each
+        (2, 1, 1, 1, 2),  # one file: it gets both CPUs' threads instead
+        (1, 2, 10, 1, 1),
+        (0.5, 1, 10, 1, 0.5),
+        (8, 2, 6, 3, 8 / 3),  # no more files at once than an actor's share of them
+    ],
+)
+def test_a_cpu_actor_scores_a_file_per_cpu_at_once(cpus, min_actors, files, at_once, threads_each):
+    from jobs.config import ComputeSpec
+    from jobs.ray_runtime import files_at_once, threads_per_file
+
+    compute = ComputeSpec(cpus_per_actor=cpus, min_actors=min_actors, max_actors=max(2, min_actors))
+    assert files_at_once(compute, files) == at_once
+    assert threads_per_file(compute, at_once) == pytest.approx(threads_each)
+
+
 def test_slices_cut_the_batches_that_straddle_two():
     batches = [pa.record_batch({"x": list(range(n))}) for n in (5, 7, 3)]
     pieces = [(i, piece.num_rows) for i, piece in slices(batches, 4)]
