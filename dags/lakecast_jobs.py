@@ -67,7 +67,8 @@ def _doc(job: JobConfig, table_uri: str) -> str:
 | model | `{job.model.name}` {selector}, resolved to a version number at run time |
 | output | `{table_uri}/ds=<date>/`, column `{job.output.score_column}` plus lineage |
 | schedule | `{job.schedule}` (UTC); a scheduled run scores the day before its run date |
-| actors | {job.compute.min_actors} to {job.compute.max_actors}, GPUs per actor: {job.compute.gpus_per_actor} |
+| actors | {job.compute.min_actors} to {job.compute.max_actors} |
+| per actor | {job.compute.cpus_per_actor:g} CPU(s), GPUs: {job.compute.gpus_per_actor} |
 
 Trigger one date: `airflow dags trigger {job.dag_id} --conf '{{"date": "YYYY-MM-DD"}}'`.
 Tasks: **check_input** (the partition exists and is readable) → **predict** (Ray Data job,
