@@ -363,7 +363,7 @@ def hot_path_worker(out_dir: str, batch_size: int, count: int, index: int) -> di
     for folder in (staging, quarantine):
         os.makedirs(folder, exist_ok=True)
     # a process per core stands for an actor's thread per CPU: its files' threads, one at a time
-    at_once = files_at_once(job.compute, len(pre.files))
+    at_once = files_at_once(job.compute, len(pre.files), gpus=0)
     options = predict.predictor_options(
         job, lake, pre, settings=settings, run_id="0" * 32, started_at=dt.datetime.now(dt.UTC), at_once=at_once
     )
@@ -544,7 +544,7 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
             "min_actors": job.compute.min_actors,
             "max_actors": job.compute.max_actors,
             "cpus_per_actor": job.compute.cpus_per_actor,
-            "files_at_once": files_at_once(job.compute, len(files)),
+            "files_at_once": files_at_once(job.compute, len(files), gpus=0),
             "transparent_huge_pages": job.compute.transparent_huge_pages,
         },
     }

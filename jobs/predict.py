@@ -520,7 +520,7 @@ def _log_start(
             "compute.max_actors": job.compute.max_actors,
             "compute.gpus_per_actor": gpus,
             "compute.cpus_per_actor": job.compute.cpus_per_actor,
-            "compute.files_at_once": files_at_once(job.compute, len(files)) if actors_read_and_write(gpus) else 1,
+            "compute.files_at_once": files_at_once(job.compute, len(files), gpus=gpus),
             "compute.batch_size": job.compute.batch_size,
             "compute.transparent_huge_pages": job.compute.transparent_huge_pages,
         }
@@ -573,8 +573,7 @@ def _score(
     """
     from jobs.part_writer import ScoreAndWrite, stage_seconds  # imports Ray Data: only once Ray is up
 
-    # CPU actors score as many files at once as they have CPUs, a thread each (files_at_once)
-    at_once = files_at_once(job.compute, len(pre.files)) if actors_read_and_write(gpus) else 1
+    at_once = files_at_once(job.compute, len(pre.files), gpus=gpus)
     options = predictor_options(
         job,
         lake,

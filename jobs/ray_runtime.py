@@ -99,15 +99,18 @@ def actor_pool(
     return ray.data.ActorPoolStrategy(min_size=low, max_size=max(low, compute.max_actors), **threads)
 
 
-def files_at_once(compute: ComputeSpec, files: int) -> int:
+def files_at_once(compute: ComputeSpec, files: int, *, gpus: float) -> int:
     """How many input files a CPU actor scores at the same time, each on a thread of its own: one
-    per whole CPU it reserves, and no more than its share of the partition's files.
+    per whole CPU it reserves, and no more than its share of the partition's files. A GPU actor
+    (``gpus`` > 0) scores one batch at a time.
 
     One actor on two CPUs scoring two files on two threads streams as fast as two actors of one
     CPU each (reading, scoring and writing run off the GIL), and it is one process less to start
     and to hold: on a fresh 2-CPU Ray it was ready 3.2 s after the pipeline started against 4.1 s
     for two, and the job held 240 MiB less (docs/benchmark.md). With fewer files than CPUs, a
     file gets more threads instead: torch's and pyarrow's (see :func:`threads_per_file`)."""
+    if not actors_read_and_write(gpus):
+        return 1
     actors = max(1, min(compute.min_actors, files))
     return max(1, min(int(compute.cpus_per_actor), math.ceil(files / actors)))
 

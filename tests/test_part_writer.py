@@ -178,8 +178,9 @@ def test_a_cpu_actor_scores_a_file_per_cpu_at_once(cpus, min_actors, files, at_o
     from jobs.ray_runtime import files_at_once, threads_per_file
 
     compute = ComputeSpec(cpus_per_actor=cpus, min_actors=min_actors, max_actors=max(2, min_actors))
-    assert files_at_once(compute, files) == at_once
+    assert files_at_once(compute, files, gpus=0) == at_once
     assert threads_per_file(compute, at_once) == pytest.approx(threads_each)
+    assert files_at_once(compute, files, gpus=1) == 1  # a GPU actor takes a batch at a time
 
 
 def test_slices_cut_the_batches_that_straddle_two():
