@@ -362,7 +362,8 @@ def hot_path_worker(out_dir: str, batch_size: int, count: int, index: int) -> di
     staging, quarantine = f"{out_dir}/{index}", f"{out_dir}/{index}-quarantine"
     for folder in (staging, quarantine):
         os.makedirs(folder, exist_ok=True)
-    # a process per core stands for an actor's thread per CPU: its files' threads, one at a time
+    # each process stands for one of an actor's threads: it scores its files one at a time, with
+    # the torch and pyarrow threads the job gives a file (files_at_once, threads_per_file)
     at_once = files_at_once(job.compute, len(pre.files), gpus=0)
     options = predict.predictor_options(
         job, lake, pre, settings=settings, run_id="0" * 32, started_at=dt.datetime.now(dt.UTC), at_once=at_once
