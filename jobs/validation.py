@@ -154,6 +154,28 @@ def _dictionary_checks(column: pa.ChunkedArray, rule: ColumnRule) -> Iterator[tu
         )
 
 
+def _all_finite(column: pa.ChunkedArray) -> bool:
+    """True when no value of a floating-point column is NaN or infinite. False may be wrong,
+    which only sends the column down the exact path (the masks of :func:`_checks`).
+
+    One sum per chunk over its values buffer as it is: a sum is NaN or infinite when a value is,
+    and otherwise only when it overflows. It allocates nothing, where each mask costs two passes,
+    and nearly every night's columns pass. The slots of nulls are summed too: pyarrow's Parquet
+    reader leaves zero there, and anything else only sends the column down the exact path, which
+    skips nulls. Arrow's own sum skips them, and slows in step with their share: 2.4 against 0.3
+    ns a row for a column with 10% nulls.
+    """
+    for chunk in column.chunks:
+        data = chunk.buffers()[1]
+        if data is None:  # an empty or all-null chunk
+            continue
+        end = chunk.offset + len(chunk)
+        values = np.frombuffer(data, dtype=chunk.type.to_pandas_dtype(), count=end)[chunk.offset :]
+        if not math.isfinite(np.add.reduce(values)):
+            return False
+    return True
+
+
 def _checks(column: pa.ChunkedArray, rule: ColumnRule) -> Iterator[tuple[pa.ChunkedArray, str]]:
     """(mask of the rows breaking one rule, what is wrong with them), for one column."""
     if pa.types.is_dictionary(column.type):
@@ -161,10 +183,7 @@ def _checks(column: pa.ChunkedArray, rule: ColumnRule) -> Iterator[tuple[pa.Chun
             yield from _dictionary_checks(column, rule)
             return
         column = column.cast(column.type.value_type)
-    # a column's sum is finite exactly when none of its values is NaN or infinite (or the sum
-    # overflows, which only sends it down the exact path): one pass that allocates nothing, where
-    # the masks cost two, on nearly every night's columns
-    if pa.types.is_floating(column.type) and not math.isfinite(pc.sum(column).as_py() or 0.0):
+    if pa.types.is_floating(column.type) and not _all_finite(column):
         yield pc.is_inf(column), "infinite"
         if not rule.nullable:
             yield pc.is_nan(column), "NaN"

@@ -48,3 +48,36 @@ def test_a_null_row_in_a_dictionary_column_whose_values_are_all_fine():
     """The per-value checks pass, so only the row's own null can flag it."""
     table = batch([["north"], [None, "south"]], [[30], [40, 50]], encode=True)
     assert invalid_reasons(table, [REGION, AGE]).to_pylist() == [None, "region: null", None]
+
+
+def _with_null_slots_holding(values: list[float], nulls: list[bool]) -> pa.Array:
+    """A float64 array whose null rows' slots hold ``values`` anyway, as any writer may leave them."""
+    import numpy as np
+
+    validity = pa.array([not n for n in nulls]).buffers()[1]
+    data = pa.py_buffer(np.array(values, dtype=np.float64).tobytes())
+    return pa.Array.from_buffers(pa.float64(), len(values), [validity, data], null_count=sum(nulls))
+
+
+NULLABLE_AGE = ColumnRule(name="age", kind="number", nullable=True)
+
+
+def test_a_null_is_not_infinite_whatever_its_slot_holds():
+    """The clean-column check sums the values buffer, null slots included: NaN or infinity left
+    in a null's slot must not flag the row, and a real infinity next to it must."""
+    ages = _with_null_slots_holding([30.0, float("inf"), float("nan"), 50.0], [False, True, True, False])
+    table = pa.table({"age": pa.chunked_array([ages])})
+    assert invalid_reasons(table, [NULLABLE_AGE]).to_pylist() == [None, None, None, None]
+    table = pa.table({"age": pa.chunked_array([ages, pa.array([float("-inf"), 1.0])])})
+    assert invalid_reasons(table, [NULLABLE_AGE]).to_pylist() == [None, None, None, None, "age: infinite", None]
+
+
+@pytest.mark.parametrize("type_", [pa.float64(), pa.float32()], ids=["float64", "float32"])
+def test_only_the_rows_of_a_slice_are_checked(type_):
+    """Ray Data hands the job slices of larger arrays: an infinity outside the slice is not in the batch."""
+    ages = pa.array([float("inf"), 30.0, None, 40.0, float("nan")], type_)
+    assert invalid_reasons(pa.table({"age": ages.slice(1, 3)}), [NULLABLE_AGE]).null_count == 3
+    assert invalid_reasons(pa.table({"age": ages.slice(0, 2)}), [NULLABLE_AGE]).to_pylist() == ["age: infinite", None]
+    assert invalid_reasons(pa.table({"age": ages.slice(3, 2)}), [AGE]).to_pylist() == [None, "age: NaN"]
+    late = pa.array([30.0, 40.0, float("inf")], type_).slice(2, 1)  # the buffer's first value is fine
+    assert invalid_reasons(pa.table({"age": late}), [NULLABLE_AGE]).to_pylist() == ["age: infinite"]
