@@ -183,6 +183,7 @@ def test_the_airflow_ui_shows_the_successful_run(stack, dag_run, tmp_path):
     if not (chromium and driver_bin):
         pytest.fail("chromium and chromedriver are needed: apt-get install chromium chromium-driver (make test does)")
     from selenium import webdriver
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
@@ -205,7 +206,9 @@ def test_the_airflow_ui_shows_the_successful_run(stack, dag_run, tmp_path):
     browser = webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_bin), options=options)
     airflow: Airflow = stack["airflow"]
     try:
-        wait = WebDriverWait(browser, 60)
+        # the DAG's page sends a new session on to the login form: a look at the page while it
+        # navigates is refused ("aborted by navigation"), so the waits look again until they time out
+        wait = WebDriverWait(browser, 60, ignored_exceptions=(WebDriverException,))
         browser.get(f"{airflow.url}/dags/{DAG_ID}")
         wait.until(ec.presence_of_element_located((By.NAME, "username"))).send_keys("admin")
         browser.find_element(By.NAME, "password").send_keys(airflow.password)
