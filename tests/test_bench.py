@@ -63,7 +63,9 @@ def test_bench_reports_every_figure(tmp_path):
     assert report["vs_naive"] == pytest.approx(report["naive_seconds"] / report["lakecast_seconds"], rel=0.01)
     # the efficiency's two factors: the job's work per row without Ray, then what Ray costs
     factors = report["hot_path_vs_bound"] * report["steady_vs_hot_path"]
-    assert report["efficiency"] == pytest.approx(factors, rel=0.01)
+    # each of the three is rounded to 0.001: at this size the efficiency can be as small as 0.06,
+    # where the rounding alone moves the product by more than 1%
+    assert report["efficiency"] == pytest.approx(factors, rel=0.01, abs=0.0025)
     # the startup split into its steps, in the order they happen, ending at the first batch
     steps = report["startup_milestones_s"]
     assert list(steps) == ["job_start", "ray_ready", "checks_done", "pipeline_start", "actor_ready", "first_batch"]
