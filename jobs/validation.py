@@ -167,7 +167,7 @@ def _all_finite(column: pa.ChunkedArray) -> bool:
     """
     for chunk in column.chunks:
         data = chunk.buffers()[1]
-        if data is None:  # an empty or all-null chunk
+        if data is None:  # Arrow allows a chunk without rows to have no values buffer
             continue
         end = chunk.offset + len(chunk)
         values = np.frombuffer(data, dtype=chunk.type.to_pandas_dtype(), count=end)[chunk.offset :]
