@@ -26,7 +26,7 @@ class RayHead:
         self.workdir = workdir
         self.num_cpus = num_cpus
         # every port of its own: a local Ray in the test process holds Ray's defaults (agent 52365, ...)
-        ports = free_ports(8, start=41000, paired=False)
+        ports = free_ports(8, start=22000, paired=False)
         self.gcs, self.dashboard, self.client = ports[:3]
         self.min_worker = max(ports) + 1  # workers take the 200 ports after the named ones
         self.agent_ports = dict(

@@ -30,13 +30,24 @@ def _free(port: int) -> bool:
     return True
 
 
+# each caller's ports come from a span of its own, below the kernel's ephemeral range
+# (/proc/sys/net/ipv4/ip_local_port_range, 32768-60999 by default), from which every outgoing
+# connection takes its local port: a port picked there can be taken between its check and the
+# server's bind (seen once: Airflow's API server on 54544, "address already in use")
+SPAN = 1500
+EPHEMERAL = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
+
 def free_ports(count: int, *, start: int = 20000, paired: bool = True) -> list[int]:
-    """Free ports from ``start`` on, spread by pid to avoid clashes; ``paired``: p + 10000 free too
-    (SeaweedFS's gRPC ports)."""
+    """Free ports in ``[start, start + SPAN)``, spread by pid to avoid clashes; ``paired``: p +
+    10000 free too (SeaweedFS's gRPC ports)."""
+    highest = start + SPAN - 1 + (10000 if paired else 0)
+    if EPHEMERAL.exists() and highest >= int(EPHEMERAL.read_text().split()[0]):
+        raise ValueError(f"ports up to {highest} reach into the ephemeral range {EPHEMERAL.read_text().strip()}")
     ports: list[int] = []
-    port = start + (os.getpid() * 7) % 9000
+    port = start + (os.getpid() * 7) % SPAN
     while len(ports) < count:
-        port = start + (port - start + 1) % 9000
+        port = start + (port - start + 1) % SPAN
         if _free(port) and (not paired or _free(port + 10000)):
             ports.append(port)
     return ports

@@ -71,7 +71,7 @@ def test_the_printed_airflow_command_starts_every_component(demo, tmp_path):
     assert ".venv/bin/lakecast airflow standalone" in proc.stdout
     venv_bin = str(Path(sys.executable).parent)
     path = os.pathsep.join(p for p in env.get("PATH", os.defpath).split(os.pathsep) if p and p != venv_bin)
-    (port,) = free_ports(1, start=28000, paired=False)
+    (port,) = free_ports(1, start=26000, paired=False)
     standalone = Service(
         "standalone",
         [LAKECAST, "airflow", "standalone"],

@@ -38,7 +38,7 @@ def stack(s3_server, ray_head, tmp_path_factory):
     logs = ARTIFACTS / "production-logs"
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir(parents=True)
-    pg_port, mlflow_port, airflow_port = free_ports(3, start=51000, paired=False)
+    pg_port, mlflow_port, airflow_port = free_ports(3, start=24000, paired=False)
     prefix = f"s3://{S3_BUCKET}/e2e-{os.getpid()}"
     # the shipped job files, in a folder of the site's own (LAKECAST_CONF, which cluster jobs must
     # receive too), with the churn job triggered only: a scheduled run beside ours would double the work
