@@ -5,12 +5,14 @@ It generates its data once (``$LAKECAST_HOME/bench/lake``), then measures in one
 1. IO only: read the job's input columns and write the job's output columns with no model
    (zeros for the scores), through Ray Data and through plain pyarrow (each file read whole, and
    streamed in batches as the job's actors read it), the best of them;
-2. model only: the same network on feature tensors already in memory, all cores;
+2. model only: the same network on feature tensors already in memory, all cores
+   (the bound's two measures, each taken before the job and again after it, the best kept);
 3. naive: what a user writes by hand in one process: pandas read, a torch loop over batches,
    pandas write;
 4. the lakecast job itself, as ``lakecast run churn`` in a fresh process;
-5. the job's own work without Ray: its CPU actors' read-validate-score-write code in one plain
-   process per core, each over its share of the files (:func:`hot_path`).
+5. the job's own work without Ray: its CPU actors' read-validate-score-write code in plain
+   processes shaped as its actors are (a process per actor, a thread per file it scores at
+   once), each over its share of the files (:func:`hot_path`).
 
 With the model on the CPU, reading, writing and the model share the cores, so the bound is
 1 / (1/IO + 1/model); efficiency = steady-state rows/s of the job / bound, and vs_naive = naive
@@ -44,7 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs import demo_data, huge_pages
-from jobs.config import load_job
+from jobs.config import ComputeSpec, load_job
 from jobs.lake import Lake
 from jobs.settings import Settings
 from models.predictor import Lineage, parquet_options, prediction_columns
@@ -182,6 +184,32 @@ def _io_only_ray(
         ray.shutdown()  # a private Ray stops; a running one is only disconnected from
 
 
+def bound_pass(
+    files: list[str], model_uri: str, batch_size: int | None, scratch: Path, *, huge_pages_off: bool
+) -> dict[str, float]:
+    """IO only (pyarrow, each file whole and streamed) and model only, once each, in rows/s: the
+    bound's first measurement, taken in a fresh process before the job (``python -m jobs.bench
+    bound``) so that it reads under the job's actors' memory policy while the job's driver keeps
+    the kernel's. ``batch_size`` None (the job's is ``auto``, chosen by the job): IO only.
+
+    The bound is measured again after the job and the best of both passes is kept: the machine's
+    speed moves within minutes, and a bound measured in a slow stretch alone would flatter the
+    job (one run's model only read 27M rows/s after the job where the first pass read 63M)."""
+    import mlflow
+
+    if huge_pages_off:
+        huge_pages.turn_off()
+    model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().arrow_scorer()
+    columns, categorical = [demo_data.KEY, *model.input_columns], list(model.spec.categorical)
+    found = {
+        f"io_{way}": io_only_pyarrow(files, columns, scratch / f"io-{way}", categorical, streamed=way == "streamed")
+        for way in ("whole", "streamed")
+    }
+    if batch_size:
+        found["model"] = model_only(model, files, batch_size)
+    return {name: t.rows_per_s for name, t in found.items()}
+
+
 def model_only(model: Any, files: list[str], batch_size: int, passes: int = 5) -> Timed:
     """The network alone on its input tensors already in memory, with every core: the scorer's
     ``forward`` on what its ``inputs`` made of the first file, in the job's batch size.
@@ -306,16 +334,34 @@ def naive(files: list[str], out_dir: str, model_uri: str, batch_size: int) -> in
     return int(np.int64(rows))
 
 
-def hot_path(scratch: Path, batch_size: int, env: dict[str, str]) -> tuple[Timed, dict[str, float]]:
-    """The job's own work per row without Ray: one plain process per core, each running the CPU
-    actors' :class:`jobs.part_writer.ScoreAndWrite` (read, validate, score, write), built as the
-    job builds it, over its share of the partition's files.
+def hot_path_shape(compute: ComputeSpec, files: int) -> tuple[int, int]:
+    """``(processes, threads)`` of the hot path: the actors the job runs on this machine, each
+    scoring as many files at once as an actor does, a thread each (files_at_once).
+
+    The churn job's one actor of two CPUs scores two files on two threads of one process, and
+    two threads sharing a process score about 10% slower than two processes (its GIL, its
+    allocator; docs/benchmark.md): that is the job's design, not Ray's, so the hot path keeps it
+    and the factor "steady state against the work without Ray" prices Ray alone."""
+    from jobs.ray_runtime import files_at_once
+
+    cpus = os.cpu_count() or 1
+    actors = max(1, min(compute.max_actors, files, int(cpus // compute.cpus_per_actor)))
+    return actors, files_at_once(compute, files, gpus=0)
+
+
+def hot_path(
+    scratch: Path, batch_size: int, env: dict[str, str], shape: tuple[int, int]
+) -> tuple[Timed, dict[str, float]]:
+    """The job's own work per row without Ray: plain processes shaped as the job's CPU actors
+    (:func:`hot_path_shape`), each running the actors' :class:`jobs.part_writer.ScoreAndWrite`
+    (read, validate, score, write), built as the job builds it, over its share of the
+    partition's files.
 
     Timed from the moment every process is ready (model loaded, modules imported) to the last
     file written: the steady state of a perfect split, with nothing of Ray's in it. Between the
     bound and this lies the work the bound leaves out (validation, the features' conversion from
-    Arrow); between this and the job's steady state, what Ray costs (its processes, scheduling,
-    and the actors' ramp).
+    Arrow, and the threads' cost where an actor scores files side by side); between this and the
+    job's steady state, what Ray costs (its processes, scheduling, and the actors' ramp).
 
     Also returns the seconds the processes spent in each stage (jobs.part_writer.STAGES), summed,
     to set beside the job's own (its ``actor_seconds``)."""
@@ -323,7 +369,7 @@ def hot_path(scratch: Path, batch_size: int, env: dict[str, str]) -> tuple[Timed
 
     from jobs.part_writer import stage_seconds  # imports Ray Data's block types
 
-    count = os.cpu_count() or 1
+    count, _ = shape
     argv = [sys.executable, "-m", "jobs.bench", "hot-path", str(scratch / "hot-path"), str(batch_size), str(count)]
     with contextlib.ExitStack() as stack:
         procs = []
@@ -349,7 +395,10 @@ def hot_path(scratch: Path, batch_size: int, env: dict[str, str]) -> tuple[Timed
 
 
 def hot_path_worker(out_dir: str, batch_size: int, count: int, index: int) -> dict[str, Any]:
-    """One process of :func:`hot_path`: files ``index``, ``index + count``, ... of the partition."""
+    """One process of :func:`hot_path`: files ``index``, ``index + count``, ... of the partition,
+    as many at once as one of the job's actors scores, a thread each."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from jobs import predict
     from jobs.part_writer import ScoreAndWrite
     from jobs.ray_runtime import files_at_once
@@ -362,8 +411,8 @@ def hot_path_worker(out_dir: str, batch_size: int, count: int, index: int) -> di
     staging, quarantine = f"{out_dir}/{index}", f"{out_dir}/{index}-quarantine"
     for folder in (staging, quarantine):
         os.makedirs(folder, exist_ok=True)
-    # each process stands for one of an actor's threads: it scores its files one at a time, with
-    # the torch and pyarrow threads the job gives a file (files_at_once, threads_per_file)
+    # each process stands for one of the job's actors: it scores files_at_once files side by side,
+    # each with the torch and pyarrow threads the job gives a file (threads_per_file)
     at_once = files_at_once(job.compute, len(pre.files), gpus=0)
     options = predict.predictor_options(
         job, lake, pre, settings=settings, run_id="0" * 32, started_at=dt.datetime.now(dt.UTC), at_once=at_once
@@ -388,7 +437,8 @@ def hot_path_worker(out_dir: str, batch_size: int, count: int, index: int) -> di
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     sys.stdin.readline()
-    done = [actor.score_file(f.path, lake.uri(f.path)) for f in mine]
+    with ThreadPoolExecutor(at_once) as pool:  # files handed out as they finish, as Ray Data does
+        done = list(pool.map(lambda f: actor.score_file(f.path, lake.uri(f.path)), mine))
     return {"rows": rows, "done_unix": time.time(), "files": done}
 
 
@@ -428,10 +478,16 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
         # A Ray that runs between jobs, as a production cluster does, has already run Ray Data
         # (its helper actors are up): the Ray Data IO pass goes first, then the job joins it.
         _settle(files)
-        log.info("0/5 IO only through Ray Data on the running Ray at %s", running_ray)
+        log.info("0/6 IO only through Ray Data on the running Ray at %s", running_ray)
         io_ray = _io_only_ray(settings, files, columns, scratch, categorical)
     _settle(files)
-    log.info("1/5 lakecast job (fresh process)")
+    log.info("1/6 the bound, first pass: IO only and model only (fresh process)")
+    fixed_batch = job.compute.batch_size if job.compute.batch_size != "auto" else None
+    argv = [sys.executable, "-m", "jobs.bench", "bound", str(scratch / "bound"), ref.uri, str(fixed_batch or 0)]
+    argv += [str(int(not job.compute.transparent_huge_pages)), *files]
+    first_pass = json.loads(timed_process(argv, env)[2])
+    _settle(files)
+    log.info("2/6 lakecast job (fresh process)")
     start, job_process_s, out, job_peak = timed_process(
         [str(bin_dir / "lakecast"), "run", JOB, "--date", DAY.isoformat(), "--json"], env
     )
@@ -447,7 +503,7 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
 
     _settle(files)
 
-    log.info("2/5 naive loop (fresh process)")
+    log.info("3/6 naive loop (fresh process)")
     naive_start, naive_process_s, naive_out, naive_peak = timed_process(
         [
             sys.executable,
@@ -464,52 +520,72 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
     naive_s = json.loads(naive_out)["done_unix"] - naive_start  # to its last row written
 
     _settle(files)
-    log.info("3/5 the job's own work without Ray (a plain process per core)")
-    hot, hot_stages = hot_path(scratch, batch_size, env)
+    shape = hot_path_shape(job.compute, len(files))
+    log.info("4/6 the job's own work without Ray (%d plain process(es) of %d thread(s), as its actors)", *shape)
+    hot, hot_stages = hot_path(scratch, batch_size, env, shape)
     if hot.rows != rows:
         raise RuntimeError(f"the hot path read {hot.rows} rows of the partition's {rows}")
 
     _settle(files)
 
-    log.info("4/5 IO only")
+    log.info("5/6 IO only, the bound's second pass")
     if not job.compute.transparent_huge_pages:
         # IO only reads under the memory policy of the job's actors (jobs/huge_pages.py). What
         # started before this point keeps the kernel's setting: the job's driver, the naive loop,
         # and a running Ray's workers, which did the Ray Data IO pass as step 0.
         huge_pages.turn_off()
     # the best of two runs of each way to read: a baseline measured low would flatter the job
-    io_ways = {
-        way: max(
-            (
-                io_only_pyarrow(files, columns, scratch / f"io-{way}-{i}", categorical, streamed=way == "streamed")
-                for i in range(2)
-            ),
-            key=lambda t: t.rows_per_s,
+    second_pass = {
+        f"io_{way}": max(
+            io_only_pyarrow(
+                files, columns, scratch / f"io-{way}-{i}", categorical, streamed=way == "streamed"
+            ).rows_per_s
+            for i in range(2)
         )
         for way in ("whole", "streamed")
     }
-    io_pa = max(io_ways.values(), key=lambda t: t.rows_per_s)
     io_ray = io_ray or _io_only_ray(settings, files, columns, scratch, categorical)
     _settle(files)
-    log.info("5/5 model only")
-    mod = model_only(model, files, batch_size)
+    log.info("6/6 model only, the bound's second pass")
+    second_pass["model"] = model_only(model, files, batch_size).rows_per_s
     shutil.rmtree(scratch, ignore_errors=True)
 
-    io_best = max(io_pa.rows_per_s, io_ray.rows_per_s)
-    bound = 1 / (1 / io_best + 1 / mod.rows_per_s)
+    def best(name: str) -> float:  # over the two passes: the machine's best, never a slow stretch's
+        return max(p[name] for p in (first_pass, second_pass) if name in p)
+
+    def bound_of(io: float, model_rows_per_s: float) -> float:
+        return 1 / (1 / io + 1 / model_rows_per_s)
+
+    io_ways = {way: best(f"io_{way}") for way in ("whole", "streamed")}
+    io_pa = max(io_ways.values())
+    io_best = max(io_pa, io_ray.rows_per_s)
+    model_rows_per_s = best("model")
+    bound = bound_of(io_best, model_rows_per_s)
+    # each pass's own bound, to see how far the machine moved during the run
+    passes = {
+        name: round(
+            bound_of(
+                max(p["io_whole"], p["io_streamed"], io_ray.rows_per_s),
+                p.get("model", second_pass["model"]),
+            )
+        )
+        for name, p in (("before_job", first_pass), ("after", second_pass))
+    }
     report = {
         "rows": rows,
         "io_only_rows_per_s": round(io_best),
-        "io_only_pyarrow_rows_per_s": round(io_pa.rows_per_s),
-        "io_only_pyarrow_whole_rows_per_s": round(io_ways["whole"].rows_per_s),
-        "io_only_pyarrow_streamed_rows_per_s": round(io_ways["streamed"].rows_per_s),
+        "io_only_pyarrow_rows_per_s": round(io_pa),
+        "io_only_pyarrow_whole_rows_per_s": round(io_ways["whole"]),
+        "io_only_pyarrow_streamed_rows_per_s": round(io_ways["streamed"]),
         "io_only_ray_rows_per_s": round(io_ray.rows_per_s),
-        "model_only_rows_per_s": round(mod.rows_per_s),
+        "model_only_rows_per_s": round(model_rows_per_s),
         "naive_rows_per_s": round(rows / naive_s),
         "lakecast_rows_per_s": round(rows / job_s),
         "steady_rows_per_s": round(steady),
         "hot_path_rows_per_s": round(hot.rows_per_s),
         "bound_rows_per_s": round(bound),
+        # the bound of each pass alone; the bound above takes each figure's best of the two
+        "bound_rows_per_s_by_pass": passes,
         "efficiency": round(steady / bound, 3),
         # the efficiency's two factors: the job's work per row, then what Ray costs
         "hot_path_vs_bound": round(hot.rows_per_s / bound, 3),
@@ -546,6 +622,8 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
             "max_actors": job.compute.max_actors,
             "cpus_per_actor": job.compute.cpus_per_actor,
             "files_at_once": files_at_once(job.compute, len(files), gpus=0),
+            # the job's own work without Ray: plain processes shaped as its actors
+            "hot_path": {"processes": shape[0], "threads": shape[1]},
             "transparent_huge_pages": job.compute.transparent_huge_pages,
         },
     }
@@ -555,6 +633,11 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
         json_path.with_suffix(".md").write_text(markdown(report))
         chart(report, json_path.with_suffix(".png"))
     return report
+
+
+def _shape(hot_path: dict[str, int]) -> str:
+    processes, threads = hot_path["processes"], hot_path["threads"]
+    return f"{processes} process{'es' if processes > 1 else ''} of {threads} thread{'s' if threads > 1 else ''}"
 
 
 def _round(value: float | None) -> int | None:
@@ -577,7 +660,7 @@ def markdown(r: dict[str, Any]) -> str:
         ("naive loop, whole job", r["naive_rows_per_s"]),
         ("lakecast, whole job", r["lakecast_rows_per_s"]),
         ("lakecast, steady state", r["steady_rows_per_s"]),
-        ("the job's own work without Ray, a process per core", r["hot_path_rows_per_s"]),
+        ("the job's own work without Ray, processes shaped as its actors", r["hot_path_rows_per_s"]),
     ]
     lines = [f"Benchmark: {r['rows']:,} rows on {r['machine']['cpus']} CPUs", "", "| measure | rows/s |", "|---|---:|"]
     lines += [f"| {name} | {value:,} |" for name, value in rows]
@@ -587,7 +670,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"peak memory: PSS {r['peak_pss_mb']} MiB, summed RSS {r['peak_rss_mb']} MiB "
         f"(naive: PSS {r['naive_peak_pss_mb']} MiB, RSS {r['naive_peak_rss_mb']} MiB)",
         f"efficiency = {r['hot_path_vs_bound']} (the job's work per row against the bound: validation, "
-        f"features) x {r['steady_vs_hot_path']} (its steady state against that work without Ray)",
+        f"features) x {r['steady_vs_hot_path']} (its steady state against that work without Ray: "
+        f"{_shape(r['settings']['hot_path'])}, as the job's actors)",
         "where the time went: "
         + "; ".join(
             f"{who}: {actor_time(r[key])}"
@@ -642,11 +726,16 @@ if __name__ == "__main__":  # the benchmark's own subprocesses: the naive loop, 
     if sys.argv[1:2] == ["naive"]:  # OUT_DIR MODEL_URI BATCH_SIZE FILE...
         written = naive(sys.argv[5:], sys.argv[2], sys.argv[3], int(sys.argv[4]))
         sys.stdout.write(json.dumps({"rows": written, "done_unix": time.time()}) + "\n")
+    elif sys.argv[1:2] == ["bound"]:  # SCRATCH MODEL_URI BATCH_SIZE (0: IO only) HUGE_PAGES_OFF FILE...
+        found = bound_pass(
+            sys.argv[6:], sys.argv[3], int(sys.argv[4]) or None, Path(sys.argv[2]), huge_pages_off=sys.argv[5] == "1"
+        )
+        sys.stdout.write(json.dumps(found) + "\n")
     elif sys.argv[1:2] == ["hot-path"]:  # OUT_DIR BATCH_SIZE COUNT INDEX
         done = hot_path_worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
         sys.stdout.write(json.dumps(done) + "\n")
     else:
         raise SystemExit(
             "usage: python -m jobs.bench naive OUT_DIR MODEL_URI BATCH_SIZE FILE... | "
-            "hot-path OUT_DIR BATCH_SIZE COUNT INDEX"
+            "bound SCRATCH MODEL_URI BATCH_SIZE HUGE_PAGES_OFF FILE... | hot-path OUT_DIR BATCH_SIZE COUNT INDEX"
         )

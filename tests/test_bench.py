@@ -54,6 +54,10 @@ def test_bench_reports_every_figure(tmp_path):
     assert report["settings"]["ray"] == "private local Ray, started by the job"
     assert report["settings"]["mlflow"] == "sqlite (embedded)"
     assert report["bound_rows_per_s"] <= min(report["io_only_rows_per_s"], report["model_only_rows_per_s"])
+    # measured before the job and after it, each figure's best kept: never below either pass's
+    passes = report["bound_rows_per_s_by_pass"]
+    assert list(passes) == ["before_job", "after"] and all(v > 0 for v in passes.values())
+    assert report["bound_rows_per_s"] >= max(passes.values()) - 1
     # IO only is the best way the machine has: pyarrow reading each file whole or in batches, or Ray Data
     ways = ("io_only_pyarrow_whole_rows_per_s", "io_only_pyarrow_streamed_rows_per_s", "io_only_ray_rows_per_s")
     assert report["io_only_rows_per_s"] == max(report[way] for way in ways) > 0
@@ -77,7 +81,11 @@ def test_bench_reports_every_figure(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 1000
     table = out.with_suffix(".md").read_text()
     assert "| lakecast, steady state |" in table
-    assert "| the job's own work without Ray, a process per core |" in table
+    assert "| the job's own work without Ray, processes shaped as its actors |" in table
+    # shaped as the churn job's one actor, which scores a file per CPU at once but no more files
+    # than the partition has: at this size, one
+    assert report["settings"]["hot_path"] == {"processes": 1, "threads": 1}
+    assert "without Ray: 1 process of 1 thread, as the job's actors" in table
     assert "where the time went: the job's actors: read " in table
     assert "efficiency" in proc.stdout
 
@@ -116,3 +124,20 @@ def test_image_bench_needs_nothing_a_bare_gpu_machine_lacks():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("compute", "files", "shape"),
+    [
+        ({"min_actors": 1, "max_actors": 1, "cpus_per_actor": 2}, 10, (1, 2)),  # the churn job's actor
+        ({"min_actors": 2, "max_actors": 2, "cpus_per_actor": 1}, 10, (2, 1)),  # two actors of one CPU
+        ({"min_actors": 1, "max_actors": 8, "cpus_per_actor": 1}, 10, (2, 1)),  # no more than the CPUs hold
+        ({"min_actors": 1, "max_actors": 1, "cpus_per_actor": 2}, 1, (1, 1)),  # no more threads than files
+    ],
+)
+def test_hot_path_is_shaped_as_the_jobs_actors(monkeypatch, compute, files, shape):
+    from jobs.bench import hot_path_shape
+    from jobs.config import ComputeSpec
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert hot_path_shape(ComputeSpec(**compute), files) == shape
