@@ -200,14 +200,34 @@ def bound_pass(
     if huge_pages_off:
         huge_pages.turn_off()
     model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().arrow_scorer()
-    columns, categorical = [demo_data.KEY, *model.input_columns], list(model.spec.categorical)
+    return bound_figures(model, files, scratch, batch_size, runs=1)
+
+
+def bound_figures(
+    model: Any, files: list[str], scratch: Path, batch_size: int | None, *, runs: int
+) -> dict[str, float]:
+    """One pass of the bound's measures, in rows/s: IO only by pyarrow, each file read whole and
+    streamed (``io_whole``, ``io_streamed``: each the best of ``runs``), and model only
+    (``model``; left out where ``batch_size`` is None)."""
+    columns, categorical = input_columns(model)
     found = {
-        f"io_{way}": io_only_pyarrow(files, columns, scratch / f"io-{way}", categorical, streamed=way == "streamed")
+        f"io_{way}": max(
+            io_only_pyarrow(
+                files, columns, scratch / f"io-{way}-{i}", categorical, streamed=way == "streamed"
+            ).rows_per_s
+            for i in range(runs)
+        )
         for way in ("whole", "streamed")
     }
     if batch_size:
-        found["model"] = model_only(model, files, batch_size)
-    return {name: t.rows_per_s for name, t in found.items()}
+        found["model"] = model_only(model, files, batch_size).rows_per_s
+    return found
+
+
+def input_columns(model: Any) -> tuple[list[str], list[str]]:
+    """The columns the job reads for ``model`` (the key and its inputs), and those of them read
+    dictionary-encoded, as the job reads its categorical columns."""
+    return [demo_data.KEY, *model.input_columns], list(model.spec.categorical)
 
 
 def model_only(model: Any, files: list[str], batch_size: int, passes: int = 5) -> Timed:
@@ -465,13 +485,12 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
     ref = resolve(mlflow.MlflowClient(), job.model.name, alias=job.model.alias)
     model = mlflow.pyfunc.load_model(ref.uri).unwrap_python_model().arrow_scorer()
     assert isinstance(model, TabularScorer)
-    columns = [demo_data.KEY, *model.input_columns]
+    columns, categorical = input_columns(model)
     scratch = root / "scratch"
     shutil.rmtree(scratch, ignore_errors=True)
 
     env = {**os.environ, "LAKECAST_HOME": str(settings.home), "LAKECAST_LAKE_ROOT": lake.root}
     bin_dir = Path(sys.executable).parent
-    categorical = list(model.spec.categorical)  # read as the job reads them: dictionary-encoded
     running_ray = os.environ.get("RAY_ADDRESS") or settings.ray.address
     io_ray = None
     if running_ray:
@@ -535,15 +554,7 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, workers_note: 
         # and a running Ray's workers, which did the Ray Data IO pass as step 0.
         huge_pages.turn_off()
     # the best of two runs of each way to read: a baseline measured low would flatter the job
-    second_pass = {
-        f"io_{way}": max(
-            io_only_pyarrow(
-                files, columns, scratch / f"io-{way}-{i}", categorical, streamed=way == "streamed"
-            ).rows_per_s
-            for i in range(2)
-        )
-        for way in ("whole", "streamed")
-    }
+    second_pass = bound_figures(model, files, scratch, None, runs=2)
     io_ray = io_ray or _io_only_ray(settings, files, columns, scratch, categorical)
     _settle(files)
     log.info("6/6 model only, the bound's second pass")
