@@ -9,9 +9,11 @@ bus); the actor normalises on the GPU.
 from __future__ import annotations
 
 import io
+import queue
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,14 +69,40 @@ class ImageOptions:
     # (H100, two actors: 9,898 images/s pinned, 10,492 not; one run each)
     pinned: bool = False
     warmup: tuple[int, int] | None = None  # (rows, side): classify one blank batch as the actor starts
+    # on CUDA, with warmup: capture the network for the warm-up's batch shape as this many CUDA graphs,
+    # one per call in flight, so a batch of that shape costs one launch instead of a few hundred
+    # (0: launch op by op)
+    cuda_graphs: int = 0
+
+
+class _Graph:
+    """One captured classification: its own stream, input buffer and outputs, used by one call at
+    a time (a batch is copied into ``pixels``, the graph replayed, the outputs copied out)."""
+
+    def __init__(self, classifier: ImageClassifier, rows: int, side: int) -> None:
+        import torch
+
+        self.stream = torch.cuda.Stream(classifier.device)
+        self.pixels = torch.zeros((rows, side, side, 3), dtype=torch.uint8, device=classifier.device)
+        with torch.cuda.stream(self.stream):
+            classifier.classify(self.pixels)  # cuDNN's kernel choice and the allocator's blocks, before capture
+        self.stream.synchronize()
+        self.graph = torch.cuda.CUDAGraph()
+        # thread_local: another actor thread may launch work while this one captures
+        with torch.cuda.graph(self.graph, stream=self.stream, capture_error_mode="thread_local"):
+            self.label, self.score = classifier.classify(self.pixels)
 
 
 class ImageClassifier:
     """Ray Data callable class: uint8 pixels in, top-1 class and its probability out.
 
     Safe to call from several threads at once (``ActorPoolStrategy(max_concurrent_calls_per_actor=2,
-    enable_true_multi_threading=True)``): each thread has its own CUDA stream, so one batch's
-    host-to-device copy overlaps the previous batch's convolutions.
+    enable_true_multi_threading=True)``): each call has a CUDA stream of its own, so one batch's
+    host-to-device copy overlaps another's convolutions.
+
+    With ``cuda_graphs``, a batch of the warm-up's shape replays a captured graph: ResNet-50 is a
+    few hundred kernels, and launching them one by one from Python held each call's GPU work back
+    (H100, two threads feeding one process without Ray: 0.69 of model only op by op, 0.91 replayed).
     """
 
     def __init__(self, options: ImageOptions) -> None:
@@ -93,10 +121,17 @@ class ImageClassifier:
         self.mean = torch.tensor(MEAN, device=self.device, dtype=self.dtype).view(1, 3, 1, 1)
         self.std = torch.tensor(STD, device=self.device, dtype=self.dtype).view(1, 3, 1, 1)
         self._local = threading.local()
+        self._graphs: queue.SimpleQueue[_Graph] = queue.SimpleQueue()
+        self._graph_shape: tuple[int, ...] | None = None
         # Ray hands batches over as read-only views of its object store; we only read them
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         if options.warmup:
             self._warm_up(*options.warmup)
+            if options.cuda_graphs and self.device.type == "cuda":
+                rows, side = options.warmup
+                for _ in range(options.cuda_graphs):
+                    self._graphs.put(_Graph(self, rows, side))
+                self._graph_shape = (rows, side, side, 3)
 
     def _warm_up(self, rows: int, side: int) -> None:
         """cuDNN picks its kernels for a batch shape on the first batch of that shape, which takes
@@ -121,6 +156,16 @@ class ImageClassifier:
             score, label = probabilities.max(dim=1)
             return label, score
 
+    def resident(self, pixels) -> Callable[[], object]:
+        """The model stage as the calls run it, on ``pixels`` already on the device: a function that
+        classifies them once with nothing copied in or out (what the bench times as model only)."""
+        if tuple(pixels.shape) == self._graph_shape:
+            graph = self._graphs.get()
+            self._graphs.put(graph)
+            graph.pixels.copy_(pixels)
+            return graph.graph.replay
+        return lambda: self.classify(pixels)
+
     def _stream(self):
         import torch
 
@@ -131,20 +176,40 @@ class ImageClassifier:
         return self._local.stream
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        import contextlib
-
         import torch
 
         pixels = torch.from_numpy(batch["pixels"])
-        stream = self._stream()
-        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
-            if stream is not None:
-                pixels = (pixels.pin_memory() if self.options.pinned else pixels).to(self.device, non_blocking=True)
-            label, score = self.classify(pixels)
-            label, score = label.to(torch.int16).cpu().numpy(), score.cpu().numpy()
+        if tuple(pixels.shape) == self._graph_shape:
+            label, score = self._replay(pixels)
+        else:
+            label, score = self._launch(pixels)
         return {
             self.options.key: batch[self.options.key],
             "label": label,
             "probability": score,
             "scored_unix": np.full(len(label), time.time()),
         }
+
+    def _replay(self, pixels) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        graph = self._graphs.get()  # as many graphs as calls in flight: one is free
+        try:
+            with torch.cuda.stream(graph.stream):
+                graph.pixels.copy_(pixels.pin_memory() if self.options.pinned else pixels, non_blocking=True)
+                graph.graph.replay()
+                return graph.label.to(torch.int16).cpu().numpy(), graph.score.cpu().numpy()
+        finally:
+            self._graphs.put(graph)
+
+    def _launch(self, pixels) -> tuple[np.ndarray, np.ndarray]:
+        import contextlib
+
+        import torch
+
+        stream = self._stream()
+        with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+            if stream is not None:
+                pixels = (pixels.pin_memory() if self.options.pinned else pixels).to(self.device, non_blocking=True)
+            label, score = self.classify(pixels)
+            return label.to(torch.int16).cpu().numpy(), score.cpu().numpy()

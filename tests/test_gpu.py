@@ -87,3 +87,26 @@ def test_the_image_classifier_runs_on_cuda_like_the_cpu():
     assert (on_gpu["label"] == on_cpu["label"]).mean() >= 0.75
     bf16 = ImageClassifier(ImageOptions(key="id", dtype="bfloat16", num_classes=10))(pixels)
     assert bf16["label"].shape == (8,) and np.isfinite(bf16["probability"]).all()
+
+
+def test_cuda_graphs_classify_as_the_ops_launched_one_by_one():
+    """The captured graphs give the eager network's answer for the warm-up's shape, from several
+    threads at once (one graph per call in flight), and other shapes still run, op by op."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from models.image import ImageClassifier, ImageOptions
+
+    torch.manual_seed(0)
+    graphs = ImageClassifier(ImageOptions(key="id", dtype=None, num_classes=10, warmup=(8, 64), cuda_graphs=2))
+    eager = ImageClassifier(ImageOptions(key="id", dtype=None, num_classes=10))
+    eager.net.load_state_dict(graphs.net.state_dict())
+    rng = np.random.default_rng(0)
+    batches = [{"id": np.arange(8), "pixels": rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)} for _ in range(6)]
+    with ThreadPoolExecutor(2) as pool:
+        replayed = list(pool.map(graphs, batches))
+    for batch, out in zip(batches, replayed, strict=True):
+        expected = eager(batch)
+        np.testing.assert_array_equal(out["label"], expected["label"])
+        np.testing.assert_allclose(out["probability"], expected["probability"], rtol=1e-4)
+    short = {"id": np.arange(5), "pixels": batches[0]["pixels"][:5]}
+    np.testing.assert_array_equal(graphs(short)["label"], eager(short)["label"])
