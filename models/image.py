@@ -85,7 +85,9 @@ class _Graph:
         self.stream = torch.cuda.Stream(classifier.device)
         self.pixels = torch.zeros((rows, side, side, 3), dtype=torch.uint8, device=classifier.device)
         with torch.cuda.stream(self.stream):
-            classifier.classify(self.pixels)  # cuDNN's kernel choice and the allocator's blocks, before capture
+            # once on the capture's stream first, as torch.cuda.graph asks: nothing lazy may
+            # happen inside the capture (the allocator's blocks for this stream, say)
+            classifier.classify(self.pixels)
         self.stream.synchronize()
         self.graph = torch.cuda.CUDAGraph()
         # thread_local: another actor thread may launch work while this one captures
@@ -196,9 +198,9 @@ class ImageClassifier:
         graph = self._graphs.get()  # as many graphs as calls in flight: one is free
         try:
             with torch.cuda.stream(graph.stream):
-                graph.pixels.copy_(pixels.pin_memory() if self.options.pinned else pixels, non_blocking=True)
+                graph.pixels.copy_(self._staged(pixels), non_blocking=True)
                 graph.graph.replay()
-                return graph.label.to(torch.int16).cpu().numpy(), graph.score.cpu().numpy()
+                return _on_host(graph.label, graph.score)
         finally:
             self._graphs.put(graph)
 
@@ -210,6 +212,16 @@ class ImageClassifier:
         stream = self._stream()
         with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
             if stream is not None:
-                pixels = (pixels.pin_memory() if self.options.pinned else pixels).to(self.device, non_blocking=True)
-            label, score = self.classify(pixels)
-            return label.to(torch.int16).cpu().numpy(), score.cpu().numpy()
+                pixels = self._staged(pixels).to(self.device, non_blocking=True)
+            return _on_host(*self.classify(pixels))
+
+    def _staged(self, pixels):
+        """The host batch a copy to the GPU reads: in pinned memory first where ``pinned``."""
+        return pixels.pin_memory() if self.options.pinned else pixels
+
+
+def _on_host(label, score) -> tuple[np.ndarray, np.ndarray]:
+    """A batch's answers as the output columns hold them: int16 classes, float probabilities."""
+    import torch
+
+    return label.to(torch.int16).cpu().numpy(), score.cpu().numpy()
