@@ -25,6 +25,10 @@ wall time / job wall time. Both whole jobs run as fresh processes and are timed 
 start to the last row committed. The fifth splits the efficiency in two: the job's work per row
 against the bound, then its steady state against that work done without Ray.
 
+Every step scores with the model version the job file's alias names, or the one ``alias`` names
+(``lakecast bench --alias challenger``): how close the job comes to the bound depends on how much
+of the work per row is the network's.
+
 Against a running Ray (``RAY_ADDRESS`` or the profile's ``ray.address``) the Ray Data IO pass
 goes first, so the job meets a Ray that has run Ray Data before, as a cluster that outlives its
 jobs has; the job's workers then belong to that Ray and its peak memory counts the driver only.
@@ -51,7 +55,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs import demo_data, huge_pages
-from jobs.config import ComputeSpec, load_job
+from jobs.config import ComputeSpec, JobConfig, load_job
 from jobs.lake import Lake
 from jobs.settings import Settings
 from models.predictor import Lineage, parquet_options, prediction_columns
@@ -339,6 +343,7 @@ class JobRun:
     """One run of the lakecast job as a fresh process (``lakecast run churn --json``)."""
 
     run_id: str
+    model_uri: str  # the version it scored with
     seconds: float  # process start to the last row committed
     process_seconds: float  # process start to its exit
     startup_s: float  # process start to the first scored batch
@@ -348,13 +353,13 @@ class JobRun:
     peak: Peak
 
 
-def job_run(bin_dir: Path, env: dict[str, str], rows: int) -> JobRun:
-    start, process_s, out, peak = timed_process(
-        [str(bin_dir / "lakecast"), "run", JOB, "--date", DAY.isoformat(), "--json"], env
-    )
+def job_run(bin_dir: Path, env: dict[str, str], rows: int, alias: str | None = None) -> JobRun:
+    argv = [str(bin_dir / "lakecast"), "run", JOB, "--date", DAY.isoformat(), "--json"]
+    start, process_s, out, peak = timed_process(argv + (["--alias", alias] if alias else []), env)
     result = json.loads(out)
     return JobRun(
         run_id=result["run_id"],
+        model_uri=result["model_uri"],
         seconds=result["committed_unix"] - start,
         process_seconds=process_s,
         startup_s=result["first_batch_unix"] - start,
@@ -407,6 +412,11 @@ def naive(files: list[str], out_dir: str, model_uri: str, batch_size: int) -> in
     return int(np.int64(rows))
 
 
+def _model_selection(job: JobConfig, alias: str | None) -> tuple[str | None, int | None]:
+    """``(alias, version)`` the bench scores with: ``alias`` where given, else the job file's."""
+    return (alias, None) if alias else (job.model.alias, job.model.version)
+
+
 def hot_path_shape(compute: ComputeSpec, files: int) -> tuple[int, int]:
     """``(processes, threads)`` of the hot path: the actors the job runs on this machine, each
     scoring as many files at once as an actor does, a thread each (files_at_once).
@@ -423,8 +433,8 @@ def hot_path_shape(compute: ComputeSpec, files: int) -> tuple[int, int]:
 
 
 def hot_path(
-    scratch: Path, batch_size: int, env: dict[str, str], shape: tuple[int, int]
-) -> tuple[Timed, dict[str, float]]:
+    scratch: Path, batch_size: int, env: dict[str, str], shape: tuple[int, int], alias: str | None = None
+) -> tuple[Timed, dict[str, float], set[str]]:
     """The job's own work per row without Ray: plain processes shaped as the job's CPU actors
     (:func:`hot_path_shape`), each running the actors' :class:`jobs.part_writer.ScoreAndWrite`
     (read, validate, score, write), built as the job builds it, over its share of the
@@ -437,13 +447,15 @@ def hot_path(
     job's steady state, what Ray costs (its processes, scheduling, and the actors' ramp).
 
     Also returns the seconds the processes spent in each stage (jobs.part_writer.STAGES), summed,
-    to set beside the job's own (its ``actor_seconds``)."""
+    to set beside the job's own (its ``actor_seconds``), and the model versions the processes
+    scored with. ``alias``: score with that alias of the job's model instead of the job file's."""
     import tempfile
 
     from jobs.part_writer import stage_seconds  # imports Ray Data's block types
 
     count, _ = shape
     argv = [sys.executable, "-m", "jobs.bench", "hot-path", str(scratch / "hot-path"), str(batch_size), str(count)]
+    argv.append(alias or "")
     with contextlib.ExitStack() as stack:
         procs = []
         for index in range(count):
@@ -464,12 +476,14 @@ def hot_path(
             proc.stdin.flush()  # type: ignore[union-attr]
         done = [json.loads(proc.communicate()[0]) for proc, _ in procs]
     stages = stage_seconds([row for d in done for row in d["files"]])
-    return Timed(max(d["done_unix"] for d in done) - start, sum(d["rows"] for d in done)), stages
+    timed = Timed(max(d["done_unix"] for d in done) - start, sum(d["rows"] for d in done))
+    return timed, stages, {d["model_uri"] for d in done}
 
 
-def hot_path_worker(out_dir: str, batch_size: int, count: int, index: int) -> dict[str, Any]:
+def hot_path_worker(out_dir: str, batch_size: int, count: int, alias: str | None, index: int) -> dict[str, Any]:
     """One process of :func:`hot_path`: files ``index``, ``index + count``, ... of the partition,
-    as many at once as one of the job's actors scores, a thread each."""
+    as many at once as one of the job's actors scores, a thread each, with the model the job
+    file names or its ``alias``."""
     from concurrent.futures import ThreadPoolExecutor
 
     from jobs import predict
@@ -480,7 +494,8 @@ def hot_path_worker(out_dir: str, batch_size: int, count: int, index: int) -> di
     settings = load_settings()
     job = load_job(JOB)
     lake = Lake(settings.lake_root)
-    pre = predict.preflight(job, DAY, settings, lake, job.model.alias, job.model.version)
+    model_alias, model_version = _model_selection(job, alias)
+    pre = predict.preflight(job, DAY, settings, lake, model_alias, model_version)
     staging, quarantine = f"{out_dir}/{index}", f"{out_dir}/{index}-quarantine"
     for folder in (staging, quarantine):
         os.makedirs(folder, exist_ok=True)
@@ -512,10 +527,15 @@ def hot_path_worker(out_dir: str, batch_size: int, count: int, index: int) -> di
     sys.stdin.readline()
     with ThreadPoolExecutor(at_once) as pool:  # files handed out as they finish, as Ray Data does
         done = list(pool.map(lambda f: actor.score_file(f.path, lake.uri(f.path)), mine))
-    return {"rows": rows, "done_unix": time.time(), "files": done}
+    return {"rows": rows, "done_unix": time.time(), "files": done, "model_uri": pre.ref.uri}
 
 
-def run(settings: Settings, *, rows: int, json_path: Path | None, rounds: int = ROUNDS) -> dict[str, Any]:
+def run(
+    settings: Settings, *, rows: int, json_path: Path | None, rounds: int = ROUNDS, alias: str | None = None
+) -> dict[str, Any]:
+    """The benchmark's report (and, with ``json_path``, its JSON, Markdown and chart files).
+    ``alias``: measure that alias of the job's model (every step scores with the version it
+    names) instead of the job file's."""
     import shutil
 
     import mlflow
@@ -535,7 +555,10 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, rounds: int = 
         train_and_register(settings, Lake(settings.lake_root), DAY - dt.timedelta(days=1), name=job.model.name)
     from models.registry import resolve
 
-    ref = resolve(mlflow.MlflowClient(), job.model.name, alias=job.model.alias)
+    model_alias, model_version = _model_selection(job, alias)
+    ref = resolve(
+        mlflow.MlflowClient(), job.model.name, alias=None if model_version else model_alias, version=model_version
+    )
     model = mlflow.pyfunc.load_model(ref.uri).unwrap_python_model().arrow_scorer()
     assert isinstance(model, TabularScorer)
     columns, categorical = input_columns(model)
@@ -561,7 +584,7 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, rounds: int = 
     shape = hot_path_shape(job.compute, len(files))
     job_runs: list[JobRun] = []
     naive_runs: list[NaiveRun] = []
-    hot_runs: list[tuple[Timed, dict[str, float]]] = []
+    hot_runs: list[tuple[Timed, dict[str, float], set[str]]] = []
     batch_size = job.compute.batch_size
     for i in range(rounds):
         # the job, the naive loop and the work without Ray take turns, so that a slow stretch of
@@ -569,7 +592,7 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, rounds: int = 
         note = f" (round {i + 1} of {rounds})" if rounds > 1 else ""
         _settle(files)
         log.info("2/6 lakecast job (fresh process)%s", note)
-        job_runs.append(job_run(bin_dir, env, rows))
+        job_runs.append(job_run(bin_dir, env, rows, alias))
         if batch_size == "auto":  # the naive loop and the model alone get the size the job chose
             batch_size = int(mlflow.get_run(job_runs[0].run_id).data.params["compute.batch_size_chosen"])
         _settle(files)
@@ -579,9 +602,16 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, rounds: int = 
         log.info(
             "4/6 the job's own work without Ray (%d plain process(es) of %d thread(s), as its actors)%s", *shape, note
         )
-        hot_runs.append(hot_path(scratch, batch_size, env, shape))
+        hot_runs.append(hot_path(scratch, batch_size, env, shape, alias))
         if hot_runs[-1][0].rows != rows:
             raise RuntimeError(f"the hot path read {hot_runs[-1][0].rows} rows of the partition's {rows}")
+        # every step must score the same version: an alias moved during the run would compare two models
+        scored = {job_runs[-1].model_uri, *hot_runs[-1][2]}
+        if scored != {ref.uri}:
+            raise RuntimeError(
+                f"the benchmark measured {ref.uri} but its steps scored with {', '.join(sorted(scored))}: "
+                f"did the alias {ref.alias!r} move during the run?"
+            )
     _settle(files)
 
     log.info("5/6 IO only, the bound's second pass")
@@ -626,7 +656,7 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, rounds: int = 
     fastest = min(job_runs, key=lambda r: r.seconds)
     first_to_score = min(job_runs, key=lambda r: r.startup_s)
     naive_best = min(naive_runs, key=lambda r: r.seconds)
-    hot, hot_stages = max(hot_runs, key=lambda h: h[0].rows_per_s)
+    hot, hot_stages, _ = max(hot_runs, key=lambda h: h[0].rows_per_s)
     steady = steadiest.steady_rows_per_s
     report = {
         "rows": rows,
@@ -675,7 +705,7 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, rounds: int = 
                 "lakecast_seconds": round(j.seconds, 2),
                 "naive_seconds": round(n.seconds, 2),
             }
-            for j, n, (h, _) in zip(job_runs, naive_runs, hot_runs, strict=True)
+            for j, n, (h, _, _) in zip(job_runs, naive_runs, hot_runs, strict=True)
         ],
         "machine": {
             "cpus": os.cpu_count(),
@@ -688,6 +718,7 @@ def run(settings: Settings, *, rows: int, json_path: Path | None, rounds: int = 
             # the job's checks open MLflow's store: SQLite's costs about 0.7 s of imports, a server's none
             "mlflow": _mlflow_store(settings.mlflow.tracking_uri),
             "model": ref.uri,
+            "alias": ref.alias,  # None where the job file fixes a version
             "batch_size": job.compute.batch_size if batch_size == job.compute.batch_size else f"auto: {batch_size}",
             "min_actors": job.compute.min_actors,
             "max_actors": job.compute.max_actors,
@@ -766,6 +797,7 @@ def markdown(r: dict[str, Any]) -> str:
             else ""
         ),
         f"MLflow: {r['settings']['mlflow']}",
+        f"model: {r['settings']['model']}" + (f" ({r['settings']['alias']})" if r["settings"].get("alias") else ""),
         "",
     ]
     return "\n".join(lines)
@@ -824,11 +856,11 @@ if __name__ == "__main__":  # the benchmark's own subprocesses: the naive loop, 
             sys.argv[6:], sys.argv[3], int(sys.argv[4]) or None, Path(sys.argv[2]), huge_pages_off=sys.argv[5] == "1"
         )
         sys.stdout.write(json.dumps(found) + "\n")
-    elif sys.argv[1:2] == ["hot-path"]:  # OUT_DIR BATCH_SIZE COUNT INDEX
-        done = hot_path_worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))
+    elif sys.argv[1:2] == ["hot-path"]:  # OUT_DIR BATCH_SIZE COUNT ALIAS ("": the job file's) INDEX
+        done = hot_path_worker(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] or None, int(sys.argv[6]))
         sys.stdout.write(json.dumps(done) + "\n")
     else:
         raise SystemExit(
             "usage: python -m jobs.bench naive OUT_DIR MODEL_URI BATCH_SIZE FILE... | "
-            "bound SCRATCH MODEL_URI BATCH_SIZE HUGE_PAGES_OFF FILE... | hot-path OUT_DIR BATCH_SIZE COUNT INDEX"
+            "bound SCRATCH MODEL_URI BATCH_SIZE HUGE_PAGES_OFF FILE... | hot-path OUT_DIR BATCH_SIZE COUNT ALIAS INDEX"
         )

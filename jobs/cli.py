@@ -264,7 +264,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from jobs.bench import ROUNDS, markdown, run
 
         rounds = args.rounds or ROUNDS
-        report = run(load_settings(), rows=args.rows or 10_000_000, json_path=json_path, rounds=rounds)
+        report = run(
+            load_settings(), rows=args.rows or 10_000_000, json_path=json_path, rounds=rounds, alias=args.alias
+        )
         _out(markdown(report))
     if args.json:
         _out(f"written: {args.json} (and .md, .png beside it)")
@@ -355,6 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         help="tabular: run the job, the naive loop and the work without Ray this many times each, "
         "taking turns, and keep each figure's best (default 3)",
+    )
+    p.add_argument(
+        "--alias",
+        help="tabular: measure this alias of the job's model (e.g. challenger) instead of the job file's",
     )
     p.add_argument("--image-size", type=int, default=224, help="image workload: crop size in pixels")
     p.add_argument("--batch-size", type=int, default=256, help="image workload: images per batch")

@@ -33,19 +33,40 @@ KEYS = {
 }
 
 
-def test_bench_reports_every_figure(tmp_path):
+@pytest.fixture(scope="module")
+def bench_home(tmp_path_factory) -> Path:
+    """One LAKECAST_HOME for this module's benches: the first builds the demo lake, trains and
+    registers the models and generates the data; the next reuse them."""
+    return tmp_path_factory.mktemp("bench") / "home"
+
+
+def bench(home: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LAKECAST_", "AIRFLOW", "MLFLOW_", "RAY_"))}
-    env["LAKECAST_HOME"] = str(tmp_path / "home")
-    out = tmp_path / "report.json"
+    env["LAKECAST_HOME"] = str(home)
     lakecast = str(Path(sys.executable).with_name("lakecast"))
     proc = subprocess.run(
-        [lakecast, "bench", "--rows", "20000", "--rounds", "2", "--json", str(out)],
+        [lakecast, "bench", "--rows", "20000", *args, "--json", str(out)],
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def scoring_runs(home: Path) -> list:
+    """The job's MLflow runs in ``home``'s store: the bench's job runs, one per round."""
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{home}/mlflow.db")
+    experiment = client.get_experiment_by_name("lakecast/churn")
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def test_bench_reports_every_figure(bench_home, tmp_path):
+    out = tmp_path / "report.json"
+    proc = bench(bench_home, out, "--rounds", "2")
     report = json.loads(out.read_text())
     assert report.keys() >= KEYS
     assert report["rows"] == 20000
@@ -101,6 +122,33 @@ def test_bench_reports_every_figure(tmp_path):
     assert "where the time went: the job's actors: read " in table
     assert "each figure the best of 2 rounds, as the bound's are the best of theirs; round by round: " in table
     assert "efficiency" in proc.stdout
+    # the job file's model, as its alias named it, in every step
+    version = report["settings"]["model"].rsplit("/", 1)[1]
+    assert report["settings"]["alias"] == "champion"
+    assert f"model: models:/churn-classifier/{version} (champion)" in table
+    runs = scoring_runs(bench_home)
+    assert len(runs) == 2
+    assert {(r.data.params["model_alias"], r.data.params["model_version"]) for r in runs} == {("champion", version)}
+
+
+def test_bench_measures_another_alias_of_the_model(bench_home, tmp_path):
+    """``--alias challenger``: the bound's model, the naive loop, the job and its work without Ray
+    all score with the challenger's version (the bench fails if any step scored another)."""
+    import mlflow
+
+    before = {r.info.run_id for r in scoring_runs(bench_home)}
+    out = tmp_path / "report.json"
+    bench(bench_home, out, "--rounds", "1", "--alias", "challenger")
+    report = json.loads(out.read_text())
+    client = mlflow.MlflowClient(f"sqlite:///{bench_home}/mlflow.db")
+    challenger = str(client.get_model_version_by_alias("churn-classifier", "challenger").version)
+    assert challenger != str(client.get_model_version_by_alias("churn-classifier", "champion").version)
+    assert report["settings"]["model"] == f"models:/churn-classifier/{challenger}"
+    assert report["settings"]["alias"] == "challenger"
+    assert f"model: models:/churn-classifier/{challenger} (challenger)" in out.with_suffix(".md").read_text()
+    assert len(report["rounds"]) == 1 and report["efficiency"] > 0
+    new = [r for r in scoring_runs(bench_home) if r.info.run_id not in before]
+    assert [(r.data.params["model_alias"], r.data.params["model_version"]) for r in new] == [("challenger", challenger)]
 
 
 def test_image_bench_reports_the_gpu_figures_at_a_tiny_size(tmp_path):
