@@ -305,14 +305,25 @@ class TabularScorer:
         both."""
         inputs = (numeric, codes, slots)
         if self.device.type != "cpu":
-            return self.net[1:](self._first_hidden(*inputs, by_rows=True))
+            return self._after_first(self._first_hidden(*inputs, by_rows=True))
         if self.numeric_by_rows is None:
             if numeric.shape[1] < 1024:
-                return self.net[1:](self._first_hidden(*inputs, by_rows=True))
+                return self._after_first(self._first_hidden(*inputs, by_rows=True))
             self.numeric_by_rows = _time(self._first_hidden, *inputs, by_rows=True) < _time(
                 self._first_hidden, *inputs, by_rows=False
             )
-        return self.net[1:](self._first_hidden(*inputs, by_rows=self.numeric_by_rows))
+        return self._after_first(self._first_hidden(*inputs, by_rows=self.numeric_by_rows))
+
+    def _after_first(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The layers after the first, each ReLU in place: ``hidden`` and every layer's output
+        are this call's own, and nothing reads them again. A new tensor per ReLU is memory the
+        process has to take and fill on every batch: for the challenger's 128-unit layer, 8 MiB
+        at 16,384 rows, and the ReLUs took a quarter of its forward."""
+        from torch import nn
+
+        for layer in self.net[1:]:
+            hidden = hidden.relu_() if isinstance(layer, nn.ReLU) else layer(hidden)
+        return hidden
 
     def _first_hidden(
         self, numeric: torch.Tensor, codes: torch.Tensor, slots: torch.Tensor, *, by_rows: bool
