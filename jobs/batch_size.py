@@ -6,11 +6,20 @@ balancing. Where the knee lies depends on the model, the machine and the device,
 measures it: it scores a sample of the partition's own rows at each candidate size with the
 predictor the actors will run, with the actors' threads and device, and takes the smallest size
 whose throughput is within 5% of the best.
+
+A CPU actor that scores several files at once calls its predictor from as many threads side by
+side, and the measurement does the same: each call's Python work between torch's holds the GIL,
+so small batches cost more on two threads than on one. Measured on one thread, the demo's wide
+challenger (128 and 64 hidden units) chose 4,096 rows, where the churn job's two threads scored
+about 35% slower per row than one thread alone; measured on two it chooses 8,192, and the job's
+work streamed 2.33M rows/s against 1.70-1.76M at 4,096 (docs/benchmark.md). The churn champion
+chooses 65,536 either way.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -55,19 +64,37 @@ def sample_rows(
     return pa.concat_tables(parts) if parts else pa.table({})
 
 
-def measure(predictor: Any, sample: pa.Table, candidates: list[int]) -> dict[int, float]:
-    """rows/s of ``predictor(batch)`` at each batch size, best of :data:`ROUNDS` rounds."""
+def measure(predictor: Any, sample: pa.Table, candidates: list[int], at_once: int = 1) -> dict[int, float]:
+    """rows/s of ``predictor(batch)`` at each batch size, best of :data:`ROUNDS` rounds, called
+    from ``at_once`` threads side by side (as a CPU actor scoring that many files at once calls
+    it), their rows summed."""
     best = dict.fromkeys(candidates, 0.0)
     predictor(sample.slice(0, min(candidates)))  # warm up: first-call allocations, lazy inits
     for _ in range(ROUNDS):
         for size in candidates:
-            batch = sample.slice(0, size)
-            calls, t0 = 0, time.perf_counter()
-            while calls == 0 or time.perf_counter() - t0 < ENOUGH_S:
-                predictor(batch)
-                calls += 1
-            best[size] = max(best[size], calls * batch.num_rows / (time.perf_counter() - t0))
+            best[size] = max(best[size], _rate(predictor, sample.slice(0, size), at_once))
     return best
+
+
+def _rate(predictor: Any, batch: pa.Table, at_once: int) -> float:
+    """rows/s of ``at_once`` threads each calling ``predictor(batch)`` for :data:`ENOUGH_S`."""
+    calls = [0] * at_once
+    t0 = time.perf_counter()
+
+    def call(i: int) -> None:
+        while calls[i] == 0 or time.perf_counter() - t0 < ENOUGH_S:
+            predictor(batch)
+            calls[i] += 1
+
+    if at_once == 1:
+        call(0)
+    else:
+        threads = [threading.Thread(target=call, args=(i,)) for i in range(at_once)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return sum(calls) * batch.num_rows / (time.perf_counter() - t0)
 
 
 def pick(throughput: dict[int, float]) -> int:
@@ -77,10 +104,10 @@ def pick(throughput: dict[int, float]) -> int:
 
 
 def _measure_in_actor_resources(
-    options: PredictorOptions, scorer: ArrowScorer | None, sample: pa.Table, candidates: list[int]
+    options: PredictorOptions, scorer: ArrowScorer | None, sample: pa.Table, candidates: list[int], at_once: int = 1
 ) -> dict[int, float]:
     predictor = BatchPredictor(replace(options, telemetry_dir=None), scorer)
-    return measure(predictor, sample, candidates)
+    return measure(predictor, sample, candidates, at_once)
 
 
 def choose(
@@ -95,11 +122,14 @@ def choose(
     gpus: float,
     dictionary: list[str] = (),
     rules: Sequence[ColumnRule] = (),
+    at_once: int = 1,
 ) -> int:
     """Measure and return the batch size for this run (see the module's docstring).
 
-    On CPU actors the measurement runs here, with the actors' thread count; for GPU actors it runs
-    as one Ray task given the same GPUs and CPUs as an actor, since the driver may have no GPU.
+    On CPU actors the measurement runs here, with the actors' thread count per file (``cpus``)
+    and as many files at once (``at_once``: threads calling the predictor side by side); for GPU
+    actors it runs as one Ray task given the same GPUs and CPUs as an actor, since the driver may
+    have no GPU (a GPU actor scores one batch at a time).
     """
     candidates = [c for c in CANDIDATES if c <= max(rows_in, CANDIDATES[0])]
     sample = sample_rows(paths, filesystem, columns, max(candidates), dictionary, rules)
@@ -115,7 +145,7 @@ def choose(
 
         threads = torch.get_num_threads()
         try:
-            throughput = _measure_in_actor_resources(options, scorer, sample, candidates)
+            throughput = _measure_in_actor_resources(options, scorer, sample, candidates, at_once)
         finally:
             torch.set_num_threads(threads)
     size = pick(throughput)
@@ -123,7 +153,7 @@ def choose(
         "batch_size auto: %d rows (measured in %.1f s on %s; rows/s by size: %s)",
         size,
         time.perf_counter() - t0,
-        "a GPU" if gpus > 0 else f"{max(1, int(cpus))} CPU thread(s)",
+        "a GPU" if gpus > 0 else f"{at_once} x {max(1, int(cpus))} CPU thread(s)",
         ", ".join(f"{s}: {r:,.0f}" for s, r in throughput.items()),
     )
     return size

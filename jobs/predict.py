@@ -602,6 +602,7 @@ def _score(
             gpus=gpus,
             dictionary=categorical,
             rules=pre.rules,
+            at_once=at_once,
         )
         mlflow.log_param("compute.batch_size_chosen", batch_size)
     predictor, kwargs = predictor_for(job, pre, options, shadow_dir)

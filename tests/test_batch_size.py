@@ -27,6 +27,30 @@ def test_per_call_overhead_favours_large_batches():
     assert pick(rates) == 4096
 
 
+def test_it_measures_as_many_callers_side_by_side_as_an_actor_has_files_at_once():
+    """A CPU actor scoring two files at once calls its predictor from two threads; ``at_once``
+    measures it so, and counts both threads' rows."""
+    import threading
+    import time
+
+    lock, inside, most = threading.Lock(), [0], [0]
+
+    def predictor(batch: pa.Table) -> None:  # a wait that overlaps, as torch's kernels do
+        with lock:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.002)
+        with lock:
+            inside[0] -= 1
+
+    sample = pa.table({"x": range(1024)})
+    alone = measure(predictor, sample, [1024])[1024]
+    assert most[0] == 1
+    side_by_side = measure(predictor, sample, [1024], at_once=2)[1024]
+    assert most[0] == 2
+    assert side_by_side > 1.5 * alone
+
+
 def test_the_sample_comes_from_the_first_row_groups(tmp_path):
     for i in range(3):
         pq.write_table(
