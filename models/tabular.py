@@ -339,7 +339,9 @@ class TabularScorer:
         else:
             hidden = torch.zeros(numeric.shape[1], first.bias.shape[0], dtype=first.bias.dtype, device=self.device)
         if by_rows:
-            return torch.addmm(hidden.add_(first.bias), numeric.T, first.numeric.T)
+            # in place: torch.addmm would first copy hidden into a new tensor (the wide challenger: 12% of
+            # its scoring at 8,192 rows a batch)
+            return hidden.add_(first.bias).addmm_(numeric.T, first.numeric.T)
         return hidden.add_(torch.addmm(first.bias.unsqueeze(1), first.numeric, numeric).T)
 
 
