@@ -11,9 +11,9 @@ A CPU actor that scores several files at once calls its predictor from as many t
 side, and the measurement does the same: each call's Python work between torch's holds the GIL,
 so small batches cost more on two threads than on one. Measured on one thread, the demo's wide
 challenger (128 and 64 hidden units) chose 4,096 rows, where the churn job's two threads scored
-about 35% slower per row than one thread alone; measured on two it chooses 8,192, and the job's
-work streamed 2.33M rows/s against 1.70-1.76M at 4,096 (docs/benchmark.md). The churn champion
-chooses 65,536 either way.
+about 35% slower per row than one thread alone; measured on two it chose 8,192 (16,384 in a
+later run, after the scorer's own changes), and at 8,192 the job's work streamed 2.33M rows/s
+against 1.70-1.76M at 4,096 (docs/benchmark.md). The churn champion chooses 65,536 either way.
 """
 
 from __future__ import annotations
