@@ -55,7 +55,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs import demo_data, huge_pages
-from jobs.config import ComputeSpec, JobConfig, load_job
+from jobs.config import ComputeSpec, load_job
 from jobs.lake import Lake
 from jobs.settings import Settings
 from models.predictor import Lineage, parquet_options, prediction_columns
@@ -412,11 +412,6 @@ def naive(files: list[str], out_dir: str, model_uri: str, batch_size: int) -> in
     return int(np.int64(rows))
 
 
-def _model_selection(job: JobConfig, alias: str | None) -> tuple[str | None, int | None]:
-    """``(alias, version)`` the bench scores with: ``alias`` where given, else the job file's."""
-    return (alias, None) if alias else (job.model.alias, job.model.version)
-
-
 def hot_path_shape(compute: ComputeSpec, files: int) -> tuple[int, int]:
     """``(processes, threads)`` of the hot path: the actors the job runs on this machine, each
     scoring as many files at once as an actor does, a thread each (files_at_once).
@@ -432,9 +427,18 @@ def hot_path_shape(compute: ComputeSpec, files: int) -> tuple[int, int]:
     return actors, files_at_once(compute, files, gpus=0)
 
 
+@dataclass(frozen=True)
+class HotRun:
+    """One run of :func:`hot_path`."""
+
+    timed: Timed  # from every process ready to the last file written
+    stages: dict[str, float]  # seconds by stage, summed over the processes
+    model_uris: set[str]  # the versions the processes scored with
+
+
 def hot_path(
     scratch: Path, batch_size: int, env: dict[str, str], shape: tuple[int, int], alias: str | None = None
-) -> tuple[Timed, dict[str, float], set[str]]:
+) -> HotRun:
     """The job's own work per row without Ray: plain processes shaped as the job's CPU actors
     (:func:`hot_path_shape`), each running the actors' :class:`jobs.part_writer.ScoreAndWrite`
     (read, validate, score, write), built as the job builds it, over its share of the
@@ -477,7 +481,7 @@ def hot_path(
         done = [json.loads(proc.communicate()[0]) for proc, _ in procs]
     stages = stage_seconds([row for d in done for row in d["files"]])
     timed = Timed(max(d["done_unix"] for d in done) - start, sum(d["rows"] for d in done))
-    return timed, stages, {d["model_uri"] for d in done}
+    return HotRun(timed, stages, {d["model_uri"] for d in done})
 
 
 def hot_path_worker(out_dir: str, batch_size: int, count: int, alias: str | None, index: int) -> dict[str, Any]:
@@ -494,8 +498,7 @@ def hot_path_worker(out_dir: str, batch_size: int, count: int, alias: str | None
     settings = load_settings()
     job = load_job(JOB)
     lake = Lake(settings.lake_root)
-    model_alias, model_version = _model_selection(job, alias)
-    pre = predict.preflight(job, DAY, settings, lake, model_alias, model_version)
+    pre = predict.preflight(job, DAY, settings, lake, *predict.model_selection(job, alias))
     staging, quarantine = f"{out_dir}/{index}", f"{out_dir}/{index}-quarantine"
     for folder in (staging, quarantine):
         os.makedirs(folder, exist_ok=True)
@@ -553,12 +556,9 @@ def run(
     if not {"champion", "challenger"} <= registered_aliases(settings, job.model.name).keys():
         demo_data.build_demo_lake(Lake(settings.lake_root), DAY, rows=1000, labeled_rows=50_000)
         train_and_register(settings, Lake(settings.lake_root), DAY - dt.timedelta(days=1), name=job.model.name)
-    from models.registry import resolve
+    from jobs.predict import model_selection, resolve_model
 
-    model_alias, model_version = _model_selection(job, alias)
-    ref = resolve(
-        mlflow.MlflowClient(), job.model.name, alias=None if model_version else model_alias, version=model_version
-    )
+    ref = resolve_model(mlflow.MlflowClient(), job, *model_selection(job, alias))
     model = mlflow.pyfunc.load_model(ref.uri).unwrap_python_model().arrow_scorer()
     assert isinstance(model, TabularScorer)
     columns, categorical = input_columns(model)
@@ -584,7 +584,7 @@ def run(
     shape = hot_path_shape(job.compute, len(files))
     job_runs: list[JobRun] = []
     naive_runs: list[NaiveRun] = []
-    hot_runs: list[tuple[Timed, dict[str, float], set[str]]] = []
+    hot_runs: list[HotRun] = []
     batch_size = job.compute.batch_size
     for i in range(rounds):
         # the job, the naive loop and the work without Ray take turns, so that a slow stretch of
@@ -603,10 +603,10 @@ def run(
             "4/6 the job's own work without Ray (%d plain process(es) of %d thread(s), as its actors)%s", *shape, note
         )
         hot_runs.append(hot_path(scratch, batch_size, env, shape, alias))
-        if hot_runs[-1][0].rows != rows:
-            raise RuntimeError(f"the hot path read {hot_runs[-1][0].rows} rows of the partition's {rows}")
+        if hot_runs[-1].timed.rows != rows:
+            raise RuntimeError(f"the hot path read {hot_runs[-1].timed.rows} rows of the partition's {rows}")
         # every step must score the same version: an alias moved during the run would compare two models
-        scored = {job_runs[-1].model_uri, *hot_runs[-1][2]}
+        scored = {job_runs[-1].model_uri, *hot_runs[-1].model_uris}
         if scored != {ref.uri}:
             raise RuntimeError(
                 f"the benchmark measured {ref.uri} but its steps scored with {', '.join(sorted(scored))}: "
@@ -656,7 +656,8 @@ def run(
     fastest = min(job_runs, key=lambda r: r.seconds)
     first_to_score = min(job_runs, key=lambda r: r.startup_s)
     naive_best = min(naive_runs, key=lambda r: r.seconds)
-    hot, hot_stages, _ = max(hot_runs, key=lambda h: h[0].rows_per_s)
+    best_hot = max(hot_runs, key=lambda h: h.timed.rows_per_s)
+    hot, hot_stages = best_hot.timed, best_hot.stages
     steady = steadiest.steady_rows_per_s
     report = {
         "rows": rows,
@@ -705,7 +706,7 @@ def run(
                 "lakecast_seconds": round(j.seconds, 2),
                 "naive_seconds": round(n.seconds, 2),
             }
-            for j, n, (h, _, _) in zip(job_runs, naive_runs, hot_runs, strict=True)
+            for j, n, h in zip(job_runs, naive_runs, (run.timed for run in hot_runs), strict=True)
         ],
         "machine": {
             "cpus": os.cpu_count(),

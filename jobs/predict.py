@@ -138,8 +138,7 @@ def run_job(
     lake = Lake(settings.lake_root)
     started_at = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
-    if model_version is None and model_alias is None:
-        model_alias, model_version = job.model.alias, job.model.version
+    model_alias, model_version = model_selection(job, model_alias, model_version)
 
     # Starting Ray takes seconds of waiting on its processes: do the checks and load the model
     # on another thread meanwhile, then import what the pipeline needs if Ray is still starting.
@@ -201,6 +200,22 @@ class Preflight:
     done_unix: float = field(default_factory=time.time)
 
 
+def model_selection(
+    job: JobConfig, model_alias: str | None = None, model_version: int | None = None
+) -> tuple[str | None, int | None]:
+    """The run's ``(alias, version)``: the override where one is given (``lakecast run --alias``
+    or ``--version``), else the job file's."""
+    if model_version is None and model_alias is None:
+        return job.model.alias, job.model.version
+    return model_alias, model_version
+
+
+def resolve_model(client: Any, job: JobConfig, model_alias: str | None, model_version: int | None) -> ModelRef:
+    """The version a run scores with (see :func:`model_selection`). A fixed version wins, and its
+    reference then names no alias: the job file's alias defaults to ``champion`` even beside one."""
+    return resolve(client, job.model.name, alias=None if model_version else model_alias, version=model_version)
+
+
 def preflight(
     job: JobConfig, ds: dt.date, settings: Settings, lake: Lake, model_alias: str | None, model_version: int | None
 ) -> Preflight:
@@ -210,7 +225,7 @@ def preflight(
     with ThreadPoolExecutor(1, thread_name_prefix="duplicates") as pool:
         keys_checked = pool.submit(validation.duplicate_keys, lake, files, job.input.key)
         client = tracking.configure(settings)
-        ref = resolve(client, job.model.name, alias=None if model_version else model_alias, version=model_version)
+        ref = resolve_model(client, job, model_alias, model_version)
         inputs = model_inputs(job, ref)
         rules = validation.rules_from(inputs, job.validation, job.input.key)
         validation.check_schema(lake, files, rules)  # a missing or mistyped key column is named here first
