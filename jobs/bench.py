@@ -54,7 +54,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs import demo_data, freed_memory, huge_pages
+from jobs import demo_data, huge_pages
 from jobs.config import ComputeSpec, load_job
 from jobs.lake import Lake
 from jobs.settings import Settings
@@ -210,7 +210,6 @@ def bound_pass(
 
     if huge_pages_off:
         huge_pages.turn_off()
-    freed_memory.keep()  # as the job's actors (jobs/part_writer.py)
     model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().arrow_scorer()
     return bound_figures(model, files, scratch, batch_size, runs=1)
 
@@ -616,13 +615,11 @@ def run(
     _settle(files)
 
     log.info("5/6 IO only, the bound's second pass")
-    # IO only reads under the memory policy of the job's actors (jobs/huge_pages.py,
-    # jobs/freed_memory.py). What started before this point keeps the kernel's setting and
-    # malloc's: the job's driver, the naive loop, and a running Ray's workers, which did the Ray
-    # Data IO pass as step 0.
     if not job.compute.transparent_huge_pages:
+        # IO only reads under the memory policy of the job's actors (jobs/huge_pages.py). What
+        # started before this point keeps the kernel's setting: the job's driver, the naive loop,
+        # and a running Ray's workers, which did the Ray Data IO pass as step 0.
         huge_pages.turn_off()
-    freed_memory.keep()
     # the best of two runs of each way to read: a baseline measured low would flatter the job
     second_pass = bound_figures(model, files, scratch, None, runs=2)
     io_ray = io_ray or _io_only_ray(settings, files, columns, scratch, categorical)

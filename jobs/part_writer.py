@@ -31,7 +31,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs import freed_memory
 from jobs.huge_pages import turn_off as huge_pages_off
 from jobs.parquet_source import file_batches
 from jobs.validation import InvalidInput, RowValidator
@@ -100,11 +99,9 @@ class ScoreAndWrite:
         ``threads``: decode a batch's columns on pyarrow's thread pool, for actors with two CPUs
         or more (with one, its threads would only contend with the other actors).
         ``huge_pages``: False turns transparent huge pages off for this process (the job's
-        default: :mod:`jobs.huge_pages` says why). Either way the process's malloc keeps the
-        memory each batch frees for the next (:mod:`jobs.freed_memory`)."""
+        default: :mod:`jobs.huge_pages` says why)."""
         if not huge_pages:
             huge_pages_off()
-        freed_memory.keep()
         self.predictor = predictor(**kwargs)
         self.validator, self.columns, self.dictionary = validator, columns, dictionary
         self.staging, self.filesystem = staging, filesystem

@@ -3,7 +3,6 @@ score the rest and write a file of scores per ``rows_per_file`` input rows."""
 
 from __future__ import annotations
 
-import platform
 import subprocess
 import sys
 import time
@@ -215,34 +214,3 @@ def test_an_actor_turns_transparent_huge_pages_off_for_its_process_unless_the_jo
 
     assert turned_off("off") == "True"
     assert turned_off("on") == "False"
-
-
-# a batch's buffers, freed and allocated again, in a fresh interpreter: minor page faults counted
-REUSE_IN_A_PROCESS = """
-import resource, sys
-import numpy as np
-from jobs.huge_pages import turn_off
-from jobs.part_writer import ScoreAndWrite
-turn_off()  # 4 KiB pages either way, so that the count says what was faulted in
-if sys.argv[1] == "actor":
-    ScoreAndWrite(dict, {}, validator=None, columns=[], dictionary=[], staging="", filesystem=None,
-                  batch_size=1, rows_per_file=1, huge_pages=False)
-def batch():  # three buffers of 8 MiB, as a wide network's activations at 16,384 rows
-    return sum(b.sum() for b in [np.ones(1 << 20) for _ in range(3)])
-batch()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(20):
-    batch()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
-"""
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="only glibc's malloc is told to keep freed memory")
-def test_an_actor_reuses_the_memory_its_batches_free_instead_of_faulting_it_in_again():
-    def faults(process: str) -> int:
-        argv = [sys.executable, "-c", REUSE_IN_A_PROCESS, process]
-        return int(subprocess.run(argv, capture_output=True, text=True, check=True).stdout)
-
-    batch = 3 * (8 << 20) // 4096  # pages
-    assert faults("actor") < batch  # 20 batches in the memory of the first
-    assert faults("plain") > 10 * batch  # a plain process faults most of each batch in anew
