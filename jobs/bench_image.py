@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.argtypes import positive_int
 from models.image import ImageClassifier, ImageOptions, decode_jpegs
 
 log = logging.getLogger(__name__)
@@ -322,12 +323,12 @@ def markdown(r: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.bench_image", description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=50_000)
-    parser.add_argument("--size", type=int, default=224)
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--rows", type=positive_int, default=50_000)
+    parser.add_argument("--size", type=positive_int, default=224)
+    parser.add_argument("--batch-size", type=positive_int, default=256)
     parser.add_argument("--dtype", default="bfloat16", help="on a GPU: bfloat16, float16 or float32")
-    parser.add_argument("--actors-per-gpu", type=int, default=2, help="classifier actors sharing each GPU")
-    parser.add_argument("--calls-per-actor", type=int, default=2, help="batches in flight per actor")
+    parser.add_argument("--actors-per-gpu", type=positive_int, default=2, help="classifier actors sharing each GPU")
+    parser.add_argument("--calls-per-actor", type=positive_int, default=2, help="batches in flight per actor")
     parser.add_argument("--pinned", action="store_true", help="copy each batch into pinned memory first")
     parser.add_argument(
         "--no-cuda-graphs", dest="cuda_graphs", action="store_false", help="launch the network op by op"

@@ -19,6 +19,7 @@ from typing import NoReturn
 
 import yaml
 
+from jobs.argtypes import positive_int
 from jobs.config import job_files, load_job, load_job_file, parse_date
 from jobs.failures import EXIT_FIX_FIRST, exit_status, user_errors
 from jobs.settings import conf_dir, load_settings
@@ -273,17 +274,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    """An argparse type: a whole number of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
-    return value
-
-
 def _scoring_arguments(p: argparse.ArgumentParser) -> None:
     """What ``run`` and ``submit`` share: the job, the date, the model override, dry run."""
     p.add_argument("job", help="job name: conf/jobs/<job>.yaml")
@@ -300,8 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     yesterday = (dt.date.today() - dt.timedelta(days=1)).isoformat()
 
     p = sub.add_parser("demo", help="build the demo lake and models, run the churn DAG once")
-    p.add_argument("--rows", type=int, default=200_000, help="raw rows to score (default 200,000)")
-    p.add_argument("--labeled-rows", type=int, default=100_000, help="labeled rows per day (default 100,000)")
+    p.add_argument("--rows", type=positive_int, default=200_000, help="raw rows to score (default 200,000)")
+    p.add_argument("--labeled-rows", type=positive_int, default=100_000, help="labeled rows per day (default 100,000)")
     p.add_argument("--date", default=yesterday, help="partition date YYYY-MM-DD (default: yesterday)")
     p.add_argument("--retrain", action="store_true", help="train and register new model versions")
     p.add_argument("--no-run", action="store_true", help="only build the lake and register the models")
@@ -350,11 +340,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--workload", choices=["tabular", "image"], default="tabular", help="the churn MLP, or ResNet-50 on JPEGs"
     )
-    p.add_argument("--rows", type=int, help="rows to score (default 10,000,000 tabular, 50,000 images)")
+    p.add_argument("--rows", type=positive_int, help="rows to score (default 10,000,000 tabular, 50,000 images)")
     p.add_argument("--json", help="write the report as JSON here (a .md beside it, and a .png for tabular)")
     p.add_argument(
         "--rounds",
-        type=_positive,
+        type=positive_int,
         help="tabular: run the job, the naive loop and the work without Ray this many times each, "
         "taking turns, and keep each figure's best (default 3)",
     )
@@ -362,8 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--alias",
         help="tabular: measure this alias of the job's model (e.g. challenger) instead of the job file's",
     )
-    p.add_argument("--image-size", type=int, default=224, help="image workload: crop size in pixels")
-    p.add_argument("--batch-size", type=int, default=256, help="image workload: images per batch")
+    p.add_argument("--image-size", type=positive_int, default=224, help="image workload: crop size in pixels")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="image workload: images per batch")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("airflow", help="run an airflow command on lakecast's Airflow home and dags")

@@ -220,11 +220,32 @@ def test_hot_path_is_shaped_as_the_jobs_actors(monkeypatch, compute, files, shap
     assert hot_path_shape(ComputeSpec(**compute), files) == shape
 
 
-@pytest.mark.parametrize("rounds", ["0", "-1", "two"])
-def test_bench_refuses_a_round_count_below_one(rounds, capsys):
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["bench", "--rounds", "0"], "--rounds"),
+        (["bench", "--rounds", "two"], "--rounds"),
+        (["bench", "--rows", "0"], "--rows"),  # ran the default 10M rows
+        (["bench", "--rows", "-1"], "--rows"),
+        (["bench", "--workload", "image", "--batch-size", "0"], "--batch-size"),
+        (["bench", "--workload", "image", "--image-size", "-224"], "--image-size"),
+        (["demo", "--rows", "0"], "--rows"),
+    ],
+)
+def test_the_command_line_refuses_a_count_below_one(argv, flag, capsys):
     from jobs.cli import build_parser
 
     with pytest.raises(SystemExit) as e:
-        build_parser().parse_args(["bench", "--rounds", rounds])
+        build_parser().parse_args(argv)
     assert e.value.code == 2
-    assert f"argument --rounds: {rounds!r} is not a whole number of at least 1" in capsys.readouterr().err
+    assert f"argument {flag}: {argv[-1]!r} is not a whole number of at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flag", ["--rows", "--size", "--batch-size", "--actors-per-gpu", "--calls-per-actor"])
+def test_the_image_bench_refuses_a_count_below_one(flag, capsys):
+    from jobs.bench_image import main
+
+    with pytest.raises(SystemExit) as e:
+        main([flag, "0"])
+    assert e.value.code == 2
+    assert f"argument {flag}: '0' is not a whole number of at least 1" in capsys.readouterr().err
