@@ -550,7 +550,6 @@ def run(
 
     root = settings.home / "bench"
     lake = Lake(str(root / "lake"))
-    files = prepare(lake, rows)
     job = load_job(JOB)
     tracking.configure(settings)
     if not {"champion", "challenger"} <= registered_aliases(settings, job.model.name).keys():
@@ -558,9 +557,11 @@ def run(
         train_and_register(settings, Lake(settings.lake_root), DAY - dt.timedelta(days=1), name=job.model.name)
     from jobs.predict import model_selection, resolve_model
 
+    # the model first: a misspelt --alias stops the bench before it generates 10M rows
     ref = resolve_model(mlflow.MlflowClient(), job, *model_selection(job, alias))
     model = mlflow.pyfunc.load_model(ref.uri).unwrap_python_model().arrow_scorer()
     assert isinstance(model, TabularScorer)
+    files = prepare(lake, rows)
     columns, categorical = input_columns(model)
     scratch = root / "scratch"
     shutil.rmtree(scratch, ignore_errors=True)

@@ -40,18 +40,19 @@ def bench_home(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("bench") / "home"
 
 
-def bench(home: Path, out: Path, *args: str) -> subprocess.CompletedProcess:
+def bench(home: Path, out: Path, *args: str, rows: int = 20000, check: bool = True) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LAKECAST_", "AIRFLOW", "MLFLOW_", "RAY_"))}
     env["LAKECAST_HOME"] = str(home)
     lakecast = str(Path(sys.executable).with_name("lakecast"))
     proc = subprocess.run(
-        [lakecast, "bench", "--rows", "20000", *args, "--json", str(out)],
+        [lakecast, "bench", "--rows", str(rows), *args, "--json", str(out)],
         env=env,
         capture_output=True,
         text=True,
         timeout=600,
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
 
@@ -218,6 +219,15 @@ def test_hot_path_is_shaped_as_the_jobs_actors(monkeypatch, compute, files, shap
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert hot_path_shape(ComputeSpec(**compute), files) == shape
+
+
+def test_bench_stops_at_an_unknown_alias_before_it_generates_data(bench_home, tmp_path):
+    out = tmp_path / "report.json"
+    proc = bench(bench_home, out, "--alias", "chalenger", rows=30000, check=False)
+    assert proc.returncode != 0
+    assert "lakecast: registered model 'churn-classifier' has no alias 'chalenger'" in proc.stderr
+    assert "aliases: challenger" in proc.stderr  # what the user meant is in the message
+    assert "generating" not in proc.stderr and not out.exists()
 
 
 @pytest.mark.parametrize(
