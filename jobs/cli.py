@@ -14,6 +14,7 @@ import json
 import logging.config
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import NoReturn
 
@@ -248,8 +249,22 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _writable(path: Path) -> Path:
+    """``path``, once its folder exists and takes files: checked before a benchmark, whose
+    minutes of measurements would otherwise end in a traceback when the report is written."""
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ConfigError(f"--json {path}: {path.parent} is a file, not a folder")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".lakecast-"):
+            pass
+    except OSError as e:
+        raise ConfigError(f"--json {path}: cannot write the report there ({e.strerror or e})") from None
+    return path
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    json_path = Path(args.json) if args.json else None
+    json_path = _writable(Path(args.json)) if args.json else None
     if args.workload == "image":
         from jobs import bench_image
 

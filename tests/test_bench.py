@@ -230,6 +230,21 @@ def test_bench_stops_at_an_unknown_alias_before_it_generates_data(bench_home, tm
     assert "generating" not in proc.stderr and not out.exists()
 
 
+def test_bench_checks_where_its_report_goes_before_it_measures(tmp_path, capsys):
+    """A report path that cannot be written fails at once, not after minutes of measurements."""
+    from jobs.cli import main
+
+    blocker = tmp_path / "report"
+    blocker.write_text("a file, where the report's folder would be")
+    assert main(["bench", "--rows", "20000", "--json", str(blocker / "r.json")]) == 2
+    err = capsys.readouterr().err
+    assert f"lakecast: --json {blocker / 'r.json'}: {blocker} is a file, not a folder" in err
+    assert main(["bench", "--rows", "20000", "--json", str(blocker / "deeper" / "r.json")]) == 2
+    err += capsys.readouterr().err
+    assert f"--json {blocker / 'deeper' / 'r.json'}: cannot write the report there (Not a directory)" in err
+    assert "generating" not in err
+
+
 @pytest.mark.parametrize(
     ("argv", "flag"),
     [
