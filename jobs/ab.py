@@ -224,6 +224,7 @@ def _score_both(
             threshold=job.output.threshold,
             lineage=Lineage(ref.name, ref.version, "compare", now),
             num_threads=max(1, int(job.compute.cpus_per_actor)),
+            dtype=job.compute.dtype,  # on GPU actors: the versions are compared as the nightly job scores
             input_columns=columns,
         )
         for ref, columns in zip(refs, inputs, strict=True)

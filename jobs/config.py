@@ -115,6 +115,11 @@ class ComputeSpec(Frozen):
     batch_size: int | Literal["auto"] = Field(
         8192, description="rows per model call; 'auto': measured at the start of each run (jobs/batch_size.py)"
     )
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description="the network's precision on GPU actors: bfloat16 or float16 halve its memory traffic "
+        "(models/precision.py); CPU actors score in float32",
+    )
     transparent_huge_pages: bool = Field(
         False,
         description="false: CPU actors turn Linux's transparent huge pages off for themselves (jobs/huge_pages.py)",

@@ -537,9 +537,15 @@ def _log_start(
             "compute.cpus_per_actor": job.compute.cpus_per_actor,
             "compute.files_at_once": files_at_once(job.compute, len(files), gpus=gpus),
             "compute.batch_size": job.compute.batch_size,
+            "compute.dtype": job.compute.dtype if gpus else "float32",
             "compute.transparent_huge_pages": job.compute.transparent_huge_pages,
         }
     )
+    if job.compute.dtype != "float32" and not gpus:
+        log.warning(
+            "compute.dtype is %s, which applies to GPU actors; this run has CPU actors, which score in float32",
+            job.compute.dtype,
+        )
     mlflow.set_tags(
         {
             "lakecast.job": job.name,
@@ -708,6 +714,7 @@ def predictor_options(
         threshold=job.output.threshold,
         lineage=Lineage(ref.name, ref.version, run_id, started_at, variant=ref.alias or f"v{ref.version}"),
         num_threads=max(1, int(threads_per_file(job.compute, at_once))),
+        dtype=job.compute.dtype,
         telemetry_dir=telemetry_dir,
         filesystem=lake.fs,
         input_columns=pre.columns,

@@ -72,7 +72,7 @@ class PredictorOptions:
     threshold: float | None
     lineage: Lineage
     num_threads: int = 1
-    dtype: str | None = None
+    dtype: str | None = None  # on a GPU: bfloat16 or float16 (the job file's compute.dtype)
     telemetry_dir: str | None = None
     filesystem: object | None = None
     # the model's input columns, in the order it takes them (a tensor's); empty: all but the key
@@ -209,6 +209,8 @@ class BatchPredictor:
         torch.set_num_threads(max(1, options.num_threads))
         # Ray sets CUDA_VISIBLE_DEVICES to the actor's GPUs; an actor given none sees no CUDA.
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        # a lower precision is for the GPU (models/precision.py); the CPU scores in float32
+        dtype = options.dtype if self.device == "cuda" and options.dtype != "float32" else None
         self.pyfunc, self.tensor, self.types = None, None, {}
         if scorer is None:
             import mlflow
@@ -222,7 +224,17 @@ class BatchPredictor:
             scorer = arrow_scorer(self.pyfunc)
             self.tensor = tensor_input(self.pyfunc)
             self.types = column_types(self.pyfunc)
-        self.model = scorer.to(self.device, dtype=options.dtype) if scorer is not None else None
+            if dtype and scorer is None:
+                from models.precision import autocast_pyfunc
+
+                if not autocast_pyfunc(self.pyfunc, self.device, dtype):
+                    log.warning(
+                        "%s is not an mlflow.pytorch network, so compute.dtype %s does not apply to it: "
+                        "it scores in its own precision",
+                        options.model_uri,
+                        dtype,
+                    )
+        self.model = scorer.to(self.device, dtype=dtype) if scorer is not None else None
         default = self.model.threshold if self.model is not None else 0.5
         self.threshold = options.threshold if options.threshold is not None else default
         self.reported_first_batch = False

@@ -92,6 +92,15 @@ def test_bad_cron_and_pool_bounds(tmp_path):
     assert "max_actors (2) must be >= min_actors (3)" in str(e.value)
 
 
+def test_the_precision_is_one_of_three(tmp_path):
+    assert load_job_file(write(tmp_path, VALID)).compute.dtype == "float32"
+    job = load_job_file(write(tmp_path, VALID + "compute: {dtype: bfloat16}\n"))
+    assert job.compute.dtype == "bfloat16"
+    expected = r"compute\.dtype: Input should be 'float32', 'bfloat16' or 'float16' \(got 'bf16'\)"
+    with pytest.raises(ConfigError, match=expected):
+        load_job_file(write(tmp_path, VALID + "compute: {dtype: bf16}\n"))
+
+
 def test_environment_interpolation(tmp_path, monkeypatch):
     monkeypatch.setenv("CHURN_MODEL", "churn-from-env")
     text = VALID.replace("churn-classifier", "'${CHURN_MODEL}'").replace("champion", "'${ALIAS:-best}'")

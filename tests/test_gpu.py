@@ -110,3 +110,19 @@ def test_cuda_graphs_classify_as_the_ops_launched_one_by_one():
         np.testing.assert_allclose(out["probability"], expected["probability"], rtol=1e-4)
     short = {"id": np.arange(5), "pixels": batches[0]["pixels"][:5]}
     np.testing.assert_array_equal(graphs(short)["label"], eager(short)["label"])
+
+
+def test_a_users_network_runs_under_autocast_on_cuda():
+    """``compute.dtype`` for a user's ``mlflow.pytorch`` network: its products in bfloat16 and
+    float16 on the GPU, its answer float32 and close to full precision's."""
+    from models.precision import Autocast
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(12, 256), torch.nn.ReLU(), torch.nn.Linear(256, 1)).cuda().eval()
+    x = torch.randn(4096, 12, device="cuda")
+    with torch.no_grad():
+        full = net(x)
+        for dtype in (torch.bfloat16, torch.float16):
+            low = Autocast(net, "cuda", dtype)(x)
+            assert low.dtype == torch.float32 and next(net.parameters()).dtype == torch.float32
+            assert (low - full).abs().max().item() < 0.05 and not torch.equal(low, full)

@@ -17,7 +17,7 @@ def raw_batch(lake) -> pa.Table:
     return pads.dataset(lake.partition_path("raw/customers", DAY), format="parquet").to_table().slice(0, 500)
 
 
-def make_predictor(settings, version: int, threshold: float | None = None, scorer=None):
+def make_predictor(settings, version: int, threshold: float | None = None, scorer=None, dtype: str | None = None):
     from models.predictor import BatchPredictor, Lineage, PredictorOptions
 
     return BatchPredictor(
@@ -29,6 +29,7 @@ def make_predictor(settings, version: int, threshold: float | None = None, score
             score_column="churn_probability",
             threshold=threshold,
             lineage=Lineage("churn-classifier", version, "run-123", dt.datetime(2026, 11, 22, 2, tzinfo=dt.UTC)),
+            dtype=dtype,
         ),
         scorer=scorer,
     )
@@ -83,6 +84,18 @@ def test_same_scores_as_the_registered_pyfunc(settings, registered, raw_batch):
     got = predictor(raw_batch)
     np.testing.assert_allclose(got["churn_probability"].to_numpy(), expected["probability"].to_numpy(), rtol=1e-6)
     assert (got["prediction"].to_numpy() == expected["prediction"].to_numpy()).all()
+
+
+def test_a_cpu_actor_scores_in_float32_whatever_the_jobs_dtype(settings, registered, raw_batch):
+    """``compute.dtype`` is for GPU actors; on the CPU the scores are float32's, to the bit."""
+    import torch
+
+    version = registered["challenger"]
+    full = make_predictor(settings, version)(raw_batch)
+    for dtype in ("bfloat16", "float16"):
+        predictor = make_predictor(settings, version, dtype=dtype)
+        assert predictor.device == "cpu" and next(predictor.model.net.parameters()).dtype == torch.float32
+        assert predictor(raw_batch).equals(full)
 
 
 def test_threshold_from_job_overrides_model(settings, registered, raw_batch):
