@@ -59,14 +59,17 @@ def test_a_gpu_actor_scores_on_cuda_like_the_cpu(scorer_folder):
     assert out.num_rows == batch.num_rows
 
 
-def test_bf16_stays_close(scorer_folder):
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_a_lower_precision_stays_close(scorer_folder, dtype):
     from models.tabular import TabularScorer
 
     folder, batch = scorer_folder
     cpu = TabularScorer(folder).predict_proba(batch)
-    bf16 = predictor(folder, dtype="bfloat16")(batch)["p"].to_numpy()
-    assert np.abs(bf16 - cpu).max() < 0.02
-    assert ((bf16 >= 0.5) == (cpu >= 0.5)).mean() > 0.99
+    gpu = predictor(folder, dtype=dtype)
+    low = gpu(batch)["p"].to_numpy()
+    assert gpu.model.first_layer.numeric.dtype == getattr(torch, dtype)
+    assert np.abs(low - cpu).max() < 0.02
+    assert ((low >= 0.5) == (cpu >= 0.5)).mean() > 0.99
 
 
 def test_the_image_classifier_runs_on_cuda_like_the_cpu():
