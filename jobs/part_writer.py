@@ -31,6 +31,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs import score_stats
 from jobs.huge_pages import turn_off as huge_pages_off
 from jobs.parquet_source import file_batches
 from jobs.validation import InvalidInput, RowValidator
@@ -44,10 +45,12 @@ READ_ROWS = 262_144
 # conversion from Arrow, the model, and the output rows with their lineage
 STAGES = ("read", "validate", "score", "write")
 
-# what an actor returns for each input file: rows scored and set aside, and the seconds of each stage
+# what an actor returns for each input file: rows scored and set aside, the seconds of each stage,
+# and a summary of the scores it wrote (jobs.score_stats)
 DONE = pa.schema(
     [("file", pa.string()), ("rows", pa.int64()), ("quarantined", pa.int64())]
     + [(f"{stage}_s", pa.float64()) for stage in STAGES]
+    + score_stats.FIELDS
 )
 
 
@@ -92,6 +95,8 @@ class ScoreAndWrite:
         filesystem: Any,
         batch_size: int,
         rows_per_file: int,
+        score_column: str,
+        sample_every: int = 1,
         threads: bool = False,
         huge_pages: bool = True,
     ):
@@ -99,13 +104,15 @@ class ScoreAndWrite:
         ``threads``: decode a batch's columns on pyarrow's thread pool, for actors with two CPUs
         or more (with one, its threads would only contend with the other actors).
         ``huge_pages``: False turns transparent huge pages off for this process (the job's
-        default: :mod:`jobs.huge_pages` says why)."""
+        default: :mod:`jobs.huge_pages` says why). ``score_column`` and ``sample_every``: what
+        the summary of the scores reads, and its sample's spacing (:mod:`jobs.score_stats`)."""
         if not huge_pages:
             huge_pages_off()
         self.predictor = predictor(**kwargs)
         self.validator, self.columns, self.dictionary = validator, columns, dictionary
         self.staging, self.filesystem = staging, filesystem
         self.batch_size, self.rows_per_file, self.threads = batch_size, rows_per_file, threads
+        self.score_column, self.sample_every = score_column, sample_every
 
     def __call__(self, files: pa.Table) -> pa.Table:
         done = [
@@ -119,6 +126,7 @@ class ScoreAndWrite:
         stem = path.rsplit("/", 1)[-1].removesuffix(".parquet")
         seconds = dict.fromkeys(STAGES, 0.0)
         rows = quarantined = 0
+        summary = dict(score_stats.EMPTY)
         for i, pieces in itertools.groupby(_timed(self._read(path), seconds), key=itemgetter(0)):
             name = f"{stem}-{i:04d}.parquet"
             scored, rejected = [], []
@@ -146,8 +154,17 @@ class ScoreAndWrite:
                     table, f"{self.staging}/{name}", filesystem=self.filesystem, **parquet_options(table.column_names)
                 )
                 rows += table.num_rows
+                summary = score_stats.combine(
+                    summary, score_stats.of_table(table, self.score_column, self.sample_every)
+                )
             seconds["write"] += time.perf_counter() - t0
-        return {"file": uri, "rows": rows, "quarantined": quarantined, **{f"{k}_s": v for k, v in seconds.items()}}
+        return {
+            "file": uri,
+            "rows": rows,
+            "quarantined": quarantined,
+            **{f"{k}_s": v for k, v in seconds.items()},
+            **summary,
+        }
 
     def _read(self, path: str) -> Iterator[tuple[int, pa.Table]]:
         batches = file_batches(

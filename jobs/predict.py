@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from jobs import commit, tracking, validation
+from jobs import commit, score_stats, tracking, validation
 from jobs.config import JobConfig
 from jobs.lake import DataFile, Lake
 from jobs.ray_errors import raise_ours
@@ -84,6 +84,8 @@ class RunResult:
     actor_seconds: dict[str, float] = field(default_factory=dict)
     quarantined: int = 0  # of ``rows``, set aside as invalid instead of scored
     quarantine: str | None = None  # where they were committed (None in a dry run)
+    # the distribution of the scores written (jobs.score_stats.merge): mean, std, quantiles...
+    scores: dict[str, float] = field(default_factory=dict)
 
     @property
     def rows_per_s(self) -> float:
@@ -109,6 +111,7 @@ class RunResult:
             "actor_seconds": {stage: round(t, 3) for stage, t in self.actor_seconds.items()},
             "quarantined": self.quarantined,
             "quarantine": self.quarantine,
+            "scores": dict(self.scores),
         }
 
 
@@ -307,7 +310,7 @@ def _run_locked(
         try:
             for folder in (staging, q_staging, telemetry_path(staging), *([s_staging] if _shadow(job) else [])):
                 lake.fs.create_dir(folder, recursive=True)
-            pipeline_start, actor_seconds = _score(
+            pipeline_start, actor_seconds, scores = _score(
                 job,
                 lake,
                 pre,
@@ -334,7 +337,7 @@ def _run_locked(
             invalid = sum(q_rows)
             share = invalid / rows_in if rows_in else 0.0
             mlflow.log_metrics({"invalid_rows": invalid, "invalid_share": share, "duplicate_keys": duplicates})
-            manifest = _manifest(job, ds, run_id, ref, lake, files, out_files, out_rows, started_at)
+            manifest = _manifest(job, ds, run_id, ref, lake, files, out_files, out_rows, started_at, scores=scores)
             q_manifest = _manifest(job, ds, run_id, ref, lake, files, q_files, q_rows, started_at)
             if invalid:
                 log.warning(
@@ -386,6 +389,9 @@ def _run_locked(
         if actor_seconds:
             metrics |= {f"actors.{stage}_s": t for stage, t in actor_seconds.items()}
             log.info("the actors' time: %s", actor_time(actor_seconds))
+        if scores:
+            metrics |= {f"score.{name}": value for name, value in scores.items()}
+            log.info("the scores: %s", score_stats.describe(scores))
         mlflow.log_metrics(metrics)
         if not dry_run:
             tracking.log_dataset(
@@ -410,6 +416,7 @@ def _run_locked(
         actor_seconds=actor_seconds,
         quarantined=invalid,
         quarantine=lake.uri(lake.partition_path(quarantine_table(job), ds)) if invalid and not dry_run else None,
+        scores=scores,
     )
 
 
@@ -576,7 +583,7 @@ def _score(
     started_at: dt.datetime,
     gpus: float,
     shadow_dir: str | None = None,
-) -> tuple[float, dict[str, float]]:
+) -> tuple[float, dict[str, float], dict[str, float]]:
     """The Ray Data pipeline: read → validate rows → actor pool of predictors → Parquet in staging.
 
     CPU actors run all four steps themselves, a file per thread and a thread per CPU
@@ -589,8 +596,10 @@ def _score(
     the run at once. The job's ``airflow.timeout_minutes`` bounds the whole, and rows out must
     equal rows in before anything is committed.
 
-    Returns when the pipeline started (unix seconds) and, with CPU actors, the seconds they spent
-    in each stage (:data:`jobs.part_writer.STAGES`), summed over the actors (else ``{}``).
+    Returns when the pipeline started (unix seconds); with CPU actors, the seconds they spent in
+    each stage (:data:`jobs.part_writer.STAGES`), summed over the actors (else ``{}``); and the
+    distribution of the scores written (:func:`jobs.score_stats.merge`): CPU actors summarise
+    their files' as they write them, GPU actors' files are read back.
     """
     from jobs.part_writer import ScoreAndWrite, stage_seconds  # imports Ray Data: only once Ray is up
 
@@ -650,7 +659,8 @@ def _score(
             compute=actors,
             num_cpus=job.compute.cpus_per_actor,
         )
-        return started, stage_seconds(done.take_all())  # take_all: a row per input file
+        files_done = done.take_all()  # a row per input file
+        return started, stage_seconds(files_done), score_stats.merge(files_done)
     dataset = read_parquet_files(
         [f.path for f in pre.files],
         filesystem=lake.fs,
@@ -680,7 +690,8 @@ def _score(
         ray_remote_args={"num_cpus": IO_CPUS},
         **parquet_options(prediction_columns(job.input.key, job.output.score_column)),
     )
-    return started, {}
+    written = [f.path for f in lake.list_data_files(staging)]
+    return started, {}, score_stats.of_files(written, lake.fs, job.output.score_column, pre.rows_in)
 
 
 def read_columns(job: JobConfig, rules: list[validation.ColumnRule]) -> tuple[list[str], list[str]]:
@@ -774,6 +785,8 @@ def score_and_write_kwargs(
         "filesystem": lake.fs,
         "batch_size": batch_size,
         "rows_per_file": job.output.rows_per_file,
+        "score_column": job.output.score_column,
+        "sample_every": score_stats.sample_every(pre.rows_in),
         "threads": decode_on_threads(threads_per_file(job.compute, at_once)),
         "huge_pages": job.compute.transparent_huge_pages,
     }
@@ -789,7 +802,11 @@ def _manifest(
     out_files: list[DataFile],
     out_rows: list[int],
     started_at: dt.datetime,
+    *,
+    scores: dict[str, float] | None = None,
 ) -> dict[str, Any]:
+    """The partition's ``_manifest.json``; ``scores``: the distribution of its scores
+    (:mod:`jobs.score_stats`), for a partition of predictions."""
     import pyarrow.parquet as pq
 
     schema = pq.read_schema(out_files[0].path, filesystem=lake.fs) if out_files else None
@@ -809,6 +826,7 @@ def _manifest(
         "code_version": tracking.code_version(),
         "started_at": started_at.isoformat(),
         "ended_at": dt.datetime.now(dt.UTC).isoformat(),
+        **({"scores": scores} if scores else {}),
     }
 
 

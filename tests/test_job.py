@@ -63,7 +63,7 @@ def test_only_committed_files_and_manifest_in_partition(first_run, lake):
     assert not lake.exists(f"{lake.base}/_staging/{OUT}/ds={DAY}/{first_run.run_id}")
 
 
-def test_run_is_logged_to_mlflow(first_run, settings, churn_job):
+def test_run_is_logged_to_mlflow(first_run, settings, churn_job, lake):
     run = mlflow.MlflowClient(settings.mlflow.tracking_uri).get_run(first_run.run_id)
     assert run.info.status == "FINISHED"
     assert run.data.params["job"] == "churn"
@@ -82,6 +82,14 @@ def test_run_is_logged_to_mlflow(first_run, settings, churn_job):
     assert all(t > 0 for t in stages.values()) and sum(stages.values()) < m["seconds"] * threads
     assert first_run.as_dict()["actor_seconds"] == pytest.approx(stages, abs=1e-3)
     assert run.data.tags["lakecast.model_version"] == f"churn-classifier/{first_run.model.version}"
+    # the night's score distribution, to chart across runs: the published scores', in the
+    # metrics, the manifest and the run's result alike
+    scores = {k.removeprefix("score."): v for k, v in m.items() if k.startswith("score.")}
+    assert set(scores) == {"mean", "std", "min", "max", "p01", "p10", "p50", "p90", "p99", "positive_rate"}
+    table = read_output(lake)
+    assert_scores_describe(scores, table)
+    assert lake.read_manifest(OUT, DAY)["scores"] == pytest.approx(scores)
+    assert first_run.as_dict()["scores"] == pytest.approx(scores)
     contexts = {tag.value for d in run.inputs.dataset_inputs for tag in d.tags if tag.key == "mlflow.data.context"}
     assert contexts == {"input", "output"}
 
@@ -198,3 +206,20 @@ def test_the_gpu_pipeline_shape_writes_every_row_once(
     assert set(table["scoring_run_id"].to_pylist()) == {result.run_id}
     assert result.actor_seconds == {}  # the stages run in separate tasks: no split of an actor's time
     assert "compute.min_actors 2 would leave the read and write tasks no CPU" in caplog.text
+    # the scores' distribution, read back from the files Ray Data wrote: every row counted
+    assert_scores_describe(result.scores, table)
+
+
+def assert_scores_describe(scores: dict, table) -> None:
+    """``scores`` (a run's, or a manifest's) are the distribution of ``table``'s: exact where
+    they are sums, the quantiles from a sample of every k-th row (all of them, at this size)."""
+    import numpy as np
+
+    p = table["churn_probability"].to_numpy().astype(np.float64)
+    assert scores["mean"] == pytest.approx(p.mean(), rel=1e-6)
+    assert scores["std"] == pytest.approx(p.std(), rel=1e-5)
+    assert (scores["min"], scores["max"]) == pytest.approx((p.min(), p.max()))
+    assert scores["positive_rate"] == pytest.approx(np.mean(table["prediction"].to_numpy()))
+    assert [scores[q] for q in ("p01", "p10", "p50", "p90", "p99")] == pytest.approx(
+        np.quantile(p, [0.01, 0.1, 0.5, 0.9, 0.99]), abs=1e-6
+    )

@@ -53,6 +53,7 @@ def writer(settings, registered, folders, monkeypatch):
             filesystem=None,
             batch_size=48,
             rows_per_file=200,
+            score_column="churn_probability",
         )
 
     return build
@@ -195,7 +196,7 @@ import sys
 from jobs.huge_pages import turned_off
 from jobs.part_writer import ScoreAndWrite
 ScoreAndWrite(dict, {}, validator=None, columns=[], dictionary=[], staging="", filesystem=None,
-              batch_size=1, rows_per_file=1, huge_pages=sys.argv[1] == "on")
+              batch_size=1, rows_per_file=1, score_column="s", huge_pages=sys.argv[1] == "on")
 print(turned_off())
 """
 

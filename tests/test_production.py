@@ -144,6 +144,13 @@ def test_triggered_run_scores_on_the_cluster_into_s3_and_mlflow(stack, dag_run, 
     assert run.data.metrics["rows"] == ROWS
     assert run.data.tags["airflow.dag_id"] == DAG_ID  # the run the task created and linked to
 
+    # publish's Asset event carries the run's figures to the DAGs scheduled on the predictions
+    events = airflow.api(f"/assets/events?source_dag_id={DAG_ID}", dag_run["token"])["asset_events"]
+    extra = next(e["extra"] for e in events if e["source_run_id"] == dag_run["run"]["dag_run_id"])
+    assert (extra["rows"], extra["run_id"], extra["date"]) == (ROWS, run_id, DAY.isoformat())
+    assert extra["scores"]["mean"] == pytest.approx(run.data.metrics["score.mean"], rel=1e-5)
+    assert extra["scores"] == pytest.approx(manifest["scores"], rel=1e-5)
+
     # the Ray job's output streamed into the predict task's log, through the triggerer
     predict_log = _task_log(airflow, dag_run, "predict")
     assert "Running entrypoint" in predict_log and "LAKECAST_RESULT" in predict_log

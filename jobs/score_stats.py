@@ -1,0 +1,135 @@
+"""The distribution of a night's scores, kept with its run: in MLflow's metrics, the manifest and
+``lakecast run``'s result.
+
+A model whose input drifted keeps scoring: an upstream column that changes its units passes the
+type checks, every row is valid and every score a number, and the predictions are published. What
+shows it is the scores' distribution moving from one night to the next (a median that jumps, a
+positive rate that halves), which MLflow charts across the runs of the job's experiment.
+
+Nothing per row leaves an actor for this: a CPU actor summarises each input file's scores as it
+writes them (:func:`summarize`: count, mean, spread, extremes, positives, and every k-th score,
+about :data:`SAMPLE` in all, for the quantiles), about 1.5 ns a row, and the driver merges the
+summaries (:func:`merge`). Mean, standard deviation, extremes and positive rate are exact; the
+quantiles come from the sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+# about this many scores in all are kept for the quantiles, every k-th row of each piece for the
+# same k, so that every row is as likely to be in the sample, whatever the size of its file
+SAMPLE = 100_000
+QUANTILES = {"p01": 0.01, "p10": 0.1, "p50": 0.5, "p90": 0.9, "p99": 0.99}
+
+# a summary's fields, as a CPU actor returns them for each input file beside its row counts
+FIELDS = [
+    ("score_rows", pa.int64()),
+    ("score_mean", pa.float64()),
+    ("score_m2", pa.float64()),  # the sum of squared deviations from the mean
+    ("score_min", pa.float64()),
+    ("score_max", pa.float64()),
+    ("positives", pa.int64()),
+    ("score_sample", pa.list_(pa.float32())),
+]
+EMPTY: dict[str, Any] = {
+    "score_rows": 0,
+    "score_mean": 0.0,
+    "score_m2": 0.0,
+    "score_min": float("inf"),
+    "score_max": float("-inf"),
+    "positives": 0,
+    "score_sample": [],
+}
+
+
+def sample_every(rows: int) -> int:
+    """The k of every k-th score sampled, for a run of ``rows`` rows."""
+    return max(1, rows // SAMPLE)
+
+
+def summarize(scores: np.ndarray, predictions: np.ndarray, every: int) -> dict[str, Any]:
+    """One piece's summary: ``scores`` (float) and ``predictions`` (0 or 1), a value per row;
+    every ``every``-th score kept in the sample."""
+    n = len(scores)
+    if n == 0:
+        return dict(EMPTY)
+    return {
+        "score_rows": n,
+        "score_mean": float(np.mean(scores, dtype=np.float64)),
+        "score_m2": float(np.var(scores)) * n,
+        "score_min": float(scores.min()),
+        "score_max": float(scores.max()),
+        "positives": int(np.count_nonzero(predictions)),
+        "score_sample": scores[::every].astype(np.float32, copy=False).tolist(),
+    }
+
+
+def of_table(table: pa.Table, score_column: str, every: int) -> dict[str, Any]:
+    """The summary of a table of predictions (:func:`models.predictor.prediction_table`)."""
+    return summarize(table.column(score_column).to_numpy(), table.column("prediction").to_numpy(), every)
+
+
+def combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two pieces' summaries as one: counts and sums add, the spread merges by Chan's formula,
+    the samples join."""
+    if not b["score_rows"]:
+        return a
+    if not a["score_rows"]:
+        return b
+    n = a["score_rows"] + b["score_rows"]
+    delta = b["score_mean"] - a["score_mean"]
+    return {
+        "score_rows": n,
+        "score_mean": a["score_mean"] + delta * b["score_rows"] / n,
+        "score_m2": a["score_m2"] + b["score_m2"] + delta * delta * a["score_rows"] * b["score_rows"] / n,
+        "score_min": min(a["score_min"], b["score_min"]),
+        "score_max": max(a["score_max"], b["score_max"]),
+        "positives": a["positives"] + b["positives"],
+        "score_sample": a["score_sample"] + b["score_sample"],
+    }
+
+
+def merge(summaries: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """The run's figures from its pieces' summaries: ``mean``, ``std``, ``min``, ``max``, the
+    quantiles of :data:`QUANTILES` and ``positive_rate``; empty when no row was scored."""
+    whole, samples = dict(EMPTY), []
+    for piece in summaries:
+        samples.append(piece["score_sample"])
+        whole = combine(whole, {k: piece[k] for k in EMPTY} | {"score_sample": []})
+    n = whole["score_rows"]
+    if not n:
+        return {}
+    sample = np.concatenate([np.asarray(s, dtype=np.float64) for s in samples])
+    return {
+        "mean": whole["score_mean"],
+        "std": (whole["score_m2"] / n) ** 0.5,
+        "min": whole["score_min"],
+        "max": whole["score_max"],
+        **dict(zip(QUANTILES, np.quantile(sample, list(QUANTILES.values())).tolist(), strict=True)),
+        "positive_rate": whole["positives"] / n,
+    }
+
+
+def of_files(paths: list[str], filesystem: Any, score_column: str, rows: int) -> dict[str, float]:
+    """The figures of written prediction files of ``rows`` rows in all, read back (the GPU
+    actors' path, where Ray Data writes the files): their score and prediction columns only."""
+    import pyarrow.parquet as pq
+
+    every = sample_every(rows)
+    return merge(
+        of_table(pq.read_table(path, columns=[score_column, "prediction"], filesystem=filesystem), score_column, every)
+        for path in paths
+    )
+
+
+def describe(figures: dict[str, float]) -> str:
+    """The figures as a line for people: ``mean 0.149, median 0.099 (p10 0.021, p90 0.367), 3.03% positive``."""
+    return (
+        f"mean {figures['mean']:.4g}, median {figures['p50']:.4g} (p10 {figures['p10']:.4g}, "
+        f"p90 {figures['p90']:.4g}), {100 * figures['positive_rate']:.2f}% positive"
+    )

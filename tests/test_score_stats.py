@@ -1,0 +1,55 @@
+"""The summary of a night's scores (jobs/score_stats.py): summarised in pieces, as the actors do
+file by file, and merged, it says what numpy says of all the scores at once."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from jobs import score_stats
+
+
+def pieces(scores: np.ndarray, cuts: list[int], every: int) -> list[dict]:
+    predictions = (scores >= 0.5).astype(np.int8)
+    bounds = [0, *cuts, len(scores)]
+    return [score_stats.summarize(scores[a:b], predictions[a:b], every) for a, b in itertools.pairwise(bounds)]
+
+
+def test_pieces_merge_to_the_whole():
+    rng = np.random.default_rng(7)
+    scores = rng.beta(0.6, 3.0, 250_000).astype(np.float32)
+    whole = scores.astype(np.float64)
+    # pieces of very different sizes, one of them empty, as files and slices come
+    figures = score_stats.merge(pieces(scores, [10, 10, 90_000, 90_001, 200_000], every=1))
+    assert figures["mean"] == pytest.approx(whole.mean(), rel=1e-9)
+    assert figures["std"] == pytest.approx(whole.std(), rel=1e-6)
+    assert (figures["min"], figures["max"]) == (whole.min(), whole.max())
+    assert figures["positive_rate"] == np.mean(scores >= 0.5)
+    exact = np.quantile(whole, [0.01, 0.1, 0.5, 0.9, 0.99])
+    assert [figures[q] for q in score_stats.QUANTILES] == pytest.approx(exact)
+
+
+def test_the_quantiles_of_a_large_run_come_from_an_even_sample():
+    """Every k-th row of each piece, the same k everywhere: a small file weighs no more than its
+    rows. Here a small file's scores sit far above the rest's."""
+    rng = np.random.default_rng(3)
+    scores = np.concatenate([rng.random(1_000_000) * 0.5, 0.9 + rng.random(20_000) * 0.1]).astype(np.float32)
+    every = score_stats.sample_every(len(scores))
+    assert every == 10
+    figures = score_stats.merge(pieces(scores, [1_000_000], every))
+    exact = np.quantile(scores.astype(np.float64), [0.01, 0.1, 0.5, 0.9, 0.99])
+    assert [figures[q] for q in score_stats.QUANTILES] == pytest.approx(exact, abs=0.01)
+    assert figures["p99"] > 0.9  # the small file's 2% of the rows, no more and no less
+
+
+def test_no_scored_row_has_no_figures():
+    assert score_stats.merge(pieces(np.zeros(0, dtype=np.float32), [], every=1)) == {}
+    assert score_stats.merge([]) == {}
+
+
+def test_a_line_for_people():
+    figures = score_stats.merge(pieces(np.array([0.1, 0.2, 0.6, 0.9], dtype=np.float32), [], every=1))
+    line = score_stats.describe(figures)
+    assert line.startswith("mean 0.45, median 0.4 (p10 0.13, p90 0.81)") and line.endswith("50.00% positive")
