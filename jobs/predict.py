@@ -307,6 +307,7 @@ def _run_locked(
         staging = lake.staging_path(job.output.table, ds, run_id)
         q_staging = lake.staging_path(quarantine_table(job), ds, run_id)
         s_staging = lake.staging_path(shadow_table(job), ds, run_id)
+        shadow_scores: dict[str, float] = {}
         try:
             for folder in (staging, q_staging, telemetry_path(staging), *([s_staging] if _shadow(job) else [])):
                 lake.fs.create_dir(folder, recursive=True)
@@ -325,6 +326,11 @@ def _run_locked(
             if _shadow(job):
                 s_files = lake.list_data_files(s_staging)
                 s_rows = lake.count_rows(s_files)
+                # the challenger's scores of every row, beside the published ones: read back, as
+                # the predictor writes them batch by batch
+                shadow_scores = score_stats.of_files(
+                    [f.path for f in s_files], lake.fs, job.output.score_column, sum(s_rows)
+                )
             out_files = lake.list_data_files(staging)
             out_rows = lake.count_rows(out_files)
             q_files = lake.list_data_files(q_staging)
@@ -365,7 +371,9 @@ def _run_locked(
             else:
                 commit.commit(lake, q_staging, quarantine_table(job), ds, q_manifest)
                 if _shadow(job):
-                    s_manifest = _manifest(job, ds, run_id, pre.challenger, lake, files, s_files, s_rows, started_at)
+                    s_manifest = _manifest(
+                        job, ds, run_id, pre.challenger, lake, files, s_files, s_rows, started_at, scores=shadow_scores
+                    )
                     commit.commit(lake, s_staging, shadow_table(job), ds, s_manifest)
                 output = commit.commit(lake, staging, job.output.table, ds, manifest)
         except BaseException as e:
@@ -392,6 +400,9 @@ def _run_locked(
         if scores:
             metrics |= {f"score.{name}": value for name, value in scores.items()}
             log.info("the scores: %s", score_stats.describe(scores))
+        if shadow_scores:
+            metrics |= {f"shadow.score.{name}": value for name, value in shadow_scores.items()}
+            log.info("the shadow's scores (%s): %s", pre.challenger.uri, score_stats.describe(shadow_scores))
         mlflow.log_metrics(metrics)
         if not dry_run:
             tracking.log_dataset(

@@ -190,6 +190,14 @@ def test_canary_and_shadow_in_the_nightly_job(settings, lake, registered, ray_lo
     assert shadow.num_rows == table.num_rows
     assert set(shadow["model_version"].to_pylist()) == {registered["challenger"]}
     assert set(shadow["scoring_run_id"].to_pylist()) == {first.run_id}
+    # the shadow's score distribution beside the published one's, to compare night by night
+    metrics = mlflow.MlflowClient(settings.mlflow.tracking_uri).get_run(first.run_id).data.metrics
+    p = shadow["churn_probability"].to_numpy().astype("float64")
+    assert metrics["shadow.score.mean"] == pytest.approx(p.mean(), rel=1e-6)
+    assert metrics["shadow.score.p50"] == pytest.approx(float(np.median(p)), abs=1e-6)
+    assert metrics["score.mean"] == pytest.approx(table["churn_probability"].to_numpy().astype("float64").mean())
+    s_manifest = lake.read_manifest(f"{job.output.table}_shadow", DAY)
+    assert s_manifest["scores"]["positive_rate"] == pytest.approx(metrics["shadow.score.positive_rate"])
 
     run_job(job, DAY, settings=settings)  # a rerun routes the same customers
     again = pads.dataset(out, format="parquet").to_table().filter(pads.field("variant") == "challenger")
