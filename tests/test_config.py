@@ -157,3 +157,40 @@ def test_validate_command(home, tmp_path, capsys):
     bad = write(tmp_path, VALID + "surprise: 1\n")
     assert main(["validate", str(bad)]) == 1
     assert "surprise: unknown key" in capsys.readouterr().out
+
+
+def test_the_readme_documents_every_key_of_a_job_file():
+    """Every key the job file accepts has its line in the README's table of keys, or (for
+    ``validation.*`` and ``ab.*``, which the table sends to sections of their own) is named in
+    the README: a key added without its documentation fails here."""
+    import re
+    import typing
+
+    from pydantic import BaseModel
+
+    from jobs.config import JobConfig
+    from jobs.settings import PROJECT_ROOT
+
+    readme = (PROJECT_ROOT / "README.md").read_text()
+    table = readme.split("\n## Adding a job", 1)[1].split("\n## ", 1)[0]
+    documented = set()
+    for line in table.splitlines():
+        if line.startswith("| `"):
+            names = re.findall(r"`([^`]+)`", line.split("|")[1])
+            section = names[0].rsplit(".", 1)[0] + "." if "." in names[0] else ""
+            documented |= {names[0], *(section + name for name in names[1:])}
+    missing = []
+    for name, field in JobConfig.model_fields.items():
+        if name == "name":  # the file's own name, not a key in it
+            continue
+        models = [t for t in (field.annotation, *typing.get_args(field.annotation)) if isinstance(t, type)]
+        spec = next((t for t in models if issubclass(t, BaseModel)), None)
+        if spec is None:
+            missing += [name] if name not in documented else []
+        elif f"{name}.*" in documented:
+            # named in those sections' text, or in their annotated YAML
+            named = [key for key in spec.model_fields if f"`{key}" in readme or f"{key}:" in readme]
+            missing += [f"{name}.{key}" for key in spec.model_fields if key not in named]
+        else:
+            missing += [f"{name}.{key}" for key in spec.model_fields if f"{name}.{key}" not in documented]
+    assert documented and not missing, f"job-file keys the README does not document: {missing}"
