@@ -311,7 +311,7 @@ def _run_locked(
         try:
             for folder in (staging, q_staging, telemetry_path(staging), *([s_staging] if _shadow(job) else [])):
                 lake.fs.create_dir(folder, recursive=True)
-            pipeline_start, actor_seconds, scores = _score(
+            pipeline_start, actor_seconds, summaries = _score(
                 job,
                 lake,
                 pre,
@@ -323,13 +323,17 @@ def _run_locked(
                 gpus=gpus,
                 shadow_dir=s_staging if _shadow(job) else None,
             )
+            scores = _distribution(lake, ds, summaries, table=job.output.table)
             if _shadow(job):
                 s_files = lake.list_data_files(s_staging)
                 s_rows = lake.count_rows(s_files)
                 # the challenger's scores of every row, beside the published ones: read back, as
                 # the predictor writes them batch by batch
-                shadow_scores = score_stats.of_files(
-                    [f.path for f in s_files], lake.fs, job.output.score_column, sum(s_rows)
+                shadow_scores = _distribution(
+                    lake,
+                    ds,
+                    score_stats.of_files([f.path for f in s_files], lake.fs, job.output.score_column, sum(s_rows)),
+                    table=shadow_table(job),
                 )
             out_files = lake.list_data_files(staging)
             out_rows = lake.count_rows(out_files)
@@ -429,6 +433,28 @@ def _run_locked(
         quarantine=lake.uri(lake.partition_path(quarantine_table(job), ds)) if invalid and not dry_run else None,
         scores=scores,
     )
+
+
+def _distribution(lake: Lake, ds: dt.date, summaries: list[dict[str, Any]], *, table: str) -> dict[str, float]:
+    """The figures of ``summaries`` (:func:`jobs.score_stats.merge`), against the day before's
+    partition of ``table`` where it has them; a warning when the scores moved much since."""
+    previous = (lake.read_manifest(table, ds - dt.timedelta(days=1)) or {}).get("scores")
+    scores = score_stats.merge(summaries, previous)
+    shift = scores.get("psi_vs_previous_day")
+    if shift is not None and shift > score_stats.PSI_ALERT:
+        log.warning(
+            "%s's scores moved since %s: population stability index %.2f against that day's deciles (above %g); "
+            "median %.4g → %.4g, positive rate %.2f%% → %.2f%%",
+            table,
+            ds - dt.timedelta(days=1),
+            shift,
+            score_stats.PSI_ALERT,
+            previous["p50"],
+            scores["p50"],
+            100 * previous["positive_rate"],
+            100 * scores["positive_rate"],
+        )
+    return scores
 
 
 def actor_time(seconds: dict[str, float]) -> str:
@@ -594,7 +620,7 @@ def _score(
     started_at: dt.datetime,
     gpus: float,
     shadow_dir: str | None = None,
-) -> tuple[float, dict[str, float], dict[str, float]]:
+) -> tuple[float, dict[str, float], list[dict[str, Any]]]:
     """The Ray Data pipeline: read → validate rows → actor pool of predictors → Parquet in staging.
 
     CPU actors run all four steps themselves, a file per thread and a thread per CPU
@@ -608,9 +634,9 @@ def _score(
     equal rows in before anything is committed.
 
     Returns when the pipeline started (unix seconds); with CPU actors, the seconds they spent in
-    each stage (:data:`jobs.part_writer.STAGES`), summed over the actors (else ``{}``); and the
-    distribution of the scores written (:func:`jobs.score_stats.merge`): CPU actors summarise
-    their files' as they write them, GPU actors' files are read back.
+    each stage (:data:`jobs.part_writer.STAGES`), summed over the actors (else ``{}``); and
+    summaries of the scores written (:mod:`jobs.score_stats`): CPU actors summarise their files'
+    as they write them, GPU actors' files are read back.
     """
     from jobs.part_writer import ScoreAndWrite, stage_seconds  # imports Ray Data: only once Ray is up
 
@@ -671,7 +697,7 @@ def _score(
             num_cpus=job.compute.cpus_per_actor,
         )
         files_done = done.take_all()  # a row per input file
-        return started, stage_seconds(files_done), score_stats.merge(files_done)
+        return started, stage_seconds(files_done), files_done
     dataset = read_parquet_files(
         [f.path for f in pre.files],
         filesystem=lake.fs,

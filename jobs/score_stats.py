@@ -15,7 +15,7 @@ quantiles come from the sample.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -24,7 +24,10 @@ import pyarrow as pa
 # about this many scores in all are kept for the quantiles, every k-th row of each piece for the
 # same k, so that every row is as likely to be in the sample, whatever the size of its file
 SAMPLE = 100_000
-QUANTILES = {"p01": 0.01, "p10": 0.1, "p50": 0.5, "p90": 0.9, "p99": 0.99}
+QUANTILES = {"p01": 0.01, **{f"p{10 * i}": i / 10 for i in range(1, 10)}, "p99": 0.99}
+DECILES = [f"p{10 * i}" for i in range(1, 10)]
+# a population stability index above this is the usual mark of a shift worth a look
+PSI_ALERT = 0.25
 
 # a summary's fields, as a CPU actor returns them for each input file beside its row counts
 FIELDS = [
@@ -94,9 +97,10 @@ def combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def merge(summaries: Iterable[dict[str, Any]]) -> dict[str, float]:
+def merge(summaries: Iterable[dict[str, Any]], previous: Mapping[str, float] | None = None) -> dict[str, float]:
     """The run's figures from its pieces' summaries: ``mean``, ``std``, ``min``, ``max``, the
-    quantiles of :data:`QUANTILES` and ``positive_rate``; empty when no row was scored."""
+    quantiles of :data:`QUANTILES` and ``positive_rate``; empty when no row was scored. Given
+    the day before's figures, also ``psi_vs_previous_day`` (:func:`psi`)."""
     whole, samples = dict(EMPTY), []
     for piece in summaries:
         samples.append(piece["score_sample"])
@@ -105,7 +109,7 @@ def merge(summaries: Iterable[dict[str, Any]]) -> dict[str, float]:
     if not n:
         return {}
     sample = np.concatenate([np.asarray(s, dtype=np.float64) for s in samples])
-    return {
+    figures = {
         "mean": whole["score_mean"],
         "std": (whole["score_m2"] / n) ** 0.5,
         "min": whole["score_min"],
@@ -113,18 +117,33 @@ def merge(summaries: Iterable[dict[str, Any]]) -> dict[str, float]:
         **dict(zip(QUANTILES, np.quantile(sample, list(QUANTILES.values())).tolist(), strict=True)),
         "positive_rate": whole["positives"] / n,
     }
+    shift = psi(sample, previous) if previous else None
+    return figures | ({"psi_vs_previous_day": shift} if shift is not None else {})
 
 
-def of_files(paths: list[str], filesystem: Any, score_column: str, rows: int) -> dict[str, float]:
-    """The figures of written prediction files of ``rows`` rows in all, read back (the GPU
+def psi(sample: np.ndarray, previous: Mapping[str, float]) -> float | None:
+    """The population stability index of ``sample`` against the day before's deciles: each tenth
+    of yesterday's scores a bin, ``sum((today - 0.1) * ln(today / 0.1))`` over the ten. None
+    when yesterday's figures have no deciles, or ties among them (a model that scored many rows
+    alike: its bins are not tenths)."""
+    edges = [previous.get(d) for d in DECILES]
+    if None in edges or not np.all(np.diff(edges) > 0):
+        return None
+    today = np.bincount(np.searchsorted(edges, sample, side="right"), minlength=10) / len(sample)
+    today = np.clip(today, 1e-6, None)
+    return float(np.sum((today - 0.1) * np.log(today / 0.1)))
+
+
+def of_files(paths: list[str], filesystem: Any, score_column: str, rows: int) -> list[dict[str, Any]]:
+    """The summaries of written prediction files of ``rows`` rows in all, read back (the GPU
     actors' path, where Ray Data writes the files): their score and prediction columns only."""
     import pyarrow.parquet as pq
 
     every = sample_every(rows)
-    return merge(
+    return [
         of_table(pq.read_table(path, columns=[score_column, "prediction"], filesystem=filesystem), score_column, every)
         for path in paths
-    )
+    ]
 
 
 def describe(figures: dict[str, float]) -> str:

@@ -85,7 +85,9 @@ def test_run_is_logged_to_mlflow(first_run, settings, churn_job, lake):
     # the night's score distribution, to chart across runs: the published scores', in the
     # metrics, the manifest and the run's result alike
     scores = {k.removeprefix("score."): v for k, v in m.items() if k.startswith("score.")}
-    assert set(scores) == {"mean", "std", "min", "max", "p01", "p10", "p50", "p90", "p99", "positive_rate"}
+    figures = {"mean", "std", "min", "max", "positive_rate", "p01", "p99", *(f"p{10 * i}" for i in range(1, 10))}
+    # psi_vs_previous_day where the day before's partition was scored (see the next test)
+    assert figures <= set(scores) <= figures | {"psi_vs_previous_day"}
     table = read_output(lake)
     assert_scores_describe(scores, table)
     assert lake.read_manifest(OUT, DAY)["scores"] == pytest.approx(scores)
@@ -220,6 +222,37 @@ def assert_scores_describe(scores: dict, table) -> None:
     assert scores["std"] == pytest.approx(p.std(), rel=1e-5)
     assert (scores["min"], scores["max"]) == pytest.approx((p.min(), p.max()))
     assert scores["positive_rate"] == pytest.approx(np.mean(table["prediction"].to_numpy()))
-    assert [scores[q] for q in ("p01", "p10", "p50", "p90", "p99")] == pytest.approx(
-        np.quantile(p, [0.01, 0.1, 0.5, 0.9, 0.99]), abs=1e-6
+    from jobs.score_stats import QUANTILES
+
+    assert [scores[q] for q in QUANTILES] == pytest.approx(np.quantile(p, list(QUANTILES.values())), abs=1e-6)
+
+
+def test_a_night_whose_scores_moved_says_so(settings, registered, ray_local, churn_job, tmp_path, caplog):
+    """Against the day before's deciles: the same customers score alike (a small index, no
+    warning); when an upstream column changes its units, every row still passes and is scored,
+    and the run logs the shift and warns."""
+    import datetime as dt
+
+    import pyarrow.compute as pc
+
+    from jobs import demo_data
+    from jobs.lake import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+    here = settings.model_copy(update={"lake_root": lake.root})
+    days = [DAY + dt.timedelta(days=i) for i in range(3)]
+    snapshot = demo_data.generate(ROWS, DAY)
+    charges = snapshot.schema.get_field_index("monthly_charges")
+    in_cents = snapshot.set_column(charges, "monthly_charges", pc.multiply(snapshot["monthly_charges"], 100.0))
+    for day, data in zip(days, [snapshot, snapshot, in_cents], strict=True):
+        demo_data.write_partition(lake, demo_data.RAW_TABLE, day, data, files=2)
+    runs = [run_job(churn_job, day, settings=here) for day in days]
+    assert "psi_vs_previous_day" not in runs[0].scores  # no day before
+    assert runs[1].scores["psi_vs_previous_day"] < 0.05
+    assert runs[2].scores["psi_vs_previous_day"] > 0.25 and runs[2].quarantined == 0
+    client = mlflow.MlflowClient(settings.mlflow.tracking_uri)
+    assert client.get_run(runs[2].run_id).data.metrics["score.psi_vs_previous_day"] == pytest.approx(
+        runs[2].scores["psi_vs_previous_day"]
     )
+    assert f"{OUT}'s scores moved since {days[1]}: population stability index" in caplog.text
+    assert caplog.text.count("scores moved since") == 1

@@ -27,7 +27,7 @@ def test_pieces_merge_to_the_whole():
     assert figures["std"] == pytest.approx(whole.std(), rel=1e-6)
     assert (figures["min"], figures["max"]) == (whole.min(), whole.max())
     assert figures["positive_rate"] == np.mean(scores >= 0.5)
-    exact = np.quantile(whole, [0.01, 0.1, 0.5, 0.9, 0.99])
+    exact = np.quantile(whole, list(score_stats.QUANTILES.values()))
     assert [figures[q] for q in score_stats.QUANTILES] == pytest.approx(exact)
 
 
@@ -39,7 +39,7 @@ def test_the_quantiles_of_a_large_run_come_from_an_even_sample():
     every = score_stats.sample_every(len(scores))
     assert every == 10
     figures = score_stats.merge(pieces(scores, [1_000_000], every))
-    exact = np.quantile(scores.astype(np.float64), [0.01, 0.1, 0.5, 0.9, 0.99])
+    exact = np.quantile(scores.astype(np.float64), list(score_stats.QUANTILES.values()))
     assert [figures[q] for q in score_stats.QUANTILES] == pytest.approx(exact, abs=0.01)
     assert figures["p99"] > 0.9  # the small file's 2% of the rows, no more and no less
 
@@ -53,3 +53,21 @@ def test_a_line_for_people():
     figures = score_stats.merge(pieces(np.array([0.1, 0.2, 0.6, 0.9], dtype=np.float32), [], every=1))
     line = score_stats.describe(figures)
     assert line.startswith("mean 0.45, median 0.4 (p10 0.13, p90 0.81)") and line.endswith("50.00% positive")
+
+
+def test_the_shift_from_the_day_before():
+    """The population stability index of tonight's scores on yesterday's deciles: near 0 for the
+    same distribution, past the alert mark for a shifted one, None where yesterday's deciles tie."""
+    rng = np.random.default_rng(11)
+    yesterday = score_stats.merge(pieces(rng.beta(2, 5, 200_000).astype(np.float32), [], every=1))
+    same = score_stats.merge(pieces(rng.beta(2, 5, 200_000).astype(np.float32), [], every=1), yesterday)
+    moved = score_stats.merge(pieces(rng.beta(5, 2, 200_000).astype(np.float32), [], every=1), yesterday)
+    assert same["psi_vs_previous_day"] < 0.01
+    assert moved["psi_vs_previous_day"] > score_stats.PSI_ALERT
+    # by hand: all of tonight's scores above yesterday's top decile
+    top = score_stats.merge(pieces(np.full(1000, 0.99, dtype=np.float32), [], every=1), yesterday)
+    expected = 9 * (1e-6 - 0.1) * np.log(1e-6 / 0.1) + (1 - 0.1) * np.log(1 / 0.1)
+    assert top["psi_vs_previous_day"] == pytest.approx(expected, rel=1e-4)
+    flat = score_stats.merge(pieces(np.zeros(1000, dtype=np.float32), [], every=1))
+    assert "psi_vs_previous_day" not in score_stats.merge(pieces(rng.random(100).astype(np.float32), [], 1), flat)
+    assert "psi_vs_previous_day" not in score_stats.merge(pieces(rng.random(100).astype(np.float32), [], 1), {})
