@@ -438,15 +438,20 @@ def _run_locked(
 def _distribution(lake: Lake, ds: dt.date, summaries: list[dict[str, Any]], *, table: str) -> dict[str, float]:
     """The figures of ``summaries`` (:func:`jobs.score_stats.merge`), against the day before's
     partition of ``table`` where it has them; a warning when the scores moved much since."""
-    previous = (lake.read_manifest(table, ds - dt.timedelta(days=1)) or {}).get("scores")
-    scores = score_stats.merge(summaries, previous)
+    day_before = ds - dt.timedelta(days=1)
+    try:  # a comparison: yesterday's partition, whatever its state, never fails tonight's run
+        previous = (lake.read_manifest(table, day_before) or {}).get("scores")
+        scores = score_stats.merge(summaries, previous)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        log.warning("%s ds=%s: its manifest's scores could not be compared with tonight's (%s)", table, day_before, e)
+        previous, scores = None, score_stats.merge(summaries)
     shift = scores.get("psi_vs_previous_day")
     if shift is not None and shift > score_stats.PSI_ALERT:
         log.warning(
             "%s's scores moved since %s: population stability index %.2f against that day's deciles (above %g); "
             "median %.4g → %.4g, positive rate %.2f%% → %.2f%%",
             table,
-            ds - dt.timedelta(days=1),
+            day_before,
             shift,
             score_stats.PSI_ALERT,
             previous["p50"],

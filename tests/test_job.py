@@ -256,3 +256,11 @@ def test_a_night_whose_scores_moved_says_so(settings, registered, ray_local, chu
     )
     assert f"{OUT}'s scores moved since {days[1]}: population stability index" in caplog.text
     assert caplog.text.count("scores moved since") == 1
+
+    # a day before whose manifest is broken leaves tonight's run to publish, without the index
+    (Path(lake.partition_path(OUT, days[2])) / "_manifest.json").write_text('{"scores": {"p10": "x"')
+    fourth = days[2] + dt.timedelta(days=1)
+    demo_data.write_partition(lake, demo_data.RAW_TABLE, fourth, snapshot, files=2)
+    result = run_job(churn_job, fourth, settings=here)
+    assert result.committed and "psi_vs_previous_day" not in result.scores and result.scores["mean"] > 0
+    assert f"{OUT} ds={days[2]}: its manifest's scores could not be compared with tonight's" in caplog.text
