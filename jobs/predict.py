@@ -323,7 +323,6 @@ def _run_locked(
                 gpus=gpus,
                 shadow_dir=s_staging if _shadow(job) else None,
             )
-            scores = _distribution(lake, ds, summaries, table=job.output.table)
             if _shadow(job):
                 s_files = lake.list_data_files(s_staging)
                 s_rows = lake.count_rows(s_files)
@@ -344,6 +343,11 @@ def _run_locked(
                     f"wrote {sum(out_rows)} predictions and quarantined {sum(q_rows)} rows for {rows_in} input "
                     "rows; nothing was committed"
                 )
+            if summaries is None:  # GPU actors: Ray Data wrote the files, so their scores are read back
+                summaries = score_stats.of_files(
+                    [f.path for f in out_files], lake.fs, job.output.score_column, sum(out_rows)
+                )
+            scores = _distribution(lake, ds, summaries, table=job.output.table)
             invalid = sum(q_rows)
             share = invalid / rows_in if rows_in else 0.0
             mlflow.log_metrics({"invalid_rows": invalid, "invalid_share": share, "duplicate_keys": duplicates})
@@ -625,7 +629,7 @@ def _score(
     started_at: dt.datetime,
     gpus: float,
     shadow_dir: str | None = None,
-) -> tuple[float, dict[str, float], list[dict[str, Any]]]:
+) -> tuple[float, dict[str, float], list[dict[str, Any]] | None]:
     """The Ray Data pipeline: read → validate rows → actor pool of predictors → Parquet in staging.
 
     CPU actors run all four steps themselves, a file per thread and a thread per CPU
@@ -640,8 +644,8 @@ def _score(
 
     Returns when the pipeline started (unix seconds); with CPU actors, the seconds they spent in
     each stage (:data:`jobs.part_writer.STAGES`), summed over the actors (else ``{}``); and
-    summaries of the scores written (:mod:`jobs.score_stats`): CPU actors summarise their files'
-    as they write them, GPU actors' files are read back.
+    the summaries of the scores they wrote, a file's each (:mod:`jobs.score_stats`; None with GPU
+    actors, whose files Ray Data writes: the caller reads those back).
     """
     from jobs.part_writer import ScoreAndWrite, stage_seconds  # imports Ray Data: only once Ray is up
 
@@ -732,8 +736,7 @@ def _score(
         ray_remote_args={"num_cpus": IO_CPUS},
         **parquet_options(prediction_columns(job.input.key, job.output.score_column)),
     )
-    written = [f.path for f in lake.list_data_files(staging)]
-    return started, {}, score_stats.of_files(written, lake.fs, job.output.score_column, pre.rows_in)
+    return started, {}, None
 
 
 def read_columns(job: JobConfig, rules: list[validation.ColumnRule]) -> tuple[list[str], list[str]]:

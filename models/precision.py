@@ -11,12 +11,9 @@ Imported by the actors only: it imports torch.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import torch
-
-log = logging.getLogger(__name__)
 
 
 class Autocast(torch.nn.Module):
