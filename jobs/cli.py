@@ -218,6 +218,11 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
         "--port",
         str(args.port),
     ]
+    if settings.mlflow.artifact_root:
+        # experiments created through this server (a user's `mlflow.set_experiment`) keep their
+        # artifacts under the profile's root, as lakecast's own do, and clients on this machine
+        # write them there directly: lakecast's jobs read the store, not this server
+        cmd += ["--default-artifact-root", settings.mlflow.artifact_root, "--no-serve-artifacts"]
     return subprocess.run(cmd, check=False).returncode
 
 

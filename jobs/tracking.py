@@ -31,8 +31,26 @@ def configure(settings: Settings) -> MlflowClient:
         os.environ["MLFLOW_REGISTRY_URI"] = settings.mlflow.registry_uri
         mlflow.set_registry_uri(settings.mlflow.registry_uri)
     if settings.mlflow.tracking_uri.startswith("sqlite:///"):
-        os.makedirs(os.path.dirname(settings.mlflow.tracking_uri.removeprefix("sqlite:///")), exist_ok=True)
+        path = settings.mlflow.tracking_uri.removeprefix("sqlite:///")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if settings.mlflow.artifact_root and not os.path.exists(path):
+            _create_store(settings.mlflow.tracking_uri, settings.mlflow.artifact_root)
     return mlflow.MlflowClient()
+
+
+def _create_store(uri: str, artifact_root: str) -> None:
+    """Create a new SQLite store whose Default experiment keeps its artifacts under the profile's
+    artifact root.
+
+    Left to MLflow, the process that first opens the store gives the Default experiment
+    ``./mlruns/0`` of its working directory, and that is where a user's model lands when they log
+    it as MLflow's quickstart does, naming no experiment: outside ``LAKECAST_HOME``, and left
+    behind when it is deleted.
+    """
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    log.info("creating the MLflow store %s, its artifacts under %s", uri, artifact_root)
+    SqlAlchemyStore(uri, artifact_root)
 
 
 def experiment_id(settings: Settings, name: str) -> str:

@@ -85,7 +85,16 @@ def stop_groups(procs: list[subprocess.Popen], sig: signal.Signals = signal.SIGT
 class Service:
     """One long-running program with its log in ``logdir``."""
 
-    def __init__(self, name: str, argv: list[str], *, env: dict[str, str], logdir: Path, user: str | None = None):
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        env: dict[str, str],
+        logdir: Path,
+        user: str | None = None,
+        cwd: Path | None = None,
+    ):
         self.name = name
         self.log_path = logdir / f"{name}.log"
         if user:
@@ -96,6 +105,7 @@ class Service:
             stdout=open(self.log_path, "w"),  # noqa: SIM115 - the child owns it
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            cwd=cwd,
         )
 
     def log_tail(self, chars: int = 4000) -> str:

@@ -77,9 +77,9 @@ def expected_scores(net: torch.nn.Module, rows: pd.DataFrame, columns: list[str]
 
 
 def register(settings, name: str, log) -> None:
-    """Log and register a model the way a user does, and point ``champion`` at it."""
+    """Log and register a model the way a user does (as the README shows: no experiment named, so
+    its files go under LAKECAST_HOME), and point ``champion`` at it."""
     configure(settings)
-    mlflow.set_experiment("users-own-models")
     with mlflow.start_run():
         info = log(name)
     mlflow.MlflowClient().set_registered_model_alias(name, "champion", info.registered_model_version)

@@ -1,0 +1,107 @@
+"""Where the files of a model a user logs into the embedded default's MLflow go.
+
+The README's "Your own model" tells a user to log into lakecast's store: the SQLite file under
+``LAKECAST_HOME``, or the server ``lakecast mlflow-ui`` starts on it. Either way the model's files
+must land under ``LAKECAST_HOME`` (so that deleting it starts over, and lakecast's jobs find
+them), not in ``./mlruns`` of whatever directory the user's script ran in, which is where MLflow
+puts them by default.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from tests.s3server import free_ports
+from tests.stack import BIN, Service, http_ok, wait_until
+
+# a user's script: plain MLflow, no lakecast import; MLFLOW_TRACKING_URI says where it logs
+USER_SCRIPT = """
+import sys
+import mlflow
+import numpy as np
+import pandas as pd
+
+class Doubler(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input):
+        return 2 * model_input["x"].to_numpy()
+
+experiment = sys.argv[1] if len(sys.argv) > 1 else None
+if experiment:
+    mlflow.set_experiment(experiment)
+with mlflow.start_run():
+    mlflow.pyfunc.log_model(
+        name="model", python_model=Doubler(), input_example=pd.DataFrame({"x": [1.0]}), registered_model_name="doubler"
+    )
+mlflow.MlflowClient().set_registered_model_alias("doubler", "champion", "1")
+"""
+
+
+def run(argv: list[str], *, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture
+def fresh(tmp_path) -> tuple[Path, Path, dict[str, str]]:
+    """A new LAKECAST_HOME, the empty folder the user's scripts run in, and their environment."""
+    home, work = tmp_path / "home", tmp_path / "work"
+    work.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "LAKECAST_"))}
+    return home, work, env | {"LAKECAST_HOME": str(home)}
+
+
+def model_files(home: Path) -> Path:
+    """Where the registry says champion's files are, checked to hold the model."""
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home}/mlflow.db")
+    source = client.get_model_version_by_alias("doubler", "champion").source  # models:/<logged model id>
+    location = Path(client.get_logged_model(source.removeprefix("models:/")).artifact_location.removeprefix("file://"))
+    assert (location / "MLmodel").is_file(), location
+    return location
+
+
+def test_a_model_logged_as_mlflows_quickstart_does_stays_under_lakecast_home(fresh):
+    home, work, env = fresh
+    # any lakecast command creates the store (here: what each does first), then the user logs a
+    # model into it from another folder, naming no experiment, as MLflow's quickstart does
+    run([sys.executable, "-c", "from jobs.settings import load_settings\nfrom jobs.tracking import configure\n"
+         "configure(load_settings()).search_experiments()"],
+        env=env | {"PYTHONPATH": str(Path(__file__).parents[1])}, cwd=work)  # fmt: skip
+    run([sys.executable, "-c", USER_SCRIPT], env=env | {"MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db"}, cwd=work)
+    assert model_files(home).is_relative_to(home / "mlartifacts" / "0")
+    assert list(work.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_model_logged_through_the_ui_server_into_its_own_experiment_stays_under_lakecast_home(fresh):
+    home, work, env = fresh
+    (port,) = free_ports(1, paired=False)
+    ui = Service(
+        "mlflow-ui",
+        [str(BIN / "lakecast"), "mlflow-ui", "--port", str(port)],
+        env=env,
+        logdir=home.parent,
+        cwd=work,
+    )
+    try:
+        wait_until(
+            lambda: http_ok(f"http://127.0.0.1:{port}/health"), timeout=120, what="lakecast mlflow-ui", service=ui
+        )
+        run(
+            [sys.executable, "-c", USER_SCRIPT, "fraud"],
+            env=env | {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"},
+            cwd=work,
+        )
+    finally:
+        ui.stop()
+    files = model_files(home)
+    experiment = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home}/mlflow.db").get_experiment_by_name("fraud")
+    assert files.is_relative_to(home / "mlartifacts" / experiment.experiment_id)
+    # the server neither: no ./mlartifacts of its own beside the user's scripts
+    assert list(work.iterdir()) == []
