@@ -207,6 +207,13 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
     import subprocess
 
     settings = load_settings()
+    if settings.mlflow.tracking_uri.startswith(("http://", "https://")):
+        from jobs.tracking import ui_base
+
+        # a tracking server serves its own UI: `mlflow ui` cannot open a server as its store
+        uri = settings.mlflow.tracking_uri
+        _out(f"lakecast's MLflow is the tracking server {uri}: open its UI at {ui_base(settings)}")
+        return 0
     mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
     cmd = [
         mlflow_bin,

@@ -105,3 +105,22 @@ def test_a_model_logged_through_the_ui_server_into_its_own_experiment_stays_unde
     assert files.is_relative_to(home / "mlartifacts" / experiment.experiment_id)
     # the server neither: no ./mlartifacts of its own beside the user's scripts
     assert list(work.iterdir()) == []
+
+
+def test_mlflow_ui_against_a_tracking_server_points_at_its_ui(fresh):
+    home, work, env = fresh
+    # the production profile's MLflow is a server, which serves its own UI (and `mlflow ui` would
+    # end in MLflow's traceback, unable to take a server as its store)
+    server = "http://127.0.0.1:5999"
+    proc = subprocess.run(
+        [str(BIN / "lakecast"), "mlflow-ui"],
+        env=env | {"MLFLOW_TRACKING_URI": server},
+        cwd=work,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip() == f"lakecast's MLflow is the tracking server {server}: open its UI at {server}"
+    assert "Traceback" not in proc.stderr
+    assert not home.exists()  # and no local store started beside the server
