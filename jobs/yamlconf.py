@@ -83,9 +83,11 @@ def format_validation_error(path: Path | str, error: ValidationError) -> str:
         elif problem["type"] == "missing":
             message = "required key is missing"
         else:
-            message = problem["msg"]
-            if "input" in problem and not isinstance(problem["input"], dict | list):
-                message += f" (got {problem['input']!r})"
+            # a validator's own ValueError already says what is wrong, often with the value
+            message = problem["msg"].removeprefix("Value error, ")
+            value = problem.get("input")
+            if "input" in problem and not isinstance(value, dict | list) and repr(value) not in message:
+                message += f" (got {value!r})"
         lines.append(f"{path}: {key}: {message}")
     return "\n".join(lines)
 
