@@ -44,7 +44,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         except ConfigError as e:
             failed += 1
             _out(f"invalid {e}")
-    _out(f"{len(paths) - failed} valid, {failed} invalid job file(s) in {conf_dir() / 'jobs'}")
+    where = "" if args.files else f" in {conf_dir() / 'jobs'}"
+    _out(f"{len(paths) - failed} valid, {failed} invalid job file(s){where}")
     return 1 if failed else 0
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from jobs.config import load_job, load_job_file, parse_date
-from jobs.settings import load_settings
+from jobs.settings import conf_dir, load_settings
 from jobs.yamlconf import ConfigError
 
 VALID = """\
@@ -154,10 +154,15 @@ def test_validate_command(home, tmp_path, capsys):
     from jobs.cli import main
 
     assert main(["validate"]) == 0
-    assert "lakecast__churn" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    jobs = conf_dir() / "jobs"
+    assert "lakecast__churn" in out
+    assert out.endswith(f"{len(list(jobs.glob('*.yaml')))} valid, 0 invalid job file(s) in {jobs}\n")
     bad = write(tmp_path, VALID + "surprise: 1\n")
     assert main(["validate", str(bad)]) == 1
-    assert "surprise: unknown key" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # the files named, wherever they are: the count names no folder
+    assert "surprise: unknown key" in out and out.endswith("0 valid, 1 invalid job file(s)\n")
 
 
 def test_the_readme_documents_every_key_of_a_job_file():
