@@ -83,10 +83,11 @@ def format_validation_error(path: Path | str, error: ValidationError) -> str:
         elif problem["type"] == "missing":
             message = "required key is missing"
         else:
-            # a validator's own ValueError already says what is wrong, often with the value
+            # a validator's own ValueError is a sentence already, often quoting the text it refused
             message = problem["msg"].removeprefix("Value error, ")
             value = problem.get("input")
-            if "input" in problem and not isinstance(value, dict | list) and repr(value) not in message:
+            quoted = problem["type"] == "value_error" and isinstance(value, str) and repr(value) in message
+            if "input" in problem and not isinstance(value, dict | list) and not quoted:
                 message += f" (got {value!r})"
         lines.append(f"{path}: {key}: {message}")
     return "\n".join(lines)
