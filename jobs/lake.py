@@ -152,13 +152,21 @@ class Lake:
 
     def count_rows(self, files: list[DataFile]) -> list[int]:
         """Row counts from the Parquet footers, without reading any data page."""
-        counts = []
+        return [footer.num_rows for footer in self.footers(files)]
+
+    def footers(self, files: list[DataFile]) -> list[pq.FileMetaData]:
+        """Each file's Parquet footer: its row count, and its row groups' column statistics.
+
+        Raises:
+            LakeError: a file is unreadable (zero bytes, truncated, not Parquet), naming it.
+        """
+        footers = []
         for f in files:
             try:
-                counts.append(pq.ParquetFile(f.path, filesystem=self.fs).metadata.num_rows)
+                footers.append(pq.ParquetFile(f.path, filesystem=self.fs).metadata)
             except Exception as e:  # pyarrow raises several types for a damaged footer
                 raise LakeError(f"cannot read Parquet file {self.uri(f.path)}: {e}") from e
-        return counts
+        return footers
 
     def read_manifest(self, table: str, ds: dt.date) -> dict[str, Any] | None:
         path = f"{self.partition_path(table, ds)}/{MANIFEST}"

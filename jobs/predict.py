@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-from jobs import commit, score_stats, tracking, validation
+from jobs import commit, input_stats, score_stats, tracking, validation
 from jobs.config import JobConfig
 from jobs.lake import DataFile, Lake
 from jobs.ray_errors import raise_ours
@@ -86,6 +86,8 @@ class RunResult:
     quarantine: str | None = None  # where they were committed (None in a dry run)
     # the distribution of the scores written (jobs.score_stats.merge): mean, std, quantiles...
     scores: dict[str, float] = field(default_factory=dict)
+    # each model input's share of nulls in the input partition (jobs.input_stats)
+    input_nulls: dict[str, float] = field(default_factory=dict)
 
     @property
     def rows_per_s(self) -> float:
@@ -112,6 +114,7 @@ class RunResult:
             "quarantined": self.quarantined,
             "quarantine": self.quarantine,
             "scores": dict(self.scores),
+            "input_nulls": dict(self.input_nulls),
         }
 
 
@@ -200,6 +203,7 @@ class Preflight:
     challenger_scorer: ArrowScorer | None = None
     challenger_columns: tuple[str, ...] = ()  # its input columns, in its order
     columns: tuple[str, ...] = ()  # the champion's input columns, in its order
+    input_nulls: dict[str, float] = field(default_factory=dict)  # each one's share of nulls
     done_unix: float = field(default_factory=time.time)
 
 
@@ -223,7 +227,8 @@ def preflight(
     job: JobConfig, ds: dt.date, settings: Settings, lake: Lake, model_alias: str | None, model_version: int | None
 ) -> Preflight:
     files = lake.data_files(job.input.table, ds)
-    rows_in = sum(lake.count_rows(files))  # reads every footer: zero-byte and truncated files fail here
+    footers = lake.footers(files)  # zero-byte and truncated files fail here
+    rows_in = sum(footer.num_rows for footer in footers)
     # the key column's read and check (numpy, mostly off the GIL) beside MLflow's import and lookups
     with ThreadPoolExecutor(1, thread_name_prefix="duplicates") as pool:
         keys_checked = pool.submit(validation.duplicate_keys, lake, files, job.input.key)
@@ -264,6 +269,7 @@ def preflight(
         challenger_scorer,
         challenger_columns,
         columns=columns,
+        input_nulls=input_stats.null_shares(footers, list(columns)),
     )
 
 
@@ -329,9 +335,9 @@ def _run_locked(
                 # the challenger's scores of every row, beside the published ones: read back, as
                 # the predictor writes them batch by batch
                 shadow_scores = _distribution(
-                    lake,
                     ds,
                     score_stats.of_files([f.path for f in s_files], lake.fs, job.output.score_column, sum(s_rows)),
+                    _day_before(lake, shadow_table(job), ds),
                     table=shadow_table(job),
                 )
             out_files = lake.list_data_files(staging)
@@ -347,11 +353,15 @@ def _run_locked(
                 summaries = score_stats.of_files(
                     [f.path for f in out_files], lake.fs, job.output.score_column, sum(out_rows)
                 )
-            scores = _distribution(lake, ds, summaries, table=job.output.table)
+            before = _day_before(lake, job.output.table, ds)
+            scores = _distribution(ds, summaries, before, table=job.output.table)
+            _warn_of_emptier_inputs(ds, job, pre, before, lake.uri(lake.partition_path(job.input.table, ds)))
             invalid = sum(q_rows)
             share = invalid / rows_in if rows_in else 0.0
             mlflow.log_metrics({"invalid_rows": invalid, "invalid_share": share, "duplicate_keys": duplicates})
-            manifest = _manifest(job, ds, run_id, ref, lake, files, out_files, out_rows, started_at, scores=scores)
+            manifest = _manifest(
+                job, ds, run_id, ref, lake, files, out_files, out_rows, started_at, scores=scores, nulls=pre.input_nulls
+            )
             q_manifest = _manifest(job, ds, run_id, ref, lake, files, q_files, q_rows, started_at)
             if invalid:
                 log.warning(
@@ -405,6 +415,7 @@ def _run_locked(
         if actor_seconds:
             metrics |= {f"actors.{stage}_s": t for stage, t in actor_seconds.items()}
             log.info("the actors' time: %s", actor_time(actor_seconds))
+        metrics |= {f"input.null_share.{name}": share for name, share in pre.input_nulls.items()}
         if scores:
             metrics |= {f"score.{name}": value for name, value in scores.items()}
             log.info("the scores: %s", score_stats.describe(scores))
@@ -436,17 +447,53 @@ def _run_locked(
         quarantined=invalid,
         quarantine=lake.uri(lake.partition_path(quarantine_table(job), ds)) if invalid and not dry_run else None,
         scores=scores,
+        input_nulls=pre.input_nulls,
     )
 
 
-def _distribution(lake: Lake, ds: dt.date, summaries: list[dict[str, Any]], *, table: str) -> dict[str, float]:
-    """The figures of ``summaries`` (:func:`jobs.score_stats.merge`), against the day before's
-    partition of ``table`` where it has them; a warning when the scores moved much since."""
+def _day_before(lake: Lake, table: str, ds: dt.date) -> dict[str, Any]:
+    """The manifest of the day before's partition of ``table``, which tonight's figures are
+    compared with; empty where there is none or it cannot be read (with a warning: a comparison
+    never fails the run)."""
     day_before = ds - dt.timedelta(days=1)
+    try:
+        manifest = lake.read_manifest(table, day_before)
+    except (OSError, ValueError) as e:
+        log.warning(
+            "%s ds=%s: its manifest could not be read, so tonight is not compared with it (%s)", table, day_before, e
+        )
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def _warn_of_emptier_inputs(ds: dt.date, job: JobConfig, pre: Preflight, before: dict[str, Any], uri: str) -> None:
+    """A warning for each input column whose share of nulls in ``uri`` rose much since the day
+    before's manifest ``before`` recorded it (:mod:`jobs.input_stats`)."""
+    optional = {rule.name for rule in pre.rules if rule.nullable}
+    for name, (was, now) in input_stats.rises(pre.input_nulls, before.get("input_nulls")).items():
+        log.warning(
+            "input column %r is %.1f%% null in %s, against %.1f%% the day before (%s): a change upstream? "
+            "Rows with a null there are %s",
+            name,
+            100 * now,
+            uri,
+            100 * was,
+            ds - dt.timedelta(days=1),
+            "scored without it (the model takes it as optional)" if name in optional else "quarantined",
+        )
+
+
+def _distribution(
+    ds: dt.date, summaries: list[dict[str, Any]], before: dict[str, Any], *, table: str
+) -> dict[str, float]:
+    """The figures of ``summaries`` (:func:`jobs.score_stats.merge`), against those of the day
+    before's manifest ``before`` of ``table`` where it has them; a warning when the scores moved
+    much since."""
+    day_before = ds - dt.timedelta(days=1)
+    previous = before.get("scores")
     try:  # a comparison: yesterday's partition, whatever its state, never fails tonight's run
-        previous = (lake.read_manifest(table, day_before) or {}).get("scores")
         scores = score_stats.merge(summaries, previous)
-    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
         log.warning("%s ds=%s: its manifest's scores could not be compared with tonight's (%s)", table, day_before, e)
         previous, scores = None, score_stats.merge(summaries)
     shift = scores.get("psi_vs_previous_day")
@@ -849,9 +896,11 @@ def _manifest(
     started_at: dt.datetime,
     *,
     scores: dict[str, float] | None = None,
+    nulls: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """The partition's ``_manifest.json``; ``scores``: the distribution of its scores
-    (:mod:`jobs.score_stats`), for a partition of predictions."""
+    """The partition's ``_manifest.json``; for a partition of predictions, ``scores``: the
+    distribution of its scores (:mod:`jobs.score_stats`), and ``nulls``: each model input's share
+    of nulls in the input (:mod:`jobs.input_stats`)."""
     import pyarrow.parquet as pq
 
     schema = pq.read_schema(out_files[0].path, filesystem=lake.fs) if out_files else None
@@ -872,6 +921,7 @@ def _manifest(
         "started_at": started_at.isoformat(),
         "ended_at": dt.datetime.now(dt.UTC).isoformat(),
         **({"scores": scores} if scores else {}),
+        **({"input_nulls": nulls} if nulls else {}),
     }
 
 

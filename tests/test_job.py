@@ -263,4 +263,48 @@ def test_a_night_whose_scores_moved_says_so(settings, registered, ray_local, chu
     demo_data.write_partition(lake, demo_data.RAW_TABLE, fourth, snapshot, files=2)
     result = run_job(churn_job, fourth, settings=here)
     assert result.committed and "psi_vs_previous_day" not in result.scores and result.scores["mean"] > 0
-    assert f"{OUT} ds={days[2]}: its manifest's scores could not be compared with tonight's" in caplog.text
+    assert f"{OUT} ds={days[2]}: its manifest could not be read, so tonight is not compared with it" in caplog.text
+    assert caplog.text.count("its manifest could not be read") == 1  # one warning for one broken file
+
+
+def test_an_input_column_that_went_empty_upstream_is_named(
+    settings, registered, ray_local, churn_job, tmp_path, caplog
+):
+    """Each model input's share of nulls, from the footers, in MLflow, the manifest and the
+    result; when a column the model takes as optional goes empty, every row still passes
+    validation and is scored, and the run names the column against the day before."""
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from jobs import demo_data
+    from jobs.lake import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+    here = settings.model_copy(update={"lake_root": lake.root})
+    days = [DAY, DAY + dt.timedelta(days=1)]
+    snapshot = demo_data.generate(ROWS, DAY)
+    column = snapshot.schema.get_field_index("satisfaction_score")
+    emptied = snapshot.set_column(column, "satisfaction_score", pa.nulls(ROWS, pa.float64()))
+    for day, data in zip(days, [snapshot, emptied], strict=True):
+        demo_data.write_partition(lake, demo_data.RAW_TABLE, day, data, files=2)
+    first, second = (run_job(churn_job, day, settings=here) for day in days)
+
+    # the model's every input, each at the share of nulls its data has
+    inputs = set(first.input_nulls)
+    assert "satisfaction_score" in inputs and "customer_id" not in inputs and len(inputs) > 10
+    for name, share in first.input_nulls.items():
+        assert share == pytest.approx(pc.sum(pc.is_null(snapshot[name])).as_py() / ROWS), name
+    assert 0.05 < first.input_nulls["satisfaction_score"] < 0.15
+    assert second.input_nulls["satisfaction_score"] == 1.0 and second.quarantined == 0 and second.committed
+    assert lake.read_manifest(OUT, days[1])["input_nulls"] == second.input_nulls
+    metrics = mlflow.MlflowClient(settings.mlflow.tracking_uri).get_run(second.run_id).data.metrics
+    assert metrics["input.null_share.satisfaction_score"] == 1.0
+    partition = lake.uri(lake.partition_path(demo_data.RAW_TABLE, days[1]))
+    warning = (
+        f"input column 'satisfaction_score' is 100.0% null in {partition}, "
+        f"against {100 * first.input_nulls['satisfaction_score']:.1f}% the day before ({days[0]})"
+    )
+    assert warning in caplog.text and "scored without it (the model takes it as optional)" in caplog.text
+    assert caplog.text.count("% null in ") == 1

@@ -1,0 +1,65 @@
+"""How many values each input column lacks, from the Parquet footers, night against night.
+
+A column the model takes as optional can go empty upstream (a join that stopped matching, a
+renamed source field) and every row still passes validation: the network sees a missing value
+where it used to see a number, and the scores shift without an error anywhere. The footers the
+job already reads for its row counts carry each row group's null count per column, so the share
+of nulls costs no data page. Each run records it (MLflow metrics ``input.null_share.<column>``,
+the manifest's ``input_nulls``) and warns when a column's share rose by :data:`NULL_RISE_ALERT`
+or more since the day before's partition.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+# a rise of the null share by 10 points (0.02 → 0.12, say) in one night is an upstream change
+NULL_RISE_ALERT = 0.10
+
+
+def null_shares(footers: list[pq.FileMetaData], columns: list[str]) -> dict[str, float]:
+    """Each of ``columns``' share of nulls over the files of ``footers``.
+
+    A column is left out where a row group has no null count in its statistics (a writer may
+    skip them): a share from some row groups only would read as a change that is not there.
+    """
+    rows = sum(f.num_rows for f in footers)
+    nulls = dict.fromkeys(columns, 0)
+    for footer in footers:
+        index = {footer.schema.column(i).path: i for i in range(footer.num_columns)}
+        for name in [n for n in columns if n in nulls]:
+            counts = [_null_count(footer.row_group(g), index.get(name)) for g in range(footer.num_row_groups)]
+            if None in counts:
+                del nulls[name]
+            else:
+                nulls[name] += sum(counts)
+    return {name: count / rows for name, count in nulls.items()} if rows else {}
+
+
+def _null_count(row_group: Any, index: int | None) -> int | None:
+    if index is None:
+        return None
+    stats = row_group.column(index).statistics
+    if stats is None or not stats.has_null_count:
+        return None
+    return stats.null_count
+
+
+def rises(today: dict[str, float], before: dict[str, Any] | None) -> dict[str, tuple[float, float]]:
+    """The columns whose null share rose by :data:`NULL_RISE_ALERT` or more since ``before`` (the
+    day before's ``input_nulls``): ``{column: (share before, share today)}``. A column the day
+    before did not record is not compared."""
+    if not isinstance(before, dict):
+        return {}
+    found = {}
+    for name, share in today.items():
+        was = before.get(name)
+        if isinstance(was, int | float) and share - was >= NULL_RISE_ALERT:
+            found[name] = (float(was), share)
+    return found
