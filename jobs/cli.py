@@ -50,6 +50,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from jobs import input_stats
     from jobs.predict import actor_time, run_job
     from jobs.score_stats import describe
 
@@ -76,6 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if result.quarantined:
             where = f" → {result.quarantine}" if result.quarantine else " (dry run: not kept)"
             _out(f"quarantined: {result.quarantined:,} invalid rows, not scored{where}")
+        if result.input_nulls:
+            _out(f"inputs:      {input_stats.describe(result.input_nulls)}")
         if result.scores:
             _out(f"scores:      {describe(result.scores)}")
         _out(f"MLflow run:  {result.run_id}")

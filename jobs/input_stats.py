@@ -63,3 +63,15 @@ def rises(today: dict[str, float], before: dict[str, Any] | None) -> dict[str, t
         if isinstance(was, int | float) and share - was >= NULL_RISE_ALERT:
             found[name] = (float(was), share)
     return found
+
+
+def describe(shares: dict[str, float], most: int = 3) -> str:
+    """``shares`` as a line for people, the emptiest columns first: "22 columns, 5 with nulls:
+    satisfaction_score 10.7%, device_os 5.2%, avg_session_minutes 4.3% and 2 more"."""
+    with_nulls = sorted(((share, name) for name, share in shares.items() if share > 0), key=lambda x: (-x[0], x[1]))
+    columns = f"{len(shares)} column{'' if len(shares) == 1 else 's'}"
+    if not with_nulls:
+        return f"{columns}, none with nulls"
+    shown = ", ".join(f"{name} {100 * share:.1f}%" for share, name in with_nulls[:most])
+    more = f" and {len(with_nulls) - most} more" if len(with_nulls) > most else ""
+    return f"{columns}, {len(with_nulls)} with nulls: {shown}{more}"

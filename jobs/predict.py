@@ -415,7 +415,9 @@ def _run_locked(
         if actor_seconds:
             metrics |= {f"actors.{stage}_s": t for stage, t in actor_seconds.items()}
             log.info("the actors' time: %s", actor_time(actor_seconds))
-        metrics |= {f"input.null_share.{name}": share for name, share in pre.input_nulls.items()}
+        if pre.input_nulls:
+            metrics |= {f"input.null_share.{name}": share for name, share in pre.input_nulls.items()}
+            log.info("the inputs: %s", input_stats.describe(pre.input_nulls))
         if scores:
             metrics |= {f"score.{name}": value for name, value in scores.items()}
             log.info("the scores: %s", score_stats.describe(scores))

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.input_stats import NULL_RISE_ALERT, null_shares, rises
+from jobs.input_stats import NULL_RISE_ALERT, describe, null_shares, rises
 
 TABLE = pa.table({"a": [1, None, 3, None, 5], "b": ["x", None, "y", "z", "w"], "c": [1.0, 2.0, 3.0, 4.0, 5.0]})
 
@@ -54,3 +54,10 @@ def test_no_rows_no_shares(tmp_path):
 )
 def test_a_rise_is_warned_of_from_ten_points(today, before, expected):
     assert rises(today, before) == expected
+
+
+def test_the_line_for_people_names_the_emptiest_columns_first():
+    shares = {"a": 0.0, "b": 0.107, "c": 0.052, "d": 0.043, "e": 0.01, "f": 0.052}
+    assert describe(shares) == "6 columns, 5 with nulls: b 10.7%, c 5.2%, f 5.2% and 2 more"
+    assert describe({"a": 0.0, "b": 0.5}) == "2 columns, 1 with nulls: b 50.0%"
+    assert describe({"a": 0.0}) == "1 column, none with nulls"
