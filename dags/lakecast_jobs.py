@@ -131,7 +131,8 @@ def build_dag(job: JobConfig, lake_root: str):
 
                 raise AirflowSkipException("dry run: nothing was published")
             outlet_events[predictions].extra = {
-                k: result[k] for k in ("date", "rows", "model_name", "model_version", "run_id", "output", "scores")
+                k: result[k]
+                for k in ("date", "rows", "model_name", "model_version", "run_id", "output", "scores", "input_nulls")
             }
             return result
 

@@ -150,6 +150,10 @@ def test_triggered_run_scores_on_the_cluster_into_s3_and_mlflow(stack, dag_run, 
     assert (extra["rows"], extra["run_id"], extra["date"]) == (ROWS, run_id, DAY.isoformat())
     assert extra["scores"]["mean"] == pytest.approx(run.data.metrics["score.mean"], rel=1e-5)
     assert extra["scores"] == pytest.approx(manifest["scores"], rel=1e-5)
+    # and the inputs' share of nulls, as the run found it in the input's footers
+    assert extra["input_nulls"] == manifest["input_nulls"]
+    share = extra["input_nulls"]["satisfaction_score"]
+    assert 0 < share < 0.5 and share == pytest.approx(run.data.metrics["input.null_share.satisfaction_score"])
 
     # the Ray job's output streamed into the predict task's log, through the triggerer
     predict_log = _task_log(airflow, dag_run, "predict")
