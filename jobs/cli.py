@@ -50,9 +50,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from jobs import input_stats
+    from jobs import input_stats, score_stats
     from jobs.predict import actor_time, run_job
-    from jobs.score_stats import describe
 
     job = load_job(args.job)
     result = run_job(
@@ -80,7 +79,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if result.input_nulls:
             _out(f"inputs:      {input_stats.describe(result.input_nulls)}")
         if result.scores:
-            _out(f"scores:      {describe(result.scores)}")
+            _out(f"scores:      {score_stats.describe(result.scores)}")
         _out(f"MLflow run:  {result.run_id}")
         if result.actor_seconds:
             _out(f"actors:      {actor_time(result.actor_seconds)}")

@@ -11,13 +11,10 @@ or more since the day before's partition.
 
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
-
-log = logging.getLogger(__name__)
 
 # a rise of the null share by 10 points (0.02 → 0.12, say) in one night is an upstream change
 NULL_RISE_ALERT = 0.10
