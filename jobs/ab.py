@@ -23,8 +23,9 @@ import pyarrow.compute as pc
 from jobs import abstats, commit, tracking, validation
 from jobs.ab_report import markdown, plots
 from jobs.config import ABSpec, JobConfig
+from jobs.failures import JobError
 from jobs.lake import Lake
-from jobs.predict import JobError, model_inputs, shadow_table
+from jobs.preflight import model_inputs
 from jobs.ray_errors import raise_ours
 from jobs.ray_runtime import actor_pool, actors_read_and_write, ensure_ray, gpus_per_actor, read_parquet_files
 from jobs.settings import Settings, load_settings
@@ -288,7 +289,7 @@ def shadow_summary(job: JobConfig, lake: Lake, ds: dt.date) -> dict[str, float] 
 
     try:
         main = lake.data_files(job.output.table, ds)
-        shadow = lake.data_files(shadow_table(job), ds)
+        shadow = lake.data_files(job.shadow_table, ds)
     except LakeError:
         return None
     score = job.output.score_column

@@ -490,7 +490,7 @@ def hot_path_worker(out_dir: str, batch_size: int, count: int, alias: str | None
     file names or its ``alias``."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from jobs import predict
+    from jobs import pipeline, preflight
     from jobs.part_writer import ScoreAndWrite
     from jobs.ray_runtime import files_at_once
     from jobs.settings import load_settings
@@ -498,20 +498,20 @@ def hot_path_worker(out_dir: str, batch_size: int, count: int, alias: str | None
     settings = load_settings()
     job = load_job(JOB)
     lake = Lake(settings.lake_root)
-    pre = predict.preflight(job, DAY, settings, lake, *predict.model_selection(job, alias))
+    pre = preflight.preflight(job, DAY, settings, lake, *preflight.model_selection(job, alias))
     staging, quarantine = f"{out_dir}/{index}", f"{out_dir}/{index}-quarantine"
     for folder in (staging, quarantine):
         os.makedirs(folder, exist_ok=True)
     # each process stands for one of the job's actors: it scores files_at_once files side by side,
     # each with the torch and pyarrow threads the job gives a file (threads_per_file)
     at_once = files_at_once(job.compute, len(pre.files), gpus=0)
-    options = predict.predictor_options(
+    options = pipeline.predictor_options(
         job, lake, pre, settings=settings, run_id="0" * 32, started_at=dt.datetime.now(dt.UTC), at_once=at_once
     )
-    predictor, kwargs = predict.predictor_for(job, pre, options)
-    validator = predict.row_validator(job, lake, pre, quarantine)
+    predictor, kwargs = pipeline.predictor_for(job, pre, options)
+    validator = pipeline.row_validator(job, lake, pre, quarantine)
     actor = ScoreAndWrite(
-        **predict.score_and_write_kwargs(
+        **pipeline.score_and_write_kwargs(
             job,
             lake,
             pre,
@@ -555,7 +555,7 @@ def run(
     if not {"champion", "challenger"} <= registered_aliases(settings, job.model.name).keys():
         demo_data.build_demo_lake(Lake(settings.lake_root), DAY, rows=1000, labeled_rows=50_000)
         train_and_register(settings, Lake(settings.lake_root), DAY - dt.timedelta(days=1), name=job.model.name)
-    from jobs.predict import model_selection, resolve_model
+    from jobs.preflight import model_selection, resolve_model
 
     # the model first: a misspelt --alias stops the bench before it generates 10M rows
     ref = resolve_model(mlflow.MlflowClient(), job, *model_selection(job, alias))
@@ -761,7 +761,7 @@ def _mlflow_store(uri: str) -> str:
 
 
 def markdown(r: dict[str, Any]) -> str:
-    from jobs.predict import actor_time
+    from jobs.telemetry import actor_time
 
     rows = [
         ("IO only (best of pyarrow whole, streamed, Ray Data)", r["io_only_rows_per_s"]),

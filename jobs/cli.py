@@ -51,7 +51,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from jobs import input_stats, score_stats
-    from jobs.predict import actor_time, run_job
+    from jobs.predict import run_job
+    from jobs.telemetry import actor_time
 
     job = load_job(args.job)
     result = run_job(

@@ -181,6 +181,21 @@ class JobConfig(Frozen):
     def dag_id(self) -> str:
         return f"lakecast__{self.name}"
 
+    @property
+    def quarantine_table(self) -> str:
+        """Where rows that fail validation are set aside (``validation.on_invalid_rows``)."""
+        return f"quarantine/{self.name}"
+
+    @property
+    def shadow_table(self) -> str:
+        """Where the challenger's shadow scores go, beside the predictions (``ab.shadow``)."""
+        return f"{self.output.table}_shadow"
+
+    @property
+    def shadows(self) -> bool:
+        """Whether each run also scores every row with the challenger, unpublished."""
+        return self.ab is not None and self.ab.shadow
+
 
 def jobs_dir() -> Path:
     return conf_dir() / "jobs"

@@ -16,6 +16,10 @@ EXIT_FIX_FIRST = 2  # the sentence names what to change; running again gives the
 EXIT_TRY_AGAIN = 75  # EX_TEMPFAIL (sysexits.h): storage, the cluster or another run; a retry may pass
 
 
+class JobError(RuntimeError):
+    """The job cannot run or its output is wrong; nothing was committed."""
+
+
 def user_errors() -> tuple[type[Exception], ...]:
     """Every error that ``lakecast`` prints as one sentence: the user's to act on, not a bug."""
     from jobs.commit import CommitConflict
@@ -27,7 +31,6 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 def fix_first() -> tuple[type[Exception], ...]:
     """The errors a retry cannot fix."""
-    from jobs.predict import JobError
     from jobs.promotion import PromotionRefused
     from jobs.validation import InvalidInput
     from models.predictor import ModelInputError, ModelOutputError

@@ -194,10 +194,10 @@ def test_the_gpu_pipeline_shape_writes_every_row_once(
     """GPU actors get batches from read tasks and hand them to write tasks (no GPU here: the same
     pipeline on CPU actors). Two actors of a CPU each would hold both CPUs and starve the reads:
     one starts, and the log says why."""
-    from jobs import demo_data, predict
+    from jobs import demo_data, pipeline
     from jobs.lake import Lake
 
-    monkeypatch.setattr(predict, "actors_read_and_write", lambda gpus: False)
+    monkeypatch.setattr(pipeline, "actors_read_and_write", lambda gpus: False)
     lake = Lake(str(tmp_path / "lake"))
     demo_data.write_partition(lake, demo_data.RAW_TABLE, DAY, demo_data.generate(ROWS, DAY), files=3)
     two = churn_job.compute.model_copy(update={"min_actors": 2, "max_actors": 2, "cpus_per_actor": 1})

@@ -24,7 +24,8 @@ from jobs.ab import run_compare
 from jobs.ab_report import markdown
 from jobs.cli import main as lakecast
 from jobs.config import load_job_file
-from jobs.predict import JobError, run_job
+from jobs.failures import JobError
+from jobs.predict import run_job
 from jobs.settings import PROJECT_ROOT
 from jobs.tracking import configure
 from jobs.validation import InvalidInput

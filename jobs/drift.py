@@ -1,0 +1,80 @@
+"""Tonight's run against the day before's: the scores' distribution and the inputs' share of
+nulls, compared with what the previous partition's manifest recorded. A model whose input drifted
+keeps scoring; these warnings are how the people who own it hear of it. A comparison never fails
+a run: a day before that is missing or unreadable only leaves tonight uncompared.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from jobs import input_stats, score_stats
+from jobs.config import JobConfig
+from jobs.lake import Lake
+from jobs.preflight import Preflight
+
+log = logging.getLogger(__name__)
+
+
+def day_before(lake: Lake, table: str, ds: dt.date) -> dict[str, Any]:
+    """The manifest of the day before's partition of ``table``, which tonight's figures are
+    compared with; empty where there is none or it cannot be read (with a warning: a comparison
+    never fails the run)."""
+    day_before = ds - dt.timedelta(days=1)
+    try:
+        manifest = lake.read_manifest(table, day_before)
+    except (OSError, ValueError) as e:
+        log.warning(
+            "%s ds=%s: its manifest could not be read, so tonight is not compared with it (%s)", table, day_before, e
+        )
+        return {}
+    return manifest if isinstance(manifest, dict) else {}
+
+
+def warn_of_emptier_inputs(ds: dt.date, job: JobConfig, pre: Preflight, before: dict[str, Any], uri: str) -> None:
+    """A warning for each input column whose share of nulls in ``uri`` rose much since the day
+    before's manifest ``before`` recorded it (:mod:`jobs.input_stats`)."""
+    optional = {rule.name for rule in pre.rules if rule.nullable}
+    for name, (was, now) in input_stats.rises(pre.input_nulls, before.get("input_nulls")).items():
+        log.warning(
+            "input column %r is %.1f%% null in %s, against %.1f%% the day before (%s): a change upstream? "
+            "Rows with a null there are %s",
+            name,
+            100 * now,
+            uri,
+            100 * was,
+            ds - dt.timedelta(days=1),
+            "scored without it (the model takes it as optional)" if name in optional else "quarantined",
+        )
+
+
+def score_distribution(
+    ds: dt.date, summaries: list[dict[str, Any]], before: dict[str, Any], *, table: str
+) -> dict[str, float]:
+    """The figures of ``summaries`` (:func:`jobs.score_stats.merge`), against those of the day
+    before's manifest ``before`` of ``table`` where it has them; a warning when the scores moved
+    much since."""
+    day_before = ds - dt.timedelta(days=1)
+    previous = before.get("scores")
+    try:  # a comparison: yesterday's partition, whatever its state, never fails tonight's run
+        scores = score_stats.merge(summaries, previous)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        log.warning("%s ds=%s: its manifest's scores could not be compared with tonight's (%s)", table, day_before, e)
+        previous, scores = None, score_stats.merge(summaries)
+    shift = scores.get("psi_vs_previous_day")
+    if shift is not None and shift > score_stats.PSI_ALERT:
+        log.warning(
+            "%s's scores moved since %s: population stability index %.2f against that day's deciles (above %g); "
+            "median %.4g → %.4g, positive rate %.2f%% → %.2f%%",
+            table,
+            day_before,
+            shift,
+            score_stats.PSI_ALERT,
+            previous["p50"],
+            scores["p50"],
+            100 * previous["positive_rate"],
+            100 * scores["positive_rate"],
+        )
+    return scores

@@ -1,0 +1,56 @@
+"""A committed partition's ``_manifest.json``: its lineage (the job, the model version, the MLflow
+run, the input files), its files and rows, its schema, and the figures tomorrow's run compares
+itself with (:mod:`jobs.drift`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict
+from typing import Any
+
+from jobs import tracking
+from jobs.config import JobConfig
+from jobs.lake import DataFile, Lake
+from models.predictor import LINEAGE_COLUMNS
+from models.registry import ModelRef
+
+
+def partition_manifest(
+    job: JobConfig,
+    ds: dt.date,
+    run_id: str,
+    ref: ModelRef,
+    lake: Lake,
+    files: list[DataFile],
+    out_files: list[DataFile],
+    out_rows: list[int],
+    started_at: dt.datetime,
+    *,
+    scores: dict[str, float] | None = None,
+    nulls: dict[str, float] | None = None,
+) -> dict[str, Any]:
+    """The partition's ``_manifest.json``; for a partition of predictions, ``scores``: the
+    distribution of its scores (:mod:`jobs.score_stats`), and ``nulls``: each model input's share
+    of nulls in the input (:mod:`jobs.input_stats`)."""
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(out_files[0].path, filesystem=lake.fs) if out_files else None
+    return {
+        "job": job.name,
+        "date": ds.isoformat(),
+        "scoring_run_id": run_id,
+        "model": asdict(ref) | {"uri": ref.uri},
+        "input": [{"path": lake.uri(f.path), "bytes": f.size} for f in files],
+        "output": [
+            {"file": f.path.rsplit("/", 1)[-1], "bytes": f.size, "rows": n}
+            for f, n in zip(out_files, out_rows, strict=True)
+        ],
+        "rows": sum(out_rows),
+        "schema": {name: str(t) for name, t in zip(schema.names, schema.types, strict=True)} if schema else {},
+        "lineage_columns": list(LINEAGE_COLUMNS),
+        "code_version": tracking.code_version(),
+        "started_at": started_at.isoformat(),
+        "ended_at": dt.datetime.now(dt.UTC).isoformat(),
+        **({"scores": scores} if scores else {}),
+        **({"input_nulls": nulls} if nulls else {}),
+    }

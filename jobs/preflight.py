@@ -1,0 +1,157 @@
+"""What a run checks and loads before it writes anything: the partition's files and rows, its
+key column's duplicates, the model version the job selects and its inputs, loaded to score.
+
+Every check that can fail for the user's input or registry fails here, before the partition's
+lock, the MLflow run or a Ray pipeline exist, with a sentence naming what to change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from jobs import input_stats, tracking, validation
+from jobs.config import JobConfig
+from jobs.failures import JobError
+from jobs.lake import DataFile, Lake
+from jobs.settings import Settings
+from jobs.validation import InvalidInput
+from models.predictor import ArrowScorer, arrow_scorer
+from models.registry import ModelRef, load_pyfunc, resolve
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Preflight:
+    """What the job knows before it writes anything: inputs checked, model resolved and loaded."""
+
+    files: list[DataFile]
+    rows_in: int
+    ref: ModelRef
+    rules: list[validation.ColumnRule]
+    duplicates: int
+    scorer: ArrowScorer | None
+    challenger: ModelRef | None = None  # canary or shadow scoring (the job's ab: section)
+    challenger_scorer: ArrowScorer | None = None
+    challenger_columns: tuple[str, ...] = ()  # its input columns, in its order
+    columns: tuple[str, ...] = ()  # the champion's input columns, in its order
+    input_nulls: dict[str, float] = field(default_factory=dict)  # each one's share of nulls
+    done_unix: float = field(default_factory=time.time)
+
+
+def model_selection(
+    job: JobConfig, model_alias: str | None = None, model_version: int | None = None
+) -> tuple[str | None, int | None]:
+    """The run's ``(alias, version)``: the override where one is given (``lakecast run --alias``
+    or ``--version``), else the job file's."""
+    if model_version is None and model_alias is None:
+        return job.model.alias, job.model.version
+    return model_alias, model_version
+
+
+def resolve_model(client: Any, job: JobConfig, model_alias: str | None, model_version: int | None) -> ModelRef:
+    """The version a run scores with (see :func:`model_selection`). A fixed version wins, and its
+    reference then names no alias: the job file's alias defaults to ``champion`` even beside one."""
+    return resolve(client, job.model.name, alias=None if model_version else model_alias, version=model_version)
+
+
+def preflight(
+    job: JobConfig, ds: dt.date, settings: Settings, lake: Lake, model_alias: str | None, model_version: int | None
+) -> Preflight:
+    files = lake.data_files(job.input.table, ds)
+    footers = lake.footers(files)  # zero-byte and truncated files fail here
+    rows_in = sum(footer.num_rows for footer in footers)
+    # the key column's read and check (numpy, mostly off the GIL) beside MLflow's import and lookups
+    with ThreadPoolExecutor(1, thread_name_prefix="duplicates") as pool:
+        keys_checked = pool.submit(validation.duplicate_keys, lake, files, job.input.key)
+        client = tracking.configure(settings)
+        ref = resolve_model(client, job, model_alias, model_version)
+        inputs = model_inputs(job, ref)
+        rules = validation.rules_from(inputs, job.validation, job.input.key)
+        validation.check_schema(lake, files, rules)  # a missing or mistyped key column is named here first
+        duplicates, examples = keys_checked.result()
+    if duplicates:
+        message = f"{duplicates} row(s) repeat a {job.input.key} already seen (e.g. {examples})"
+        if job.validation.duplicate_keys == "fail":
+            raise InvalidInput(f"{lake.uri(lake.partition_path(job.input.table, ds))}: {message}")
+        log.warning("%s; each row is scored (validation.duplicate_keys: keep)", message)
+    scorer = arrow_scorer(load_pyfunc(ref.uri))
+    challenger = challenger_scorer = None
+    challenger_columns: tuple[str, ...] = ()
+    if job.ab is not None and (job.ab.challenger_share > 0 or job.ab.shadow):
+        challenger = resolve(client, job.model.name, alias=job.ab.challenger)
+        challenger_scorer = arrow_scorer(load_pyfunc(challenger.uri))
+        challenger_columns = tuple(name for name, _, _ in model_inputs(job, challenger))
+        unread = [c for c in challenger_columns if c not in {r.name for r in rules}]
+        if unread:
+            raise JobError(
+                f"the challenger {challenger.uri} takes {unread}, which the champion {ref.uri} does not take: "
+                "canary and shadow scoring read the champion's inputs only"
+            )
+    log.info("scoring %s %s: %d rows in %d files with %s", job.name, ds, rows_in, len(files), ref.uri)
+    columns = tuple(name for name, _, _ in inputs)
+    return Preflight(
+        files,
+        rows_in,
+        ref,
+        rules,
+        duplicates,
+        scorer,
+        challenger,
+        challenger_scorer,
+        challenger_columns,
+        columns=columns,
+        input_nulls=input_stats.null_shares(footers, list(columns)),
+    )
+
+
+def model_inputs(job: JobConfig, ref: ModelRef) -> list[tuple[str, str, bool]]:
+    """(column, MLflow type, required) for each input: the signature's, limited to the job's
+    columns. The key is one where the signature names it (a signature inferred from a frame that
+    held the id): MLflow refuses to call such a model without it."""
+    from mlflow.models import get_model_info
+
+    signature = get_model_info(ref.uri).signature
+    if signature is None or signature.inputs is None:
+        if not job.input.columns:
+            raise JobError(f"{ref.uri} has no signature: list input.columns in conf/jobs/{job.name}.yaml")
+        return [(c, "any", False) for c in job.input.columns]
+    if signature.inputs.is_tensor_spec():
+        return _tensor_inputs(job, ref, signature.inputs.inputs)
+    specs = [(c.name, getattr(c.type, "name", str(c.type)), c.required) for c in signature.inputs.inputs]
+    if job.input.columns:
+        known = {name for name, _, _ in specs}
+        unknown = [c for c in job.input.columns if c not in known]
+        if unknown:
+            raise JobError(f"input.columns {unknown} are not inputs of {ref.uri}")
+        specs = [s for s in specs if s[0] in job.input.columns or s[0] == job.input.key]
+    return specs
+
+
+def _tensor_inputs(job: JobConfig, ref: ModelRef, tensors: list) -> list[tuple[str, str, bool]]:
+    """A model that takes one tensor (``mlflow.pytorch``'s default ``pt2`` format) names no
+    columns: the job file lists them, in the tensor's order, and each must be a number with no
+    nulls."""
+    where = f"conf/jobs/{job.name}.yaml"
+    if len(tensors) != 1:
+        raise JobError(
+            f"{ref.uri} takes {len(tensors)} tensors; lakecast gives a model one matrix of its input columns"
+        )
+    if not job.input.columns:
+        raise JobError(
+            f"{ref.uri} takes a tensor, which names no columns: list its input columns, in the tensor's order, "
+            f"as input.columns in {where}"
+        )
+    shape = tensors[0].shape
+    width = shape[-1] if len(shape) == 2 else None
+    if width is None or (width != -1 and width != len(job.input.columns)):
+        raise JobError(
+            f"{ref.uri} takes a tensor of shape {shape}, and input.columns in {where} lists "
+            f"{len(job.input.columns)} columns; it needs one column per feature (shape (-1, columns))"
+        )
+    return [(c, "double", True) for c in job.input.columns]
