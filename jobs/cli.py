@@ -296,7 +296,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
         _out(bench_image.markdown(report))
     else:
-        from jobs.bench import ROUNDS, markdown, run
+        from jobs.bench import ROUNDS, run
+        from jobs.bench_report import markdown
 
         rounds = args.rounds or ROUNDS
         report = run(
