@@ -22,12 +22,12 @@ def day_before(lake: Lake, table: str, ds: dt.date) -> dict[str, Any]:
     """The manifest of the day before's partition of ``table``, which tonight's figures are
     compared with; empty where there is none or it cannot be read (with a warning: a comparison
     never fails the run)."""
-    day_before = ds - dt.timedelta(days=1)
+    previous_day = ds - dt.timedelta(days=1)
     try:
-        manifest = lake.read_manifest(table, day_before)
+        manifest = lake.read_manifest(table, previous_day)
     except (OSError, ValueError) as e:
         log.warning(
-            "%s ds=%s: its manifest could not be read, so tonight is not compared with it (%s)", table, day_before, e
+            "%s ds=%s: its manifest could not be read, so tonight is not compared with it (%s)", table, previous_day, e
         )
         return {}
     return manifest if isinstance(manifest, dict) else {}

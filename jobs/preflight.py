@@ -1,8 +1,9 @@
 """What a run checks and loads before it writes anything: the partition's files and rows, its
 key column's duplicates, the model version the job selects and its inputs, loaded to score.
 
-Every check that can fail for the user's input or registry fails here, before the partition's
-lock, the MLflow run or a Ray pipeline exist, with a sentence naming what to change.
+The checks that need no row scored fail here, before the partition's lock, the MLflow run or a
+Ray pipeline exist, with a sentence naming what to change; the rows themselves are validated as
+the actors read them (:mod:`jobs.validation`).
 """
 
 from __future__ import annotations
