@@ -211,7 +211,8 @@ def load_job_file(path: Path) -> JobConfig:
 
     if not re.match(JOB_NAME, path.stem):
         raise ConfigError(f"{path}: job file names must be lower-case letters, digits and '_', got {path.stem!r}")
-    return load_model(JobConfig, path, name=path.stem)
+    why = f"a job is named after its file ({path.stem!r}): drop the key, or rename the file to rename the job"
+    return load_model(JobConfig, path, given={"name": (path.stem, why)})
 
 
 def load_job(name: str) -> JobConfig:

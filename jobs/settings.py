@@ -66,4 +66,8 @@ def load_settings(profile: str | None = None) -> Settings:
         raise ConfigError(f"{path}: profile {profile!r} not found (known profiles: {', '.join(known)})")
     home = lakecast_home()
     env = {**os.environ, "LAKECAST_HOME": str(home)}
-    return load_model(Settings, path, env=env, profile=profile, home=home)
+    given = {
+        "profile": (profile, f"a profile is named after its file ({profile!r}): drop the key"),
+        "home": (home, f"lakecast's home is LAKECAST_HOME ({str(home)!r}): drop the key, and set LAKECAST_HOME"),
+    }
+    return load_model(Settings, path, env=env, given=given)

@@ -93,20 +93,37 @@ def format_validation_error(path: Path | str, error: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def load_model(model: type[M], path: Path, *, env: Mapping[str, str] | None = None, **extra: Any) -> M:
+def load_model(
+    model: type[M],
+    path: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    given: Mapping[str, tuple[Any, str]] | None = None,
+) -> M:
     """Read ``path``, interpolate the environment, and validate it as ``model``.
 
     Args:
         model: the pydantic model the file must satisfy.
         path: the YAML file.
         env: variables for interpolation (default: ``os.environ``).
-        extra: values merged into the document before validation (not from the file).
+        given: values lakecast sets, not the file: ``{key: (value, why, as the end of a sentence
+            that begins "but")}``. A file that sets such a key to another value is an error, not
+            silently overridden: a ``name:`` in a job file that differs from the file's name
+            would otherwise be ignored.
 
     Raises:
         ConfigError: naming the file and every bad key at once.
     """
     data = interpolate(read_yaml(path), env=os.environ if env is None else env, where="")
+    given = given or {}
+    clashes = [
+        f"{path}: {key}: the file says {data[key]!r}, but {why}"
+        for key, (value, why) in given.items()
+        if key in data and str(data[key]) != str(value)
+    ]
+    if clashes:
+        raise ConfigError("\n".join(clashes))
     try:
-        return model.model_validate({**data, **extra})
+        return model.model_validate({**data, **{key: value for key, (value, _) in given.items()}})
     except ValidationError as e:
         raise ConfigError(format_validation_error(path, e)) from None

@@ -125,6 +125,32 @@ def test_not_yaml_and_not_a_mapping(tmp_path):
         load_job_file(write(tmp_path, "- a\n- b\n"))
 
 
+def test_a_name_in_the_file_must_be_the_files_own(tmp_path):
+    """A job is named after its file: a ``name:`` that says otherwise is refused, not ignored."""
+    path = write(tmp_path, VALID + "name: churn_v2\n")
+    with pytest.raises(ConfigError) as e:
+        load_job_file(path)
+    assert str(e.value) == (
+        f"{path}: name: the file says 'churn_v2', but a job is named after its file ('myjob'): drop the key, "
+        "or rename the file to rename the job"
+    )
+    assert load_job_file(write(tmp_path, VALID + "name: myjob\n")).name == "myjob"
+
+
+def test_a_profile_cannot_move_lakecast_home(home, tmp_path, monkeypatch):
+    conf = tmp_path / "conf"
+    (conf / "profiles").mkdir(parents=True)
+    local = (conf_dir() / "profiles" / "local.yaml").read_text()
+    (conf / "profiles" / "local.yaml").write_text(local + "home: /srv/elsewhere\n")
+    monkeypatch.setenv("LAKECAST_CONF", str(conf))
+    with pytest.raises(
+        ConfigError, match=r"home: the file says '/srv/elsewhere', but lakecast's home is LAKECAST_HOME"
+    ):
+        load_settings()
+    (conf / "profiles" / "local.yaml").write_text(local + "home: ${LAKECAST_HOME}\n")
+    assert load_settings().home == home
+
+
 def test_local_profile_lives_under_lakecast_home(home):
     settings = load_settings()
     assert settings.profile == "local"
