@@ -105,3 +105,11 @@ class RayHead:
             return
         stop_group(self.proc, grace=5)  # a throwaway head: no state to save
         self.proc = None
+        # `ray start` wrote its address where a bare ray.init() looks for a running Ray; `ray stop`
+        # would remove it, the group's kill does not: left there, it sends later Ray users on this
+        # machine to a dead head
+        from ray._common.utils import get_ray_address_file
+
+        written = Path(get_ray_address_file(None))
+        if written.is_file() and written.read_text().strip().endswith(f":{self.gcs}"):
+            written.unlink(missing_ok=True)
