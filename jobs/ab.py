@@ -43,10 +43,6 @@ def ab_spec(job: JobConfig) -> ABSpec:
     return job.ab
 
 
-def report_table(job: JobConfig) -> str:
-    return f"ab/{job.name}"
-
-
 def run_compare(job: JobConfig, ds: dt.date, *, settings: Settings | None = None) -> dict[str, Any]:
     """Compare the job's two aliases on ``ds``'s labeled partition; returns the report."""
     import mlflow
@@ -113,7 +109,7 @@ def run_compare(job: JobConfig, ds: dt.date, *, settings: Settings | None = None
         "reasons": reasons,
         "created_at": dt.datetime.now(dt.UTC).isoformat(),
     }
-    report["lake_path"] = lake.uri(f"{lake.partition_path(report_table(job), ds)}/report.json")
+    report["lake_path"] = lake.uri(f"{lake.partition_path(job.ab_report_table, ds)}/report.json")
     experiment = tracking.experiment_id(settings, f"lakecast/{job.name}")
     with mlflow.start_run(experiment_id=experiment, run_name=f"compare {job.name} {ds}") as parent:
         report["mlflow_run_id"] = parent.info.run_id
@@ -366,7 +362,7 @@ def _log_to_mlflow(
 
 def _write_report(lake: Lake, job: JobConfig, ds: dt.date, report: dict[str, Any]) -> str:
     """``<lake>/ab/<job>/ds=<date>/report.json``, committed like any partition."""
-    table = report_table(job)
+    table = job.ab_report_table
     with commit.partition_lock(lake, table, ds, job=job.name):
         commit.recover(lake, table, ds)
         staging = lake.staging_path(table, ds, report["mlflow_run_id"])
@@ -382,10 +378,10 @@ def latest_report(lake: Lake, job: JobConfig) -> dict[str, Any] | None:
     """The most recent comparison report of the job in the lake."""
     import pyarrow.fs as pafs
 
-    infos = lake.fs.get_file_info(pafs.FileSelector(lake.table_path(report_table(job)), allow_not_found=True))
+    infos = lake.fs.get_file_info(pafs.FileSelector(lake.table_path(job.ab_report_table), allow_not_found=True))
     days = sorted(i.base_name for i in infos if i.base_name.startswith("ds="))
     for day in reversed(days):
-        path = f"{lake.table_path(report_table(job))}/{day}/report.json"
+        path = f"{lake.table_path(job.ab_report_table)}/{day}/report.json"
         if lake.exists(path):
             with lake.fs.open_input_stream(path) as f:
                 return json.loads(f.read())

@@ -14,6 +14,7 @@ from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from jobs.settings import conf_dir
 from jobs.yamlconf import ConfigError, Frozen, load_model
+from models.output_columns import FIXED_COLUMNS
 
 JOB_NAME = r"^[a-z][a-z0-9_]*$"
 # Tables are paths inside the lake: lower-case segments only, so a job file can never point
@@ -27,6 +28,14 @@ class InputSpec(Frozen):
     key: Column = Field(description="the entity id, copied to the predictions")
     columns: list[Column] | None = Field(None, description="feature columns; default: the model signature")
 
+    @field_validator("columns")
+    @classmethod
+    def _each_once(cls, v: list[str] | None) -> list[str] | None:
+        repeated = sorted({c for c in v or () if v.count(c) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(map(repr, repeated))} listed more than once")
+        return v
+
 
 class ModelSpec(Frozen):
     name: str = Field(min_length=1, description="registered model in the MLflow registry")
@@ -35,8 +44,11 @@ class ModelSpec(Frozen):
 
     @model_validator(mode="after")
     def _one_selector(self) -> ModelSpec:
-        if self.version is not None and self.alias not in (None, "champion"):
-            raise ValueError("set either alias or version, not both")
+        # alias defaults to champion: only an alias the file writes clashes with a version
+        if self.version is not None and self.alias is not None and "alias" in self.model_fields_set:
+            raise ValueError(
+                f"alias {self.alias!r} and version {self.version} both choose the model's version: set one of them"
+            )
         return self
 
 
@@ -95,6 +107,12 @@ class ABSpec(Frozen):
     auto_promote: bool = False
     challenger_share: float = Field(0.0, ge=0, le=1, description="canary: share of entities the challenger scores")
     shadow: bool = Field(False, description="the challenger also scores every row into <output>_shadow")
+
+    @model_validator(mode="after")
+    def _two_aliases(self) -> ABSpec:
+        if self.champion == self.challenger:
+            raise ValueError(f"champion and challenger are both the alias {self.champion!r}: a model against itself")
+        return self
 
     @model_validator(mode="after")
     def _known_metrics(self) -> ABSpec:
@@ -177,6 +195,39 @@ class JobConfig(Frozen):
             raise ValueError(f"not a valid cron expression: {v!r}")
         return v
 
+    @model_validator(mode="after")
+    def _outputs_apart(self) -> JobConfig:
+        """Each run replaces its output partitions whole: one that is also an input would lose the
+        day's input, and a score column named as another column of the predictions would clash."""
+        reads = {self.input.table: "input.table"} | ({self.ab.labeled_table: "ab.labeled_table"} if self.ab else {})
+        # each table the job writes, and the key to change where it is also read (None: the read one)
+        writes = {
+            self.output.table: ("its predictions", "output.table"),
+            self.quarantine_table: ("its quarantine", None),
+        }
+        if self.shadows:
+            writes[self.shadow_table] = ("the shadow's scores (output.table + _shadow)", "output.table")
+        if self.ab is not None:
+            writes[self.ab_report_table] = ("its A/B reports", None)
+        for table, (what, key) in writes.items():
+            if table in reads:
+                raise ValueError(
+                    f"{key or reads[table]}: {table!r} is both {reads[table]} and where the job writes {what}, "
+                    "replacing each day's partition whole: the rows it reads there would be lost; use another table"
+                )
+        taken = {self.input.key: "the key (input.key)"} | {c: "a column lakecast adds" for c in FIXED_COLUMNS}
+        if self.output.score_column in taken:
+            raise ValueError(
+                f"output.score_column: {self.output.score_column!r} is already {taken[self.output.score_column]} "
+                "in the predictions: name the score otherwise"
+            )
+        if self.input.key in FIXED_COLUMNS:
+            raise ValueError(
+                f"input.key: {self.input.key!r} is a column lakecast adds to the predictions "
+                f"({', '.join(FIXED_COLUMNS)}); rename the key column upstream"
+            )
+        return self
+
     @property
     def dag_id(self) -> str:
         return f"lakecast__{self.name}"
@@ -190,6 +241,11 @@ class JobConfig(Frozen):
     def shadow_table(self) -> str:
         """Where the challenger's shadow scores go, beside the predictions (``ab.shadow``)."""
         return f"{self.output.table}_shadow"
+
+    @property
+    def ab_report_table(self) -> str:
+        """Where ``lakecast compare`` keeps each day's A/B report (``ab:``)."""
+        return f"ab/{self.name}"
 
     @property
     def shadows(self) -> bool:

@@ -11,7 +11,7 @@ from typing import Any
 from jobs import tracking
 from jobs.config import JobConfig
 from jobs.lake import DataFile, Lake
-from models.predictor import LINEAGE_COLUMNS
+from models.output_columns import LINEAGE_COLUMNS
 from models.registry import ModelRef
 
 

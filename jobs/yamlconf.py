@@ -77,14 +77,18 @@ def format_validation_error(path: Path | str, error: ValidationError) -> str:
     """One line per problem: ``file: key.sub: message (got 'value')``."""
     lines = []
     for problem in error.errors():
-        key = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        # a validator's own ValueError is a sentence already, often quoting the text it refused
+        sentence = problem["msg"].removeprefix("Value error, ")
+        key = ".".join(str(p) for p in problem["loc"])
+        if not key:  # a check across sections begins its sentence with the key it is about
+            named = re.fullmatch(r"([a-z_]+(?:\.[a-z_]+)*): (.*)", sentence, re.S)
+            key, sentence = (named.group(1), named.group(2)) if named else ("(top level)", sentence)
         if problem["type"] == "extra_forbidden":
             message = "unknown key (check the spelling against the documented keys)"
         elif problem["type"] == "missing":
             message = "required key is missing"
         else:
-            # a validator's own ValueError is a sentence already, often quoting the text it refused
-            message = problem["msg"].removeprefix("Value error, ")
+            message = sentence
             value = problem.get("input")
             quoted = problem["type"] == "value_error" and isinstance(value, str) and repr(value) in message
             if "input" in problem and not isinstance(value, dict | list) and not quoted:

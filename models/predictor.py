@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import numpy as np
 import pyarrow as pa
 
+from models.output_columns import LINEAGE_COLUMNS, PREDICTION
+
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
 
-LINEAGE_COLUMNS = ("model_name", "model_version", "variant", "scoring_run_id", "scored_at")
 ENCODED_LINEAGE = ("model_name", "variant", "scoring_run_id")  # one string per run: see constant_strings
 
 # Events an actor records for the job's start-up figures (file names: EVENT--pid-random)
@@ -291,7 +292,7 @@ class BatchPredictor:
 
 def prediction_columns(key: str, score_column: str) -> list[str]:
     """The columns :func:`prediction_table` builds, in order."""
-    return [key, score_column, "prediction", *LINEAGE_COLUMNS]
+    return [key, score_column, PREDICTION, *LINEAGE_COLUMNS]
 
 
 def prediction_table(
@@ -312,7 +313,7 @@ def prediction_table(
     columns = {
         key: keys,
         score_column: pa.array(proba),
-        "prediction": pa.array((proba >= threshold).astype(np.int8)),
+        PREDICTION: pa.array((proba >= threshold).astype(np.int8)),
         **_lineage_columns(lineage, len(keys)),
     }
     schema = _required(tuple(columns), tuple(c.type for c in columns.values()))

@@ -137,6 +137,66 @@ def test_a_name_in_the_file_must_be_the_files_own(tmp_path):
     assert load_job_file(write(tmp_path, VALID + "name: myjob\n")).name == "myjob"
 
 
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (
+            "output: {table: raw/customers}",
+            "output.table: 'raw/customers' is both input.table and where the job writes its predictions, "
+            "replacing each day's partition whole: the rows it reads there would be lost; use another table",
+        ),
+        (
+            "input: {table: quarantine/myjob, key: customer_id}",
+            "input.table: 'quarantine/myjob' is both input.table and where the job writes its quarantine",
+        ),
+        (
+            "output: {table: labeled}\nab: {labeled_table: labeled_shadow, label: churned, shadow: true}",
+            "output.table: 'labeled_shadow' is both ab.labeled_table and where the job writes the shadow's scores",
+        ),
+        (
+            "output: {table: predictions/churn_test, score_column: customer_id}",
+            "output.score_column: 'customer_id' is already the key (input.key) in the predictions",
+        ),
+        (
+            "output: {table: predictions/churn_test, score_column: scored_at}",
+            "output.score_column: 'scored_at' is already a column lakecast adds in the predictions",
+        ),
+        (
+            "input: {table: raw/customers, key: variant}",
+            "input.key: 'variant' is a column lakecast adds to the predictions",
+        ),
+        (
+            "input: {table: raw/customers, key: customer_id, columns: [tenure, plan, tenure]}",
+            "input.columns: 'tenure' listed more than once",
+        ),
+        (
+            "model: {name: churn-classifier, alias: champion, version: 3}",
+            "model: alias 'champion' and version 3 both choose the model's version: set one of them",
+        ),
+        (
+            "ab: {labeled_table: labeled, label: churned, challenger: champion}",
+            "ab: champion and challenger are both the alias 'champion': a model against itself",
+        ),
+    ],
+)
+def test_a_job_that_would_destroy_or_confuse_its_own_data_is_refused(tmp_path, change, error):
+    """Each run replaces its output partitions whole, and the predictions hold fixed columns: a job
+    file that reads what it writes, or names a column twice, is refused before any run."""
+    sections = dict(line.split(":", 1) for line in VALID.splitlines())
+    for line in change.splitlines():
+        section, value = line.split(":", 1)
+        sections[section] = value
+    path = write(tmp_path, "".join(f"{k}:{v}\n" for k, v in sections.items()))
+    with pytest.raises(ConfigError) as e:
+        load_job_file(path)
+    assert str(e.value).startswith(f"{path}: {error}")
+
+
+def test_a_fixed_version_beside_the_default_alias_is_fine(tmp_path):
+    job = load_job_file(write(tmp_path, VALID.replace("alias: champion", "version: 3")))
+    assert (job.model.alias, job.model.version) == ("champion", 3)
+
+
 def test_a_profile_cannot_move_lakecast_home(home, tmp_path, monkeypatch):
     conf = tmp_path / "conf"
     (conf / "profiles").mkdir(parents=True)
