@@ -21,7 +21,7 @@ from typing import NoReturn
 import yaml
 
 from jobs.argtypes import positive_int
-from jobs.config import job_files, load_job, load_job_file, parse_date
+from jobs.config import JobConfig, job_files, load_job, load_job_file, overlapping_writes, parse_date
 from jobs.failures import EXIT_FIX_FIRST, exit_status, user_errors
 from jobs.settings import conf_dir, load_settings
 from jobs.yamlconf import ConfigError
@@ -35,18 +35,20 @@ def _out(text: str = "") -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     load_settings()
-    paths = [os.path.abspath(p) for p in args.files] or [str(p) for p in job_files()]
-    failed = 0
+    paths = [Path(os.path.abspath(p)) for p in args.files] or job_files()
+    jobs: dict[Path, JobConfig] = {}
+    errors: dict[Path, ConfigError] = {}
     for path in paths:
         try:
-            job = load_job_file(Path(path))
-            _out(f"ok      {path} → DAG {job.dag_id}")
+            jobs[path] = load_job_file(path)
         except ConfigError as e:
-            failed += 1
-            _out(f"invalid {e}")
+            errors[path] = e
+    errors |= overlapping_writes(jobs)
+    for path in paths:
+        _out(f"invalid {errors[path]}" if path in errors else f"ok      {path} → DAG {jobs[path].dag_id}")
     where = "" if args.files else f" in {conf_dir() / 'jobs'}"
-    _out(f"{len(paths) - failed} valid, {failed} invalid job file(s){where}")
-    return 1 if failed else 0
+    _out(f"{len(paths) - len(errors)} valid, {len(errors)} invalid job file(s){where}")
+    return 1 if errors else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ YAML only, never Ray, torch or MLflow.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -200,16 +201,7 @@ class JobConfig(Frozen):
         """Each run replaces its output partitions whole: one that is also an input would lose the
         day's input, and a score column named as another column of the predictions would clash."""
         reads = {self.input.table: "input.table"} | ({self.ab.labeled_table: "ab.labeled_table"} if self.ab else {})
-        # each table the job writes, and the key to change where it is also read (None: the read one)
-        writes = {
-            self.output.table: ("its predictions", "output.table"),
-            self.quarantine_table: ("its quarantine", None),
-        }
-        if self.shadows:
-            writes[self.shadow_table] = ("the shadow's scores (output.table + _shadow)", "output.table")
-        if self.ab is not None:
-            writes[self.ab_report_table] = ("its A/B reports", None)
-        for table, (what, key) in writes.items():
+        for table, (what, key) in self.writes.items():
             if table in reads:
                 raise ValueError(
                     f"{key or reads[table]}: {table!r} is both {reads[table]} and where the job writes {what}, "
@@ -227,6 +219,20 @@ class JobConfig(Frozen):
                 f"({', '.join(FIXED_COLUMNS)}); rename the key column upstream"
             )
         return self
+
+    @property
+    def writes(self) -> dict[str, tuple[str, str | None]]:
+        """Each table a run writes: what it holds there, and the key of the job file that names it
+        (None: the file's name does)."""
+        tables: dict[str, tuple[str, str | None]] = {
+            self.output.table: ("its predictions", "output.table"),
+            self.quarantine_table: ("its quarantine", None),
+        }
+        if self.shadows:
+            tables[self.shadow_table] = ("the shadow's scores (output.table + _shadow)", "output.table")
+        if self.ab is not None:
+            tables[self.ab_report_table] = ("its A/B reports", None)
+        return tables
 
     @property
     def dag_id(self) -> str:
@@ -251,6 +257,28 @@ class JobConfig(Frozen):
     def shadows(self) -> bool:
         """Whether each run also scores every row with the challenger, unpublished."""
         return self.ab is not None and self.ab.shadow
+
+
+def overlapping_writes(jobs: Mapping[Path, JobConfig]) -> dict[Path, ConfigError]:
+    """The job files, each valid alone, that write a table another one writes too: each run
+    replaces its day's partition whole, so the two would overwrite each other every night, the
+    last to run winning. Every file of such a pair gets the error, naming the other."""
+    writers: dict[str, list[tuple[Path, JobConfig]]] = {}
+    for path, job in jobs.items():
+        for table in job.writes:
+            writers.setdefault(table, []).append((path, job))
+    errors: dict[Path, list[str]] = {}
+    for table, those in writers.items():
+        for path, job in those:
+            what, key = job.writes[table]
+            for other_path, other in those:
+                if other_path != path:
+                    errors.setdefault(path, []).append(
+                        f"{path}: {key or 'the file name'}: {table!r} is where this job writes {what}, and "
+                        f"{other_path} writes {other.writes[table][0]} there too: each run replaces the day's "
+                        "partition whole, so the two would overwrite each other; give each job a table of its own"
+                    )
+    return {path: ConfigError("\n".join(lines)) for path, lines in errors.items()}
 
 
 def jobs_dir() -> Path:

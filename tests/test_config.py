@@ -197,6 +197,24 @@ def test_a_fixed_version_beside_the_default_alias_is_fine(tmp_path):
     assert (job.model.alias, job.model.version) == ("champion", 3)
 
 
+def test_validate_names_both_files_of_a_shared_output_table(home, tmp_path, capsys):
+    from jobs.cli import main
+
+    first = write(tmp_path, VALID, name="first")
+    second = write(tmp_path, VALID, name="second")
+    apart = write(tmp_path, VALID.replace("predictions/churn_test", "predictions/apart"), name="apart")
+    assert main(["validate", str(first), str(second), str(apart)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == (
+        f"invalid {first}: output.table: 'predictions/churn_test' is where this job writes its predictions, and "
+        f"{second} writes its predictions there too: each run replaces the day's partition whole, so the two "
+        "would overwrite each other; give each job a table of its own"
+    )
+    assert out[1].startswith(f"invalid {second}: output.table: 'predictions/churn_test' is where this job")
+    assert out[2] == f"ok      {apart} → DAG lakecast__apart"
+    assert out[3] == "1 valid, 2 invalid job file(s)"
+
+
 def test_a_profile_cannot_move_lakecast_home(home, tmp_path, monkeypatch):
     conf = tmp_path / "conf"
     (conf / "profiles").mkdir(parents=True)

@@ -75,6 +75,30 @@ def test_an_invalid_job_file_shows_as_a_failing_dag(settings, tmp_path):
     assert "shedule: unknown key" in broken["doc_md"]
 
 
+def test_two_job_files_writing_one_table_both_stop_and_say_why(settings, tmp_path):
+    """A copied job file that keeps its output.table would replace the other's predictions every
+    night: neither runs until one moves, and a third job is left alone."""
+    conf = tmp_path / "conf"
+    (conf / "jobs").mkdir(parents=True)
+    (conf / "profiles").mkdir()
+    src = Path(__file__).resolve().parents[1] / "conf"
+    churn = (src / "jobs" / "churn.yaml").read_text()
+    (conf / "profiles" / "local.yaml").write_text((src / "profiles" / "local.yaml").read_text())
+    (conf / "jobs" / "churn.yaml").write_text(churn)
+    (conf / "jobs" / "churn_copy.yaml").write_text(churn)
+    (conf / "jobs" / "churn_eu.yaml").write_text(churn.replace("predictions/churn", "predictions/churn_eu"))
+    parsed = parse_dags(settings, LAKECAST_CONF=str(conf))
+    assert parsed["import_errors"] == {}
+    for stem, other in (("churn", "churn_copy"), ("churn_copy", "churn")):
+        broken = parsed["dags"][f"lakecast__{stem}"]
+        assert broken["tasks"] == ["invalid_job_file"]
+        assert (
+            f"{conf / 'jobs' / stem}.yaml: output.table: 'predictions/churn' is where this job writes its "
+            f"predictions, and {conf / 'jobs' / other}.yaml writes its predictions there too"
+        ) in broken["doc_md"]
+    assert parsed["dags"]["lakecast__churn_eu"]["tasks"] == ["check_input", "predict", "publish", "compare"]
+
+
 def test_score_date_rules():
     nightly = dt.datetime(2026, 11, 22, 2, 0, tzinfo=dt.UTC)
     assert score_date(None, nightly) == dt.date(2026, 11, 21)
