@@ -71,7 +71,13 @@ class ColumnCheck(Frozen):
     nullable: bool | None = Field(None, description="default: the signature's (optional columns take nulls)")
     min: float | None = None
     max: float | None = None
-    categories: list[str] | None = Field(None, description="allowed values; others are invalid")
+    categories: list[str] | None = Field(None, min_length=1, description="allowed values; others are invalid")
+
+    @model_validator(mode="after")
+    def _a_range(self) -> ColumnCheck:
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min:g} is above max {self.max:g}: every row would be invalid")
+        return self
 
 
 class ValidationSpec(Frozen):

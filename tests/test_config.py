@@ -174,6 +174,14 @@ def test_a_name_in_the_file_must_be_the_files_own(tmp_path):
             "model: alias 'champion' and version 3 both choose the model's version: set one of them",
         ),
         (
+            "validation: {columns: {tenure: {min: 10, max: 1}}}",
+            "validation.columns.tenure: min 10 is above max 1: every row would be invalid",
+        ),
+        (
+            "validation: {columns: {plan: {categories: []}}}",
+            "validation.columns.plan.categories: List should have at least 1 item",
+        ),
+        (
             "ab: {labeled_table: labeled, label: churned, challenger: champion}",
             "ab: champion and challenger are both the alias 'champion': a model against itself",
         ),
