@@ -15,6 +15,19 @@ from jobs.airflow_env import airflow_env
 from jobs.schedule import score_date
 
 PROBE = Path(__file__).with_name("dagbag_probe.py")
+CONF = Path(__file__).resolve().parents[1] / "conf"
+CHURN = (CONF / "jobs" / "churn.yaml").read_text()
+
+
+def conf_with(tmp_path: Path, **jobs: str) -> Path:
+    """A configuration folder with the project's local profile and these job files (name → text)."""
+    conf = tmp_path / "conf"
+    (conf / "jobs").mkdir(parents=True)
+    (conf / "profiles").mkdir()
+    (conf / "profiles" / "local.yaml").write_text((CONF / "profiles" / "local.yaml").read_text())
+    for name, text in jobs.items():
+        (conf / "jobs" / f"{name}.yaml").write_text(text)
+    return conf
 
 
 def parse_dags(settings, **env) -> dict:
@@ -59,13 +72,7 @@ def test_churn_dag_shape(parsed):
 
 
 def test_an_invalid_job_file_shows_as_a_failing_dag(settings, tmp_path):
-    conf = tmp_path / "conf"
-    (conf / "jobs").mkdir(parents=True)
-    (conf / "profiles").mkdir()
-    src = Path(__file__).resolve().parents[1] / "conf"
-    (conf / "profiles" / "local.yaml").write_text((src / "profiles" / "local.yaml").read_text())
-    (conf / "jobs" / "churn.yaml").write_text((src / "jobs" / "churn.yaml").read_text())
-    (conf / "jobs" / "typo.yaml").write_text((src / "jobs" / "churn.yaml").read_text() + "shedule: daily\n")
+    conf = conf_with(tmp_path, churn=CHURN, typo=CHURN + "shedule: daily\n")
     parsed = parse_dags(settings, LAKECAST_CONF=str(conf))
     assert parsed["import_errors"] == {}
     assert parsed["dags"]["lakecast__churn"]["tasks"] == ["check_input", "predict", "publish", "compare"]
@@ -78,15 +85,8 @@ def test_an_invalid_job_file_shows_as_a_failing_dag(settings, tmp_path):
 def test_two_job_files_writing_one_table_both_stop_and_say_why(settings, tmp_path):
     """A copied job file that keeps its output.table would replace the other's predictions every
     night: neither runs until one moves, and a third job is left alone."""
-    conf = tmp_path / "conf"
-    (conf / "jobs").mkdir(parents=True)
-    (conf / "profiles").mkdir()
-    src = Path(__file__).resolve().parents[1] / "conf"
-    churn = (src / "jobs" / "churn.yaml").read_text()
-    (conf / "profiles" / "local.yaml").write_text((src / "profiles" / "local.yaml").read_text())
-    (conf / "jobs" / "churn.yaml").write_text(churn)
-    (conf / "jobs" / "churn_copy.yaml").write_text(churn)
-    (conf / "jobs" / "churn_eu.yaml").write_text(churn.replace("predictions/churn", "predictions/churn_eu"))
+    eu = CHURN.replace("predictions/churn", "predictions/churn_eu")
+    conf = conf_with(tmp_path, churn=CHURN, churn_copy=CHURN, churn_eu=eu)
     parsed = parse_dags(settings, LAKECAST_CONF=str(conf))
     assert parsed["import_errors"] == {}
     for stem, other in (("churn", "churn_copy"), ("churn_copy", "churn")):
