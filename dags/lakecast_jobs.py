@@ -16,7 +16,7 @@ from pathlib import Path
 from airflow.sdk import Asset, Param, dag, task
 
 from jobs.airflow_ray import LakecastJobOperator
-from jobs.config import JobConfig, job_files, load_job_file, overlapping_writes
+from jobs.config import JobConfig, job_files, load_job_files
 from jobs.settings import load_settings
 from jobs.yamlconf import ConfigError
 
@@ -176,22 +176,14 @@ def build_broken_dag(path: Path, error: Exception):
 
 def _build_all() -> None:
     lake_root = load_settings().lake_root
-    jobs: dict[Path, JobConfig] = {}
-    errors: dict[Path, ConfigError] = {}
-    for path in job_files():
-        try:
-            jobs[path] = load_job_file(path)
-        except ConfigError as e:
-            errors[path] = e
-    # two jobs writing one table would overwrite each other nightly: neither runs until one moves
-    errors |= overlapping_writes(jobs)
+    # a file that does not validate, or writes a table another one writes, becomes a failing DAG
+    jobs, errors = load_job_files(job_files())
     for path, error in errors.items():
         log.error("%s", error)
         broken = build_broken_dag(path, error)
         globals()[broken.dag_id] = broken
-    for path, job in jobs.items():
-        if path not in errors:
-            globals()[job.dag_id] = build_dag(job, lake_root)
+    for job in jobs.values():
+        globals()[job.dag_id] = build_dag(job, lake_root)
 
 
 _build_all()

@@ -508,19 +508,9 @@ def hot_path_worker(out_dir: str, batch_size: int, count: int, alias: str | None
     options = pipeline.predictor_options(
         job, lake, pre, settings=settings, run_id="0" * 32, started_at=dt.datetime.now(dt.UTC), at_once=at_once
     )
-    predictor, kwargs = pipeline.predictor_for(job, pre, options)
-    validator = pipeline.row_validator(job, lake, pre, quarantine)
     actor = ScoreAndWrite(
         **pipeline.score_and_write_kwargs(
-            job,
-            lake,
-            pre,
-            predictor,
-            kwargs,
-            validator=validator,
-            staging=staging,
-            batch_size=batch_size,
-            at_once=at_once,
+            job, lake, pre, options, staging=staging, quarantine=quarantine, batch_size=batch_size, at_once=at_once
         )
     )
     mine = pre.files[index::count]

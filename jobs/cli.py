@@ -21,7 +21,7 @@ from typing import NoReturn
 import yaml
 
 from jobs.argtypes import positive_int
-from jobs.config import JobConfig, job_files, load_job, load_job_file, overlapping_writes, parse_date
+from jobs.config import job_files, load_job, load_job_files, parse_date
 from jobs.failures import EXIT_FIX_FIRST, exit_status, user_errors
 from jobs.settings import conf_dir, load_settings
 from jobs.yamlconf import ConfigError
@@ -36,14 +36,7 @@ def _out(text: str = "") -> None:
 def cmd_validate(args: argparse.Namespace) -> int:
     load_settings()
     paths = [Path(os.path.abspath(p)) for p in args.files] or job_files()
-    jobs: dict[Path, JobConfig] = {}
-    errors: dict[Path, ConfigError] = {}
-    for path in paths:
-        try:
-            jobs[path] = load_job_file(path)
-        except ConfigError as e:
-            errors[path] = e
-    errors |= overlapping_writes(jobs)
+    jobs, errors = load_job_files(paths)
     for path in paths:
         _out(f"invalid {errors[path]}" if path in errors else f"ok      {path} → DAG {jobs[path].dag_id}")
     where = "" if args.files else f" in {conf_dir() / 'jobs'}"

@@ -265,23 +265,39 @@ class JobConfig(Frozen):
         return self.ab is not None and self.ab.shadow
 
 
+def load_job_files(paths: list[Path]) -> tuple[dict[Path, JobConfig], dict[Path, ConfigError]]:
+    """Load several job files as Airflow and ``lakecast validate`` see them: each must validate
+    alone, and no two may write one table (:func:`overlapping_writes`). Returns the files that
+    pass, and each other file's error."""
+    jobs: dict[Path, JobConfig] = {}
+    errors: dict[Path, ConfigError] = {}
+    for path in paths:
+        try:
+            jobs[path] = load_job_file(path)
+        except ConfigError as e:
+            errors[path] = e
+    errors |= overlapping_writes(jobs)
+    return {path: job for path, job in jobs.items() if path not in errors}, errors
+
+
 def overlapping_writes(jobs: Mapping[Path, JobConfig]) -> dict[Path, ConfigError]:
     """The job files, each valid alone, that write a table another one writes too: each run
     replaces its day's partition whole, so the two would overwrite each other every night, the
     last to run winning. Every file of such a pair gets the error, naming the other."""
-    writers: dict[str, list[tuple[Path, JobConfig]]] = {}
-    for path, job in jobs.items():
-        for table in job.writes:
-            writers.setdefault(table, []).append((path, job))
+    writes = {path: job.writes for path, job in jobs.items()}
+    writers: dict[str, list[Path]] = {}
+    for path, tables in writes.items():
+        for table in tables:
+            writers.setdefault(table, []).append(path)
     errors: dict[Path, list[str]] = {}
-    for table, those in writers.items():
-        for path, job in those:
-            what, key = job.writes[table]
-            for other_path, other in those:
-                if other_path != path:
+    for table, paths in writers.items():
+        for path in paths:
+            what, key = writes[path][table]
+            for other in paths:
+                if other != path:
                     errors.setdefault(path, []).append(
                         f"{path}: {key or 'the file name'}: {table!r} is where this job writes {what}, and "
-                        f"{other_path} writes {other.writes[table][0]} there too: each run replaces the day's "
+                        f"{other} writes {writes[other][table][0]} there too: each run replaces the day's "
                         "partition whole, so the two would overwrite each other; give each job a table of its own"
                     )
     return {path: ConfigError("\n".join(lines)) for path, lines in errors.items()}

@@ -103,8 +103,6 @@ def score(
             at_once=at_once,
         )
         mlflow.log_param("compute.batch_size_chosen", batch_size)
-    predictor, kwargs = predictor_for(job, pre, options, shadow_dir)
-    validator = row_validator(job, lake, pre, q_staging)
     if actors_read_and_write(gpus):
         # a task per input file, each actor streaming its files from read to write (docs/adr/0002)
         actors = actor_pool(job.compute, inputs=len(pre.files), at_once=at_once)
@@ -115,12 +113,12 @@ def score(
                 job,
                 lake,
                 pre,
-                predictor,
-                kwargs,
-                validator=validator,
+                options,
                 staging=staging,
+                quarantine=q_staging,
                 batch_size=batch_size,
                 at_once=at_once,
+                shadow_dir=shadow_dir,
             ),
             batch_format="pyarrow",
             batch_size=1,
@@ -129,6 +127,8 @@ def score(
         )
         files_done = done.take_all()  # a row per input file
         return started, stage_seconds(files_done), files_done
+    predictor, kwargs = predictor_for(job, pre, options, shadow_dir)
+    validator = row_validator(job, lake, pre, q_staging)
     dataset = read_parquet_files(
         [f.path for f in pre.files],
         filesystem=lake.fs,
@@ -230,22 +230,24 @@ def score_and_write_kwargs(
     job: JobConfig,
     lake: Lake,
     pre: Preflight,
-    predictor: type,
-    kwargs: dict[str, Any],
+    options: PredictorOptions,
     *,
-    validator: validation.RowValidator,
     staging: str,
+    quarantine: str,
     batch_size: int,
     at_once: int = 1,
+    shadow_dir: str | None = None,
 ) -> dict[str, Any]:
     """What a CPU actor's :class:`jobs.part_writer.ScoreAndWrite` is built with, for ``at_once``
-    files at a time; the benchmark builds the same in plain processes, to measure the job's own
-    work without Ray."""
+    files at a time: the predictor :func:`predictor_for` picks with ``options``, the job's row
+    checks (:func:`row_validator`) and where the scores and the bad rows go. The benchmark builds
+    the same in plain processes, to measure the job's own work without Ray."""
+    predictor, kwargs = predictor_for(job, pre, options, shadow_dir)
     columns, categorical = read_columns(job, pre.rules)
     return {
         "predictor": predictor,
         "kwargs": kwargs,
-        "validator": validator,
+        "validator": row_validator(job, lake, pre, quarantine),
         "columns": columns,
         "dictionary": categorical,
         "staging": staging,

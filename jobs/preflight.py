@@ -74,7 +74,7 @@ def preflight(
         ref = resolve_model(client, job, model_alias, model_version)
         inputs = model_inputs(job, ref)
         rules = validation.rules_from(inputs, job.validation, job.input.key)
-        validation.check_schema(lake, files, rules)  # a missing or mistyped key column is named here first
+        validation.check_schema(lake, files, footers, rules)  # a missing or mistyped key is named here first
         duplicates, examples = keys_checked.result()
     if duplicates:
         message = f"{duplicates} row(s) repeat a {job.input.key} already seen (e.g. {examples})"

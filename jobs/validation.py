@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from jobs.lake import DataFile, Lake, LakeError
+from jobs.lake import DataFile, Lake
 
 if TYPE_CHECKING:
     from jobs.config import ValidationSpec
@@ -99,18 +99,15 @@ def _kind_of(t: pa.DataType) -> Kind:
     return "any"
 
 
-def check_schema(lake: Lake, files: list[DataFile], rules: list[ColumnRule]) -> None:
-    """Every file has every needed column, with a type the model takes.
+def check_schema(lake: Lake, files: list[DataFile], footers: list[pq.FileMetaData], rules: list[ColumnRule]) -> None:
+    """Every file has every needed column, with a type the model takes. ``footers``: the files'
+    own (:meth:`jobs.lake.Lake.footers`), which the caller has read already for its row counts.
 
     Raises:
-        LakeError: a file is unreadable (zero bytes, truncated, not Parquet).
         InvalidInput: naming the file, the column, its type and the expected kind.
     """
-    for f in files:
-        try:
-            schema = pq.read_schema(f.path, filesystem=lake.fs)
-        except Exception as e:
-            raise LakeError(f"cannot read Parquet file {lake.uri(f.path)}: {e}") from e
+    for f, footer in zip(files, footers, strict=True):
+        schema = footer.schema.to_arrow_schema()
         for rule in rules:
             if rule.name not in schema.names:
                 raise InvalidInput(f"{lake.uri(f.path)}: missing column {rule.name!r}")
