@@ -319,8 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lakecast",
         description="Score a date's Parquet partition with an MLflow model on Ray, and publish the "
         "predictions to the lake. Jobs are the YAML files under conf/jobs/.",
-        epilog="Exit status: 0 done; 2 something must change first (a job file, an alias, the "
-        "input's rows); 75 trying again may pass (input not there yet, storage or cluster out of reach).",
+        epilog="Exit status: 0 done; 1 validate found an invalid job file; 2 something must change "
+        "first (a job file, an alias, the input's rows); 75 trying again may pass (input not there "
+        "yet, storage or cluster out of reach).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     yesterday = (dt.date.today() - dt.timedelta(days=1)).isoformat()
