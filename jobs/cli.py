@@ -22,7 +22,7 @@ import yaml
 
 from jobs.argtypes import positive_int
 from jobs.config import job_files, load_job, load_job_files, parse_date
-from jobs.failures import EXIT_FIX_FIRST, exit_status, user_errors
+from jobs.failures import EXIT_FIX_FIRST, exit_status, mlflow_failure, user_errors
 from jobs.settings import conf_dir, load_settings
 from jobs.yamlconf import ConfigError
 
@@ -427,6 +427,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, user_errors()):
             sys.stderr.write(f"lakecast: {e}\n")
             return exit_status(e)
+        if "mlflow" in sys.modules and (failure := mlflow_failure(e)):
+            sentence, status = failure
+            sys.stderr.write(f"lakecast: {sentence}\n")
+            return status
         raise
 
 

@@ -10,6 +10,9 @@ follows a Ray job on a cluster learns it from the job's driver.
 
 from __future__ import annotations
 
+import os
+import re
+
 from jobs.yamlconf import ConfigError
 
 EXIT_FIX_FIRST = 2  # the sentence names what to change; running again gives the same error
@@ -48,3 +51,33 @@ def retry_cannot_fix(e: BaseException) -> bool:
 
 def exit_status(e: BaseException) -> int:
     return EXIT_FIX_FIRST if retry_cannot_fix(e) else EXIT_TRY_AGAIN
+
+
+def mlflow_failure(e: BaseException) -> tuple[str, int] | None:
+    """MLflow's client giving up on its server, as a sentence and an exit status; None for any
+    other error.
+
+    MLflow raises the same ``MlflowException`` for a server that is down as for a bug in the
+    request, with the URL of the call and urllib3's retry state in one long line. A server out of
+    reach or answering 5xx may come back (75); one that refuses the credentials will not (2).
+    """
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(e, MlflowException):
+        return None
+    message = str(e.message if hasattr(e, "message") else e)
+    if e.error_code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
+        return f"MLflow refused the request: {message}", EXIT_FIX_FIRST
+    transport = e.__cause__ or e.__context__
+    if transport is None or type(transport).__module__.split(".")[0] not in ("requests", "urllib3"):
+        return None
+    server = re.search(r"API request to (\w+://[^/\s]+)", message)
+    where = server.group(1) if server else "its tracking server"
+    reason = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)|(Read timed out)|(too many \d+ error responses)", message)
+    why = next((g for g in reason.groups() if g), "no answer").strip() if reason else type(transport).__name__
+    return (
+        f"MLflow at {where} did not answer ({why}); check that the server runs and that the "
+        "profile's mlflow.tracking_uri names it (given up after MLFLOW_HTTP_REQUEST_MAX_RETRIES="
+        f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '7')} retries)",
+        EXIT_TRY_AGAIN,
+    )

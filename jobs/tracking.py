@@ -26,6 +26,10 @@ def configure(settings: Settings) -> MlflowClient:
     # Against a tracking server, MLflow writes "View run … at: <url>" to stdout as each run ends,
     # into the output of `lakecast run --json`; lakecast names the run itself.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    # MLflow retries a server that does not answer 7 times, about 4 minutes, sized for a rate
+    # limit. A scheduled task has Airflow's retries behind it and a user at a terminal wants the
+    # answer: 3 retries give up after about 15 s.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
     if settings.mlflow.registry_uri:
         os.environ["MLFLOW_REGISTRY_URI"] = settings.mlflow.registry_uri

@@ -21,6 +21,10 @@ class RegistryError(LookupError):
     """A registered model, alias or version does not exist."""
 
 
+# MLflow's error codes for a name the registry does not hold (an unknown alias is the second)
+NOT_THERE = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
 @dataclass(frozen=True)
 class ModelRef:
     """One resolved model version."""
@@ -42,12 +46,20 @@ def resolve(client: MlflowClient, name: str, *, alias: str | None = None, versio
     Raises:
         RegistryError: naming the model, the alias or version asked for, and what exists.
     """
+    import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
         model = client.get_registered_model(name)
     except MlflowException as e:
-        raise RegistryError(f"registered model {name!r} not found in the MLflow registry") from e
+        if e.error_code not in NOT_THERE:  # the server out of reach or refusing: not the user's typo
+            raise
+        names = sorted(m.name for m in client.search_registered_models(max_results=21))
+        known = ", ".join(names[:20]) + (", …" if len(names) > 20 else "") if names else "none"
+        raise RegistryError(
+            f"registered model {name!r} not found in the MLflow registry at {mlflow.get_registry_uri()}"
+            f" (registered models: {known})"
+        ) from e
     try:
         if version is not None:
             mv = client.get_model_version(name, str(version))
@@ -56,6 +68,8 @@ def resolve(client: MlflowClient, name: str, *, alias: str | None = None, versio
         else:
             raise RegistryError(f"say which version of {name!r} to use: an alias or a version number")
     except MlflowException as e:
+        if e.error_code not in NOT_THERE:
+            raise
         asked = f"alias {alias!r}" if version is None else f"version {version}"
         aliases = ", ".join(f"{a}→v{v}" for a, v in sorted(model.aliases.items())) or "none"
         raise RegistryError(f"registered model {name!r} has no {asked} (aliases: {aliases})") from e

@@ -169,6 +169,37 @@ def test_unknown_alias_is_a_clear_error(settings, lake, registered, churn_job):
         run_job(churn_job, DAY, settings=settings, model_alias="nightly")
 
 
+def test_unknown_model_names_the_registry_and_what_it_holds(settings, lake, registered, churn_job):
+    job = churn_job.model_copy(update={"model": churn_job.model.model_copy(update={"name": "churn-clasifier"})})
+    with pytest.raises(
+        RegistryError,
+        match=r"registered model 'churn-clasifier' not found in the MLflow registry at sqlite:///\S+/mlflow\.db "
+        r"\(registered models: churn-classifier\)",
+    ):
+        run_job(job, DAY, settings=settings)
+
+
+def test_an_mlflow_server_out_of_reach_is_worth_a_retry_not_a_missing_model(home, capsys, monkeypatch):
+    """Before, MLflow's client retried for 4 minutes, and lakecast then said the model was not in
+    the registry, with the exit status that tells Airflow not to retry."""
+    from jobs.cli import main
+    from jobs.failures import EXIT_TRY_AGAIN
+    from tests.s3server import free_ports
+
+    port = free_ports(1)[0]  # nothing listens there
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)  # restored after, as set
+    t0 = time.monotonic()
+    assert main(["run", "churn", "--date", DAY.isoformat(), "--dry-run"]) == EXIT_TRY_AGAIN
+    assert time.monotonic() - t0 < 60  # MLflow's own default waits about 4 minutes
+    err = capsys.readouterr().err.rstrip().splitlines()[-1]
+    assert err == (
+        f"lakecast: MLflow at http://127.0.0.1:{port} did not answer (Connection refused); check that the server "
+        "runs and that the profile's mlflow.tracking_uri names it (given up after MLFLOW_HTTP_REQUEST_MAX_RETRIES=3 "
+        "retries)"
+    ), err
+
+
 def test_cli_run_and_show(first_run, home, capsys):
     from jobs.cli import main
 
