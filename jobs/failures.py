@@ -34,12 +34,22 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 def fix_first() -> tuple[type[Exception], ...]:
     """The errors a retry cannot fix."""
+    from jobs.lake import LakeAccessError
     from jobs.promotion import PromotionRefused
     from jobs.validation import InvalidInput
     from models.predictor import ModelInputError, ModelOutputError
     from models.registry import RegistryError
 
-    return ConfigError, RegistryError, InvalidInput, ModelInputError, ModelOutputError, JobError, PromotionRefused
+    return (
+        ConfigError,
+        RegistryError,
+        InvalidInput,
+        ModelInputError,
+        ModelOutputError,
+        JobError,
+        PromotionRefused,
+        LakeAccessError,
+    )
 
 
 def retry_cannot_fix(e: BaseException) -> bool:

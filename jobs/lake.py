@@ -32,6 +32,11 @@ class LakeError(RuntimeError):
     """A partition is missing, empty or unreadable; the message names the path."""
 
 
+class LakeAccessError(LakeError):
+    """The lake's store refuses lakecast's credentials, or its bucket does not exist: unlike a
+    partition that has not landed yet, trying again changes nothing."""
+
+
 @dataclass(frozen=True)
 class DataFile:
     path: str
@@ -107,14 +112,35 @@ class Lake:
     def exists(self, path: str) -> bool:
         return self._info(path).type != pafs.FileType.NotFound
 
+    @property
+    def _endpoint(self) -> str:
+        env = os.environ.get
+        return env("AWS_ENDPOINT_URL_S3") or env("AWS_ENDPOINT_URL") or "the default AWS endpoint"
+
     def _info(self, path: str) -> pafs.FileInfo:
         try:
             return self.fs.get_file_info(path)
+        except PermissionError as e:  # s3fs's word for HTTP 403
+            if not self.is_s3:
+                raise
+            key = os.environ.get("AWS_ACCESS_KEY_ID")
+            who = f"access key {key!r}" if key else "the credentials of the AWS chain"
+            raise LakeAccessError(
+                f"the lake {self.root} at {self._endpoint} refused {who} ({e}): check AWS_ACCESS_KEY_ID "
+                "and AWS_SECRET_ACCESS_KEY, and what the bucket's policy grants them"
+            ) from None
         except Exception as e:  # botocore and aiohttp raise many types for an unreachable endpoint
             if not self.is_s3:
                 raise
-            endpoint = os.environ.get("AWS_ENDPOINT_URL", "the default AWS endpoint")
-            raise LakeError(f"cannot reach the lake {self.root} at {endpoint}: {e}") from e
+            raise LakeError(f"cannot reach the lake {self.root} at {self._endpoint}: {e}") from e
+
+    def _missing(self, path: str, what: str) -> LakeError:
+        """The error for a partition that is not there: on S3, first whether its bucket is."""
+        if self.is_s3:
+            bucket = self.base.split("/", 1)[0]
+            if self._info(bucket).type == pafs.FileType.NotFound:
+                return LakeAccessError(f"the lake {self.root}: bucket {bucket!r} does not exist at {self._endpoint}")
+        return LakeError(f"partition {self.uri(path)} does not exist: {what}")
 
     def data_files(self, table: str, ds: dt.date) -> list[DataFile]:
         """The committed Parquet files of one partition, skipping ``_`` and ``.`` metadata.
@@ -124,7 +150,7 @@ class Lake:
         """
         path = self.partition_path(table, ds)
         if self._info(path).type == pafs.FileType.NotFound:
-            raise LakeError(f"partition {self.uri(path)} does not exist: no data for {table} on {ds}")
+            raise self._missing(path, f"no data for {table} on {ds}")
         files = self.list_data_files(path)
         manifest = self.read_manifest(table, ds)
         if manifest is not None:  # exactly the committed files, whatever else the folder holds

@@ -230,6 +230,30 @@ def test_an_actors_error_reaches_the_terminal_as_one_sentence(settings, lake, re
     assert lake.read_manifest("predictions/bad_cli", DAY) is None  # nothing published
 
 
+def test_s3_that_refuses_the_credentials_or_lacks_the_bucket_is_not_retried(
+    home, registered, s3_env, monkeypatch, capsys
+):
+    """A wrong secret or a bucket's typo fails the same way on every try: exit 2, not 75."""
+    from jobs.cli import main
+    from jobs.failures import EXIT_FIX_FIRST
+    from tests.conftest import S3_BUCKET
+
+    endpoint, key = s3_env.endpoint, s3_env.env["AWS_ACCESS_KEY_ID"]
+    monkeypatch.setenv("LAKECAST_LAKE_ROOT", f"s3://{S3_BUCKET}/lake")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    assert main(["run", "churn", "--date", DAY.isoformat()]) == EXIT_FIX_FIRST
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"lakecast: the lake s3://{S3_BUCKET}/lake at {endpoint} refused access key {key!r} (Forbidden): "
+        "check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, and what the bucket's policy grants them"
+    )
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_env.env["AWS_SECRET_ACCESS_KEY"])
+    monkeypatch.setenv("LAKECAST_LAKE_ROOT", "s3://no-such-bucket/lake")
+    assert main(["run", "churn", "--date", DAY.isoformat()]) == EXIT_FIX_FIRST
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"lakecast: the lake s3://no-such-bucket/lake: bucket 'no-such-bucket' does not exist at {endpoint}"
+    )
+
+
 def test_unreachable_s3_endpoint_fails_fast_and_clearly(monkeypatch):
     from tests.s3server import free_ports
 
