@@ -86,8 +86,11 @@ def partition_lock(lake: Lake, table: str, ds: dt.date, *, job: str, lease_s: fl
         return
     import fcntl
 
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except PermissionError as e:
+        raise lake.refused(e, "the partition's lock") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -110,6 +113,8 @@ def _s3_lock(lake: Lake, path: str, owner: dict[str, Any], table: str, ds: dt.da
         try:
             s3.call_s3("put_object", Bucket=bucket, Key=key, Body=body, IfNoneMatch="*")
             break
+        except PermissionError as e:
+            raise lake.refused(e, f"writing the lock {lake.uri(path)}") from None
         except OSError as e:
             if "pre-condition" not in str(e) and "PreconditionFailed" not in str(e):
                 raise LakeError(f"cannot create the lock {lake.uri(path)}: {e}") from e

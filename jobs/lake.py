@@ -123,16 +123,24 @@ class Lake:
         except PermissionError as e:  # s3fs's word for HTTP 403
             if not self.is_s3:
                 raise
-            key = os.environ.get("AWS_ACCESS_KEY_ID")
-            who = f"access key {key!r}" if key else "the credentials of the AWS chain"
-            raise LakeAccessError(
-                f"the lake {self.root} at {self._endpoint} refused {who} ({e}): check AWS_ACCESS_KEY_ID "
-                "and AWS_SECRET_ACCESS_KEY, and what the bucket's policy grants them"
-            ) from None
+            raise self.refused(e) from None
         except Exception as e:  # botocore and aiohttp raise many types for an unreachable endpoint
             if not self.is_s3:
                 raise
             raise LakeError(f"cannot reach the lake {self.root} at {self._endpoint}: {e}") from e
+
+    def refused(self, e: PermissionError, doing: str = "") -> LakeAccessError:
+        """The error for the store refusing lakecast ``doing`` something (S3's 403, a folder's
+        mode): it names who was refused, and where to look."""
+        doing = f" {doing}" if doing else ""
+        if not self.is_s3:
+            return LakeAccessError(f"the lake {self.root} refused{doing}: {e}; lakecast needs to write below it")
+        key = os.environ.get("AWS_ACCESS_KEY_ID")
+        who = f"access key {key!r}" if key else "the credentials of the AWS chain"
+        return LakeAccessError(
+            f"the lake {self.root} at {self._endpoint} refused {who}{doing} ({e}): check AWS_ACCESS_KEY_ID "
+            "and AWS_SECRET_ACCESS_KEY, and what the bucket's policy grants them"
+        )
 
     def _missing(self, path: str, what: str) -> LakeError:
         """The error for a partition that is not there: on S3, first whether its bucket is."""

@@ -19,6 +19,9 @@ from pathlib import Path
 
 ACCESS_KEY = "lakecast-test"
 SECRET_KEY = "lakecast-test-secret"
+# a second identity that may read and list but not write, as a team's analysts' keys often are
+READER_KEY = "lakecast-reader"
+READER_SECRET = "lakecast-reader-secret"
 
 
 def _free(port: int) -> bool:
@@ -85,7 +88,12 @@ class SeaweedS3:
                     "name": "lakecast",
                     "credentials": [{"accessKey": ACCESS_KEY, "secretKey": SECRET_KEY}],
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-                }
+                },
+                {
+                    "name": "reader",
+                    "credentials": [{"accessKey": READER_KEY, "secretKey": READER_SECRET}],
+                    "actions": ["Read", "List"],
+                },
             ]
         }
         config = self.workdir / "s3.json"

@@ -254,6 +254,30 @@ def test_s3_that_refuses_the_credentials_or_lacks_the_bucket_is_not_retried(
     )
 
 
+def test_read_only_s3_keys_are_refused_by_name_before_anything_is_written(
+    home, registered, s3_env, monkeypatch, capsys
+):
+    from jobs.cli import main
+    from jobs.failures import EXIT_FIX_FIRST
+    from tests.conftest import S3_BUCKET
+    from tests.s3server import READER_KEY, READER_SECRET
+
+    root = f"s3://{S3_BUCKET}/read-only-{os.getpid()}"
+    lake = Lake(root)
+    demo_data.write_partition(lake, demo_data.RAW_TABLE, DAY, demo_data.generate(2_000, DAY), files=2)
+    monkeypatch.setenv("LAKECAST_LAKE_ROOT", root)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", READER_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", READER_SECRET)
+    assert main(["run", "churn", "--date", DAY.isoformat()]) == EXIT_FIX_FIRST
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"lakecast: the lake {root} at {s3_env.endpoint} refused access key {READER_KEY!r} writing the lock "
+        f"{root}/_locks/predictions/churn/ds={DAY}.lock (Access Denied.): check AWS_ACCESS_KEY_ID and "
+        "AWS_SECRET_ACCESS_KEY, and what the bucket's policy grants them"
+    )
+    written = lake.s3fs.find(root.removeprefix("s3://"))
+    assert written and all("/raw/customers/" in path for path in written), written
+
+
 def test_unreachable_s3_endpoint_fails_fast_and_clearly(monkeypatch):
     from tests.s3server import free_ports
 
