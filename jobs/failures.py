@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 
 from jobs.yamlconf import ConfigError
 
@@ -56,7 +57,12 @@ def retry_cannot_fix(e: BaseException) -> bool:
     """Whether ``e`` fails the same way on every try. A Ray job that failed on a cluster carries
     its driver's verdict (:class:`jobs.submit.SubmitError`)."""
     verdict = getattr(e, "fix_first", None)
-    return verdict if verdict is not None else isinstance(e, fix_first())
+    if verdict is not None:
+        return verdict
+    if isinstance(e, fix_first()):
+        return True
+    mlflow = "mlflow" in sys.modules and mlflow_failure(e)  # only an MLflow that was imported raised one
+    return bool(mlflow) and mlflow[1] == EXIT_FIX_FIRST
 
 
 def exit_status(e: BaseException) -> int:
@@ -75,7 +81,7 @@ def mlflow_failure(e: BaseException) -> tuple[str, int] | None:
 
     if not isinstance(e, MlflowException):
         return None
-    message = str(e.message if hasattr(e, "message") else e)
+    message = e.message
     if e.error_code in ("PERMISSION_DENIED", "UNAUTHENTICATED"):
         return f"MLflow refused the request: {message}", EXIT_FIX_FIRST
     transport = e.__cause__ or e.__context__
