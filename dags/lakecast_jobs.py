@@ -69,6 +69,7 @@ def _doc(job: JobConfig, table_uri: str) -> str:
 | schedule | `{job.schedule}` (UTC); a scheduled run scores the day before its run date |
 | actors | {job.compute.min_actors} to {job.compute.max_actors} |
 | per actor | {job.compute.cpus_per_actor:g} CPU(s), GPUs: {job.compute.gpus_per_actor} |
+| Airflow pool | {f"`{job.airflow.pool}` (predict, compare)" if job.airflow.pool else "the default pool"} |
 
 Trigger one date: `airflow dags trigger {job.dag_id} --conf '{{"date": "YYYY-MM-DD"}}'`.
 Tasks: **check_input** (the partition exists and is readable) → **predict** (Ray Data job,
@@ -122,6 +123,7 @@ def build_dag(job: JobConfig, lake_root: str):
             command="run",
             checked=check_input(),
             timeout=timeout,
+            pool=job.airflow.pool,  # None: Airflow's default pool
         )
 
         @task(outlets=[predictions])
@@ -147,6 +149,7 @@ def build_dag(job: JobConfig, lake_root: str):
                 command="compare",
                 checked=published,
                 timeout=timeout,
+                pool=job.airflow.pool,  # None: Airflow's default pool
             )
 
     return pipeline()

@@ -177,6 +177,11 @@ class AirflowSpec(Frozen):
     retry_delay_minutes: float = Field(5, ge=0)
     timeout_minutes: float = Field(240, gt=0, description="the predict task fails after this long")
     tags: list[str] = []
+    pool: str | None = Field(
+        None,
+        min_length=1,
+        description="Airflow pool of the tasks that use Ray (predict, compare): caps how many run at once",
+    )
 
 
 class JobConfig(Frozen):

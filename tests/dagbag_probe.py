@@ -29,5 +29,6 @@ for dag_id, dag in bag.dags.items():
         "doc_md": dag.doc_md or "",
         "outlets": [o.uri for t in dag.tasks for o in t.outlets],
         "upstream": {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks},
+        "pools": {t.task_id: t.pool for t in dag.tasks},
     }
 json.dump(report, sys.stdout)

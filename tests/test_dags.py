@@ -62,6 +62,7 @@ def test_churn_dag_shape(parsed):
         "publish": ["predict"],
         "compare": ["publish"],
     }
+    assert set(dag["pools"].values()) == {"default_pool"}  # the job file names no pool
     assert dag["catchup"] is False
     assert "0 2 * * *" in dag["schedule"]
     assert dag["params"] == ["date", "dry_run", "model_alias", "model_version"]
@@ -97,6 +98,21 @@ def test_two_job_files_writing_one_table_both_stop_and_say_why(settings, tmp_pat
             f"predictions, and {conf / 'jobs' / other}.yaml writes its predictions there too"
         ) in broken["doc_md"]
     assert parsed["dags"]["lakecast__churn_eu"]["tasks"] == ["check_input", "predict", "publish", "compare"]
+
+
+def test_a_jobs_pool_holds_the_tasks_that_use_ray(settings, tmp_path):
+    """Several jobs on one Ray cluster: an Airflow pool caps how many score or compare at once,
+    while their input checks and publishing never wait for a slot."""
+    pooled = CHURN.replace("  tags: [churn, demo]", "  tags: [churn, demo]\n  pool: ray_cluster")
+    conf = conf_with(tmp_path, churn=pooled)
+    dag = parse_dags(settings, LAKECAST_CONF=str(conf))["dags"]["lakecast__churn"]
+    assert dag["pools"] == {
+        "check_input": "default_pool",
+        "predict": "ray_cluster",
+        "publish": "default_pool",
+        "compare": "ray_cluster",
+    }
+    assert "| Airflow pool | `ray_cluster` (predict, compare) |" in dag["doc_md"]
 
 
 def test_score_date_rules():
