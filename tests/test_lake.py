@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import threading
 
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 
 from jobs import commit, demo_data
@@ -100,6 +102,24 @@ def test_leftovers_of_dead_runs_are_ignored_then_removed(storage, lake_with_inpu
     assert not lake.exists(orphan)
     assert files_under(lake, staging) == []
     assert sorted(f.path for f in lake.list_data_files(partition)) == committed
+
+
+def test_footers_of_many_files_come_in_file_order_and_a_damaged_one_is_named(storage):
+    """On S3 the footers are read side by side: the counts still line up with the files, and the
+    error names the one file that is not Parquet."""
+    lake = Lake(storage.lake_root)
+    part = lake.partition_path("raw/many", DAY)
+    lake.fs.create_dir(part, recursive=True)
+    counts = [n * 10 + 1 for n in range(20)]
+    for i, n in enumerate(counts):
+        pq.write_table(pa.table({"k": list(range(n))}), f"{part}/part-{i:02d}.parquet", filesystem=lake.fs)
+    files = lake.data_files("raw/many", DAY)
+    assert [f.path.rsplit("/", 1)[-1] for f in files] == [f"part-{i:02d}.parquet" for i in range(20)]
+    assert lake.count_rows(files) == counts
+    with lake.fs.open_output_stream(f"{part}/part-07.parquet") as out:
+        out.write(b"PAR1 not parquet")
+    with pytest.raises(LakeError, match=rf"cannot read Parquet file {lake.uri(part)}/part-07\.parquet: "):
+        lake.footers(lake.data_files("raw/many", DAY))
 
 
 def test_interrupted_local_swap_is_restored(settings, tmp_path):
