@@ -214,12 +214,16 @@ def _commit_s3(lake: Lake, staging: str, target: str, manifest: dict[str, Any]) 
     s3 = lake.s3fs
     old = lake.list_data_files(target) if lake.exists(target) else []
     new_names = {f["file"] for f in manifest["output"]}
-    for name in new_names:  # names are unique per run, so copies never overwrite committed files
-        s3.copy(f"{staging}/{name}", f"{target}/{name}")
+    # names are unique per run, so copies never overwrite committed files. As lists, s3fs copies
+    # side by side and deletes in bulk requests: 200 files behind 20 ms of latency took 1.2 s to
+    # copy instead of 21, 0.1-0.2 s to delete instead of 5 (docs/benchmark.md, "S3's round trips")
+    if new_names:
+        names = sorted(new_names)
+        s3.copy([f"{staging}/{name}" for name in names], [f"{target}/{name}" for name in names])
     s3.pipe_file(f"{target}/{MANIFEST}", json.dumps(manifest, indent=2, default=str).encode())  # commit point
-    for f in old:
-        if os.path.basename(f.path) not in new_names:
-            s3.rm_file(f.path)
+    stale = [f.path for f in old if os.path.basename(f.path) not in new_names]
+    if stale:
+        s3.rm(stale)
     if s3.exists(staging):  # an empty staging folder is no object at all on S3
         s3.rm(staging, recursive=True)
 

@@ -206,7 +206,7 @@ class Lake:
         if not self.is_s3 or len(files) < 2:
             return [footer(f) for f in files]
         # each footer is a round trip to S3: side by side, 200 files at 20 ms a request took 0.55 s
-        # instead of 5.2 (docs/benchmark.md, "Footers from S3, side by side")
+        # instead of 5.2 (docs/benchmark.md, "S3's round trips")
         with ThreadPoolExecutor(min(FOOTER_THREADS, len(files))) as pool:
             return list(pool.map(footer, files))
 
