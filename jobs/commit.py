@@ -148,7 +148,8 @@ def recover(lake: Lake, table: str, ds: dt.date) -> None:
     staging_root = f"{lake.base}/_staging/{table}/ds={ds.isoformat()}"
     trash_root = f"{lake.base}/_trash/{table}/ds={ds.isoformat()}"
     if lake.exists(staging_root):
-        if lake.fs.get_file_info(pafs.FileSelector(staging_root)):  # not just the empty folder of a commit
+        left = lake.fs.get_file_info(pafs.FileSelector(staging_root, recursive=True))
+        if any(i.type == pafs.FileType.File for i in left):  # not just the empty folders of commits
             log.warning("removing staging left by dead runs: %s", lake.uri(staging_root))
         lake.fs.delete_dir(staging_root)
     if lake.exists(trash_root):

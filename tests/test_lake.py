@@ -81,7 +81,7 @@ def test_a_second_writer_is_refused_and_loses_nothing(storage, lake_with_input, 
     assert set(read(lake)["scoring_run_id"].to_pylist()) == {first.run_id}
 
 
-def test_leftovers_of_dead_runs_are_ignored_then_removed(storage, lake_with_input):
+def test_leftovers_of_dead_runs_are_ignored_then_removed(storage, lake_with_input, caplog):
     lake = lake_with_input
     raw = demo_data.RAW_TABLE
     partition = lake.partition_path(raw, DAY)
@@ -102,6 +102,15 @@ def test_leftovers_of_dead_runs_are_ignored_then_removed(storage, lake_with_inpu
     assert not lake.exists(orphan)
     assert files_under(lake, staging) == []
     assert sorted(f.path for f in lake.list_data_files(partition)) == committed
+    assert "removing staging left by dead runs" in caplog.text
+
+    # what a clean commit leaves is no dead run's: SeaweedFS, like a local folder, keeps the empty
+    # folders of a staging it emptied, and the next run must not warn of them
+    caplog.clear()
+    lake.fs.create_dir(lake.staging_path(raw, DAY, "committed-run"), recursive=True)
+    with commit.partition_lock(lake, raw, DAY, job="test"):
+        commit.recover(lake, raw, DAY)
+    assert "left by dead runs" not in caplog.text
 
 
 def test_footers_of_many_files_come_in_file_order_and_a_damaged_one_is_named(storage):
