@@ -29,8 +29,9 @@ def user_errors() -> tuple[type[Exception], ...]:
     from jobs.commit import CommitConflict
     from jobs.lake import LakeError
     from jobs.submit import SubmitError
+    from jobs.tracking import TrackingUnreachable
 
-    return (*fix_first(), LakeError, CommitConflict, SubmitError)
+    return (*fix_first(), LakeError, CommitConflict, SubmitError, TrackingUnreachable)
 
 
 def fix_first() -> tuple[type[Exception], ...]:
@@ -89,11 +90,14 @@ def mlflow_failure(e: BaseException) -> tuple[str, int] | None:
         return None
     server = re.search(r"API request to (\w+://[^/\s]+)", message)
     where = server.group(1) if server else "its tracking server"
-    reason = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)|(Read timed out)|(too many \d+ error responses)", message)
-    why = next((g for g in reason.groups() if g), "no answer").strip() if reason else type(transport).__name__
-    return (
-        f"MLflow at {where} did not answer ({why}); check that the server runs and that the "
-        "profile's mlflow.tracking_uri names it (given up after MLFLOW_HTTP_REQUEST_MAX_RETRIES="
-        f"{os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES', '7')} retries)",
-        EXIT_TRY_AGAIN,
-    )
+    reason = re.search(r"Read timed out|too many \d+ error responses", message)
+    why = os_reason(message) or (reason.group(0) if reason else type(transport).__name__)
+    retries = os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "7")
+    return f"MLflow at {where} stopped answering ({why}; retried {retries} times)", EXIT_TRY_AGAIN
+
+
+def os_reason(text: str) -> str | None:
+    """The operating system's words in a network library's long message: "Connection refused"
+    out of urllib3's "...NewConnectionError(...: [Errno 111] Connection refused)"."""
+    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    return found.group(1).strip() if found else None

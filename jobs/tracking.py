@@ -8,6 +8,7 @@ import os
 import warnings
 from typing import TYPE_CHECKING
 
+from jobs.failures import os_reason
 from jobs.lake import DataFile
 
 if TYPE_CHECKING:
@@ -26,10 +27,9 @@ def configure(settings: Settings) -> MlflowClient:
     # Against a tracking server, MLflow writes "View run … at: <url>" to stdout as each run ends,
     # into the output of `lakecast run --json`; lakecast names the run itself.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    # MLflow retries a server that does not answer 7 times, about 4 minutes, sized for a rate
-    # limit. A scheduled task has Airflow's retries behind it and a user at a terminal wants the
-    # answer: 3 retries give up after about 15 s.
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+    for uri in {settings.mlflow.tracking_uri, settings.mlflow.registry_uri or settings.mlflow.tracking_uri}:
+        if uri.startswith(("http://", "https://")):
+            answering(uri)
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
     if settings.mlflow.registry_uri:
         os.environ["MLFLOW_REGISTRY_URI"] = settings.mlflow.registry_uri
@@ -40,6 +40,47 @@ def configure(settings: Settings) -> MlflowClient:
         if settings.mlflow.artifact_root and not os.path.exists(path):
             _create_store(settings.mlflow.tracking_uri, settings.mlflow.artifact_root)
     return mlflow.MlflowClient()
+
+
+class TrackingUnreachable(ConnectionError):
+    """The MLflow server does not answer; it may later, so a retry may pass."""
+
+
+@functools.cache
+def answering(uri: str, attempts: int = 3) -> None:
+    """Fail within seconds when the MLflow server at ``uri`` does not answer.
+
+    MLflow's client retries each request for about 4 minutes (7 times, sized for a rate limit),
+    which is the patience a run needs once it has work to lose, but not at its first request: a
+    server that is down, or a wrong URI, would take 4 minutes to say so. Any HTTP answer counts
+    (a 401 or 404 from a proxy too); only no answer, or a 5xx, does not.
+
+    Raises:
+        TrackingUnreachable: naming the server and why, after ``attempts`` tries 1 and 2 s apart.
+    """
+    import time
+
+    import requests
+
+    why = ""
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(attempt)
+        try:
+            status = requests.get(f"{uri.rstrip('/')}/health", timeout=5).status_code
+        except requests.Timeout:  # before ConnectionError: a connect timeout is both
+            why = "no answer within 5 s"
+            continue
+        except requests.ConnectionError as e:
+            why = os_reason(str(e)) or type(e).__name__
+            continue
+        if status < 500:
+            return
+        why = f"HTTP {status}"
+    raise TrackingUnreachable(
+        f"MLflow at {uri} did not answer ({why}, {attempts} tries); check that the server runs and that "
+        "the profile's mlflow.tracking_uri names it"
+    )
 
 
 def _create_store(uri: str, artifact_root: str) -> None:

@@ -24,3 +24,22 @@ def test_an_mlflow_error_that_is_not_about_its_server_stays_a_traceback(error_co
     traceback, and Airflow's retries."""
     e = MlflowException("the store said something else", error_code=getattr(databricks_pb2, error_code))
     assert mlflow_failure(e) is None and not retry_cannot_fix(e)
+
+
+def test_a_server_that_stops_answering_mid_run_is_worth_a_retry(monkeypatch):
+    """Past the start's check of the server (tracking.answering), MLflow's client keeps its own
+    patience; when that runs out, the sentence names the server and what the OS said."""
+    from mlflow import MlflowClient
+
+    from jobs.failures import EXIT_TRY_AGAIN
+    from tests.s3server import free_ports
+
+    port = free_ports(1)[0]  # nothing listens there
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with pytest.raises(MlflowException) as raised:
+        MlflowClient(f"http://127.0.0.1:{port}").get_run("0" * 32)
+    assert mlflow_failure(raised.value) == (
+        f"MLflow at http://127.0.0.1:{port} stopped answering (Connection refused; retried 0 times)",
+        EXIT_TRY_AGAIN,
+    )
+    assert not retry_cannot_fix(raised.value)
