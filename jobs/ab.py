@@ -27,7 +27,7 @@ from jobs.failures import JobError
 from jobs.lake import Lake
 from jobs.preflight import model_inputs
 from jobs.ray_errors import raise_ours
-from jobs.ray_runtime import actor_pool, actors_read_and_write, ensure_ray, gpus_per_actor, read_parquet_files
+from jobs.ray_runtime import actor_gpus, actor_pool, actors_read_and_write, ensure_ray, read_parquet_files
 from jobs.settings import Settings, load_settings
 from jobs.validation import REASON, ColumnRule, InvalidInput
 from jobs.yamlconf import ConfigError
@@ -228,7 +228,7 @@ def _score_both(
     )
     ensure_ray(settings)
     columns = list(dict.fromkeys([*passthrough, *features]))
-    gpus = gpus_per_actor(job.compute.gpus_per_actor)
+    gpus = actor_gpus(job, settings)
     batch_size = job.compute.batch_size
     if batch_size == "auto":  # measured on the champion's predictor
         from jobs import batch_size as auto

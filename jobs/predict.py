@@ -26,7 +26,7 @@ from jobs.lake import DataFile, Lake
 from jobs.manifest import partition_manifest
 from jobs.preflight import Preflight, model_selection, preflight
 from jobs.ray_errors import raise_ours
-from jobs.ray_runtime import ensure_ray, files_at_once, gpus_per_actor
+from jobs.ray_runtime import actor_gpus, ensure_ray, files_at_once
 from jobs.settings import Settings, load_settings
 from jobs.validation import InvalidInput
 from models.registry import ModelRef
@@ -369,7 +369,7 @@ def _log_start(
     import mlflow
 
     ensure_ray(settings)
-    gpus = gpus_per_actor(job.compute.gpus_per_actor)
+    gpus = actor_gpus(job, settings)
     mlflow.log_params(
         {
             "job": job.name,

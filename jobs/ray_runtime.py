@@ -12,7 +12,7 @@ from jobs.ray_errors import report_our_errors
 if TYPE_CHECKING:
     import ray
 
-    from jobs.config import ComputeSpec
+    from jobs.config import ComputeSpec, JobConfig
     from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -51,13 +51,39 @@ def ensure_ray(settings: Settings) -> None:
     log.info("Ray %s: %s", "cluster" if address else "local", ray.cluster_resources())
 
 
-def gpus_per_actor(requested: float | str) -> float:
-    """``auto`` becomes one GPU per actor where the cluster has GPUs, else CPU actors (0)."""
-    if requested != "auto":
-        return float(requested)
+def actor_gpus(job: JobConfig, settings: Settings) -> float:
+    """The GPUs of each of the job's actors (``auto``: one where the cluster has GPUs, else CPU
+    actors), once it is known that a node can hold such an actor.
+
+    Ray Data waits for an actor no node can hold, its progress log repeating "pending: 4 CPU",
+    until the task's timeout kills it hours later. A private Ray never grows, so that is an error
+    at once. A cluster's autoscaler may add a node that fits, so there it is a warning.
+
+    Raises:
+        ConfigError: on a private Ray, naming what the actor asks and what the largest node has.
+    """
     import ray
 
-    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+    from jobs.yamlconf import ConfigError
+
+    requested = job.compute.gpus_per_actor
+    has_gpus = ray.cluster_resources().get("GPU", 0) >= 1
+    gpus = (1.0 if has_gpus else 0.0) if requested == "auto" else float(requested)
+    need = {"CPU": job.compute.cpus_per_actor} | ({"GPU": gpus} if gpus else {})
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(all(node.get(k, 0) >= v for k, v in need.items()) for node in nodes):
+        return gpus
+    largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
+    has = ", ".join(f"{largest.get(k, 0):g} {k}" for k in need)
+    asked = " and ".join(f"{v:g} {k} (compute.{k.lower()}s_per_actor)" for k, v in need.items())
+    message = (
+        f"conf/jobs/{job.name}.yaml: each actor asks for {asked}, and no node of this Ray has that much "
+        f"(the largest: {has})"
+    )
+    if not (os.environ.get("RAY_ADDRESS") or settings.ray.address):
+        raise ConfigError(f"{message}; ask for less, or give the local Ray more (the profile's ray.num_cpus)")
+    log.warning("%s; the job waits until the cluster's autoscaler adds a node that fits", message)
+    return gpus
 
 
 def actors_read_and_write(gpus: float) -> bool:

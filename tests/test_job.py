@@ -14,6 +14,7 @@ import mlflow
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+import ray
 
 from jobs.lake import LakeError
 from jobs.predict import run_job
@@ -196,6 +197,28 @@ def test_an_mlflow_server_out_of_reach_is_worth_a_retry_not_a_missing_model(home
         f"lakecast: MLflow at http://127.0.0.1:{port} did not answer (Connection refused, 3 tries); check that the "
         "server runs and that the profile's mlflow.tracking_uri names it"
     ), err
+
+
+@pytest.mark.parametrize("compute", [{"cpus_per_actor": 4}, {"gpus_per_actor": 1}], ids=["cpus", "gpus"])
+def test_an_actor_no_node_can_hold_is_refused_at_once(settings, lake, registered, ray_local, churn_job, compute):
+    """Ray Data would wait for it until the task's timeout, hours later, printing "pending: 4 CPU"."""
+    from jobs.yamlconf import ConfigError
+
+    if ray.cluster_resources().get("GPU") and "gpus_per_actor" in compute:
+        pytest.skip("this machine's Ray has a GPU")
+    job = churn_job.model_copy(update={"compute": churn_job.compute.model_copy(update=compute)})
+    asked = f"{job.compute.cpus_per_actor:g} CPU (compute.cpus_per_actor)"
+    has = f"{ray.cluster_resources()['CPU']:g} CPU"
+    if "gpus_per_actor" in compute:
+        asked, has = f"{asked} and 1 GPU (compute.gpus_per_actor)", f"{has}, 0 GPU"
+    t0 = time.monotonic()
+    with pytest.raises(ConfigError) as raised:
+        run_job(job, DAY, settings=settings)
+    assert time.monotonic() - t0 < 60
+    assert str(raised.value) == (
+        f"conf/jobs/churn.yaml: each actor asks for {asked}, and no node of this Ray has that much "
+        f"(the largest: {has}); ask for less, or give the local Ray more (the profile's ray.num_cpus)"
+    )
 
 
 def test_cli_run_and_show(first_run, home, capsys):
