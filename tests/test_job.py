@@ -221,6 +221,16 @@ def test_an_actor_no_node_can_hold_is_refused_at_once(settings, lake, registered
     )
 
 
+def test_on_a_cluster_an_actor_no_node_holds_yet_waits_for_the_autoscaler(settings, ray_local, churn_job, caplog):
+    from jobs.ray_runtime import actor_gpus
+
+    job = churn_job.model_copy(update={"compute": churn_job.compute.model_copy(update={"cpus_per_actor": 64})})
+    cluster = settings.model_copy(update={"ray": settings.ray.model_copy(update={"address": "ray-head:6379"})})
+    assert actor_gpus(job, cluster) == (1.0 if ray.cluster_resources().get("GPU") else 0.0)
+    assert "each actor asks for 64 CPU (compute.cpus_per_actor), and no node of this Ray has that much" in caplog.text
+    assert "the job waits until the cluster's autoscaler adds a node that fits" in caplog.text
+
+
 def test_cli_run_and_show(first_run, home, capsys):
     from jobs.cli import main
 
