@@ -110,8 +110,8 @@ def build_dag(job: JobConfig, lake_root: str):
             ds = score_date(params.get("date"), dag_run.logical_date or dag_run.run_after)
             lake = Lake(load_settings().lake_root)
             with failing_at_once():  # a partition not there yet is retried; a refused key is not
-                files = lake.data_files(job.input.table, ds)
-                rows = sum(lake.count_rows(files))
+                files, footers = lake.input_footers(job.input.table, ds)
+                rows = sum(footer.num_rows for footer in footers)
             log.info("%s ds=%s: %d files, %d rows", job.input.table, ds, len(files), rows)
             return {"date": ds.isoformat(), "files": len(files), "rows": rows}
 

@@ -55,10 +55,10 @@ def run_compare(job: JobConfig, ds: dt.date, *, settings: Settings | None = None
         resolve(client, job.model.name, alias=spec.champion),
         resolve(client, job.model.name, alias=spec.challenger),
     )
-    files = lake.data_files(spec.labeled_table, ds)
+    files, footers = lake.input_footers(spec.labeled_table, ds)
     inputs = [model_inputs(job, ref) for ref in refs]
     rules = _rules(job, spec, inputs)
-    validation.check_schema(lake, files, lake.footers(files), rules)
+    validation.check_schema(lake, files, footers, rules)
     scored = _score_both(job, spec, lake, files, refs, inputs, rules, settings)
     table, excluded = _excluded(job, scored, lake.uri(lake.partition_path(spec.labeled_table, ds)))
     y = table.column(spec.label).to_numpy(zero_copy_only=False).astype(np.float64)

@@ -173,6 +173,22 @@ class Lake:
             raise LakeError(f"partition {self.uri(path)} holds no Parquet data files")
         return files
 
+    def input_footers(self, table: str, ds: dt.date) -> tuple[list[DataFile], list[pq.FileMetaData]]:
+        """A partition to score: its data files and their footers.
+
+        Raises:
+            LakeError: as :meth:`data_files` and :meth:`footers` do, and for files that hold no
+                row, which would otherwise replace the day's predictions with an empty partition.
+        """
+        files = self.data_files(table, ds)
+        footers = self.footers(files)
+        if not any(footer.num_rows for footer in footers):
+            path = self.uri(self.partition_path(table, ds))
+            raise LakeError(
+                f"partition {path} holds {len(files)} Parquet file(s) and no row: no data for {table} on {ds}"
+            )
+        return files, footers
+
     def list_data_files(self, path: str) -> list[DataFile]:
         if self._info(path).type == pafs.FileType.NotFound:
             return []  # S3 has no empty folders: a prefix with no object does not exist

@@ -64,8 +64,7 @@ def resolve_model(client: Any, job: JobConfig, model_alias: str | None, model_ve
 def preflight(
     job: JobConfig, ds: dt.date, settings: Settings, lake: Lake, model_alias: str | None, model_version: int | None
 ) -> Preflight:
-    files = lake.data_files(job.input.table, ds)
-    footers = lake.footers(files)  # zero-byte and truncated files fail here
+    files, footers = lake.input_footers(job.input.table, ds)  # zero-byte and truncated files fail here
     rows_in = sum(footer.num_rows for footer in footers)
     # the key column's read and check (numpy, mostly off the GIL) beside MLflow's import and lookups
     with ThreadPoolExecutor(1, thread_name_prefix="duplicates") as pool:

@@ -98,6 +98,10 @@ CASES = [
     Case("missing_partition", lambda lake, path: None, LakeError, r"ds=2026-11-21 does not exist"),
     Case("missing_column", files(good(), good().drop_columns(["tenure_months"])), InvalidInput,
          r"part-1\.parquet: missing column 'tenure_months'"),
+    Case("zero_row_file", files(good(), good().slice(0, 0)), scored=N),
+    # scoring nothing would replace the previous predictions with an empty partition
+    Case("only_zero_row_files", files(good().slice(0, 0), good().slice(0, 0)), LakeError,
+         r"ds=2026-11-21 holds 2 Parquet file\(s\) and no row: no data for raw/bad_only_zero_row_files on 2026-11-21"),
     Case("extra_columns", files(good().append_column("surprise", pa.array(["x"] * N))), scored=N),
     Case("wrong_dtype", files(replaced(good(), "age", pa.array(["forty"] * N))), InvalidInput,
          r"part-0\.parquet: column 'age' has type string, the model expects a number"),
@@ -294,8 +298,9 @@ def test_unreachable_s3_endpoint_fails_fast_and_clearly(monkeypatch):
 
 def test_manifest_names_what_was_committed(case_lake, settings, registered, ray_local, churn_job):
     lake = case_lake
-    job = make_job(churn_job, CASES[6])  # extra columns: a successful run
-    CASES[6].write(lake, lake.partition_path(job.input.table, DAY))
+    extra_columns = next(c for c in CASES if c.id == "extra_columns")  # a successful run
+    job = make_job(churn_job, extra_columns)
+    extra_columns.write(lake, lake.partition_path(job.input.table, DAY))
     result = run_job(job, DAY, settings=settings.model_copy(update={"lake_root": lake.root}))
     manifest = lake.read_manifest(job.output.table, DAY)
     assert manifest["job"] == job.name and manifest["date"] == DAY.isoformat()
