@@ -155,8 +155,11 @@ class Lake:
     def data_files(self, table: str, ds: dt.date) -> list[DataFile]:
         """The committed Parquet files of one partition, skipping ``_`` and ``.`` metadata.
 
+        A partition lakecast committed may name no file: a run whose every row was quarantined,
+        under ``max_invalid_share: 1``, publishes an empty one.
+
         Raises:
-            LakeError: the partition does not exist or holds no data file.
+            LakeError: the partition does not exist, or holds no data file and no manifest.
         """
         path = self.partition_path(table, ds)
         if self._info(path).type == pafs.FileType.NotFound:
@@ -169,6 +172,7 @@ class Lake:
             missing = named - {os.path.basename(f.path) for f in files}
             if missing:
                 raise LakeError(f"partition {self.uri(path)} lacks files its manifest names: {sorted(missing)}")
+            return files
         if not files:
             raise LakeError(f"partition {self.uri(path)} holds no Parquet data files")
         return files

@@ -102,6 +102,8 @@ CASES = [
     # scoring nothing would replace the previous predictions with an empty partition
     Case("only_zero_row_files", files(good().slice(0, 0), good().slice(0, 0)), LakeError,
          r"ds=2026-11-21 holds 2 Parquet file\(s\) and no row: no data for raw/bad_only_zero_row_files on 2026-11-21"),
+    Case("every_row_quarantined", files(every(1, None, "contract_type")), scored=0, quarantined=N,
+         match=r"contract_type: null", validation=QUARANTINE | {"max_invalid_share": 1.0}),
     Case("extra_columns", files(good().append_column("surprise", pa.array(["x"] * N))), scored=N),
     Case("wrong_dtype", files(replaced(good(), "age", pa.array(["forty"] * N))), InvalidInput,
          r"part-0\.parquet: column 'age' has type string, the model expects a number"),
@@ -177,6 +179,7 @@ def test_bad_input(case: Case, case_lake: Lake, settings, registered, ray_local,
     result = run_job(job, DAY, settings=run_settings)
     out = pads.dataset(lake.partition_path(job.output.table, DAY), format="parquet").to_table()
     assert out.num_rows == case.scored == result.rows - case.quarantined
+    assert lake.read_manifest(job.output.table, DAY)["rows"] == case.scored  # committed, even when empty
     quarantine = lake.partition_path(f"quarantine/{job.name}", DAY)
     rejected = pads.dataset(quarantine, format="parquet").to_table() if case.quarantined else None
     assert lake.read_manifest(f"quarantine/{job.name}", DAY)["rows"] == case.quarantined
@@ -184,7 +187,8 @@ def test_bad_input(case: Case, case_lake: Lake, settings, registered, ray_local,
         assert rejected.num_rows == case.quarantined
         assert all(__import__("re").search(case.match, r) for r in rejected["reason"].to_pylist())
         # every input row is either scored or quarantined, exactly once
-        both = pa.concat_arrays([out["customer_id"].combine_chunks(), rejected["customer_id"].combine_chunks()])
+        scored_ids = [out["customer_id"].combine_chunks()] if out.num_rows else []  # no file, no schema
+        both = pa.concat_arrays([*scored_ids, rejected["customer_id"].combine_chunks()])
         assert len(both.unique()) == N
 
 
