@@ -38,7 +38,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     paths = [Path(os.path.abspath(p)) for p in args.files] or job_files()
     jobs, errors = load_job_files(paths)
     for path in paths:
-        _out(f"invalid {errors[path]}" if path in errors else f"ok      {path} → DAG {jobs[path].dag_id}")
+        if path in errors:  # one line per problem, each marked, so that grep and a reader see them all
+            _out("\n".join(f"invalid {line}" for line in str(errors[path]).splitlines()))
+        else:
+            _out(f"ok      {path} → DAG {jobs[path].dag_id}")
     where = "" if args.files else f" in {conf_dir() / 'jobs'}"
     _out(f"{len(paths) - len(errors)} valid, {len(errors)} invalid job file(s){where}")
     return 1 if errors else 0

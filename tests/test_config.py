@@ -270,11 +270,14 @@ def test_validate_command(home, tmp_path, capsys):
     jobs = conf_dir() / "jobs"
     assert "lakecast__churn" in out
     assert out.endswith(f"{len(list(jobs.glob('*.yaml')))} valid, 0 invalid job file(s) in {jobs}\n")
-    bad = write(tmp_path, VALID + "surprise: 1\n")
+    bad = write(tmp_path, VALID + "surprise: 1\nlater: 2\n")
     assert main(["validate", str(bad)]) == 1
-    out = capsys.readouterr().out
-    # the files named, wherever they are: the count names no folder
-    assert "surprise: unknown key" in out and out.endswith("0 valid, 1 invalid job file(s)\n")
+    # each problem on a line of its own, each marked; the count names no folder for files named
+    assert capsys.readouterr().out.splitlines() == [
+        f"invalid {bad}: surprise: unknown key (check the spelling against the documented keys)",
+        f"invalid {bad}: later: unknown key (check the spelling against the documented keys)",
+        "0 valid, 1 invalid job file(s)",
+    ]
 
 
 def test_the_readme_documents_every_key_of_a_job_file():
