@@ -23,6 +23,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         **os.environ,
         "LAKECAST_HOME": str(settings.home),
         "LAKECAST_PROFILE": settings.profile,
+        **({"LAKECAST_LAKE_ROOT": settings.lake_root} if "LAKECAST_LAKE_ROOT" in os.environ else {}),
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",

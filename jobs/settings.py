@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from jobs.yamlconf import ConfigError, Frozen, load_model
 
@@ -51,6 +51,13 @@ class Settings(Frozen):
     lake_root: str = Field(description="a local directory or s3://bucket/prefix")
     mlflow: MlflowSettings
     ray: RaySettings = RaySettings()
+
+    @field_validator("lake_root")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        """A relative folder made absolute once, here: the manifests' lineage names it, and the
+        Airflow tasks, which run elsewhere, must find the same folder."""
+        return v if "://" in v else str(Path(v).expanduser().resolve())
 
     @property
     def airflow_home(self) -> Path:

@@ -315,3 +315,18 @@ def test_the_readme_documents_every_key_of_a_job_file():
         else:
             missing += [f"{name}.{key}" for key in spec.model_fields if f"{name}.{key}" not in documented]
     assert documented and not missing, f"job-file keys the README does not document: {missing}"
+
+
+def test_a_relative_lake_root_is_the_same_folder_for_airflow_tasks(home, tmp_path, monkeypatch):
+    """`LAKECAST_LAKE_ROOT=lake lakecast airflow standalone`: the tasks run in other folders, and
+    the manifests' lineage names the lake; both get the absolute path of where it was typed."""
+    from jobs.airflow_env import airflow_env
+    from jobs.settings import load_settings
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LAKECAST_LAKE_ROOT", "lake")
+    settings = load_settings()
+    assert settings.lake_root == str(tmp_path / "lake")
+    assert airflow_env(settings)["LAKECAST_LAKE_ROOT"] == str(tmp_path / "lake")
+    monkeypatch.setenv("LAKECAST_LAKE_ROOT", "s3://bucket/lake")
+    assert load_settings().lake_root == "s3://bucket/lake"
