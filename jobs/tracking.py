@@ -68,6 +68,8 @@ def answering(uri: str, attempts: int = 3) -> None:
             time.sleep(attempt)
         try:
             status = requests.get(f"{uri.rstrip('/')}/health", timeout=5).status_code
+        except requests.exceptions.SSLError:  # it answered; its certificate is for MLflow's client
+            return  # to check, with its settings (MLFLOW_TRACKING_INSECURE_TLS, a CA bundle)
         except requests.Timeout:  # before ConnectionError: a connect timeout is both
             why = "no answer within 5 s"
             continue

@@ -43,3 +43,55 @@ def test_a_server_that_stops_answering_mid_run_is_worth_a_retry(monkeypatch):
         EXIT_TRY_AGAIN,
     )
     assert not retry_cannot_fix(raised.value)
+
+
+def test_a_server_behind_a_certificate_of_its_own_answers(tmp_path):
+    """A team's MLflow behind TLS with a private CA: the start's check must not call it down;
+    checking the certificate is left to MLflow's client and its settings."""
+    import http.server
+    import ssl
+    import subprocess
+    import threading
+
+    from jobs.tracking import answering
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # http.server calls it by this name
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        answering(f"https://127.0.0.1:{server.server_port}", attempts=1)  # raises if it calls it down
+    finally:
+        server.shutdown()
