@@ -180,7 +180,7 @@ def test_unknown_model_names_the_registry_and_what_it_holds(settings, lake, regi
         run_job(job, DAY, settings=settings)
 
 
-def test_an_mlflow_server_out_of_reach_is_worth_a_retry_not_a_missing_model(home, capsys, monkeypatch):
+def test_an_mlflow_server_out_of_reach_is_worth_a_retry_not_a_missing_model(home, lake, capsys, monkeypatch):
     """Before, MLflow's client retried for 4 minutes, and lakecast then said the model was not in
     the registry, with the exit status that tells Airflow not to retry."""
     from jobs.cli import main
