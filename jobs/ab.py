@@ -59,7 +59,8 @@ def run_compare(job: JobConfig, ds: dt.date, *, settings: Settings | None = None
     inputs = [model_inputs(job, ref) for ref in refs]
     rules = _rules(job, spec, inputs)
     validation.check_schema(lake, files, footers, rules)
-    scored = _score_both(job, spec, lake, files, refs, inputs, rules, settings)
+    rows_in = sum(footer.num_rows for footer in footers)
+    scored = _score_both(job, spec, lake, files, rows_in, refs, inputs, rules, settings)
     table, excluded = _excluded(job, scored, lake.uri(lake.partition_path(spec.labeled_table, ds)))
     y = table.column(spec.label).to_numpy(zero_copy_only=False).astype(np.float64)
     a = table.column("score_champion").to_numpy()
@@ -201,6 +202,7 @@ def _score_both(
     spec: ABSpec,
     lake: Lake,
     files: list,
+    rows_in: int,
     refs: tuple[ModelRef, ModelRef],
     signatures: list[list[tuple[str, str, bool]]],
     rules: list[ColumnRule],
@@ -240,7 +242,7 @@ def _score_both(
             paths,
             filesystem=lake.fs,
             columns=columns,
-            rows_in=sum(lake.count_rows(files)),
+            rows_in=rows_in,
             cpus=job.compute.cpus_per_actor,
             gpus=gpus,
             rules=rules,

@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, user_errors()):
             sys.stderr.write(f"lakecast: {e}\n")
             return exit_status(e)
-        if "mlflow" in sys.modules and (failure := mlflow_failure(e)):
+        if failure := mlflow_failure(e):
             sentence, status = failure
             sys.stderr.write(f"lakecast: {sentence}\n")
             return status

@@ -62,8 +62,8 @@ def retry_cannot_fix(e: BaseException) -> bool:
         return verdict
     if isinstance(e, fix_first()):
         return True
-    mlflow = "mlflow" in sys.modules and mlflow_failure(e)  # only an MLflow that was imported raised one
-    return bool(mlflow) and mlflow[1] == EXIT_FIX_FIRST
+    mlflow = mlflow_failure(e)
+    return mlflow is not None and mlflow[1] == EXIT_FIX_FIRST
 
 
 def exit_status(e: BaseException) -> int:
@@ -78,6 +78,8 @@ def mlflow_failure(e: BaseException) -> tuple[str, int] | None:
     request, with the URL of the call and urllib3's retry state in one long line. A server out of
     reach or answering 5xx may come back (75); one that refuses the credentials will not (2).
     """
+    if "mlflow" not in sys.modules:  # only an MLflow that was imported raised one; importing it takes 2 s
+        return None
     from mlflow.exceptions import MlflowException
 
     if not isinstance(e, MlflowException):

@@ -73,7 +73,7 @@ class Lake:
             key=env("AWS_ACCESS_KEY_ID"),
             secret=env("AWS_SECRET_ACCESS_KEY"),
             token=env("AWS_SESSION_TOKEN"),
-            endpoint_url=env("AWS_ENDPOINT_URL_S3") or env("AWS_ENDPOINT_URL"),
+            endpoint_url=self._endpoint_url,
             client_kwargs={"region_name": env("AWS_REGION") or env("AWS_DEFAULT_REGION") or "us-east-1"},
             config_kwargs={
                 "connect_timeout": 5,
@@ -115,9 +115,14 @@ class Lake:
         return self._info(path).type != pafs.FileType.NotFound
 
     @property
+    def _endpoint_url(self) -> str | None:
+        """The S3 endpoint from the environment; None: AWS's own."""
+        return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+    @property
     def _endpoint(self) -> str:
-        env = os.environ.get
-        return env("AWS_ENDPOINT_URL_S3") or env("AWS_ENDPOINT_URL") or "the default AWS endpoint"
+        """The endpoint as the errors name it."""
+        return self._endpoint_url or "the default AWS endpoint"
 
     def _info(self, path: str) -> pafs.FileInfo:
         try:
