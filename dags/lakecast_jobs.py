@@ -15,8 +15,9 @@ from pathlib import Path
 
 from airflow.sdk import Asset, Param, dag, task
 
-from jobs.airflow_ray import LakecastJobOperator, failing_at_once
+from jobs.airflow_ray import LakecastJobOperator
 from jobs.config import JobConfig, job_files, load_job_files
+from jobs.input_sensor import InputPartitionSensor
 from jobs.settings import load_settings
 from jobs.yamlconf import ConfigError
 
@@ -67,18 +68,27 @@ def _doc(job: JobConfig, table_uri: str) -> str:
 | model | `{job.model.name}` {selector}, resolved to a version number at run time |
 | output | `{table_uri}/ds=<date>/`, column `{job.output.score_column}` plus lineage |
 | schedule | `{job.schedule}` (UTC); a scheduled run scores the day before its run date |
+| input wait | {_wait(job)} |
 | actors | {job.compute.min_actors} to {job.compute.max_actors} |
 | per actor | {job.compute.cpus_per_actor:g} CPU(s), GPUs: {job.compute.gpus_per_actor} |
 | Airflow pool | {f"`{job.airflow.pool}` (predict, compare)" if job.airflow.pool else "the default pool"} |
 
 Trigger one date: `airflow dags trigger {job.dag_id} --conf '{{"date": "YYYY-MM-DD"}}'`.
-Tasks: **check_input** (the partition exists and is readable) → **predict** (Ray Data job,
+Tasks: **check_input** (the partition exists, is whole and readable) → **predict** (Ray Data job,
 logged to MLflow) → **publish** (Asset event with the row count and model version).
 Configured in `conf/jobs/{job.name}.yaml`.
 """
 
 
-def build_dag(job: JobConfig, lake_root: str):
+def _wait(job: JobConfig) -> str:
+    marker = job.input.ready_marker
+    whole = f" (whole once its `{marker}` is there)" if marker else ""
+    if not job.airflow.wait_for_input_minutes:
+        return f"none: a partition not there yet{whole} fails the try, and the retries follow"
+    return f"up to {job.airflow.wait_for_input_minutes:g} minutes for the partition{whole}"
+
+
+def build_dag(job: JobConfig, job_file: Path, lake_root: str):
     table_uri = f"{lake_root.rstrip('/')}/{job.output.table}"
     predictions = Asset(
         name=f"lakecast.{job.name}.predictions",
@@ -101,19 +111,14 @@ def build_dag(job: JobConfig, lake_root: str):
         },
     )
     def pipeline() -> None:
-        @task
-        def check_input(params: dict | None = None, dag_run=None) -> dict:
-            """Fail fast, before Ray starts, when the partition is missing or unreadable."""
-            from jobs.lake import Lake
-            from jobs.schedule import score_date
-
-            ds = score_date(params.get("date"), dag_run.logical_date or dag_run.run_after)
-            lake = Lake(load_settings().lake_root)
-            with failing_at_once():  # a partition not there yet is retried; a refused key is not
-                files, footers = lake.input_footers(job.input.table, ds)
-                rows = sum(footer.num_rows for footer in footers)
-            log.info("%s ds=%s: %d files, %d rows", job.input.table, ds, len(files), rows)
-            return {"date": ds.isoformat(), "files": len(files), "rows": rows}
+        check_input = InputPartitionSensor(
+            task_id="check_input",
+            doc_md="The partition exists, is whole and readable, before Ray starts; waits for it where the job "
+            "file says so (airflow.wait_for_input_minutes).",
+            job=job,
+            job_file=job_file,
+            wait=dt.timedelta(minutes=job.airflow.wait_for_input_minutes),
+        )
 
         timeout = dt.timedelta(minutes=job.airflow.timeout_minutes)
         predict = LakecastJobOperator(
@@ -121,7 +126,7 @@ def build_dag(job: JobConfig, lake_root: str):
             doc_md="Run the Ray Data job for the checked date: here, or on the Ray cluster of the profile.",
             job_name=job.name,
             command="run",
-            checked=check_input(),
+            checked=check_input.output,
             timeout=timeout,
             pool=job.airflow.pool,  # None: Airflow's default pool
         )
@@ -186,8 +191,8 @@ def _build_all() -> None:
         log.error("%s", error)
         broken = build_broken_dag(path, error)
         globals()[broken.dag_id] = broken
-    for job in jobs.values():
-        globals()[job.dag_id] = build_dag(job, lake_root)
+    for path, job in jobs.items():
+        globals()[job.dag_id] = build_dag(job, path, lake_root)
 
 
 _build_all()

@@ -28,6 +28,12 @@ class InputSpec(Frozen):
     table: TablePath = Field(description="table under the lake root, Hive-partitioned by ds=YYYY-MM-DD")
     key: Column = Field(description="the entity id, copied to the predictions")
     columns: list[Column] | None = Field(None, description="feature columns; default: the model signature")
+    ready_marker: str | None = Field(
+        None,
+        description="a file the partition's producer writes last, e.g. _SUCCESS: no run reads a partition "
+        "without it (a partition lakecast committed needs none). It starts with '_' or '.', which marks a file "
+        "that is not data: lakecast reads every other file of the partition as Parquet",
+    )
 
     @field_validator("columns")
     @classmethod
@@ -35,6 +41,20 @@ class InputSpec(Frozen):
         repeated = sorted({c for c in v or () if v.count(c) > 1})
         if repeated:
             raise ValueError(f"{', '.join(map(repr, repeated))} listed more than once")
+        return v
+
+    @field_validator("ready_marker")
+    @classmethod
+    def _not_data(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if "/" in v or v in (".", ".."):
+            raise ValueError(f"{v!r} is not a file name: the marker lies in the partition's folder, beside its files")
+        if not v.startswith(("_", ".")):
+            raise ValueError(
+                f"{v!r} would be read as a Parquet file: lakecast skips only names that start with '_' or '.' "
+                "(Spark and Hadoop write _SUCCESS)"
+            )
         return v
 
 
@@ -176,6 +196,13 @@ class AirflowSpec(Frozen):
     retries: int = Field(2, ge=0)
     retry_delay_minutes: float = Field(5, ge=0)
     timeout_minutes: float = Field(240, gt=0, description="the predict task fails after this long")
+    wait_for_input_minutes: float = Field(
+        0,
+        ge=0,
+        description="how long check_input waits for the day's partition (and its ready marker) to land, "
+        "looking again every few minutes without holding a worker slot; 0: it looks once, and a missing "
+        "partition is retried as any failure is",
+    )
     tags: list[str] = []
     pool: str | None = Field(
         None,

@@ -34,6 +34,12 @@ class LakeError(RuntimeError):
     """A partition is missing, empty or unreadable; the message names the path."""
 
 
+class NotLanded(LakeError):
+    """The partition is not there yet, or not whole: no folder, no data file, files and no row,
+    or no ready marker (``input.ready_marker``). Its producer may still be writing it, so a wait
+    or a retry can help; the DAG's input check waits for it (``airflow.wait_for_input_minutes``)."""
+
+
 class LakeAccessError(LakeError):
     """The lake's store refuses lakecast's credentials, or its bucket does not exist: unlike a
     partition that has not landed yet, trying again changes nothing."""
@@ -155,16 +161,22 @@ class Lake:
             bucket = self.base.split("/", 1)[0]
             if self._info(bucket).type == pafs.FileType.NotFound:
                 return LakeAccessError(f"the lake {self.root}: bucket {bucket!r} does not exist at {self._endpoint}")
-        return LakeError(f"partition {self.uri(path)} does not exist: {what}")
+        return NotLanded(f"partition {self.uri(path)} does not exist: {what}")
 
-    def data_files(self, table: str, ds: dt.date) -> list[DataFile]:
+    def data_files(self, table: str, ds: dt.date, *, ready_marker: str | None = None) -> list[DataFile]:
         """The committed Parquet files of one partition, skipping ``_`` and ``.`` metadata.
 
         A partition lakecast committed may name no file: a run whose every row was quarantined,
         under ``max_invalid_share: 1``, publishes an empty one.
 
+        ``ready_marker``: a file (``_SUCCESS``) that the partition's producer writes once every data
+        file is in place. Without it the partition is not whole yet, unless lakecast committed it
+        (its manifest is the same promise).
+
         Raises:
-            LakeError: the partition does not exist, or holds no data file and no manifest.
+            NotLanded: the partition does not exist, holds no data file and no manifest, or lacks
+                its ready marker.
+            LakeError: its manifest names files it lacks.
         """
         path = self.partition_path(table, ds)
         if self._info(path).type == pafs.FileType.NotFound:
@@ -179,22 +191,33 @@ class Lake:
                 raise LakeError(f"partition {self.uri(path)} lacks files its manifest names: {sorted(missing)}")
             return files
         if not files:
-            raise LakeError(f"partition {self.uri(path)} holds no Parquet data files")
+            raise NotLanded(f"partition {self.uri(path)} holds no Parquet data files")
+        if ready_marker and not self.exists(f"{path}/{ready_marker}"):
+            raise NotLanded(
+                f"partition {self.uri(path)} has no {ready_marker} yet (input.ready_marker): its producer writes "
+                f"that file last, once every data file is in place, and the {len(files)} Parquet file(s) there "
+                "may be only part of the day"
+            )
         return files
 
-    def input_footers(self, table: str, ds: dt.date) -> tuple[list[DataFile], list[pq.FileMetaData]]:
+    def input_footers(
+        self, table: str, ds: dt.date, *, ready_marker: str | None = None
+    ) -> tuple[list[DataFile], list[pq.FileMetaData]]:
         """A partition to score: its data files and their footers.
 
         Raises:
             LakeError: as :meth:`data_files` and :meth:`footers` do, and for files that hold no
                 row, which would otherwise replace the day's predictions with an empty partition.
+                That is :class:`NotLanded` unless a ready marker or a manifest says the
+                partition is whole: a producer may create its files before it fills them.
         """
-        files = self.data_files(table, ds)
+        files = self.data_files(table, ds, ready_marker=ready_marker)
         footers = self.footers(files)
         if not any(footer.num_rows for footer in footers):
-            path = self.uri(self.partition_path(table, ds))
-            raise LakeError(
-                f"partition {path} holds {len(files)} Parquet file(s) and no row: no data for {table} on {ds}"
+            path = self.partition_path(table, ds)
+            whole = (ready_marker and self.exists(f"{path}/{ready_marker}")) or self.exists(f"{path}/{MANIFEST}")
+            raise (LakeError if whole else NotLanded)(
+                f"partition {self.uri(path)} holds {len(files)} Parquet file(s) and no row: no data for {table} on {ds}"
             )
         return files, footers
 

@@ -64,7 +64,8 @@ def resolve_model(client: Any, job: JobConfig, model_alias: str | None, model_ve
 def preflight(
     job: JobConfig, ds: dt.date, settings: Settings, lake: Lake, model_alias: str | None, model_version: int | None
 ) -> Preflight:
-    files, footers = lake.input_footers(job.input.table, ds)  # zero-byte and truncated files fail here
+    # zero-byte and truncated files fail here, and a partition not whole yet
+    files, footers = lake.input_footers(job.input.table, ds, ready_marker=job.input.ready_marker)
     rows_in = sum(footer.num_rows for footer in footers)
     # the key column's read and check (numpy, mostly off the GIL) beside MLflow's import and lookups
     with ThreadPoolExecutor(1, thread_name_prefix="duplicates") as pool:

@@ -102,6 +102,27 @@ def test_the_precision_is_one_of_three(tmp_path):
         load_job_file(write(tmp_path, VALID + "compute: {dtype: bf16}\n"))
 
 
+def test_a_ready_marker_is_a_file_name_that_is_not_data(tmp_path):
+    """The marker lies beside the partition's data files, and lakecast reads every file there whose
+    name does not start with '_' or '.' as Parquet: a marker named otherwise would break every run."""
+    job = load_job_file(
+        write(tmp_path, VALID.replace("key: customer_id}", "key: customer_id, ready_marker: _SUCCESS}"))
+    )
+    assert job.input.ready_marker == "_SUCCESS"
+    assert job.airflow.wait_for_input_minutes == 0  # no wait unless the file asks for one
+    for marker, error in (
+        ("DONE", r"input\.ready_marker: 'DONE' would be read as a Parquet file: lakecast skips only names that "
+         r"start with '_' or '\.'"),
+        ("_flags/_SUCCESS", r"input\.ready_marker: '_flags/_SUCCESS' is not a file name"),
+    ):  # fmt: skip
+        with pytest.raises(ConfigError, match=error):
+            load_job_file(
+                write(tmp_path, VALID.replace("key: customer_id}", f"key: customer_id, ready_marker: {marker}}}"))
+            )
+    with pytest.raises(ConfigError, match=r"airflow\.wait_for_input_minutes: .*greater than or equal to 0"):
+        load_job_file(write(tmp_path, VALID + "airflow: {wait_for_input_minutes: -5}\n"))
+
+
 def test_environment_interpolation(tmp_path, monkeypatch):
     monkeypatch.setenv("CHURN_MODEL", "churn-from-env")
     text = VALID.replace("churn-classifier", "'${CHURN_MODEL}'").replace("champion", "'${ALIAS:-best}'")

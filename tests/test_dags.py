@@ -115,6 +115,18 @@ def test_a_jobs_pool_holds_the_tasks_that_use_ray(settings, tmp_path):
     assert "| Airflow pool | `ray_cluster` (predict, compare) |" in dag["doc_md"]
 
 
+def test_a_job_can_wait_for_a_late_partition(settings, parsed, tmp_path):
+    """check_input waits as a sensor in reschedule mode, giving its worker slot back between looks:
+    by default it looks once (the retries follow), with a wait it looks every few minutes."""
+    assert parsed["dags"]["lakecast__churn"]["sensors"]["check_input"]["timeout_s"] == 0
+    late = CHURN.replace("  key: customer_id\n", "  key: customer_id\n  ready_marker: _SUCCESS\n").replace(
+        "  tags: [churn, demo]", "  tags: [churn, demo]\n  wait_for_input_minutes: 180"
+    )
+    dag = parse_dags(settings, LAKECAST_CONF=str(conf_with(tmp_path, churn=late)))["dags"]["lakecast__churn"]
+    assert dag["sensors"] == {"check_input": {"mode": "reschedule", "timeout_s": 10800, "poke_interval_s": 300}}
+    assert "| input wait | up to 180 minutes for the partition (whole once its `_SUCCESS` is there) |" in dag["doc_md"]
+
+
 def test_score_date_rules():
     nightly = dt.datetime(2026, 11, 22, 2, 0, tzinfo=dt.UTC)
     assert score_date(None, nightly) == dt.date(2026, 11, 21)

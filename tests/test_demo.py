@@ -131,3 +131,62 @@ def test_a_partition_that_fails_validation_fails_its_task_without_retries(demo, 
     assert log.count("[DAG TEST] running task <TaskInstance: lakecast__strict.predict") == 1, log[-4000:]
     assert "contract_type: null (validation.on_invalid_rows is 'fail'" in log
     assert "not retried: a retry fails the same way" in log
+
+
+def dags_test(env: dict[str, str], conf: Path, dag_id: str) -> subprocess.Popen:
+    """``lakecast airflow dags test`` of ``dag_id`` for DAY, its output merged into one stream."""
+    return subprocess.Popen(
+        [LAKECAST, "airflow", "dags", "test", dag_id, "--conf", json.dumps({"date": DAY.isoformat()})],
+        env=env | {"LAKECAST_CONF": str(conf)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def test_a_partition_that_lands_late_is_waited_for_then_scored(demo, tmp_path):
+    """The night's input comes late and file by file, its producer writing ``_SUCCESS`` last:
+    check_input keeps looking until the marker is there, and the run then scores every row,
+    not the part that had landed when it first looked."""
+    from jobs import demo_data
+
+    cwd, env, proc = demo
+    assert proc.returncode == 0
+    conf = conf_with_job(
+        tmp_path / "conf", "late", input={"ready_marker": "_SUCCESS"}, airflow={"wait_for_input_minutes": 2}, ab=None
+    )
+    partition = cwd / "home" / "lake" / "raw" / "late" / f"ds={DAY}"
+    partition.mkdir(parents=True)
+    pq.write_table(demo_data.generate(600, DAY), partition / "part-0.parquet")
+
+    run = dags_test(env, conf, "lakecast__late")
+    lines = []
+    for line in run.stdout:  # the task log streams through: finish the day once a look missed it
+        lines.append(line)
+        if "has no _SUCCESS yet" in line and not (partition / "_SUCCESS").exists():
+            pq.write_table(demo_data.generate(400, DAY, seed=1, first_id=7_000_600), partition / "part-1.parquet")
+            (partition / "_SUCCESS").touch()
+    log = "".join(lines)
+    assert run.wait(timeout=300) == 0 and "state=success" in log, log[-4000:]
+    assert "the 1 Parquet file(s) there may be only part of the day; looking again in 12 s" in log
+    assert "raw/late ds=2026-11-21: 2 files, 1000 rows" in log
+    scored = pads.dataset(str(cwd / "home" / "lake" / "predictions" / "late" / f"ds={DAY}"), format="parquet")
+    assert scored.count_rows() == 1000
+
+
+def test_a_partition_that_never_lands_fails_after_the_wait(demo, tmp_path):
+    """Past the job file's wait, check_input fails with what it last saw, without retries (it has
+    waited), and nothing after it runs."""
+    cwd, env, proc = demo
+    assert proc.returncode == 0
+    conf = conf_with_job(tmp_path / "conf", "never", airflow={"wait_for_input_minutes": 0.1, "retries": 2}, ab=None)
+    run = dags_test(env, conf, "lakecast__never")
+    log = run.communicate(timeout=300)[0]
+    assert run.returncode != 0 and "DagRun failed" in log, log[-4000:]
+    partition = cwd / "home" / "lake" / "raw" / "never" / f"ds={DAY}"
+    assert (
+        f"partition {partition} does not exist: no data for raw/never on {DAY}; waited 6 s for it "
+        f"(airflow.wait_for_input_minutes in {conf / 'jobs' / 'never.yaml'}), not retried"
+    ) in log
+    assert log.count("looking again in 5 s") >= 1
+    assert "[DAG TEST] running task <TaskInstance: lakecast__never.predict" not in log

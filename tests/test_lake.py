@@ -145,3 +145,51 @@ def test_interrupted_local_swap_is_restored(settings, tmp_path):
     with commit.partition_lock(lake, "t", DAY, job="test"):
         commit.recover(lake, "t", DAY)
     assert read(lake, "t").num_rows == 100
+
+
+def test_a_partition_is_not_whole_before_its_ready_marker(storage):
+    """A producer that writes its files one by one, then ``_SUCCESS``: with ``input.ready_marker``
+    nothing reads the part it has written so far; a partition lakecast committed needs no marker
+    (its manifest says the same)."""
+    from jobs.lake import NotLanded
+
+    lake = Lake(storage.lake_root)
+    partition = lake.partition_path("raw/landing", DAY)
+    lake.fs.create_dir(partition, recursive=True)
+    with pytest.raises(NotLanded, match=r"ds=2026-11-21 does not exist|holds no Parquet data files"):
+        lake.input_footers("raw/landing", DAY, ready_marker="_SUCCESS")  # S3 has no empty folder
+    pq.write_table(demo_data.generate(100, DAY), f"{partition}/part-0.parquet", filesystem=lake.fs)
+    expected = (
+        rf"partition {lake.uri(partition)} has no _SUCCESS yet \(input\.ready_marker\): its producer writes that "
+        r"file last, once every data file is in place, and the 1 Parquet file\(s\) there may be only part of the day"
+    )
+    with pytest.raises(NotLanded, match=expected):
+        lake.input_footers("raw/landing", DAY, ready_marker="_SUCCESS")
+    assert len(lake.input_footers("raw/landing", DAY)[0]) == 1  # a job that sets no marker reads it
+    pq.write_table(demo_data.generate(50, DAY), f"{partition}/part-1.parquet", filesystem=lake.fs)
+    with lake.fs.open_output_stream(f"{partition}/_SUCCESS"):
+        pass
+    files, footers = lake.input_footers("raw/landing", DAY, ready_marker="_SUCCESS")
+    assert [f.path.rsplit("/", 1)[1] for f in files] == ["part-0.parquet", "part-1.parquet"]
+    assert sum(f.num_rows for f in footers) == 150
+
+    demo_data.write_partition(lake, "raw/committed", DAY, demo_data.generate(10, DAY), files=1)
+    assert len(lake.input_footers("raw/committed", DAY, ready_marker="_SUCCESS")[0]) == 1
+
+
+def test_files_with_no_row_are_not_landed_until_the_partition_says_it_is_whole(storage):
+    """A producer may create its files before it fills them: zero rows without a marker may yet
+    land, and is waited for; zero rows behind its marker is the day's data, and an error."""
+    from jobs.lake import NotLanded
+
+    lake = Lake(storage.lake_root)
+    partition = lake.partition_path("raw/empty", DAY)
+    lake.fs.create_dir(partition, recursive=True)
+    pq.write_table(demo_data.generate(10, DAY).slice(0, 0), f"{partition}/part-0.parquet", filesystem=lake.fs)
+    with pytest.raises(NotLanded, match=r"holds 1 Parquet file\(s\) and no row"):
+        lake.input_footers("raw/empty", DAY)
+    with lake.fs.open_output_stream(f"{partition}/_SUCCESS"):
+        pass
+    with pytest.raises(LakeError, match=r"holds 1 Parquet file\(s\) and no row") as raised:
+        lake.input_footers("raw/empty", DAY, ready_marker="_SUCCESS")
+    assert not isinstance(raised.value, NotLanded)
