@@ -1,5 +1,5 @@
-"""Tonight's run against the day before's: the scores' distribution and the inputs' share of
-nulls, compared with what the previous partition's manifest recorded. A model whose input drifted
+"""Tonight's run against the day before's: the rows published, the scores' distribution and the
+inputs' share of nulls, compared with what the previous partition's manifest recorded. A model whose input drifted
 keeps scoring; these warnings are how the people who own it hear of it. A comparison never fails
 a run: a day before that is missing or unreadable only leaves tonight uncompared.
 """
@@ -17,6 +17,8 @@ from jobs.preflight import Preflight
 
 log = logging.getLogger(__name__)
 
+ROWS_ALERT = 2.0  # tonight's rows against the day before's: a warning at half as many, or twice as many
+
 
 def day_before(lake: Lake, table: str, ds: dt.date) -> dict[str, Any]:
     """The manifest of the day before's partition of ``table``, which tonight's figures are
@@ -31,6 +33,28 @@ def day_before(lake: Lake, table: str, ds: dt.date) -> dict[str, Any]:
         )
         return {}
     return manifest if isinstance(manifest, dict) else {}
+
+
+def rows_against(ds: dt.date, rows: int, before: dict[str, Any], *, table: str) -> float | None:
+    """Tonight's published rows as a share of the day before's (None where it recorded none), with
+    a warning at half as many or twice as many. A producer that exported part of the day, or the
+    day twice, passes every other check: each row is valid, and scores as it should."""
+    was = before.get("rows")
+    if not isinstance(was, int) or isinstance(was, bool) or was <= 0:
+        return None
+    share = rows / was
+    if not 1 / ROWS_ALERT < share < ROWS_ALERT:
+        log.warning(
+            "%s ds=%s has %s rows, against %s the day before (%s): %.0f%% as many. A partial or repeated export "
+            "upstream? They are published all the same",
+            table,
+            ds,
+            f"{rows:,}",
+            f"{was:,}",
+            ds - dt.timedelta(days=1),
+            100 * share,
+        )
+    return share
 
 
 def warn_of_emptier_inputs(ds: dt.date, job: JobConfig, pre: Preflight, before: dict[str, Any], uri: str) -> None:

@@ -232,7 +232,9 @@ def _run_locked(
             drift.warn_of_emptier_inputs(ds, job, pre, before, lake.uri(lake.partition_path(job.input.table, ds)))
             invalid = sum(q_rows)
             share = invalid / rows_in if rows_in else 0.0
-            mlflow.log_metrics({"invalid_rows": invalid, "invalid_share": share, "duplicate_keys": duplicates})
+            metrics = {"invalid_rows": invalid, "invalid_share": share, "duplicate_keys": duplicates}
+            volume = drift.rows_against(ds, sum(out_rows), before, table=job.output.table)
+            mlflow.log_metrics(metrics | ({"rows_vs_previous_day": volume} if volume is not None else {}))
             manifest = partition_manifest(
                 job, ds, run_id, ref, lake, files, out_files, out_rows, started_at, scores=scores, nulls=pre.input_nulls
             )

@@ -329,6 +329,37 @@ def test_a_night_whose_scores_moved_says_so(settings, registered, ray_local, chu
     assert caplog.text.count("its manifest could not be read") == 1  # one warning for one broken file
 
 
+def test_a_night_with_far_fewer_rows_says_so(settings, registered, ray_local, churn_job, tmp_path, caplog):
+    """A producer that exported a third of the day passes every other check: each row is valid and
+    scores as it should. Against the day before's published rows, the run warns, and publishes."""
+    import datetime as dt
+
+    from jobs import demo_data
+    from jobs.lake import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+    here = settings.model_copy(update={"lake_root": lake.root})
+    days = [DAY, DAY + dt.timedelta(days=1), DAY + dt.timedelta(days=2)]
+    snapshot = demo_data.generate(ROWS, DAY)
+    for day, data in zip(days, [snapshot, snapshot.slice(0, ROWS // 3), snapshot], strict=True):
+        demo_data.write_partition(lake, demo_data.RAW_TABLE, day, data, files=1)
+    runs = [run_job(churn_job, day, settings=here) for day in days]
+    assert all(run.committed for run in runs)
+    client = mlflow.MlflowClient(settings.mlflow.tracking_uri)
+    metrics = [client.get_run(run.run_id).data.metrics for run in runs]
+    assert "rows_vs_previous_day" not in metrics[0]  # no day before
+    assert metrics[1]["rows_vs_previous_day"] == pytest.approx((ROWS // 3) / ROWS)
+    assert metrics[2]["rows_vs_previous_day"] == pytest.approx(ROWS / (ROWS // 3))
+    assert (
+        f"{OUT} ds={days[1]} has {ROWS // 3:,} rows, against {ROWS:,} the day before ({days[0]}): 33% as many. "
+        "A partial or repeated export upstream? They are published all the same"
+    ) in caplog.text
+    assert f"{OUT} ds={days[2]} has {ROWS:,} rows, against {ROWS // 3:,} the day before ({days[1]}): 300% as many" in (
+        caplog.text
+    )
+    assert caplog.text.count("A partial or repeated export upstream?") == 2
+
+
 def test_an_input_column_that_went_empty_upstream_is_named(
     settings, registered, ray_local, churn_job, tmp_path, caplog
 ):
