@@ -16,6 +16,11 @@ The guarantees, and what each rests on:
   lakecast's readers use the manifest's file list, so they see exactly one committed version;
   a reader that lists the folder can see old and new files together for the seconds between the
   first copy and the last delete. :func:`recover` deletes files no manifest names.
+* **``_SUCCESS`` for readers that wait for it** (Spark's and Hadoop's marker, which other
+  teams' jobs and sensors look for, and lakecast's own ``input.ready_marker``). Locally it is in
+  the staged folder, so it appears with the partition. On S3 it is deleted before the first copy
+  and written after the last delete: while it is there, the folder holds exactly the committed
+  files. :func:`recover` writes it again where a run died in between.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from jobs.lake import MANIFEST, Lake, LakeError
+from jobs.lake import MANIFEST, SUCCESS, Lake, LakeError
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +170,8 @@ def recover(lake: Lake, table: str, ds: dt.date) -> None:
             if os.path.basename(f.path) not in named:
                 log.warning("removing %s: not in the committed manifest", lake.uri(f.path))
                 lake.fs.delete_file(f.path)
+        if not lake.exists(f"{target}/{SUCCESS}"):  # an S3 commit that died after it took the marker away
+            _mark_done(lake, target)
 
 
 def commit(lake: Lake, staging: str, table: str, ds: dt.date, manifest: dict[str, Any]) -> str:
@@ -179,6 +186,7 @@ def commit(lake: Lake, staging: str, table: str, ds: dt.date, manifest: dict[str
         _commit_s3(lake, staging, target, manifest)
     else:
         _write_manifest(lake, staging, manifest)
+        _mark_done(lake, staging)
         _swap_local(lake, staging, target, table, ds)
     log.info("committed %s", lake.uri(target))
     return target
@@ -187,6 +195,11 @@ def commit(lake: Lake, staging: str, table: str, ds: dt.date, manifest: dict[str
 def _write_manifest(lake: Lake, folder: str, manifest: dict[str, Any]) -> None:
     with lake.fs.open_output_stream(f"{folder}/{MANIFEST}") as f:
         f.write(json.dumps(manifest, indent=2, default=str).encode())
+
+
+def _mark_done(lake: Lake, folder: str) -> None:
+    with lake.fs.open_output_stream(f"{folder}/{SUCCESS}"):
+        pass  # empty, as Spark's
 
 
 def _swap_local(lake: Lake, staging: str, target: str, table: str, ds: dt.date) -> None:
@@ -213,7 +226,10 @@ def _exchange(a: str, b: str) -> bool:
 
 def _commit_s3(lake: Lake, staging: str, target: str, manifest: dict[str, Any]) -> None:
     s3 = lake.s3fs
-    old = lake.list_data_files(target) if lake.exists(target) else []
+    existed = lake.exists(target)
+    old = lake.list_data_files(target) if existed else []
+    if existed:  # the folder is about to hold old and new files together (S3 deletes a missing key quietly)
+        s3.rm_file(f"{target}/{SUCCESS}")
     new_names = {f["file"] for f in manifest["output"]}
     # names are unique per run, so copies never overwrite committed files. As lists, s3fs copies
     # side by side and deletes in bulk requests: 200 files behind 20 ms of latency took 1.2 s to
@@ -225,6 +241,7 @@ def _commit_s3(lake: Lake, staging: str, target: str, manifest: dict[str, Any]) 
     stale = [f.path for f in old if os.path.basename(f.path) not in new_names]
     if stale:
         s3.rm(stale)
+    _mark_done(lake, target)
     if s3.exists(staging):  # an empty staging folder is no object at all on S3
         s3.rm(staging, recursive=True)
 

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 log = logging.getLogger(__name__)
 
 MANIFEST = "_manifest.json"
+SUCCESS = "_SUCCESS"  # the marker Spark and Hadoop write last; lakecast writes it into every partition it commits
 FOOTER_THREADS = 16  # footers read at once from S3: each is a small ranged GET, bound by latency
 
 

@@ -54,6 +54,7 @@ def test_job_end_to_end_and_rerun(storage, lake_with_input, registered, ray_loca
     listed = lake.list_data_files(lake.partition_path(OUT, DAY))
     assert sorted(f.path for f in listed) == sorted(f.path for f in lake.data_files(OUT, DAY))
     assert lake.read_manifest(OUT, DAY)["scoring_run_id"] == second.run_id
+    assert lake.exists(f"{lake.partition_path(OUT, DAY)}/_SUCCESS")  # for readers that wait for it
     assert files_under(lake, f"{lake.base}/_staging") == []
 
 
@@ -103,6 +104,13 @@ def test_leftovers_of_dead_runs_are_ignored_then_removed(storage, lake_with_inpu
     assert files_under(lake, staging) == []
     assert sorted(f.path for f in lake.list_data_files(partition)) == committed
     assert "removing staging left by dead runs" in caplog.text
+
+    # a rewrite on S3 that died after it took _SUCCESS away: the folder holds exactly the
+    # committed files again, so the marker comes back
+    lake.fs.delete_file(f"{partition}/_SUCCESS")
+    with commit.partition_lock(lake, raw, DAY, job="test"):
+        commit.recover(lake, raw, DAY)
+    assert lake.exists(f"{partition}/_SUCCESS")
 
     # what a clean commit leaves is no dead run's: SeaweedFS, like a local folder, keeps the empty
     # folders of a staging it emptied, and the next run must not warn of them
@@ -193,3 +201,33 @@ def test_files_with_no_row_are_not_landed_until_the_partition_says_it_is_whole(s
     with pytest.raises(LakeError, match=r"holds 1 Parquet file\(s\) and no row") as raised:
         lake.input_footers("raw/empty", DAY, ready_marker="_SUCCESS")
     assert not isinstance(raised.value, NotLanded)
+
+
+def test_success_is_never_there_while_old_and_new_files_lie_together(storage, monkeypatch):
+    """A reader that waits for ``_SUCCESS`` (Spark's marker, another team's sensor) reads exactly
+    one committed version: on S3, where a rewrite copies its new files in beside the old ones,
+    the marker is gone from before the first copy until after the last old file is deleted."""
+    lake = Lake(storage.lake_root)
+    demo_data.write_partition(lake, "t", DAY, demo_data.generate(100, DAY), files=2)
+    partition = lake.partition_path("t", DAY)
+    assert lake.exists(f"{partition}/_SUCCESS")
+    old = {f.path for f in lake.data_files("t", DAY)}
+    seen = []
+    if lake.is_s3:
+        for step in ("copy", "pipe_file", "rm"):
+            real = getattr(lake.s3fs, step)
+
+            def spy(*args, _real=real, _step=step, **kwargs):
+                seen.append((_step, lake.exists(f"{partition}/_SUCCESS")))
+                return _real(*args, **kwargs)
+
+            monkeypatch.setattr(lake.s3fs, step, spy)
+    demo_data.write_partition(lake, "t", DAY, demo_data.generate(60, DAY), files=3)
+    monkeypatch.undo()
+    if lake.is_s3:  # new files in, the manifest, the stale files out: no marker meanwhile
+        first_copy = [step for step, _ in seen].index("copy")
+        assert seen[first_copy : first_copy + 3] == [("copy", False), ("pipe_file", False), ("rm", False)], seen
+    new = {f.path for f in lake.data_files("t", DAY)}
+    assert len(new) == 3 and not new & old
+    assert {f.path for f in lake.list_data_files(partition)} == new
+    assert lake.exists(f"{partition}/_SUCCESS")
