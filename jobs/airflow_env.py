@@ -38,6 +38,11 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         # One user on one machine: the UI needs no login. Production profiles leave this off.
         env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")
         env.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home}/airflow.db")
+        port = env.get("AIRFLOW__API__PORT")
+        if port and not ({"AIRFLOW__API__BASE_URL", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL"} & env.keys()):
+            # Tasks report to the API server at localhost:8080 unless the base URL says otherwise:
+            # with only the port moved (8080 taken), every task failed with "Connection refused"
+            env["AIRFLOW__API__BASE_URL"] = f"http://localhost:{port}"
     return env
 
 

@@ -186,7 +186,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     _out("Open the UIs on the same state:")
     _out(f"  Airflow  {state} .venv/bin/lakecast airflow standalone   → http://localhost:8080")
     _out(f"  MLflow   {state} .venv/bin/lakecast mlflow-ui             → http://localhost:5000")
-    _out(f"  (airflow itself: {airflow_bin()})")
+    _out(f"  (airflow itself: {airflow_bin()}; Airflow on another port: AIRFLOW__API__PORT=8081 before its command)")
     return 0
 
 
