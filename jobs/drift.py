@@ -1,7 +1,8 @@
 """Tonight's run against the day before's: the rows published, the scores' distribution and the
-inputs' share of nulls, compared with what the previous partition's manifest recorded. A model whose input drifted
-keeps scoring; these warnings are how the people who own it hear of it. A comparison never fails
-a run: a day before that is missing or unreadable only leaves tonight uncompared.
+inputs' share of nulls, compared with what the previous partition's manifest recorded. A model
+whose input drifted keeps scoring; these warnings are how the people who own it hear of it. A
+comparison never fails a run: a day before that is missing or unreadable only leaves tonight
+uncompared.
 """
 
 from __future__ import annotations

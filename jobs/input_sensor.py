@@ -48,19 +48,18 @@ class InputPartitionSensor(BaseSensorOperator):
 
     def __init__(self, *, job: JobConfig, job_file: Path, wait: dt.timedelta, **kwargs: Any) -> None:
         super().__init__(timeout=wait.total_seconds(), poke_interval=look_apart(wait), mode="reschedule", **kwargs)
-        self.table, self.ready_marker = job.input.table, job.input.ready_marker
-        self.job_file, self.wait = str(job_file), wait
+        self.table, self.ready_marker, self.job_file = job.input.table, job.input.ready_marker, str(job_file)
         self.not_landed: NotLanded | None = None
 
     def execute(self, context: Context) -> Any:
         with failing_at_once():  # a partition not there yet is waited for or retried; a refused key is not
-            if not self.wait:
+            if not self.timeout:
                 return self.check(context)
             try:
                 return super().execute(context)
             except AirflowSensorTimeout:
                 raise AirflowSensorTimeout(
-                    f"{self.not_landed}; waited {_minutes(self.wait)} for it (airflow.wait_for_input_minutes "
+                    f"{self.not_landed}; waited {_span(self.timeout)} for it (airflow.wait_for_input_minutes "
                     f"in {self.job_file}), not retried"
                 ) from None
 
@@ -71,7 +70,7 @@ class InputPartitionSensor(BaseSensorOperator):
             return PokeReturnValue(is_done=True, xcom_value=self.check(context))
         except NotLanded as e:
             self.not_landed = e
-            log.info("%s; looking again in %s", e, _minutes(look_apart(self.wait)))
+            log.info("%s; looking again in %s", e, _span(self.poke_interval))
             return False
 
     def check(self, context: Context) -> dict[str, Any]:
@@ -89,6 +88,5 @@ class InputPartitionSensor(BaseSensorOperator):
         return {"date": ds.isoformat(), "files": len(files), "rows": rows}
 
 
-def _minutes(span: dt.timedelta) -> str:
-    seconds = span.total_seconds()
+def _span(seconds: float) -> str:
     return f"{seconds:g} s" if seconds < 120 else f"{seconds / 60:g} minutes"
