@@ -179,6 +179,10 @@ class Lake:
                 its ready marker.
             LakeError: its manifest names files it lacks.
         """
+        return self._landed(table, ds, ready_marker)[0]
+
+    def _landed(self, table: str, ds: dt.date, ready_marker: str | None) -> tuple[list[DataFile], bool]:
+        """:meth:`data_files`, and whether a manifest or the ready marker says they are the whole day."""
         path = self.partition_path(table, ds)
         if self._info(path).type == pafs.FileType.NotFound:
             raise self._missing(path, f"no data for {table} on {ds}")
@@ -190,7 +194,7 @@ class Lake:
             missing = named - {os.path.basename(f.path) for f in files}
             if missing:
                 raise LakeError(f"partition {self.uri(path)} lacks files its manifest names: {sorted(missing)}")
-            return files
+            return files, True
         if not files:
             raise NotLanded(f"partition {self.uri(path)} holds no Parquet data files")
         if ready_marker and not self.exists(f"{path}/{ready_marker}"):
@@ -199,7 +203,7 @@ class Lake:
                 f"that file last, once every data file is in place, and the {len(files)} Parquet file(s) there "
                 "may be only part of the day"
             )
-        return files
+        return files, bool(ready_marker)
 
     def input_footers(
         self, table: str, ds: dt.date, *, ready_marker: str | None = None
@@ -212,13 +216,12 @@ class Lake:
                 That is :class:`NotLanded` unless a ready marker or a manifest says the
                 partition is whole: a producer may create its files before it fills them.
         """
-        files = self.data_files(table, ds, ready_marker=ready_marker)
+        files, whole = self._landed(table, ds, ready_marker)
         footers = self.footers(files)
         if not any(footer.num_rows for footer in footers):
-            path = self.partition_path(table, ds)
-            whole = (ready_marker and self.exists(f"{path}/{ready_marker}")) or self.exists(f"{path}/{MANIFEST}")
             raise (LakeError if whole else NotLanded)(
-                f"partition {self.uri(path)} holds {len(files)} Parquet file(s) and no row: no data for {table} on {ds}"
+                f"partition {self.uri(self.partition_path(table, ds))} holds {len(files)} Parquet file(s) and no row: "
+                f"no data for {table} on {ds}"
             )
         return files, footers
 
