@@ -25,9 +25,10 @@ from jobs.ab_report import markdown, plots
 from jobs.config import ABSpec, JobConfig
 from jobs.failures import JobError
 from jobs.lake import Lake
+from jobs.pieces import Piece, split_files
 from jobs.preflight import model_inputs
 from jobs.ray_errors import raise_ours
-from jobs.ray_runtime import actor_gpus, actor_pool, actors_read_and_write, ensure_ray, read_parquet_files
+from jobs.ray_runtime import actor_gpus, actor_pool, actors_read_and_write, ensure_ray, read_pieces
 from jobs.settings import Settings, load_settings
 from jobs.validation import REASON, ColumnRule, InvalidInput
 from jobs.yamlconf import ConfigError
@@ -60,7 +61,8 @@ def run_compare(job: JobConfig, ds: dt.date, *, settings: Settings | None = None
     rules = _rules(job, spec, inputs)
     validation.check_schema(lake, files, footers, rules)
     rows_in = sum(footer.num_rows for footer in footers)
-    scored = _score_both(job, spec, lake, files, rows_in, refs, inputs, rules, settings)
+    pieces = split_files(files, footers, job.output.rows_per_file)  # a large file is read side by side
+    scored = _score_both(job, spec, lake, pieces, rows_in, refs, inputs, rules, settings)
     table, excluded = _excluded(job, scored, lake.uri(lake.partition_path(spec.labeled_table, ds)))
     y = table.column(spec.label).to_numpy(zero_copy_only=False).astype(np.float64)
     a = table.column("score_champion").to_numpy()
@@ -201,7 +203,7 @@ def _score_both(
     job: JobConfig,
     spec: ABSpec,
     lake: Lake,
-    files: list,
+    pieces: list[Piece],
     rows_in: int,
     refs: tuple[ModelRef, ModelRef],
     signatures: list[list[tuple[str, str, bool]]],
@@ -235,7 +237,7 @@ def _score_both(
     if batch_size == "auto":  # measured on the champion's predictor
         from jobs import batch_size as auto
 
-        paths = [f.path for f in files]
+        paths = list(dict.fromkeys(p.path for p in pieces))
         batch_size = auto.choose(
             options[0],
             scorers[0],
@@ -249,12 +251,8 @@ def _score_both(
         )
     # CPU actors read their own blocks, as the nightly job's do (docs/adr/0002)
     fused = actors_read_and_write(gpus)
-    dataset = read_parquet_files(
-        [f.path for f in files],
-        filesystem=lake.fs,
-        columns=columns,
-        sizes=[f.size for f in files],
-        num_cpus=job.compute.cpus_per_actor if fused else None,
+    dataset = read_pieces(
+        pieces, filesystem=lake.fs, columns=columns, num_cpus=job.compute.cpus_per_actor if fused else None
     )
     scored = dataset.map_batches(
         ValidatedPairActor,
@@ -267,7 +265,7 @@ def _score_both(
         },
         batch_format="pyarrow",
         batch_size=None if fused else batch_size,
-        compute=actor_pool(job.compute, inputs=len(files)) if fused else actor_pool(job.compute, beside=1),
+        compute=actor_pool(job.compute, inputs=len(pieces)) if fused else actor_pool(job.compute, beside=1),
         num_cpus=job.compute.cpus_per_actor,
         num_gpus=gpus,
         udf_modifying_row_count=False,

@@ -131,8 +131,8 @@ def io_only_pyarrow(
     so the bench measures both and keeps the better."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from jobs.parquet_source import file_batches
     from jobs.part_writer import READ_ROWS
+    from jobs.pieces import file_batches
 
     out.mkdir(parents=True, exist_ok=True)
 
@@ -504,7 +504,7 @@ def hot_path_worker(out_dir: str, batch_size: int, count: int, alias: str | None
         os.makedirs(folder, exist_ok=True)
     # each process stands for one of the job's actors: it scores files_at_once files side by side,
     # each with the torch and pyarrow threads the job gives a file (threads_per_file)
-    at_once = files_at_once(job.compute, len(pre.files), gpus=0)
+    at_once = files_at_once(job.compute, len(pre.pieces), gpus=0)
     options = pipeline.predictor_options(
         job, lake, pre, settings=settings, run_id="0" * 32, started_at=dt.datetime.now(dt.UTC), at_once=at_once
     )
@@ -513,13 +513,13 @@ def hot_path_worker(out_dir: str, batch_size: int, count: int, alias: str | None
             job, lake, pre, options, staging=staging, quarantine=quarantine, batch_size=batch_size, at_once=at_once
         )
     )
-    mine = pre.files[index::count]
-    rows = sum(lake.count_rows(mine))
+    mine = pre.pieces[index::count]
+    rows = sum(p.rows or 0 for p in mine)
     sys.stdout.write("ready\n")
     sys.stdout.flush()
     sys.stdin.readline()
     with ThreadPoolExecutor(at_once) as pool:  # files handed out as they finish, as Ray Data does
-        done = list(pool.map(lambda f: actor.score_file(f.path, lake.uri(f.path)), mine))
+        done = list(pool.map(lambda p: actor.score_file(p, lake.uri(p.path)), mine))
     return {"rows": rows, "done_unix": time.time(), "files": done, "model_uri": pre.ref.uri}
 
 

@@ -80,8 +80,9 @@ class OutputSpec(Frozen):
     rows_per_file: int = Field(
         1_000_000,
         ge=1_000,
-        description="CPU actors write a file per slice of this many input rows; with GPU actors, a lower bound "
-        "per file (no tiny Parquet files)",
+        description="CPU actors write files of this many input rows to twice as many, and score an input file of "
+        "twice as many rows or more in runs of its row groups; with GPU actors, a lower bound per file (no tiny "
+        "Parquet files)",
     )
 
 

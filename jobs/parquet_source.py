@@ -1,11 +1,12 @@
-"""A Ray Data source over Parquet files the driver has already listed: one read task per file.
+"""A Ray Data source over Parquet files the driver has already listed: one read task per file,
+or per run of a large file's row groups (:class:`jobs.pieces.Piece`).
 
 Ray's own ``read_parquet`` plans a read by sampling: it starts remote tasks that open a few files
 and decode their first rows to estimate the in-memory size (the V2 reader also reads every footer
 on a pool of new actor processes). A nightly job has listed its partition and read every footer
 already (the row count check), so that planning is pure start-up cost: 1.7 s of a 1M-row job's
 start on 2 cores, measured in one run. This source plans from what the driver knows and streams
-each file in slices, which Ray Data cuts into blocks of at most ``target_max_block_size``
+each piece in slices, which Ray Data cuts into blocks of at most ``target_max_block_size``
 (128 MiB): a large file never sits in a task's memory whole.
 """
 
@@ -16,28 +17,29 @@ from functools import partial
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
+
+from jobs.pieces import Piece, file_batches
 
 # Ray's own default guess of Parquet's in-memory size over its size on disk, for planning only
 ENCODING_RATIO = 5
 SLICE_ROWS = 262_144  # per block: ~50 MB for the churn table's 30 columns
 
 
-def file_batches(
-    path: str, filesystem: Any, *, columns: list[str], dictionary: list[str], rows: int, threads: bool
-) -> Iterator[pa.RecordBatch]:
-    """``columns`` of one Parquet file, ``rows`` rows at a time; ``dictionary`` columns read
-    dictionary-encoded. The read of this source's tasks and of the CPU actors (jobs.part_writer)."""
-    with filesystem.open_input_file(path) if filesystem is not None else pa.OSFile(path) as f:
-        reader = pq.ParquetFile(f, read_dictionary=dictionary or None)
-        yield from reader.iter_batches(batch_size=rows, columns=columns, use_threads=threads)
-
-
-def _read(path: str, filesystem: Any, columns: list[str], dictionary: list[str], threads: bool) -> Iterator[pa.Table]:
-    """One file, in slices of :data:`SLICE_ROWS` rows."""
-    batches = file_batches(path, filesystem, columns=columns, dictionary=dictionary, rows=SLICE_ROWS, threads=threads)
+def _read(
+    piece: Piece, filesystem: Any, columns: list[str], dictionary: list[str], threads: bool
+) -> Iterator[pa.Table]:
+    """One piece, in slices of :data:`SLICE_ROWS` rows."""
+    batches = file_batches(
+        piece.path,
+        filesystem,
+        columns=columns,
+        dictionary=dictionary,
+        rows=SLICE_ROWS,
+        threads=threads,
+        row_groups=piece.row_groups,
+    )
     for batch in batches:
         yield pa.Table.from_batches([batch])
 
@@ -45,8 +47,7 @@ def _read(path: str, filesystem: Any, columns: list[str], dictionary: list[str],
 class ListedParquetDatasource(Datasource):
     def __init__(
         self,
-        paths: list[str],
-        sizes: list[int],
+        pieces: list[Piece],
         *,
         filesystem: Any,
         columns: list[str],
@@ -58,7 +59,7 @@ class ListedParquetDatasource(Datasource):
         decode a file's columns on pyarrow's thread pool (see
         :func:`jobs.ray_runtime.read_parquet_files`)."""
         super().__init__()
-        self.paths, self.sizes, self.filesystem, self.columns = paths, sizes, filesystem, columns
+        self.pieces, self.filesystem, self.columns = pieces, filesystem, columns
         self.dictionary = [c for c in dictionary if c in columns]
         self.threads = threads
 
@@ -66,13 +67,15 @@ class ListedParquetDatasource(Datasource):
         return "Parquet"
 
     def estimate_inmemory_data_size(self) -> int:
-        return sum(self.sizes) * ENCODING_RATIO
+        return sum(p.size for p in self.pieces) * ENCODING_RATIO
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None):
         return [
             ReadTask(
-                partial(_read, path, self.filesystem, self.columns, self.dictionary, self.threads),
-                BlockMetadata(num_rows=None, size_bytes=size * ENCODING_RATIO, input_files=[path], exec_stats=None),
+                partial(_read, piece, self.filesystem, self.columns, self.dictionary, self.threads),
+                BlockMetadata(
+                    num_rows=None, size_bytes=piece.size * ENCODING_RATIO, input_files=[piece.path], exec_stats=None
+                ),
             )
-            for path, size in zip(self.paths, self.sizes, strict=True)
+            for piece in self.pieces
         ]

@@ -19,7 +19,7 @@ from jobs.ray_runtime import (
     decode_on_threads,
     files_at_once,
     files_dataset,
-    read_parquet_files,
+    read_pieces,
     threads_per_file,
 )
 from jobs.settings import Settings
@@ -54,8 +54,9 @@ def score(
 ) -> tuple[float, dict[str, float], list[dict[str, Any]] | None]:
     """The Ray Data pipeline: read → validate rows → actor pool of predictors → Parquet in staging.
 
-    CPU actors run all four steps themselves, a file per thread and a thread per CPU
-    (docs/adr/0002); GPU actors get their batches from read tasks and hand them to write tasks.
+    CPU actors run all four steps themselves, a file (or a large file's run of row groups:
+    ``pre.pieces``) per thread and a thread per CPU (docs/adr/0002); GPU actors get their
+    batches from read tasks and hand them to write tasks.
 
     Fault tolerance is Ray Data's, kept on purpose (its knobs, ``ray_remote_args``, are deprecated
     in Ray 2.60): an actor that dies is restarted and its in-flight work resubmitted, a read or
@@ -71,7 +72,7 @@ def score(
     """
     from jobs.part_writer import ScoreAndWrite, stage_seconds  # imports Ray Data: only once Ray is up
 
-    at_once = files_at_once(job.compute, len(pre.files), gpus=gpus)
+    at_once = files_at_once(job.compute, len(pre.pieces), gpus=gpus)
     options = predictor_options(
         job,
         lake,
@@ -104,10 +105,10 @@ def score(
         )
         mlflow.log_param("compute.batch_size_chosen", batch_size)
     if actors_read_and_write(gpus):
-        # a task per input file, each actor streaming its files from read to write (docs/adr/0002)
-        actors = actor_pool(job.compute, inputs=len(pre.files), at_once=at_once)
+        # a task per piece of input, each actor streaming its pieces from read to write (docs/adr/0002)
+        actors = actor_pool(job.compute, inputs=len(pre.pieces), at_once=at_once)
         started = time.time()
-        done = files_dataset([f.path for f in pre.files], [lake.uri(f.path) for f in pre.files]).map_batches(
+        done = files_dataset(pre.pieces, [lake.uri(p.path) for p in pre.pieces]).map_batches(
             ScoreAndWrite,
             fn_constructor_kwargs=score_and_write_kwargs(
                 job,
@@ -125,18 +126,11 @@ def score(
             compute=actors,
             num_cpus=job.compute.cpus_per_actor,
         )
-        files_done = done.take_all()  # a row per input file
+        files_done = done.take_all()  # a row per piece
         return started, stage_seconds(files_done), files_done
     predictor, kwargs = predictor_for(job, pre, options, shadow_dir)
     validator = row_validator(job, lake, pre, q_staging)
-    dataset = read_parquet_files(
-        [f.path for f in pre.files],
-        filesystem=lake.fs,
-        columns=columns,
-        sizes=[f.size for f in pre.files],
-        dictionary=categorical,
-        num_cpus=IO_CPUS,
-    )
+    dataset = read_pieces(pre.pieces, filesystem=lake.fs, columns=columns, dictionary=categorical, num_cpus=IO_CPUS)
     validated = dataset.map_batches(validator, batch_format="pyarrow", num_cpus=IO_CPUS)
     # read and write tasks need CPUs beside the actors
     actors = actor_pool(job.compute, beside=2 * IO_CPUS)

@@ -183,7 +183,7 @@ def _run_locked(
         started = mlflow.start_run(experiment_id=experiment, run_name=tracking.scoring_run_name(job.name, ds))
     with started as run:
         run_id = run.info.run_id
-        gpus = _log_start(job, ds, ref, lake, files, settings)
+        gpus = _log_start(job, ds, pre, lake, settings)
         staging = lake.staging_path(job.output.table, ds, run_id)
         q_staging = lake.staging_path(job.quarantine_table, ds, run_id)
         s_staging = lake.staging_path(job.shadow_table, ds, run_id)
@@ -365,11 +365,10 @@ def _reason_counts(lake: Lake, files: list[DataFile]) -> dict[str, int]:
     return validation.reason_counts(reasons.column(0))
 
 
-def _log_start(
-    job: JobConfig, ds: dt.date, ref: ModelRef, lake: Lake, files: list[DataFile], settings: Settings
-) -> float:
+def _log_start(job: JobConfig, ds: dt.date, pre: Preflight, lake: Lake, settings: Settings) -> float:
     import mlflow
 
+    ref = pre.ref
     ensure_ray(settings)
     gpus = actor_gpus(job, settings)
     mlflow.log_params(
@@ -379,13 +378,15 @@ def _log_start(
             "model_uri": ref.uri,
             "model_version": ref.version,
             "model_alias": ref.alias or "",
-            "input_files": len(files),
+            "input_files": len(pre.files),
+            # what the actors take: the files, large ones split by their row groups (jobs.pieces)
+            "input_pieces": len(pre.pieces),
             "profile": settings.profile,
             "compute.min_actors": job.compute.min_actors,
             "compute.max_actors": job.compute.max_actors,
             "compute.gpus_per_actor": gpus,
             "compute.cpus_per_actor": job.compute.cpus_per_actor,
-            "compute.files_at_once": files_at_once(job.compute, len(files), gpus=gpus),
+            "compute.files_at_once": files_at_once(job.compute, len(pre.pieces), gpus=gpus),
             "compute.batch_size": job.compute.batch_size,
             "compute.dtype": job.compute.dtype if gpus else "float32",
             "compute.transparent_huge_pages": job.compute.transparent_huge_pages,
@@ -407,7 +408,7 @@ def _log_start(
     tracking.log_dataset(
         name=f"{job.input.table}@{ds}",
         uri=lake.uri(lake.partition_path(job.input.table, ds)),
-        files=files,
+        files=pre.files,
         context="input",
     )
     tracking.link_model_version(mlflow.MlflowClient(), ref.name, ref.version)

@@ -19,6 +19,7 @@ from jobs import input_stats, tracking, validation
 from jobs.config import JobConfig
 from jobs.failures import JobError
 from jobs.lake import DataFile, Lake
+from jobs.pieces import Piece, split_files
 from jobs.settings import Settings
 from jobs.validation import InvalidInput
 from models.predictor import ArrowScorer, arrow_scorer
@@ -42,6 +43,8 @@ class Preflight:
     challenger_columns: tuple[str, ...] = ()  # its input columns, in its order
     columns: tuple[str, ...] = ()  # the champion's input columns, in its order
     input_nulls: dict[str, float] = field(default_factory=dict)  # each one's share of nulls
+    # what the readers take: the files, large ones split by their row groups (jobs.parquet_source)
+    pieces: list[Piece] = field(default_factory=list)
     done_unix: float = field(default_factory=time.time)
 
 
@@ -108,6 +111,7 @@ def preflight(
         challenger_columns,
         columns=columns,
         input_nulls=input_stats.null_shares(footers, list(columns)),
+        pieces=split_files(files, footers, job.output.rows_per_file),
     )
 
 

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     import ray
 
     from jobs.config import ComputeSpec, JobConfig
+    from jobs.pieces import Piece
     from jobs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -127,8 +128,9 @@ def actor_pool(
 
 def files_at_once(compute: ComputeSpec, files: int, *, gpus: float) -> int:
     """How many input files a CPU actor scores at the same time, each on a thread of its own: one
-    per whole CPU it reserves, and no more than its share of the partition's files. A GPU actor
-    (``gpus`` > 0) scores one batch at a time.
+    per whole CPU it reserves, and no more than its share of the partition's ``files`` (counted
+    as pieces: a large file split by its row groups counts each run,
+    :func:`jobs.pieces.split_files`). A GPU actor (``gpus`` > 0) scores one batch at a time.
 
     One actor on two CPUs scoring two files on two threads streams as fast as two actors of one
     CPU each (reading, scoring and writing run off the GIL), and it is one process less to start
@@ -156,34 +158,52 @@ def read_parquet_files(
     dictionary: list[str] = (),
     num_cpus: float | None = None,
 ) -> ray.data.Dataset:
-    """A Ray dataset over Parquet files the driver has already listed (a partition's files).
+    """A Ray dataset over Parquet files the driver has already listed (a partition's files): a
+    read task per file (:func:`read_pieces`). ``sizes`` in bytes are looked up when not given."""
+    import pyarrow.fs as pafs
 
-    One read task per file, planned from the listing alone (see :mod:`jobs.parquet_source`: no
+    from jobs.pieces import whole_files
+
+    if sizes is None:
+        fs = filesystem if filesystem is not None else pafs.LocalFileSystem()
+        sizes = [info.size or 0 for info in fs.get_file_info(paths)]
+    return read_pieces(
+        whole_files(paths, sizes), filesystem=filesystem, columns=columns, dictionary=dictionary, num_cpus=num_cpus
+    )
+
+
+def read_pieces(
+    pieces: list[Piece],
+    *,
+    filesystem: Any,
+    columns: list[str],
+    dictionary: list[str] = (),
+    num_cpus: float | None = None,
+) -> ray.data.Dataset:
+    """A Ray dataset over pieces of Parquet files: whole files, or runs of a large file's row
+    groups (:func:`jobs.pieces.split_files`).
+
+    One read task per piece, planned from the listing alone (see :mod:`jobs.parquet_source`: no
     sampling tasks, no footer-reading actors), reading only ``columns`` in slices of
-    :data:`jobs.parquet_source.SLICE_ROWS` rows. ``sizes`` in bytes are looked up when not given.
+    :data:`jobs.parquet_source.SLICE_ROWS` rows.
 
     A read that reserves fewer than two CPUs decodes on its own thread: pyarrow's pool would add
     threads to cores that every task and actor already keeps busy. With CPU actors that read on
     one CPU each, this raised a 10M-row job's steady state by 8% in each of three pairs.
     """
-    import pyarrow.fs as pafs
     import ray
 
     from jobs.parquet_source import ListedParquetDatasource
 
     report_our_errors()
-    if sizes is None:
-        fs = filesystem if filesystem is not None else pafs.LocalFileSystem()
-        sizes = [info.size or 0 for info in fs.get_file_info(paths)]
     source = ListedParquetDatasource(
-        paths,
-        sizes,
+        pieces,
         filesystem=filesystem,
         columns=columns,
         dictionary=list(dictionary),
         threads=decode_on_threads(num_cpus),
     )
-    return ray.data.read_datasource(source, override_num_blocks=max(1, len(paths)), num_cpus=num_cpus)
+    return ray.data.read_datasource(source, override_num_blocks=max(1, len(pieces)), num_cpus=num_cpus)
 
 
 def decode_on_threads(cpus: float | None) -> bool:
@@ -193,9 +213,10 @@ def decode_on_threads(cpus: float | None) -> bool:
     return (cpus or 1) >= 2
 
 
-def files_dataset(paths: list[str], uris: list[str]) -> ray.data.Dataset:
-    """A dataset of one row per input file (``path``, and ``uri`` for messages), a block each:
-    what CPU actors that read their own files take, a file per task.
+def files_dataset(pieces: list[Piece], uris: list[str]) -> ray.data.Dataset:
+    """A dataset of one row per piece of input (a file, or a run of a large file's row groups:
+    ``path``, ``rows``, ``row_groups``, and the file's ``uri`` for messages), a block each: what
+    CPU actors that read their own files take, a piece per task.
 
     ``from_items`` builds its blocks in the driver. ``from_arrow`` runs a task per block for its
     metadata, which took the workers Ray had started ahead for the actors: the actors started
@@ -203,5 +224,8 @@ def files_dataset(paths: list[str], uris: list[str]) -> ray.data.Dataset:
     import ray
 
     report_our_errors()
-    rows = [{"path": p, "uri": u} for p, u in zip(paths, uris, strict=True)]
+    rows = [
+        {"path": p.path, "uri": u, "rows": p.rows, "row_groups": None if p.row_groups is None else list(p.row_groups)}
+        for p, u in zip(pieces, uris, strict=True)
+    ]
     return ray.data.from_items(rows, override_num_blocks=len(rows))

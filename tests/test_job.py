@@ -250,6 +250,34 @@ def test_cpu_actors_write_a_file_per_input_file_named_after_it(first_run, lake):
     assert outputs == [f"{stem}-0000.parquet" for stem in inputs]
 
 
+def test_a_partition_of_one_large_file_is_scored_by_pieces_of_its_row_groups(
+    settings, registered, ray_local, churn_job, tmp_path
+):
+    """A producer that writes the day as one file (pandas' ``to_parquet`` does) still gets every
+    thread of the actor: the file is split into runs of its row groups, each scored on its own
+    into files named after where it starts, every row once."""
+    from jobs import demo_data
+    from jobs.lake import Lake
+
+    lake = Lake(str(tmp_path / "lake"))
+    folder = Path(lake.partition_path(demo_data.RAW_TABLE, DAY))
+    folder.mkdir(parents=True)
+    snapshot = demo_data.generate(ROWS, DAY)
+    pq.write_table(snapshot, folder / "day.parquet", row_group_size=500)  # six row groups of 500
+    output = churn_job.output.model_copy(update={"rows_per_file": 1_000})
+    job = churn_job.model_copy(update={"output": output})
+    assert job.compute.cpus_per_actor == 2 and job.compute.max_actors == 1
+    result = run_job(job, DAY, settings=settings.model_copy(update={"lake_root": lake.root}))
+    table = read_output(lake)
+    assert result.rows == table.num_rows == len(table["customer_id"].unique()) == ROWS
+    assert sorted(table["customer_id"].to_pylist()) == sorted(snapshot["customer_id"].to_pylist())
+    names = sorted(p.rsplit("/", 1)[-1] for p in pads.dataset(lake.partition_path(OUT, DAY)).files)
+    assert names == ["day-g0000-0000.parquet", "day-g0002-0000.parquet", "day-g0004-0000.parquet"]
+    params = mlflow.MlflowClient(settings.mlflow.tracking_uri).get_run(result.run_id).data.params
+    assert (params["input_files"], params["input_pieces"], params["compute.files_at_once"]) == ("1", "3", "2")
+    assert_scores_describe(result.scores, table)
+
+
 def test_the_gpu_pipeline_shape_writes_every_row_once(
     settings, registered, ray_local, churn_job, tmp_path, monkeypatch, caplog
 ):

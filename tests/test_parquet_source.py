@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from jobs import parquet_source
-from jobs.ray_runtime import read_parquet_files
+from jobs.pieces import split_files
+from jobs.ray_runtime import read_parquet_files, read_pieces
 
 
 def write_files(folder, rows_per_file: int, files: int) -> list[str]:
@@ -43,3 +47,50 @@ def test_reads_every_row_once_only_the_columns_asked(tmp_path, ray_local, monkey
     assert pa.types.is_dictionary(table.schema.field("plan").type)  # read as Parquet stores it
     assert table["plan"].null_count == 3 * len(range(2, 2500, 3))
     assert len(blocks) > len(paths) and max(b.num_rows for b in blocks) <= 1000
+
+
+def test_a_large_file_is_split_into_runs_of_its_row_groups(tmp_path):
+    """A partition that comes as one large file keeps every reader busy: it is read as runs of
+    whole row groups of at least rows_per_file rows each, a short last run joined to the one
+    before; a file under twice rows_per_file, or of one row group, stays whole."""
+    from jobs.lake import DataFile
+
+    def footer_of(name: str, groups: list[int]) -> tuple[DataFile, pq.FileMetaData]:
+        table = pa.table({"id": pa.array(range(sum(groups)), pa.int64())})
+        path = tmp_path / name
+        with pq.ParquetWriter(path, table.schema) as w:
+            start = 0
+            for n in groups:
+                w.write_table(table.slice(start, n))
+                start += n
+        return DataFile(str(path), path.stat().st_size), pq.read_metadata(path)
+
+    files, footers = zip(
+        footer_of("big.parquet", [400, 400, 700, 1_000, 300, 100]),
+        footer_of("small.parquet", [500, 500, 500]),  # 1,500 rows: under twice 1,000
+        footer_of("one-group.parquet", [5_000]),
+        strict=True,
+    )
+    pieces = split_files(files, footers, rows_per_file=1_000)
+    assert [(p.path.rsplit("/", 1)[-1], p.row_groups, p.rows) for p in pieces] == [
+        ("big.parquet", (0, 1, 2), 1_500),
+        ("big.parquet", (3, 4, 5), 1_400),  # 1,000, then a run of 400 that is too short joins it
+        ("small.parquet", None, 1_500),
+        ("one-group.parquet", None, 5_000),
+    ]
+    assert sum(p.size for p in pieces[:2]) == pytest.approx(files[0].size, abs=1)
+    assert [p.stem for p in pieces] == ["big-g0000", "big-g0003", "small", "one-group"]
+
+
+def test_the_read_tasks_of_pieces_read_each_row_of_a_split_file_once(tmp_path, ray_local):
+    """GPU jobs read through this source: a large file split by its row groups becomes a read
+    task per run, and together they read it whole."""
+    from jobs.lake import DataFile
+
+    [path] = write_files(tmp_path, 6_000, 1)  # row groups of 1,000
+    f = DataFile(path, os.path.getsize(path))
+    pieces = split_files([f], [pq.read_metadata(path)], rows_per_file=2_000)
+    assert [p.row_groups for p in pieces] == [(0, 1), (2, 3), (4, 5)]
+    dataset = read_pieces(pieces, filesystem=None, columns=["id"])
+    ids = sorted(pa.concat_tables(dataset.iter_batches(batch_format="pyarrow", batch_size=None))["id"].to_pylist())
+    assert ids == list(range(6_000))

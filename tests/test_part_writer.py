@@ -1,5 +1,6 @@
-"""What a CPU actor does with an input file: read it a batch at a time, set invalid rows aside,
-score the rest and write a file of scores per ``rows_per_file`` input rows."""
+"""What a CPU actor does with an input file, or a run of a large file's row groups: read it a batch
+at a time, set invalid rows aside, score the rest and write files of scores of about
+``rows_per_file`` input rows each."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import part_writer
-from jobs.part_writer import ScoreAndWrite, slices
+from jobs.part_writer import ScoreAndWrite, slice_ends, slices
+from jobs.pieces import Piece
 from jobs.validation import REASON, ColumnRule, InvalidInput, RowValidator
 from tests.conftest import DAY
 from tests.test_predictor import make_predictor
@@ -63,18 +65,30 @@ def files_of(folder) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
-def run(writer: ScoreAndWrite, path) -> pa.Table:
-    return writer(pa.table({"path": [str(path)], "uri": [f"file://{path}"]}))
+def run(writer: ScoreAndWrite, path, row_groups: list[int] | None = None) -> pa.Table:
+    """The actor's call as the job makes it (jobs.ray_runtime.files_dataset): a piece of input
+    with its row count from the footer."""
+    meta = pq.read_metadata(path)
+    rows = meta.num_rows if row_groups is None else sum(meta.row_group(g).num_rows for g in row_groups)
+    piece = {"path": [str(path)], "uri": [f"file://{path}"], "rows": [rows], "row_groups": [row_groups]}
+    return writer(pa.table(piece, schema=PIECE))
 
 
-def test_a_file_becomes_files_of_rows_per_file_rows_named_after_it(
+PIECE = pa.schema(
+    [("path", pa.string()), ("uri", pa.string()), ("rows", pa.int64()), ("row_groups", pa.list_(pa.int64()))]
+)
+
+
+def test_a_file_becomes_files_of_about_rows_per_file_rows_named_after_it(
     writer, raw, tmp_path, folders, settings, registered
 ):
     pq.write_table(raw, tmp_path / "part-7.parquet")
     t0 = time.perf_counter()
     done = run(writer(), tmp_path / "part-7.parquet").to_pylist()
     elapsed = time.perf_counter() - t0
-    names = ["part-7-0000.parquet", "part-7-0001.parquet", "part-7-0002.parquet"]
+    # 500 rows at 200 a file: two files of 250, not a third of 100
+    names = ["part-7-0000.parquet", "part-7-0001.parquet"]
+    assert [pq.read_metadata(tmp_path / "staging" / n).num_rows for n in names] == [250, 250]
     [row] = done
     assert (row["file"], row["rows"], row["quarantined"]) == (f"file://{tmp_path}/part-7.parquet", 500, 0)
     # where the actor's time went: every stage took some, and together no more than the call
@@ -105,24 +119,25 @@ def test_a_retried_file_rewrites_the_same_files(writer, raw, tmp_path, folders):
 
 
 def test_invalid_rows_go_to_one_quarantine_file_per_slice(writer, raw, tmp_path, folders):
-    # row 10 is too young, row 250 too; every row of the last slice (400-499) is too old
+    # row 10 is too young, row 260 too; every row of the second slice (250-499) is too old
     ages = raw["age"].to_pylist()
-    ages[10], ages[250] = 3, 2
-    ages[400:] = [150] * 100
+    ages[250:] = [150] * 250
+    ages[10], ages[260] = 3, 2
     bad = raw.set_column(raw.schema.get_field_index("age"), "age", pa.array(ages, raw.schema.field("age").type))
     pq.write_table(bad, tmp_path / "part-1.parquet")
     done = run(writer(), tmp_path / "part-1.parquet")
     staging, quarantine = folders
-    assert (done["rows"].to_pylist(), done["quarantined"].to_pylist()) == ([398], [102])
+    assert (done["rows"].to_pylist(), done["quarantined"].to_pylist()) == ([249], [251])
     # a slice with no valid row writes no file of scores
-    assert files_of(staging) == ["part-1-0000.parquet", "part-1-0001.parquet"]
-    assert files_of(quarantine) == ["q-part-1-0000.parquet", "q-part-1-0001.parquet", "q-part-1-0002.parquet"]
+    assert files_of(staging) == ["part-1-0000.parquet"]
+    assert files_of(quarantine) == ["q-part-1-0000.parquet", "q-part-1-0001.parquet"]
     rejected = pa.concat_tables(pq.read_table(quarantine / n) for n in files_of(quarantine))
     keys = raw["customer_id"].to_pylist()
-    assert rejected["customer_id"].to_pylist() == [keys[10], keys[250], *keys[400:]]
-    assert all(r.startswith("age: ") for r in rejected[REASON].to_pylist())
+    assert rejected["customer_id"].to_pylist() == [keys[10], *keys[250:]]
+    reasons = rejected[REASON].to_pylist()
+    assert all(r.startswith("age: ") for r in reasons) and reasons[0] != reasons[1]  # too young, too old
     scored = pa.concat_tables(pq.read_table(staging / n) for n in files_of(staging))
-    assert pc.count_distinct(scored["customer_id"]).as_py() == 398 and keys[10] not in scored["customer_id"].to_pylist()
+    assert pc.count_distinct(scored["customer_id"]).as_py() == 249 and keys[10] not in scored["customer_id"].to_pylist()
 
 
 def test_under_the_fail_policy_an_invalid_row_names_its_file(writer, raw, tmp_path, folders):
@@ -186,8 +201,48 @@ def test_a_cpu_actor_scores_a_file_per_cpu_at_once(cpus, min_actors, files, at_o
 
 def test_slices_cut_the_batches_that_straddle_two():
     batches = [pa.record_batch({"x": list(range(n))}) for n in (5, 7, 3)]
-    pieces = [(i, piece.num_rows) for i, piece in slices(batches, 4)]
+    pieces = [(i, piece.num_rows) for i, piece in slices(batches, [4, 8, 12, 15])]
     assert pieces == [(0, 4), (1, 1), (1, 3), (2, 4), (3, 3)]
+
+
+@pytest.mark.parametrize(
+    ("rows", "rows_per_file", "sizes"),
+    [
+        (1_000_000, 1_000_000, [1_000_000]),
+        (1_048_576, 1_000_000, [1_048_576]),  # pyarrow's row group: one file, no 48,576-row one
+        (2_500_000, 1_000_000, [1_250_000, 1_250_000]),
+        (300, 1_000, [300]),  # fewer rows than a file's: one smaller file
+        (1_999, 1_000, [1_999]),
+        (3_000, 1_000, [1_000, 1_000, 1_000]),
+    ],
+)
+def test_output_files_hold_between_rows_per_file_and_twice_it(rows, rows_per_file, sizes):
+    ends = slice_ends(rows, rows_per_file)
+    assert [b - a for a, b in zip([0, *ends], ends, strict=False)] == sizes
+
+
+def test_a_piece_of_a_large_file_scores_its_row_groups_only_into_files_named_after_them(writer, raw, tmp_path, folders):
+    """A large file split by its row groups (jobs.pieces.split_files): the actor given row groups
+    2-3 reads those rows alone, and its files' names say where they started, so that the pieces
+    of one file never write over each other."""
+    pq.write_table(raw, tmp_path / "big.parquet", row_group_size=100)  # five row groups of 100
+    done = run(writer(), tmp_path / "big.parquet", [2, 3]).to_pylist()
+    assert [(row["file"], row["rows"]) for row in done] == [(f"file://{tmp_path}/big.parquet (row groups 2-3)", 200)]
+    staging, _ = folders
+    assert files_of(staging) == ["big-g0002-0000.parquet"]
+    out = pq.read_table(staging / "big-g0002-0000.parquet")
+    assert out["customer_id"].to_pylist() == raw["customer_id"].to_pylist()[200:400]
+    assert Piece(str(tmp_path / "big.parquet"), 1, 200, (4,)).label("x") == "x (row group 4)"
+
+
+def test_an_invalid_row_in_a_piece_names_its_file_and_row_groups(writer, raw, tmp_path):
+    ages = raw["age"].to_pylist()
+    ages[420] = 7
+    bad = raw.set_column(raw.schema.get_field_index("age"), "age", pa.array(ages, raw.schema.field("age").type))
+    pq.write_table(bad, tmp_path / "big.parquet", row_group_size=100)
+    run(writer("fail"), tmp_path / "big.parquet", [0, 1])  # row 420 is not in these
+    with pytest.raises(InvalidInput, match=r"big\.parquet \(row groups 3-4\): 1 invalid row"):
+        run(writer("fail"), tmp_path / "big.parquet", [3, 4])
 
 
 # a fresh interpreter: the switch holds for the rest of a process's life
