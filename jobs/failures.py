@@ -36,7 +36,7 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 def fix_first() -> tuple[type[Exception], ...]:
     """The errors a retry cannot fix."""
-    from jobs.lake import LakeAccessError
+    from jobs.lake import LakeAccessError, NestedPartitions
     from jobs.promotion import PromotionRefused
     from jobs.validation import InvalidInput
     from models.predictor import ModelInputError, ModelOutputError
@@ -51,6 +51,7 @@ def fix_first() -> tuple[type[Exception], ...]:
         JobError,
         PromotionRefused,
         LakeAccessError,
+        NestedPartitions,
     )
 
 

@@ -41,6 +41,12 @@ class NotLanded(LakeError):
     or a retry can help; the DAG's input check waits for it (``airflow.wait_for_input_minutes``)."""
 
 
+class NestedPartitions(LakeError):
+    """The partition holds folders of rows, as a writer partitioned by a second column leaves
+    them (``ds=…/region=eu/``): lakecast reads the Parquet files at a partition's top level, and
+    would leave those rows unscored. Waiting changes nothing."""
+
+
 class LakeAccessError(LakeError):
     """The lake's store refuses lakecast's credentials, or its bucket does not exist: unlike a
     partition that has not landed yet, trying again changes nothing."""
@@ -177,6 +183,7 @@ class Lake:
         Raises:
             NotLanded: the partition does not exist, holds no data file and no manifest, or lacks
                 its ready marker.
+            NestedPartitions: it holds folders of rows (``region=eu/``) and no manifest.
             LakeError: its manifest names files it lacks.
         """
         return self._landed(table, ds, ready_marker)[0]
@@ -186,7 +193,7 @@ class Lake:
         path = self.partition_path(table, ds)
         if self._info(path).type == pafs.FileType.NotFound:
             raise self._missing(path, f"no data for {table} on {ds}")
-        files = self.list_data_files(path)
+        files, folders = self._listing(path)
         manifest = self.read_manifest(table, ds)
         if manifest is not None:  # exactly the committed files, whatever else the folder holds
             named = {f["file"] for f in manifest["output"]}
@@ -195,6 +202,14 @@ class Lake:
             if missing:
                 raise LakeError(f"partition {self.uri(path)} lacks files its manifest names: {sorted(missing)}")
             return files, True
+        if folders:
+            shown = ", ".join(folders[:3]) + (f" and {len(folders) - 3} more" if len(folders) > 3 else "")
+            beside = f"beside its {len(files)} Parquet file(s)" if files else "and no Parquet file at its top level"
+            raise NestedPartitions(
+                f"partition {self.uri(path)} holds folders ({shown}) {beside}: lakecast reads the Parquet files "
+                f"at a partition's top level and would leave the rows in those folders unscored; write {table}'s "
+                "files for a day into its ds= folder itself (a folder whose name starts with _ or . is skipped)"
+            )
         if not files:
             raise NotLanded(f"partition {self.uri(path)} holds no Parquet data files")
         if ready_marker and not self.exists(f"{path}/{ready_marker}"):
@@ -226,17 +241,22 @@ class Lake:
         return files, footers
 
     def list_data_files(self, path: str) -> list[DataFile]:
+        return self._listing(path)[0]
+
+    def _listing(self, path: str) -> tuple[list[DataFile], list[str]]:
+        """The data files in ``path`` and the names of its folders, both without the ``_`` and ``.``
+        ones (markers, manifests, a writer's temporary folders)."""
         if self._info(path).type == pafs.FileType.NotFound:
-            return []  # S3 has no empty folders: a prefix with no object does not exist
-        infos = self.fs.get_file_info(pafs.FileSelector(path, recursive=False))
-        return sorted(
-            (
-                DataFile(i.path, i.size or 0)
-                for i in infos
-                if i.type == pafs.FileType.File and not i.base_name.startswith(("_", "."))
-            ),
-            key=lambda f: f.path,
+            return [], []  # S3 has no empty folders: a prefix with no object does not exist
+        infos = [
+            i
+            for i in self.fs.get_file_info(pafs.FileSelector(path, recursive=False))
+            if not i.base_name.startswith(("_", "."))
+        ]
+        files = sorted(
+            (DataFile(i.path, i.size or 0) for i in infos if i.type == pafs.FileType.File), key=lambda f: f.path
         )
+        return files, sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
     def count_rows(self, files: list[DataFile]) -> list[int]:
         """Row counts from the Parquet footers, without reading any data page."""

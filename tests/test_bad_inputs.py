@@ -24,7 +24,7 @@ import pytest
 
 from jobs import commit, demo_data
 from jobs.config import JobConfig
-from jobs.lake import Lake, LakeError, NotLanded
+from jobs.lake import Lake, LakeError, NestedPartitions, NotLanded
 from jobs.predict import run_job
 from jobs.validation import InvalidInput
 from tests.conftest import DAY
@@ -59,6 +59,18 @@ def files(*tables: pa.Table, raw: dict[str, bytes] | None = None) -> Callable[[L
         for name, data in (raw or {}).items():
             with lake.fs.open_output_stream(f"{path}/{name}") as f:
                 f.write(data)
+
+    return write
+
+
+def in_folders(top: tuple[pa.Table, ...], folders: dict[str, pa.Table]) -> Callable[[Lake, str], None]:
+    """Tables in folders of the partition (``region=eu``), as a writer partitioned by a second
+    column leaves them, and ``top`` at its top level."""
+
+    def write(lake: Lake, path: str) -> None:
+        files(*top)(lake, path)
+        for folder, table in folders.items():
+            files(table)(lake, f"{path}/{folder}")
 
     return write
 
@@ -101,6 +113,14 @@ CASES = [
     Case("without_its_ready_marker", files(good()), NotLanded,
          r"ds=2026-11-21 has no _SUCCESS yet \(input\.ready_marker\)", ready_marker="_SUCCESS"),
     Case("with_its_ready_marker", files(good(), raw={"_SUCCESS": b""}), scored=N, ready_marker="_SUCCESS"),
+    # rows in folders would go unscored: waiting changes nothing (exit 2)
+    Case("nested_partitions", in_folders((), {"region=eu": good(), "region=us": good()}), NestedPartitions,
+         r"ds=2026-11-21 holds folders \(region=eu, region=us\) and no Parquet file at its top level: lakecast "
+         r"reads the Parquet files at a partition's top level"),
+    Case("a_folder_beside_the_files", in_folders((good(),), {"late": good()}), NestedPartitions,
+         r"holds folders \(late\) beside its 1 Parquet file\(s\)"),
+    Case("a_writers_temporary_folder", in_folders((good(),), {"_temporary": good(), ".hive-staging": good()}),
+         scored=N),
     Case("missing_column", files(good(), good().drop_columns(["tenure_months"])), InvalidInput,
          r"part-1\.parquet: missing column 'tenure_months'"),
     Case("zero_row_file", files(good(), good().slice(0, 0)), scored=N),

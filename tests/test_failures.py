@@ -95,3 +95,12 @@ def test_a_server_behind_a_certificate_of_its_own_answers(tmp_path):
         answering(f"https://127.0.0.1:{server.server_port}", attempts=1)  # raises if it calls it down
     finally:
         server.shutdown()
+
+
+def test_a_partition_whose_rows_sit_in_folders_is_not_retried_but_one_not_landed_is():
+    from jobs.failures import EXIT_TRY_AGAIN
+    from jobs.lake import NestedPartitions, NotLanded
+
+    nested, late = NestedPartitions("partition x holds folders (region=eu)"), NotLanded("partition x does not exist")
+    assert retry_cannot_fix(nested) and exit_status(nested) == EXIT_FIX_FIRST
+    assert not retry_cannot_fix(late) and exit_status(late) == EXIT_TRY_AGAIN

@@ -203,6 +203,30 @@ def test_files_with_no_row_are_not_landed_until_the_partition_says_it_is_whole(s
     assert not isinstance(raised.value, NotLanded)
 
 
+def test_rows_in_folders_of_a_partition_are_named_not_skipped(storage):
+    """On S3 a folder is a common prefix: a partition written by Spark's ``partitionBy("ds",
+    "region")`` holds no file of its own, and one with a folder beside its files would lose that
+    folder's rows. Both are named; a writer's ``_temporary`` folder is skipped."""
+    from jobs.lake import NestedPartitions
+
+    lake = Lake(storage.lake_root)
+    partition = lake.partition_path("raw/by_region", DAY)
+    for region in ("eu", "us"):
+        lake.fs.create_dir(f"{partition}/region={region}", recursive=True)
+        pq.write_table(demo_data.generate(10, DAY), f"{partition}/region={region}/part-0.parquet", filesystem=lake.fs)
+    with pytest.raises(NestedPartitions, match=r"holds folders \(region=eu, region=us\) and no Parquet file at its"):
+        lake.input_footers("raw/by_region", DAY)
+    pq.write_table(demo_data.generate(10, DAY), f"{partition}/part-0.parquet", filesystem=lake.fs)
+    with pytest.raises(NestedPartitions, match=r"holds folders \(region=eu, region=us\) beside its 1 Parquet"):
+        lake.input_footers("raw/by_region", DAY)
+
+    other = lake.partition_path("raw/spark", DAY)
+    lake.fs.create_dir(f"{other}/_temporary/0", recursive=True)
+    pq.write_table(demo_data.generate(10, DAY), f"{other}/part-0.parquet", filesystem=lake.fs)
+    pq.write_table(demo_data.generate(10, DAY), f"{other}/_temporary/0/part-1.parquet", filesystem=lake.fs)
+    assert [f.path.rsplit("/", 1)[1] for f in lake.input_footers("raw/spark", DAY)[0]] == ["part-0.parquet"]
+
+
 def test_success_is_never_there_while_old_and_new_files_lie_together(storage, monkeypatch):
     """A reader that waits for ``_SUCCESS`` (Spark's marker, another team's sensor) reads exactly
     one committed version: on S3, where a rewrite copies its new files in beside the old ones,
