@@ -6,12 +6,15 @@ Without Ray imports: the driver plans its pieces from the footers it has read, b
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,15 @@ def split_files(files: Sequence[Any], footers: Sequence[pq.FileMetaData], rows_p
         if rows < rows_per_file and len(runs) > 1:  # a short last run joins the one before
             runs[-2].extend(runs.pop())
         if footer.num_rows < 2 * rows_per_file or len(runs) < 2:
+            if footer.num_rows >= 2 * rows_per_file:
+                log.warning(
+                    "%s holds %d rows in %d row group(s): one thread reads and scores all of it; written in row "
+                    "groups of about %d rows (pyarrow's row_group_size), it would be scored in pieces side by side",
+                    f.path,
+                    footer.num_rows,
+                    footer.num_row_groups,
+                    rows_per_file,
+                )
             out.append(Piece(f.path, f.size, footer.num_rows))
             continue
         for run in runs:

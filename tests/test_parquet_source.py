@@ -49,7 +49,7 @@ def test_reads_every_row_once_only_the_columns_asked(tmp_path, ray_local, monkey
     assert len(blocks) > len(paths) and max(b.num_rows for b in blocks) <= 1000
 
 
-def test_a_large_file_is_split_into_runs_of_its_row_groups(tmp_path):
+def test_a_large_file_is_split_into_runs_of_its_row_groups(tmp_path, caplog):
     """A partition that comes as one large file keeps every reader busy: it is read as runs of
     whole row groups of at least rows_per_file rows each, a short last run joined to the one
     before; a file under twice rows_per_file, or of one row group, stays whole."""
@@ -80,6 +80,9 @@ def test_a_large_file_is_split_into_runs_of_its_row_groups(tmp_path):
     ]
     assert sum(p.size for p in pieces[:2]) == pytest.approx(files[0].size, abs=1)
     assert [p.stem for p in pieces] == ["big-g0000", "big-g0003", "small", "one-group"]
+    # a large file in one row group cannot be split: the log says what would let it be
+    assert "one-group.parquet holds 5000 rows in 1 row group(s): one thread reads and scores all of it" in caplog.text
+    assert "small.parquet" not in caplog.text
 
 
 def test_the_read_tasks_of_pieces_read_each_row_of_a_split_file_once(tmp_path, ray_local):
