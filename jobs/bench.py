@@ -519,7 +519,7 @@ def hot_path_worker(out_dir: str, batch_size: int, count: int, alias: str | None
     sys.stdout.flush()
     sys.stdin.readline()
     with ThreadPoolExecutor(at_once) as pool:  # files handed out as they finish, as Ray Data does
-        done = list(pool.map(lambda p: actor.score_file(p, lake.uri(p.path)), mine))
+        done = list(pool.map(lambda p: actor.score_file(p, [lake.uri(f) for f in p.paths]), mine))
     return {"rows": rows, "done_unix": time.time(), "files": done, "model_uri": pre.ref.uri}
 
 

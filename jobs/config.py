@@ -80,9 +80,9 @@ class OutputSpec(Frozen):
     rows_per_file: int = Field(
         1_000_000,
         ge=1_000,
-        description="CPU actors write files of this many input rows to twice as many, and score an input file of "
-        "twice as many rows or more in runs of its row groups; with GPU actors, a lower bound per file (no tiny "
-        "Parquet files)",
+        description="CPU actors write files of this many input rows to twice as many; with GPU actors, a lower "
+        "bound per file (no tiny Parquet files). Also the size of a piece of work: a large input file is scored in "
+        "runs of its row groups, small ones in turn",
     )
 
 

@@ -20,7 +20,7 @@ import pyarrow as pa
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from jobs.pieces import Piece, file_batches
+from jobs.pieces import Piece, piece_batches
 
 # Ray's own default guess of Parquet's in-memory size over its size on disk, for planning only
 ENCODING_RATIO = 5
@@ -31,16 +31,8 @@ def _read(
     piece: Piece, filesystem: Any, columns: list[str], dictionary: list[str], threads: bool
 ) -> Iterator[pa.Table]:
     """One piece, in slices of :data:`SLICE_ROWS` rows."""
-    batches = file_batches(
-        piece.path,
-        filesystem,
-        columns=columns,
-        dictionary=dictionary,
-        rows=SLICE_ROWS,
-        threads=threads,
-        row_groups=piece.row_groups,
-    )
-    for batch in batches:
+    batches = piece_batches(piece, filesystem, columns=columns, dictionary=dictionary, rows=SLICE_ROWS, threads=threads)
+    for _, batch in batches:
         yield pa.Table.from_batches([batch])
 
 
@@ -74,7 +66,10 @@ class ListedParquetDatasource(Datasource):
             ReadTask(
                 partial(_read, piece, self.filesystem, self.columns, self.dictionary, self.threads),
                 BlockMetadata(
-                    num_rows=None, size_bytes=piece.size * ENCODING_RATIO, input_files=[piece.path], exec_stats=None
+                    num_rows=None,
+                    size_bytes=piece.size * ENCODING_RATIO,
+                    input_files=list(piece.paths),
+                    exec_stats=None,
                 ),
             )
             for piece in self.pieces

@@ -27,16 +27,18 @@ import itertools
 import time
 from collections.abc import Iterable, Iterator
 from operator import itemgetter
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs import score_stats
 from jobs.huge_pages import turn_off as huge_pages_off
-from jobs.pieces import Piece, file_batches
+from jobs.pieces import Piece, piece_batches
 from jobs.validation import InvalidInput, RowValidator
 from models.predictor import in_batches, parquet_options
+
+T = TypeVar("T")
 
 # rows read and validated at a time, then scored in batches of the job's batch_size: about 40 MB
 # of the churn table's columns. Reading and validating 65,536 rows at a time cost more per row.
@@ -70,17 +72,18 @@ def slice_ends(rows: int, rows_per_file: int) -> list[int]:
     return [rows * (i + 1) // files for i in range(files)]
 
 
-def slices(batches: Iterable[pa.RecordBatch], ends: list[int]) -> Iterator[tuple[int, pa.Table]]:
-    """``(slice number, rows)`` for ``batches`` cut where ``ends`` says (:func:`slice_ends`), a
-    batch that straddles two slices cut in two. Rows past the last end go to the last slice."""
+def slices(batches: Iterable[tuple[T, pa.RecordBatch]], ends: list[int]) -> Iterator[tuple[int, T, pa.Table]]:
+    """``(slice number, tag, rows)`` for tagged ``batches`` (a tag: which file a batch came from)
+    cut where ``ends`` says (:func:`slice_ends`), a batch that straddles two slices cut in two.
+    Rows past the last end go to the last slice."""
     seen = i = 0
-    for batch in batches:
+    for tag, batch in batches:
         start = 0
         while start < batch.num_rows:
             while i < len(ends) - 1 and seen >= ends[i]:
                 i += 1
             n = batch.num_rows - start if i == len(ends) - 1 else min(batch.num_rows - start, ends[i] - seen)
-            yield i, pa.Table.from_batches([batch.slice(start, n)])
+            yield i, tag, pa.Table.from_batches([batch.slice(start, n)])
             start, seen = start + n, seen + n
 
 
@@ -129,27 +132,26 @@ class ScoreAndWrite:
 
     def __call__(self, pieces: pa.Table) -> pa.Table:
         done = [
-            self.score_file(Piece(row["path"], 0, row["rows"], _groups(row["row_groups"])), row["uri"])
+            self.score_file(Piece(tuple(row["paths"]), 0, row["rows"], _groups(row["row_groups"])), row["uris"])
             for row in pieces.to_pylist()
         ]
         return pa.Table.from_pylist(done, schema=DONE)
 
-    def score_file(self, piece: Piece, uri: str) -> dict[str, Any]:
-        """Score one piece of input: a row of :data:`DONE` (``file`` is ``uri`` and which of its
-        row groups the piece is)."""
-        label = piece.label(uri)
+    def score_file(self, piece: Piece, uris: list[str]) -> dict[str, Any]:
+        """Score one piece of input (``uris``: its files', for messages): a row of :data:`DONE`."""
         seconds = dict.fromkeys(STAGES, 0.0)
         rows = quarantined = 0
         summary = dict(score_stats.EMPTY)
         for i, parts in itertools.groupby(_timed(self._read(piece), seconds), key=itemgetter(0)):
             name = f"{piece.stem}-{i:04d}.parquet"
             scored, rejected = [], []
-            for _, part in parts:
+            for _, (first, last), part in parts:
                 t0 = time.perf_counter()
                 try:
                     valid, bad = self.validator.split(part)
                 except InvalidInput as e:
-                    raise InvalidInput(f"{label}: {e}") from None
+                    where = piece.label(uris[first]) if first == last else f"one of {uris[first]} to {uris[last]}"
+                    raise InvalidInput(f"{where}: {e}") from None
                 t1 = time.perf_counter()
                 if bad is not None:
                     rejected.append(bad)
@@ -158,12 +160,14 @@ class ScoreAndWrite:
                 seconds["validate"] += t1 - t0
                 seconds["score"] += time.perf_counter() - t1
             t0 = time.perf_counter()
+            # a piece's files may differ in types the checks allow (an int32 key in one, int64 in
+            # the next): one output file holds the wider
             if rejected:
-                bad = pa.concat_tables(rejected)
+                bad = pa.concat_tables(rejected, promote_options="permissive")
                 pq.write_table(bad, f"{self.validator.quarantine_dir}/q-{name}", filesystem=self.validator.fs)
                 quarantined += bad.num_rows
             if scored:  # else every row of the slice was quarantined
-                table = pa.concat_tables(scored)
+                table = pa.concat_tables(scored, promote_options="permissive")
                 pq.write_table(
                     table, f"{self.staging}/{name}", filesystem=self.filesystem, **parquet_options(table.column_names)
                 )
@@ -173,26 +177,47 @@ class ScoreAndWrite:
                 )
             seconds["write"] += time.perf_counter() - t0
         return {
-            "file": label,
+            "file": piece.describe(uris),
             "rows": rows,
             "quarantined": quarantined,
             **{f"{k}_s": v for k, v in seconds.items()},
             **summary,
         }
 
-    def _read(self, piece: Piece) -> Iterator[tuple[int, pa.Table]]:
-        batches = file_batches(
-            piece.path,
+    def _read(self, piece: Piece) -> Iterator[tuple[int, tuple[int, int], pa.Table]]:
+        """``(slice number, (first, last) file of piece.paths its rows come from, rows)``."""
+        batches = piece_batches(
+            piece,
             self.filesystem,
             columns=self.columns,
             dictionary=self.dictionary,
             rows=READ_ROWS,
             threads=self.threads,
-            row_groups=piece.row_groups,
         )
         if piece.rows is None:
             raise ValueError(f"{piece.path}: a piece handed to an actor carries its row count")
-        return slices(batches, slice_ends(piece.rows, self.rows_per_file))
+        return slices(joined(batches, READ_ROWS), slice_ends(piece.rows, self.rows_per_file))
+
+
+def joined(
+    batches: Iterable[tuple[int, pa.RecordBatch]], rows: int
+) -> Iterator[tuple[tuple[int, int], pa.RecordBatch]]:
+    """Batches of a piece's small files joined up to ``rows`` rows, where they have the same
+    schema: ``((first file, last file), batch)``. The row checks and the scorer cost per batch as
+    well as per row, and a thousand files of 10,000 rows spent more in those calls than in the
+    rows (docs/benchmark.md). A batch of ``rows`` rows, a large file's, passes as it is."""
+    held: list[pa.RecordBatch] = []
+    first = last = 0
+    for i, batch in batches:
+        if held and (batch.schema != held[0].schema or sum(b.num_rows for b in held) + batch.num_rows > rows):
+            yield (first, last), held[0] if len(held) == 1 else pa.concat_batches(held)
+            held = []
+        if not held:
+            first = i
+        held.append(batch)
+        last = i
+    if held:
+        yield (first, last), held[0] if len(held) == 1 else pa.concat_batches(held)
 
 
 def _groups(value: list[int] | None) -> tuple[int, ...] | None:

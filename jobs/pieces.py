@@ -1,5 +1,6 @@
-"""What a job's readers take: a partition's Parquet files whole, or a large one in runs of its row
-groups, so that one big file keeps every actor busy; and the read of one such piece.
+"""What a job's readers take: pieces of a partition of about ``output.rows_per_file`` rows each, so
+that one large file keeps every actor busy and many small ones cost neither a call nor an output
+file each; and the read of one file of a piece.
 
 Without Ray imports: the driver plans its pieces from the footers it has read, before Ray starts.
 """
@@ -19,72 +20,110 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Piece:
-    """What one read task, or one call of a CPU actor, takes: a Parquet file whole, or a run of
-    its row groups.
+    """What one read task, or one call of a CPU actor, takes: a Parquet file whole, a run of a
+    large file's row groups, or several small files one after the other (:func:`split_files`).
 
-    A partition often comes as one large file (``DataFrame.to_parquet`` writes one), and a file
-    is read on one thread: split by its row groups, it keeps every actor and thread busy instead
-    of one (:func:`split_files`)."""
+    A file is read on one thread, and each call of an actor, each read task, each output file
+    costs the same whatever its rows. So a day written as one large file kept one thread busy
+    while the others idled, and a day written as a thousand small files spent its time on calls
+    and wrote a thousand small files. A piece is sized by ``output.rows_per_file`` instead."""
 
-    path: str
+    paths: tuple[str, ...]  # one file, or several small ones read in turn
     size: int  # bytes on disk; a run of row groups counts its share of the file's
-    rows: int | None = None  # from the footer, where the driver has read it
-    row_groups: tuple[int, ...] | None = None  # None: the whole file
+    rows: int | None = None  # from the footers, where the driver has read them
+    row_groups: tuple[int, ...] | None = None  # of a single file: the run this piece is; None: whole files
+
+    @property
+    def path(self) -> str:
+        return self.paths[0]
 
     @property
     def stem(self) -> str:
-        """What the files written from this piece are named after: the input file's name, and
-        where a file is split, its first row group."""
+        """What the files written from this piece are named after: its first input file's name,
+        and where a file is split, the row group its run starts at."""
         stem = self.path.rsplit("/", 1)[-1].removesuffix(".parquet")
         return stem if self.row_groups is None else f"{stem}-g{self.row_groups[0]:04d}"
 
     def label(self, uri: str) -> str:
-        """``uri`` (the file's, for messages), and which of its row groups this piece is."""
+        """``uri`` (one of its files', for messages), with the row groups this piece reads of it."""
         if self.row_groups is None:
             return uri
         first, last = self.row_groups[0], self.row_groups[-1]
         return f"{uri} (row group {first})" if first == last else f"{uri} (row groups {first}-{last})"
 
+    def describe(self, uris: Sequence[str]) -> str:
+        """The piece's files (their ``uris``), for the actors' report of what they scored."""
+        more = len(uris) - 1
+        return self.label(uris[0]) + (f" and {more} more file(s)" if more else "")
+
 
 def whole_files(paths: Sequence[str], sizes: Sequence[int]) -> list[Piece]:
-    return [Piece(path, size) for path, size in zip(paths, sizes, strict=True)]
+    return [Piece((path,), size) for path, size in zip(paths, sizes, strict=True)]
 
 
 def split_files(files: Sequence[Any], footers: Sequence[pq.FileMetaData], rows_per_file: int) -> list[Piece]:
-    """A partition's files (``DataFile``: path and size) as the pieces its readers take.
+    """A partition's files (``DataFile``: path and size) as the pieces its readers take, each of
+    about ``rows_per_file`` rows or more: the unit of work is then what makes an output file
+    (:func:`jobs.part_writer.slice_ends`), and no piece writes a small one unless the partition
+    is small.
 
-    A file of at least twice ``rows_per_file`` rows is split into runs of whole row groups (a row
-    group is Parquet's smallest unit a reader can start at) of at least ``rows_per_file`` rows
-    each: the unit of work is then what makes an output file, and a piece never writes a tiny one.
-    A file of one row group, or fewer rows, stays whole."""
+    - A file of at least twice ``rows_per_file`` rows is split into runs of whole row groups (a
+      row group is Parquet's smallest unit a reader can start at) of at least ``rows_per_file``
+      rows each, a short last run joined to the one before. In one row group, it stays whole.
+    - Files of fewer than ``rows_per_file`` rows are read one after the other as one piece, in
+      their order, until it holds ``rows_per_file`` rows; the last of these pieces may hold fewer.
+    - Any other file is a piece of its own.
+    """
     out: list[Piece] = []
+    small: list[tuple[Any, int]] = []
     for f, footer in zip(files, footers, strict=True):
-        runs: list[list[int]] = [[]]
-        rows = 0
-        for group in range(footer.num_row_groups):
-            if rows >= rows_per_file:
-                runs.append([])
-                rows = 0
-            runs[-1].append(group)
-            rows += footer.row_group(group).num_rows
-        if rows < rows_per_file and len(runs) > 1:  # a short last run joins the one before
-            runs[-2].extend(runs.pop())
-        if footer.num_rows < 2 * rows_per_file or len(runs) < 2:
-            if footer.num_rows >= 2 * rows_per_file:
-                log.warning(
-                    "%s holds %d rows in %d row group(s): one thread reads and scores all of it; written in row "
-                    "groups of about %d rows (pyarrow's row_group_size), it would be scored in pieces side by side",
-                    f.path,
-                    footer.num_rows,
-                    footer.num_row_groups,
-                    rows_per_file,
-                )
-            out.append(Piece(f.path, f.size, footer.num_rows))
-            continue
-        for run in runs:
-            n = sum(footer.row_group(g).num_rows for g in run)
-            out.append(Piece(f.path, round(f.size * n / footer.num_rows), n, tuple(run)))
+        if footer.num_rows < rows_per_file:
+            small.append((f, footer.num_rows))
+        else:
+            out.extend(_runs(f, footer, rows_per_file))
+    group: list[tuple[Any, int]] = []
+    for f, rows in small:
+        group.append((f, rows))
+        if sum(n for _, n in group) >= rows_per_file:
+            out.append(_together(group))
+            group = []
+    if group:
+        out.append(_together(group))
     return out
+
+
+def _together(files: list[tuple[Any, int]]) -> Piece:
+    return Piece(tuple(f.path for f, _ in files), sum(f.size for f, _ in files), sum(n for _, n in files))
+
+
+def _runs(f: Any, footer: pq.FileMetaData, rows_per_file: int) -> list[Piece]:
+    """One file of at least ``rows_per_file`` rows: whole, or in runs of its row groups."""
+    runs: list[list[int]] = [[]]
+    rows = 0
+    for group in range(footer.num_row_groups):
+        if rows >= rows_per_file:
+            runs.append([])
+            rows = 0
+        runs[-1].append(group)
+        rows += footer.row_group(group).num_rows
+    if rows < rows_per_file and len(runs) > 1:  # a short last run joins the one before
+        runs[-2].extend(runs.pop())
+    if footer.num_rows < 2 * rows_per_file or len(runs) < 2:
+        if footer.num_rows >= 2 * rows_per_file:
+            log.warning(
+                "%s holds %d rows in %d row group(s): one thread reads and scores all of it; written in row "
+                "groups of about %d rows (pyarrow's row_group_size), it would be scored in pieces side by side",
+                f.path,
+                footer.num_rows,
+                footer.num_row_groups,
+                rows_per_file,
+            )
+        return [Piece((f.path,), f.size, footer.num_rows)]
+    pieces = []
+    for run in runs:
+        n = sum(footer.row_group(g).num_rows for g in run)
+        pieces.append(Piece((f.path,), round(f.size * n / footer.num_rows), n, tuple(run)))
+    return pieces
 
 
 def file_batches(
@@ -104,3 +143,22 @@ def file_batches(
         reader = pq.ParquetFile(f, read_dictionary=dictionary or None)
         groups = None if row_groups is None else list(row_groups)
         yield from reader.iter_batches(batch_size=rows, row_groups=groups, columns=columns, use_threads=threads)
+
+
+def piece_batches(
+    piece: Piece, filesystem: Any, *, columns: list[str], dictionary: list[str], rows: int, threads: bool
+) -> Iterator[tuple[int, pa.RecordBatch]]:
+    """``(index of its file in piece.paths, batch)`` for each batch of ``rows`` rows of a piece,
+    its files read in turn (:func:`file_batches`)."""
+    for i, path in enumerate(piece.paths):
+        batches = file_batches(
+            path,
+            filesystem,
+            columns=columns,
+            dictionary=dictionary,
+            rows=rows,
+            threads=threads,
+            row_groups=piece.row_groups,
+        )
+        for batch in batches:
+            yield i, batch

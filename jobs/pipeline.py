@@ -108,7 +108,7 @@ def score(
         # a task per piece of input, each actor streaming its pieces from read to write (docs/adr/0002)
         actors = actor_pool(job.compute, inputs=len(pre.pieces), at_once=at_once)
         started = time.time()
-        done = files_dataset(pre.pieces, [lake.uri(p.path) for p in pre.pieces]).map_batches(
+        done = files_dataset(pre.pieces, lake.uri).map_batches(
             ScoreAndWrite,
             fn_constructor_kwargs=score_and_write_kwargs(
                 job,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from jobs.ray_errors import report_our_errors
@@ -213,10 +214,10 @@ def decode_on_threads(cpus: float | None) -> bool:
     return (cpus or 1) >= 2
 
 
-def files_dataset(pieces: list[Piece], uris: list[str]) -> ray.data.Dataset:
-    """A dataset of one row per piece of input (a file, or a run of a large file's row groups:
-    ``path``, ``rows``, ``row_groups``, and the file's ``uri`` for messages), a block each: what
-    CPU actors that read their own files take, a piece per task.
+def files_dataset(pieces: list[Piece], uri: Callable[[str], str]) -> ray.data.Dataset:
+    """A dataset of one row per piece of input (a file, a run of a large file's row groups, or
+    small files read in turn: ``paths``, ``rows``, ``row_groups``, and each file's ``uri(path)``
+    for messages), a block each: what CPU actors that read their own files take, a piece per task.
 
     ``from_items`` builds its blocks in the driver. ``from_arrow`` runs a task per block for its
     metadata, which took the workers Ray had started ahead for the actors: the actors started
@@ -225,7 +226,12 @@ def files_dataset(pieces: list[Piece], uris: list[str]) -> ray.data.Dataset:
 
     report_our_errors()
     rows = [
-        {"path": p.path, "uri": u, "rows": p.rows, "row_groups": None if p.row_groups is None else list(p.row_groups)}
-        for p, u in zip(pieces, uris, strict=True)
+        {
+            "paths": list(p.paths),
+            "uris": [uri(path) for path in p.paths],
+            "rows": p.rows,
+            "row_groups": None if p.row_groups is None else list(p.row_groups),
+        }
+        for p in pieces
     ]
     return ray.data.from_items(rows, override_num_blocks=len(rows))

@@ -4,6 +4,7 @@ mid-run and then run again, as an Airflow retry does."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,15 +15,21 @@ from pathlib import Path
 import psutil
 import pyarrow.dataset as pads
 import pytest
+import yaml
 
 from jobs import demo_data
+from jobs.config import JobConfig
 from jobs.lake import Lake
 from jobs.predict import run_job
+from jobs.settings import PROJECT_ROOT
 from tests.conftest import DAY
 
 pytestmark = pytest.mark.slow
 ROWS = 200_000
+FILES = 4
 OUT = "predictions/churn"
+# a piece of work (and an output file) per input file: the jobs are killed once the first is written
+ROWS_PER_FILE = ROWS // FILES
 
 
 def map_workers() -> list[psutil.Process]:
@@ -47,12 +54,26 @@ def staged_predictions(lake: Lake) -> list[Path]:
 @pytest.fixture
 def big_lake(settings, tmp_path) -> Lake:
     lake = Lake(str(tmp_path / "lake"))
-    demo_data.write_partition(lake, demo_data.RAW_TABLE, DAY, demo_data.generate(ROWS, DAY), files=4)
+    demo_data.write_partition(lake, demo_data.RAW_TABLE, DAY, demo_data.generate(ROWS, DAY), files=FILES)
     return lake
 
 
-def test_killed_worker_still_writes_every_row_once(big_lake, settings, registered, ray_local, churn_job):
+@pytest.fixture
+def file_per_piece(churn_job, tmp_path) -> tuple[JobConfig, Path]:
+    """The churn job, and a conf/ folder for LAKECAST_CONF holding it, with output.rows_per_file
+    at the input files' size: each file is a piece of its own (jobs.pieces.split_files)."""
+    conf = tmp_path / "conf"
+    shutil.copytree(PROJECT_ROOT / "conf", conf)
+    churn = yaml.safe_load((conf / "jobs" / "churn.yaml").read_text())
+    churn["output"]["rows_per_file"] = ROWS_PER_FILE
+    (conf / "jobs" / "churn.yaml").write_text(yaml.safe_dump(churn))
+    output = churn_job.output.model_copy(update={"rows_per_file": ROWS_PER_FILE})
+    return churn_job.model_copy(update={"output": output}), conf
+
+
+def test_killed_worker_still_writes_every_row_once(big_lake, settings, registered, ray_local, file_per_piece):
     # small batches and one actor: the run lasts long enough to kill its actor mid-way
+    churn_job, _ = file_per_piece
     job = churn_job.model_copy(
         update={"compute": churn_job.compute.model_copy(update={"batch_size": 250, "min_actors": 1, "max_actors": 1})}
     )
@@ -80,12 +101,15 @@ def test_killed_worker_still_writes_every_row_once(big_lake, settings, registere
     assert len(table["customer_id"].unique()) == ROWS  # every row exactly once
 
 
-def test_killed_run_loses_nothing_and_the_retry_commits(big_lake, settings, registered, ray_local, churn_job, home):
+def test_killed_run_loses_nothing_and_the_retry_commits(
+    big_lake, settings, registered, ray_local, file_per_piece, home
+):
+    churn_job, conf = file_per_piece
     lake = big_lake
     run_settings = settings.model_copy(update={"lake_root": lake.root})
     previous = run_job(churn_job, DAY, settings=run_settings)
 
-    env = {**os.environ, "LAKECAST_HOME": str(home), "LAKECAST_LAKE_ROOT": lake.root}
+    env = {**os.environ, "LAKECAST_HOME": str(home), "LAKECAST_LAKE_ROOT": lake.root, "LAKECAST_CONF": str(conf)}
     lakecast = str(Path(sys.executable).with_name("lakecast"))
     proc = subprocess.Popen(
         [lakecast, "run", "churn", "--date", DAY.isoformat(), "--alias", "challenger"],

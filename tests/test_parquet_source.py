@@ -49,10 +49,12 @@ def test_reads_every_row_once_only_the_columns_asked(tmp_path, ray_local, monkey
     assert len(blocks) > len(paths) and max(b.num_rows for b in blocks) <= 1000
 
 
-def test_a_large_file_is_split_into_runs_of_its_row_groups(tmp_path, caplog):
+def test_a_large_file_is_split_into_runs_of_its_row_groups_and_small_files_are_read_together(tmp_path, caplog):
     """A partition that comes as one large file keeps every reader busy: it is read as runs of
     whole row groups of at least rows_per_file rows each, a short last run joined to the one
-    before; a file under twice rows_per_file, or of one row group, stays whole."""
+    before; a file under twice rows_per_file, or of one row group, stays whole. Files under
+    rows_per_file are read in turn, a piece of about rows_per_file rows: neither a call of an
+    actor nor an output file each."""
     from jobs.lake import DataFile
 
     def footer_of(name: str, groups: list[int]) -> tuple[DataFile, pq.FileMetaData]:
@@ -67,22 +69,28 @@ def test_a_large_file_is_split_into_runs_of_its_row_groups(tmp_path, caplog):
 
     files, footers = zip(
         footer_of("big.parquet", [400, 400, 700, 1_000, 300, 100]),
-        footer_of("small.parquet", [500, 500, 500]),  # 1,500 rows: under twice 1,000
+        footer_of("mid.parquet", [500, 500, 500]),  # 1,500 rows: under twice 1,000
         footer_of("one-group.parquet", [5_000]),
+        *(footer_of(f"tiny-{i}.parquet", [300]) for i in range(5)),  # 1,500 rows in 5 files
         strict=True,
     )
     pieces = split_files(files, footers, rows_per_file=1_000)
-    assert [(p.path.rsplit("/", 1)[-1], p.row_groups, p.rows) for p in pieces] == [
-        ("big.parquet", (0, 1, 2), 1_500),
-        ("big.parquet", (3, 4, 5), 1_400),  # 1,000, then a run of 400 that is too short joins it
-        ("small.parquet", None, 1_500),
-        ("one-group.parquet", None, 5_000),
+    names = lambda p: tuple(path.rsplit("/", 1)[-1] for path in p.paths)  # noqa: E731
+    assert [(names(p), p.row_groups, p.rows) for p in pieces] == [
+        (("big.parquet",), (0, 1, 2), 1_500),
+        (("big.parquet",), (3, 4, 5), 1_400),  # 1,000, then a run of 400 that is too short joins it
+        (("mid.parquet",), None, 1_500),
+        (("one-group.parquet",), None, 5_000),
+        # small files read in turn until a piece holds 1,000 rows; the rest as the last piece
+        (("tiny-0.parquet", "tiny-1.parquet", "tiny-2.parquet", "tiny-3.parquet"), None, 1_200),
+        (("tiny-4.parquet",), None, 300),
     ]
     assert sum(p.size for p in pieces[:2]) == pytest.approx(files[0].size, abs=1)
-    assert [p.stem for p in pieces] == ["big-g0000", "big-g0003", "small", "one-group"]
+    assert pieces[4].size == sum(f.size for f in files[3:7])
+    assert [p.stem for p in pieces] == ["big-g0000", "big-g0003", "mid", "one-group", "tiny-0", "tiny-4"]
     # a large file in one row group cannot be split: the log says what would let it be
     assert "one-group.parquet holds 5000 rows in 1 row group(s): one thread reads and scores all of it" in caplog.text
-    assert "small.parquet" not in caplog.text
+    assert "mid.parquet" not in caplog.text
 
 
 def test_the_read_tasks_of_pieces_read_each_row_of_a_split_file_once(tmp_path, ray_local):

@@ -65,17 +65,29 @@ def files_of(folder) -> list[str]:
     return sorted(p.name for p in folder.iterdir())
 
 
-def run(writer: ScoreAndWrite, path, row_groups: list[int] | None = None) -> pa.Table:
+def run(writer: ScoreAndWrite, *paths, row_groups: list[int] | None = None) -> pa.Table:
     """The actor's call as the job makes it (jobs.ray_runtime.files_dataset): a piece of input
-    with its row count from the footer."""
-    meta = pq.read_metadata(path)
-    rows = meta.num_rows if row_groups is None else sum(meta.row_group(g).num_rows for g in row_groups)
-    piece = {"path": [str(path)], "uri": [f"file://{path}"], "rows": [rows], "row_groups": [row_groups]}
+    (a file, a run of its row groups, or several files) with its row count from the footers."""
+    metas = [pq.read_metadata(path) for path in paths]
+    rows = sum(
+        meta.num_rows if row_groups is None else sum(meta.row_group(g).num_rows for g in row_groups) for meta in metas
+    )
+    piece = {
+        "paths": [[str(p) for p in paths]],
+        "uris": [[f"file://{p}" for p in paths]],
+        "rows": [rows],
+        "row_groups": [row_groups],
+    }
     return writer(pa.table(piece, schema=PIECE))
 
 
 PIECE = pa.schema(
-    [("path", pa.string()), ("uri", pa.string()), ("rows", pa.int64()), ("row_groups", pa.list_(pa.int64()))]
+    [
+        ("paths", pa.list_(pa.string())),
+        ("uris", pa.list_(pa.string())),
+        ("rows", pa.int64()),
+        ("row_groups", pa.list_(pa.int64())),
+    ]
 )
 
 
@@ -200,9 +212,9 @@ def test_a_cpu_actor_scores_a_file_per_cpu_at_once(cpus, min_actors, files, at_o
 
 
 def test_slices_cut_the_batches_that_straddle_two():
-    batches = [pa.record_batch({"x": list(range(n))}) for n in (5, 7, 3)]
-    pieces = [(i, piece.num_rows) for i, piece in slices(batches, [4, 8, 12, 15])]
-    assert pieces == [(0, 4), (1, 1), (1, 3), (2, 4), (3, 3)]
+    batches = [(tag, pa.record_batch({"x": list(range(n))})) for tag, n in (("a", 5), ("b", 7), ("c", 3))]
+    pieces = [(i, tag, piece.num_rows) for i, tag, piece in slices(batches, [4, 8, 12, 15])]
+    assert pieces == [(0, "a", 4), (1, "a", 1), (1, "b", 3), (2, "b", 4), (3, "c", 3)]
 
 
 @pytest.mark.parametrize(
@@ -226,13 +238,75 @@ def test_a_piece_of_a_large_file_scores_its_row_groups_only_into_files_named_aft
     2-3 reads those rows alone, and its files' names say where they started, so that the pieces
     of one file never write over each other."""
     pq.write_table(raw, tmp_path / "big.parquet", row_group_size=100)  # five row groups of 100
-    done = run(writer(), tmp_path / "big.parquet", [2, 3]).to_pylist()
+    done = run(writer(), tmp_path / "big.parquet", row_groups=[2, 3]).to_pylist()
     assert [(row["file"], row["rows"]) for row in done] == [(f"file://{tmp_path}/big.parquet (row groups 2-3)", 200)]
     staging, _ = folders
     assert files_of(staging) == ["big-g0002-0000.parquet"]
     out = pq.read_table(staging / "big-g0002-0000.parquet")
     assert out["customer_id"].to_pylist() == raw["customer_id"].to_pylist()[200:400]
-    assert Piece(str(tmp_path / "big.parquet"), 1, 200, (4,)).label("x") == "x (row group 4)"
+    assert Piece((str(tmp_path / "big.parquet"),), 1, 200, (4,)).label("x") == "x (row group 4)"
+
+
+def test_small_files_read_in_turn_make_files_of_rows_per_file_named_after_the_first(writer, raw, tmp_path, folders):
+    """Small files of one piece (jobs.pieces.split_files) are read one after the other into files
+    of about rows_per_file rows, as one file of theirs would be: not a file each. One producer
+    wrote the key as int32, the next as int64; the output holds the wider."""
+    key = raw.schema.get_field_index("customer_id")
+    narrow = raw.slice(0, 120).set_column(key, "customer_id", raw["customer_id"].slice(0, 120).cast(pa.int32()))
+    parts = {"a": narrow, "b": raw.slice(120, 200), "c": raw.slice(320, 180)}
+    for stem, table in parts.items():
+        pq.write_table(table, tmp_path / f"{stem}.parquet")
+    [row] = run(writer(), *(tmp_path / f"{stem}.parquet" for stem in parts)).to_pylist()
+    assert (row["file"], row["rows"]) == (f"file://{tmp_path}/a.parquet and 2 more file(s)", 500)
+    staging, _ = folders
+    assert files_of(staging) == ["a-0000.parquet", "a-0001.parquet"]  # 500 rows at 200 a file
+    out = pa.concat_tables(pq.read_table(staging / n) for n in files_of(staging))
+    assert out.schema.field("customer_id").type == pa.int64()
+    assert out["customer_id"].to_pylist() == raw["customer_id"].to_pylist()
+
+    ages = raw["age"].to_pylist()
+    ages[330] = 7  # in c.parquet, the piece's third file
+    bad = raw.set_column(raw.schema.get_field_index("age"), "age", pa.array(ages, raw.schema.field("age").type))
+    pq.write_table(bad.slice(320, 180), tmp_path / "c.parquet")
+    with pytest.raises(InvalidInput, match=r"/c\.parquet: 1 invalid row"):
+        run(writer("fail"), *(tmp_path / f"{stem}.parquet" for stem in parts))
+
+
+def test_batches_of_small_files_are_checked_and_scored_together(writer, raw, tmp_path, folders):
+    """Files of 20 rows, read 64 rows at a time: three files' batches go through the checks and
+    the scorer as one (their cost is per batch as well as per row). A bad row then names the
+    files that batch joined."""
+    stems = [f"f{i}" for i in range(5)]
+    ages = raw["age"].to_pylist()
+    ages[25] = 7  # in f1
+    bad = raw.set_column(raw.schema.get_field_index("age"), "age", pa.array(ages, raw.schema.field("age").type))
+    for i, stem in enumerate(stems):
+        pq.write_table(raw.slice(20 * i, 20), tmp_path / f"{stem}.parquet")
+    [row] = run(writer(), *(tmp_path / f"{stem}.parquet" for stem in stems)).to_pylist()
+    assert row["rows"] == 100
+    out = pq.read_table(folders[0] / "f0-0000.parquet")
+    assert out["customer_id"].to_pylist() == raw["customer_id"].to_pylist()[:100]
+    pq.write_table(bad.slice(20, 20), tmp_path / "f1.parquet")
+    with pytest.raises(
+        InvalidInput, match=rf"^one of file://{tmp_path}/f0\.parquet to file://{tmp_path}/f2\.parquet: 1"
+    ):
+        run(writer("fail"), *(tmp_path / f"{stem}.parquet" for stem in stems))
+
+
+def test_batches_of_other_schemas_or_too_many_rows_are_not_joined():
+    from jobs.part_writer import joined
+
+    small = pa.record_batch({"x": pa.array([1, 2], pa.int64())})
+    other = pa.record_batch({"x": pa.array([3], pa.int32())})
+    full = pa.record_batch({"x": pa.array(range(4), pa.int64())})
+    batches = [(0, small), (1, small), (2, other), (3, full), (4, small), (5, small), (6, small)]
+    assert [(files, b.num_rows) for files, b in joined(batches, 4)] == [
+        ((0, 1), 4),
+        ((2, 2), 1),
+        ((3, 3), 4),
+        ((4, 5), 4),
+        ((6, 6), 2),
+    ]
 
 
 def test_an_invalid_row_in_a_piece_names_its_file_and_row_groups(writer, raw, tmp_path):
@@ -240,9 +314,9 @@ def test_an_invalid_row_in_a_piece_names_its_file_and_row_groups(writer, raw, tm
     ages[420] = 7
     bad = raw.set_column(raw.schema.get_field_index("age"), "age", pa.array(ages, raw.schema.field("age").type))
     pq.write_table(bad, tmp_path / "big.parquet", row_group_size=100)
-    run(writer("fail"), tmp_path / "big.parquet", [0, 1])  # row 420 is not in these
+    run(writer("fail"), tmp_path / "big.parquet", row_groups=[0, 1])  # row 420 is not in these
     with pytest.raises(InvalidInput, match=r"big\.parquet \(row groups 3-4\): 1 invalid row"):
-        run(writer("fail"), tmp_path / "big.parquet", [3, 4])
+        run(writer("fail"), tmp_path / "big.parquet", row_groups=[3, 4])
 
 
 # a fresh interpreter: the switch holds for the rest of a process's life
