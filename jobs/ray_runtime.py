@@ -100,8 +100,9 @@ def actor_pool(
     """The job's actor pool, its minimum size cut to what can start and be fed.
 
     Args:
-        inputs: how many inputs the pool gets (one per file where the actors read their own
-            files): no more actors start than that, so a one-file partition starts one.
+        inputs: how many inputs the pool gets (one per piece where the actors read their own
+            files, :mod:`jobs.pieces`): no more actors start than that, so a one-piece partition
+            starts one.
         beside: CPUs the stages beside the actors need (read and write tasks). The minimum leaves
             them room: actors holding every CPU of the cluster would wait forever for the reads.
         at_once: inputs each actor works on at the same time, a thread each (see
