@@ -132,7 +132,9 @@ class ScoreAndWrite:
 
     def __call__(self, pieces: pa.Table) -> pa.Table:
         done = [
-            self.score_file(Piece(tuple(row["paths"]), 0, row["rows"], _groups(row["row_groups"])), row["uris"])
+            self.score_file(
+                Piece(tuple(row["paths"]), row["size"], row["rows"], _groups(row["row_groups"])), row["uris"]
+            )
             for row in pieces.to_pylist()
         ]
         return pa.Table.from_pylist(done, schema=DONE)

@@ -8,7 +8,9 @@ Without Ray imports: the driver plans its pieces from the footers it has read, b
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -127,7 +129,7 @@ def _runs(f: Any, footer: pq.FileMetaData, rows_per_file: int) -> list[Piece]:
 
 
 def file_batches(
-    path: str,
+    source: str | pa.Buffer,
     filesystem: Any,
     *,
     columns: list[str],
@@ -137,22 +139,42 @@ def file_batches(
     row_groups: Sequence[int] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """``columns`` of one Parquet file (or of ``row_groups`` of it), ``rows`` rows at a time;
-    ``dictionary`` columns read dictionary-encoded. The read of the GPU path's read tasks
+    ``dictionary`` columns read dictionary-encoded. ``source``: the file's path, or its bytes
+    already fetched (:func:`piece_batches`). The read of the GPU path's read tasks
     (jobs.parquet_source) and of the CPU actors (jobs.part_writer)."""
-    with filesystem.open_input_file(path) if filesystem is not None else pa.OSFile(path) as f:
+    if isinstance(source, pa.Buffer):
+        opened = pa.BufferReader(source)
+    else:
+        opened = filesystem.open_input_file(source) if filesystem is not None else pa.OSFile(source)
+    with opened as f:
         reader = pq.ParquetFile(f, read_dictionary=dictionary or None)
         groups = None if row_groups is None else list(row_groups)
         yield from reader.iter_batches(batch_size=rows, row_groups=groups, columns=columns, use_threads=threads)
+
+
+# small files of a piece fetched ahead from an object store: at most this many at once, and about
+# this many bytes (the piece's files are under output.rows_per_file rows each)
+FETCH_AHEAD_FILES = 8
+FETCH_AHEAD_BYTES = 64 << 20
 
 
 def piece_batches(
     piece: Piece, filesystem: Any, *, columns: list[str], dictionary: list[str], rows: int, threads: bool
 ) -> Iterator[tuple[int, pa.RecordBatch]]:
     """``(index of its file in piece.paths, batch)`` for each batch of ``rows`` rows of a piece,
-    its files read in turn (:func:`file_batches`)."""
-    for i, path in enumerate(piece.paths):
+    its files read in turn (:func:`file_batches`).
+
+    From an object store, each small file costs a few requests' latency before its first byte
+    (the file's size, its footer, its columns): read in turn, 200 files of 10,000 rows on a local
+    SeaweedFS spent 19 ms each before their rows. So the files after the one being read are
+    fetched whole beforehand, a few at a time (:func:`_fetched_ahead`)."""
+    sources: Iterable[str | pa.Buffer] = piece.paths
+    if len(piece.paths) > 1 and _remote(filesystem):
+        ahead = max(1, min(FETCH_AHEAD_FILES, FETCH_AHEAD_BYTES * len(piece.paths) // max(piece.size, 1)))
+        sources = _fetched_ahead(piece.paths, filesystem, ahead)
+    for i, source in enumerate(sources):
         batches = file_batches(
-            path,
+            source,
             filesystem,
             columns=columns,
             dictionary=dictionary,
@@ -162,3 +184,24 @@ def piece_batches(
         )
         for batch in batches:
             yield i, batch
+
+
+def _remote(filesystem: Any) -> bool:
+    return filesystem is not None and filesystem.type_name != "local"
+
+
+def _fetched_ahead(paths: Sequence[str], filesystem: Any, ahead: int) -> Iterator[pa.Buffer]:
+    """Each file's bytes, in order, with up to ``ahead`` files fetched on threads meanwhile."""
+
+    def fetch(path: str) -> pa.Buffer:
+        with filesystem.open_input_file(path) as f:
+            return f.read_buffer()
+
+    with ThreadPoolExecutor(ahead, thread_name_prefix="fetch-ahead") as pool:
+        pending = deque(pool.submit(fetch, path) for path in paths[:ahead])
+        for path in paths[ahead:]:
+            done = pending.popleft().result()
+            pending.append(pool.submit(fetch, path))
+            yield done
+        while pending:
+            yield pending.popleft().result()

@@ -203,6 +203,26 @@ def test_files_with_no_row_are_not_landed_until_the_partition_says_it_is_whole(s
     assert not isinstance(raised.value, NotLanded)
 
 
+def test_a_piece_of_small_files_reads_each_row_once_in_order(storage, monkeypatch):
+    """From S3 the files after the one being read are fetched ahead, a few at a time
+    (jobs.pieces.piece_batches): the rows still come file by file, in order, each once."""
+    from jobs import pieces
+
+    monkeypatch.setattr(pieces, "FETCH_AHEAD_FILES", 3)
+    lake = Lake(storage.lake_root)
+    partition = lake.partition_path("raw/small", DAY)
+    lake.fs.create_dir(partition, recursive=True)
+    for i in range(10):
+        table = pa.table({"id": pa.array(range(100 * i, 100 * i + 100), pa.int64()), "x": [float(i)] * 100})
+        pq.write_table(table, f"{partition}/part-{i:02d}.parquet", filesystem=lake.fs)
+    files, footers = lake.input_footers("raw/small", DAY)
+    [piece] = pieces.split_files(files, footers, rows_per_file=5_000)
+    assert len(piece.paths) == 10 and piece.size == sum(f.size for f in files)
+    read = list(pieces.piece_batches(piece, lake.fs, columns=["id"], dictionary=[], rows=64, threads=False))
+    assert [i for i, _ in read] == sorted(i for i, _ in read) and {i for i, _ in read} == set(range(10))
+    assert pa.concat_arrays([b.column(0) for _, b in read]).to_pylist() == list(range(1_000))
+
+
 def test_rows_in_folders_of_a_partition_are_named_not_skipped(storage):
     """On S3 a folder is a common prefix: a partition written by Spark's ``partitionBy("ds",
     "region")`` holds no file of its own, and one with a folder beside its files would lose that

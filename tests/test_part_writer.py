@@ -4,6 +4,7 @@ at a time, set invalid rows aside, score the rest and write files of scores of a
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -76,6 +77,7 @@ def run(writer: ScoreAndWrite, *paths, row_groups: list[int] | None = None) -> p
         "paths": [[str(p) for p in paths]],
         "uris": [[f"file://{p}" for p in paths]],
         "rows": [rows],
+        "size": [sum(os.path.getsize(p) for p in paths)],
         "row_groups": [row_groups],
     }
     return writer(pa.table(piece, schema=PIECE))
@@ -86,6 +88,7 @@ PIECE = pa.schema(
         ("paths", pa.list_(pa.string())),
         ("uris", pa.list_(pa.string())),
         ("rows", pa.int64()),
+        ("size", pa.int64()),
         ("row_groups", pa.list_(pa.int64())),
     ]
 )
