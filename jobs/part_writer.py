@@ -132,12 +132,7 @@ class ScoreAndWrite:
         self.score_column, self.sample_every = score_column, sample_every
 
     def __call__(self, pieces: pa.Table) -> pa.Table:
-        done = [
-            self.score_file(
-                Piece(tuple(row["paths"]), row["size"], row["rows"], _groups(row["row_groups"])), row["uris"]
-            )
-            for row in pieces.to_pylist()
-        ]
+        done = [self.score_file(*Piece.from_row(row)) for row in pieces.to_pylist()]
         return pa.Table.from_pylist(done, schema=DONE)
 
     def score_file(self, piece: Piece, uris: list[str]) -> dict[str, Any]:
@@ -221,10 +216,6 @@ def joined(
         last = i
     if held:
         yield (first, last), held[0] if len(held) == 1 else pa.concat_batches(held)
-
-
-def _groups(value: list[int] | None) -> tuple[int, ...] | None:
-    return None if value is None else tuple(value)
 
 
 def _timed(items: Iterator[Any], seconds: dict[str, float]) -> Iterator[Any]:

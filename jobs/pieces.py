@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -52,6 +52,24 @@ class Piece:
             return uri
         first, last = self.row_groups[0], self.row_groups[-1]
         return f"{uri} (row group {first})" if first == last else f"{uri} (row groups {first}-{last})"
+
+    def as_row(self, uri: Callable[[str], str]) -> dict[str, Any]:
+        """The piece as a row of the CPU actors' dataset (:func:`jobs.ray_runtime.files_dataset`),
+        with each file's ``uri(path)`` for messages; :meth:`from_row` reads it back."""
+        return {
+            "paths": list(self.paths),
+            "uris": [uri(path) for path in self.paths],
+            "rows": self.rows,
+            "size": self.size,
+            "row_groups": None if self.row_groups is None else list(self.row_groups),
+        }
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> tuple[Piece, list[str]]:
+        """The piece of a row :meth:`as_row` made, and its files' uris."""
+        groups = row["row_groups"]
+        piece = cls(tuple(row["paths"]), row["size"], row["rows"], None if groups is None else tuple(groups))
+        return piece, row["uris"]
 
     def describe(self, uris: Sequence[str]) -> str:
         """The piece's files (their ``uris``), for the actors' report of what they scored."""

@@ -217,7 +217,7 @@ def decode_on_threads(cpus: float | None) -> bool:
 
 def files_dataset(pieces: list[Piece], uri: Callable[[str], str]) -> ray.data.Dataset:
     """A dataset of one row per piece of input (a file, a run of a large file's row groups, or
-    small files read in turn: ``paths``, ``rows``, ``size``, ``row_groups``, and each file's ``uri(path)``
+    small files read in turn: :meth:`jobs.pieces.Piece.as_row`, with each file's ``uri(path)``
     for messages), a block each: what CPU actors that read their own files take, a piece per task.
 
     ``from_items`` builds its blocks in the driver. ``from_arrow`` runs a task per block for its
@@ -226,14 +226,5 @@ def files_dataset(pieces: list[Piece], uri: Callable[[str], str]) -> ray.data.Da
     import ray
 
     report_our_errors()
-    rows = [
-        {
-            "paths": list(p.paths),
-            "uris": [uri(path) for path in p.paths],
-            "rows": p.rows,
-            "size": p.size,
-            "row_groups": None if p.row_groups is None else list(p.row_groups),
-        }
-        for p in pieces
-    ]
+    rows = [p.as_row(uri) for p in pieces]
     return ray.data.from_items(rows, override_num_blocks=len(rows))

@@ -73,25 +73,9 @@ def run(writer: ScoreAndWrite, *paths, row_groups: list[int] | None = None) -> p
     rows = sum(
         meta.num_rows if row_groups is None else sum(meta.row_group(g).num_rows for g in row_groups) for meta in metas
     )
-    piece = {
-        "paths": [[str(p) for p in paths]],
-        "uris": [[f"file://{p}" for p in paths]],
-        "rows": [rows],
-        "size": [sum(os.path.getsize(p) for p in paths)],
-        "row_groups": [row_groups],
-    }
-    return writer(pa.table(piece, schema=PIECE))
-
-
-PIECE = pa.schema(
-    [
-        ("paths", pa.list_(pa.string())),
-        ("uris", pa.list_(pa.string())),
-        ("rows", pa.int64()),
-        ("size", pa.int64()),
-        ("row_groups", pa.list_(pa.int64())),
-    ]
-)
+    size = sum(os.path.getsize(p) for p in paths)
+    piece = Piece(tuple(str(p) for p in paths), size, rows, None if row_groups is None else tuple(row_groups))
+    return writer(pa.Table.from_pylist([piece.as_row(lambda path: f"file://{path}")]))
 
 
 def test_a_file_becomes_files_of_about_rows_per_file_rows_named_after_it(
