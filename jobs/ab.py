@@ -237,7 +237,7 @@ def _score_both(
     if batch_size == "auto":  # measured on the champion's predictor
         from jobs import batch_size as auto
 
-        paths = list(dict.fromkeys(p.path for p in pieces))
+        paths = list(dict.fromkeys(path for p in pieces for path in p.paths))
         batch_size = auto.choose(
             options[0],
             scorers[0],
