@@ -1,5 +1,5 @@
-"""A Ray Data source over Parquet files the driver has already listed: one read task per file,
-or per run of a large file's row groups (:class:`jobs.pieces.Piece`).
+"""A Ray Data source over Parquet files the driver has already listed: one read task per piece
+(:class:`jobs.pieces.Piece`: a file, a run of a large file's row groups, or small files in turn).
 
 Ray's own ``read_parquet`` plans a read by sampling: it starts remote tasks that open a few files
 and decode their first rows to estimate the in-memory size (the V2 reader also reads every footer
@@ -49,7 +49,7 @@ class ListedParquetDatasource(Datasource):
         """``dictionary``: string columns to read dictionary-encoded, as Parquet stores them: a
         categorical column then costs an index per row instead of a string per row. ``threads``:
         decode a file's columns on pyarrow's thread pool (see
-        :func:`jobs.ray_runtime.read_parquet_files`)."""
+        :func:`jobs.ray_runtime.read_pieces`)."""
         super().__init__()
         self.pieces, self.filesystem, self.columns = pieces, filesystem, columns
         self.dictionary = [c for c in dictionary if c in columns]

@@ -1,11 +1,11 @@
-"""Read, validate, score and write an input file in the same actor, a batch at a time: the job's
-pipeline on CPU actors (docs/adr/0002).
+"""Read, validate, score and write a piece of input in the same actor, a batch at a time: the
+job's pipeline on CPU actors (docs/adr/0002).
 
 With CPU actors, reading, scoring and writing share the same cores, and every row that crosses
 Ray's object store between them is copied in, copied out and scheduled as its own task. So on
-CPU, Ray Data hands each actor input files, whole or a run of a large file's row groups
-(:class:`jobs.pieces.Piece`), and :class:`ScoreAndWrite` streams a piece
-:data:`READ_ROWS` rows at a time: it validates them, scores the valid ones in batches of
+CPU, Ray Data hands each actor pieces of the partition (:class:`jobs.pieces.Piece`: a file, a
+run of a large file's row groups, or small files in turn), and :class:`ScoreAndWrite` streams
+a piece :data:`READ_ROWS` rows at a time: it validates them, scores the valid ones in batches of
 ``batch_size``, keeps only the scores, and writes them as Parquet files of about
 ``rows_per_file`` input rows each into the run's staging folder (their invalid rows as one file
 each in quarantine). Only file names and row counts go back through Ray.

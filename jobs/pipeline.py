@@ -54,9 +54,9 @@ def score(
 ) -> tuple[float, dict[str, float], list[dict[str, Any]] | None]:
     """The Ray Data pipeline: read → validate rows → actor pool of predictors → Parquet in staging.
 
-    CPU actors run all four steps themselves, a file (or a large file's run of row groups:
-    ``pre.pieces``) per thread and a thread per CPU (docs/adr/0002); GPU actors get their
-    batches from read tasks and hand them to write tasks.
+    CPU actors run all four steps themselves, a piece of the partition (``pre.pieces``: a file, a
+    large file's run of row groups, or small files in turn) per thread and a thread per CPU
+    (docs/adr/0002); GPU actors get their batches from read tasks and hand them to write tasks.
 
     Fault tolerance is Ray Data's, kept on purpose (its knobs, ``ray_remote_args``, are deprecated
     in Ray 2.60): an actor that dies is restarted and its in-flight work resubmitted, a read or

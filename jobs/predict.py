@@ -379,7 +379,7 @@ def _log_start(job: JobConfig, ds: dt.date, pre: Preflight, lake: Lake, settings
             "model_version": ref.version,
             "model_alias": ref.alias or "",
             "input_files": len(pre.files),
-            # what the actors take: the files, large ones split by their row groups (jobs.pieces)
+            # what the actors take: pieces of about output.rows_per_file rows (jobs.pieces)
             "input_pieces": len(pre.pieces),
             "profile": settings.profile,
             "compute.min_actors": job.compute.min_actors,

@@ -43,7 +43,7 @@ class Preflight:
     challenger_columns: tuple[str, ...] = ()  # its input columns, in its order
     columns: tuple[str, ...] = ()  # the champion's input columns, in its order
     input_nulls: dict[str, float] = field(default_factory=dict)  # each one's share of nulls
-    # what the readers take: the files, large ones split by their row groups (jobs.parquet_source)
+    # what the readers take: pieces of about output.rows_per_file rows (jobs.pieces)
     pieces: list[Piece] = field(default_factory=list)
     done_unix: float = field(default_factory=time.time)
 

@@ -131,8 +131,8 @@ def actor_pool(
 def files_at_once(compute: ComputeSpec, files: int, *, gpus: float) -> int:
     """How many input files a CPU actor scores at the same time, each on a thread of its own: one
     per whole CPU it reserves, and no more than its share of the partition's ``files`` (counted
-    as pieces: a large file split by its row groups counts each run,
-    :func:`jobs.pieces.split_files`). A GPU actor (``gpus`` > 0) scores one batch at a time.
+    as pieces, :func:`jobs.pieces.split_files`). A GPU actor (``gpus`` > 0) scores one batch at a
+    time.
 
     One actor on two CPUs scoring two files on two threads streams as fast as two actors of one
     CPU each (reading, scoring and writing run off the GIL), and it is one process less to start
@@ -182,8 +182,8 @@ def read_pieces(
     dictionary: list[str] = (),
     num_cpus: float | None = None,
 ) -> ray.data.Dataset:
-    """A Ray dataset over pieces of Parquet files: whole files, or runs of a large file's row
-    groups (:func:`jobs.pieces.split_files`).
+    """A Ray dataset over pieces of Parquet files: whole files, runs of a large file's row
+    groups, or small files read in turn (:func:`jobs.pieces.split_files`).
 
     One read task per piece, planned from the listing alone (see :mod:`jobs.parquet_source`: no
     sampling tasks, no footer-reading actors), reading only ``columns`` in slices of
