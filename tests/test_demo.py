@@ -58,6 +58,10 @@ def test_demo_runs_the_dag_through_airflow(demo):
     log = proc.stdout + proc.stderr
     assert "MapBatches(ScoreAndWrite)" in log  # CPU actors read, score and write in one process
     assert "DagRun Finished: dag_id=lakecast__churn" in log and "state=success" in log
+    # the run's duration, as the Airflow UI shows it, is the run's own: `dags test` starts the run
+    # at its logical date, which for a scheduled run's date of 2026-11-22 would be days ago
+    duration = float(re.search(r"DagRun Finished: dag_id=lakecast__churn.*?run_duration=([\d.]+)", log)[1])
+    assert 0 < duration < 600, duration
     # nothing outside LAKECAST_HOME
     assert sorted(p.name for p in cwd.iterdir()) == ["home"]
     assert {"lake", "mlflow.db", "airflow", "mlartifacts"} <= {p.name for p in home.iterdir()}
