@@ -34,7 +34,8 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -174,6 +175,20 @@ def recover(lake: Lake, table: str, ds: dt.date) -> None:
             _mark_done(lake, target)
 
 
+def recover_tables(lake: Lake, tables: Sequence[str], ds: dt.date) -> None:
+    """:func:`recover` for each of a run's ``tables`` (its predictions, quarantine and shadow).
+
+    On S3 side by side: each looks at a few keys in turn, a round trip each, before the pipeline
+    can start (behind 20 ms of latency, 0.36 s for the three one after the other)."""
+    if not lake.is_s3 or len(tables) < 2:
+        for table in tables:
+            recover(lake, table, ds)
+        return
+    with ThreadPoolExecutor(len(tables), thread_name_prefix="recover") as pool:
+        for done in [pool.submit(recover, lake, table, ds) for table in tables]:
+            done.result()
+
+
 def commit(lake: Lake, staging: str, table: str, ds: dt.date, manifest: dict[str, Any]) -> str:
     """Publish ``staging`` as the partition; call it while holding the partition lock.
 
@@ -181,7 +196,7 @@ def commit(lake: Lake, staging: str, table: str, ds: dt.date, manifest: dict[str
         the partition path.
     """
     target = lake.partition_path(table, ds)
-    lake.fs.create_dir(lake.table_path(table), recursive=True)
+    lake.make_dirs(lake.table_path(table))
     if lake.is_s3:
         _commit_s3(lake, staging, target, manifest)
     else:

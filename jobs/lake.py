@@ -127,6 +127,15 @@ class Lake:
     def exists(self, path: str) -> bool:
         return self._info(path).type != pafs.FileType.NotFound
 
+    def make_dirs(self, *paths: str) -> None:
+        """Folders a run writes into, where the lake has folders: S3 has none to make (a key's
+        prefixes exist once an object is under them), and s3fs's mkdir would only ask whether the
+        bucket exists, a round trip each."""
+        if self.is_s3:
+            return
+        for path in paths:
+            self.fs.create_dir(path, recursive=True)
+
     @property
     def _endpoint_url(self) -> str | None:
         """The S3 endpoint from the environment; None: AWS's own."""

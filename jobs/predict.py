@@ -128,8 +128,7 @@ def run_job(
 
     lease = job.airflow.timeout_minutes * 60 + 600
     with commit.partition_lock(lake, job.output.table, ds, job=job.name, lease_s=lease):
-        for table in (job.output.table, job.quarantine_table, job.shadow_table):
-            commit.recover(lake, table, ds)
+        commit.recover_tables(lake, (job.output.table, job.quarantine_table, job.shadow_table), ds)
         result = _run_locked(
             job,
             ds,
@@ -189,8 +188,7 @@ def _run_locked(
         s_staging = lake.staging_path(job.shadow_table, ds, run_id)
         shadow_scores: dict[str, float] = {}
         try:
-            for folder in (staging, q_staging, telemetry.folder(staging), *([s_staging] if job.shadows else [])):
-                lake.fs.create_dir(folder, recursive=True)
+            lake.make_dirs(staging, q_staging, telemetry.folder(staging), *([s_staging] if job.shadows else []))
             pipeline_start, actor_seconds, summaries = pipeline.score(
                 job,
                 lake,

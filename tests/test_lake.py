@@ -121,6 +121,27 @@ def test_leftovers_of_dead_runs_are_ignored_then_removed(storage, lake_with_inpu
     assert "left by dead runs" not in caplog.text
 
 
+def test_a_run_removes_what_dead_runs_left_for_each_of_its_tables(
+    storage, lake_with_input, registered, ray_local, churn_job, caplog
+):
+    """A killed run leaves staging for its predictions, its quarantine and its shadow; the next run
+    removes all three before it scores (on S3 the three are looked at side by side)."""
+    lake = lake_with_input
+    tables = (churn_job.output.table, churn_job.quarantine_table, churn_job.shadow_table)
+    for table in tables:
+        staging = lake.staging_path(table, DAY, "dead-run")
+        lake.fs.create_dir(staging, recursive=True)
+        with lake.fs.open_output_stream(f"{staging}/part-0.parquet") as f:
+            f.write(b"half a file")
+    caplog.set_level("WARNING")
+    result = run_job(churn_job, DAY, settings=storage)
+    assert result.rows == ROWS and read(lake).num_rows == ROWS
+    assert files_under(lake, f"{lake.base}/_staging") == []
+    for table in tables:
+        left = lake.uri(f"{lake.base}/_staging/{table}/ds={DAY}")
+        assert f"removing staging left by dead runs: {left}" in caplog.text
+
+
 def test_footers_of_many_files_come_in_file_order_and_a_damaged_one_is_named(storage):
     """On S3 the footers are read side by side: the counts still line up with the files, and the
     error names the one file that is not Parquet."""
