@@ -255,7 +255,15 @@ class Lake:
 
     def _listing(self, path: str) -> tuple[list[DataFile], list[str]]:
         """The data files in ``path`` and the names of its folders, both without the ``_`` and ``.``
-        ones (markers, manifests, a writer's temporary folders)."""
+        ones (markers, manifests, a writer's temporary folders).
+
+        Listed afresh each time, with what it finds kept for the looks that follow at once (its
+        markers, its manifest): s3fs keeps a listing for the life of the process, and every
+        ``Lake`` of a process shares one s3fs, so a second look at a partition, as the input
+        sensor takes in ``airflow dags test``, saw the first look's files and never the producer's
+        ``_SUCCESS`` written since. s3fs keeps its own writes' listings true; others' it cannot."""
+        if self.is_s3:
+            self.s3fs.invalidate_cache(path)
         if self._info(path).type == pafs.FileType.NotFound:
             return [], []  # S3 has no empty folders: a prefix with no object does not exist
         infos = [

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -204,6 +207,36 @@ def test_a_partition_is_not_whole_before_its_ready_marker(storage):
 
     demo_data.write_partition(lake, "raw/committed", DAY, demo_data.generate(10, DAY), files=1)
     assert len(lake.input_footers("raw/committed", DAY, ready_marker="_SUCCESS")[0]) == 1
+
+
+def write_from_another_process(root: str, path: str, data: bytes) -> None:
+    """What a producer does: write into the lake from a process of its own, through a client of its own."""
+    code = (
+        "import sys; from jobs.lake import Lake\n"
+        "lake = Lake(sys.argv[1]); lake.make_dirs(sys.argv[2].rsplit('/', 1)[0])\n"
+        "with lake.fs.open_output_stream(sys.argv[2]) as f: f.write(sys.stdin.buffer.read())"
+    )
+    subprocess.run([sys.executable, "-c", code, root, path], input=data, check=True, cwd=Path(__file__).parents[1])
+
+
+def test_each_look_at_a_partition_sees_what_its_producer_wrote_since_the_last(storage):
+    """The input sensor looks again and again; under ``airflow dags test`` each look is in the same
+    process. A look lists the partition afresh: s3fs would otherwise answer from the first look's
+    listing, and the ``_SUCCESS`` its producer wrote since would never be seen."""
+    from jobs.lake import NotLanded
+
+    lake = Lake(storage.lake_root)
+    partition = lake.partition_path("raw/late", DAY)
+    sink = pa.BufferOutputStream()
+    pq.write_table(demo_data.generate(100, DAY), sink)
+    write_from_another_process(storage.lake_root, f"{partition}/part-0.parquet", sink.getvalue().to_pybytes())
+    with pytest.raises(NotLanded, match=r"has no _SUCCESS yet"):
+        Lake(storage.lake_root).input_footers("raw/late", DAY, ready_marker="_SUCCESS")
+    write_from_another_process(storage.lake_root, f"{partition}/part-1.parquet", sink.getvalue().to_pybytes())
+    write_from_another_process(storage.lake_root, f"{partition}/_SUCCESS", b"")
+    files, footers = Lake(storage.lake_root).input_footers("raw/late", DAY, ready_marker="_SUCCESS")
+    assert [f.path.rsplit("/", 1)[-1] for f in files] == ["part-0.parquet", "part-1.parquet"]
+    assert sum(footer.num_rows for footer in footers) == 200
 
 
 def test_files_with_no_row_are_not_landed_until_the_partition_says_it_is_whole(storage):
