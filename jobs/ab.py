@@ -376,9 +376,7 @@ def _write_report(lake: Lake, job: JobConfig, ds: dt.date, report: dict[str, Any
 
 def latest_report(lake: Lake, job: JobConfig) -> dict[str, Any] | None:
     """The most recent comparison report of the job in the lake."""
-    import pyarrow.fs as pafs
-
-    infos = lake.fs.get_file_info(pafs.FileSelector(lake.table_path(job.ab_report_table), allow_not_found=True))
+    infos = lake.entries(lake.table_path(job.ab_report_table))
     days = sorted(i.base_name for i in infos if i.base_name.startswith("ds="))
     for day in reversed(days):
         path = f"{lake.table_path(job.ab_report_table)}/{day}/report.json"

@@ -154,12 +154,12 @@ def recover(lake: Lake, table: str, ds: dt.date) -> None:
     staging_root = f"{lake.base}/_staging/{table}/ds={ds.isoformat()}"
     trash_root = f"{lake.base}/_trash/{table}/ds={ds.isoformat()}"
     if lake.exists(staging_root):
-        left = lake.fs.get_file_info(pafs.FileSelector(staging_root, recursive=True))
+        left = lake.entries(staging_root, recursive=True)
         if any(i.type == pafs.FileType.File for i in left):  # not just the empty folders of commits
             log.warning("removing staging left by dead runs: %s", lake.uri(staging_root))
         lake.fs.delete_dir(staging_root)
     if lake.exists(trash_root):
-        parked = sorted(i.path for i in lake.fs.get_file_info(pafs.FileSelector(trash_root)))
+        parked = sorted(i.path for i in lake.entries(trash_root))
         if parked and not lake.exists(target):
             log.warning("restoring %s from an interrupted commit", lake.uri(target))
             lake.fs.move(parked[-1], target)

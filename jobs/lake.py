@@ -16,7 +16,9 @@ import datetime as dt
 import json
 import logging
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -147,8 +149,17 @@ class Lake:
         return self._endpoint_url or "the default AWS endpoint"
 
     def _info(self, path: str) -> pafs.FileInfo:
-        try:
+        with self._asking():
             return self.fs.get_file_info(path)
+
+    @contextmanager
+    def _asking(self) -> Iterator[None]:
+        """S3's errors for a look at the lake as sentences: a refusal naming the key, an endpoint
+        that does not answer naming the lake."""
+        try:
+            yield
+        except NotADirectoryError:  # a listing of a file: ours to say what it means
+            raise
         except PermissionError as e:  # s3fs's word for HTTP 403
             if not self.is_s3:
                 raise
@@ -253,24 +264,23 @@ class Lake:
     def list_data_files(self, path: str) -> list[DataFile]:
         return self._listing(path)[0]
 
-    def _listing(self, path: str) -> tuple[list[DataFile], list[str]]:
-        """The data files in ``path`` and the names of its folders, both without the ``_`` and ``.``
-        ones (markers, manifests, a writer's temporary folders).
+    def entries(self, path: str, *, recursive: bool = False) -> list[pafs.FileInfo]:
+        """What ``path`` holds (nothing where it does not exist), listed afresh.
 
-        Listed afresh each time, with what it finds kept for the looks that follow at once (its
-        markers, its manifest): s3fs keeps a listing for the life of the process, and every
-        ``Lake`` of a process shares one s3fs, so a second look at a partition, as the input
-        sensor takes in ``airflow dags test``, saw the first look's files and never the producer's
-        ``_SUCCESS`` written since. s3fs keeps its own writes' listings true; others' it cannot."""
+        s3fs keeps a listing for the life of the process, and every ``Lake`` of a process shares
+        one s3fs: it keeps its own writes' listings true, never another process's. So a second
+        look at a partition, as the input sensor takes in ``airflow dags test``, saw the first
+        look's files and never the producer's ``_SUCCESS`` written since. What this listing finds
+        is kept for the looks that follow at once (a marker, a manifest)."""
         if self.is_s3:
             self.s3fs.invalidate_cache(path)
-        if self._info(path).type == pafs.FileType.NotFound:
-            return [], []  # S3 has no empty folders: a prefix with no object does not exist
-        infos = [
-            i
-            for i in self.fs.get_file_info(pafs.FileSelector(path, recursive=False))
-            if not i.base_name.startswith(("_", "."))
-        ]
+        with self._asking():  # S3 has no empty folders: a prefix with no object does not exist
+            return self.fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
+
+    def _listing(self, path: str) -> tuple[list[DataFile], list[str]]:
+        """The data files in ``path`` and the names of its folders, both without the ``_`` and ``.``
+        ones (markers, manifests, a writer's temporary folders)."""
+        infos = [i for i in self.entries(path) if not i.base_name.startswith(("_", "."))]
         files = sorted(
             (DataFile(i.path, i.size or 0) for i in infos if i.type == pafs.FileType.File), key=lambda f: f.path
         )

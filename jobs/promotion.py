@@ -47,9 +47,7 @@ def audit(lake: Lake, job: JobConfig, event: dict[str, Any]) -> str:
 
 
 def read_audit(lake: Lake, job: JobConfig) -> list[dict[str, Any]]:
-    import pyarrow.fs as pafs
-
-    infos = lake.fs.get_file_info(pafs.FileSelector(f"{lake.base}/audit/{job.name}", allow_not_found=True))
+    infos = lake.entries(f"{lake.base}/audit/{job.name}")
     events = []
     for info in sorted(infos, key=lambda i: i.base_name):
         with lake.fs.open_input_stream(info.path) as f:

@@ -25,10 +25,8 @@ def folder(staging: str) -> str:
 
 def read(lake: Lake, staging: str) -> dict[str, float]:
     """The earliest time each event was recorded by any actor (see BatchPredictor), then clean up."""
-    import pyarrow.fs as pafs
-
     where = folder(staging)
-    infos = lake.fs.get_file_info(pafs.FileSelector(where, allow_not_found=True))
+    infos = lake.entries(where)
     earliest: dict[str, float] = {}
     for info in infos:
         event = info.base_name.split(TELEMETRY_SEPARATOR, 1)[0]
