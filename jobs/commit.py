@@ -241,9 +241,9 @@ def _exchange(a: str, b: str) -> bool:
 
 def _commit_s3(lake: Lake, staging: str, target: str, manifest: dict[str, Any]) -> None:
     s3 = lake.s3fs
-    existed = lake.exists(target)
-    old = lake.list_data_files(target) if existed else []
-    if existed:  # the folder is about to hold old and new files together (S3 deletes a missing key quietly)
+    entries = lake.entries(target)  # one listing: whether the partition exists, and its files
+    old = [i.path for i in entries if i.type == pafs.FileType.File and not i.base_name.startswith(("_", "."))]
+    if entries:  # the folder is about to hold old and new files together (S3 deletes a missing key quietly)
         s3.rm_file(f"{target}/{SUCCESS}")
     new_names = {f["file"] for f in manifest["output"]}
     # names are unique per run, so copies never overwrite committed files. As lists, s3fs copies
@@ -253,7 +253,7 @@ def _commit_s3(lake: Lake, staging: str, target: str, manifest: dict[str, Any]) 
         names = sorted(new_names)
         s3.copy([f"{staging}/{name}" for name in names], [f"{target}/{name}" for name in names])
     s3.pipe_file(f"{target}/{MANIFEST}", json.dumps(manifest, indent=2, default=str).encode())  # commit point
-    stale = [f.path for f in old if os.path.basename(f.path) not in new_names]
+    stale = [path for path in old if os.path.basename(path) not in new_names]
     if stale:
         s3.rm(stale)
     _mark_done(lake, target)

@@ -203,7 +203,8 @@ def _run_locked(
             )
             if job.shadows:
                 s_files = lake.list_data_files(s_staging)
-                s_rows = lake.count_rows(s_files)
+                s_footers = lake.footers(s_files)
+                s_rows = [footer.num_rows for footer in s_footers]
                 # the challenger's scores of every row, beside the published ones: read back, as
                 # the predictor writes them batch by batch
                 shadow_scores = drift.score_distribution(
@@ -213,9 +214,11 @@ def _run_locked(
                     table=job.shadow_table,
                 )
             out_files = lake.list_data_files(staging)
-            out_rows = lake.count_rows(out_files)
+            out_footers = lake.footers(out_files)
+            out_rows = [footer.num_rows for footer in out_footers]
             q_files = lake.list_data_files(q_staging)
-            q_rows = lake.count_rows(q_files)
+            q_footers = lake.footers(q_files)
+            q_rows = [footer.num_rows for footer in q_footers]
             if sum(out_rows) + sum(q_rows) != rows_in:
                 raise JobError(
                     f"wrote {sum(out_rows)} predictions and quarantined {sum(q_rows)} rows for {rows_in} input "
@@ -234,9 +237,19 @@ def _run_locked(
             volume = drift.rows_against(ds, sum(out_rows), before, table=job.output.table)
             mlflow.log_metrics(metrics | ({"rows_vs_previous_day": volume} if volume is not None else {}))
             manifest = partition_manifest(
-                job, ds, run_id, ref, lake, files, out_files, out_rows, started_at, scores=scores, nulls=pre.input_nulls
+                job,
+                ds,
+                run_id,
+                ref,
+                lake,
+                files,
+                out_files,
+                out_footers,
+                started_at,
+                scores=scores,
+                nulls=pre.input_nulls,
             )
-            q_manifest = partition_manifest(job, ds, run_id, ref, lake, files, q_files, q_rows, started_at)
+            q_manifest = partition_manifest(job, ds, run_id, ref, lake, files, q_files, q_footers, started_at)
             if invalid:
                 log.warning(
                     "%d of %d rows (%.2f%%) failed validation and were quarantined: %s",
@@ -264,7 +277,16 @@ def _run_locked(
                 commit.commit(lake, q_staging, job.quarantine_table, ds, q_manifest)
                 if job.shadows:
                     s_manifest = partition_manifest(
-                        job, ds, run_id, pre.challenger, lake, files, s_files, s_rows, started_at, scores=shadow_scores
+                        job,
+                        ds,
+                        run_id,
+                        pre.challenger,
+                        lake,
+                        files,
+                        s_files,
+                        s_footers,
+                        started_at,
+                        scores=shadow_scores,
                     )
                     commit.commit(lake, s_staging, job.shadow_table, ds, s_manifest)
                 output = commit.commit(lake, staging, job.output.table, ds, manifest)
