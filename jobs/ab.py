@@ -366,7 +366,7 @@ def _write_report(lake: Lake, job: JobConfig, ds: dt.date, report: dict[str, Any
     with commit.partition_lock(lake, table, ds, job=job.name):
         commit.recover(lake, table, ds)
         staging = lake.staging_path(table, ds, report["mlflow_run_id"])
-        lake.fs.create_dir(staging, recursive=True)
+        lake.make_dirs(staging)
         with lake.fs.open_output_stream(f"{staging}/report.json") as f:
             f.write(json.dumps(report, indent=2, default=str).encode())
         manifest = {"job": job.name, "date": ds.isoformat(), "output": [{"file": "report.json", "rows": 0}]}

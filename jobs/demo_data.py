@@ -153,7 +153,7 @@ def write_partition(lake: Lake, table: str, ds: dt.date, data: pa.Table, *, file
 
 def _write_files(lake: Lake, table: str, ds: dt.date, data: pa.Table, *, files: int) -> str:
     staging = lake.staging_path(table, ds, f"demo-{uuid.uuid4().hex[:12]}")
-    lake.fs.create_dir(staging, recursive=True)
+    lake.make_dirs(staging)
     step = -(-data.num_rows // files)
     outputs = []
     for i in range(files):

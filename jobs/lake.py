@@ -158,7 +158,7 @@ class Lake:
         that does not answer naming the lake."""
         try:
             yield
-        except NotADirectoryError:  # a listing of a file: ours to say what it means
+        except NotADirectoryError:  # a file where a folder was looked for: the caller's to name
             raise
         except PermissionError as e:  # s3fs's word for HTTP 403
             if not self.is_s3:
@@ -213,7 +213,7 @@ class Lake:
         path = self.partition_path(table, ds)
         files, folders = self._listing(path)
         if not files and not folders and self._info(path).type == pafs.FileType.NotFound:
-            # stat again only when the listing found nothing: a round trip fewer on S3 otherwise
+            # a listing does not say whether a folder is there: asked only when it found nothing
             raise self._missing(path, f"no data for {table} on {ds}")
         manifest = self.read_manifest(table, ds)
         if manifest is not None:  # exactly the committed files, whatever else the folder holds

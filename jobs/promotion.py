@@ -39,7 +39,7 @@ def audit(lake: Lake, job: JobConfig, event: dict[str, Any]) -> str:
     when = dt.datetime.now(dt.UTC)
     event = {"job": job.name, "at": when.isoformat(), "by": _who(), **event}
     folder = f"{lake.base}/audit/{job.name}"
-    lake.fs.create_dir(folder, recursive=True)
+    lake.make_dirs(folder)
     path = f"{folder}/{when.strftime('%Y%m%dT%H%M%S%f')}-{event['action']}-{uuid.uuid4().hex[:6]}.json"
     with lake.fs.open_output_stream(path) as f:
         f.write(json.dumps(event, indent=2).encode())
