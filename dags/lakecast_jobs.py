@@ -90,10 +90,11 @@ def _wait(job: JobConfig) -> str:
 
 def build_dag(job: JobConfig, job_file: Path, lake_root: str):
     table_uri = f"{lake_root.rstrip('/')}/{job.output.table}"
-    predictions = Asset(
-        name=f"lakecast.{job.name}.predictions",
-        uri=table_uri if "://" in table_uri else f"file://{table_uri}",
-    )
+    # named by its URI, as Airflow names an Asset given one: Airflow keeps an asset's name and URI
+    # unique among active assets, so a fixed name moved to a new URI (the lake moved to S3, say)
+    # stayed inactive, and publish failed on it, until a scheduler's cleanup pass, which `airflow
+    # dags test` never runs; another URI is now another asset
+    predictions = Asset(uri=table_uri if "://" in table_uri else f"file://{table_uri}")
 
     @dag(
         dag_id=job.dag_id,

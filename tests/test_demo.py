@@ -190,34 +190,50 @@ def dags_test(env: dict[str, str], conf: Path, dag_id: str) -> subprocess.Popen:
     )
 
 
-def test_a_partition_that_lands_late_is_waited_for_then_scored(demo, tmp_path):
+def test_a_late_partition_is_waited_for_then_scored_and_so_on_s3_after_the_lake_moved(demo, tmp_path, request):
     """The night's input comes late and file by file, its producer writing ``_SUCCESS`` last:
     check_input keeps looking until the marker is there, and the run then scores every row,
-    not the part that had landed when it first looked."""
-    from jobs import demo_data
+    not the part that had landed when it first looked.
+
+    Then the lake moves to S3 and the same night comes as late there. Under ``dags test`` every
+    look is in one process: each must list the partition afresh, not s3fs's listing of the look
+    before. And publish's Asset is the table's URI, so on S3 it is another Asset, not one left
+    inactive until a scheduler's cleanup (which ``dags test`` never runs) gives its name over."""
+    from jobs.lake import Lake
+    from tests.conftest import S3_BUCKET
 
     cwd, env, proc = demo
     assert proc.returncode == 0
     conf = conf_with_job(
         tmp_path / "conf", "late", input={"ready_marker": "_SUCCESS"}, airflow={"wait_for_input_minutes": 2}, ab=None
     )
-    partition = cwd / "home" / "lake" / "raw" / "late" / f"ds={DAY}"
-    partition.mkdir(parents=True)
-    pq.write_table(demo_data.generate(600, DAY), partition / "part-0.parquet")
+    _lands_late_and_is_scored(env, conf, Lake(str(cwd / "home" / "lake")))
+    root = f"s3://{S3_BUCKET}/moved-{os.getpid()}"
+    env = env | request.getfixturevalue("s3_env").env | {"LAKECAST_LAKE_ROOT": root}
+    _lands_late_and_is_scored(env, conf, Lake(root))
 
+
+def _lands_late_and_is_scored(env: dict[str, str], conf: Path, lake) -> None:
+    from jobs import demo_data
+
+    partition = lake.partition_path("raw/late", DAY)
+    lake.make_dirs(partition)
+    pq.write_table(demo_data.generate(600, DAY), f"{partition}/part-0.parquet", filesystem=lake.fs)
     run = dags_test(env, conf, "lakecast__late")
     lines = []
     for line in run.stdout:  # the task log streams through: finish the day once a look missed it
         lines.append(line)
-        if "has no _SUCCESS yet" in line and not (partition / "_SUCCESS").exists():
-            pq.write_table(demo_data.generate(400, DAY, seed=1, first_id=7_000_600), partition / "part-1.parquet")
-            (partition / "_SUCCESS").touch()
+        if "has no _SUCCESS yet" in line and not lake.exists(f"{partition}/_SUCCESS"):
+            rest = demo_data.generate(400, DAY, seed=1, first_id=7_000_600)
+            pq.write_table(rest, f"{partition}/part-1.parquet", filesystem=lake.fs)
+            with lake.fs.open_output_stream(f"{partition}/_SUCCESS"):
+                pass
     log = "".join(lines)
     assert run.wait(timeout=300) == 0 and "state=success" in log, log[-4000:]
     assert "the 1 Parquet file(s) there may be only part of the day; looking again in 12 s" in log
     assert "raw/late ds=2026-11-21: 2 files, 1000 rows" in log
-    scored = pads.dataset(str(cwd / "home" / "lake" / "predictions" / "late" / f"ds={DAY}"), format="parquet")
-    assert scored.count_rows() == 1000
+    scored = [f.path for f in lake.data_files("predictions/late", DAY)]
+    assert pads.dataset(scored, filesystem=lake.fs, format="parquet").count_rows() == 1000
 
 
 def test_a_partition_that_never_lands_fails_after_the_wait(demo, tmp_path):
