@@ -90,10 +90,11 @@ def _wait(job: JobConfig) -> str:
 
 def build_dag(job: JobConfig, job_file: Path, lake_root: str):
     table_uri = f"{lake_root.rstrip('/')}/{job.output.table}"
-    # named by its URI, as Airflow names an Asset given one: Airflow keeps an asset's name and URI
-    # unique among active assets, so a fixed name moved to a new URI (the lake moved to S3, say)
-    # stayed inactive, and publish failed on it, until a scheduler's cleanup pass, which `airflow
-    # dags test` never runs; another URI is now another asset
+    # named by its URI, as Airflow names an Asset given one. Airflow keeps names and URIs unique
+    # among active assets: a downstream DAG's Asset("s3://…/predictions/churn") is then this one,
+    # not a second name for its URI, and a lake that moves makes another asset, where a fixed name
+    # moved to a new URI stayed inactive, failing publish, until a scheduler's cleanup pass (which
+    # `airflow dags test` never runs)
     predictions = Asset(uri=table_uri if "://" in table_uri else f"file://{table_uri}")
 
     @dag(
