@@ -286,10 +286,6 @@ class Lake:
         )
         return files, sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
 
-    def count_rows(self, files: list[DataFile]) -> list[int]:
-        """Row counts from the Parquet footers, without reading any data page."""
-        return [footer.num_rows for footer in self.footers(files)]
-
     def footers(self, files: list[DataFile]) -> list[pq.FileMetaData]:
         """Each file's Parquet footer: its row count, and its row groups' column statistics.
 

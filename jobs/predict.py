@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from jobs import commit, drift, input_stats, pipeline, score_stats, telemetry, tracking, validation
 from jobs.config import JobConfig
 from jobs.failures import JobError
@@ -153,6 +155,14 @@ def run_job(
     return result
 
 
+def _written(lake: Lake, folder: str) -> tuple[list[DataFile], list[pq.FileMetaData], int]:
+    """The data files the run wrote into a staging ``folder``, their footers (the manifest takes
+    its row counts and schema from them) and their rows in all."""
+    files = lake.list_data_files(folder)
+    footers = lake.footers(files)
+    return files, footers, sum(footer.num_rows for footer in footers)
+
+
 def _import_pipeline() -> None:
     """Ray Data's modules: 0.7 s of imports on a 2-core machine, which the pipeline would
     otherwise start with. A private Ray is usually still starting when the checks are done."""
@@ -202,39 +212,33 @@ def _run_locked(
                 shadow_dir=s_staging if job.shadows else None,
             )
             if job.shadows:
-                s_files = lake.list_data_files(s_staging)
-                s_footers = lake.footers(s_files)
-                s_rows = [footer.num_rows for footer in s_footers]
+                s_files, s_footers, s_rows = _written(lake, s_staging)
                 # the challenger's scores of every row, beside the published ones: read back, as
                 # the predictor writes them batch by batch
                 shadow_scores = drift.score_distribution(
                     ds,
-                    score_stats.of_files([f.path for f in s_files], lake.fs, job.output.score_column, sum(s_rows)),
+                    score_stats.of_files([f.path for f in s_files], lake.fs, job.output.score_column, s_rows),
                     drift.day_before(lake, job.shadow_table, ds),
                     table=job.shadow_table,
                 )
-            out_files = lake.list_data_files(staging)
-            out_footers = lake.footers(out_files)
-            out_rows = [footer.num_rows for footer in out_footers]
-            q_files = lake.list_data_files(q_staging)
-            q_footers = lake.footers(q_files)
-            q_rows = [footer.num_rows for footer in q_footers]
-            if sum(out_rows) + sum(q_rows) != rows_in:
+            out_files, out_footers, out_rows = _written(lake, staging)
+            q_files, q_footers, q_rows = _written(lake, q_staging)
+            if out_rows + q_rows != rows_in:
                 raise JobError(
-                    f"wrote {sum(out_rows)} predictions and quarantined {sum(q_rows)} rows for {rows_in} input "
+                    f"wrote {out_rows} predictions and quarantined {q_rows} rows for {rows_in} input "
                     "rows; nothing was committed"
                 )
             if summaries is None:  # GPU actors: Ray Data wrote the files, so their scores are read back
                 summaries = score_stats.of_files(
-                    [f.path for f in out_files], lake.fs, job.output.score_column, sum(out_rows)
+                    [f.path for f in out_files], lake.fs, job.output.score_column, out_rows
                 )
             before = drift.day_before(lake, job.output.table, ds)
             scores = drift.score_distribution(ds, summaries, before, table=job.output.table)
             drift.warn_of_emptier_inputs(ds, job, pre, before, lake.uri(lake.partition_path(job.input.table, ds)))
-            invalid = sum(q_rows)
+            invalid = q_rows
             share = invalid / rows_in if rows_in else 0.0
             metrics = {"invalid_rows": invalid, "invalid_share": share, "duplicate_keys": duplicates}
-            volume = drift.rows_against(ds, sum(out_rows), before, table=job.output.table)
+            volume = drift.rows_against(ds, out_rows, before, table=job.output.table)
             mlflow.log_metrics(metrics | ({"rows_vs_previous_day": volume} if volume is not None else {}))
             manifest = partition_manifest(
                 job,
@@ -267,8 +271,8 @@ def _run_locked(
                     f"of {100 * job.validation.max_invalid_share:g}% (validation.max_invalid_share); no "
                     f"predictions were published; the rows are in {lake.uri(q_partition)}"
                 )
-            if job.shadows and sum(s_rows) != sum(out_rows):
-                raise JobError(f"the shadow scored {sum(s_rows)} rows for {sum(out_rows)} predictions")
+            if job.shadows and s_rows != out_rows:
+                raise JobError(f"the shadow scored {s_rows} rows for {out_rows} predictions")
             if dry_run:
                 for folder in (staging, q_staging, s_staging):
                     commit.discard(lake, folder)
