@@ -9,9 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import subprocess
 import tempfile
 import time
 import warnings
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,9 +103,19 @@ def registered_aliases(settings: Settings, name: str) -> dict[str, int]:
         return {}
 
 
-def run_dag(settings: Settings, ds: dt.date) -> None:
-    """Run the job's DAG once through Airflow itself (``airflow dags test``) for ``ds``."""
-    migrate = run_airflow(settings, ["db", "migrate"], capture=True)
+def migrate_airflow(settings: Settings) -> Future[subprocess.CompletedProcess]:
+    """``airflow db migrate`` on a thread of its own: seconds of a new home's demo, which it spends
+    while the demo builds its lake and trains its models (nothing there needs Airflow)."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="airflow-migrate")
+    migrating = pool.submit(run_airflow, settings, ["db", "migrate"], capture=True)
+    pool.shutdown(wait=False)  # the thread ends with the migration
+    return migrating
+
+
+def run_dag(settings: Settings, ds: dt.date, migrating: Future[subprocess.CompletedProcess] | None = None) -> None:
+    """Run the job's DAG once through Airflow itself (``airflow dags test``) for ``ds``, once
+    Airflow's database is migrated (``migrating``: started beforehand by :func:`migrate_airflow`)."""
+    migrate = (migrating or migrate_airflow(settings)).result()
     if migrate.returncode != 0:
         raise RuntimeError(f"airflow db migrate failed:\n{migrate.stdout[-3000:]}{migrate.stderr[-3000:]}")
     job = load_job(JOB)
@@ -146,6 +158,7 @@ def run_demo(
 
     Without ``run`` it only seeds a stack (say the docker one), whose scheduler then runs the DAG.
     """
+    migrating = migrate_airflow(settings) if run else None
     lake = Lake(settings.lake_root)
     t0 = time.perf_counter()
     demo_data.build_demo_lake(lake, ds, rows=rows, labeled_rows=labeled_rows)
@@ -157,7 +170,7 @@ def run_demo(
     log.info("model %s: %s", job.model.name, ", ".join(f"{a}=v{v}" for a, v in sorted(aliases.items())))
     if not run:
         return DemoResult(ds, rows, {"aliases": aliases, "lake": lake.uri(lake.base)})
-    run_dag(settings, ds)
+    run_dag(settings, ds, migrating)
     summary = latest_scoring_run(settings, ds)
     summary["output"] = lake.uri(lake.partition_path(job.output.table, ds))
     return DemoResult(ds, rows, summary)
