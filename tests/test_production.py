@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import time
 import urllib.parse
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -73,22 +74,28 @@ def stack(s3_server, ray_head, tmp_path_factory):
             logdir=logs,
         )
         started.append(mlflow)
-        wait_until(lambda: http_ok(f"{env['MLFLOW_TRACKING_URI']}/health"), timeout=120, what="MLflow", service=mlflow)
         airflow = Airflow(work / "airflow", port=airflow_port, db_url=postgres.url("airflow"), env=env, logdir=logs)
         started.append(airflow)
-        airflow.start()
-        # the user seeds the stack with the demo lake and models (no DAG run: the scheduler does that)
-        seed = subprocess.run(
-            [
-                *(str(BIN / "lakecast"), "demo", "--no-run", "--date", DAY.isoformat()),
-                *("--rows", str(ROWS), "--labeled-rows", str(LABELED_ROWS)),
-            ],
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert seed.returncode == 0, seed.stdout[-3000:] + seed.stderr[-3000:]
+        # Airflow (its migration, then its four servers) starts while MLflow does and the user
+        # seeds the stack: neither needs the other, and the fixture waits for both
+        with ThreadPoolExecutor(1, thread_name_prefix="airflow-start") as pool:
+            airflow_started = pool.submit(airflow.start)
+            wait_until(
+                lambda: http_ok(f"{env['MLFLOW_TRACKING_URI']}/health"), timeout=120, what="MLflow", service=mlflow
+            )
+            # the user seeds the stack with the demo lake and models (no DAG run: the scheduler does that)
+            seed = subprocess.run(
+                [
+                    *(str(BIN / "lakecast"), "demo", "--no-run", "--date", DAY.isoformat()),
+                    *("--rows", str(ROWS), "--labeled-rows", str(LABELED_ROWS)),
+                ],
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                timeout=300,
+            )
+            assert seed.returncode == 0, seed.stdout[-3000:] + seed.stderr[-3000:]
+            airflow_started.result()
         yield {"env": env, "airflow": airflow, "ray": ray_head, "prefix": prefix, "logs": logs}
     finally:
         for service in reversed(started):
