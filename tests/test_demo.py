@@ -204,6 +204,7 @@ def test_a_late_partition_on_s3_is_waited_for_then_scored_after_the_lake_moved(d
     s3fs's listing of the look before. And publish's Asset is the table's URI, so on S3 it is
     another Asset, not the local one's name left inactive until a scheduler's cleanup (which
     ``dags test`` never runs) gives it over."""
+    from jobs import demo_data
     from jobs.lake import Lake
     from tests.conftest import S3_BUCKET
 
@@ -215,12 +216,7 @@ def test_a_late_partition_on_s3_is_waited_for_then_scored_after_the_lake_moved(d
     )
     root = f"s3://{S3_BUCKET}/moved-{os.getpid()}"
     env = env | request.getfixturevalue("s3_env").env | {"LAKECAST_LAKE_ROOT": root}
-    _lands_late_and_is_scored(env, conf, Lake(root))
-
-
-def _lands_late_and_is_scored(env: dict[str, str], conf: Path, lake) -> None:
-    from jobs import demo_data
-
+    lake = Lake(root)
     partition = lake.partition_path("raw/churn", DAY)
     lake.make_dirs(partition)
     pq.write_table(demo_data.generate(600, DAY), f"{partition}/part-0.parquet", filesystem=lake.fs)
