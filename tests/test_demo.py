@@ -194,33 +194,36 @@ def dags_test(env: dict[str, str], conf: Path, dag_id: str) -> subprocess.Popen:
     )
 
 
-def test_a_late_partition_on_s3_is_waited_for_then_scored_after_the_lake_moved(demo, tmp_path, request):
-    """The demo's DAG ran on the local lake; then the lake moves to S3 and the night's input comes
-    late there, file by file, its producer writing ``_SUCCESS`` last: check_input keeps looking
-    until the marker is there, and the run then scores every row, not the part that had landed
-    when it first looked.
+def test_a_late_partition_is_waited_for_then_scored_and_so_on_s3_after_the_lake_moved(demo, tmp_path, request):
+    """The night's input comes late and file by file, its producer writing ``_SUCCESS`` last:
+    check_input keeps looking until the marker is there, and the run then scores every row,
+    not the part that had landed when it first looked.
 
-    Under ``dags test`` every look is in one process: each must list the partition afresh, not
-    s3fs's listing of the look before. And publish's Asset is the table's URI, so on S3 it is
-    another Asset, not the local one's name left inactive until a scheduler's cleanup (which
-    ``dags test`` never runs) gives it over."""
-    from jobs import demo_data
+    Then the lake moves to S3 and the same night comes as late there. Under ``dags test`` every
+    look is in one process: each must list the partition afresh, not s3fs's listing of the look
+    before. And publish's Asset is the table's URI, so on S3 it is another Asset, not one left
+    inactive until a scheduler's cleanup (which ``dags test`` never runs) gives its name over."""
     from jobs.lake import Lake
     from tests.conftest import S3_BUCKET
 
-    _, env, proc = demo
+    cwd, env, proc = demo
     assert proc.returncode == 0
-    # the demo's job, its output table the one the demo published locally, its input a late one
     conf = conf_with_job(
-        tmp_path / "conf", "churn", input={"ready_marker": "_SUCCESS"}, airflow={"wait_for_input_minutes": 1}, ab=None
+        tmp_path / "conf", "late", input={"ready_marker": "_SUCCESS"}, airflow={"wait_for_input_minutes": 1}, ab=None
     )
+    _lands_late_and_is_scored(env, conf, Lake(str(cwd / "home" / "lake")))
     root = f"s3://{S3_BUCKET}/moved-{os.getpid()}"
     env = env | request.getfixturevalue("s3_env").env | {"LAKECAST_LAKE_ROOT": root}
-    lake = Lake(root)
-    partition = lake.partition_path("raw/churn", DAY)
+    _lands_late_and_is_scored(env, conf, Lake(root))
+
+
+def _lands_late_and_is_scored(env: dict[str, str], conf: Path, lake) -> None:
+    from jobs import demo_data
+
+    partition = lake.partition_path("raw/late", DAY)
     lake.make_dirs(partition)
     pq.write_table(demo_data.generate(600, DAY), f"{partition}/part-0.parquet", filesystem=lake.fs)
-    run = dags_test(env, conf, "lakecast__churn")
+    run = dags_test(env, conf, "lakecast__late")
     lines = []
     for line in run.stdout:  # the task log streams through: finish the day once a look missed it
         lines.append(line)
@@ -232,8 +235,8 @@ def test_a_late_partition_on_s3_is_waited_for_then_scored_after_the_lake_moved(d
     log = "".join(lines)
     assert run.wait(timeout=300) == 0 and "state=success" in log, log[-4000:]
     assert "the 1 Parquet file(s) there may be only part of the day; looking again in 6 s" in log
-    assert "raw/churn ds=2026-11-21: 2 files, 1000 rows" in log
-    scored = [f.path for f in lake.data_files("predictions/churn", DAY)]
+    assert "raw/late ds=2026-11-21: 2 files, 1000 rows" in log
+    scored = [f.path for f in lake.data_files("predictions/late", DAY)]
     assert pads.dataset(scored, filesystem=lake.fs, format="parquet").count_rows() == 1000
 
 
