@@ -112,10 +112,10 @@ def migrate_airflow(settings: Settings) -> Future[subprocess.CompletedProcess]:
     return migrating
 
 
-def run_dag(settings: Settings, ds: dt.date, migrating: Future[subprocess.CompletedProcess] | None = None) -> None:
+def run_dag(settings: Settings, ds: dt.date, migrating: Future[subprocess.CompletedProcess]) -> None:
     """Run the job's DAG once through Airflow itself (``airflow dags test``) for ``ds``, once
     Airflow's database is migrated (``migrating``: started beforehand by :func:`migrate_airflow`)."""
-    migrate = (migrating or migrate_airflow(settings)).result()
+    migrate = migrating.result()
     if migrate.returncode != 0:
         raise RuntimeError(f"airflow db migrate failed:\n{migrate.stdout[-3000:]}{migrate.stderr[-3000:]}")
     job = load_job(JOB)
@@ -158,7 +158,7 @@ def run_demo(
 
     Without ``run`` it only seeds a stack (say the docker one), whose scheduler then runs the DAG.
     """
-    migrating = migrate_airflow(settings) if run else None
+    migrating = migrate_airflow(settings) if run else None  # a seed (no run) leaves Airflow to its stack
     lake = Lake(settings.lake_root)
     t0 = time.perf_counter()
     demo_data.build_demo_lake(lake, ds, rows=rows, labeled_rows=labeled_rows)
@@ -168,7 +168,7 @@ def run_demo(
     if retrain or not {"champion", "challenger"} <= aliases.keys():
         aliases = train_and_register(settings, lake, ds - dt.timedelta(days=1), name=job.model.name)
     log.info("model %s: %s", job.model.name, ", ".join(f"{a}=v{v}" for a, v in sorted(aliases.items())))
-    if not run:
+    if migrating is None:
         return DemoResult(ds, rows, {"aliases": aliases, "lake": lake.uri(lake.base)})
     run_dag(settings, ds, migrating)
     summary = latest_scoring_run(settings, ds)
