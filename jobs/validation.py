@@ -92,7 +92,7 @@ def _kind_of(t: pa.DataType) -> Kind:
         return _kind_of(t.value_type)
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
         return "number"
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
         return "string"
     if pa.types.is_boolean(t):
         return "boolean"
@@ -100,12 +100,15 @@ def _kind_of(t: pa.DataType) -> Kind:
 
 
 def check_schema(lake: Lake, files: list[DataFile], footers: list[pq.FileMetaData], rules: list[ColumnRule]) -> None:
-    """Every file has every needed column, with a type the model takes. ``footers``: the files'
-    own (:meth:`jobs.lake.Lake.footers`), which the caller has read already for its row counts.
+    """Every file has every needed column, with a type the model takes, and the files agree on
+    each column's type. ``footers``: the files' own (:meth:`jobs.lake.Lake.footers`), which the
+    caller has read already for its row counts.
 
     Raises:
-        InvalidInput: naming the file, the column, its type and the expected kind.
+        InvalidInput: naming the file, the column, its type and the expected kind (or the type
+            another file has).
     """
+    first_of_type: dict[str, dict[pa.DataType, str]] = {rule.name: {} for rule in rules}
     for f, footer in zip(files, footers, strict=True):
         schema = footer.schema.to_arrow_schema()
         for rule in rules:
@@ -116,6 +119,34 @@ def check_schema(lake: Lake, files: list[DataFile], footers: list[pq.FileMetaDat
                 raise InvalidInput(
                     f"{lake.uri(f.path)}: column {rule.name!r} has type {actual}, the model expects a {rule.kind}"
                 )
+            if rule.kind != "string":  # strings are read dictionary-encoded: one type whatever the file's
+                first_of_type[rule.name].setdefault(actual, f.path)
+    for name, seen in first_of_type.items():
+        _check_one_type(lake, name, seen)
+
+
+def _check_one_type(lake: Lake, name: str, seen: dict[pa.DataType, str]) -> None:
+    """The partition's files give column ``name`` types that widen to one (int32 and int64,
+    string and large_string), as an output file joining rows of several input files needs: a
+    key that is a number in one file and a string in the next would otherwise fail an actor
+    half-way through, or write a partition whose files disagree on the key's type.
+
+    ``seen``: each type, with the first file that has it."""
+    if len(seen) < 2:
+        return
+    (first, first_path), *others = seen.items()
+    merged = first
+    for other, path in others:
+        try:
+            unified = pa.unify_schemas(
+                [pa.schema([(name, merged)]), pa.schema([(name, other)])], promote_options="permissive"
+            )
+        except (pa.ArrowTypeError, pa.ArrowInvalid):
+            raise InvalidInput(
+                f"{lake.uri(path)}: column {name!r} has type {other}, where {lake.uri(first_path)} has {first}: "
+                "the files of a partition must agree on each column's type"
+            ) from None
+        merged = unified.field(name).type
 
 
 def _per_row(column: pa.ChunkedArray, check: Callable[[pa.Array], pa.Array]) -> pa.ChunkedArray:

@@ -100,6 +100,12 @@ def dup_ids() -> pa.Table:
     return replaced(t, "customer_id", pa.array(ids))
 
 
+def retyped(column: str, type_: pa.DataType, t: pa.Table | None = None) -> pa.Table:
+    """``column`` stored as ``type_``, as another writer stores it."""
+    t = t if t is not None else good()
+    return replaced(t, column, pc.cast(t.column(column), type_))
+
+
 QUARANTINE = {"max_invalid_share": 0.5}
 CASES = [
     Case("corrupt_file", files(good(), raw={"part-9.parquet": b"PAR1 this is not parquet at all"}), LakeError,
@@ -150,6 +156,16 @@ CASES = [
          validation={"on_invalid_rows": "fail"}),
     Case("too_many_invalid_rows", files(every(2, None, "contract_type")), InvalidInput,
          r"200 of 400 rows \(50\.00%\) failed validation"),
+    # other writers' types: strings as string_view (Polars 1.38) or large_string, an int32 key
+    Case("string_views", files(retyped("region", pa.string_view()), retyped("contract_type", pa.large_string())),
+         scored=2 * N),
+    Case("int32_key_in_one_file", files(good(), retyped("customer_id", pa.int32())), scored=2 * N),
+    # one output file would join the two: named before Ray starts, not an actor's traceback
+    Case("key_a_number_here_a_string_there", files(good(), retyped("customer_id", pa.string())), InvalidInput,
+         r"part-1\.parquet: column 'customer_id' has type string, where .*/part-0\.parquet has int64: the files of a "
+         r"partition must agree on each column's type"),
+    Case("null_key", files(every(N, None, "customer_id")), scored=N - 1, quarantined=1, match=r"customer_id: null",
+         validation=QUARANTINE),
     Case("duplicate_ids_kept", files(dup_ids()), scored=N),
     Case("duplicate_ids_fail", files(dup_ids()), InvalidInput, r"10 row\(s\) repeat a customer_id already seen",
          validation={"duplicate_keys": "fail"}),
