@@ -5,6 +5,7 @@ the predictions committed before stay as they were unless the run succeeded."""
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import json
 import os
 import re
@@ -106,6 +107,13 @@ def retyped(column: str, type_: pa.DataType, t: pa.Table | None = None) -> pa.Ta
     return replaced(t, column, pc.cast(t.column(column), type_))
 
 
+def spark_and_polars_numbers() -> pa.Table:
+    """Money as Spark's decimal, a count and the key unsigned, as Polars writes them."""
+    t = retyped("customer_id", pa.uint64(), retyped("tenure_months", pa.uint32()))
+    charges = [None if v is None else decimal.Decimal(f"{v:.2f}") for v in t.column("monthly_charges").to_pylist()]
+    return replaced(t, "monthly_charges", pa.array(charges, pa.decimal128(10, 2)))
+
+
 QUARANTINE = {"max_invalid_share": 0.5}
 CASES = [
     Case("corrupt_file", files(good(), raw={"part-9.parquet": b"PAR1 this is not parquet at all"}), LakeError,
@@ -159,6 +167,11 @@ CASES = [
     # other writers' types: strings as string_view (Polars 1.38) or large_string, an int32 key
     Case("string_views", files(retyped("region", pa.string_view()), retyped("contract_type", pa.large_string())),
          scored=2 * N),
+    Case("decimal_and_unsigned_numbers", files(spark_and_polars_numbers()), scored=N),
+    # a column holding only nulls, as pandas stores an all-None column, has Arrow's null type
+    Case("null_typed_columns", files(replaced(good(), "satisfaction_score", pa.nulls(N)),
+                                     replaced(good(), "tenure_months", pa.nulls(N))),
+         scored=N, quarantined=N, match=r"tenure_months: null", validation={"max_invalid_share": 1.0}),
     Case("int32_key_in_one_file", files(good(), retyped("customer_id", pa.int32())), scored=2 * N),
     # one output file would join the two: named before Ray starts, not an actor's traceback
     Case("key_a_number_here_a_string_there", files(good(), retyped("customer_id", pa.string())), InvalidInput,
