@@ -23,7 +23,7 @@ from jobs.pieces import Piece, split_files
 from jobs.settings import Settings
 from jobs.validation import InvalidInput
 from models.predictor import ArrowScorer, arrow_scorer
-from models.registry import ModelRef, load_pyfunc, resolve
+from models.registry import ModelRef, load_pyfunc, model_files, resolve
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,8 @@ def model_inputs(job: JobConfig, ref: ModelRef) -> list[tuple[str, str, bool]]:
     held the id): MLflow refuses to call such a model without it."""
     from mlflow.models import get_model_info
 
-    signature = get_model_info(ref.uri).signature
+    with model_files(ref.uri):
+        signature = get_model_info(ref.uri).signature
     if signature is None or signature.inputs is None:
         if not job.input.columns:
             raise JobError(f"{ref.uri} has no signature: list input.columns in conf/jobs/{job.name}.yaml")

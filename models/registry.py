@@ -7,6 +7,8 @@ of a run, and stamps that number on every prediction.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -111,6 +113,54 @@ def set_alias(client: MlflowClient, ref: ModelRef, alias: str) -> None:
     log.info("alias %s@%s → version %d", ref.name, alias, ref.version)
 
 
+@contextmanager
+def model_files(uri: str) -> Iterator[None]:
+    """Name a model version whose files are gone from the artifact store, where MLflow's
+    traceback says ``No such artifact: 'MLmodel'``: the registry still lists the version, but a
+    lifecycle rule on its bucket, a deleted folder or a store that moved took what it points at.
+    Only registering the model again, or an alias on another version, fixes that.
+
+    Raises:
+        RegistryError: naming the version and where its files should be.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (MlflowException, OSError) as e:
+        if not _missing(e):
+            raise
+        raise RegistryError(
+            f"{uri}: its files are not in the artifact store{_where(uri)} ({e}); log and register the model "
+            "again, or point the alias at a version whose files are there"
+        ) from e
+
+
+def _missing(e: BaseException) -> bool:
+    """A file not found, in the words of MLflow's local and proxied stores or of S3 (boto's 404)."""
+    if isinstance(e, FileNotFoundError) or getattr(e, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    code = str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
+    return code in {"404", "NoSuchKey", "NotFound"}
+
+
+def _where(uri: str) -> str:
+    """`` at <location>`` of a ``models:/name/version`` URI's files, or nothing where the
+    registry cannot say."""
+    from mlflow import MlflowClient
+
+    try:
+        name, version = uri.removeprefix("models:/").rsplit("/", 1)
+        client = MlflowClient()
+        mv = client.get_model_version(name, version)
+        source = mv.source or ""  # MLflow 3: models:/<logged model id>, whose record has the location
+        model_id = mv.model_id or (source.removeprefix("models:/") if source.startswith("models:/m-") else None)
+        location = client.get_logged_model(model_id).artifact_location if model_id else source
+        return f" at {location}" if location else ""
+    except Exception:  # a better message only: the error stays the missing files
+        return ""
+
+
 def load_pyfunc(uri: str) -> object:
     """``mlflow.pyfunc.load_model(uri)``, with a cheaper check of the model's requirements.
 
@@ -122,7 +172,8 @@ def load_pyfunc(uri: str) -> object:
 
     import mlflow
 
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    with model_files(uri):
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     for problem in requirement_mismatches(local / "requirements.txt"):
         log.warning("%s was logged with %s", uri, problem)
     with warnings.catch_warnings():  # pyfunc nags about type hints that our Arrow path does not use

@@ -15,6 +15,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pytest
 import torch
 from mlflow.models import infer_signature
@@ -24,7 +25,7 @@ from jobs.ab import run_compare
 from jobs.ab_report import markdown
 from jobs.cli import main as lakecast
 from jobs.config import load_job_file
-from jobs.failures import JobError
+from jobs.failures import EXIT_FIX_FIRST, JobError
 from jobs.predict import run_job
 from jobs.settings import PROJECT_ROOT
 from jobs.tracking import configure
@@ -365,3 +366,29 @@ def test_compare_of_own_models_leaves_out_the_rows_the_job_would_not_score(
     )
     with pytest.raises(JobError, match=r"models:/user-ab/3 scored \d+ of \d+ labeled rows outside \[0, 1\]"):
         run_compare(load_job_file(path), DAY, settings=settings)
+
+
+def test_a_version_whose_files_are_gone_is_named_and_not_retried(
+    settings, lake, network, tmp_path, monkeypatch, capsys
+):
+    """The registry still lists a version whose files a bucket's lifecycle rule or a deleted
+    folder took: the run stops before Ray starts, naming the version and where its files were,
+    with the status that tells Airflow not to retry."""
+    sample = raw_rows(lake)[NUMERIC].dropna().head(100).astype(np.float32)
+    register(settings, "user-gone", with_columns(network, sample))
+    client = mlflow.MlflowClient()
+    source = client.get_model_version_by_alias("user-gone", "champion").source
+    location = client.get_logged_model(source.removeprefix("models:/")).artifact_location
+    shutil.rmtree(location)
+    conf = tmp_path / "conf"
+    shutil.copytree(PROJECT_ROOT / "conf" / "profiles", conf / "profiles")
+    job_file(conf, "user_gone", "user-gone")
+    monkeypatch.setenv("LAKECAST_CONF", str(conf))
+
+    assert lakecast(["run", "user_gone", "--date", DAY.isoformat()]) == EXIT_FIX_FIRST
+
+    err = capsys.readouterr().err
+    assert f"models:/user-gone/1: its files are not in the artifact store at {location}" in err, err
+    assert "Traceback" not in err
+    written = lake.fs.get_file_info(lake.partition_path("predictions/user_gone", DAY))
+    assert written.type == pafs.FileType.NotFound
