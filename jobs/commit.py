@@ -41,7 +41,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from jobs.lake import MANIFEST, SUCCESS, Lake, LakeError
+from jobs.lake import MANIFEST, SUCCESS, Lake, LakeError, writing
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +200,9 @@ def commit(lake: Lake, staging: str, table: str, ds: dt.date, manifest: dict[str
     if lake.is_s3:
         _commit_s3(lake, staging, target, manifest)
     else:
-        _write_manifest(lake, staging, manifest)
-        _mark_done(lake, staging)
+        with writing(lake.uri(staging)):
+            _write_manifest(lake, staging, manifest)
+            _mark_done(lake, staging)
         _swap_local(lake, staging, target, table, ds)
     log.info("committed %s", lake.uri(target))
     return target

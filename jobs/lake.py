@@ -54,6 +54,20 @@ class LakeAccessError(LakeError):
     partition that has not landed yet, trying again changes nothing."""
 
 
+@contextmanager
+def writing(uri: str) -> Iterator[None]:
+    """A file of a run that the store cannot hold or refuses (a full disk, S3 failing or refusing
+    the write), as a sentence naming it: pyarrow's ``OSError`` reached the user as a traceback,
+    from an actor as Ray's, and exited as a bug would. A full disk or a failing store may pass on
+    a retry; a refusal will not. The committed partition stays as it was."""
+    try:
+        yield
+    except PermissionError as e:
+        raise LakeAccessError(f"cannot write {uri}: {e}; lakecast needs to write below the lake's root") from None
+    except OSError as e:
+        raise LakeError(f"cannot write {uri}: {e}; nothing was published") from None
+
+
 @dataclass(frozen=True)
 class DataFile:
     path: str

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 
 from jobs import score_stats
 from jobs.huge_pages import turn_off as huge_pages_off
+from jobs.lake import writing
 from jobs.pieces import Piece, piece_batches
 from jobs.validation import InvalidInput, RowValidator
 from models.predictor import in_batches, parquet_options
@@ -162,13 +163,15 @@ class ScoreAndWrite:
             # the next): one output file holds the wider
             if rejected:
                 bad = pa.concat_tables(rejected, promote_options="permissive")
-                pq.write_table(bad, f"{self.validator.quarantine_dir}/q-{name}", filesystem=self.validator.fs)
+                path = f"{self.validator.quarantine_dir}/q-{name}"
+                with writing(self._uri(path)):
+                    pq.write_table(bad, path, filesystem=self.validator.fs)
                 quarantined += bad.num_rows
             if scored:  # else every row of the slice was quarantined
                 table = pa.concat_tables(scored, promote_options="permissive")
-                pq.write_table(
-                    table, f"{self.staging}/{name}", filesystem=self.filesystem, **parquet_options(table.column_names)
-                )
+                path = f"{self.staging}/{name}"
+                with writing(self._uri(path)):
+                    pq.write_table(table, path, filesystem=self.filesystem, **parquet_options(table.column_names))
                 rows += table.num_rows
                 summary = score_stats.combine(
                     summary, score_stats.of_table(table, self.score_column, self.sample_every)
@@ -181,6 +184,10 @@ class ScoreAndWrite:
             **{f"{k}_s": v for k, v in seconds.items()},
             **summary,
         }
+
+    def _uri(self, path: str) -> str:
+        """``path`` of the run's staging or quarantine as a user would type it, for messages."""
+        return f"s3://{path}" if self.filesystem is not None and self.filesystem.type_name != "local" else path
 
     def _read(self, piece: Piece) -> Iterator[tuple[int, tuple[int, int], pa.Table]]:
         """``(slice number, (first, last) file of piece.paths its rows come from, rows)``."""

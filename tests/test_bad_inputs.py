@@ -12,7 +12,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import pytest
 
 from jobs import commit, demo_data
 from jobs.config import JobConfig
+from jobs.failures import EXIT_TRY_AGAIN, exit_status
 from jobs.lake import Lake, LakeError, NestedPartitions, NotLanded
 from jobs.predict import run_job
 from jobs.validation import InvalidInput
@@ -290,6 +291,64 @@ def test_an_actors_error_reaches_the_terminal_as_one_sentence(settings, lake, re
     for noise in ("Traceback", "open an issue", "Failed to apply UDF", "DataContext"):
         assert noise not in proc.stderr, proc.stderr[-3000:]
     assert lake.read_manifest("predictions/bad_cli", DAY) is None  # nothing published
+
+
+@pytest.fixture
+def small_disk(tmp_path) -> Iterator[Path]:
+    """A folder on a tmpfs of 8 MiB, to fill: a disk that really runs out, where the machine
+    lets the tests mount one (root, as in CI here)."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True)
+    if made.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {made.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_fails_the_run_as_a_sentence_and_keeps_the_last_output(
+    small_disk, settings, registered, ray_local, churn_job
+):
+    """The lake's disk fills up during a rerun: the run says which file it could not write, with
+    the status that lets Airflow retry, and last night's committed predictions stay as they were."""
+    lake = Lake(str(small_disk / "lake"))
+    job = make_job(churn_job, Case("full_disk", files(good(100_000))))
+    files(good(100_000))(lake, lake.partition_path(job.input.table, DAY))
+    run_settings = settings.model_copy(update={"lake_root": lake.root})
+    run_job(job, DAY, settings=run_settings)
+    committed = lake.partition_path(job.output.table, DAY)
+    before = {p.name: p.read_bytes() for p in Path(committed).iterdir()}
+    free = os.statvfs(small_disk)
+    (small_disk / "filler").write_bytes(b"\0" * (free.f_bavail * free.f_frsize - 65_536))  # 64 KiB left
+
+    with pytest.raises(LakeError, match=r"cannot write \S+/_staging/\S+\.parquet: .*No space left on device") as raised:
+        run_job(job, DAY, settings=run_settings)
+
+    assert type(raised.value) is LakeError and exit_status(raised.value) == EXIT_TRY_AGAIN
+    assert {p.name: p.read_bytes() for p in Path(committed).iterdir()} == before
+    assert not [p for p in (small_disk / "lake" / "_staging").rglob("*") if p.is_file()]  # no half-written file left
+
+
+def test_a_disk_that_fills_up_at_the_commit_keeps_the_last_output(small_disk):
+    """The disk fills between the actors' last file and the commit's manifest: the same sentence,
+    and the committed partition as it was."""
+    lake = Lake(str(small_disk / "lake"))
+    commit_previous(lake, "predictions/full")
+    committed = Path(lake.partition_path("predictions/full", DAY))
+    before = {p.name: p.read_bytes() for p in committed.iterdir()}
+    staging = lake.staging_path("predictions/full", DAY, "tonight")
+    lake.fs.create_dir(staging, recursive=True)
+    pq.write_table(pa.table({"customer_id": [4, 5]}), f"{staging}/part-tonight.parquet")
+    free = os.statvfs(small_disk)
+    (small_disk / "filler").write_bytes(b"\0" * (free.f_bavail * free.f_frsize))
+
+    manifest = {"scoring_run_id": "tonight", "output": [{"file": "part-tonight.parquet", "rows": 2}]}
+    with pytest.raises(LakeError, match=r"cannot write \S+/_staging/\S+: .*No space left on device"):
+        commit.commit(lake, staging, "predictions/full", DAY, manifest)
+
+    assert {p.name: p.read_bytes() for p in committed.iterdir()} == before
 
 
 def test_s3_that_refuses_the_credentials_or_lacks_the_bucket_is_not_retried(
