@@ -17,6 +17,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs.lake import LakeError
+
 log = logging.getLogger(__name__)
 
 
@@ -190,18 +192,26 @@ def piece_batches(
     if len(piece.paths) > 1 and _remote(filesystem):
         ahead = max(1, min(FETCH_AHEAD_FILES, FETCH_AHEAD_BYTES * len(piece.paths) // max(piece.size, 1)))
         sources = _fetched_ahead(piece.paths, filesystem, ahead)
-    for i, source in enumerate(sources):
-        batches = file_batches(
-            source,
-            filesystem,
-            columns=columns,
-            dictionary=dictionary,
-            rows=rows,
-            threads=threads,
-            row_groups=piece.row_groups,
-        )
-        for batch in batches:
-            yield i, batch
+    each = iter(sources)
+    for i, path in enumerate(piece.paths):
+        try:
+            batches = file_batches(
+                next(each),
+                filesystem,
+                columns=columns,
+                dictionary=dictionary,
+                rows=rows,
+                threads=threads,
+                row_groups=piece.row_groups,
+            )
+            for batch in batches:
+                yield i, batch
+        except (OSError, pa.ArrowInvalid) as e:  # after the run's checks: as a sentence, not a traceback
+            uri = f"s3://{path}" if _remote(filesystem) else path
+            raise LakeError(
+                f"cannot read {uri}: {e} (the run's checks read its footer: the file changed since, or is "
+                "damaged past it)"
+            ) from None
 
 
 def _remote(filesystem: Any) -> bool:

@@ -277,6 +277,28 @@ def test_a_piece_of_small_files_reads_each_row_once_in_order(storage, monkeypatc
     assert pa.concat_arrays([b.column(0) for _, b in read]).to_pylist() == list(range(1_000))
 
 
+def test_a_file_that_changed_after_the_checks_is_named_when_read(storage):
+    """A producer rewrites a file after the run's checks read its footer (here: half of it, where
+    the checks saw it whole): the read names the file, as the checks would have, not a traceback."""
+    from jobs import pieces
+
+    lake = Lake(storage.lake_root)
+    partition = lake.partition_path("raw/changed", DAY)
+    lake.fs.create_dir(partition, recursive=True)
+    for i in range(3):
+        table = pa.table({"id": pa.array(range(100 * i, 100 * i + 100), pa.int64())})
+        pq.write_table(table, f"{partition}/part-{i}.parquet", filesystem=lake.fs)
+    files, footers = lake.input_footers("raw/changed", DAY)
+    [piece] = pieces.split_files(files, footers, rows_per_file=5_000)
+    with lake.fs.open_input_stream(f"{partition}/part-1.parquet") as f:
+        whole = f.read()
+    with lake.fs.open_output_stream(f"{partition}/part-1.parquet") as f:
+        f.write(whole[: len(whole) // 2])
+
+    with pytest.raises(LakeError, match=r"cannot read \S*/raw/changed/ds=\S+/part-1\.parquet: .*changed since"):
+        list(pieces.piece_batches(piece, lake.fs, columns=["id"], dictionary=[], rows=64, threads=False))
+
+
 def test_rows_in_folders_of_a_partition_are_named_not_skipped(storage):
     """On S3 a folder is a common prefix: a partition written by Spark's ``partitionBy("ds",
     "region")`` holds no file of its own, and one with a folder beside its files would lose that
