@@ -118,7 +118,10 @@ def load_model(
     Raises:
         ConfigError: naming the file and every bad key at once.
     """
-    data = interpolate(read_yaml(path), env=os.environ if env is None else env, where="")
+    try:
+        data = interpolate(read_yaml(path), env=os.environ if env is None else env, where="")
+    except ConfigError as e:
+        raise ConfigError(e if str(e).startswith(f"{path}: ") else f"{path}: {e}") from None
     given = given or {}
     clashes = [
         f"{path}: {key}: the file says {data[key]!r}, but {why}"
