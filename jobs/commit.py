@@ -200,7 +200,7 @@ def commit(lake: Lake, staging: str, table: str, ds: dt.date, manifest: dict[str
     if lake.is_s3:
         _commit_s3(lake, staging, target, manifest)
     else:
-        with writing(lake.uri(staging)):
+        with writing(staging, lake.fs):
             _write_manifest(lake, staging, manifest)
             _mark_done(lake, staging)
         _swap_local(lake, staging, target, table, ds)

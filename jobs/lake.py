@@ -54,8 +54,14 @@ class LakeAccessError(LakeError):
     partition that has not landed yet, trying again changes nothing."""
 
 
+def uri_of(path: str, filesystem: Any) -> str:
+    """A path inside ``filesystem`` (pyarrow's; None: local) as a user would type it, for the
+    messages of code that holds a filesystem and no :class:`Lake` (Ray's actors and tasks)."""
+    return f"s3://{path}" if filesystem is not None and filesystem.type_name != "local" else path
+
+
 @contextmanager
-def writing(uri: str) -> Iterator[None]:
+def writing(path: str, filesystem: Any) -> Iterator[None]:
     """A file of a run that the store cannot hold or refuses (a full disk, S3 failing or refusing
     the write), as a sentence naming it: pyarrow's ``OSError`` reached the user as a traceback,
     from an actor as Ray's, and exited as a bug would. A full disk or a failing store may pass on
@@ -63,9 +69,10 @@ def writing(uri: str) -> Iterator[None]:
     try:
         yield
     except PermissionError as e:
-        raise LakeAccessError(f"cannot write {uri}: {e}; lakecast needs to write below the lake's root") from None
+        where = uri_of(path, filesystem)
+        raise LakeAccessError(f"cannot write {where}: {e}; lakecast needs to write below the lake's root") from None
     except OSError as e:
-        raise LakeError(f"cannot write {uri}: {e}; nothing was published") from None
+        raise LakeError(f"cannot write {uri_of(path, filesystem)}: {e}; nothing was published") from None
 
 
 @dataclass(frozen=True)

@@ -164,13 +164,13 @@ class ScoreAndWrite:
             if rejected:
                 bad = pa.concat_tables(rejected, promote_options="permissive")
                 path = f"{self.validator.quarantine_dir}/q-{name}"
-                with writing(self._uri(path)):
+                with writing(path, self.filesystem):
                     pq.write_table(bad, path, filesystem=self.validator.fs)
                 quarantined += bad.num_rows
             if scored:  # else every row of the slice was quarantined
                 table = pa.concat_tables(scored, promote_options="permissive")
                 path = f"{self.staging}/{name}"
-                with writing(self._uri(path)):
+                with writing(path, self.filesystem):
                     pq.write_table(table, path, filesystem=self.filesystem, **parquet_options(table.column_names))
                 rows += table.num_rows
                 summary = score_stats.combine(
@@ -184,10 +184,6 @@ class ScoreAndWrite:
             **{f"{k}_s": v for k, v in seconds.items()},
             **summary,
         }
-
-    def _uri(self, path: str) -> str:
-        """``path`` of the run's staging or quarantine as a user would type it, for messages."""
-        return f"s3://{path}" if self.filesystem is not None and self.filesystem.type_name != "local" else path
 
     def _read(self, piece: Piece) -> Iterator[tuple[int, tuple[int, int], pa.Table]]:
         """``(slice number, (first, last) file of piece.paths its rows come from, rows)``."""

@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.lake import LakeError
+from jobs.lake import LakeError, uri_of
 
 log = logging.getLogger(__name__)
 
@@ -207,10 +207,10 @@ def piece_batches(
             for batch in batches:
                 yield i, batch
         except (OSError, pa.ArrowInvalid) as e:  # after the run's checks: as a sentence, not a traceback
-            uri = f"s3://{path}" if _remote(filesystem) else path
+            where = uri_of(path, filesystem)
             raise LakeError(
-                f"cannot read {uri}: {e} (the run's checks read its footer: the file changed since, or is "
-                "damaged past it)"
+                f"cannot read {where}: {e} (the run's checks read its footer: the file changed since, or is damaged "
+                "past it)"
             ) from None
 
 

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from jobs.lake import DataFile, Lake
+from jobs.lake import DataFile, Lake, writing
 
 if TYPE_CHECKING:
     from jobs.config import ValidationSpec
@@ -294,7 +294,9 @@ class RowValidator:
         valid, rejected = self.split(batch)
         if rejected is not None:
             digest = hashlib.sha1(_digest(rejected)).hexdigest()[:20]
-            pq.write_table(rejected, f"{self.quarantine_dir}/q-{digest}.parquet", filesystem=self.fs)
+            path = f"{self.quarantine_dir}/q-{digest}.parquet"
+            with writing(path, self.fs):
+                pq.write_table(rejected, path, filesystem=self.fs)
         return valid
 
 
