@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from jobs import abstats, commit, tracking, validation
 from jobs.ab_report import markdown, plots
 from jobs.config import ABSpec, JobConfig
 from jobs.failures import JobError
-from jobs.lake import Lake
+from jobs.lake import DataFile, Lake
 from jobs.pieces import Piece, split_files
 from jobs.preflight import model_inputs
 from jobs.ray_errors import raise_ours
@@ -60,11 +61,15 @@ def run_compare(job: JobConfig, ds: dt.date, *, settings: Settings | None = None
     inputs = [model_inputs(job, ref) for ref in refs]
     rules = _rules(job, spec, inputs)
     validation.check_schema(lake, files, footers, rules)
+    _check_label_type(lake, spec, files, footers)
     rows_in = sum(footer.num_rows for footer in footers)
     pieces = split_files(files, footers, job.output.rows_per_file)  # a large file is read side by side
     scored = _score_both(job, spec, lake, pieces, rows_in, refs, inputs, rules, settings)
-    table, excluded = _excluded(job, scored, lake.uri(lake.partition_path(spec.labeled_table, ds)))
+    where = lake.uri(lake.partition_path(spec.labeled_table, ds))
+    table, excluded = _excluded(job, scored, where)
     y = table.column(spec.label).to_numpy(zero_copy_only=False).astype(np.float64)
+    if spec.task == "classification":
+        _check_binary(y, table.column(job.input.key), job.input.key, spec, where)
     a = table.column("score_champion").to_numpy()
     b = table.column("score_challenger").to_numpy()
     if spec.task == "classification":
@@ -123,6 +128,35 @@ def run_compare(job: JobConfig, ds: dt.date, *, settings: Settings | None = None
         client.set_model_version_tag(ref.name, str(ref.version), "lakecast.ab.latest", f"{ds.isoformat()}: {verdict}")
     log.info("compare %s %s: v%d vs v%d → %s", job.name, ds, refs[0].version, refs[1].version, verdict)
     return report
+
+
+def _check_label_type(lake: Lake, spec: ABSpec, files: list[DataFile], footers: list[pq.FileMetaData]) -> None:
+    """The label is a number, or for a classification a boolean too, in every file: a label
+    stored as ``"yes"``/``"no"`` ended the comparison in NumPy's traceback."""
+    for f, footer in zip(files, footers, strict=True):
+        t = footer.schema.to_arrow_schema().field(spec.label).type
+        if pa.types.is_dictionary(t):
+            t = t.value_type
+        number = pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t) or pa.types.is_null(t)
+        if number or (spec.task == "classification" and pa.types.is_boolean(t)):
+            continue
+        wanted = "0 or 1, or a boolean" if spec.task == "classification" else "a number"
+        raise InvalidInput(
+            f"{lake.uri(f.path)}: the label {spec.label!r} (ab.label) has type {t}; a {spec.task} label is {wanted}"
+        )
+
+
+def _check_binary(y: np.ndarray, keys: pa.ChunkedArray, key: str, spec: ABSpec, where: str) -> None:
+    """A classification's label is 0 or 1: AUC and the rest read any other value as sklearn's
+    error about ``pos_label``, with no word of the partition or the setting."""
+    other = np.flatnonzero((y != 0) & (y != 1))
+    if other.size:
+        values = ", ".join(f"{v:g}" for v in np.unique(y[other])[:5])
+        raise InvalidInput(
+            f"{where}: the label {spec.label!r} (ab.label) holds values other than 0 and 1 ({values}; e.g. "
+            f"{key}={keys[int(other[0])].as_py()!r}): a classification label is 0 or 1, or a boolean; for a numeric "
+            "outcome set ab.task: regression"
+        )
 
 
 def _rules(job: JobConfig, spec: ABSpec, inputs: list[list[tuple[str, str, bool]]]) -> list[ColumnRule]:

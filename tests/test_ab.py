@@ -7,12 +7,17 @@ import json
 
 import mlflow
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 
 from jobs import abstats
 from jobs.ab import latest_report, psi, run_compare
 from jobs.lake import Lake
 from jobs.promotion import PREVIOUS, PromotionRefused, promote, read_audit, rollback
+from jobs.validation import InvalidInput
 from tests.conftest import DAY
 
 
@@ -206,3 +211,34 @@ def test_canary_and_shadow_in_the_nightly_job(settings, lake, registered, ray_lo
     report = run_compare(job, DAY, settings=settings)
     assert report["shadow"]["rows"] == table.num_rows
     assert 0 <= report["shadow"]["agreement"] <= 1 and report["shadow"]["psi"] >= 0
+
+
+@pytest.mark.parametrize(
+    ("relabel", "error"),
+    [
+        (
+            lambda y: pc.if_else(pc.equal(y, 1), "yes", "no"),
+            r"/part-0\.parquet: the label 'churned' \(ab\.label\) has type string; a classification label is 0 or 1, "
+            r"or a boolean",
+        ),
+        (
+            lambda y: pc.add(y, pa.scalar(1, y.type)),
+            r"/ds=\S+: the label 'churned' \(ab\.label\) holds values other than 0 and 1 \(2; e\.g\. customer_id=\d+\)"
+            r": a classification label is 0 or 1, or a boolean; for a numeric outcome set ab\.task: regression",
+        ),
+    ],
+    ids=["yes_or_no", "one_or_two"],
+)
+def test_a_label_that_is_not_0_or_1_is_named(relabel, error, request, settings, lake, registered, ray_local, churn_job):
+    """Labels as a warehouse exports them ("yes"/"no", or classes 1 and 2) stop the comparison with
+    a sentence naming the label's setting, not NumPy's or scikit-learn's traceback."""
+    table = pads.dataset(lake.partition_path(churn_job.ab.labeled_table, DAY), format="parquet").to_table()
+    labeled = f"labeled/{request.node.callspec.id}"
+    path = lake.partition_path(labeled, DAY)
+    lake.fs.create_dir(path, recursive=True)
+    pq.write_table(table.set_column(table.schema.get_field_index("churned"), "churned", relabel(table["churned"])),
+                   f"{path}/part-0.parquet", filesystem=lake.fs)  # fmt: skip
+    job = churn_job.model_copy(update={"ab": churn_job.ab.model_copy(update={"labeled_table": labeled})})
+
+    with pytest.raises(InvalidInput, match=error):
+        run_compare(job, DAY, settings=settings)
