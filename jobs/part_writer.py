@@ -164,7 +164,7 @@ class ScoreAndWrite:
             if rejected:
                 bad = pa.concat_tables(rejected, promote_options="permissive")
                 path = f"{self.validator.quarantine_dir}/q-{name}"
-                with writing(path, self.filesystem):
+                with writing(path, self.validator.fs):
                     pq.write_table(bad, path, filesystem=self.validator.fs)
                 quarantined += bad.num_rows
             if scored:  # else every row of the slice was quarantined

@@ -123,24 +123,27 @@ def model_files(uri: str) -> Iterator[None]:
     Raises:
         RegistryError: naming the version and where its files should be.
     """
-    from mlflow.exceptions import MlflowException
-
     try:
         yield
-    except (MlflowException, OSError) as e:
+    except Exception as e:  # boto's ClientError for S3 is neither an MlflowException nor an OSError
         if not _missing(e):
             raise
         raise RegistryError(
-            f"{uri}: its files are not in the artifact store{_where(uri)} ({e}); log and register the model "
+            f"{uri}: its files are not in the artifact store{_where(uri)} ({' '.join(str(e).split())}); log and "
+            "register the model "
             "again, or point the alias at a version whose files are there"
         ) from e
 
 
 def _missing(e: BaseException) -> bool:
-    """A file not found, in the words of MLflow's local and proxied stores or of S3 (boto's 404)."""
+    """A file not found, in the words of MLflow's local and proxied stores or of S3 (boto's 404,
+    which MLflow's download of a model's files quotes in an ``INTERNAL_ERROR``)."""
     if isinstance(e, FileNotFoundError) or getattr(e, "error_code", None) == "RESOURCE_DOES_NOT_EXIST":
         return True
-    code = str(getattr(e, "response", {}).get("Error", {}).get("Code", ""))
+    if "An error occurred (404)" in str(e) or "NoSuchKey" in str(e):
+        return True
+    response = getattr(e, "response", None)  # botocore's: a dict; requests' is a Response
+    code = response.get("Error", {}).get("Code") if isinstance(response, dict) else None
     return code in {"404", "NoSuchKey", "NotFound"}
 
 
@@ -173,12 +176,13 @@ def load_pyfunc(uri: str) -> object:
     import mlflow
 
     with model_files(uri):
+        # from S3, a version whose files are gone downloads as an empty folder, and the load says so
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-    for problem in requirement_mismatches(local / "requirements.txt"):
-        log.warning("%s was logged with %s", uri, problem)
-    with warnings.catch_warnings():  # pyfunc nags about type hints that our Arrow path does not use
-        warnings.simplefilter("ignore", UserWarning)
-        return mlflow.pyfunc.load_model(str(local), suppress_warnings=True)
+        for problem in requirement_mismatches(local / "requirements.txt"):
+            log.warning("%s was logged with %s", uri, problem)
+        with warnings.catch_warnings():  # pyfunc nags about type hints that our Arrow path does not use
+            warnings.simplefilter("ignore", UserWarning)
+            return mlflow.pyfunc.load_model(str(local), suppress_warnings=True)
 
 
 def requirement_mismatches(requirements: Path) -> list[str]:

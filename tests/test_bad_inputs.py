@@ -165,15 +165,15 @@ CASES = [
          validation={"on_invalid_rows": "fail"}),
     Case("too_many_invalid_rows", files(every(2, None, "contract_type")), InvalidInput,
          r"200 of 400 rows \(50\.00%\) failed validation"),
-    # other writers' types: strings as string_view (Polars 1.38) or large_string, an int32 key
-    Case("string_views", files(retyped("region", pa.string_view()), retyped("contract_type", pa.large_string())),
-         scored=2 * N),
-    Case("decimal_and_unsigned_numbers", files(spark_and_polars_numbers()), scored=N),
+    # other writers' types, file by file: strings as string_view (Polars 1.38) or large_string, an
+    # int32 key, Spark's decimals and Polars' unsigned integers; one output file joins the three
+    Case("other_writers_types", files(retyped("region", pa.string_view(), retyped("contract_type", pa.large_string())),
+                                      retyped("customer_id", pa.int32()), spark_and_polars_numbers()),
+         scored=3 * N),
     # a column holding only nulls, as pandas stores an all-None column, has Arrow's null type
     Case("null_typed_columns", files(replaced(good(), "satisfaction_score", pa.nulls(N)),
                                      replaced(good(), "tenure_months", pa.nulls(N))),
          scored=N, quarantined=N, match=r"tenure_months: null", validation={"max_invalid_share": 1.0}),
-    Case("int32_key_in_one_file", files(good(), retyped("customer_id", pa.int32())), scored=2 * N),
     # one output file would join the two: named before Ray starts, not an actor's traceback
     Case("key_a_number_here_a_string_there", files(good(), retyped("customer_id", pa.string())), InvalidInput,
          r"part-1\.parquet: column 'customer_id' has type string, where .*/part-0\.parquet has int64: the files of a "

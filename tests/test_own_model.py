@@ -26,12 +26,13 @@ from jobs.ab_report import markdown
 from jobs.cli import main as lakecast
 from jobs.config import load_job_file
 from jobs.failures import EXIT_FIX_FIRST, JobError
+from jobs.lake import Lake
 from jobs.predict import run_job
 from jobs.settings import PROJECT_ROOT
 from jobs.tracking import configure
 from jobs.validation import InvalidInput
 from models.predictor import ModelOutputError
-from tests.conftest import DAY, LABELED_ROWS, ROWS
+from tests.conftest import DAY, LABELED_ROWS, ROWS, S3_BUCKET
 
 # the demo table's numeric columns, in the order the user's network takes them
 NUMERIC = ["age", "tenure_months", "monthly_charges", "total_charges", "num_support_calls", "data_usage_gb"]
@@ -368,27 +369,42 @@ def test_compare_of_own_models_leaves_out_the_rows_the_job_would_not_score(
         run_compare(load_job_file(path), DAY, settings=settings)
 
 
+@pytest.mark.parametrize("store", ["local", "s3"])
 def test_a_version_whose_files_are_gone_is_named_and_not_retried(
-    settings, lake, network, tmp_path, monkeypatch, capsys
+    store, request, settings, lake, network, tmp_path, monkeypatch, capsys
 ):
     """The registry still lists a version whose files a bucket's lifecycle rule or a deleted
     folder took: the run stops before Ray starts, naming the version and where its files were,
-    with the status that tells Airflow not to retry."""
+    with the status that tells Airflow not to retry. MLflow says so differently for each store
+    (a local store's missing artifact, S3's 404 quoted in a download error)."""
+    name = f"user-gone-{store}"
     sample = raw_rows(lake)[NUMERIC].dropna().head(100).astype(np.float32)
-    register(settings, "user-gone", with_columns(network, sample))
+    configure(settings)
+    if store == "s3":
+        request.getfixturevalue("s3_env")
+        experiment = mlflow.create_experiment(name, artifact_location=f"s3://{S3_BUCKET}/artifacts-{name}")
+    else:
+        experiment = None  # the README's way: no experiment named, files under LAKECAST_HOME
+    with mlflow.start_run(experiment_id=experiment):
+        info = with_columns(network, sample)(name)
     client = mlflow.MlflowClient()
-    source = client.get_model_version_by_alias("user-gone", "champion").source
-    location = client.get_logged_model(source.removeprefix("models:/")).artifact_location
-    shutil.rmtree(location)
+    client.set_registered_model_alias(name, "champion", info.registered_model_version)
+    location = client.get_logged_model(info.model_id).artifact_location
+    if store == "s3":
+        lake_s3 = Lake(f"s3://{S3_BUCKET}").s3fs
+        lake_s3.rm(location.removeprefix("s3://"), recursive=True)
+    else:
+        shutil.rmtree(location)
     conf = tmp_path / "conf"
     shutil.copytree(PROJECT_ROOT / "conf" / "profiles", conf / "profiles")
-    job_file(conf, "user_gone", "user-gone")
+    job_file(conf, "user_gone", name)
     monkeypatch.setenv("LAKECAST_CONF", str(conf))
 
     assert lakecast(["run", "user_gone", "--date", DAY.isoformat()]) == EXIT_FIX_FIRST
 
     err = capsys.readouterr().err
-    assert f"models:/user-gone/1: its files are not in the artifact store at {location}" in err, err
-    assert "Traceback" not in err
+    last = err.rstrip().splitlines()[-1]  # the sentence, on one line, after MLflow's log of the logging
+    assert last.startswith(f"lakecast: models:/{name}/1: its files are not in the artifact store at {location} ("), err
+    assert last.endswith("or point the alias at a version whose files are there") and "Traceback" not in err, err
     written = lake.fs.get_file_info(lake.partition_path("predictions/user_gone", DAY))
     assert written.type == pafs.FileType.NotFound
