@@ -371,7 +371,7 @@ def test_compare_of_own_models_leaves_out_the_rows_the_job_would_not_score(
 
 @pytest.mark.parametrize("store", ["local", "s3"])
 def test_a_version_whose_files_are_gone_is_named_and_not_retried(
-    store, request, settings, lake, network, tmp_path, monkeypatch, capsys
+    store, request, settings, lake, ray_local, network, tmp_path, monkeypatch, capsys
 ):
     """The registry still lists a version whose files a bucket's lifecycle rule or a deleted
     folder took: the run stops before Ray starts, naming the version and where its files were,
