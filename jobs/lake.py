@@ -54,10 +54,15 @@ class LakeAccessError(LakeError):
     partition that has not landed yet, trying again changes nothing."""
 
 
+def is_remote(filesystem: Any) -> bool:
+    """Whether ``filesystem`` (pyarrow's; None: local) is an object store, not this machine's disk."""
+    return filesystem is not None and filesystem.type_name != "local"
+
+
 def uri_of(path: str, filesystem: Any) -> str:
-    """A path inside ``filesystem`` (pyarrow's; None: local) as a user would type it, for the
-    messages of code that holds a filesystem and no :class:`Lake` (Ray's actors and tasks)."""
-    return f"s3://{path}" if filesystem is not None and filesystem.type_name != "local" else path
+    """A path inside ``filesystem`` as a user would type it, for the messages of code that holds a
+    filesystem and no :class:`Lake` (Ray's actors and tasks)."""
+    return f"s3://{path}" if is_remote(filesystem) else path
 
 
 @contextmanager
@@ -68,11 +73,11 @@ def writing(path: str, filesystem: Any) -> Iterator[None]:
     a retry; a refusal will not. The committed partition stays as it was."""
     try:
         yield
-    except PermissionError as e:
-        where = uri_of(path, filesystem)
-        raise LakeAccessError(f"cannot write {where}: {e}; lakecast needs to write below the lake's root") from None
     except OSError as e:
-        raise LakeError(f"cannot write {uri_of(path, filesystem)}: {e}; nothing was published") from None
+        where = uri_of(path, filesystem)
+        if isinstance(e, PermissionError):
+            raise LakeAccessError(f"cannot write {where}: {e}; lakecast needs to write below the lake's root") from None
+        raise LakeError(f"cannot write {where}: {e}; nothing was published") from None
 
 
 @dataclass(frozen=True)

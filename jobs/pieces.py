@@ -17,7 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.lake import LakeError, uri_of
+from jobs.lake import LakeError, is_remote, uri_of
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def piece_batches(
     SeaweedFS spent 19 ms each before their rows. So the files after the one being read are
     fetched whole beforehand, a few at a time (:func:`_fetched_ahead`)."""
     sources: Iterable[str | pa.Buffer] = piece.paths
-    if len(piece.paths) > 1 and _remote(filesystem):
+    if len(piece.paths) > 1 and is_remote(filesystem):
         ahead = max(1, min(FETCH_AHEAD_FILES, FETCH_AHEAD_BYTES * len(piece.paths) // max(piece.size, 1)))
         sources = _fetched_ahead(piece.paths, filesystem, ahead)
     each = iter(sources)
@@ -212,10 +212,6 @@ def piece_batches(
                 f"cannot read {where}: {e} (the run's checks read its footer: the file changed since, or is damaged "
                 "past it)"
             ) from None
-
-
-def _remote(filesystem: Any) -> bool:
-    return filesystem is not None and filesystem.type_name != "local"
 
 
 def _fetched_ahead(paths: Sequence[str], filesystem: Any, ahead: int) -> Iterator[pa.Buffer]:

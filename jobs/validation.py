@@ -87,9 +87,10 @@ def rules_from(signature_inputs: list[tuple[str, str, bool]], spec: ValidationSp
     return rules
 
 
-def _kind_of(t: pa.DataType) -> Kind:
+def kind_of(t: pa.DataType) -> Kind:
+    """What a model takes a column of type ``t`` as (a dictionary as its values)."""
     if pa.types.is_dictionary(t):
-        return _kind_of(t.value_type)
+        return kind_of(t.value_type)
     if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t):
         return "number"
     if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
@@ -116,7 +117,7 @@ def check_schema(lake: Lake, files: list[DataFile], footers: list[pq.FileMetaDat
                 raise InvalidInput(f"{lake.uri(f.path)}: missing column {rule.name!r}")
             actual = schema.field(rule.name).type
             # a column of nulls only, as pandas stores an all-None column, has no type to check
-            if rule.kind != "any" and not pa.types.is_null(actual) and _kind_of(actual) != rule.kind:
+            if rule.kind != "any" and not pa.types.is_null(actual) and kind_of(actual) != rule.kind:
                 raise InvalidInput(
                     f"{lake.uri(f.path)}: column {rule.name!r} has type {actual}, the model expects a {rule.kind}"
                 )
@@ -208,7 +209,7 @@ def _all_finite(column: pa.ChunkedArray) -> bool:
 def _checks(column: pa.ChunkedArray, rule: ColumnRule) -> Iterator[tuple[pa.ChunkedArray, str]]:
     """(mask of the rows breaking one rule, what is wrong with them), for one column."""
     if pa.types.is_dictionary(column.type):
-        if _kind_of(column.type.value_type) == "string":
+        if kind_of(column.type.value_type) == "string":
             yield from _dictionary_checks(column, rule)
             return
         column = column.cast(column.type.value_type)
@@ -225,7 +226,7 @@ def _checks(column: pa.ChunkedArray, rule: ColumnRule) -> Iterator[tuple[pa.Chun
     if rule.categories is not None:
         allowed = pc.is_in(column, value_set=pa.array(rule.categories, column.type))
         yield pc.and_(pc.invert(allowed), pc.is_valid(column)), "not an allowed category"
-    if rule.max_length is not None and _kind_of(column.type) == "string":
+    if rule.max_length is not None and kind_of(column.type) == "string":
         yield pc.greater(pc.utf8_length(column), rule.max_length), f"longer than {rule.max_length}"
 
 

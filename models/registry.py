@@ -129,9 +129,8 @@ def model_files(uri: str) -> Iterator[None]:
         if not _missing(e):
             raise
         raise RegistryError(
-            f"{uri}: its files are not in the artifact store{_where(uri)} ({' '.join(str(e).split())}); log and "
-            "register the model "
-            "again, or point the alias at a version whose files are there"
+            f"{uri}: its files are not in the artifact store{_where(uri)} ({' '.join(str(e).split())}); "
+            "log and register the model again, or point the alias at a version whose files are there"
         ) from e
 
 
