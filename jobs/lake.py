@@ -81,6 +81,22 @@ def writing(path: str, filesystem: Any) -> Iterator[None]:
 
 
 @dataclass(frozen=True)
+class FolderWriter:
+    """Writes Parquet files into one folder of a run (``writer(table, name, **pq.write_table's
+    options)``), a file the store cannot hold as :func:`writing`'s sentence. For code in
+    ``models/`` that writes a run's files (the challenger's shadow scores): it cannot import
+    ``jobs``, so it is handed one."""
+
+    folder: str
+    filesystem: Any = None  # pyarrow's; None: this machine's disk
+
+    def __call__(self, table: Any, name: str, **options: Any) -> None:
+        path = f"{self.folder}/{name}"
+        with writing(path, self.filesystem):
+            pq.write_table(table, path, filesystem=self.filesystem, **options)
+
+
+@dataclass(frozen=True)
 class DataFile:
     path: str
     size: int

@@ -9,9 +9,9 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from jobs import score_stats, telemetry, validation
+from jobs import ray_errors, score_stats, telemetry, validation
 from jobs.config import JobConfig
-from jobs.lake import Lake
+from jobs.lake import FolderWriter, Lake, writing
 from jobs.preflight import Preflight
 from jobs.ray_runtime import (
     actor_pool,
@@ -145,13 +145,20 @@ def score(
         num_gpus=gpus,
         udf_modifying_row_count=False,
     )
-    scored.write_parquet(
-        staging,
-        filesystem=lake.fs,
-        min_rows_per_file=job.output.rows_per_file,
-        ray_remote_args={"num_cpus": IO_CPUS},
-        **parquet_options(prediction_columns(job.input.key, job.output.score_column)),
-    )
+    try:
+        scored.write_parquet(
+            staging,
+            filesystem=lake.fs,
+            min_rows_per_file=job.output.rows_per_file,
+            ray_remote_args={"num_cpus": IO_CPUS},
+            **parquet_options(prediction_columns(job.input.key, job.output.score_column)),
+        )
+    except Exception as e:
+        failed = ray_errors.failed_write(e)
+        if failed is None:
+            raise
+        with writing(staging, lake.fs):  # a full disk, a store refusing the write: as a sentence
+            raise failed from None
     return started, {}, None
 
 
@@ -211,7 +218,7 @@ def predictor_for(
         "champion": (options, pre.scorer),
         "challenger": (challenger, pre.challenger_scorer),
         "share": job.ab.challenger_share,
-        "shadow_dir": shadow_dir,
+        "shadow": None if shadow_dir is None else FolderWriter(shadow_dir, options.filesystem),
     }
 
 

@@ -400,6 +400,8 @@ class RoutedPredictor:
     Canary: the challenger scores the share of entities that :func:`canary_mask` picks; every row
     records which version scored it. Shadow: the challenger also scores every row, written beside
     the predictions under a name derived from the content, so a retried batch rewrites its file.
+    ``shadow`` writes it (``shadow(table, name, **write options)``; None: no shadow): the job's
+    :class:`jobs.lake.FolderWriter`, which says a full disk as a sentence.
     """
 
     def __init__(
@@ -407,10 +409,10 @@ class RoutedPredictor:
         champion: tuple[PredictorOptions, ArrowScorer | None],
         challenger: tuple[PredictorOptions, ArrowScorer | None],
         share: float,
-        shadow_dir: str | None,
+        shadow: Callable[..., None] | None,
     ) -> None:
         self.champion, self.challenger = BatchPredictor(*champion), BatchPredictor(*challenger)
-        self.share, self.shadow_dir = share, shadow_dir
+        self.share, self.shadow = share, shadow
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import hashlib
@@ -420,16 +422,11 @@ class RoutedPredictor:
 
         main = self.champion(batch)
         other = self.challenger(batch)
-        if self.shadow_dir is not None:
+        if self.shadow is not None:
             sink = pa.BufferOutputStream()
             pq.write_table(other.drop_columns(["scored_at"]), sink)
             name = hashlib.sha1(sink.getvalue().to_pybytes()).hexdigest()[:20]
-            pq.write_table(
-                other,
-                f"{self.shadow_dir}/s-{name}.parquet",
-                filesystem=self.champion.options.filesystem,
-                **parquet_options(other.column_names),
-            )
+            self.shadow(other, f"s-{name}.parquet", **parquet_options(other.column_names))
         mask = pa.array(canary_mask(batch.column(self.champion.options.key), self.share))
         if not pc.any(mask).as_py():
             return main

@@ -308,13 +308,30 @@ def small_disk(tmp_path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=True)
 
 
+# where the first write that finds the disk full goes: the CPU actors' scores, the challenger's
+# shadow scores they write first (ab.shadow), the write tasks of the GPU pipeline's shape
+FULL_DISK_WRITES = {
+    "cpu_actors": r"_staging/predictions/bad_full_disk/\S+\.parquet",
+    "shadow": r"_staging/predictions/bad_full_disk_shadow/\S+\.parquet",
+    "gpu_shape": r"_staging/predictions/bad_full_disk/\S+",
+}
+
+
+@pytest.mark.parametrize("writer", FULL_DISK_WRITES)
 def test_a_full_disk_fails_the_run_as_a_sentence_and_keeps_the_last_output(
-    small_disk, settings, registered, ray_local, churn_job
+    writer, small_disk, settings, registered, ray_local, churn_job, monkeypatch
 ):
     """The lake's disk fills up during a rerun: the run says which file it could not write, with
     the status that lets Airflow retry, and last night's committed predictions stay as they were."""
+    from jobs import pipeline
+
     lake = Lake(str(small_disk / "lake"))
     job = make_job(churn_job, Case("full_disk", files()))
+    if writer == "shadow":
+        job = job.model_copy(update={"ab": job.ab.model_copy(update={"shadow": True})})
+    if writer == "gpu_shape":  # no GPU here: the same pipeline on a CPU actor
+        monkeypatch.setattr(pipeline, "actors_read_and_write", lambda gpus: False)
+        job = job.model_copy(update={"compute": job.compute.model_copy(update={"cpus_per_actor": 1})})
     files(good(20_000))(lake, lake.partition_path(job.input.table, DAY))
     commit_previous(lake, job.output.table)
     run_settings = settings.model_copy(update={"lake_root": lake.root})
@@ -323,7 +340,9 @@ def test_a_full_disk_fails_the_run_as_a_sentence_and_keeps_the_last_output(
     free = os.statvfs(small_disk)
     (small_disk / "filler").write_bytes(b"\0" * (free.f_bavail * free.f_frsize - 65_536))  # 64 KiB left
 
-    with pytest.raises(LakeError, match=r"cannot write \S+/_staging/\S+\.parquet: .*No space left on device") as raised:
+    with pytest.raises(
+        LakeError, match=rf"cannot write \S+/{FULL_DISK_WRITES[writer]}: .*No space left on device"
+    ) as raised:
         run_job(job, DAY, settings=run_settings)
 
     assert type(raised.value) is LakeError and exit_status(raised.value) == EXIT_TRY_AGAIN
