@@ -166,15 +166,23 @@ def io_only_ray(files: list[str], columns: list[str], out: Path, dictionary: lis
     return Timed(time.perf_counter() - t0, sum(pq.ParquetFile(f).metadata.num_rows for f in files))
 
 
+SETTLE_PAUSE_BYTES = 64 << 20  # about 2.4M rows of the churn table: below, no pause (_settle)
+
+
 def _settle(files: list[str]) -> None:
     """Start the next step from the same state as every other: the disk has written back the
     step before (its output, files just deleted), and the input is in the page cache.
 
     The development machine's VM drops cached file pages within minutes, and a step that read
     its input half out of the cache read it 50% slower (0.35 against 0.23 s per 1M-row file): the
-    first step, the job, paid for the disk where the baselines after it did not."""
+    first step, the job, paid for the disk where the baselines after it did not.
+
+    The second's pause after the sync lets the virtual disk finish what the sync handed it. At a
+    size whose steps take a second or less (the tests' benches at 20,000 rows) it settled nothing
+    worth measuring and added 9 s, a tenth of the bench: those skip it."""
     os.sync()
-    time.sleep(1)
+    if sum(os.path.getsize(path) for path in files) >= SETTLE_PAUSE_BYTES:
+        time.sleep(1)
     for path in files:
         with open(path, "rb") as f:
             while f.read(1 << 23):
