@@ -34,8 +34,9 @@ import pyarrow.parquet as pq
 
 from jobs import score_stats
 from jobs.huge_pages import turn_off as huge_pages_off
-from jobs.lake import writing
+from jobs.lake import FolderWriter, writing
 from jobs.pieces import Piece, piece_batches
+from jobs.shadow import PerFile
 from jobs.validation import InvalidInput, RowValidator
 from models.predictor import in_batches, parquet_options
 
@@ -94,7 +95,8 @@ class ScoreAndWrite:
 
     ``predictor(**kwargs)`` is built once per actor (a ``BatchPredictor`` or ``RoutedPredictor``).
     Slice ``i`` of input file ``part-3.parquet`` is written as ``part-3-000i.parquet`` (scores)
-    and ``q-part-3-000i.parquet`` (invalid rows, if any); of the piece of it that starts at row
+    and ``q-part-3-000i.parquet`` (invalid rows, if any), and with ``shadow`` the challenger's
+    scores of the same rows as ``part-3-000i.parquet`` in the shadow's folder; of the piece of it that starts at row
     group 12, ``part-3-g0012-000i.parquet``; of small files read in turn, after the first of
     them (:mod:`jobs.pieces`). A task that Ray retries after its actor died
     rewrites the same files rather than adding second copies. Each call returns a row of
@@ -117,6 +119,7 @@ class ScoreAndWrite:
         sample_every: int = 1,
         threads: bool = False,
         huge_pages: bool = True,
+        shadow: FolderWriter | None = None,
     ):
         """``dictionary``: string columns read dictionary-encoded, as Parquet stores them.
         ``threads``: decode a batch's columns on pyarrow's thread pool, for actors with two CPUs
@@ -126,6 +129,9 @@ class ScoreAndWrite:
         the summary of the scores reads, and its sample's spacing (:mod:`jobs.score_stats`)."""
         if not huge_pages:
             huge_pages_off()
+        self.shadow = None if shadow is None else PerFile(shadow)
+        if self.shadow is not None:  # the challenger's scores of each output file, written beside it
+            kwargs = {**kwargs, "shadow": self.shadow}
         self.predictor = predictor(**kwargs)
         self.validator, self.columns, self.dictionary = validator, columns, dictionary
         self.staging, self.filesystem = staging, filesystem
@@ -168,6 +174,8 @@ class ScoreAndWrite:
                     pq.write_table(bad, path, filesystem=self.validator.fs)
                 quarantined += bad.num_rows
             if scored:  # else every row of the slice was quarantined
+                if self.shadow is not None:
+                    self.shadow.write(name)
                 table = pa.concat_tables(scored, promote_options="permissive")
                 path = f"{self.staging}/{name}"
                 with writing(path, self.filesystem):

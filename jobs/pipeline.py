@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import datetime as dt
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
+
+import pyarrow as pa
 
 from jobs import ray_errors, score_stats, telemetry, validation
 from jobs.config import JobConfig
@@ -23,6 +26,7 @@ from jobs.ray_runtime import (
     threads_per_file,
 )
 from jobs.settings import Settings
+from jobs.shadow import PerBatch
 from models.predictor import (
     BatchPredictor,
     Lineage,
@@ -128,7 +132,8 @@ def score(
         )
         files_done = done.take_all()  # a row per piece
         return started, stage_seconds(files_done), files_done
-    predictor, kwargs = predictor_for(job, pre, options, shadow_dir)
+    shadow = None if shadow_dir is None else PerBatch(FolderWriter(shadow_dir, lake.fs))
+    predictor, kwargs = predictor_for(job, pre, options, shadow)
     validator = row_validator(job, lake, pre, q_staging)
     dataset = read_pieces(pre.pieces, filesystem=lake.fs, columns=columns, dictionary=categorical, num_cpus=IO_CPUS)
     validated = dataset.map_batches(validator, batch_format="pyarrow", num_cpus=IO_CPUS)
@@ -201,10 +206,11 @@ def predictor_options(
 
 
 def predictor_for(
-    job: JobConfig, pre: Preflight, options: PredictorOptions, shadow_dir: str | None = None
+    job: JobConfig, pre: Preflight, options: PredictorOptions, shadow: Callable[[pa.Table], None] | None = None
 ) -> tuple[type, dict[str, Any]]:
     """The predictor class and its constructor's arguments: the champion alone, or the champion
-    and the challenger when the job's ``ab:`` section routes a share to it or shadows it."""
+    and the challenger when the job's ``ab:`` section routes a share to it or shadows it (each
+    batch's challenger scores handed to ``shadow``: :mod:`jobs.shadow`)."""
     if pre.challenger is None or job.ab is None:
         return BatchPredictor, {"options": options, "scorer": pre.scorer}
     b = pre.challenger
@@ -218,7 +224,7 @@ def predictor_for(
         "champion": (options, pre.scorer),
         "challenger": (challenger, pre.challenger_scorer),
         "share": job.ab.challenger_share,
-        "shadow": None if shadow_dir is None else FolderWriter(shadow_dir, options.filesystem),
+        "shadow": shadow,
     }
 
 
@@ -243,7 +249,7 @@ def score_and_write_kwargs(
     files at a time: the predictor :func:`predictor_for` picks with ``options``, the job's row
     checks (:func:`row_validator`) and where the scores and the bad rows go. The benchmark builds
     the same in plain processes, to measure the job's own work without Ray."""
-    predictor, kwargs = predictor_for(job, pre, options, shadow_dir)
+    predictor, kwargs = predictor_for(job, pre, options)
     columns, categorical = read_columns(job, pre.rules)
     return {
         "predictor": predictor,
@@ -259,4 +265,5 @@ def score_and_write_kwargs(
         "sample_every": score_stats.sample_every(pre.rows_in),
         "threads": decode_on_threads(threads_per_file(job.compute, at_once)),
         "huge_pages": job.compute.transparent_huge_pages,
+        "shadow": None if shadow_dir is None else FolderWriter(shadow_dir, lake.fs),
     }

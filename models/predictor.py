@@ -398,10 +398,9 @@ class RoutedPredictor:
     """Ray Data callable class for canary and shadow scoring in the nightly job.
 
     Canary: the challenger scores the share of entities that :func:`canary_mask` picks; every row
-    records which version scored it. Shadow: the challenger also scores every row, written beside
-    the predictions under a name derived from the content, so a retried batch rewrites its file.
-    ``shadow`` writes it (``shadow(table, name, **write options)``; None: no shadow): the job's
-    :class:`jobs.lake.FolderWriter`, which says a full disk as a sentence.
+    records which version scored it. Shadow: the challenger also scores every row, and each
+    batch's scores go to ``shadow`` (None: no shadow), which the job hands in: CPU actors write a
+    file of them per output file, GPU actors a file per batch (``jobs.shadow``).
     """
 
     def __init__(
@@ -409,24 +408,18 @@ class RoutedPredictor:
         champion: tuple[PredictorOptions, ArrowScorer | None],
         challenger: tuple[PredictorOptions, ArrowScorer | None],
         share: float,
-        shadow: Callable[..., None] | None,
+        shadow: Callable[[pa.Table], None] | None,
     ) -> None:
         self.champion, self.challenger = BatchPredictor(*champion), BatchPredictor(*challenger)
         self.share, self.shadow = share, shadow
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        import hashlib
-
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
         main = self.champion(batch)
         other = self.challenger(batch)
         if self.shadow is not None:
-            sink = pa.BufferOutputStream()
-            pq.write_table(other.drop_columns(["scored_at"]), sink)
-            name = hashlib.sha1(sink.getvalue().to_pybytes()).hexdigest()[:20]
-            self.shadow(other, f"s-{name}.parquet", **parquet_options(other.column_names))
+            self.shadow(other)
         mask = pa.array(canary_mask(batch.column(self.champion.options.key), self.share))
         if not pc.any(mask).as_py():
             return main

@@ -181,7 +181,10 @@ def test_canary_and_shadow_in_the_nightly_job(settings, lake, registered, ray_lo
 
     from jobs.predict import run_job
 
-    job = churn_job.model_copy(update={"ab": churn_job.ab.model_copy(update={"challenger_share": 0.3, "shadow": True})})
+    job = churn_job.model_copy(update={
+        "ab": churn_job.ab.model_copy(update={"challenger_share": 0.3, "shadow": True}),
+        "compute": churn_job.compute.model_copy(update={"batch_size": 500}),  # several batches a file
+    })  # fmt: skip
     out = lake.partition_path(job.output.table, DAY)
     first = run_job(job, DAY, settings=settings)
     table = pads.dataset(out, format="parquet").to_table()
@@ -191,8 +194,13 @@ def test_canary_and_shadow_in_the_nightly_job(settings, lake, registered, ray_lo
     assert set(table.filter(pads.field("variant") == "champion")["model_version"].to_pylist()) == {
         registered["champion"]
     }
-    shadow = pads.dataset(lake.partition_path(f"{job.output.table}_shadow", DAY), format="parquet").to_table()
+    shadow_files = pads.dataset(lake.partition_path(f"{job.output.table}_shadow", DAY), format="parquet")
+    shadow = shadow_files.to_table()
     assert shadow.num_rows == table.num_rows
+    # a shadow file beside each file of predictions, of the same rows: not one per batch
+    files = pads.dataset(out, format="parquet")
+    assert sorted(f.rsplit("/", 1)[1] for f in shadow_files.files) == sorted(f.rsplit("/", 1)[1] for f in files.files)
+    assert [f.count_rows() for f in shadow_files.get_fragments()] == [f.count_rows() for f in files.get_fragments()]
     assert set(shadow["model_version"].to_pylist()) == {registered["challenger"]}
     assert set(shadow["scoring_run_id"].to_pylist()) == {first.run_id}
     # the shadow's score distribution beside the published one's, to compare night by night

@@ -283,8 +283,9 @@ def test_the_gpu_pipeline_shape_writes_every_row_once(
     settings, registered, ray_local, churn_job, tmp_path, monkeypatch, caplog
 ):
     """GPU actors get batches from read tasks and hand them to write tasks (no GPU here: the same
-    pipeline on CPU actors). Two actors of a CPU each would hold both CPUs and starve the reads:
-    one starts, and the log says why."""
+    pipeline on CPU actors), and write the challenger's shadow scores themselves, a file a batch.
+    Two actors of a CPU each would hold both CPUs and starve the reads: one starts, and the log
+    says why."""
     from jobs import demo_data, pipeline
     from jobs.lake import Lake
 
@@ -292,11 +293,14 @@ def test_the_gpu_pipeline_shape_writes_every_row_once(
     lake = Lake(str(tmp_path / "lake"))
     demo_data.write_partition(lake, demo_data.RAW_TABLE, DAY, demo_data.generate(ROWS, DAY), files=3)
     two = churn_job.compute.model_copy(update={"min_actors": 2, "max_actors": 2, "cpus_per_actor": 1})
-    job = churn_job.model_copy(update={"compute": two})
+    job = churn_job.model_copy(update={"compute": two, "ab": churn_job.ab.model_copy(update={"shadow": True})})
     result = run_job(job, DAY, settings=settings.model_copy(update={"lake_root": lake.root}))
     table = read_output(lake)
     assert result.rows == table.num_rows == len(table["customer_id"].unique()) == ROWS
     assert set(table["scoring_run_id"].to_pylist()) == {result.run_id}
+    shadow = pads.dataset(lake.partition_path(job.shadow_table, DAY), format="parquet").to_table()
+    assert sorted(shadow["customer_id"].to_pylist()) == sorted(table["customer_id"].to_pylist())
+    assert set(shadow["scoring_run_id"].to_pylist()) == {result.run_id}
     assert result.actor_seconds == {}  # the stages run in separate tasks: no split of an actor's time
     assert "compute.min_actors 2 would leave the read and write tasks no CPU" in caplog.text
     # the scores' distribution, read back from the files Ray Data wrote: every row counted
