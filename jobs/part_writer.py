@@ -96,9 +96,9 @@ class ScoreAndWrite:
     ``predictor(**kwargs)`` is built once per actor (a ``BatchPredictor`` or ``RoutedPredictor``).
     Slice ``i`` of input file ``part-3.parquet`` is written as ``part-3-000i.parquet`` (scores)
     and ``q-part-3-000i.parquet`` (invalid rows, if any), and with ``shadow`` the challenger's
-    scores of the same rows as ``part-3-000i.parquet`` in the shadow's folder; of the piece of it that starts at row
-    group 12, ``part-3-g0012-000i.parquet``; of small files read in turn, after the first of
-    them (:mod:`jobs.pieces`). A task that Ray retries after its actor died
+    scores of the same rows as ``part-3-000i.parquet`` in the shadow's folder; of the piece of
+    it that starts at row group 12, ``part-3-g0012-000i.parquet``; of small files read in turn,
+    after the first of them (:mod:`jobs.pieces`). A task that Ray retries after its actor died
     rewrites the same files rather than adding second copies. Each call returns a row of
     :data:`DONE` per piece.
     """
