@@ -83,9 +83,9 @@ def writing(path: str, filesystem: Any) -> Iterator[None]:
 @dataclass(frozen=True)
 class FolderWriter:
     """Writes Parquet files into one folder of a run (``writer(table, name, **pq.write_table's
-    options)``), a file the store cannot hold as :func:`writing`'s sentence. For code in
-    ``models/`` that writes a run's files (the challenger's shadow scores): it cannot import
-    ``jobs``, so it is handed one."""
+    options)``), a file the store cannot hold as :func:`writing`'s sentence: the actors' scores,
+    quarantined rows and shadow scores. Code in ``models/`` that writes a run's files (the
+    challenger's shadow scores) cannot import ``jobs``, so it is handed one."""
 
     folder: str
     filesystem: Any = None  # pyarrow's; None: this machine's disk

@@ -30,11 +30,10 @@ from operator import itemgetter
 from typing import Any, TypeVar
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from jobs import score_stats
 from jobs.huge_pages import turn_off as huge_pages_off
-from jobs.lake import FolderWriter, writing
+from jobs.lake import FolderWriter
 from jobs.pieces import Piece, piece_batches
 from jobs.shadow import PerFile
 from jobs.validation import InvalidInput, RowValidator
@@ -134,7 +133,8 @@ class ScoreAndWrite:
             kwargs = {**kwargs, "shadow": self.shadow}
         self.predictor = predictor(**kwargs)
         self.validator, self.columns, self.dictionary = validator, columns, dictionary
-        self.staging, self.filesystem = staging, filesystem
+        self.filesystem = filesystem
+        self.output = FolderWriter(staging, filesystem)
         self.batch_size, self.rows_per_file, self.threads = batch_size, rows_per_file, threads
         self.score_column, self.sample_every = score_column, sample_every
 
@@ -169,17 +169,13 @@ class ScoreAndWrite:
             # the next): one output file holds the wider
             if rejected:
                 bad = pa.concat_tables(rejected, promote_options="permissive")
-                path = f"{self.validator.quarantine_dir}/q-{name}"
-                with writing(path, self.validator.fs):
-                    pq.write_table(bad, path, filesystem=self.validator.fs)
+                FolderWriter(self.validator.quarantine_dir, self.validator.fs)(bad, f"q-{name}")
                 quarantined += bad.num_rows
             if scored:  # else every row of the slice was quarantined
                 if self.shadow is not None:
                     self.shadow.write(name)
                 table = pa.concat_tables(scored, promote_options="permissive")
-                path = f"{self.staging}/{name}"
-                with writing(path, self.filesystem):
-                    pq.write_table(table, path, filesystem=self.filesystem, **parquet_options(table.column_names))
+                self.output(table, name, **parquet_options(table.column_names))
                 rows += table.num_rows
                 summary = score_stats.combine(
                     summary, score_stats.of_table(table, self.score_column, self.sample_every)

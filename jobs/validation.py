@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from jobs.lake import DataFile, Lake, writing
+from jobs.lake import DataFile, FolderWriter, Lake
 
 if TYPE_CHECKING:
     from jobs.config import ValidationSpec
@@ -295,9 +295,7 @@ class RowValidator:
         valid, rejected = self.split(batch)
         if rejected is not None:
             digest = hashlib.sha1(_digest(rejected)).hexdigest()[:20]
-            path = f"{self.quarantine_dir}/q-{digest}.parquet"
-            with writing(path, self.fs):
-                pq.write_table(rejected, path, filesystem=self.fs)
+            FolderWriter(self.quarantine_dir, self.fs)(rejected, f"q-{digest}.parquet")
         return valid
 
 
