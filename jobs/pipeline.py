@@ -8,13 +8,13 @@ import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 
-from jobs import ray_errors, score_stats, telemetry, validation
+from jobs import score_stats, telemetry, validation
 from jobs.config import JobConfig
-from jobs.lake import FolderWriter, Lake, writing
+from jobs.lake import FolderWriter, Lake
 from jobs.preflight import Preflight
 from jobs.ray_runtime import (
     actor_pool,
@@ -26,14 +26,11 @@ from jobs.ray_runtime import (
     threads_per_file,
 )
 from jobs.settings import Settings
-from jobs.shadow import PerBatch
 from models.predictor import (
     BatchPredictor,
     Lineage,
     PredictorOptions,
     RoutedPredictor,
-    parquet_options,
-    prediction_columns,
 )
 
 # Read and write tasks reserve half a CPU each: they wait on storage and (de)compress, and with a
@@ -132,8 +129,10 @@ def score(
         )
         files_done = done.take_all()  # a row per piece
         return started, stage_seconds(files_done), files_done
-    shadow = None if shadow_dir is None else PerBatch(FolderWriter(shadow_dir, lake.fs))
-    predictor, kwargs = predictor_for(job, pre, options, shadow)
+    from jobs.write_tasks import PredictionFiles
+
+    # the challenger's scores travel beside the champion's to the write tasks, which write both
+    predictor, kwargs = predictor_for(job, pre, options, None if shadow_dir is None else "columns")
     validator = row_validator(job, lake, pre, q_staging)
     dataset = read_pieces(pre.pieces, filesystem=lake.fs, columns=columns, dictionary=categorical, num_cpus=IO_CPUS)
     validated = dataset.map_batches(validator, batch_format="pyarrow", num_cpus=IO_CPUS)
@@ -150,20 +149,15 @@ def score(
         num_gpus=gpus,
         udf_modifying_row_count=False,
     )
-    try:
-        scored.write_parquet(
-            staging,
-            filesystem=lake.fs,
-            min_rows_per_file=job.output.rows_per_file,
-            ray_remote_args={"num_cpus": IO_CPUS},
-            **parquet_options(prediction_columns(job.input.key, job.output.score_column)),
-        )
-    except Exception as e:
-        failed = ray_errors.failed_write(e)
-        if failed is None:
-            raise
-        with writing(staging, lake.fs):  # a full disk, a store refusing the write: as a sentence
-            raise failed from None
+    scored.write_datasink(
+        PredictionFiles(
+            FolderWriter(staging, lake.fs),
+            None if shadow_dir is None else FolderWriter(shadow_dir, lake.fs),
+            key=job.input.key,
+            min_rows=job.output.rows_per_file,
+        ),
+        ray_remote_args={"num_cpus": IO_CPUS},
+    )
     return started, {}, None
 
 
@@ -206,11 +200,15 @@ def predictor_options(
 
 
 def predictor_for(
-    job: JobConfig, pre: Preflight, options: PredictorOptions, shadow: Callable[[pa.Table], None] | None = None
+    job: JobConfig,
+    pre: Preflight,
+    options: PredictorOptions,
+    shadow: Callable[[pa.Table], None] | Literal["columns"] | None = None,
 ) -> tuple[type, dict[str, Any]]:
     """The predictor class and its constructor's arguments: the champion alone, or the champion
     and the challenger when the job's ``ab:`` section routes a share to it or shadows it (each
-    batch's challenger scores handed to ``shadow``: :mod:`jobs.shadow`)."""
+    batch's challenger scores handed to ``shadow``, or put beside the batch's own:
+    :class:`models.predictor.RoutedPredictor`)."""
     if pre.challenger is None or job.ab is None:
         return BatchPredictor, {"options": options, "scorer": pre.scorer}
     b = pre.challenger

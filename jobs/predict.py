@@ -214,7 +214,7 @@ def _run_locked(
             if job.shadows:
                 s_files, s_footers, s_rows = _written(lake, s_staging)
                 # the challenger's scores of every row, beside the published ones: read back, as
-                # the predictor writes them batch by batch
+                # the actors summarise only the published scores
                 shadow_scores = drift.score_distribution(
                     ds,
                     score_stats.of_files([f.path for f in s_files], lake.fs, job.output.score_column, s_rows),

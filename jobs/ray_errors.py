@@ -49,27 +49,6 @@ def raise_ours(e: BaseException) -> None:
         raise ours from None
 
 
-def failed_write(e: BaseException) -> OSError | None:
-    """The storage's error that failed one of Ray Data's write tasks (``ray::Write``: the GPU
-    pipeline's output files), in the chain of ``e``; None for any other failure. Ray Data writes
-    those files itself, so no code of ours stands around the write to say it as a sentence."""
-    from ray.exceptions import RayError, RayTaskError
-
-    seen: BaseException | None = e
-    in_write = False
-    for _ in range(8):
-        if seen is None:
-            break
-        if isinstance(seen, RayTaskError):  # its first line names the task's process: "ray::Write()"
-            in_write = in_write or "ray::Write(" in str(seen).split("\n", 1)[0]
-        elif in_write and isinstance(seen, OSError) and not isinstance(seen, RayError):
-            if seen.errno is not None and seen.strerror:  # Ray Data put its retry advice where a file name goes
-                return type(seen)(seen.errno, seen.strerror)
-            return seen
-        seen = getattr(seen, "cause", None) or seen.__cause__
-    return None
-
-
 def _without_retry_note(e: BaseException) -> BaseException:
     if e.args and isinstance(e.args[0], str) and RETRY_NOTE in e.args[0]:
         e.args = (e.args[0].split(RETRY_NOTE, 1)[0], *e.args[1:])
@@ -77,8 +56,8 @@ def _without_retry_note(e: BaseException) -> BaseException:
 
 
 class QuietForOurErrors(logging.Filter):
-    """Keeps Ray Data's console records of one of our errors back, and of a write that the store
-    could not take, which the driver says as a sentence (its log file still has them).
+    """Keeps Ray Data's console records of one of our errors back, which the driver says as a
+    sentence (its log file still has them).
 
     Ray Data logs them while it handles the exception: the record carries it, or the handler runs
     inside the ``except`` block, where ``sys.exc_info()`` holds it."""
@@ -88,7 +67,7 @@ class QuietForOurErrors(logging.Filter):
         if exc is None:
             return True
         try:
-            return find_ours(exc) is None and failed_write(exc) is None
+            return find_ours(exc) is None
         except ImportError:
             # a bare GPU machine running the image bench has Ray but not lakecast's config stack
             # (pydantic): none of our errors can be raised there. A filter that raised would break

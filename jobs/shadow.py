@@ -1,38 +1,19 @@
-"""Where the challenger's shadow scores go (``ab.shadow``): ``<output.table>_shadow``, beside the
-predictions. The predictor (:class:`models.predictor.RoutedPredictor`) hands each batch's
-challenger scores to one of these.
-
-CPU actors write their shadow as they write their predictions: a file per output file, of the
-same name (:class:`PerFile`). Written a batch at a time, a 10M-row night made 160 shadow files
-beside the predictions' 10, and named each by hashing its content, a second Parquet encoding of
-every batch. GPU actors hand their predictions to Ray Data's write tasks and keep no files of
-their own, so theirs is a file per batch, named by its content so that a retried batch rewrites
-its file rather than adding a second (:class:`PerBatch`).
+"""Where CPU actors keep the challenger's shadow scores (``ab.shadow``) until they write them:
+``<output.table>_shadow``, beside the predictions. The predictor
+(:class:`models.predictor.RoutedPredictor`) hands each batch's challenger scores to
+:class:`PerFile`, which writes them as a file per output file, of the same name and rows.
+Written a batch at a time, a 10M-row night made 160 shadow files beside the predictions' 10.
+(GPU actors' shadow goes with their batches to Ray Data's write tasks: :mod:`jobs.write_tasks`.)
 """
 
 from __future__ import annotations
 
-import hashlib
 import threading
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from jobs.lake import FolderWriter
 from models.predictor import parquet_options
-
-
-class PerBatch:
-    """Each batch's scores as a file of its own, named after its rows (the GPU actors')."""
-
-    def __init__(self, writer: FolderWriter) -> None:
-        self.writer = writer
-
-    def __call__(self, table: pa.Table) -> None:
-        sink = pa.BufferOutputStream()
-        pq.write_table(table.drop_columns(["scored_at"]), sink)  # the same rows, whenever scored
-        name = hashlib.sha1(sink.getvalue().to_pybytes()).hexdigest()[:20]
-        self.writer(table, f"s-{name}.parquet", **parquet_options(table.column_names))
 
 
 class PerFile:

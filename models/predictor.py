@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ENCODED_LINEAGE = ("model_name", "variant", "scoring_run_id")  # one string per run: see constant_strings
+
+# The challenger's shadow columns beside a batch's own, on their way to a write task (with_shadow)
+SHADOW_PREFIX = "shadow:"
 
 # Events an actor records for the job's start-up figures (file names: EVENT--pid-random)
 ACTOR_READY, FIRST_BATCH = "actor-ready", "first-batch"
@@ -399,8 +402,10 @@ class RoutedPredictor:
 
     Canary: the challenger scores the share of entities that :func:`canary_mask` picks; every row
     records which version scored it. Shadow: the challenger also scores every row, and each
-    batch's scores go to ``shadow`` (None: no shadow), which the job hands in: CPU actors write a
-    file of them per output file, GPU actors a file per batch (``jobs.shadow``).
+    batch's scores go to ``shadow`` (None: no shadow), which the job hands in. CPU actors hand a
+    callable that keeps them for the output file (``jobs.shadow``); GPU actors, whose batches go on
+    to Ray Data's write tasks, say ``"columns"``: the scores travel beside the batch's own
+    (:func:`with_shadow`), and the write task writes each file's shadow beside it.
     """
 
     def __init__(
@@ -408,7 +413,7 @@ class RoutedPredictor:
         champion: tuple[PredictorOptions, ArrowScorer | None],
         challenger: tuple[PredictorOptions, ArrowScorer | None],
         share: float,
-        shadow: Callable[[pa.Table], None] | None,
+        shadow: Callable[[pa.Table], None] | Literal["columns"] | None,
     ) -> None:
         self.champion, self.challenger = BatchPredictor(*champion), BatchPredictor(*challenger)
         self.share, self.shadow = share, shadow
@@ -418,12 +423,33 @@ class RoutedPredictor:
 
         main = self.champion(batch)
         other = self.challenger(batch)
-        if self.shadow is not None:
+        if callable(self.shadow):
             self.shadow(other)
         mask = pa.array(canary_mask(batch.column(self.champion.options.key), self.share))
-        if not pc.any(mask).as_py():
-            return main
-        return pa.table({c: _pick(mask, other.column(c), main.column(c)) for c in main.column_names})
+        if pc.any(mask).as_py():
+            main = pa.table({c: _pick(mask, other.column(c), main.column(c)) for c in main.column_names})
+        return with_shadow(main, other, self.champion.options.key) if self.shadow == "columns" else main
+
+
+def with_shadow(table: pa.Table, shadow: pa.Table, key: str) -> pa.Table:
+    """``table`` with the columns of ``shadow`` (the same rows' challenger scores) beside its own,
+    named ``shadow:<column>``; the key, the same in both, once. :func:`shadow_apart` undoes it."""
+    fields = [f.with_name(SHADOW_PREFIX + f.name) for f in shadow.schema if f.name != key]
+    columns = [shadow.column(f.name) for f in shadow.schema if f.name != key]
+    return pa.Table.from_arrays([*table.columns, *columns], schema=pa.schema([*table.schema, *fields]))
+
+
+def shadow_apart(table: pa.Table, key: str) -> tuple[pa.Table, pa.Table | None]:
+    """A table of :func:`with_shadow`'s as its two: the batch's own, and the shadow's (None when it
+    has no shadow columns), each with the key first as the predictor built them."""
+    ours = [f for f in table.schema if not f.name.startswith(SHADOW_PREFIX)]
+    theirs = [f for f in table.schema if f.name.startswith(SHADOW_PREFIX)]
+    main = pa.Table.from_arrays([table.column(f.name) for f in ours], schema=pa.schema(ours))
+    if not theirs:
+        return main, None
+    fields = [table.schema.field(key), *(f.with_name(f.name.removeprefix(SHADOW_PREFIX)) for f in theirs)]
+    columns = [table.column(key), *(table.column(f.name) for f in theirs)]
+    return main, pa.Table.from_arrays(columns, schema=pa.schema(fields))
 
 
 def _pick(mask: pa.Array, where_true: pa.Array, where_false: pa.Array) -> pa.Array:

@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import mlflow
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
@@ -283,24 +284,43 @@ def test_the_gpu_pipeline_shape_writes_every_row_once(
     settings, registered, ray_local, churn_job, tmp_path, monkeypatch, caplog
 ):
     """GPU actors get batches from read tasks and hand them to write tasks (no GPU here: the same
-    pipeline on CPU actors), and write the challenger's shadow scores themselves, a file a batch.
-    Two actors of a CPU each would hold both CPUs and starve the reads: one starts, and the log
-    says why."""
+    pipeline on CPU actors). The write tasks join the actors' small batches into files of at least
+    ``output.rows_per_file`` rows, and write the challenger's shadow scores beside them, a file of
+    the same name and rows for each. Two actors of a CPU each would hold both CPUs and starve the
+    reads: one starts, and the log says why."""
     from jobs import demo_data, pipeline
     from jobs.lake import Lake
 
     monkeypatch.setattr(pipeline, "actors_read_and_write", lambda gpus: False)
     lake = Lake(str(tmp_path / "lake"))
     demo_data.write_partition(lake, demo_data.RAW_TABLE, DAY, demo_data.generate(ROWS, DAY), files=3)
-    two = churn_job.compute.model_copy(update={"min_actors": 2, "max_actors": 2, "cpus_per_actor": 1})
-    job = churn_job.model_copy(update={"compute": two, "ab": churn_job.ab.model_copy(update={"shadow": True})})
+    compute = {"min_actors": 2, "max_actors": 2, "cpus_per_actor": 1, "batch_size": 250}
+    job = churn_job.model_copy(
+        update={
+            "compute": churn_job.compute.model_copy(update=compute),
+            "output": churn_job.output.model_copy(update={"rows_per_file": 1_000}),
+            "ab": churn_job.ab.model_copy(update={"shadow": True, "challenger_share": 0.3}),
+        }
+    )
     result = run_job(job, DAY, settings=settings.model_copy(update={"lake_root": lake.root}))
     table = read_output(lake)
     assert result.rows == table.num_rows == len(table["customer_id"].unique()) == ROWS
     assert set(table["scoring_run_id"].to_pylist()) == {result.run_id}
-    shadow = pads.dataset(lake.partition_path(job.shadow_table, DAY), format="parquet").to_table()
-    assert sorted(shadow["customer_id"].to_pylist()) == sorted(table["customer_id"].to_pylist())
-    assert set(shadow["scoring_run_id"].to_pylist()) == {result.run_id}
+    assert set(table["model_version"].to_pylist()) == {registered["champion"], registered["challenger"]}  # canary
+    out, shadow = Path(lake.partition_path(OUT, DAY)), Path(lake.partition_path(job.shadow_table, DAY))
+    names = sorted(p.name for p in out.glob("*.parquet"))
+    assert sorted(p.name for p in shadow.glob("*.parquet")) == names
+    rows = sorted(pq.read_metadata(out / name).num_rows for name in names)
+    assert len(rows) > 1 and min(rows[1:]) >= 1_000  # no file of a batch: the last may hold less
+    # file by file, the same customers in the same order, and the published score the shadow's
+    # where the canary picked the challenger
+    for name in names:
+        scores, theirs = pq.read_table(out / name), pq.read_table(shadow / name)
+        assert theirs["customer_id"].equals(scores["customer_id"])
+        assert set(theirs["model_version"].to_pylist()) == {registered["challenger"]}
+        assert set(theirs["scoring_run_id"].to_pylist()) == {result.run_id}
+        canary = pc.equal(scores["model_version"], registered["challenger"])
+        assert pc.filter(scores["churn_probability"], canary).equals(pc.filter(theirs["churn_probability"], canary))
     assert result.actor_seconds == {}  # the stages run in separate tasks: no split of an actor's time
     assert "compute.min_actors 2 would leave the read and write tasks no CPU" in caplog.text
     # the scores' distribution, read back from the files Ray Data wrote: every row counted
