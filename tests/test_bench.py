@@ -141,18 +141,21 @@ def test_bench_reports_every_figure(bench_home, tmp_path):
     ] * 2
 
 
-def test_image_bench_reports_the_gpu_figures_at_a_tiny_size(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAKECAST_", "AIRFLOW", "MLFLOW_", "RAY_"))}
-    env["LAKECAST_HOME"] = str(tmp_path / "home")
-    out = tmp_path / "image.json"
-    argv = ["bench", "--workload", "image", "--rows", "48", "--image-size", "64", "--batch-size", "16"]
-    proc = subprocess.run(
-        [str(Path(sys.executable).with_name("lakecast")), *argv, "--json", str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+def test_image_bench_reports_the_gpu_figures_where_a_bare_gpu_machine_lacks_the_platform(tmp_path):
+    """GPU machines come with torch, pyarrow and Pillow; the image bench must run there without the
+    platform's pydantic, MLflow or Airflow beside Ray (its docstring says how). It runs here with
+    them made unimportable (Ray Data's log records reach lakecast's console filter on the way),
+    at a tiny size, and reports every figure."""
+    code = (
+        "import sys\n"
+        "for m in ('pydantic', 'mlflow', 'airflow'): sys.modules[m] = None\n"
+        "from jobs.bench_image import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
     )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAKECAST_", "AIRFLOW", "MLFLOW_", "RAY_"))}
+    out = tmp_path / "image.json"
+    argv = ["--rows", "48", "--size", "64", "--batch-size", "16", "--home", str(tmp_path), "--json", str(out)]
+    proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     assert report["rows"] == 48 and report["settings"]["image_size"] == 64
@@ -165,32 +168,25 @@ def test_image_bench_reports_the_gpu_figures_at_a_tiny_size(tmp_path):
     assert "| lakecast pipeline, steady state |" in proc.stdout
 
 
-def test_image_bench_runs_without_what_a_bare_gpu_machine_lacks(tmp_path):
-    """GPU machines come with torch, pyarrow and Pillow; the image bench must run there without the
-    platform's pydantic, MLflow or Airflow beside Ray (its docstring says how). It runs here with
-    them made unimportable: Ray Data's log records reach lakecast's console filter on the way."""
-    code = (
-        "import sys\n"
-        "for m in ('pydantic', 'mlflow', 'airflow'): sys.modules[m] = None\n"
-        "from jobs.bench_image import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LAKECAST_", "AIRFLOW", "MLFLOW_", "RAY_"))}
-    argv = [
-        "--rows",
-        "32",
-        "--size",
-        "32",
-        "--batch-size",
-        "16",
-        "--home",
-        str(tmp_path),
-        "--json",
-        str(tmp_path / "r.json"),
+def test_lakecast_bench_hands_the_image_workload_its_flags(home, tmp_path, monkeypatch, capsys):
+    """``lakecast bench --workload image`` runs the image bench above in LAKECAST_HOME, with the
+    command line's size and batch, and prints its table."""
+    from jobs import bench_image, cli
+
+    calls = []
+
+    def run(home_dir, **kwargs):
+        calls.append((home_dir, kwargs))
+        return {"the": "report"}
+
+    monkeypatch.setattr(bench_image, "run", run)
+    monkeypatch.setattr(bench_image, "markdown", lambda report: f"table of {report}")
+    argv = ["bench", "--workload", "image", "--rows", "48", "--image-size", "64", "--batch-size", "16"]
+    assert cli.main([*argv, "--json", str(tmp_path / "image.json")]) == 0
+    assert calls == [
+        (home, {"rows": 48, "size": 64, "batch_size": 16, "json_path": tmp_path / "image.json"}),
     ]
-    proc = subprocess.run([sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert json.loads((tmp_path / "r.json").read_text())["rows"] == 32
+    assert "table of {'the': 'report'}" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
