@@ -648,6 +648,54 @@ def run(
         )
         for name, p in (("before_job", first_pass), ("after", second_pass))
     }
+    report = {
+        "rows": rows,
+        "io_only_rows_per_s": round(io_best),
+        "io_only_pyarrow_rows_per_s": round(io_pa),
+        "io_only_pyarrow_whole_rows_per_s": round(io_ways["whole"]),
+        "io_only_pyarrow_streamed_rows_per_s": round(io_ways["streamed"]),
+        "io_only_ray_rows_per_s": round(io_ray.rows_per_s),
+        "model_only_rows_per_s": round(model_rows_per_s),
+        "bound_rows_per_s": round(bound),
+        # the bound of each pass alone; the bound above takes each figure's best of the two
+        "bound_rows_per_s_by_pass": passes,
+        **best_of_rounds(rows, bound, job_runs, naive_runs, hot_runs),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "device": "cpu",
+        },
+        "settings": {
+            "ray": f"running at {running_ray}" if running_ray else "private local Ray, started by the job",
+            # the job's checks open MLflow's store: SQLite's costs about 0.7 s of imports, a server's none
+            "mlflow": _mlflow_store(settings.mlflow.tracking_uri),
+            "model": ref.uri,
+            "alias": ref.alias,  # None where the job file fixes a version
+            "batch_size": job.compute.batch_size if batch_size == job.compute.batch_size else f"auto: {batch_size}",
+            "min_actors": job.compute.min_actors,
+            "max_actors": job.compute.max_actors,
+            "cpus_per_actor": job.compute.cpus_per_actor,
+            "files_at_once": files_at_once(job.compute, len(files), gpus=0),
+            # the job's own work without Ray: plain processes shaped as its actors
+            "hot_path": {"processes": shape[0], "threads": shape[1]},
+            "transparent_huge_pages": job.compute.transparent_huge_pages,
+            "rounds": rounds,
+        },
+    }
+    if json_path:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2))
+        json_path.with_suffix(".md").write_text(bench_report.markdown(report))
+        bench_report.chart(report, json_path.with_suffix(".png"))
+    return report
+
+
+def best_of_rounds(
+    rows: int, bound: float, job_runs: list[JobRun], naive_runs: list[NaiveRun], hot_runs: list[HotRun]
+) -> dict[str, Any]:
+    """The report's figures of the job, the naive loop and the job's work without Ray, from their
+    rounds (a run of each per round, in turn), against ``bound``."""
     # Each of the job's figures is the best of its rounds, as each of the bound's is the best of
     # its passes and ways: the machine's best against the machine's best. Each figure's details
     # come from the round that gave it; memory is the worst round's.
@@ -657,21 +705,11 @@ def run(
     naive_best = min(naive_runs, key=lambda r: r.seconds)
     hot = max(hot_runs, key=lambda h: h.timed.rows_per_s)
     steady = steadiest.steady_rows_per_s
-    report = {
-        "rows": rows,
-        "io_only_rows_per_s": round(io_best),
-        "io_only_pyarrow_rows_per_s": round(io_pa),
-        "io_only_pyarrow_whole_rows_per_s": round(io_ways["whole"]),
-        "io_only_pyarrow_streamed_rows_per_s": round(io_ways["streamed"]),
-        "io_only_ray_rows_per_s": round(io_ray.rows_per_s),
-        "model_only_rows_per_s": round(model_rows_per_s),
+    return {
         "naive_rows_per_s": round(rows / naive_best.seconds),
         "lakecast_rows_per_s": round(rows / fastest.seconds),
         "steady_rows_per_s": round(steady),
         "hot_path_rows_per_s": round(hot.timed.rows_per_s),
-        "bound_rows_per_s": round(bound),
-        # the bound of each pass alone; the bound above takes each figure's best of the two
-        "bound_rows_per_s_by_pass": passes,
         "efficiency": round(steady / bound, 3),
         # the efficiency's two factors: the job's work per row, then what Ray costs
         "hot_path_vs_bound": round(hot.timed.rows_per_s / bound, 3),
@@ -706,35 +744,7 @@ def run(
             }
             for j, n, h in zip(job_runs, naive_runs, hot_runs, strict=True)
         ],
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-            "device": "cpu",
-        },
-        "settings": {
-            "ray": f"running at {running_ray}" if running_ray else "private local Ray, started by the job",
-            # the job's checks open MLflow's store: SQLite's costs about 0.7 s of imports, a server's none
-            "mlflow": _mlflow_store(settings.mlflow.tracking_uri),
-            "model": ref.uri,
-            "alias": ref.alias,  # None where the job file fixes a version
-            "batch_size": job.compute.batch_size if batch_size == job.compute.batch_size else f"auto: {batch_size}",
-            "min_actors": job.compute.min_actors,
-            "max_actors": job.compute.max_actors,
-            "cpus_per_actor": job.compute.cpus_per_actor,
-            "files_at_once": files_at_once(job.compute, len(files), gpus=0),
-            # the job's own work without Ray: plain processes shaped as its actors
-            "hot_path": {"processes": shape[0], "threads": shape[1]},
-            "transparent_huge_pages": job.compute.transparent_huge_pages,
-            "rounds": rounds,
-        },
     }
-    if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report, indent=2))
-        json_path.with_suffix(".md").write_text(bench_report.markdown(report))
-        bench_report.chart(report, json_path.with_suffix(".png"))
-    return report
 
 
 def _worst(values: Iterable[float | None]) -> float | None:
