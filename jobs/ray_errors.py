@@ -18,8 +18,11 @@ left exactly as Ray reports it.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import sys
+from types import FrameType
 
 # Ray Data appends this, on a new line, to the message of an exception that ran out of retries
 RETRY_NOTE = "\nFailed to apply UDF transform after "
@@ -43,10 +46,50 @@ def find_ours(e: BaseException) -> BaseException | None:
 
 def raise_ours(e: BaseException) -> None:
     """Raise our error from the chain of ``e`` without Ray's wrapping; return where there is none
-    or ``e`` is ours itself, for the caller to re-raise ``e`` as it is."""
+    or ``e`` is ours itself, for the caller to re-raise ``e`` as it is.
+
+    Either way, the failed pipeline's actors are let go first (:func:`let_go`)."""
+    let_go(e)
     ours = find_ours(e)
     if ours is not None and ours is not e:
         raise ours from None
+
+
+def let_go(e: BaseException) -> None:
+    """Free what the failed pipeline behind ``e`` still holds: its actors, and their CPUs and GPUs.
+
+    Ray Data shuts its executor down when a run fails, but leaves the actors to be killed once
+    their handles are unreferenced, and the traceback's frames still reference them, in cycles
+    with the executor that only Python's cyclic collector frees. In a process that lives on after
+    the error (a notebook, ``airflow dags test``, a service calling :func:`jobs.predict.run_job`)
+    the actors held their CPUs for as long as the caller kept the error, or until the collector
+    happened to run: a next run on the same Ray waited for them. So the frames' variables are
+    cleared (the traceback still prints in full) and the cycles collected now."""
+    todo, seen = [e], set()
+    while todo and len(seen) < 64:
+        exc = todo.pop()
+        if id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        tb = exc.__traceback__
+        while tb is not None:
+            _clear_frames(tb.tb_frame)
+            tb = tb.tb_next
+        # both links: Ray's error has a cause, and in its context the StopIteration that the
+        # executor's thread was handling, whose traceback holds that thread's frames
+        todo += [x for x in (exc.__cause__, exc.__context__) if x is not None]
+    gc.collect()
+
+
+def _clear_frames(frame: FrameType | None) -> None:
+    """Clear ``frame`` and its callers: an exception caught in Ray Data's executor thread keeps,
+    through its frames' callers, that thread's loop and the executor it ran."""
+    while frame is not None:
+        # a frame still running (this thread's callers) stays; a generator's is closed, and one
+        # whose cleanup fails must not hide the error the user is about to get
+        with contextlib.suppress(Exception):
+            frame.clear()
+        frame = frame.f_back
 
 
 def _without_retry_note(e: BaseException) -> BaseException:

@@ -4,7 +4,6 @@ two really trained and registered model versions, and one local Ray for the sess
 from __future__ import annotations
 
 import datetime as dt
-import gc
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,19 +65,6 @@ def ray_local(settings) -> Iterator[None]:
     ensure_ray(settings)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(autouse=True)
-def failed_runs_release_their_actors(request) -> Iterator[None]:
-    """After a test on the session's Ray, a run that failed gives back its actors' CPUs.
-
-    Its exception's traceback holds the pipeline's frames, and through them Ray Data's executor
-    and the actors' handles, in reference cycles that only Python's cyclic collector frees: until
-    it ran, the next test's actor waited for the CPUs (8-18 s). A run in a process of its own (the
-    CLI, an Airflow task) gives them back when it exits."""
-    yield
-    if "ray_local" in request.fixturenames:
-        gc.collect()
 
 
 @pytest.fixture(scope="session")

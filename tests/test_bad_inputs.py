@@ -293,6 +293,32 @@ def test_an_actors_error_reaches_the_terminal_as_one_sentence(settings, lake, re
     assert lake.read_manifest("predictions/bad_cli", DAY) is None  # nothing published
 
 
+def test_a_failed_run_gives_its_actors_cpus_back_while_its_error_is_held(
+    case_lake, settings, registered, ray_local, churn_job
+):
+    """A process that lives on after a failed run (a notebook, ``airflow dags test``, a service
+    calling run_job) keeps the error, and the next run needs the CPUs the failed run's actors
+    held. Python's cyclic collector is off here: the run itself must let them go."""
+    import gc
+
+    import ray
+
+    job = make_job(churn_job, Case("held", files(), validation={"on_invalid_rows": "fail"}))
+    files(every(50, None, "contract_type"))(case_lake, case_lake.partition_path(job.input.table, DAY))
+    gc.disable()
+    try:
+        with pytest.raises(InvalidInput, match=r"invalid row\(s\) in a batch") as raised:
+            run_job(job, DAY, settings=settings.model_copy(update={"lake_root": case_lake.root}))
+        total = ray.cluster_resources()["CPU"]
+        deadline = time.monotonic() + 10
+        while ray.available_resources().get("CPU", 0) < total and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ray.available_resources().get("CPU", 0) == total, ray.available_resources()
+        assert raised.value.__traceback__ is not None  # still held, and still printable
+    finally:
+        gc.enable()
+
+
 @pytest.fixture
 def small_disk(tmp_path) -> Iterator[Path]:
     """A folder on a tmpfs of 8 MiB, to fill: a disk that really runs out, where the machine
