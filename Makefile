@@ -45,7 +45,7 @@ lint: $(STAMP)
 
 test: lint system-deps
 	$(BIN)/lakecast validate
-	$(BIN)/pytest $(ARGS)
+	$(BIN)/pytest -n 2 --dist loadfile --no-loadscope-reorder $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/lakecast bench $(ARGS)

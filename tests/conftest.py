@@ -15,6 +15,15 @@ ROWS = 3_000
 LABELED_ROWS = 4_000
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The end-to-end modules (marked ``slow``) first, each module's tests in their order.
+
+    ``make test`` runs two pytest workers, each taking a whole module at a time in this order
+    (``--dist loadfile --no-loadscope-reorder``): a long module started last would leave one
+    worker running it alone while the other idles."""
+    items.sort(key=lambda item: not any(m.name == "slow" for m in item.getparent(pytest.Module).own_markers))
+
+
 @pytest.fixture(scope="session")
 def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Everything the tests write lives here; the profile is the embedded default."""
@@ -131,16 +140,11 @@ def storage(request: pytest.FixtureRequest, settings, tmp_path: Path):
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     """A real Ray head (``ray start --head``, dashboard and Jobs API) on 127.0.0.1, token-authenticated
-    like a production cluster; this process gets the token the way a user's client does."""
+    like a production cluster. Its clients get the token from ``auth_env``, each test's own: a
+    private Ray that this process starts later must not inherit it (Ray reads RAY_AUTH_MODE once
+    per process, so that Ray's GCS would demand a token its driver never sends)."""
     from tests.rayhead import RayHead
 
     head = RayHead(tmp_path_factory.mktemp("ray-head")).start()
-    saved = {k: os.environ.get(k) for k in head.auth_env}
-    os.environ.update(head.auth_env)
     yield head
     head.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v

@@ -30,7 +30,9 @@ def cluster_lake(tmp_path_factory, registered) -> Lake:
 
 @pytest.fixture
 def cluster(ray_head, cluster_lake, settings, monkeypatch):
-    """This process as a user's terminal or Airflow worker in cluster mode."""
+    """This process as a user's terminal or Airflow worker in cluster mode, with the cluster's token."""
+    for key, value in ray_head.auth_env.items():
+        monkeypatch.setenv(key, value)
     monkeypatch.setenv("RAY_ADDRESS", ray_head.address)
     monkeypatch.setenv("LAKECAST_LAKE_ROOT", cluster_lake.root)
     from jobs.settings import load_settings

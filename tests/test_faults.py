@@ -33,12 +33,20 @@ ROWS_PER_FILE = ROWS // FILES
 
 
 def map_workers() -> list[psutil.Process]:
-    """The scoring actors: on CPU, each reads, validates, scores and writes its slices."""
-    found = []
-    for p in psutil.process_iter(["cmdline"]):
-        if "MapWorker(MapBatches(ScoreAndWrite))" in " ".join(p.info["cmdline"] or []):
-            found.append(p)
-    return found
+    """The scoring actors of this test's Ray: on CPU, each reads, validates, scores and writes its
+    slices. Only this process's descendants: another pytest worker's jobs run beside it."""
+    return [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "MapWorker(MapBatches(ScoreAndWrite))" in " ".join(_cmdline(p))
+    ]
+
+
+def _cmdline(p: psutil.Process) -> list[str]:
+    try:
+        return p.cmdline()
+    except psutil.Error:  # it ended meanwhile
+        return []
 
 
 def staging(lake: Lake) -> Path:
