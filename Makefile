@@ -1,6 +1,6 @@
 # The two commands of the README:
 #   make demo   install everything into .venv and run the churn job's DAG on the embedded default
-#   make test   install everything into .venv, lint, and run the whole test suite
+#   make test   install everything into .venv, lint, and run the whole test suite (two pytest workers)
 SHELL := bash
 .SHELLFLAGS := -eo pipefail -c
 .DEFAULT_GOAL := help
