@@ -23,6 +23,7 @@ from jobs.ray_runtime import (
     files_at_once,
     files_dataset,
     read_pieces,
+    room_beside_gpu_actors,
     threads_per_file,
 )
 from jobs.settings import Settings
@@ -52,7 +53,7 @@ def score(
     started_at: dt.datetime,
     gpus: float,
     shadow_dir: str | None = None,
-) -> tuple[float, dict[str, float], list[dict[str, Any]] | None]:
+) -> tuple[float, dict[str, float], list[dict[str, Any]]]:
     """The Ray Data pipeline: read → validate rows → actor pool of predictors → Parquet in staging.
 
     CPU actors run all four steps themselves, a piece of the partition (``pre.pieces``: a file, a
@@ -68,8 +69,8 @@ def score(
 
     Returns when the pipeline started (unix seconds); with CPU actors, the seconds they spent in
     each stage (:data:`jobs.part_writer.STAGES`), summed over the actors (else ``{}``); and
-    the summaries of the scores they wrote, a file's each (:mod:`jobs.score_stats`; None with GPU
-    actors, whose files Ray Data writes: the caller reads those back).
+    the summaries of the scores written, a file's each (:mod:`jobs.score_stats`), from the CPU
+    actors or the GPU pipeline's write tasks.
     """
     from jobs.part_writer import ScoreAndWrite, stage_seconds  # imports Ray Data: only once Ray is up
 
@@ -137,6 +138,7 @@ def score(
     dataset = read_pieces(pre.pieces, filesystem=lake.fs, columns=columns, dictionary=categorical, num_cpus=IO_CPUS)
     validated = dataset.map_batches(validator, batch_format="pyarrow", num_cpus=IO_CPUS)
     # read and write tasks need CPUs beside the actors
+    room_beside_gpu_actors(job, settings, 2 * IO_CPUS)
     actors = actor_pool(job.compute, beside=2 * IO_CPUS)
     started = time.time()
     scored = validated.map_batches(
@@ -149,16 +151,16 @@ def score(
         num_gpus=gpus,
         udf_modifying_row_count=False,
     )
-    scored.write_datasink(
-        PredictionFiles(
-            FolderWriter(staging, lake.fs),
-            None if shadow_dir is None else FolderWriter(shadow_dir, lake.fs),
-            key=job.input.key,
-            min_rows=job.output.rows_per_file,
-        ),
-        ray_remote_args={"num_cpus": IO_CPUS},
+    sink = PredictionFiles(
+        FolderWriter(staging, lake.fs),
+        None if shadow_dir is None else FolderWriter(shadow_dir, lake.fs),
+        key=job.input.key,
+        min_rows=job.output.rows_per_file,
+        score_column=job.output.score_column,
+        sample_every=score_stats.sample_every(pre.rows_in),
     )
-    return started, {}, None
+    scored.write_datasink(sink, ray_remote_args={"num_cpus": IO_CPUS})
+    return started, {}, sink.summaries
 
 
 def read_columns(job: JobConfig, rules: list[validation.ColumnRule]) -> tuple[list[str], list[str]]:

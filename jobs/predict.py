@@ -228,10 +228,6 @@ def _run_locked(
                     f"wrote {out_rows} predictions and quarantined {q_rows} rows for {rows_in} input "
                     "rows; nothing was committed"
                 )
-            if summaries is None:  # GPU actors: Ray Data wrote the files, so their scores are read back
-                summaries = score_stats.of_files(
-                    [f.path for f in out_files], lake.fs, job.output.score_column, out_rows
-                )
             before = drift.day_before(lake, job.output.table, ds)
             scores = drift.score_distribution(ds, summaries, before, table=job.output.table)
             drift.warn_of_emptier_inputs(ds, job, pre, before, lake.uri(lake.partition_path(job.input.table, ds)))

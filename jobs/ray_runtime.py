@@ -53,6 +53,33 @@ def ensure_ray(settings: Settings) -> None:
     log.info("Ray %s: %s", "cluster" if address else "local", ray.cluster_resources())
 
 
+def private_ray(settings: Settings) -> bool:
+    """Whether this run starts (or started) a private local Ray, which never grows: no cluster address."""
+    return not (os.environ.get("RAY_ADDRESS") or settings.ray.address)
+
+
+def room_beside_gpu_actors(job: JobConfig, settings: Settings, io_cpus: float) -> None:
+    """Check that a private Ray has CPUs for the GPU pipeline's read and write tasks (``io_cpus``
+    in all) beside one actor: an actor holding them all leaves the reads waiting forever.
+
+    Raises:
+        ConfigError: naming the job file, the actor's CPUs and the Ray's.
+    """
+    import ray
+
+    from jobs.yamlconf import ConfigError
+
+    cpus = ray.cluster_resources().get("CPU", 0.0)
+    asked = job.compute.cpus_per_actor
+    if private_ray(settings) and asked + io_cpus > cpus:
+        raise ConfigError(
+            f"conf/jobs/{job.name}.yaml: a GPU actor asks for {asked:g} CPU (compute.cpus_per_actor), and "
+            f"beside it the read and write tasks need {io_cpus:g}, where this Ray has {cpus:g}: the reads would "
+            f"wait forever; ask for at most {max(cpus - io_cpus, 0):g}, or give the local Ray more (the "
+            "profile's ray.num_cpus)"
+        )
+
+
 def actor_gpus(job: JobConfig, settings: Settings) -> float:
     """The GPUs of each of the job's actors (``auto``: one where the cluster has GPUs, else CPU
     actors), once it is known that a node can hold such an actor.
@@ -82,7 +109,7 @@ def actor_gpus(job: JobConfig, settings: Settings) -> float:
         f"conf/jobs/{job.name}.yaml: each actor asks for {asked}, and no node of this Ray has that much "
         f"(the largest: {has})"
     )
-    if not (os.environ.get("RAY_ADDRESS") or settings.ray.address):
+    if private_ray(settings):
         raise ConfigError(f"{message}; ask for less, or give the local Ray more (the profile's ray.num_cpus)")
     log.warning("%s; the job waits until the cluster's autoscaler adds a node that fits", message)
     return gpus

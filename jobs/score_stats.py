@@ -135,8 +135,9 @@ def psi(sample: np.ndarray, previous: Mapping[str, float]) -> float | None:
 
 
 def of_files(paths: list[str], filesystem: Any, score_column: str, rows: int) -> list[dict[str, Any]]:
-    """The summaries of written prediction files of ``rows`` rows in all, read back (the GPU
-    actors' path, where Ray Data writes the files): their score and prediction columns only."""
+    """The summaries of written prediction files of ``rows`` rows in all, read back (the shadow's
+    files, whose scores the actors and write tasks write but do not summarise): their score and
+    prediction columns only."""
     import pyarrow.parquet as pq
 
     every = sample_every(rows)

@@ -15,36 +15,55 @@ Imports Ray Data: import it once Ray is up.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import pyarrow as pa
 from ray.data import Datasink
 from ray.data._internal.planner.plan_write_op import WRITE_UUID_KWARG_NAME
 from ray.data.block import Block, BlockAccessor
+from ray.data.datasource.datasink import WriteResult
 
+from jobs import score_stats
 from jobs.lake import FolderWriter
 from models.predictor import parquet_options, shadow_apart
 
 
-class PredictionFiles(Datasink[int]):
+class PredictionFiles(Datasink[dict[str, Any]]):
     """A Parquet file per write task, of ``min_rows`` rows or more (Ray Data joins the actors'
     batches up to that before a task), into ``predictions``, and with ``shadow`` the shadow's
     file of the same name and rows into that folder, written first: a predictions file never
     lacks its shadow. A task's file is named after the write and the task's index, so that a task
     Ray retries rewrites its own files instead of adding others. A store that cannot take a file
-    fails the run as :class:`jobs.lake.FolderWriter`'s sentence. Returns the rows written."""
+    fails the run as :class:`jobs.lake.FolderWriter`'s sentence.
 
-    def __init__(self, predictions: FolderWriter, shadow: FolderWriter | None, *, key: str, min_rows: int) -> None:
+    Each task returns the summary of the scores it wrote (:mod:`jobs.score_stats`, every
+    ``sample_every``-th score sampled), as the CPU actors do, and the driver finds them in
+    :attr:`summaries` once the write is complete: the run's figures come without reading its
+    scores back (0.1-0.5 s of a 10M-row night)."""
+
+    def __init__(
+        self,
+        predictions: FolderWriter,
+        shadow: FolderWriter | None,
+        *,
+        key: str,
+        min_rows: int,
+        score_column: str,
+        sample_every: int,
+    ) -> None:
         self.predictions, self.shadow = predictions, shadow
         self.key, self.min_rows = key, min_rows
+        self.score_column, self.sample_every = score_column, sample_every
+        self.summaries: list[dict[str, Any]] = []
 
     @property
     def min_rows_per_write(self) -> int:
         return self.min_rows
 
-    def write(self, blocks: Iterable[Block], ctx) -> int:
+    def write(self, blocks: Iterable[Block], ctx) -> dict[str, Any]:
         tables = [t for t in (BlockAccessor.for_block(b).to_arrow() for b in blocks) if t.num_rows]
         if not tables:
-            return 0
+            return dict(score_stats.EMPTY)
         # a canary's batches encode their lineage anew: the same types, other dictionaries
         table = pa.concat_tables(tables, promote_options="permissive")
         name = f"part-{ctx.kwargs[WRITE_UUID_KWARG_NAME][:12]}-{ctx.task_idx:05d}.parquet"
@@ -54,4 +73,7 @@ class PredictionFiles(Datasink[int]):
                 raise RuntimeError("the predictor wrote no shadow columns for a job that shadows its challenger")
             self.shadow(shadow, name, **parquet_options(shadow.column_names))
         self.predictions(scores, name, **parquet_options(scores.column_names))
-        return table.num_rows
+        return score_stats.of_table(scores, self.score_column, self.sample_every)
+
+    def on_write_complete(self, write_result: WriteResult[dict[str, Any]]) -> None:
+        self.summaries = list(write_result.write_returns)

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
+from jobs.failures import exit_status
 from jobs.lake import LakeError
 from jobs.predict import run_job
 from models.registry import RegistryError
@@ -323,8 +324,33 @@ def test_the_gpu_pipeline_shape_writes_every_row_once(
         assert pc.filter(scores["churn_probability"], canary).equals(pc.filter(theirs["churn_probability"], canary))
     assert result.actor_seconds == {}  # the stages run in separate tasks: no split of an actor's time
     assert "compute.min_actors 2 would leave the read and write tasks no CPU" in caplog.text
-    # the scores' distribution, read back from the files Ray Data wrote: every row counted
+    # the scores' distribution, summarised by the write tasks as they wrote the files: every row counted
     assert_scores_describe(result.scores, table)
+
+
+def test_a_gpu_actor_that_leaves_its_reads_no_cpu_is_refused_at_once(
+    settings, registered, ray_local, churn_job, tmp_path, monkeypatch
+):
+    """The churn job as shipped asks 2 CPUs an actor: on a GPU machine of 2 CPUs its one actor
+    would hold both, and the read tasks beside it would wait forever. A private Ray never grows,
+    so the run says so at once (the GPU pipeline's shape, on CPU actors here)."""
+    import ray
+
+    from jobs import demo_data, pipeline
+    from jobs.lake import Lake
+    from jobs.yamlconf import ConfigError
+
+    monkeypatch.setattr(pipeline, "actors_read_and_write", lambda gpus: False)
+    lake = Lake(str(tmp_path / "lake"))
+    demo_data.write_partition(lake, demo_data.RAW_TABLE, DAY, demo_data.generate(1_000, DAY), files=1)
+    cpus = ray.cluster_resources()["CPU"]
+    job = churn_job.model_copy(update={"compute": churn_job.compute.model_copy(update={"cpus_per_actor": cpus})})
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=rf"conf/jobs/churn\.yaml: a GPU actor asks for {cpus:g} CPU") as raised:
+        run_job(job, DAY, settings=settings.model_copy(update={"lake_root": lake.root}))
+    assert time.monotonic() - started < 60
+    assert f"at most {cpus - 1:g}" in str(raised.value) and exit_status(raised.value) == 2
+    assert not Path(lake.partition_path(OUT, DAY)).exists()
 
 
 def assert_scores_describe(scores: dict, table) -> None:
