@@ -297,7 +297,7 @@ def _score_both(
         },
         batch_format="pyarrow",
         batch_size=None if fused else batch_size,
-        compute=actor_pool(job.compute, inputs=len(pieces)) if fused else actor_pool(job.compute, beside=1),
+        compute=actor_pool(job, settings, inputs=len(pieces)) if fused else actor_pool(job, settings, beside=1),
         num_cpus=job.compute.cpus_per_actor,
         num_gpus=gpus,
         udf_modifying_row_count=False,

@@ -23,7 +23,6 @@ from jobs.ray_runtime import (
     files_at_once,
     files_dataset,
     read_pieces,
-    room_beside_gpu_actors,
     threads_per_file,
 )
 from jobs.settings import Settings
@@ -108,7 +107,7 @@ def score(
         mlflow.log_param("compute.batch_size_chosen", batch_size)
     if actors_read_and_write(gpus):
         # a task per piece of input, each actor streaming its pieces from read to write (docs/adr/0002)
-        actors = actor_pool(job.compute, inputs=len(pre.pieces), at_once=at_once)
+        actors = actor_pool(job, settings, inputs=len(pre.pieces), at_once=at_once)
         started = time.time()
         done = files_dataset(pre.pieces, lake.uri).map_batches(
             ScoreAndWrite,
@@ -138,8 +137,7 @@ def score(
     dataset = read_pieces(pre.pieces, filesystem=lake.fs, columns=columns, dictionary=categorical, num_cpus=IO_CPUS)
     validated = dataset.map_batches(validator, batch_format="pyarrow", num_cpus=IO_CPUS)
     # read and write tasks need CPUs beside the actors
-    room_beside_gpu_actors(job, settings, 2 * IO_CPUS)
-    actors = actor_pool(job.compute, beside=2 * IO_CPUS)
+    actors = actor_pool(job, settings, beside=2 * IO_CPUS)
     started = time.time()
     scored = validated.map_batches(
         predictor,

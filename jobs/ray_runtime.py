@@ -58,28 +58,6 @@ def private_ray(settings: Settings) -> bool:
     return not (os.environ.get("RAY_ADDRESS") or settings.ray.address)
 
 
-def room_beside_gpu_actors(job: JobConfig, settings: Settings, io_cpus: float) -> None:
-    """Check that a private Ray has CPUs for the GPU pipeline's read and write tasks (``io_cpus``
-    in all) beside one actor: an actor holding them all leaves the reads waiting forever.
-
-    Raises:
-        ConfigError: naming the job file, the actor's CPUs and the Ray's.
-    """
-    import ray
-
-    from jobs.yamlconf import ConfigError
-
-    cpus = ray.cluster_resources().get("CPU", 0.0)
-    asked = job.compute.cpus_per_actor
-    if private_ray(settings) and asked + io_cpus > cpus:
-        raise ConfigError(
-            f"conf/jobs/{job.name}.yaml: a GPU actor asks for {asked:g} CPU (compute.cpus_per_actor), and "
-            f"beside it the read and write tasks need {io_cpus:g}, where this Ray has {cpus:g}: the reads would "
-            f"wait forever; ask for at most {max(cpus - io_cpus, 0):g}, or give the local Ray more (the "
-            "profile's ray.num_cpus)"
-        )
-
-
 def actor_gpus(job: JobConfig, settings: Settings) -> float:
     """The GPUs of each of the job's actors (``auto``: one where the cluster has GPUs, else CPU
     actors), once it is known that a node can hold such an actor.
@@ -122,7 +100,7 @@ def actors_read_and_write(gpus: float) -> bool:
 
 
 def actor_pool(
-    compute: ComputeSpec, *, inputs: int | None = None, beside: float = 0.0, at_once: int = 1
+    job: JobConfig, settings: Settings, *, inputs: int | None = None, beside: float = 0.0, at_once: int = 1
 ) -> ray.data.ActorPoolStrategy:
     """The job's actor pool, its minimum size cut to what can start and be fed.
 
@@ -130,17 +108,32 @@ def actor_pool(
         inputs: how many inputs the pool gets (one per piece where the actors read their own
             files, :mod:`jobs.pieces`): no more actors start than that, so a one-piece partition
             starts one.
-        beside: CPUs the stages beside the actors need (read and write tasks). The minimum leaves
-            them room: actors holding every CPU of the cluster would wait forever for the reads.
+        beside: CPUs the stages beside the actors need (the GPU actors' read and write tasks).
+            The minimum leaves them room: actors holding every CPU of the cluster would wait
+            forever for the reads.
         at_once: inputs each actor works on at the same time, a thread each (see
             :func:`files_at_once`).
+
+    Raises:
+        ConfigError: on a private Ray (which never grows), where even one actor leaves the stages
+            beside it no room, naming the job file, the actor's CPUs and the Ray's.
     """
     import ray
 
+    from jobs.yamlconf import ConfigError
+
+    compute = job.compute
     low = compute.min_actors if inputs is None else min(compute.min_actors, inputs)
     if beside:
         cpus = ray.cluster_resources().get("CPU", 0.0)
         fits = int((cpus - beside) // compute.cpus_per_actor)
+        if fits < 1 and private_ray(settings):
+            raise ConfigError(
+                f"conf/jobs/{job.name}.yaml: a GPU actor asks for {compute.cpus_per_actor:g} CPU "
+                f"(compute.cpus_per_actor), and beside it the read and write tasks need {beside:g}, where this Ray "
+                f"has {cpus:g}: the reads would wait forever; ask for at most {max(cpus - beside, 0):g}, or give "
+                "the local Ray more (the profile's ray.num_cpus)"
+            )
         if fits < low:
             log.warning(
                 "compute.min_actors %d would leave the read and write tasks no CPU of the cluster's %g; "
