@@ -50,11 +50,12 @@ READ_ROWS = 262_144
 STAGES = ("read", "validate", "score", "write")
 
 # what an actor returns for each piece of input: rows scored and set aside, the seconds of each
-# stage, and a summary of the scores it wrote (jobs.score_stats)
+# stage, and summaries of the scores it wrote and of their shadow's (jobs.score_stats)
 DONE = pa.schema(
     [("file", pa.string()), ("rows", pa.int64()), ("quarantined", pa.int64())]
     + [(f"{stage}_s", pa.float64()) for stage in STAGES]
     + score_stats.FIELDS
+    + score_stats.SHADOW_FIELDS
 )
 
 
@@ -146,7 +147,7 @@ class ScoreAndWrite:
         """Score one piece of input (``uris``: its files', for messages): a row of :data:`DONE`."""
         seconds = dict.fromkeys(STAGES, 0.0)
         rows = quarantined = 0
-        summary = dict(score_stats.EMPTY)
+        summary, shadow = dict(score_stats.EMPTY), dict(score_stats.EMPTY)
         for i, parts in itertools.groupby(_timed(self._read(piece), seconds), key=itemgetter(0)):
             name = f"{piece.stem}-{i:04d}.parquet"
             scored, rejected = [], []
@@ -172,14 +173,13 @@ class ScoreAndWrite:
                 FolderWriter(self.validator.quarantine_dir, self.validator.fs)(bad, f"q-{name}")
                 quarantined += bad.num_rows
             if scored:  # else every row of the slice was quarantined
-                if self.shadow is not None:
-                    self.shadow.write(name)
+                theirs = None if self.shadow is None else self.shadow.write(name)
                 table = pa.concat_tables(scored, promote_options="permissive")
                 self.output(table, name, **parquet_options(table.column_names))
                 rows += table.num_rows
-                summary = score_stats.combine(
-                    summary, score_stats.of_table(table, self.score_column, self.sample_every)
-                )
+                summary = score_stats.combine(summary, self._summary(table))
+                if theirs is not None:
+                    shadow = score_stats.combine(shadow, self._summary(theirs))
             seconds["write"] += time.perf_counter() - t0
         return {
             "file": piece.describe(uris),
@@ -187,7 +187,11 @@ class ScoreAndWrite:
             "quarantined": quarantined,
             **{f"{k}_s": v for k, v in seconds.items()},
             **summary,
+            **score_stats.as_shadow(shadow),
         }
+
+    def _summary(self, table: pa.Table) -> dict[str, Any]:
+        return score_stats.of_table(table, self.score_column, self.sample_every)
 
     def _read(self, piece: Piece) -> Iterator[tuple[int, tuple[int, int], pa.Table]]:
         """``(slice number, (first, last) file of piece.paths its rows come from, rows)``."""

@@ -213,11 +213,11 @@ def _run_locked(
             )
             if job.shadows:
                 s_files, s_footers, s_rows = _written(lake, s_staging)
-                # the challenger's scores of every row, beside the published ones: read back, as
-                # the actors summarise only the published scores
+                # the challenger's scores of every row, beside the published ones, summarised by
+                # the actors or write tasks that wrote them
                 shadow_scores = drift.score_distribution(
                     ds,
-                    score_stats.of_files([f.path for f in s_files], lake.fs, job.output.score_column, s_rows),
+                    [score_stats.shadow_of(s) for s in summaries],
                     drift.day_before(lake, job.shadow_table, ds),
                     table=job.shadow_table,
                 )

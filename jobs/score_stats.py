@@ -6,9 +6,10 @@ type checks, every row is valid and every score a number, and the predictions ar
 shows it is the scores' distribution moving from one night to the next (a median that jumps, a
 positive rate that halves), which MLflow charts across the runs of the job's experiment.
 
-Nothing per row leaves an actor for this: a CPU actor summarises each input file's scores as it
-writes them (:func:`summarize`: count, mean, spread, extremes, positives, and every k-th score,
-about :data:`SAMPLE` in all, for the quantiles), about 1.5 ns a row, and the driver merges the
+Nothing per row leaves an actor for this: a CPU actor (a GPU pipeline's write task) summarises
+each file's scores as it writes them, and the challenger's shadow scores beside them
+(:func:`summarize`: count, mean, spread, extremes, positives, and every k-th score, about
+:data:`SAMPLE` in all, for the quantiles), about 1.5 ns a row, and the driver merges the
 summaries (:func:`merge`). Mean, standard deviation, extremes and positive rate are exact; the
 quantiles come from the sample.
 """
@@ -39,6 +40,10 @@ FIELDS = [
     ("positives", pa.int64()),
     ("score_sample", pa.list_(pa.float32())),
 ]
+# the same of the challenger's shadow scores of the same rows (``ab.shadow``), beside them: an
+# actor or a write task summarises both files as it writes them (EMPTY's where no shadow is)
+SHADOW = "shadow_"
+SHADOW_FIELDS = [(SHADOW + name, kind) for name, kind in FIELDS]
 EMPTY: dict[str, Any] = {
     "score_rows": 0,
     "score_mean": 0.0,
@@ -48,6 +53,17 @@ EMPTY: dict[str, Any] = {
     "positives": 0,
     "score_sample": [],
 }
+
+
+def as_shadow(summary: dict[str, Any]) -> dict[str, Any]:
+    """A summary of shadow scores, under :data:`SHADOW_FIELDS`' names to travel beside the
+    published scores' own."""
+    return {SHADOW + name: value for name, value in summary.items()}
+
+
+def shadow_of(summary: dict[str, Any]) -> dict[str, Any]:
+    """The shadow scores' summary out of a summary that carries both (:func:`as_shadow`)."""
+    return {name: summary[SHADOW + name] for name in EMPTY}
 
 
 def sample_every(rows: int) -> int:
@@ -132,19 +148,6 @@ def psi(sample: np.ndarray, previous: Mapping[str, float]) -> float | None:
     today = np.bincount(np.searchsorted(edges, sample, side="right"), minlength=10) / len(sample)
     today = np.clip(today, 1e-6, None)
     return float(np.sum((today - 0.1) * np.log(today / 0.1)))
-
-
-def of_files(paths: list[str], filesystem: Any, score_column: str, rows: int) -> list[dict[str, Any]]:
-    """The summaries of written prediction files of ``rows`` rows in all, read back (the shadow's
-    files, whose scores the actors and write tasks write but do not summarise): their score and
-    prediction columns only."""
-    import pyarrow.parquet as pq
-
-    every = sample_every(rows)
-    return [
-        of_table(pq.read_table(path, columns=[score_column, "prediction"], filesystem=filesystem), score_column, every)
-        for path in paths
-    ]
 
 
 def describe(figures: dict[str, float]) -> str:

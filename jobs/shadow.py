@@ -28,14 +28,16 @@ class PerFile:
     def __call__(self, table: pa.Table) -> None:
         self._batches().append(table)
 
-    def write(self, name: str) -> None:
-        """This thread's batches since the last call, as the file ``name``; none: no file."""
+    def write(self, name: str) -> pa.Table | None:
+        """This thread's batches since the last call, as the file ``name``, returned for its
+        summary (:mod:`jobs.score_stats`); none: no file, None."""
         batches = self._batches()
         if not batches:
-            return
+            return None
         table = pa.concat_tables(batches, promote_options="permissive")
         batches.clear()
         self.writer(table, name, **parquet_options(table.column_names))
+        return table
 
     def _batches(self) -> list[pa.Table]:
         if not hasattr(self._local, "batches"):

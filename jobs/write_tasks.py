@@ -36,10 +36,10 @@ class PredictionFiles(Datasink[dict[str, Any]]):
     Ray retries rewrites its own files instead of adding others. A store that cannot take a file
     fails the run as :class:`jobs.lake.FolderWriter`'s sentence.
 
-    Each task returns the summary of the scores it wrote (:mod:`jobs.score_stats`, every
-    ``sample_every``-th score sampled), as the CPU actors do, and the driver finds them in
-    :attr:`summaries` once the write is complete: the run's figures come without reading its
-    scores back (0.09-0.36 s of a 10M-row night on local disk)."""
+    Each task returns the summaries of the scores it wrote and of their shadow's
+    (:mod:`jobs.score_stats`, every ``sample_every``-th score sampled), as the CPU actors do, and
+    the driver finds them in :attr:`summaries` once the write is complete: the run's figures come
+    without reading its scores back (0.09-0.36 s of a 10M-row night on local disk)."""
 
     def __init__(
         self,
@@ -63,17 +63,19 @@ class PredictionFiles(Datasink[dict[str, Any]]):
     def write(self, blocks: Iterable[Block], ctx) -> dict[str, Any]:
         tables = [t for t in (BlockAccessor.for_block(b).to_arrow() for b in blocks) if t.num_rows]
         if not tables:
-            return dict(score_stats.EMPTY)
+            return score_stats.EMPTY | score_stats.as_shadow(score_stats.EMPTY)
         # a canary's batches encode their lineage anew: the same types, other dictionaries
         table = pa.concat_tables(tables, promote_options="permissive")
         name = f"part-{ctx.kwargs[WRITE_UUID_KWARG_NAME][:12]}-{ctx.task_idx:05d}.parquet"
         scores, shadow = shadow_apart(table, self.key)
+        theirs = dict(score_stats.EMPTY)
         if self.shadow is not None:
             if shadow is None:
                 raise RuntimeError("the predictor wrote no shadow columns for a job that shadows its challenger")
             self.shadow(shadow, name, **parquet_options(shadow.column_names))
+            theirs = score_stats.of_table(shadow, self.score_column, self.sample_every)
         self.predictions(scores, name, **parquet_options(scores.column_names))
-        return score_stats.of_table(scores, self.score_column, self.sample_every)
+        return score_stats.of_table(scores, self.score_column, self.sample_every) | score_stats.as_shadow(theirs)
 
     def on_write_complete(self, write_result: WriteResult[dict[str, Any]]) -> None:
         self.summaries = list(write_result.write_returns)

@@ -22,6 +22,7 @@ from jobs.lake import LakeError
 from jobs.predict import run_job
 from models.registry import RegistryError
 from tests.conftest import DAY, ROWS
+from tests.scores import assert_scores_describe
 
 OUT = "predictions/churn"
 
@@ -324,8 +325,10 @@ def test_the_gpu_pipeline_shape_writes_every_row_once(
         assert pc.filter(scores["churn_probability"], canary).equals(pc.filter(theirs["churn_probability"], canary))
     assert result.actor_seconds == {}  # the stages run in separate tasks: no split of an actor's time
     assert "compute.min_actors 2 would leave the read and write tasks no CPU" in caplog.text
-    # the scores' distribution, summarised by the write tasks as they wrote the files: every row counted
+    # the scores' distribution, and the shadow's, summarised by the write tasks as they wrote the
+    # files: every row counted
     assert_scores_describe(result.scores, table)
+    assert_scores_describe(lake.read_manifest(job.shadow_table, DAY)["scores"], pads.dataset(shadow).to_table())
 
 
 def test_a_gpu_actor_that_leaves_its_reads_no_cpu_is_refused_at_once(
@@ -351,21 +354,6 @@ def test_a_gpu_actor_that_leaves_its_reads_no_cpu_is_refused_at_once(
     assert time.monotonic() - started < 60
     assert f"at most {cpus - 1:g}" in str(raised.value) and exit_status(raised.value) == 2
     assert not Path(lake.partition_path(OUT, DAY)).exists()
-
-
-def assert_scores_describe(scores: dict, table) -> None:
-    """``scores`` (a run's, or a manifest's) are the distribution of ``table``'s: exact where
-    they are sums, the quantiles from a sample of every k-th row (all of them, at this size)."""
-    import numpy as np
-
-    p = table["churn_probability"].to_numpy().astype(np.float64)
-    assert scores["mean"] == pytest.approx(p.mean(), rel=1e-6)
-    assert scores["std"] == pytest.approx(p.std(), rel=1e-5)
-    assert (scores["min"], scores["max"]) == pytest.approx((p.min(), p.max()))
-    assert scores["positive_rate"] == pytest.approx(np.mean(table["prediction"].to_numpy()))
-    from jobs.score_stats import QUANTILES
-
-    assert [scores[q] for q in QUANTILES] == pytest.approx(np.quantile(p, list(QUANTILES.values())), abs=1e-6)
 
 
 def test_a_night_whose_scores_moved_says_so(settings, registered, ray_local, churn_job, tmp_path, caplog):
