@@ -130,9 +130,9 @@ def actor_pool(
         if fits < 1 and private_ray(settings):
             raise ConfigError(
                 f"conf/jobs/{job.name}.yaml: a GPU actor asks for {compute.cpus_per_actor:g} CPU "
-                f"(compute.cpus_per_actor), and beside it the read and write tasks need {beside:g}, where this Ray "
-                f"has {cpus:g}: the reads would wait forever; ask for at most {max(cpus - beside, 0):g}, or give "
-                "the local Ray more (the profile's ray.num_cpus)"
+                f"(compute.cpus_per_actor), and the tasks beside it that read or write its rows need {beside:g}, "
+                f"where this Ray has {cpus:g}: the reads would wait forever; ask for at most "
+                f"{max(cpus - beside, 0):g}, or give the local Ray more (the profile's ray.num_cpus)"
             )
         if fits < low:
             log.warning(

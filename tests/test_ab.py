@@ -251,3 +251,27 @@ def test_a_label_that_is_not_0_or_1_is_named(relabel, error, request, settings, 
 
     with pytest.raises(InvalidInput, match=error):
         run_compare(job, DAY, settings=settings)
+
+
+def test_compare_on_a_gpu_actor_that_leaves_its_reads_no_cpu_is_refused_at_once(
+    settings, lake, registered, ray_local, churn_job, monkeypatch
+):
+    """The comparison's GPU path reads in tasks beside its actors, as the nightly job's does: on a
+    private Ray (which never grows) an actor that would hold every CPU is a sentence, not a run
+    that waits forever on its reads (the GPU pipeline's shape, on CPU actors here)."""
+    import time
+
+    import ray
+
+    from jobs import ab
+    from jobs.failures import exit_status
+    from jobs.yamlconf import ConfigError
+
+    monkeypatch.setattr(ab, "actors_read_and_write", lambda gpus: False)
+    cpus = ray.cluster_resources()["CPU"]
+    job = churn_job.model_copy(update={"compute": churn_job.compute.model_copy(update={"cpus_per_actor": cpus})})
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match=rf"conf/jobs/churn\.yaml: a GPU actor asks for {cpus:g} CPU") as raised:
+        run_compare(job, DAY, settings=settings)
+    assert time.monotonic() - started < 60
+    assert f"at most {cpus - 1:g}" in str(raised.value) and exit_status(raised.value) == 2
