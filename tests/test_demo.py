@@ -4,6 +4,7 @@ prints to open the Airflow UI on the same state."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -145,6 +146,35 @@ def test_the_printed_airflow_command_starts_every_component(demo, tmp_path):
         standalone.stop()
     scored = pads.dataset(str(cwd / "home" / "lake" / "predictions" / "ondemand" / f"ds={DAY}"), format="parquet")
     assert scored.count_rows() == 500
+
+
+def test_the_readmes_backfill_scores_the_nights_it_names(demo):
+    """The README's backfill command, as printed there, with ``--dry-run`` (which lists the runs
+    and starts none) on the demo's home: its window holds the runs of the three nights it names,
+    ds=2026-11-19 to 2026-11-21, each run scoring the day before its logical date; the same
+    window ending at midnight, as the README warns, leaves out the last."""
+    import shlex
+
+    from jobs.schedule import score_date
+
+    cwd, env, proc = demo
+    assert proc.returncode == 0
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    said = re.search(r"^(lakecast airflow backfill create .*?)\n```", readme, re.S | re.M)[1]
+    command = shlex.split(said.replace("\\\n", " "))
+
+    def nights(args: list[str]) -> list[str]:
+        run = subprocess.run(
+            [LAKECAST, *args[1:], "--dry-run"], env=env, cwd=cwd, capture_output=True, text=True, timeout=120
+        )
+        assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+        logical = re.findall(r"^\| (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+00:00) ", run.stdout, re.M)
+        return [str(score_date(None, dt.datetime.fromisoformat(t))) for t in logical]
+
+    assert "ds=2026-11-19` to `ds=2026-11-21" in readme
+    assert nights(command) == ["2026-11-19", "2026-11-20", "2026-11-21"]
+    to = command.index("--to-date") + 1
+    assert nights([*command[:to], "2026-11-22", *command[to + 1 :]]) == ["2026-11-19", "2026-11-20"]
 
 
 def test_a_partition_that_fails_validation_fails_its_task_without_retries(demo, tmp_path):
