@@ -13,7 +13,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jobs import input_stats, tracking, validation
 from jobs.config import JobConfig
@@ -24,6 +24,9 @@ from jobs.settings import Settings
 from jobs.validation import InvalidInput
 from models.predictor import ArrowScorer, arrow_scorer
 from models.registry import ModelRef, load_pyfunc, model_files, resolve
+
+if TYPE_CHECKING:
+    import pyarrow.parquet as pq
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +68,22 @@ def resolve_model(client: Any, job: JobConfig, model_alias: str | None, model_ve
 
 
 def preflight(
-    job: JobConfig, ds: dt.date, settings: Settings, lake: Lake, model_alias: str | None, model_version: int | None
+    job: JobConfig,
+    ds: dt.date,
+    settings: Settings,
+    lake: Lake,
+    model_alias: str | None,
+    model_version: int | None,
+    *,
+    inputs: tuple[list[DataFile], list[pq.FileMetaData]] | None = None,
 ) -> Preflight:
+    """The run's checks and its models, before anything is written (:class:`Preflight`).
+    ``inputs``: the partition's files and footers (:meth:`jobs.lake.Lake.input_footers`), where
+    the caller has read them already."""
     # zero-byte and truncated files fail here, and a partition not whole yet
-    files, footers = lake.input_footers(job.input.table, ds, ready_marker=job.input.ready_marker)
+    files, footers = (
+        inputs if inputs is not None else lake.input_footers(job.input.table, ds, ready_marker=job.input.ready_marker)
+    )
     rows_in = sum(footer.num_rows for footer in footers)
     # the key column's read and check (numpy, mostly off the GIL) beside MLflow's import and lookups
     with ThreadPoolExecutor(1, thread_name_prefix="duplicates") as pool:

@@ -268,6 +268,30 @@ def test_user_errors_from_the_command_line(home, registered, capsys):
         assert message in err and "Traceback" not in err, err
 
 
+def test_a_partition_that_is_not_there_is_said_before_any_ray_starts(home):
+    """`lakecast run` on a date whose partition has not landed, as a cron job or a user runs it:
+    the sentence and the exit status that says to try again, and no Ray started for it (a
+    private Ray's start is seconds of two busy cores, and would only delay the sentence)."""
+    import shutil
+    import tempfile
+
+    lakecast = str(Path(sys.executable).with_name("lakecast"))
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's sockets live under it
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(ray_tmp)}
+    try:
+        proc = subprocess.run(
+            [lakecast, "run", "churn", "--date", "1999-01-01"], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert proc.returncode == 75, proc.stderr[-3000:]
+        assert proc.stderr.rstrip().splitlines()[-1] == (
+            f"lakecast: partition {home}/lake/raw/customers/ds=1999-01-01 does not exist: no data for "
+            "raw/customers on 1999-01-01"
+        )
+        assert list(ray_tmp.iterdir()) == []  # a Ray writes its session here first thing
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
 @pytest.mark.slow
 def test_an_actors_error_reaches_the_terminal_as_one_sentence(settings, lake, registered, tmp_path):
     """`lakecast run` on a partition that breaks the job's fail policy, as a user runs it: the
