@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -44,12 +45,24 @@ def ensure_ray(settings: Settings) -> None:
     # No runtime_env: a job-wide one (even a few env_vars) keeps the workers Ray starts ahead of
     # the first driver from serving it, which cost a 10M-row job 1.7 s of startup. The actors get
     # the MLflow URIs in their options, and a local Ray's workers inherit this environment.
-    ray.init(
-        address=address or "local",
-        num_cpus=None if address else settings.ray.num_cpus,
-        include_dashboard=False,
-        logging_level=logging.WARNING,
-    )
+    try:
+        ray.init(
+            address=address or "local",
+            num_cpus=None if address else settings.ray.num_cpus,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+        )
+    except OSError as e:
+        limit = re.search(r"AF_UNIX path length cannot exceed (\d+) bytes", str(e))
+        if limit is None:
+            raise
+        # a local Ray's sockets live in its session folder, under RAY_TMPDIR or else TMPDIR: a
+        # long one (a test runner's, a service's private /tmp) makes their paths too long
+        folder = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+        raise ConfigError(
+            f"cannot start a local Ray under {folder}: the paths of its sockets there would pass the "
+            f"{limit[1]} bytes a Unix socket's path may have; set RAY_TMPDIR to a shorter folder, such as /tmp"
+        ) from None
     log.info("Ray %s: %s", "cluster" if address else "local", ray.cluster_resources())
 
 

@@ -292,6 +292,34 @@ def test_a_partition_that_is_not_there_is_said_before_any_ray_starts(home):
         shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
+def test_a_temporary_folder_too_deep_for_rays_sockets_is_named(lake, registered):
+    """A local Ray keeps its sockets under RAY_TMPDIR (or TMPDIR), and Linux limits a socket's
+    path to 107 bytes: under a deep folder (a test runner's, a service's private /tmp) Ray cannot
+    start. The run says which folder and what to set, not Ray's traceback, and nothing is written."""
+    import shutil
+    import tempfile
+
+    lakecast = str(Path(sys.executable).with_name("lakecast"))
+    top = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    deep = top / ("d" * 60) / ("e" * 30)
+    deep.mkdir(parents=True)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(deep)}
+    before = lake.read_manifest("predictions/churn", DAY)
+    try:
+        proc = subprocess.run(
+            [lakecast, "run", "churn", "--date", DAY.isoformat()], env=env, capture_output=True, text=True, timeout=300
+        )
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.rstrip().splitlines()[-1] == (
+        f"lakecast: cannot start a local Ray under {deep}: the paths of its sockets there would pass the 107 "
+        "bytes a Unix socket's path may have; set RAY_TMPDIR to a shorter folder, such as /tmp"
+    )
+    assert lake.read_manifest("predictions/churn", DAY) == before  # nothing published
+
+
 @pytest.mark.slow
 def test_an_actors_error_reaches_the_terminal_as_one_sentence(settings, lake, registered, tmp_path):
     """`lakecast run` on a partition that breaks the job's fail policy, as a user runs it: the
