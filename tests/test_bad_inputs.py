@@ -268,49 +268,47 @@ def test_user_errors_from_the_command_line(home, registered, capsys):
         assert message in err and "Traceback" not in err, err
 
 
-def test_a_partition_that_is_not_there_is_said_before_any_ray_starts(home):
+def lakecast(*argv: str, **env: str) -> subprocess.CompletedProcess:
+    """``lakecast ARGV`` as a user runs it in a terminal, on this session's home and a Ray of its
+    own (no RAY_ADDRESS), with ``env`` added to the environment."""
+    environ = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | env
+    command = [str(Path(sys.executable).with_name("lakecast")), *argv]
+    return subprocess.run(command, env=environ, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A folder of its own under /tmp, for RAY_TMPDIR: short, as a Ray's socket paths beneath it
+    must be (pytest's tmp_path is too deep for them)."""
+    import shutil
+    import tempfile
+
+    folder = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_a_partition_that_is_not_there_is_said_before_any_ray_starts(home, short_tmp):
     """`lakecast run` on a date whose partition has not landed, as a cron job or a user runs it:
     the sentence and the exit status that says to try again, and no Ray started for it (a
     private Ray's start is seconds of two busy cores, and would only delay the sentence)."""
-    import shutil
-    import tempfile
-
-    lakecast = str(Path(sys.executable).with_name("lakecast"))
-    ray_tmp = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))  # short: Ray's sockets live under it
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(ray_tmp)}
-    try:
-        proc = subprocess.run(
-            [lakecast, "run", "churn", "--date", "1999-01-01"], env=env, capture_output=True, text=True, timeout=300
-        )
-        assert proc.returncode == 75, proc.stderr[-3000:]
-        assert proc.stderr.rstrip().splitlines()[-1] == (
-            f"lakecast: partition {home}/lake/raw/customers/ds=1999-01-01 does not exist: no data for "
-            "raw/customers on 1999-01-01"
-        )
-        assert list(ray_tmp.iterdir()) == []  # a Ray writes its session here first thing
-    finally:
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+    proc = lakecast("run", "churn", "--date", "1999-01-01", RAY_TMPDIR=str(short_tmp))
+    assert proc.returncode == 75, proc.stderr[-3000:]
+    assert proc.stderr.rstrip().splitlines()[-1] == (
+        f"lakecast: partition {home}/lake/raw/customers/ds=1999-01-01 does not exist: no data for "
+        "raw/customers on 1999-01-01"
+    )
+    assert list(short_tmp.iterdir()) == []  # a Ray writes its session here first thing
 
 
-def test_a_temporary_folder_too_deep_for_rays_sockets_is_named(lake, registered):
+def test_a_temporary_folder_too_deep_for_rays_sockets_is_named(lake, registered, short_tmp):
     """A local Ray keeps its sockets under RAY_TMPDIR (or TMPDIR), and Linux limits a socket's
     path to 107 bytes: under a deep folder (a test runner's, a service's private /tmp) Ray cannot
     start. The run says which folder and what to set, not Ray's traceback, and nothing is written."""
-    import shutil
-    import tempfile
-
-    lakecast = str(Path(sys.executable).with_name("lakecast"))
-    top = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
-    deep = top / ("d" * 60) / ("e" * 30)
+    deep = short_tmp / ("d" * 60) / ("e" * 30)
     deep.mkdir(parents=True)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(deep)}
     before = lake.read_manifest("predictions/churn", DAY)
-    try:
-        proc = subprocess.run(
-            [lakecast, "run", "churn", "--date", DAY.isoformat()], env=env, capture_output=True, text=True, timeout=300
-        )
-    finally:
-        shutil.rmtree(top, ignore_errors=True)
+    proc = lakecast("run", "churn", "--date", DAY.isoformat(), RAY_TMPDIR=str(deep))
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.rstrip().splitlines()[-1] == (
@@ -328,11 +326,7 @@ def test_an_actors_error_reaches_the_terminal_as_one_sentence(settings, lake, re
     conf = conf_with_job(tmp_path / "conf", "bad_cli", validation={"on_invalid_rows": "fail"})
     files(every(50, None, "contract_type"))(lake, lake.partition_path("raw/bad_cli", DAY))
 
-    lakecast = str(Path(sys.executable).with_name("lakecast"))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"LAKECAST_CONF": str(conf)}
-    proc = subprocess.run(
-        [lakecast, "run", "bad_cli", "--date", DAY.isoformat()], env=env, capture_output=True, text=True
-    )
+    proc = lakecast("run", "bad_cli", "--date", DAY.isoformat(), LAKECAST_CONF=str(conf))
     assert proc.returncode == 2, proc.stderr[-3000:]
     last = proc.stderr.rstrip().splitlines()[-1]
     assert re.fullmatch(
