@@ -53,15 +53,15 @@ def ensure_ray(settings: Settings) -> None:
             logging_level=logging.WARNING,
         )
     except OSError as e:
-        limit = re.search(r"AF_UNIX path length cannot exceed (\d+) bytes", str(e))
-        if limit is None:
+        # a local Ray's sockets live in its session folder, <RAY_TMPDIR or TMPDIR>/ray/session_…: a
+        # deep folder (a test runner's, a service's private /tmp) makes their paths too long
+        found = re.search(r"AF_UNIX path length cannot exceed (\d+) bytes: (.+?)/ray/session_", str(e))
+        if found is None:
             raise
-        # a local Ray's sockets live in its session folder, under RAY_TMPDIR or else TMPDIR: a
-        # long one (a test runner's, a service's private /tmp) makes their paths too long
-        folder = os.environ.get("RAY_TMPDIR") or os.environ.get("TMPDIR") or "/tmp"
+        limit, folder = found.groups()
         raise ConfigError(
             f"cannot start a local Ray under {folder}: the paths of its sockets there would pass the "
-            f"{limit[1]} bytes a Unix socket's path may have; set RAY_TMPDIR to a shorter folder, such as /tmp"
+            f"{limit} bytes a Unix socket's path may have; set RAY_TMPDIR to a shorter folder, such as /tmp"
         ) from None
     log.info("Ray %s: %s", "cluster" if address else "local", ray.cluster_resources())
 
