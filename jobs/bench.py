@@ -543,7 +543,7 @@ def run(
 
     from jobs import tracking
     from jobs.demo import registered_aliases, train_and_register
-    from jobs.ray_runtime import files_at_once
+    from jobs.ray_runtime import cluster_address, files_at_once
     from models.tabular import TabularScorer
 
     root = settings.home / "bench"
@@ -566,7 +566,7 @@ def run(
 
     env = {**os.environ, "LAKECAST_HOME": str(settings.home), "LAKECAST_LAKE_ROOT": lake.root}
     bin_dir = Path(sys.executable).parent
-    running_ray = os.environ.get("RAY_ADDRESS") or settings.ray.address
+    running_ray = cluster_address(settings)
     io_ray = None
     if running_ray:
         # A Ray that runs between jobs, as a production cluster does, has already run Ray Data

@@ -45,7 +45,7 @@ def ensure_ray(settings: Settings) -> None:
 
     if ray.is_initialized():
         return
-    address = os.environ.get("RAY_ADDRESS") or settings.ray.address or None
+    address = cluster_address(settings)
     if address and address.startswith("http"):
         # a Jobs API address belongs to the submitting side: ``lakecast submit`` or the DAG
         raise ConfigError(
@@ -78,9 +78,17 @@ def ensure_ray(settings: Settings) -> None:
     log.info("Ray %s: %s", "cluster" if address else "local", ray.cluster_resources())
 
 
+def cluster_address(settings: Settings) -> str | None:
+    """The Ray this process joins: ``RAY_ADDRESS``, else the profile's ``ray.address``. None for
+    a private local Ray: no address, or ``local``, Ray's own word for starting one (taken for a
+    cluster's, it made a job whose actor no node can hold wait forever instead of failing)."""
+    address = os.environ.get("RAY_ADDRESS") or settings.ray.address or None
+    return None if address == "local" else address
+
+
 def private_ray(settings: Settings) -> bool:
     """Whether this run starts (or started) a private local Ray, which never grows: no cluster address."""
-    return not (os.environ.get("RAY_ADDRESS") or settings.ray.address)
+    return cluster_address(settings) is None
 
 
 def actor_gpus(job: JobConfig, settings: Settings) -> float:

@@ -234,6 +234,25 @@ def test_on_a_cluster_an_actor_no_node_holds_yet_waits_for_the_autoscaler(settin
     assert "the job waits until the cluster's autoscaler adds a node that fits" in caplog.text
 
 
+@pytest.mark.parametrize("where", ["RAY_ADDRESS", "profile"])
+def test_ray_address_local_is_a_private_ray(settings, ray_local, churn_job, monkeypatch, where):
+    """``local`` is Ray's own word for "start a Ray of your own" (``ray.init(address="local")``):
+    a job given it runs on a private Ray, whose actor no node can hold is refused at once, not
+    waited for as a cluster's autoscaler would be."""
+    from jobs.ray_runtime import actor_gpus, cluster_address, private_ray
+    from jobs.yamlconf import ConfigError
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    if where == "RAY_ADDRESS":
+        monkeypatch.setenv("RAY_ADDRESS", "local")
+    else:
+        settings = settings.model_copy(update={"ray": settings.ray.model_copy(update={"address": "local"})})
+    assert cluster_address(settings) is None and private_ray(settings)
+    job = churn_job.model_copy(update={"compute": churn_job.compute.model_copy(update={"cpus_per_actor": 64})})
+    with pytest.raises(ConfigError, match="no node of this Ray has that much"):
+        actor_gpus(job, settings)
+
+
 def test_cli_run_and_show(first_run, home, capsys):
     from jobs.cli import main
 
