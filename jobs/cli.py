@@ -445,7 +445,8 @@ def run(argv: list[str] | None = None) -> NoReturn:
     run` on 2 cores: Ray's exit handler sleeps half a second for late log lines before it stops
     Ray (1.3 s, its autoscaler monitor waiting out its second of grace), then tearing down an
     interpreter that holds Ray's core worker, MLflow and pyarrow took 0.9 s. So Ray is stopped
-    (or left, when it runs on its own) at once, the other exit handlers run as usual (logging's,
+    (or left, when it runs on its own) at once, without the monitor's second
+    (:func:`jobs.ray_runtime.stop_ray`), the other exit handlers run as usual (logging's,
     MLflow's, temporary folders'), and the process ends without the teardown. An exception
     still ends the process the usual way.
     """
@@ -453,9 +454,9 @@ def run(argv: list[str] | None = None) -> NoReturn:
 
     code = main(argv)
     if "ray" in sys.modules:
-        import ray
+        from jobs.ray_runtime import stop_ray
 
-        ray.shutdown()  # a private Ray's processes stopped, a running Ray's left; no-op without one
+        stop_ray()  # a private Ray's processes stopped, a running Ray's left; no-op without one
     atexit._run_exitfuncs()  # what interpreter exit runs, in the same (reverse) order
     sys.stdout.flush()
     sys.stderr.flush()
