@@ -226,7 +226,7 @@ def run(
         pinned=pinned,
         cuda_graphs=calls_per_actor if gpus and cuda_graphs else 0,  # a graph per call in flight
     )
-    from jobs.ray_runtime import LOCAL_RAY_CONFIG
+    from jobs.ray_runtime import LOCAL_RAY_CONFIG, stop_ray
 
     ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING, _system_config=LOCAL_RAY_CONFIG)
     try:
@@ -245,7 +245,7 @@ def run(
         log.info("2/3 decode only")
         decode_ray = decode_only(files, size, rows)
     finally:
-        ray.shutdown()
+        stop_ray()
     decode_pool = decode_only_pool(files, size, rows)
     decode = max(decode_ray, decode_pool)
     log.info("3/3 model only")

@@ -67,13 +67,11 @@ def registered(settings, lake) -> dict[str, int]:
 
 @pytest.fixture(scope="session")
 def ray_local(settings) -> Iterator[None]:
-    import ray
-
-    from jobs.ray_runtime import ensure_ray
+    from jobs.ray_runtime import ensure_ray, stop_ray
 
     ensure_ray(settings)
     yield
-    ray.shutdown()
+    stop_ray()
 
 
 @pytest.fixture(scope="session")
