@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
 import math
 import os
@@ -75,6 +76,12 @@ def ensure_ray(settings: Settings) -> None:
             f"cannot start a local Ray under {folder}: the paths of its sockets there would pass the "
             f"{limit} bytes a Unix socket's path may have; set RAY_TMPDIR to a shorter folder, such as /tmp"
         ) from None
+    if not address:
+        # at the process's exit, ahead of Ray's own handler (registered when Ray was imported, so
+        # run after this one), which sleeps half a second and then waits out the monitor: an
+        # Airflow task's process, a test session, a notebook end 1.5 s sooner
+        atexit.unregister(stop_ray)
+        atexit.register(stop_ray)
     log.info("Ray %s: %s", "cluster" if address else "local", ray.cluster_resources())
 
 

@@ -136,6 +136,28 @@ def test_the_program_prints_its_result_and_leaves_no_ray_behind(first_run, home)
     assert "YYYY-MM-DD, got '2026-02-30'" in bad.stderr
 
 
+@pytest.mark.slow
+def test_a_process_that_ends_after_using_ray_leaves_no_ray_behind(home):
+    """An Airflow task's process, a notebook or a script that ran a job on a private Ray and ends
+    the usual way: its exit handler (jobs.ray_runtime.stop_ray, ahead of Ray's own) stops every
+    process of that Ray."""
+    marker = f"LAKECAST_TEST_MARK={uuid.uuid4().hex}"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | dict([marker.split("=")])
+    code = (
+        "from jobs.ray_runtime import ensure_ray\n"
+        "from jobs.settings import load_settings\n"
+        "ensure_ray(load_settings())\n"
+        "import ray.data\n"
+        "assert ray.data.range(1000).count() == 1000\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    deadline = time.monotonic() + 10
+    while (left := _processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"still running after the process ended: {left}"
+
+
 def test_rerun_replaces_the_partition(first_run, settings, lake, churn_job):
     second = run_job(churn_job, DAY, settings=settings, model_alias="challenger")
     table = read_output(lake)
