@@ -112,23 +112,37 @@ def _processes_with(marker: str) -> list[str]:
     return found
 
 
+MARK = "LAKECAST_TEST_MARK"
+
+
+def _marked_env() -> dict[str, str]:
+    """This process's environment for a user's process: no RAY_ADDRESS (a private Ray, as a user
+    has), and a mark of its own, which the processes of the Ray it starts inherit."""
+    return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {MARK: uuid.uuid4().hex}
+
+
+def _ray_left(env: dict[str, str]) -> list[str]:
+    """The processes still carrying ``env``'s mark (:func:`_marked_env`) once they had 10 s to end."""
+    marker = f"{MARK}={env[MARK]}"
+    deadline = time.monotonic() + 10
+    while (left := _processes_with(marker)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return left
+
+
 @pytest.mark.slow
 def test_the_program_prints_its_result_and_leaves_no_ray_behind(first_run, home):
     """`lakecast` ends quickly once the job has committed (see jobs.cli.run): its output and
     exit status must be whole, and the Ray it started must be gone with it."""
     lakecast = str(Path(sys.executable).with_name("lakecast"))
-    marker = f"LAKECAST_TEST_MARK={uuid.uuid4().hex}"
-    # no RAY_ADDRESS (ray.init sets it for this test process's own Ray): a private Ray, as a user has
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | dict([marker.split("=")])
+    env = _marked_env()
     proc = subprocess.run(
         [lakecast, "run", "churn", "--date", DAY.isoformat(), "--json"], env=env, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout)
     assert result["rows"] == ROWS and result["committed"]
-    deadline = time.monotonic() + 10
-    while (left := _processes_with(marker)) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    left = _ray_left(env)
     assert not left, f"still running after lakecast exited: {left}"
 
     bad = subprocess.run([lakecast, "run", "churn", "--date", "2026-02-30"], env=env, capture_output=True, text=True)
@@ -141,8 +155,7 @@ def test_a_process_that_ends_after_using_ray_leaves_no_ray_behind(home):
     """An Airflow task's process, a notebook or a script that ran a job on a private Ray and ends
     the usual way: its exit handler (jobs.ray_runtime.stop_ray, ahead of Ray's own) stops every
     process of that Ray."""
-    marker = f"LAKECAST_TEST_MARK={uuid.uuid4().hex}"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | dict([marker.split("=")])
+    env = _marked_env()
     code = (
         "from jobs.ray_runtime import ensure_ray\n"
         "from jobs.settings import load_settings\n"
@@ -152,9 +165,7 @@ def test_a_process_that_ends_after_using_ray_leaves_no_ray_behind(home):
     )
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    deadline = time.monotonic() + 10
-    while (left := _processes_with(marker)) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    left = _ray_left(env)
     assert not left, f"still running after the process ended: {left}"
 
 
