@@ -130,8 +130,8 @@ def test_challenger_is_the_better_model(settings, registered, lake):
 def test_the_folded_first_layer_scores_as_the_trained_network(settings, registered, raw_batch):
     """Scoring folds the standardisation and the one-hot encoding into the first layer. On rows
     with nulls, NaN, infinities, unseen and null categories, an integer column with a null, in
-    several chunks, read with plain or dictionary-encoded strings, it gives what the trained
-    network gives on the one-hot features it learned from."""
+    several chunks, read with plain or dictionary-encoded strings, a float column as float32, it
+    gives what the trained network gives on the one-hot features it learned from."""
     import mlflow
     import pyarrow.compute as pc
     import torch
@@ -160,6 +160,10 @@ def test_the_folded_first_layer_scores_as_the_trained_network(settings, register
     # batch's dictionary usually is (looked up through Arrow instead of Python)
     null_entry = with_dictionary(batch, "plan_tier", lambda seen: [None, *seen])
     large = with_dictionary(batch, "plan_tier", lambda seen: [*seen, *(f"x{i}" for i in range(SMALL_DICTIONARY))])
+    # float32, as Spark and Polars may write it: its nulls are filled by Arrow, not found as NaN
+    narrow = chunked.set_column(
+        chunked.schema.get_field_index("tenure_months"), "tenure_months", chunked["tenure_months"].cast(pa.float32())
+    )
     for alias in ("champion", "challenger"):
         scorer = arrow_scorer(mlflow.pyfunc.load_model(f"models:/churn-classifier@{alias}"))
         features = one_hot_features(scorer.spec, batch)
@@ -167,8 +171,8 @@ def test_the_folded_first_layer_scores_as_the_trained_network(settings, register
         with torch.inference_mode():
             trained = torch.sigmoid(scorer.net(torch.from_numpy(features))).squeeze(1).numpy()
         assert np.isfinite(trained).all() and trained.std() > 0
-        for table in (batch, encoded, chunked, null_entry, large):
-            assert table.column("plan_tier").num_chunks == (3 if table is chunked else 1)
+        for table in (batch, encoded, chunked, null_entry, large, narrow):
+            assert table.column("plan_tier").num_chunks == (3 if table is chunked or table is narrow else 1)
             np.testing.assert_allclose(scorer.predict_proba(table), trained, atol=1e-6, err_msg=alias)
 
 
