@@ -204,22 +204,24 @@ def _io_only_ray(
 
 
 def bound_pass(
-    files: list[str], model_uri: str, batch_size: int | None, scratch: Path, *, huge_pages_off: bool
+    files: list[str], model_uri: str, batch_size: int | None, scratch: Path, *, runs: int, huge_pages_off: bool
 ) -> dict[str, float]:
-    """IO only (pyarrow, each file whole and streamed) and model only, once each, in rows/s: the
-    bound's first measurement, taken in a fresh process before the job (``python -m jobs.bench
-    bound``) so that it reads under the job's actors' memory policy while the job's driver keeps
-    the kernel's. ``batch_size`` None (the job's is ``auto``, chosen by the job): IO only.
+    """IO only (pyarrow, each file whole and streamed, each the best of ``runs``) and model only,
+    in rows/s: one pass of the bound, taken in a fresh process (``python -m jobs.bench bound``)
+    so that it reads under the job's actors' memory policy (transparent huge pages, the
+    allocator's setting) while the bench's own process keeps the kernel's and the environment's.
+    ``batch_size`` None (the job's is ``auto``, not chosen yet): IO only.
 
-    The bound is measured again after the job and the best of both passes is kept: the machine's
-    speed moves within minutes, and a bound measured in a slow stretch alone would flatter the
-    job (one run's model only read 27M rows/s after the job where the first pass read 63M)."""
+    The bound is measured before the job and again after it, and the best of both passes is kept:
+    the machine's speed moves within minutes, and a bound measured in a slow stretch alone would
+    flatter the job (one run's model only read 27M rows/s after the job where the first pass read
+    63M)."""
     import mlflow
 
     if huge_pages_off:
         huge_pages.turn_off()
     model = mlflow.pyfunc.load_model(model_uri).unwrap_python_model().arrow_scorer()
-    return bound_figures(model, files, scratch, batch_size, runs=1)
+    return bound_figures(model, files, scratch, batch_size, runs=runs)
 
 
 def bound_figures(
@@ -543,7 +545,7 @@ def run(
 
     from jobs import tracking
     from jobs.demo import registered_aliases, train_and_register
-    from jobs.ray_runtime import cluster_address, files_at_once
+    from jobs.ray_runtime import LOCAL_RAY_ENV, cluster_address, files_at_once
     from models.tabular import TabularScorer
 
     root = settings.home / "bench"
@@ -565,6 +567,16 @@ def run(
     shutil.rmtree(scratch, ignore_errors=True)
 
     env = {**os.environ, "LAKECAST_HOME": str(settings.home), "LAKECAST_LAKE_ROOT": lake.root}
+    # the steps that stand for the job's actors (the bound's passes, the work without Ray) run under
+    # the allocator's setting a private Ray gives them (LOCAL_RAY_ENV), where the environment has
+    # none of its own; the naive loop keeps the environment as a user's script would
+    actor_env = {**LOCAL_RAY_ENV, **env}
+
+    def bound_process(batch: int | None, runs: int, name: str) -> dict[str, float]:
+        argv = [sys.executable, "-m", "jobs.bench", "bound", str(scratch / name), ref.uri, str(batch or 0), str(runs)]
+        argv += [str(int(not job.compute.transparent_huge_pages)), *files]
+        return json.loads(timed_process(argv, actor_env)[2])
+
     bin_dir = Path(sys.executable).parent
     running_ray = cluster_address(settings)
     io_ray = None
@@ -577,9 +589,7 @@ def run(
     _settle(files)
     log.info("1/6 the bound, first pass: IO only and model only (fresh process)")
     fixed_batch = job.compute.batch_size if job.compute.batch_size != "auto" else None
-    argv = [sys.executable, "-m", "jobs.bench", "bound", str(scratch / "bound"), ref.uri, str(fixed_batch or 0)]
-    argv += [str(int(not job.compute.transparent_huge_pages)), *files]
-    first_pass = json.loads(timed_process(argv, env)[2])
+    first_pass = bound_process(fixed_batch, 1, "bound")
     shape = hot_path_shape(job.compute, len(files))
     job_runs: list[JobRun] = []
     naive_runs: list[NaiveRun] = []
@@ -601,7 +611,7 @@ def run(
         log.info(
             "4/6 the job's own work without Ray (%d plain process(es) of %d thread(s), as its actors)%s", *shape, note
         )
-        hot_runs.append(hot_path(scratch, batch_size, env, shape, alias))
+        hot_runs.append(hot_path(scratch, batch_size, actor_env, shape, alias))
         if hot_runs[-1].timed.rows != rows:
             raise RuntimeError(f"the hot path read {hot_runs[-1].timed.rows} rows of the partition's {rows}")
         # every step must score the same version: an alias moved during the run would compare two models
@@ -613,18 +623,18 @@ def run(
             )
     _settle(files)
 
-    log.info("5/6 IO only, the bound's second pass")
-    if not job.compute.transparent_huge_pages:
-        # IO only reads under the memory policy of the job's actors (jobs/huge_pages.py). What
-        # started before this point keeps the kernel's setting: the job's driver, the naive loop,
-        # and a running Ray's workers, which did the Ray Data IO pass as step 0.
-        huge_pages.turn_off()
+    log.info("5/6 the bound, second pass: IO only and model only (fresh process)")
     # the best of two runs of each way to read: a baseline measured low would flatter the job
-    second_pass = bound_figures(model, files, scratch, None, runs=2)
-    io_ray = io_ray or _io_only_ray(settings, files, columns, scratch, categorical)
-    _settle(files)
-    log.info("6/6 model only, the bound's second pass")
-    second_pass["model"] = model_only(model, files, batch_size).rows_per_s
+    second_pass = bound_process(batch_size, 2, "bound-2")
+    if io_ray is None:
+        _settle(files)
+        log.info("6/6 IO only through Ray Data")
+        if not job.compute.transparent_huge_pages:
+            # under the memory policy of the job's actors (jobs/huge_pages.py), which the private
+            # Ray started next inherits. What started before keeps the kernel's setting: the job's
+            # driver, the naive loop, and a running Ray's workers (their IO pass was step 0).
+            huge_pages.turn_off()
+        io_ray = _io_only_ray(settings, files, columns, scratch, categorical)
     shutil.rmtree(scratch, ignore_errors=True)
 
     def best(name: str) -> float:  # over the two passes: the machine's best, never a slow stretch's
@@ -767,9 +777,14 @@ if __name__ == "__main__":  # the benchmark's own subprocesses: the naive loop, 
     if sys.argv[1:2] == ["naive"]:  # OUT_DIR MODEL_URI BATCH_SIZE FILE...
         written = naive(sys.argv[5:], sys.argv[2], sys.argv[3], int(sys.argv[4]))
         sys.stdout.write(json.dumps({"rows": written, "done_unix": time.time()}) + "\n")
-    elif sys.argv[1:2] == ["bound"]:  # SCRATCH MODEL_URI BATCH_SIZE (0: IO only) HUGE_PAGES_OFF FILE...
+    elif sys.argv[1:2] == ["bound"]:  # SCRATCH MODEL_URI BATCH_SIZE (0: IO only) RUNS HUGE_PAGES_OFF FILE...
         found = bound_pass(
-            sys.argv[6:], sys.argv[3], int(sys.argv[4]) or None, Path(sys.argv[2]), huge_pages_off=sys.argv[5] == "1"
+            sys.argv[7:],
+            sys.argv[3],
+            int(sys.argv[4]) or None,
+            Path(sys.argv[2]),
+            runs=int(sys.argv[5]),
+            huge_pages_off=sys.argv[6] == "1",
         )
         sys.stdout.write(json.dumps(found) + "\n")
     elif sys.argv[1:2] == ["hot-path"]:  # OUT_DIR BATCH_SIZE COUNT ALIAS ("": the job file's) INDEX
@@ -778,5 +793,6 @@ if __name__ == "__main__":  # the benchmark's own subprocesses: the naive loop, 
     else:
         raise SystemExit(
             "usage: python -m jobs.bench naive OUT_DIR MODEL_URI BATCH_SIZE FILE... | "
-            "bound SCRATCH MODEL_URI BATCH_SIZE HUGE_PAGES_OFF FILE... | hot-path OUT_DIR BATCH_SIZE COUNT ALIAS INDEX"
+            "bound SCRATCH MODEL_URI BATCH_SIZE RUNS HUGE_PAGES_OFF FILE... | "
+            "hot-path OUT_DIR BATCH_SIZE COUNT ALIAS INDEX"
         )

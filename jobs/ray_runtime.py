@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import math
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from jobs.ray_errors import report_our_errors
@@ -30,6 +31,16 @@ LOCAL_RAY_CONFIG = {
     "raylet_client_connect_timeout_milliseconds": 50,
     "raylet_client_num_connect_attempts": 200,
 }
+
+# The environment a private Ray's processes start with, where this process's leaves a variable
+# unset. pyarrow's allocator, mimalloc, gives memory a thread has freed back to the kernel once it
+# has lain unused a while; an actor reads a batch, keeps it while it validates and scores it, then
+# frees it, so the next batch's buffers came back page by page: 190k page faults and 0.5 s in the
+# kernel over 10M rows on two threads, 10% of the time even once warm. Never purged, the memory
+# stays with the process (as much as one batch per thread needs, not more as the data grows) and
+# is used again: steady state +4.5% in six alternating pairs of whole runs (docs/benchmark.md).
+# A running Ray's workers have their cluster's environment: the docker image sets the same.
+LOCAL_RAY_ENV = {"MIMALLOC_PURGE_DELAY": "-1"}
 
 
 def ensure_ray(settings: Settings) -> None:
@@ -57,14 +68,16 @@ def ensure_ray(settings: Settings) -> None:
     # the first driver from serving it, which cost a 10M-row job 1.7 s of startup. The actors get
     # the MLflow URIs in their options, and a local Ray's workers inherit this environment.
     try:
-        ray.init(
-            address=address or "local",
-            num_cpus=None if address else settings.ray.num_cpus,
-            include_dashboard=False,
-            logging_level=logging.WARNING,
-            # a running Ray's config is its head's: Ray refuses one from a driver that joins it
-            _system_config=None if address else LOCAL_RAY_CONFIG,
-        )
+        # a private Ray's processes inherit this process's environment as it is while Ray starts
+        with env_defaults({} if address else LOCAL_RAY_ENV):
+            ray.init(
+                address=address or "local",
+                num_cpus=None if address else settings.ray.num_cpus,
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                # a running Ray's config is its head's: Ray refuses one from a driver that joins it
+                _system_config=None if address else LOCAL_RAY_CONFIG,
+            )
     except OSError as e:
         # a local Ray's sockets live in its session folder, <RAY_TMPDIR or TMPDIR>/ray/session_…: a
         # deep folder (a test runner's, a service's private /tmp) makes their paths too long
@@ -83,6 +96,18 @@ def ensure_ray(settings: Settings) -> None:
         atexit.unregister(stop_ray)
         atexit.register(stop_ray)
     log.info("Ray %s: %s", "cluster" if address else "local", ray.cluster_resources())
+
+
+@contextlib.contextmanager
+def env_defaults(defaults: dict[str, str]) -> Iterator[None]:
+    """``defaults`` set in ``os.environ`` where it has no such variable, for the block only."""
+    added = {k: v for k, v in defaults.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
 
 
 def stop_ray() -> None:

@@ -286,6 +286,27 @@ def test_ray_address_local_is_a_private_ray(settings, ray_local, churn_job, monk
         actor_gpus(job, settings)
 
 
+def test_a_private_rays_workers_keep_the_memory_pyarrow_freed(ray_local, monkeypatch):
+    """A private Ray's workers, the actors among them, start with pyarrow's allocator told to
+    keep freed memory for the next batch (LOCAL_RAY_ENV), unless the environment says otherwise;
+    the process that started Ray keeps its environment as it was."""
+    import ray
+
+    from jobs.ray_runtime import LOCAL_RAY_ENV, env_defaults
+
+    @ray.remote(num_cpus=0)
+    def environment(names: list[str]) -> dict[str, str | None]:
+        return {name: os.environ.get(name) for name in names}
+
+    names = list(LOCAL_RAY_ENV)
+    assert ray.get(environment.remote(names)) == {name: os.environ.get(name, LOCAL_RAY_ENV[name]) for name in names}
+    monkeypatch.delenv("MIMALLOC_PURGE_DELAY", raising=False)
+    monkeypatch.setenv("LAKECAST_TEST_OWN", "mine")
+    with env_defaults({"MIMALLOC_PURGE_DELAY": "-1", "LAKECAST_TEST_OWN": "theirs"}):
+        assert os.environ["MIMALLOC_PURGE_DELAY"] == "-1" and os.environ["LAKECAST_TEST_OWN"] == "mine"
+    assert "MIMALLOC_PURGE_DELAY" not in os.environ and os.environ["LAKECAST_TEST_OWN"] == "mine"
+
+
 def test_cli_run_and_show(first_run, home, capsys):
     from jobs.cli import main
 
