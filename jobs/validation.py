@@ -169,7 +169,8 @@ def _per_row(column: pa.ChunkedArray, check: Callable[[pa.Array], pa.Array]) -> 
 
 def _dictionary_checks(column: pa.ChunkedArray, rule: ColumnRule) -> Iterator[tuple[pa.ChunkedArray, str]]:
     """The string checks of :func:`_checks` on a dictionary-encoded column, without decoding it."""
-    if not rule.nullable:
+    # a null row is a null index or an index of a null entry; both counts are known without a pass
+    if not rule.nullable and (column.null_count or any(chunk.dictionary.null_count for chunk in column.chunks)):
         yield pc.or_kleene(pc.is_null(column), _per_row(column, pc.is_null)), "null"
     if rule.categories is not None:
         allowed = pa.array(rule.categories, column.type.value_type)

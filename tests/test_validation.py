@@ -50,6 +50,16 @@ def test_a_null_row_in_a_dictionary_column_whose_values_are_all_fine():
     assert invalid_reasons(table, [REGION, AGE]).to_pylist() == [None, "region: null", None]
 
 
+def test_a_row_whose_dictionary_entry_is_null_is_a_null():
+    """Another writer's dictionary may hold a null entry: a row pointing at it is null, though
+    the column counts no null rows (its indices are all valid)."""
+    entries = pa.array(["north", None, "south"], pa.string())
+    regions = pa.DictionaryArray.from_arrays(pa.array([0, 1, 2], pa.int32()), entries)
+    assert regions.null_count == 0
+    table = pa.table({"region": pa.chunked_array([regions]), "age": pa.chunked_array([[30, 40, 50]], pa.float64())})
+    assert invalid_reasons(table, [REGION, AGE]).to_pylist() == [None, "region: null", None]
+
+
 def _with_null_slots_holding(values: list[float], nulls: list[bool]) -> pa.Array:
     """A float64 array whose null rows' slots hold ``values`` anyway, as any writer may leave them."""
     import numpy as np
