@@ -13,7 +13,8 @@ so small batches cost more on two threads than on one. Measured on one thread, t
 challenger (128 and 64 hidden units) chose 4,096 rows, where the churn job's two threads scored
 about 35% slower per row than one thread alone; measured on two it chose 8,192 (16,384 in a
 later run, after the scorer's own changes), and at 8,192 the job's work streamed 2.33M rows/s
-against 1.70-1.76M at 4,096 (docs/benchmark.md). The churn champion chooses 65,536 either way.
+against 1.70-1.76M at 4,096 (docs/benchmark.md). The churn champion chooses 131,072 on two
+threads (65,536 when the candidates stopped there).
 """
 
 from __future__ import annotations
@@ -34,7 +35,12 @@ from models.predictor import ArrowScorer, BatchPredictor, PredictorOptions
 
 log = logging.getLogger(__name__)
 
-CANDIDATES = (1024, 2048, 4096, 8192, 16384, 32768, 65536)
+# Up to a CPU actor's read batch (jobs.part_writer.READ_ROWS), which is split into the batch size
+# and never joined past it: the churn champion, capped at 65,536, was 27% faster at 131,072 on
+# the actor's two threads (fewer calls, each releasing and taking back the GIL fewer times). A GPU
+# actor's batch is also its device memory: its sizes stop at GPU_LARGEST.
+CANDIDATES = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144)
+GPU_LARGEST = 65536
 ROUNDS = 3  # candidates measured round-robin, best of each kept: noise from neighbours hits all alike
 ENOUGH_S = 0.03  # per candidate and round: repeat the call until this long has passed
 TOLERANCE = 0.05
@@ -97,6 +103,13 @@ def _rate(predictor: Any, batch: pa.Table, at_once: int) -> float:
     return sum(calls) * batch.num_rows / (time.perf_counter() - t0)
 
 
+def candidate_sizes(rows_in: int, gpus: float) -> list[int]:
+    """The sizes to measure: none larger than the partition (the smallest at least), nor than
+    :data:`GPU_LARGEST` on a GPU."""
+    largest = min(rows_in, GPU_LARGEST if gpus > 0 else CANDIDATES[-1])
+    return [c for c in CANDIDATES if c <= max(largest, CANDIDATES[0])]
+
+
 def pick(throughput: dict[int, float]) -> int:
     """The smallest batch within :data:`TOLERANCE` of the fastest."""
     top = max(throughput.values())
@@ -131,7 +144,7 @@ def choose(
     actors it runs as one Ray task given the same GPUs and CPUs as an actor, since the driver may
     have no GPU (a GPU actor scores one batch at a time).
     """
-    candidates = [c for c in CANDIDATES if c <= max(rows_in, CANDIDATES[0])]
+    candidates = candidate_sizes(rows_in, gpus)
     sample = sample_rows(paths, filesystem, columns, max(candidates), dictionary, rules)
     candidates = [c for c in candidates if c <= max(sample.num_rows, CANDIDATES[0])]
     t0 = time.perf_counter()

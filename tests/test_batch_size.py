@@ -15,6 +15,18 @@ def test_the_smallest_size_within_five_percent_of_the_fastest_wins():
     assert pick({1024: 10.0}) == 1024
 
 
+def test_cpu_actors_measure_up_to_their_read_batch_and_gpu_actors_less():
+    """A CPU actor scores slices of the batch it reads (READ_ROWS rows), so no larger batch is
+    worth measuring; a GPU actor's batch is also device memory, so its sizes stop sooner."""
+    from jobs.batch_size import GPU_LARGEST, candidate_sizes
+    from jobs.part_writer import READ_ROWS
+
+    assert max(candidate_sizes(10_000_000, gpus=0)) == READ_ROWS
+    assert max(candidate_sizes(10_000_000, gpus=1)) == GPU_LARGEST < READ_ROWS
+    assert max(candidate_sizes(20_000, gpus=0)) == 16384  # none larger than the partition
+    assert candidate_sizes(10, gpus=0) == [1024]
+
+
 def test_per_call_overhead_favours_large_batches():
     import time
 
