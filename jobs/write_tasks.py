@@ -3,7 +3,7 @@ tasks put them in the run's staging folder (CPU actors write their own: :mod:`jo
 
 Ray Data's own Parquet writer (``write_parquet``) could write the predictions, but not the
 challenger's shadow scores beside them: the actors wrote those themselves, a file per batch (160
-shadow files beside 10 of predictions for a 10M-row night at the churn job's 65,536 rows a batch,
+shadow files beside 10 of predictions for a 10M-row night at 65,536 rows a batch, the churn job's then,
 and more at a GPU's smaller batches). Here the shadow's columns travel beside the batch's own
 (:func:`models.predictor.with_shadow`) and each task writes both files, of the same name and
 rows, as CPU actors do: 10 shadow files, and the run 24.4-24.6 s against 25.5-29.2 s (the GPU
