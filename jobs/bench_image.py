@@ -226,12 +226,9 @@ def run(
         pinned=pinned,
         cuda_graphs=calls_per_actor if gpus and cuda_graphs else 0,  # a graph per call in flight
     )
-    from jobs.ray_runtime import LOCAL_RAY_CONFIG, LOCAL_RAY_ENV, env_defaults, stop_ray
+    from jobs.ray_runtime import start_private_ray, stop_ray
 
-    with env_defaults(LOCAL_RAY_ENV):  # the job's private Ray, as ensure_ray starts it
-        ray.init(
-            address="local", include_dashboard=False, logging_level=logging.WARNING, _system_config=LOCAL_RAY_CONFIG
-        )
+    start_private_ray()  # the job's private Ray, as ensure_ray starts it
     try:
         log.info("1/3 image pipeline: read → decode (CPU tasks) → ResNet-50 (%s) → write", "GPU" if gpus else "CPU")
         whole, steady, startup = pipeline(

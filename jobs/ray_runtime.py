@@ -68,16 +68,11 @@ def ensure_ray(settings: Settings) -> None:
     # the first driver from serving it, which cost a 10M-row job 1.7 s of startup. The actors get
     # the MLflow URIs in their options, and a local Ray's workers inherit this environment.
     try:
-        # a private Ray's processes inherit this process's environment as it is while Ray starts
-        with env_defaults({} if address else LOCAL_RAY_ENV):
-            ray.init(
-                address=address or "local",
-                num_cpus=None if address else settings.ray.num_cpus,
-                include_dashboard=False,
-                logging_level=logging.WARNING,
-                # a running Ray's config is its head's: Ray refuses one from a driver that joins it
-                _system_config=None if address else LOCAL_RAY_CONFIG,
-            )
+        if address:
+            # a running Ray's config is its head's: Ray refuses one from a driver that joins it
+            ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+        else:
+            start_private_ray(settings.ray.num_cpus)
     except OSError as e:
         # a local Ray's sockets live in its session folder, <RAY_TMPDIR or TMPDIR>/ray/session_…: a
         # deep folder (a test runner's, a service's private /tmp) makes their paths too long
@@ -96,6 +91,22 @@ def ensure_ray(settings: Settings) -> None:
         atexit.unregister(stop_ray)
         atexit.register(stop_ray)
     log.info("Ray %s: %s", "cluster" if address else "local", ray.cluster_resources())
+
+
+def start_private_ray(num_cpus: int | None = None) -> None:
+    """Start a private local Ray for this process, with :data:`LOCAL_RAY_CONFIG` and, for its
+    processes, :data:`LOCAL_RAY_ENV` (they inherit this process's environment as it is while Ray
+    starts). ``num_cpus`` None: every core."""
+    import ray
+
+    with env_defaults(LOCAL_RAY_ENV):
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            _system_config=LOCAL_RAY_CONFIG,
+        )
 
 
 @contextlib.contextmanager
