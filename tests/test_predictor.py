@@ -223,6 +223,52 @@ def test_both_forms_of_the_first_layer_score_alike(settings, registered, raw_bat
         np.testing.assert_allclose(scorer.predict_proba(batch), chosen, atol=1e-6)
 
 
+def test_one_of_an_actors_threads_times_the_forms_on_a_slice(settings, registered, raw_batch, monkeypatch):
+    """A CPU actor's threads share its scorer: one thread times the first layer's two forms, on
+    the first TIMED_ROWS rows of its batch only, while another scores in the first form meanwhile,
+    and the probabilities do not depend on which form scored them."""
+    import threading
+
+    import mlflow
+
+    from models import tabular
+    from models.predictor import arrow_scorer
+
+    mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
+    scorer = arrow_scorer(mlflow.pyfunc.load_model("models:/churn-classifier@champion"))
+    batch = pa.concat_tables([raw_batch] * 3)  # 1,500 rows
+    monkeypatch.setattr(tabular, "TIMED_ROWS", 1_100)
+    timing, scored, timed_rows = threading.Event(), threading.Event(), []
+    faster = tabular._faster
+
+    def held_faster(a, b):  # the timing thread waits inside its timing until the other has scored
+        timing.set()
+        assert scored.wait(30)
+        return faster(a, b)
+
+    first_hidden = scorer._first_hidden
+
+    def recorded(numeric, codes, slots, *, by_rows):
+        if timing.is_set() and threading.current_thread() is timer:
+            timed_rows.append((numeric.shape[1], codes.shape[0]))
+        return first_hidden(numeric, codes, slots, by_rows=by_rows)
+
+    monkeypatch.setattr(tabular, "_faster", held_faster)
+    monkeypatch.setattr(scorer, "_first_hidden", recorded)
+    results = {}
+    timer = threading.Thread(target=lambda: results.update(timer=scorer.predict_proba(batch)))
+    timer.start()
+    assert timing.wait(30)
+    results["other"] = scorer.predict_proba(batch)  # scores while the timer holds the decision
+    assert scorer.numeric_by_rows is None
+    scored.set()
+    timer.join(30)
+    assert scorer.numeric_by_rows is not None
+    # each form warmed up and timed three times on the slice, then the whole batch scored
+    assert timed_rows == [(1_100, 1_100)] * 8 + [(1_500, 1_500)]
+    np.testing.assert_allclose(results["timer"], results["other"], atol=1e-6)
+
+
 def test_the_faster_form_is_chosen_on_more_than_one_timing():
     """Each form is timed several times in turn and its best kept: a form slowed once by the
     machine is not chosen against, and the pick does not depend on which goes first."""
