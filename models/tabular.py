@@ -31,7 +31,7 @@ WEIGHTS_FILE = "weights.pt"
 # 131,072 rows (three timings each), and timing the champion's whole 131,072-row batch cost
 # 51 ms against 4.5 ms here.
 TIMED_ROWS = 16_384
-# one thread of an actor times the forms; the others score in the default form meanwhile
+# one thread of an actor times the forms; the others score in the first form (x · Wᵀ) meanwhile
 _TIMING = threading.Lock()
 
 
