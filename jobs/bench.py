@@ -125,13 +125,14 @@ def io_only_pyarrow(
     file after another leaves cores idle while a file is written, and the bound would then be one
     the job can beat).
 
-    ``streamed``: read a file :data:`jobs.part_writer.READ_ROWS` rows at a time on its own thread,
-    as the CPU actors do, rather than whole on pyarrow's threads. Neither way is always the
-    faster (pyarrow's default allocator, mimalloc, backs a whole file's fresh buffers slowly),
-    so the bench measures both and keeps the better."""
+    ``streamed``: read a file a batch at a time on its own thread, as the CPU actors do (a row
+    group, or :data:`jobs.part_writer.READ_ROWS` rows where a row group decodes to more than
+    ``READ_BYTES``), rather than whole on pyarrow's threads. Neither way is always the faster
+    (pyarrow's default allocator, mimalloc, backs a whole file's fresh buffers slowly), so the
+    bench measures both and keeps the better."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from jobs.part_writer import READ_ROWS
+    from jobs.part_writer import READ_BYTES, READ_ROWS
     from jobs.pieces import file_batches
 
     out.mkdir(parents=True, exist_ok=True)
@@ -139,7 +140,9 @@ def io_only_pyarrow(
     def output(path: str) -> pa.Table:
         if not streamed:
             return output_like(pq.read_table(path, columns=columns, read_dictionary=dictionary))
-        batches = file_batches(path, None, columns=columns, dictionary=dictionary, rows=READ_ROWS, threads=False)
+        batches = file_batches(
+            path, None, columns=columns, dictionary=dictionary, rows=READ_ROWS, threads=False, whole_up_to=READ_BYTES
+        )
         return pa.concat_tables(output_like(pa.Table.from_batches([batch])) for batch in batches)
 
     def copy(i: int, path: str) -> int:

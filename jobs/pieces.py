@@ -157,19 +157,51 @@ def file_batches(
     rows: int,
     threads: bool,
     row_groups: Sequence[int] | None = None,
+    whole_up_to: int = 0,
 ) -> Iterator[pa.RecordBatch]:
     """``columns`` of one Parquet file (or of ``row_groups`` of it), ``rows`` rows at a time;
     ``dictionary`` columns read dictionary-encoded. ``source``: the file's path, or its bytes
     already fetched (:func:`piece_batches`). The read of the GPU path's read tasks
-    (jobs.parquet_source) and of the CPU actors (jobs.part_writer)."""
+    (jobs.parquet_source) and of the CPU actors (jobs.part_writer).
+
+    ``whole_up_to``: where each row group's columns decode to at most this many bytes
+    (:func:`decoded_bytes`), a batch is a whole row group instead. pyarrow's reader decodes a
+    whole row group 12% faster than in batches of 262,144 rows: a batch that ends inside a data
+    page has the page's other values copied into the next batch's buffers, and each batch's
+    buffers grow as they fill (docs/benchmark.md)."""
     if isinstance(source, pa.Buffer):
         opened = pa.BufferReader(source)
     else:
         opened = filesystem.open_input_file(source) if filesystem is not None else pa.OSFile(source)
     with opened as f:
         reader = pq.ParquetFile(f, read_dictionary=dictionary or None)
-        groups = None if row_groups is None else list(row_groups)
+        groups = list(range(reader.num_row_groups) if row_groups is None else row_groups)
+        largest = max((reader.metadata.row_group(g).num_rows for g in groups), default=0)
+        if whole_up_to and largest > rows and largest * decoded_bytes(reader.schema_arrow, columns) <= whole_up_to:
+            for g in groups:  # a batch of the largest group's rows would cut the next group's
+                group_rows = reader.metadata.row_group(g).num_rows
+                yield from reader.iter_batches(
+                    batch_size=max(group_rows, 1), row_groups=[g], columns=columns, use_threads=threads
+                )
+            return
         yield from reader.iter_batches(batch_size=rows, row_groups=groups, columns=columns, use_threads=threads)
+
+
+def decoded_bytes(schema: pa.Schema, columns: list[str]) -> float:
+    """The bytes a row of ``columns`` takes once decoded into Arrow, from their types (a
+    dictionary-encoded column counts its indices: its few values are a dictionary's); infinity
+    where a column's width is not its type's (strings read as themselves, nested types), so that
+    the caller keeps its batches of rows."""
+    total = 0.0
+    for name in columns:
+        t = schema.field(name).type
+        if pa.types.is_dictionary(t):
+            t = t.index_type
+        try:
+            total += t.bit_width / 8
+        except ValueError:  # a type without a fixed width
+            return float("inf")
+    return total
 
 
 # small files of a piece fetched ahead from an object store: at most this many at once, and about
@@ -179,10 +211,17 @@ FETCH_AHEAD_BYTES = 64 << 20
 
 
 def piece_batches(
-    piece: Piece, filesystem: Any, *, columns: list[str], dictionary: list[str], rows: int, threads: bool
+    piece: Piece,
+    filesystem: Any,
+    *,
+    columns: list[str],
+    dictionary: list[str],
+    rows: int,
+    threads: bool,
+    whole_up_to: int = 0,
 ) -> Iterator[tuple[int, pa.RecordBatch]]:
-    """``(index of its file in piece.paths, batch)`` for each batch of ``rows`` rows of a piece,
-    its files read in turn (:func:`file_batches`).
+    """``(index of its file in piece.paths, batch)`` for each batch of ``rows`` rows of a piece
+    (or of a row group, see :func:`file_batches`' ``whole_up_to``), its files read in turn.
 
     From an object store, each small file costs a few requests' latency before its first byte
     (the file's size, its footer, its columns): read in turn, 200 files of 10,000 rows on a local
@@ -203,6 +242,7 @@ def piece_batches(
                 rows=rows,
                 threads=threads,
                 row_groups=piece.row_groups,
+                whole_up_to=whole_up_to,
             )
             for batch in batches:
                 yield i, batch

@@ -105,3 +105,48 @@ def test_the_read_tasks_of_pieces_read_each_row_of_a_split_file_once(tmp_path, r
     dataset = read_pieces(pieces, filesystem=None, columns=["id"])
     ids = sorted(pa.concat_tables(dataset.iter_batches(batch_format="pyarrow", batch_size=None))["id"].to_pylist())
     assert ids == list(range(6_000))
+
+
+def test_a_row_group_whose_columns_fit_the_budget_is_read_whole(tmp_path):
+    """The CPU actors' read (``whole_up_to``): a row group whose columns decode within the budget
+    is one batch, however the file's groups differ in size; over the budget, or with a column
+    whose width its type does not give (strings read as strings), batches of ``rows`` rows as
+    before. Either way each row comes once, in order."""
+    from jobs.pieces import file_batches
+
+    table = pa.table(
+        {
+            "id": pa.array(range(260), pa.int64()),
+            "x": pa.array([float(i) for i in range(260)]),
+            "s": pa.array([("basic", "pro")[i % 2] for i in range(260)]),
+        }
+    )
+    path = tmp_path / "groups.parquet"
+    with pq.ParquetWriter(path, table.schema) as writer:
+        for start, rows in ((0, 100), (100, 60), (160, 100)):  # three row groups
+            writer.write_table(table.slice(start, rows))
+
+    def batch_rows(columns, budget, *, dictionary=(), groups=None):
+        batches = list(
+            file_batches(
+                str(path),
+                None,
+                columns=columns,
+                dictionary=list(dictionary),
+                rows=64,
+                threads=False,
+                row_groups=groups,
+                whole_up_to=budget,
+            )
+        )
+        first = 0 if groups is None else 100
+        assert pa.Table.from_batches(batches).column("id").to_pylist() == list(range(first, 260))
+        return [b.num_rows for b in batches]
+
+    in_rows = [64, 64, 64, 64, 4]
+    assert batch_rows(["id", "x"], 100 * 16) == [100, 60, 100]  # 16 bytes a row: the largest group fits
+    assert batch_rows(["id", "x"], 100 * 16 - 1) == in_rows
+    assert batch_rows(["id", "x"], 0) == in_rows
+    assert batch_rows(["id", "s"], 1 << 30) == in_rows  # a string's width is its values'
+    assert batch_rows(["id", "s"], 100 * 12, dictionary=["s"]) == [100, 60, 100]  # its indices: 4 bytes
+    assert batch_rows(["id", "x"], 1 << 30, groups=[1, 2]) == [60, 100]

@@ -24,6 +24,7 @@ from tests.conftest import DAY
 from tests.test_predictor import make_predictor
 
 AGE = ColumnRule(name="age", kind="number", nullable=False, min=18, max=120)
+READ_BYTES = part_writer.READ_BYTES  # the actors' own, before a test sets another
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +43,17 @@ def folders(tmp_path):
 def writer(settings, registered, folders, monkeypatch):
     """Reads 64 rows at a time and scores them 48 at a time: batches straddle the 200-row slices."""
     monkeypatch.setattr(part_writer, "READ_ROWS", 64)
+    monkeypatch.setattr(part_writer, "READ_BYTES", 0)  # not a row group at a time
     predictor = make_predictor(settings, registered["champion"])
 
-    def build(policy: str = "quarantine") -> ScoreAndWrite:
+    def build(policy: str = "quarantine", dictionary: tuple[str, ...] = ()) -> ScoreAndWrite:
         staging, quarantine = folders
         return ScoreAndWrite(
             type(predictor),
             {"options": predictor.options},
             validator=RowValidator([AGE], policy, "customer_id", None, str(quarantine)),
             columns=["customer_id", *predictor.model.input_columns],
-            dictionary=[],
+            dictionary=list(dictionary),
             staging=str(staging),
             filesystem=None,
             batch_size=48,
@@ -105,6 +107,38 @@ def test_a_file_becomes_files_of_about_rows_per_file_rows_named_after_it(
     stats = {group.column(i).path_in_schema: group.column(i).is_stats_set for i in range(group.num_columns)}
     assert stats["customer_id"] and stats["churn_probability"] and stats["scored_at"]
     assert not stats["scoring_run_id"]
+
+
+def test_a_row_group_that_fits_is_read_as_one_batch_into_the_same_files(writer, raw, tmp_path, folders, monkeypatch):
+    """Where a row group's columns decode to at most READ_BYTES, the actor reads it as one batch
+    (faster: docs/benchmark.md): the same files, rows and scores as reading it 64 rows at a time."""
+    pq.write_table(raw, tmp_path / "part-1.parquet", row_group_size=300)  # groups of 300 and 200 rows
+    staging = folders[0]
+    # the categories read dictionary-encoded, as the job reads them: a string's width is its values'
+    categorical = tuple(
+        c for c in raw.column_names if pa.types.is_string(raw.schema.field(c).type) and c != "customer_id"
+    )
+    run(writer(dictionary=categorical), tmp_path / "part-1.parquet")
+    in_rows = {n: pq.read_table(staging / n) for n in files_of(staging)}
+    for name in in_rows:
+        (staging / name).unlink()
+    monkeypatch.setattr(part_writer, "READ_BYTES", READ_BYTES)
+    read, piece_batches = [], part_writer.piece_batches
+
+    def counted(*args, **kwargs):
+        for i, batch in piece_batches(*args, **kwargs):
+            read.append(batch.num_rows)
+            yield i, batch
+
+    monkeypatch.setattr(part_writer, "piece_batches", counted)
+    run(writer(dictionary=categorical), tmp_path / "part-1.parquet")
+    assert read == [300, 200]
+    whole = {n: pq.read_table(staging / n) for n in files_of(staging)}
+    assert whole.keys() == in_rows.keys()
+    for name, table in whole.items():
+        assert table["customer_id"].equals(in_rows[name]["customer_id"])
+        scores = table["churn_probability"].to_pylist()
+        assert scores == pytest.approx(in_rows[name]["churn_probability"].to_pylist(), abs=1e-6)
 
 
 def test_a_retried_file_rewrites_the_same_files(writer, raw, tmp_path, folders):
