@@ -35,8 +35,9 @@ from models.predictor import ArrowScorer, BatchPredictor, PredictorOptions
 
 log = logging.getLogger(__name__)
 
-# Up to a CPU actor's read batch (jobs.part_writer.READ_ROWS), which is split into the batch size
-# and never joined past it: the churn champion, capped at 65,536, was 27% faster at 131,072 on
+# Up to a CPU actor's read batch in rows (jobs.part_writer.READ_ROWS; a row group read whole can be
+# larger, but the churn champion already scored half as fast at 262,144 as at 131,072), which is
+# split into the batch size: the champion, capped at 65,536, was 27% faster at 131,072 on
 # the actor's two threads (fewer calls, each releasing and taking back the GIL fewer times). A GPU
 # actor's batch is also its device memory: its sizes stop at GPU_LARGEST.
 CANDIDATES = (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144)

@@ -16,8 +16,9 @@ def test_the_smallest_size_within_five_percent_of_the_fastest_wins():
 
 
 def test_cpu_actors_measure_up_to_their_read_batch_and_gpu_actors_less():
-    """A CPU actor scores slices of the batch it reads (READ_ROWS rows), so no larger batch is
-    worth measuring; a GPU actor's batch is also device memory, so its sizes stop sooner."""
+    """A CPU actor scores slices of the batch it reads (READ_ROWS rows where a row group is not
+    read whole), and larger batches measured slower; a GPU actor's batch is also device memory,
+    so its sizes stop sooner."""
     from jobs.batch_size import GPU_LARGEST, candidate_sizes
     from jobs.part_writer import READ_ROWS
 
