@@ -191,10 +191,14 @@ def decoded_bytes(schema: pa.Schema, columns: list[str]) -> float:
     """The bytes a row of ``columns`` takes once decoded into Arrow, from their types (a
     dictionary-encoded column counts its indices: its few values are a dictionary's); infinity
     where a column's width is not its type's (strings read as themselves, nested types), so that
-    the caller keeps its batches of rows."""
+    the caller keeps its batches of rows. A column the file lacks, or holds twice, counts so too:
+    the read then goes as it would without this estimate."""
     total = 0.0
     for name in columns:
-        t = schema.field(name).type
+        i = schema.get_field_index(name)
+        if i < 0:
+            return float("inf")
+        t = schema.field(i).type
         if pa.types.is_dictionary(t):
             t = t.index_type
         try:

@@ -150,3 +150,4 @@ def test_a_row_group_whose_columns_fit_the_budget_is_read_whole(tmp_path):
     assert batch_rows(["id", "s"], 1 << 30) == in_rows  # a string's width is its values'
     assert batch_rows(["id", "s"], 100 * 12, dictionary=["s"]) == [100, 60, 100]  # its indices: 4 bytes
     assert batch_rows(["id", "x"], 1 << 30, groups=[1, 2]) == [60, 100]
+    assert batch_rows(["id", "missing"], 1 << 30) == in_rows  # a column the file lacks: as without a budget
