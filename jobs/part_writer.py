@@ -45,8 +45,9 @@ T = TypeVar("T")
 # of the churn table's columns. Reading and validating 65,536 rows at a time cost more per row.
 READ_ROWS = 262_144
 # ... unless a whole row group's columns decode to at most this many bytes: then a batch is the
-# row group (jobs.pieces.file_batches), read 12% faster. The churn table's 1M-row groups take
-# 156 MB; its actor's peak RSS grew by 130-170 MB (two files at once), its work 5-6% faster.
+# row group (jobs.pieces.file_batches), read 12% faster; and never more rows than decode to this
+# many. The churn table's 1M-row groups take 156 MB; read whole, its actor's peak RSS grew by
+# 130-170 MB (two files at once), its work 4% faster.
 READ_BYTES = 192 << 20
 
 # what an actor spends its time on, in order; "score" is the predictor's call: the features'

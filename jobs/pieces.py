@@ -8,6 +8,7 @@ Without Ray imports: the driver plans its pieces from the footers it has read, b
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -168,7 +169,9 @@ def file_batches(
     (:func:`decoded_bytes`), a batch is a whole row group instead. pyarrow's reader decodes a
     whole row group 12% faster than in batches of 262,144 rows: a batch that ends inside a data
     page has the page's other values copied into the next batch's buffers, and each batch's
-    buffers grow as they fill (docs/benchmark.md)."""
+    buffers grow as they fill (docs/benchmark.md). Where a row group is larger, a batch holds
+    ``rows`` rows or as many as decode to this many bytes, if fewer (a table of a thousand
+    columns), and never fewer than :data:`FEWEST_ROWS`."""
     if isinstance(source, pa.Buffer):
         opened = pa.BufferReader(source)
     else:
@@ -177,14 +180,21 @@ def file_batches(
         reader = pq.ParquetFile(f, read_dictionary=dictionary or None)
         groups = list(range(reader.num_row_groups) if row_groups is None else row_groups)
         largest = max((reader.metadata.row_group(g).num_rows for g in groups), default=0)
-        if whole_up_to and largest > rows and largest * decoded_bytes(reader.schema_arrow, columns) <= whole_up_to:
+        row_bytes = decoded_bytes(reader.schema_arrow, columns) if whole_up_to else float("inf")
+        if largest > rows and largest * row_bytes <= whole_up_to:
             for g in groups:  # a batch of the largest group's rows would cut the next group's
                 group_rows = reader.metadata.row_group(g).num_rows
                 yield from reader.iter_batches(
                     batch_size=max(group_rows, 1), row_groups=[g], columns=columns, use_threads=threads
                 )
             return
+        if whole_up_to and math.isfinite(row_bytes) and row_bytes * rows > whole_up_to:
+            rows = max(FEWEST_ROWS, int(whole_up_to // row_bytes))
         yield from reader.iter_batches(batch_size=rows, row_groups=groups, columns=columns, use_threads=threads)
+
+
+# the fewest rows a batch sized by its bytes holds: below, each batch's calls cost more than its rows
+FEWEST_ROWS = 4096
 
 
 def decoded_bytes(schema: pa.Schema, columns: list[str]) -> float:

@@ -107,11 +107,12 @@ def test_the_read_tasks_of_pieces_read_each_row_of_a_split_file_once(tmp_path, r
     assert ids == list(range(6_000))
 
 
-def test_a_row_group_whose_columns_fit_the_budget_is_read_whole(tmp_path):
+def test_a_row_group_whose_columns_fit_the_budget_is_read_whole(tmp_path, monkeypatch):
     """The CPU actors' read (``whole_up_to``): a row group whose columns decode within the budget
     is one batch, however the file's groups differ in size; over the budget, or with a column
     whose width its type does not give (strings read as strings), batches of ``rows`` rows as
     before. Either way each row comes once, in order."""
+    from jobs import pieces
     from jobs.pieces import file_batches
 
     table = pa.table(
@@ -151,3 +152,6 @@ def test_a_row_group_whose_columns_fit_the_budget_is_read_whole(tmp_path):
     assert batch_rows(["id", "s"], 100 * 12, dictionary=["s"]) == [100, 60, 100]  # its indices: 4 bytes
     assert batch_rows(["id", "x"], 1 << 30, groups=[1, 2]) == [60, 100]
     assert batch_rows(["id", "missing"], 1 << 30) == in_rows  # a column the file lacks: as without a budget
+    # a row group over the budget, and rows more than it holds (a table of many columns): fewer rows
+    monkeypatch.setattr(pieces, "FEWEST_ROWS", 8)
+    assert batch_rows(["id", "x"], 40 * 16) == [40] * 6 + [20]
