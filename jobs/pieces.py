@@ -179,16 +179,17 @@ def file_batches(
     with opened as f:
         reader = pq.ParquetFile(f, read_dictionary=dictionary or None)
         groups = list(range(reader.num_row_groups) if row_groups is None else row_groups)
-        largest = max((reader.metadata.row_group(g).num_rows for g in groups), default=0)
+        group_rows = [reader.metadata.row_group(g).num_rows for g in groups]
+        largest = max(group_rows, default=0)
         row_bytes = decoded_bytes(reader.schema_arrow, columns) if whole_up_to else float("inf")
         if largest > rows and largest * row_bytes <= whole_up_to:
-            for g in groups:  # a batch of the largest group's rows would cut the next group's
-                group_rows = reader.metadata.row_group(g).num_rows
+            # a group at a time: a batch of the largest group's rows would cut the next group's
+            for g, n in zip(groups, group_rows, strict=True):
                 yield from reader.iter_batches(
-                    batch_size=max(group_rows, 1), row_groups=[g], columns=columns, use_threads=threads
+                    batch_size=max(n, 1), row_groups=[g], columns=columns, use_threads=threads
                 )
             return
-        if whole_up_to and math.isfinite(row_bytes) and row_bytes * rows > whole_up_to:
+        if math.isfinite(row_bytes) and row_bytes * rows > whole_up_to:  # infinite where whole_up_to is 0
             rows = max(FEWEST_ROWS, int(whole_up_to // row_bytes))
         yield from reader.iter_batches(batch_size=rows, row_groups=groups, columns=columns, use_threads=threads)
 
