@@ -473,11 +473,11 @@ def hot_path(
     state, over the same window, what Ray costs (its processes beside the actors, and the rows'
     way back to the driver at the end). The whole run also holds each process's first row group
     read, which the job's steady state leaves before its window: set against the job's steady
-    state, it made Ray look cheaper than it is (until 2026-12-05).
+    state, it would make Ray look cheaper than it is.
 
-    Also returns the seconds the processes spent in each stage
-    (jobs.part_writer.STAGES), summed, to set beside the job's own (its ``actor_seconds``); and
-    the model versions the processes scored with. ``alias``: score with that alias of the job's
+    Also returns the seconds the processes spent in each stage (jobs.part_writer.STAGES), summed,
+    to set beside the job's own (its ``actor_seconds``), and the model versions the processes
+    scored with. ``alias``: score with that alias of the job's
     model instead of the job file's."""
     import tempfile
 
