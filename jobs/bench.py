@@ -452,10 +452,6 @@ class HotRun:
     # takes, so that the two compare (the whole run also holds each process's first reads)
     steady: Timed
 
-    @property
-    def steady_rows_per_s(self) -> float:
-        return self.steady.rows_per_s
-
 
 def hot_path(
     scratch: Path, batch_size: int, env: dict[str, str], shape: tuple[int, int], alias: str | None = None
@@ -477,8 +473,7 @@ def hot_path(
 
     Also returns the seconds the processes spent in each stage (jobs.part_writer.STAGES), summed,
     to set beside the job's own (its ``actor_seconds``), and the model versions the processes
-    scored with. ``alias``: score with that alias of the job's
-    model instead of the job file's."""
+    scored with. ``alias``: score with that alias of the job's model instead of the job file's."""
     import tempfile
 
     from jobs.part_writer import stage_seconds  # imports Ray Data's block types
@@ -527,8 +522,8 @@ def hot_path_worker(out_dir: str, batch_size: int, count: int, alias: str | None
     lake = Lake(settings.lake_root)
     pre = preflight.preflight(job, DAY, settings, lake, *preflight.model_selection(job, alias))
     staging, quarantine = f"{out_dir}/{index}", f"{out_dir}/{index}-quarantine"
-    # where the predictor notes its first scored batch, as the job's actors do
-    for folder in (staging, quarantine, telemetry.folder(staging)):
+    notes = telemetry.folder(staging)  # where the predictor notes its first scored batch, as the actors do
+    for folder in (staging, quarantine, notes):
         os.makedirs(folder, exist_ok=True)
     # each process stands for one of the job's actors: it scores files_at_once files side by side,
     # each with the torch and pyarrow threads the job gives a file (threads_per_file)
@@ -540,7 +535,7 @@ def hot_path_worker(out_dir: str, batch_size: int, count: int, alias: str | None
         settings=settings,
         run_id="0" * 32,
         started_at=dt.datetime.now(dt.UTC),
-        telemetry_dir=telemetry.folder(staging),
+        telemetry_dir=notes,
         at_once=at_once,
     )
     actor = ScoreAndWrite(
@@ -747,7 +742,7 @@ def best_of_rounds(
     first_to_score = min(job_runs, key=lambda r: r.startup_s)
     naive_best = min(naive_runs, key=lambda r: r.seconds)
     hot = max(hot_runs, key=lambda h: h.timed.rows_per_s)
-    hot_steady = max(h.steady_rows_per_s for h in hot_runs)
+    hot_steady = max(h.steady.rows_per_s for h in hot_runs)
     steady = steadiest.steady_rows_per_s
     return {
         "naive_rows_per_s": round(rows / naive_best.seconds),
@@ -780,12 +775,12 @@ def best_of_rounds(
         "rounds": [
             {
                 "efficiency": round(j.steady_rows_per_s / bound, 3),
-                "hot_path_vs_bound": round(h.steady_rows_per_s / bound, 3),
+                "hot_path_vs_bound": round(h.steady.rows_per_s / bound, 3),
                 "vs_naive": round(n.seconds / j.seconds, 3),
                 "startup_s": round(j.startup_s, 2),
                 "steady_rows_per_s": round(j.steady_rows_per_s),
                 "hot_path_rows_per_s": round(h.timed.rows_per_s),
-                "hot_path_steady_rows_per_s": round(h.steady_rows_per_s),
+                "hot_path_steady_rows_per_s": round(h.steady.rows_per_s),
                 "lakecast_seconds": round(j.seconds, 2),
                 "naive_seconds": round(n.seconds, 2),
             }
