@@ -514,6 +514,7 @@ def hot_path_worker(out_dir: str, batch_size: int, count: int, alias: str | None
 
     from jobs import pipeline, preflight, telemetry
     from jobs.part_writer import ScoreAndWrite
+    from jobs.pieces import largest_first
     from jobs.ray_runtime import files_at_once
     from jobs.settings import load_settings
 
@@ -543,7 +544,7 @@ def hot_path_worker(out_dir: str, batch_size: int, count: int, alias: str | None
             job, lake, pre, options, staging=staging, quarantine=quarantine, batch_size=batch_size, at_once=at_once
         )
     )
-    mine = pre.pieces[index::count]
+    mine = largest_first(pre.pieces)[index::count]  # in the order the job's actors take them
     rows = sum(p.rows or 0 for p in mine)
     sys.stdout.write("ready\n")
     sys.stdout.flush()

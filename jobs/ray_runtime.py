@@ -344,6 +344,8 @@ def files_dataset(pieces: list[Piece], uri: Callable[[str], str]) -> ray.data.Da
     1.6 s later."""
     import ray
 
+    from jobs.pieces import largest_first
+
     report_our_errors()
-    rows = [p.as_row(uri) for p in pieces]
+    rows = [p.as_row(uri) for p in largest_first(pieces)]
     return ray.data.from_items(rows, override_num_blocks=len(rows))

@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import parquet_source
-from jobs.pieces import split_files
+from jobs.pieces import largest_first, split_files
 from jobs.ray_runtime import read_parquet_files, read_pieces
 
 
@@ -88,6 +88,9 @@ def test_a_large_file_is_split_into_runs_of_its_row_groups_and_small_files_are_r
     assert sum(p.size for p in pieces[:2]) == pytest.approx(files[0].size, abs=1)
     assert pieces[4].size == sum(f.size for f in files[3:7])
     assert [p.stem for p in pieces] == ["big-g0000", "big-g0003", "mid", "one-group", "tiny-0", "tiny-4"]
+    # CPU actors take them largest first, so that the last ones taken are the smallest; pieces of
+    # equal size in the partition's order
+    assert [p.stem for p in largest_first(pieces)] == ["one-group", "big-g0000", "mid", "big-g0003", "tiny-0", "tiny-4"]
     # a large file in one row group cannot be split: the log says what would let it be
     assert "one-group.parquet holds 5000 rows in 1 row group(s): one thread reads and scores all of it" in caplog.text
     assert "mid.parquet" not in caplog.text
