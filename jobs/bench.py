@@ -365,6 +365,7 @@ class JobRun:
     milestones_s: dict[str, float]  # the startup's steps, seconds from process start
     actor_seconds: dict[str, float]  # where the actors' time went, by stage
     peak: Peak
+    on_cpu_share: float | None = None  # of the actors' time, their threads' on a core
 
 
 def job_run(bin_dir: Path, env: dict[str, str], rows: int, alias: str | None = None) -> JobRun:
@@ -381,6 +382,7 @@ def job_run(bin_dir: Path, env: dict[str, str], rows: int, alias: str | None = N
         milestones_s={name: round(t - start, 2) for name, t in result["milestones_unix"].items()},
         actor_seconds=result.get("actor_seconds", {}),
         peak=peak,
+        on_cpu_share=result.get("actor_on_cpu_share"),
     )
 
 
@@ -451,6 +453,7 @@ class HotRun:
     # from the first scored batch to the last file written: the window the job's steady state
     # takes, so that the two compare (the whole run also holds each process's first reads)
     steady: Timed
+    on_cpu_share: float | None = None  # of the stages' time, the threads' on a core
 
 
 def hot_path(
@@ -476,7 +479,7 @@ def hot_path(
     scored with. ``alias``: score with that alias of the job's model instead of the job file's."""
     import tempfile
 
-    from jobs.part_writer import stage_seconds  # imports Ray Data's block types
+    from jobs.part_writer import on_cpu_share, stage_seconds
 
     count, _ = shape
     argv = [sys.executable, "-m", "jobs.bench", "hot-path", str(scratch / "hot-path"), str(batch_size), str(count)]
@@ -500,10 +503,16 @@ def hot_path(
             proc.stdin.write("go\n")  # type: ignore[union-attr]
             proc.stdin.flush()  # type: ignore[union-attr]
         done = [json.loads(proc.communicate()[0]) for proc, _ in procs]
-    stages = stage_seconds([row for d in done for row in d["files"]])
+    files = [row for d in done for row in d["files"]]
     end, rows = max(d["done_unix"] for d in done), sum(d["rows"] for d in done)
     first_batch = min((d["first_batch_unix"] for d in done if d["first_batch_unix"]), default=start)
-    return HotRun(Timed(end - start, rows), stages, {d["model_uri"] for d in done}, Timed(end - first_batch, rows))
+    return HotRun(
+        Timed(end - start, rows),
+        stage_seconds(files),
+        {d["model_uri"] for d in done},
+        Timed(end - first_batch, rows),
+        on_cpu_share(files),
+    )
 
 
 def hot_path_worker(out_dir: str, batch_size: int, count: int, alias: str | None, index: int) -> dict[str, Any]:
@@ -763,6 +772,10 @@ def best_of_rounds(
         # same code without Ray (read, validate, score: features, model and output rows, write)
         "actor_seconds": steadiest.actor_seconds,
         "hot_path_seconds": {stage: round(t, 3) for stage, t in hot.stages.items()},
+        # of those seconds, the share the threads were on a core: inside Ray they wait for one
+        # while Ray's own processes run (docs/benchmark.md); None where a file runs on several
+        "actor_on_cpu_share": _share(steadiest.on_cpu_share),
+        "hot_path_on_cpu_share": _share(hot.on_cpu_share),
         "lakecast_seconds": round(fastest.seconds, 2),
         "naive_seconds": round(naive_best.seconds, 2),
         # process start to exit, for what the exit adds (Ray's shutdown, interpreter teardown)
@@ -798,6 +811,10 @@ def _worst(values: Iterable[float | None]) -> float | None:
 
 def _round(value: float | None) -> int | None:
     return None if value is None else round(value)
+
+
+def _share(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
 
 
 def _mlflow_store(uri: str) -> str:

@@ -37,8 +37,11 @@ def markdown(r: dict[str, Any]) -> str:
         f"{_shape(r['settings']['hot_path'])}, as the job's actors), both from the first scored batch",
         "where the time went: "
         + "; ".join(
-            f"{who}: {actor_time(r[key])}"
-            for who, key in (("the job's actors", "actor_seconds"), ("without Ray", "hot_path_seconds"))
+            f"{who}: {actor_time(r[key], r.get(share))}"
+            for who, key, share in (
+                ("the job's actors", "actor_seconds", "actor_on_cpu_share"),
+                ("without Ray", "hot_path_seconds", "hot_path_on_cpu_share"),
+            )
             if r.get(key)
         ),
         _rounds_line(r),

@@ -81,7 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             _out(f"scores:      {score_stats.describe(result.scores)}")
         _out(f"MLflow run:  {result.run_id}")
         if result.actor_seconds:
-            _out(f"actors:      {actor_time(result.actor_seconds)}")
+            _out(f"actors:      {actor_time(result.actor_seconds, result.actor_on_cpu_share)}")
     return 0
 
 

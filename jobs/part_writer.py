@@ -24,6 +24,7 @@ never waits on Parquet.
 from __future__ import annotations
 
 import itertools
+import math
 import time
 from collections.abc import Iterable, Iterator
 from operator import itemgetter
@@ -55,10 +56,12 @@ READ_BYTES = 192 << 20
 STAGES = ("read", "validate", "score", "write")
 
 # what an actor returns for each piece of input: rows scored and set aside, the seconds of each
-# stage, and summaries of the scores it wrote and of their shadow's (jobs.score_stats)
+# stage, the CPU time of the thread that scored it (cpu_s), and summaries of the scores it wrote
+# and of their shadow's (jobs.score_stats)
 DONE = pa.schema(
     [("file", pa.string()), ("rows", pa.int64()), ("quarantined", pa.int64())]
     + [(f"{stage}_s", pa.float64()) for stage in STAGES]
+    + [("cpu_s", pa.float64())]
     + score_stats.FIELDS
     + score_stats.SHADOW_FIELDS
 )
@@ -68,6 +71,19 @@ def stage_seconds(done: list[dict[str, Any]]) -> dict[str, float]:
     """Seconds by stage, summed over rows of :data:`DONE` (as dicts): over an actor's files, or a
     job's."""
     return {stage: sum(row[f"{stage}_s"] for row in done) for stage in STAGES}
+
+
+def on_cpu_share(done: list[dict[str, Any]]) -> float | None:
+    """The share of the stages' time (:func:`stage_seconds`) that the threads scoring the pieces
+    spent on a core, over rows of :data:`DONE`. The rest they waited: for a core that another
+    process held (a node with more work than CPUs; on 2 cores, Ray's own processes), for storage,
+    for a lock. None where a piece was decoded and scored on pyarrow's and torch's threads as well
+    (a file given several CPUs), whose CPU time its own thread's does not count."""
+    cpu = [row.get("cpu_s") for row in done]
+    wall = sum(stage_seconds(done).values())
+    if not done or wall <= 0 or any(c is None or math.isnan(c) for c in cpu):
+        return None
+    return min(1.0, sum(cpu) / wall)  # type: ignore[arg-type]
 
 
 def slice_ends(rows: int, rows_per_file: int) -> list[int]:
@@ -151,6 +167,7 @@ class ScoreAndWrite:
     def score_file(self, piece: Piece, uris: list[str]) -> dict[str, Any]:
         """Score one piece of input (``uris``: its files', for messages): a row of :data:`DONE`."""
         seconds = dict.fromkeys(STAGES, 0.0)
+        cpu = time.thread_time()
         rows = quarantined = 0
         summary, shadow = dict(score_stats.EMPTY), dict(score_stats.EMPTY)
         for i, parts in itertools.groupby(_timed(self._read(piece), seconds), key=itemgetter(0)):
@@ -191,6 +208,8 @@ class ScoreAndWrite:
             "rows": rows,
             "quarantined": quarantined,
             **{f"{k}_s": v for k, v in seconds.items()},
+            # with threads, pyarrow's pool decodes the piece too: this thread's time is not all of it
+            "cpu_s": math.nan if self.threads else time.thread_time() - cpu,
             **summary,
             **score_stats.as_shadow(shadow),
         }

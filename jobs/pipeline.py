@@ -52,7 +52,7 @@ def score(
     started_at: dt.datetime,
     gpus: float,
     shadow_dir: str | None = None,
-) -> tuple[float, dict[str, float], list[dict[str, Any]]]:
+) -> tuple[float, dict[str, float], float | None, list[dict[str, Any]]]:
     """The Ray Data pipeline: read → validate rows → actor pool of predictors → Parquet in staging.
 
     CPU actors run all four steps themselves, a piece of the partition (``pre.pieces``: a file, a
@@ -67,11 +67,12 @@ def score(
     equal rows in before anything is committed.
 
     Returns when the pipeline started (unix seconds); with CPU actors, the seconds they spent in
-    each stage (:data:`jobs.part_writer.STAGES`), summed over the actors (else ``{}``); and
-    the summaries of the scores written, a file's each (:mod:`jobs.score_stats`), from the CPU
-    actors or the GPU pipeline's write tasks.
+    each stage (:data:`jobs.part_writer.STAGES`), summed over the actors (else ``{}``), and the
+    share of that time their threads were on a core (:func:`jobs.part_writer.on_cpu_share`, else
+    None); and the summaries of the scores written, a file's each (:mod:`jobs.score_stats`), from
+    the CPU actors or the GPU pipeline's write tasks.
     """
-    from jobs.part_writer import ScoreAndWrite, stage_seconds  # imports Ray Data: only once Ray is up
+    from jobs.part_writer import ScoreAndWrite, on_cpu_share, stage_seconds
 
     at_once = files_at_once(job.compute, len(pre.pieces), gpus=gpus)
     options = predictor_options(
@@ -128,7 +129,7 @@ def score(
             num_cpus=job.compute.cpus_per_actor,
         )
         files_done = done.take_all()  # a row per piece
-        return started, stage_seconds(files_done), files_done
+        return started, stage_seconds(files_done), on_cpu_share(files_done), files_done
     from jobs.write_tasks import PredictionFiles
 
     # the challenger's scores travel beside the champion's to the write tasks, which write both
@@ -158,7 +159,7 @@ def score(
         sample_every=score_stats.sample_every(pre.rows_in),
     )
     scored.write_datasink(sink, ray_remote_args={"num_cpus": IO_CPUS})
-    return started, {}, sink.summaries
+    return started, {}, None, sink.summaries
 
 
 def read_columns(job: JobConfig, rules: list[validation.ColumnRule]) -> tuple[list[str], list[str]]:

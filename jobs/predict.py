@@ -55,6 +55,8 @@ class RunResult:
     # seconds the actors spent reading, validating, scoring and writing, summed over them (CPU
     # actors only: GPU actors get their batches from read tasks and hand them to write tasks)
     actor_seconds: dict[str, float] = field(default_factory=dict)
+    # of that time, the share their threads were on a core (jobs.part_writer.on_cpu_share)
+    actor_on_cpu_share: float | None = None
     quarantined: int = 0  # of ``rows``, set aside as invalid instead of scored
     quarantine: str | None = None  # where they were committed (None in a dry run)
     # the distribution of the scores written (jobs.score_stats.merge): mean, std, quantiles...
@@ -84,6 +86,7 @@ class RunResult:
             "committed_unix": self.committed_unix,
             "milestones_unix": self.milestones,
             "actor_seconds": {stage: round(t, 3) for stage, t in self.actor_seconds.items()},
+            "actor_on_cpu_share": None if self.actor_on_cpu_share is None else round(self.actor_on_cpu_share, 3),
             "quarantined": self.quarantined,
             "quarantine": self.quarantine,
             "scores": dict(self.scores),
@@ -204,7 +207,7 @@ def _run_locked(
         shadow_scores: dict[str, float] = {}
         try:
             lake.make_dirs(staging, q_staging, telemetry.folder(staging), *([s_staging] if job.shadows else []))
-            pipeline_start, actor_seconds, summaries = pipeline.score(
+            pipeline_start, actor_seconds, on_cpu, summaries = pipeline.score(
                 job,
                 lake,
                 pre,
@@ -314,6 +317,7 @@ def _run_locked(
                 committed_unix=committed_unix,
                 milestones=milestones,
                 actor_seconds=actor_seconds,
+                on_cpu=on_cpu,
                 scores=scores,
                 shadow_scores=shadow_scores,
             )
@@ -339,6 +343,7 @@ def _run_locked(
         committed_unix=committed_unix,
         milestones=milestones,
         actor_seconds=actor_seconds,
+        actor_on_cpu_share=on_cpu,
         quarantined=invalid,
         quarantine=lake.uri(lake.partition_path(job.quarantine_table, ds)) if invalid and not dry_run else None,
         scores=scores,
@@ -354,6 +359,7 @@ def _end_metrics(
     committed_unix: float,
     milestones: dict[str, float],
     actor_seconds: dict[str, float],
+    on_cpu: float | None,
     scores: dict[str, float],
     shadow_scores: dict[str, float],
 ) -> dict[str, float]:
@@ -370,7 +376,9 @@ def _end_metrics(
     metrics |= {f"startup.{name}_s": t - job_start for name, t in steps.items()}
     if actor_seconds:
         metrics |= {f"actors.{stage}_s": t for stage, t in actor_seconds.items()}
-        log.info("the actors' time: %s", telemetry.actor_time(actor_seconds))
+        if on_cpu is not None:
+            metrics["actors.on_cpu_share"] = on_cpu
+        log.info("the actors' time: %s", telemetry.actor_time(actor_seconds, on_cpu))
     if pre.input_nulls:
         metrics |= {f"input.null_share.{name}": share for name, share in pre.input_nulls.items()}
         log.info("the inputs: %s", input_stats.describe(pre.input_nulls))

@@ -12,10 +12,12 @@ from jobs.lake import Lake
 from models.predictor import ACTOR_READY, FIRST_BATCH, TELEMETRY_SEPARATOR
 
 
-def actor_time(seconds: dict[str, float]) -> str:
-    """``seconds`` by stage as a line for people: "read 1.9 s (48%), validate 0.2 s (5%), ..."."""
+def actor_time(seconds: dict[str, float], on_cpu: float | None = None) -> str:
+    """``seconds`` by stage as a line for people: "read 1.9 s (48%), validate 0.2 s (5%), ...",
+    and the share of it the actors' threads were on a core, where known."""
     total = sum(seconds.values()) or 1.0
-    return ", ".join(f"{stage} {t:.1f} s ({100 * t / total:.0f}%)" for stage, t in seconds.items())
+    line = ", ".join(f"{stage} {t:.1f} s ({100 * t / total:.0f}%)" for stage, t in seconds.items())
+    return line if on_cpu is None else f"{line}; on a core {100 * on_cpu:.0f}% of it"
 
 
 def folder(staging: str) -> str:

@@ -118,6 +118,9 @@ def test_bench_reports_every_figure(bench_home, tmp_path):
     # where the time went, stage by stage, in the job's actors and in the same code without Ray
     for key in ("actor_seconds", "hot_path_seconds"):
         assert list(report[key]) == ["read", "validate", "score", "write"] and all(report[key].values())
+    # at this size one file, on both of the actor's CPUs, pyarrow's and torch's threads beside
+    # the scoring thread: no share of the time on a core is given (jobs.part_writer.on_cpu_share)
+    assert report["actor_on_cpu_share"] is None and report["hot_path_on_cpu_share"] is None
     assert out.with_suffix(".png").stat().st_size > 1000
     table = out.with_suffix(".md").read_text()
     assert "| lakecast, steady state |" in table
@@ -154,7 +157,16 @@ def test_each_figure_is_the_best_of_its_rounds_and_every_round_is_kept():
     def job(seconds: float, startup: float, steady: float, rss: float, pss: float | None) -> JobRun:
         milestones = {"first_batch": startup}
         return JobRun(
-            "run", "models:/m/2", seconds, seconds + 1, startup, steady, milestones, {"read": seconds}, Peak(rss, pss)
+            "run",
+            "models:/m/2",
+            seconds,
+            seconds + 1,
+            startup,
+            steady,
+            milestones,
+            {"read": seconds},
+            Peak(rss, pss),
+            on_cpu_share=steady / 2_500_000,
         )
 
     # round 1: the steadiest job and the quicker start; round 2: the quicker job, the worst memory
@@ -162,8 +174,8 @@ def test_each_figure_is_the_best_of_its_rounds_and_every_round_is_kept():
     naive = [NaiveRun(12.0, 13.0, Peak(300, 200)), NaiveRun(11.0, 12.5, Peak(350, 250))]
     # the work without Ray: round 2 the quicker whole, round 1 the faster from its first scored batch
     hot = [
-        HotRun(Timed(0.01, 20_000), {"read": 0.5}, {"m"}, Timed(0.00625, 20_000)),
-        HotRun(Timed(0.008, 20_000), {"read": 0.4}, {"m"}, Timed(0.0064, 20_000)),
+        HotRun(Timed(0.01, 20_000), {"read": 0.5}, {"m"}, Timed(0.00625, 20_000), 0.9),
+        HotRun(Timed(0.008, 20_000), {"read": 0.4}, {"m"}, Timed(0.0064, 20_000), 0.95),
     ]
 
     figures = best_of_rounds(20_000, 4_000_000, jobs, naive, hot)
@@ -173,6 +185,8 @@ def test_each_figure_is_the_best_of_its_rounds_and_every_round_is_kept():
     assert figures["startup_s"] == 4.0 and figures["startup_milestones_s"] == {"first_batch": 4.0}
     assert (figures["naive_seconds"], figures["naive_process_seconds"]) == (11.0, 12.5)
     assert figures["hot_path_rows_per_s"] == 2_500_000 and figures["hot_path_seconds"] == {"read": 0.4}
+    # the share of those seconds on a core, from the same rounds as the seconds
+    assert (figures["actor_on_cpu_share"], figures["hot_path_on_cpu_share"]) == (0.8, 0.95)
     assert figures["hot_path_steady_rows_per_s"] == 3_200_000
     assert figures["efficiency"] == 0.5 and figures["vs_naive"] == round(11 / 9, 3)
     # the efficiency's factors, over the job's steady window: 0.8 x 0.625 = 0.5

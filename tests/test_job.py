@@ -85,6 +85,10 @@ def test_run_is_logged_to_mlflow(first_run, settings, churn_job, lake):
     threads = churn_job.compute.max_actors * int(run.data.params["compute.files_at_once"])
     assert all(t > 0 for t in stages.values()) and sum(stages.values()) < m["seconds"] * threads
     assert first_run.as_dict()["actor_seconds"] == pytest.approx(stages, abs=1e-3)
+    # one piece on the actor's two CPUs: pyarrow's and torch's threads work on it beside the
+    # scoring thread, whose CPU time is then not all of it, so no share of time on a core is
+    # given (a piece per thread: the next test)
+    assert threads == 1 and "actors.on_cpu_share" not in m and first_run.actor_on_cpu_share is None
     assert run.data.tags["lakecast.model_version"] == f"churn-classifier/{first_run.model.version}"
     # the night's score distribution, to chart across runs: the published scores', in the
     # metrics, the manifest and the run's result alike
@@ -350,9 +354,14 @@ def test_a_partition_of_one_large_file_is_scored_by_pieces_of_its_row_groups(
     assert sorted(table["customer_id"].to_pylist()) == sorted(snapshot["customer_id"].to_pylist())
     names = sorted(p.rsplit("/", 1)[-1] for p in pads.dataset(lake.partition_path(OUT, DAY)).files)
     assert names == ["day-g0000-0000.parquet", "day-g0002-0000.parquet", "day-g0004-0000.parquet"]
-    params = mlflow.MlflowClient(settings.mlflow.tracking_uri).get_run(result.run_id).data.params
+    run = mlflow.MlflowClient(settings.mlflow.tracking_uri).get_run(result.run_id)
+    params = run.data.params
     assert (params["input_files"], params["input_pieces"], params["compute.files_at_once"]) == ("1", "3", "2")
     assert_scores_describe(result.scores, table)
+    # a piece per thread, each on its thread alone: of the stages' time, the share those threads
+    # were on a core (the rest they waited for a core, for storage, for a lock)
+    share = run.data.metrics["actors.on_cpu_share"]
+    assert 0.2 < share <= 1 and result.actor_on_cpu_share == pytest.approx(share)
 
 
 def test_the_gpu_pipeline_shape_writes_every_row_once(

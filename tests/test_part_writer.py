@@ -365,3 +365,16 @@ def test_an_actor_turns_transparent_huge_pages_off_for_its_process_unless_the_jo
 
     assert turned_off("off") == "True"
     assert turned_off("on") == "False"
+
+
+def test_the_share_of_the_actors_time_on_a_core():
+    """Of the stages' seconds, the share the scoring threads' CPU time covers; none where a piece
+    also ran on pyarrow's and torch's threads, which a thread's CPU time leaves out."""
+    from jobs.part_writer import on_cpu_share
+
+    def piece(cpu: float) -> dict[str, float]:
+        return {"read_s": 0.5, "validate_s": 0.1, "score_s": 0.3, "write_s": 0.1, "cpu_s": cpu}
+
+    assert on_cpu_share([piece(0.9), piece(0.7)]) == pytest.approx(0.8)
+    assert on_cpu_share([piece(0.9), piece(float("nan"))]) is None
+    assert on_cpu_share([]) is None
