@@ -3,7 +3,8 @@
 Errors a user can act on print one sentence and exit with status 2 where something must change
 first (a bad job file, an unknown alias, rows that fail validation) or 75 where trying again
 may pass (a partition not there yet, storage or the cluster out of reach); see
-:mod:`jobs.failures`. A traceback means a bug in lakecast.
+:mod:`jobs.failures`. A run stopped by Ctrl-C or SIGTERM says so and exits 130 or 143
+(:mod:`jobs.stopping`). A traceback means a bug in lakecast.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import datetime as dt
 import json
 import logging.config
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -24,6 +26,7 @@ from jobs.argtypes import positive_int
 from jobs.config import job_files, load_job, load_job_files, parse_date
 from jobs.failures import EXIT_FIX_FIRST, exit_status, mlflow_failure, user_errors
 from jobs.settings import conf_dir, load_settings
+from jobs.stopping import Stopped
 from jobs.yamlconf import ConfigError
 
 log = logging.getLogger("jobs.cli")
@@ -324,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         "predictions to the lake. Jobs are the YAML files under conf/jobs/.",
         epilog="Exit status: 0 done; 1 validate found an invalid job file; 2 something must change "
         "first (a job file, an alias, the input's rows); 75 trying again may pass (input not there "
-        "yet, storage or cluster out of reach).",
+        "yet, storage or cluster out of reach); 130 or 143 stopped by Ctrl-C or SIGTERM, before any commit.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     yesterday = (dt.date.today() - dt.timedelta(days=1)).isoformat()
@@ -423,6 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         sys.stderr.write(f"lakecast: {e}\n")
         return EXIT_FIX_FIRST
+    except Stopped as e:  # Ctrl-C or SIGTERM during a run: jobs.stopping
+        sys.stderr.write(f"lakecast: {e}\n")
+        return e.exit_status
+    except KeyboardInterrupt:  # Ctrl-C anywhere else
+        sys.stderr.write("lakecast: interrupted\n")
+        return 128 + signal.SIGINT
     except BrokenPipeError:  # `lakecast ... | head`: the reader has gone, which is no error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

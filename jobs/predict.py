@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from jobs import commit, drift, input_stats, pipeline, score_stats, telemetry, tracking, validation
+from jobs import commit, drift, input_stats, pipeline, score_stats, stopping, telemetry, tracking, validation
 from jobs.config import JobConfig
 from jobs.failures import JobError
 from jobs.lake import DataFile, Lake
@@ -137,20 +137,30 @@ def run_job(
         pre = checked.result()
 
     lease = job.airflow.timeout_minutes * 60 + 600
-    with commit.partition_lock(lake, job.output.table, ds, job=job.name, lease_s=lease):
-        commit.recover_tables(lake, (job.output.table, job.quarantine_table, job.shadow_table), ds)
-        result = _run_locked(
-            job,
-            ds,
-            lake=lake,
-            settings=settings,
-            pre=pre,
-            started_at=started_at,
-            t0=t0,
-            dry_run=dry_run,
-            mlflow_run_id=mlflow_run_id,
-            ray_ready=ray_ready,
-        )
+    # from here on a stop (Ctrl-C, SIGTERM) unwinds the run: set after Ray's start, whose
+    # ray.init takes SIGTERM for itself
+    try:
+        with stopping.on_signals(), commit.partition_lock(lake, job.output.table, ds, job=job.name, lease_s=lease):
+            commit.recover_tables(lake, (job.output.table, job.quarantine_table, job.shadow_table), ds)
+            result = _run_locked(
+                job,
+                ds,
+                lake=lake,
+                settings=settings,
+                pre=pre,
+                started_at=started_at,
+                t0=t0,
+                dry_run=dry_run,
+                mlflow_run_id=mlflow_run_id,
+                ray_ready=ray_ready,
+            )
+    except stopping.Stopped as e:
+        published = lake.uri(lake.partition_path(job.output.table, ds))
+        raise stopping.Stopped(
+            e.signum,
+            f"the run of {job.name} for {ds} was stopped by {e.signal_name} before its commit: nothing "
+            f"was published, {published} holds what it held, and the MLflow run ended as KILLED",
+        ) from None
     log.info(
         "scored %d of %d rows in %.1f s (%.0f rows/s; %d quarantined) → %s",
         result.rows - result.quarantined,
@@ -198,7 +208,7 @@ def _run_locked(
         started = mlflow.start_run(run_id=mlflow_run_id)
     else:
         started = mlflow.start_run(experiment_id=experiment, run_name=tracking.scoring_run_name(job.name, ds))
-    with started as run:
+    with started as run, tracking.killed_when_stopped():
         run_id = run.info.run_id
         gpus = _log_start(job, ds, pre, lake, settings)
         staging = lake.staging_path(job.output.table, ds, run_id)
@@ -266,6 +276,7 @@ def _run_locked(
                     100 * share,
                     _reason_counts(lake, q_files),
                 )
+            stopping.finish_first()  # the commits: a stop from here on waits for the run's end
             if share > job.validation.max_invalid_share:
                 q_partition = lake.partition_path(job.quarantine_table, ds)
                 if not dry_run:

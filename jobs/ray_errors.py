@@ -24,6 +24,8 @@ import logging
 import sys
 from types import FrameType
 
+from jobs.stopping import Stopped
+
 # Ray Data appends this, on a new line, to the message of an exception that ran out of retries
 RETRY_NOTE = "\nFailed to apply UDF transform after "
 
@@ -100,7 +102,8 @@ def _without_retry_note(e: BaseException) -> BaseException:
 
 class QuietForOurErrors(logging.Filter):
     """Keeps Ray Data's console records of one of our errors back, which the driver says as a
-    sentence (its log file still has them).
+    sentence (its log file still has them), and those of a run stopped from outside, which says
+    so itself (:mod:`jobs.stopping`).
 
     Ray Data logs them while it handles the exception: the record carries it, or the handler runs
     inside the ``except`` block, where ``sys.exc_info()`` holds it."""
@@ -113,6 +116,8 @@ class QuietForOurErrors(logging.Filter):
         # driver's logging call took 15 ms between the actors' last file and the commit.
         if exc is None or isinstance(exc, StopIteration):
             return True
+        if isinstance(exc, Stopped):  # Ctrl-C or SIGTERM: the run says it was stopped, and how it left things
+            return False
         try:
             return find_ours(exc) is None
         except ImportError:

@@ -6,6 +6,8 @@ import functools
 import logging
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from jobs.failures import os_reason
@@ -141,6 +143,22 @@ def fail_run_if_open(settings: Settings, run_id: str) -> None:
     client = configure(settings)
     if client.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
         client.set_terminated(run_id, "FAILED")
+
+
+@contextmanager
+def killed_when_stopped() -> Iterator[None]:
+    """Inside an active MLflow run: a run stopped from outside (:class:`jobs.stopping.Stopped`,
+    Ctrl-C) ends as KILLED, MLflow's status for it, where ``mlflow.start_run``'s block would
+    end it as FAILED, the status of a bug."""
+    from jobs.stopping import Stopped
+
+    try:
+        yield
+    except (Stopped, KeyboardInterrupt):
+        import mlflow
+
+        mlflow.end_run("KILLED")
+        raise
 
 
 def ui_base(settings: Settings) -> str:

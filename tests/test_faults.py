@@ -14,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pytest
 import yaml
 
@@ -140,3 +141,68 @@ def test_killed_run_loses_nothing_and_the_retry_commits(
     assert table.num_rows == ROWS and len(table["customer_id"].unique()) == ROWS
     assert set(table["scoring_run_id"].to_pylist()) == {retry.run_id}
     assert not any(staging(lake).rglob("*.parquet"))  # the dead run's staging was cleaned up
+
+
+def _running_mlflow_runs(settings, experiment: str) -> list:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(settings.mlflow.tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'")
+
+
+def test_a_stopped_run_says_so_keeps_the_last_output_and_frees_its_partition(
+    storage, registered, ray_local, churn_job, home, tmp_path
+):
+    """Stopped as production stops it on S3 (SIGTERM: Airflow's supervisor when a running task is
+    cleared or marked failed, Ray when its job is stopped) and as a user does at a terminal on a
+    local lake (Ctrl-C): one sentence and the shell's status, the MLflow run KILLED rather than
+    FAILED, nothing staged left, and the partition free for the rerun at once (on S3 its lock is an
+    object, which nothing but the run itself removes before the lease runs out)."""
+    from mlflow import MlflowClient
+
+    from jobs.commit import _lock_path
+
+    sig = signal.SIGTERM if storage.lake_root.startswith("s3://") else signal.SIGINT
+    lake = Lake(storage.lake_root)
+    demo_data.write_partition(lake, demo_data.RAW_TABLE, DAY, demo_data.generate(ROWS, DAY), files=FILES)
+    previous = run_job(churn_job, DAY, settings=storage)
+
+    env = {**os.environ, "LAKECAST_HOME": str(home), "LAKECAST_LAKE_ROOT": storage.lake_root}
+    lakecast = str(Path(sys.executable).with_name("lakecast"))
+    stderr = tmp_path / "stderr.txt"
+    proc = subprocess.Popen(
+        [lakecast, "run", "churn", "--date", DAY.isoformat(), "--alias", "challenger"],
+        env=env, stdout=subprocess.DEVNULL, stderr=stderr.open("w"), start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while not (running := _running_mlflow_runs(settings=storage, experiment="lakecast/churn")):
+        assert proc.poll() is None, f"the run ended before it could be stopped: {stderr.read_text()}"
+        assert time.monotonic() < deadline, "the run never started its MLflow run"
+        time.sleep(0.1)
+    lock = _lock_path(lake, OUT, DAY)
+    if lake.is_s3:  # the MLflow run starts with the partition's lock held, seconds before the commit
+        assert lake.exists(lock)
+    proc.send_signal(sig)
+    proc.wait(60)
+    err = stderr.read_text()
+
+    assert proc.returncode == 128 + sig, err
+    assert (
+        f"lakecast: the run of churn for {DAY} was stopped by {sig.name} before its commit: nothing was "
+        f"published, {lake.uri(lake.partition_path(OUT, DAY))} holds what it held, and the MLflow run "
+        "ended as KILLED"
+    ) in err.splitlines()
+    assert "Traceback" not in err and "SIGTERM received" not in err  # nor Ray's stack dump
+    (stopped,) = running
+    assert MlflowClient(storage.mlflow.tracking_uri).get_run(stopped.info.run_id).info.status == "KILLED"
+    assert lake.read_manifest(OUT, DAY)["scoring_run_id"] == previous.run_id
+    if lake.is_s3:
+        assert not lake.exists(lock)
+    selector = pafs.FileSelector(f"{lake.base}/_staging", recursive=True, allow_not_found=True)
+    assert not [i.path for i in lake.fs.get_file_info(selector) if i.type == pafs.FileType.File]
+
+    rerun = run_job(churn_job, DAY, settings=storage, model_alias="challenger")  # no lock in its way
+    assert lake.read_manifest(OUT, DAY)["scoring_run_id"] == rerun.run_id

@@ -1,0 +1,105 @@
+"""A run stopped from outside, and what it leaves: nothing published, its lock free, its MLflow
+run KILLED.
+
+A run is stopped by Ctrl-C at a terminal, and by SIGTERM everywhere else: Airflow's task
+supervisor sends it when a running task is marked failed or cleared in the UI, Ray's job
+supervisor when a Ray job is stopped (``ray job stop``, the task's ``on_kill``), Kubernetes and
+systemd when they stop a process. Before this module a run took either as a crash: Ctrl-C
+printed a traceback and exited 1, SIGTERM (which ``ray.init`` turns into ``sys.exit(15)``) exited
+15 with Ray's stack dump, and both left the MLflow run FAILED, the status of a bug.
+
+While :func:`on_signals` is active, the first SIGINT or SIGTERM raises :class:`Stopped` in the
+main thread. The run unwinds as for any error (its staged files discarded, its partition lock
+released) and ends its MLflow run as KILLED, MLflow's status for a run stopped from outside; the
+command says so in one sentence and exits 128 + the signal's number, the shell's convention
+(130 for Ctrl-C, 143 for SIGTERM). A second signal is not caught: it acts as it did before,
+for a user who will not wait for the cleanup.
+
+Once the run begins to commit, a stop waits for the run's end (:func:`finish_first`): the
+commits and the bookkeeping after them take milliseconds, and a stop must not cut a commit in
+two, leaving the predictions published and their quarantine not (each commit is safe alone:
+:mod:`jobs.commit`).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stopped(BaseException):
+    """The process was asked to stop (``signum``). A BaseException, as KeyboardInterrupt is: no
+    ``except Exception`` on the way out takes it for an error to handle and carry on."""
+
+    def __init__(self, signum: int, message: str | None = None) -> None:
+        self.signum = signum
+        super().__init__(message or f"stopped by {self.signal_name}")
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_status(self) -> int:
+        """128 + the signal's number, as a shell reports a process the signal ended."""
+        return 128 + self.signum
+
+
+class _Guard:
+    """The handler of one :func:`on_signals` block."""
+
+    def __init__(self, previous: dict[int, object]) -> None:
+        self.previous = previous
+        self.holding = False
+        self.pending: int | None = None
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if self.holding:
+            if self.pending is None:
+                log.warning("%s received while committing: the run finishes first", signal.Signals(signum).name)
+            self.pending = signum
+            return
+        self.restore()  # a second signal acts as it did before this block
+        raise Stopped(signum)
+
+
+_active: _Guard | None = None
+
+
+@contextmanager
+def on_signals() -> Iterator[None]:
+    """While the block runs, SIGINT and SIGTERM raise :class:`Stopped` in the main thread.
+
+    Off the main thread, where Python cannot take signals, nothing changes: the process's main
+    thread decides how it stops (an Airflow task, a notebook)."""
+    global _active
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    guard = _Guard({signum: signal.getsignal(signum) for signum in SIGNALS})
+    outer, _active = _active, guard
+    for signum in SIGNALS:
+        signal.signal(signum, guard)
+    try:
+        yield
+    finally:
+        _active = outer
+        guard.restore()
+
+
+def finish_first() -> None:
+    """From now on a stop waits until the :func:`on_signals` block ends: the run commits."""
+    if _active is not None:
+        _active.holding = True

@@ -1,0 +1,94 @@
+"""A run stopped from outside (jobs.stopping): the signals it takes, and what it lets finish.
+
+The whole run stopped by Ctrl-C and by SIGTERM, on a local lake and on S3, is in test_faults.py."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+import pytest
+
+from jobs import stopping
+from jobs.ray_errors import QuietForOurErrors
+from jobs.stopping import Stopped
+
+
+@pytest.fixture
+def handlers():
+    """Signal handlers as they were before the test, put back after it."""
+    before = {s: signal.getsignal(s) for s in stopping.SIGNALS}
+    yield before
+    for s, h in before.items():
+        signal.signal(s, h)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_the_block_with_the_shells_status_and_the_handlers_come_back(sig, handlers):
+    with pytest.raises(Stopped) as stopped, stopping.on_signals():
+        signal.raise_signal(sig)
+        pytest.fail("the signal did not stop the block")
+    assert stopped.value.signum == sig
+    assert stopped.value.exit_status == {signal.SIGTERM: 143, signal.SIGINT: 130}[sig]
+    assert str(stopped.value) == f"stopped by {sig.name}"
+    assert {s: signal.getsignal(s) for s in stopping.SIGNALS} == handlers
+
+
+def test_a_second_signal_acts_as_before_the_block(handlers):
+    """A user who will not wait for the cleanup: the second Ctrl-C or SIGTERM is the old handler's."""
+    seen = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    with stopping.on_signals():
+        with pytest.raises(Stopped):
+            signal.raise_signal(signal.SIGTERM)
+        signal.raise_signal(signal.SIGTERM)  # while the first one's cleanup runs
+    assert seen == [signal.SIGTERM]
+
+
+def test_a_stop_during_the_commit_lets_the_run_finish(handlers, caplog):
+    committed = False
+    with caplog.at_level(logging.WARNING, logger="jobs.stopping"), stopping.on_signals():
+        stopping.finish_first()
+        signal.raise_signal(signal.SIGTERM)
+        committed = True
+    assert committed
+    assert "SIGTERM received while committing: the run finishes first" in caplog.text
+    assert {s: signal.getsignal(s) for s in stopping.SIGNALS} == handlers
+    stopping.finish_first()  # outside a block: nothing to hold, and no error
+
+
+def test_off_the_main_thread_the_process_keeps_its_handlers(handlers):
+    """An Airflow task or a notebook that runs a job on a thread: its main thread decides."""
+    inside = {}
+
+    def job() -> None:
+        with stopping.on_signals():
+            inside.update({s: signal.getsignal(s) for s in stopping.SIGNALS})
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    thread.join()
+    assert inside == handlers
+
+
+def test_ray_datas_records_of_a_stopped_run_are_kept_back():
+    """Ray Data logs "execution failed" as a stop unwinds its executor: the run's own sentence
+    says what happened, and what was kept."""
+    record = logging.LogRecord("ray.data", logging.INFO, __file__, 1, "Dataset execution failed", None, None)
+    try:
+        raise Stopped(signal.SIGTERM)
+    except Stopped:
+        assert not QuietForOurErrors().filter(record)
+
+
+def test_ctrl_c_outside_a_run_is_one_line_and_the_shells_status(monkeypatch, capsys):
+    """`lakecast compare`, `bench` or `demo` interrupted: no traceback to scroll past."""
+    from jobs import cli
+
+    def interrupted(args) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_validate", interrupted)
+    assert cli.main(["validate"]) == 130
+    assert capsys.readouterr().err == "lakecast: interrupted\n"
