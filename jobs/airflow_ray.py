@@ -241,6 +241,7 @@ class LakecastJobOperator(BaseOperator):
 
             return self._finish(context, settings, job, run_compare(job, ds, settings=settings))
         from jobs.predict import run_job
+        from jobs.stopping import Stopped
 
         run_id = self._new_mlflow_run(context, settings, job, ds)
         try:
@@ -253,8 +254,9 @@ class LakecastJobOperator(BaseOperator):
                 dry_run=bool(params.get("dry_run")),
                 mlflow_run_id=run_id,
             )
-        except BaseException:
-            tracking.fail_run_if_open(settings, run_id)
+        except BaseException as e:
+            # stopped: marked failed or cleared in the UI (SIGTERM from Airflow's supervisor)
+            tracking.fail_run_if_open(settings, run_id, "KILLED" if isinstance(e, Stopped) else "FAILED")
             raise
         return result.as_dict()
 

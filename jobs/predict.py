@@ -115,9 +115,53 @@ def run_job(
     Raises:
         LakeError, RegistryError, InvalidInput, CommitConflict, JobError: a sentence naming what
         is wrong. Whatever happens, the previously committed partition stays as it was.
+        jobs.stopping.Stopped: Ctrl-C or SIGTERM in the main thread, before the commit.
     """
     settings = settings or load_settings()
     lake = Lake(settings.lake_root)
+    try:
+        with stopping.on_signals():
+            result = _run(
+                job,
+                ds,
+                lake=lake,
+                settings=settings,
+                model_alias=model_alias,
+                model_version=model_version,
+                dry_run=dry_run,
+                mlflow_run_id=mlflow_run_id,
+            )
+    except stopping.Stopped as e:
+        published = lake.uri(lake.partition_path(job.output.table, ds))
+        raise stopping.Stopped(
+            e.signum,
+            f"the run of {job.name} for {ds} was stopped by {e.signal_name} before its commit: nothing "
+            f"was published, and {published} holds what it held",
+        ) from None
+    log.info(
+        "scored %d of %d rows in %.1f s (%.0f rows/s; %d quarantined) → %s",
+        result.rows - result.quarantined,
+        result.rows,
+        result.seconds,
+        result.rows_per_s,
+        result.quarantined,
+        result.output,
+    )
+    return result
+
+
+def _run(
+    job: JobConfig,
+    ds: dt.date,
+    *,
+    lake: Lake,
+    settings: Settings,
+    model_alias: str | None,
+    model_version: int | None,
+    dry_run: bool,
+    mlflow_run_id: str | None,
+) -> RunResult:
+    """:func:`run_job`'s work, in which a stop raises :class:`jobs.stopping.Stopped`."""
     started_at = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
     model_alias, model_version = model_selection(job, model_alias, model_version)
@@ -132,45 +176,26 @@ def run_job(
     with ThreadPoolExecutor(1, thread_name_prefix="preflight") as pool:
         checked = pool.submit(preflight, job, ds, settings, lake, model_alias, model_version, inputs=inputs)
         pool.submit(_import_pipeline)
-        ensure_ray(settings)
+        with stopping.ray_starting():
+            ensure_ray(settings)
         ray_ready = time.time()
         pre = checked.result()
 
     lease = job.airflow.timeout_minutes * 60 + 600
-    # from here on a stop (Ctrl-C, SIGTERM) unwinds the run: set after Ray's start, whose
-    # ray.init takes SIGTERM for itself
-    try:
-        with stopping.on_signals(), commit.partition_lock(lake, job.output.table, ds, job=job.name, lease_s=lease):
-            commit.recover_tables(lake, (job.output.table, job.quarantine_table, job.shadow_table), ds)
-            result = _run_locked(
-                job,
-                ds,
-                lake=lake,
-                settings=settings,
-                pre=pre,
-                started_at=started_at,
-                t0=t0,
-                dry_run=dry_run,
-                mlflow_run_id=mlflow_run_id,
-                ray_ready=ray_ready,
-            )
-    except stopping.Stopped as e:
-        published = lake.uri(lake.partition_path(job.output.table, ds))
-        raise stopping.Stopped(
-            e.signum,
-            f"the run of {job.name} for {ds} was stopped by {e.signal_name} before its commit: nothing "
-            f"was published, {published} holds what it held, and the MLflow run ended as KILLED",
-        ) from None
-    log.info(
-        "scored %d of %d rows in %.1f s (%.0f rows/s; %d quarantined) → %s",
-        result.rows - result.quarantined,
-        result.rows,
-        result.seconds,
-        result.rows_per_s,
-        result.quarantined,
-        result.output,
-    )
-    return result
+    with commit.partition_lock(lake, job.output.table, ds, job=job.name, lease_s=lease):
+        commit.recover_tables(lake, (job.output.table, job.quarantine_table, job.shadow_table), ds)
+        return _run_locked(
+            job,
+            ds,
+            lake=lake,
+            settings=settings,
+            pre=pre,
+            started_at=started_at,
+            t0=t0,
+            dry_run=dry_run,
+            mlflow_run_id=mlflow_run_id,
+            ray_ready=ray_ready,
+        )
 
 
 def _written(lake: Lake, folder: str) -> tuple[list[DataFile], list[pq.FileMetaData], int]:

@@ -9,11 +9,13 @@ printed a traceback and exited 1, SIGTERM (which ``ray.init`` turns into ``sys.e
 15 with Ray's stack dump, and both left the MLflow run FAILED, the status of a bug.
 
 While :func:`on_signals` is active, the first SIGINT or SIGTERM raises :class:`Stopped` in the
-main thread. The run unwinds as for any error (its staged files discarded, its partition lock
-released) and ends its MLflow run as KILLED, MLflow's status for a run stopped from outside; the
-command says so in one sentence and exits 128 + the signal's number, the shell's convention
-(130 for Ctrl-C, 143 for SIGTERM). A second signal is not caught: it acts as it did before,
-for a user who will not wait for the cleanup.
+main thread (:func:`jobs.predict.run_job` runs under it from its first step, and
+:func:`ray_starting` keeps it through Ray's start, which takes SIGTERM for itself). The run
+unwinds as for any error (its staged files discarded, its partition lock released) and ends its
+MLflow run as KILLED, MLflow's status for a run stopped from outside; the command says so in one
+sentence and exits 128 + the signal's number, the shell's convention (130 for Ctrl-C, 143 for
+SIGTERM). A second signal is not caught: it acts as it did before, for a user who will not wait
+for the cleanup.
 
 Once the run begins to commit, a stop waits for the run's end (:func:`finish_first`): the
 commits and the bookkeeping after them take milliseconds, and a stop must not cut a commit in
@@ -103,3 +105,27 @@ def finish_first() -> None:
     """From now on a stop waits until the :func:`on_signals` block ends: the run commits."""
     if _active is not None:
         _active.holding = True
+
+
+@contextmanager
+def ray_starting() -> Iterator[None]:
+    """Around ``ray.init`` inside an :func:`on_signals` block.
+
+    ``ray.init`` first installs a SIGTERM handler of its own, ``sys.exit(15)``: a SIGTERM while Ray
+    starts (2 to 4 s of a private Ray's start) arrives as that SystemExit, taken here for the stop
+    it is, and once Ray is up SIGTERM is taken back. Ray's handler is the one restored when the
+    block ends, as the process would have had it without lakecast's."""
+    try:
+        yield
+    except SystemExit as e:
+        if _active is not None and e.code == signal.SIGTERM:
+            raise Stopped(signal.SIGTERM) from None
+        raise
+    guard = _active
+    if guard is None or threading.current_thread() is not threading.main_thread():
+        return
+    for signum in SIGNALS:
+        current = signal.getsignal(signum)
+        if current is not guard:
+            guard.previous[signum] = current
+            signal.signal(signum, guard)

@@ -138,11 +138,12 @@ def create_scoring_run(settings: Settings, job: str, ds, *, tags: dict[str, str]
     return experiment, run.info.run_id
 
 
-def fail_run_if_open(settings: Settings, run_id: str) -> None:
-    """A job that died before it ended its run leaves it RUNNING: mark it FAILED."""
+def fail_run_if_open(settings: Settings, run_id: str, status: str = "FAILED") -> None:
+    """A job that died before it ended its run leaves it RUNNING: mark it FAILED (or KILLED,
+    for a job stopped from outside)."""
     client = configure(settings)
     if client.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
-        client.set_terminated(run_id, "FAILED")
+        client.set_terminated(run_id, status)
 
 
 @contextmanager

@@ -359,9 +359,11 @@ def test_a_partition_of_one_large_file_is_scored_by_pieces_of_its_row_groups(
     assert (params["input_files"], params["input_pieces"], params["compute.files_at_once"]) == ("1", "3", "2")
     assert_scores_describe(result.scores, table)
     # a piece per thread, each on its thread alone: of the stages' time, the share those threads
-    # were on a core (the rest they waited for a core, for storage, for a lock)
+    # were on a core (the rest they waited for a core, for storage, for a lock). Pieces of 1,000
+    # rows take milliseconds, of which a loaded machine (the suite's other worker) may leave the
+    # threads any share: a fraction, and the same in MLflow as in the result.
     share = run.data.metrics["actors.on_cpu_share"]
-    assert 0.2 < share <= 1 and result.actor_on_cpu_share == pytest.approx(share)
+    assert 0 < share <= 1 and result.actor_on_cpu_share == pytest.approx(share)
 
 
 def test_the_gpu_pipeline_shape_writes_every_row_once(

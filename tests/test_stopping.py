@@ -58,6 +58,29 @@ def test_a_stop_during_the_commit_lets_the_run_finish(handlers, caplog):
     stopping.finish_first()  # outside a block: nothing to hold, and no error
 
 
+def _rays(signum: int, frame) -> None:
+    """What ray.init installs for SIGTERM as its first step."""
+    raise SystemExit(signum)
+
+
+def test_a_sigterm_while_ray_starts_is_a_stop(handlers):
+    with pytest.raises(Stopped) as stopped, stopping.on_signals(), stopping.ray_starting():
+        signal.signal(signal.SIGTERM, _rays)
+        signal.raise_signal(signal.SIGTERM)
+    assert stopped.value.exit_status == 143
+
+
+def test_once_ray_is_up_sigterm_is_taken_back_and_rays_handler_is_kept_after(handlers):
+    with stopping.on_signals():
+        with stopping.ray_starting():
+            signal.signal(signal.SIGTERM, _rays)
+        with pytest.raises(Stopped):
+            signal.raise_signal(signal.SIGTERM)
+    # the process keeps Ray's handler, as it would have without lakecast's
+    assert signal.getsignal(signal.SIGTERM) is _rays
+    assert signal.getsignal(signal.SIGINT) is handlers[signal.SIGINT]
+
+
 def test_off_the_main_thread_the_process_keeps_its_handlers(handlers):
     """An Airflow task or a notebook that runs a job on a thread: its main thread decides."""
     inside = {}
