@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from jobs import abstats, commit, tracking, validation
+from jobs import abstats, commit, stopping, tracking, validation
 from jobs.ab_report import markdown, plots
 from jobs.config import ABSpec, JobConfig
 from jobs.failures import JobError
@@ -46,7 +46,24 @@ def ab_spec(job: JobConfig) -> ABSpec:
 
 
 def run_compare(job: JobConfig, ds: dt.date, *, settings: Settings | None = None) -> dict[str, Any]:
-    """Compare the job's two aliases on ``ds``'s labeled partition; returns the report."""
+    """Compare the job's two aliases on ``ds``'s labeled partition; returns the report.
+
+    Raises:
+        jobs.stopping.Stopped: Ctrl-C or SIGTERM before the comparison's MLflow run and report.
+    """
+    try:
+        with stopping.on_signals():
+            return _compare(job, ds, settings=settings)
+    except stopping.Stopped as e:
+        raise stopping.Stopped(
+            e.signum,
+            f"the comparison of {job.name} for {ds} was stopped by {e.signal_name} before its report: "
+            "no MLflow run, report or verdict was written",
+        ) from None
+
+
+def _compare(job: JobConfig, ds: dt.date, *, settings: Settings | None) -> dict[str, Any]:
+    """:func:`run_compare`'s work, in which a stop raises :class:`jobs.stopping.Stopped`."""
     import mlflow
 
     spec = ab_spec(job)
@@ -119,6 +136,7 @@ def run_compare(job: JobConfig, ds: dt.date, *, settings: Settings | None = None
     }
     report["lake_path"] = lake.uri(f"{lake.partition_path(job.ab_report_table, ds)}/report.json")
     experiment = tracking.experiment_id(settings, f"lakecast/{job.name}")
+    stopping.finish_first()  # the run, the report and the versions' tags: all of them or none
     with mlflow.start_run(experiment_id=experiment, run_name=f"compare {job.name} {ds}") as parent:
         report["mlflow_run_id"] = parent.info.run_id
         _log_to_mlflow(report, comparison, refs, y, a, b)
@@ -262,7 +280,8 @@ def _score_both(
         )
         for ref, columns in zip(refs, inputs, strict=True)
     )
-    ensure_ray(settings)
+    with stopping.ray_starting():
+        ensure_ray(settings)
     columns = list(dict.fromkeys([*passthrough, *features]))
     gpus = actor_gpus(job, settings)
     batch_size = job.compute.batch_size

@@ -4,6 +4,7 @@ The whole run stopped by Ctrl-C and by SIGTERM, on a local lake and on S3, is in
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import signal
 import threading
@@ -115,3 +116,21 @@ def test_ctrl_c_outside_a_run_is_one_line_and_the_shells_status(monkeypatch, cap
     monkeypatch.setattr(cli, "cmd_validate", interrupted)
     assert cli.main(["validate"]) == 130
     assert capsys.readouterr().err == "lakecast: interrupted\n"
+
+
+def test_a_stopped_comparison_says_it_wrote_nothing(monkeypatch, churn_job):
+    """`lakecast compare` stopped while it scores (a whole one stopped by SIGTERM, by hand: 143 and
+    this sentence): its MLflow run, report and verdict come after the scoring, all or none."""
+    from jobs import ab
+
+    def scoring(*args, **kwargs):
+        raise Stopped(signal.SIGTERM)
+
+    monkeypatch.setattr(ab, "_compare", scoring)
+    with pytest.raises(Stopped) as stopped:
+        ab.run_compare(churn_job, dt.date(2026, 11, 21))
+    assert str(stopped.value) == (
+        "the comparison of churn for 2026-11-21 was stopped by SIGTERM before its report: no MLflow run, "
+        "report or verdict was written"
+    )
+    assert stopped.value.exit_status == 143
