@@ -143,14 +143,15 @@ def test_killed_run_loses_nothing_and_the_retry_commits(
     assert not any(staging(lake).rglob("*.parquet"))  # the dead run's staging was cleaned up
 
 
-def _running_mlflow_runs(settings, experiment: str) -> list:
+def _running_mlflow_runs(settings, experiment: str) -> set[str]:
+    """The ids of the experiment's RUNNING runs: a run killed outright (as above) stays RUNNING."""
     from mlflow import MlflowClient
 
     client = MlflowClient(settings.mlflow.tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        return []
-    return client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'")
+        return set()
+    return {r.info.run_id for r in client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'")}
 
 
 def test_a_stopped_run_says_so_keeps_the_last_output_and_frees_its_partition(
@@ -170,6 +171,7 @@ def test_a_stopped_run_says_so_keeps_the_last_output_and_frees_its_partition(
     demo_data.write_partition(lake, demo_data.RAW_TABLE, DAY, demo_data.generate(ROWS, DAY), files=FILES)
     previous = run_job(churn_job, DAY, settings=storage)
 
+    dead = _running_mlflow_runs(storage, "lakecast/churn")  # runs of other tests that were killed
     env = {**os.environ, "LAKECAST_HOME": str(home), "LAKECAST_LAKE_ROOT": storage.lake_root}
     lakecast = str(Path(sys.executable).with_name("lakecast"))
     stderr = tmp_path / "stderr.txt"
@@ -178,7 +180,7 @@ def test_a_stopped_run_says_so_keeps_the_last_output_and_frees_its_partition(
         env=env, stdout=subprocess.DEVNULL, stderr=stderr.open("w"), start_new_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + 120
-    while not (running := _running_mlflow_runs(settings=storage, experiment="lakecast/churn")):
+    while not (running := _running_mlflow_runs(storage, "lakecast/churn") - dead):
         assert proc.poll() is None, f"the run ended before it could be stopped: {stderr.read_text()}"
         assert time.monotonic() < deadline, "the run never started its MLflow run"
         time.sleep(0.1)
@@ -196,7 +198,7 @@ def test_a_stopped_run_says_so_keeps_the_last_output_and_frees_its_partition(
     ) in err.splitlines()
     assert "Traceback" not in err and "SIGTERM received" not in err  # nor Ray's stack dump
     (stopped,) = running
-    assert MlflowClient(storage.mlflow.tracking_uri).get_run(stopped.info.run_id).info.status == "KILLED"
+    assert MlflowClient(storage.mlflow.tracking_uri).get_run(stopped).info.status == "KILLED"
     assert lake.read_manifest(OUT, DAY)["scoring_run_id"] == previous.run_id
     if lake.is_s3:
         assert not lake.exists(lock)
