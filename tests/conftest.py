@@ -82,6 +82,23 @@ def churn_job():
 
 
 @pytest.fixture(autouse=True)
+def no_console_handler_left_behind() -> Iterator[None]:
+    """A test that calls ``jobs.cli.main`` configures logging for the whole process
+    (conf/logging.yaml): a console handler on the root logger, writing to that test's captured
+    stderr, which pytest closes after it. Every record after that printed a "Logging error"
+    traceback, ninety lines each, into the report of whichever test failed next in the worker,
+    burying its assertion. The handler goes with the test that added it."""
+    import logging
+
+    root = logging.getLogger()
+    before = list(root.handlers)
+    yield
+    for handler in list(root.handlers):
+        if type(handler) is logging.StreamHandler and handler not in before:
+            root.removeHandler(handler)
+
+
+@pytest.fixture(autouse=True)
 def no_open_mlflow_run() -> Iterator[None]:
     """A test that leaves an MLflow run open fails: runs must end, even on errors."""
     yield
