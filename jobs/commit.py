@@ -69,15 +69,23 @@ def _lock_path(lake: Lake, table: str, ds: dt.date) -> str:
     return f"{lake.base}/_locks/{table}/ds={ds.isoformat()}.lock"
 
 
-def _conflict(table: str, ds: dt.date, owner: dict[str, Any] | None) -> CommitConflict:
+def _conflict(table: str, ds: dt.date, owner: dict[str, Any] | None, *, lock_uri: str | None = None) -> CommitConflict:
+    """The partition is another run's. ``lock_uri``: an S3 lock, which outlives a run killed
+    without its cleanup (SIGKILL, a lost host) until it expires; the sentence says how to go on."""
     who = (
         f"job {owner.get('job')} on host {owner.get('host')} (pid {owner.get('pid')}) since {owner.get('since')}"
         if owner
         else "another run"
     )
+    dead = (
+        f" If that run died without its cleanup (killed outright, its host lost), its lock {lock_uri} "
+        f"expires at {owner.get('expires')}; deleting the lock lets a run go on sooner."
+        if lock_uri and owner and owner.get("expires")
+        else ""
+    )
     return CommitConflict(
         f"{table} ds={ds} is being written by {who}; this run stopped before writing anything. "
-        "Try again when that run has finished."
+        f"Try again when that run has finished.{dead}"
     )
 
 
@@ -132,7 +140,7 @@ def _s3_lock(lake: Lake, path: str, owner: dict[str, Any], table: str, ds: dt.da
         if held.get("token") == owner["token"]:
             break  # our own PUT: its response was lost and the client's retry met our lock
         if dt.datetime.fromisoformat(held["expires"]) > dt.datetime.now(dt.UTC):
-            raise _conflict(table, ds, held)
+            raise _conflict(table, ds, held, lock_uri=lake.uri(path))
         log.warning("taking over the expired lock of %s", held)
         s3.rm_file(path)
     else:
