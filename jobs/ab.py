@@ -51,15 +51,13 @@ def run_compare(job: JobConfig, ds: dt.date, *, settings: Settings | None = None
     Raises:
         jobs.stopping.Stopped: Ctrl-C or SIGTERM before the comparison's MLflow run and report.
     """
-    try:
-        with stopping.on_signals():
-            return _compare(job, ds, settings=settings)
-    except stopping.Stopped as e:
-        raise stopping.Stopped(
-            e.signum,
-            f"the comparison of {job.name} for {ds} was stopped by {e.signal_name} before its report: "
-            "no MLflow run, report or verdict was written",
-        ) from None
+    with stopping.on_signals(
+        said=lambda stop: (
+            f"the comparison of {job.name} for {ds} was stopped by {stop.signal_name} before "
+            "its report: no MLflow run, report or verdict was written"
+        )
+    ):
+        return _compare(job, ds, settings=settings)
 
 
 def _compare(job: JobConfig, ds: dt.date, *, settings: Settings | None) -> dict[str, Any]:

@@ -119,25 +119,46 @@ def run_job(
     """
     settings = settings or load_settings()
     lake = Lake(settings.lake_root)
-    try:
-        with stopping.on_signals():
-            result = _run(
+    with stopping.on_signals(
+        said=lambda stop: (
+            f"the run of {job.name} for {ds} was stopped by {stop.signal_name} before its commit: nothing "
+            f"was published, and {lake.uri(lake.partition_path(job.output.table, ds))} holds what it held"
+        )
+    ):
+        started_at = dt.datetime.now(dt.UTC)
+        t0 = time.perf_counter()
+        model_alias, model_version = model_selection(job, model_alias, model_version)
+
+        # The input's files and footers first: a partition that is missing, not whole yet or
+        # damaged is a run's commonest failure, and its sentence should not wait on Ray's start
+        # (about 5 s for a private Ray on 2 cores, where these take milliseconds on a local lake).
+        inputs = lake.input_footers(job.input.table, ds, ready_marker=job.input.ready_marker)
+        # Starting Ray takes seconds of waiting on its processes: do the other checks and load the
+        # model on another thread meanwhile, then import what the pipeline needs if Ray is still
+        # starting.
+        with ThreadPoolExecutor(1, thread_name_prefix="preflight") as pool:
+            checked = pool.submit(preflight, job, ds, settings, lake, model_alias, model_version, inputs=inputs)
+            pool.submit(_import_pipeline)
+            with stopping.ray_starting():
+                ensure_ray(settings)
+            ray_ready = time.time()
+            pre = checked.result()
+
+        lease = job.airflow.timeout_minutes * 60 + 600
+        with commit.partition_lock(lake, job.output.table, ds, job=job.name, lease_s=lease):
+            commit.recover_tables(lake, (job.output.table, job.quarantine_table, job.shadow_table), ds)
+            result = _run_locked(
                 job,
                 ds,
                 lake=lake,
                 settings=settings,
-                model_alias=model_alias,
-                model_version=model_version,
+                pre=pre,
+                started_at=started_at,
+                t0=t0,
                 dry_run=dry_run,
                 mlflow_run_id=mlflow_run_id,
+                ray_ready=ray_ready,
             )
-    except stopping.Stopped as e:
-        published = lake.uri(lake.partition_path(job.output.table, ds))
-        raise stopping.Stopped(
-            e.signum,
-            f"the run of {job.name} for {ds} was stopped by {e.signal_name} before its commit: nothing "
-            f"was published, and {published} holds what it held",
-        ) from None
     log.info(
         "scored %d of %d rows in %.1f s (%.0f rows/s; %d quarantined) → %s",
         result.rows - result.quarantined,
@@ -148,54 +169,6 @@ def run_job(
         result.output,
     )
     return result
-
-
-def _run(
-    job: JobConfig,
-    ds: dt.date,
-    *,
-    lake: Lake,
-    settings: Settings,
-    model_alias: str | None,
-    model_version: int | None,
-    dry_run: bool,
-    mlflow_run_id: str | None,
-) -> RunResult:
-    """:func:`run_job`'s work, in which a stop raises :class:`jobs.stopping.Stopped`."""
-    started_at = dt.datetime.now(dt.UTC)
-    t0 = time.perf_counter()
-    model_alias, model_version = model_selection(job, model_alias, model_version)
-
-    # The input's files and footers first: a partition that is missing, not whole yet or damaged
-    # is a run's commonest failure, and its sentence should not wait on Ray's start (about 5 s
-    # for a private Ray on 2 cores, where these take milliseconds on a local lake).
-    inputs = lake.input_footers(job.input.table, ds, ready_marker=job.input.ready_marker)
-    # Starting Ray takes seconds of waiting on its processes: do the other checks and load the
-    # model on another thread meanwhile, then import what the pipeline needs if Ray is still
-    # starting.
-    with ThreadPoolExecutor(1, thread_name_prefix="preflight") as pool:
-        checked = pool.submit(preflight, job, ds, settings, lake, model_alias, model_version, inputs=inputs)
-        pool.submit(_import_pipeline)
-        with stopping.ray_starting():
-            ensure_ray(settings)
-        ray_ready = time.time()
-        pre = checked.result()
-
-    lease = job.airflow.timeout_minutes * 60 + 600
-    with commit.partition_lock(lake, job.output.table, ds, job=job.name, lease_s=lease):
-        commit.recover_tables(lake, (job.output.table, job.quarantine_table, job.shadow_table), ds)
-        return _run_locked(
-            job,
-            ds,
-            lake=lake,
-            settings=settings,
-            pre=pre,
-            started_at=started_at,
-            t0=t0,
-            dry_run=dry_run,
-            mlflow_run_id=mlflow_run_id,
-            ray_ready=ray_ready,
-        )
 
 
 def _written(lake: Lake, folder: str) -> tuple[list[DataFile], list[pq.FileMetaData], int]:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -58,10 +58,18 @@ class Stopped(BaseException):
 class _Guard:
     """The handler of one :func:`on_signals` block."""
 
-    def __init__(self, previous: dict[int, object]) -> None:
-        self.previous = previous
+    def __init__(self) -> None:
+        self.previous: dict[int, object] = {}
         self.holding = False
-        self.pending: int | None = None
+        self.warned = False
+
+    def take(self) -> None:
+        """Handle SIGINT and SIGTERM, keeping whatever handled them until now to hand them back."""
+        for signum in SIGNALS:
+            current = signal.getsignal(signum)
+            if current is not self:
+                self.previous[signum] = current
+                signal.signal(signum, self)
 
     def restore(self) -> None:
         for signum, handler in self.previous.items():
@@ -69,9 +77,9 @@ class _Guard:
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         if self.holding:
-            if self.pending is None:
+            if not self.warned:
                 log.warning("%s received while committing: the run finishes first", signal.Signals(signum).name)
-            self.pending = signum
+                self.warned = True
             return
         self.restore()  # a second signal acts as it did before this block
         raise Stopped(signum)
@@ -81,8 +89,10 @@ _active: _Guard | None = None
 
 
 @contextmanager
-def on_signals() -> Iterator[None]:
+def on_signals(said: Callable[[Stopped], str] | None = None) -> Iterator[None]:
     """While the block runs, SIGINT and SIGTERM raise :class:`Stopped` in the main thread.
+
+    ``said``: the sentence for a stop of the block, given the stop (which names its signal).
 
     Off the main thread, where Python cannot take signals, nothing changes: the process's main
     thread decides how it stops (an Airflow task, a notebook)."""
@@ -90,12 +100,15 @@ def on_signals() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    guard = _Guard({signum: signal.getsignal(signum) for signum in SIGNALS})
+    guard = _Guard()
     outer, _active = _active, guard
-    for signum in SIGNALS:
-        signal.signal(signum, guard)
+    guard.take()
     try:
         yield
+    except Stopped as e:
+        if said is None:
+            raise
+        raise Stopped(e.signum, said(e)) from None
     finally:
         _active = outer
         guard.restore()
@@ -121,11 +134,5 @@ def ray_starting() -> Iterator[None]:
         if _active is not None and e.code == signal.SIGTERM:
             raise Stopped(signal.SIGTERM) from None
         raise
-    guard = _active
-    if guard is None or threading.current_thread() is not threading.main_thread():
-        return
-    for signum in SIGNALS:
-        current = signal.getsignal(signum)
-        if current is not guard:
-            guard.previous[signum] = current
-            signal.signal(signum, guard)
+    if _active is not None and threading.current_thread() is threading.main_thread():
+        _active.take()
