@@ -25,12 +25,17 @@ two, leaving the predictions published and their quarantine not (each commit is 
 
 from __future__ import annotations
 
+import _thread
 import logging
+import os
 import signal
+import sys
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +67,7 @@ class _Guard:
         self.previous: dict[int, object] = {}
         self.holding = False
         self.warned = False
+        self.outer_hook = sys.unraisablehook
 
     def take(self) -> None:
         """Handle SIGINT and SIGTERM, keeping whatever handled them until now to hand them back."""
@@ -84,6 +90,25 @@ class _Guard:
         self.restore()  # a second signal acts as it did before this block
         raise Stopped(signum)
 
+    def swallowed(self, unraisable: Any) -> None:
+        """``sys.unraisablehook`` while the block runs: a stop raised while a finalizer or a weakref
+        callback ran (the garbage collector's, SQLAlchemy's among them) is printed and dropped by
+        Python, and the run went on as if never stopped (seen in the suite, a run that then
+        committed). The stop is sent again, to land once the finalizer has returned."""
+        stop = unraisable.exc_value
+        if not isinstance(stop, Stopped):
+            self.outer_hook(unraisable)
+            return
+        self.take()  # the first raise handed the signals back; this one is still the first stop
+        # from another thread, a moment later: sent from this one, or by anything that waits here
+        # for a thread to start, Python would run the handler at once, still inside the finalizer
+        _thread.start_new_thread(_send_again, (stop.signum,))
+
+
+def _send_again(signum: int) -> None:
+    time.sleep(0.01)
+    os.kill(os.getpid(), signum)
+
 
 _active: _Guard | None = None
 
@@ -103,6 +128,7 @@ def on_signals(said: Callable[[Stopped], str] | None = None) -> Iterator[None]:
     guard = _Guard()
     outer, _active = _active, guard
     guard.take()
+    sys.unraisablehook = guard.swallowed
     try:
         yield
     except Stopped as e:
@@ -111,6 +137,7 @@ def on_signals(said: Callable[[Stopped], str] | None = None) -> Iterator[None]:
         raise Stopped(e.signum, said(e)) from None
     finally:
         _active = outer
+        sys.unraisablehook = guard.outer_hook
         guard.restore()
 
 

@@ -8,6 +8,7 @@ import datetime as dt
 import logging
 import signal
 import threading
+import time
 
 import pytest
 
@@ -45,6 +46,25 @@ def test_a_second_signal_acts_as_before_the_block(handlers):
             signal.raise_signal(signal.SIGTERM)
         signal.raise_signal(signal.SIGTERM)  # while the first one's cleanup runs
     assert seen == [signal.SIGTERM]
+
+
+class _Finalized:
+    """An object whose finalizer runs when the stop arrives, as the garbage collector's callbacks
+    (SQLAlchemy's class registry) ran in a run stopped in the suite."""
+
+    def __del__(self) -> None:
+        signal.raise_signal(signal.SIGTERM)
+
+
+def test_a_stop_that_lands_in_a_finalizer_is_not_lost(handlers):
+    """Python prints an exception raised in a finalizer and drops it: the stop is sent again."""
+    with pytest.raises(Stopped) as stopped, stopping.on_signals():
+        _Finalized()  # dropped at once: its finalizer runs here
+        for _ in range(100):
+            time.sleep(0.01)  # where the stop sent again lands
+        pytest.fail("the stop was lost in the finalizer")
+    assert stopped.value.signum == signal.SIGTERM
+    assert {s: signal.getsignal(s) for s in stopping.SIGNALS} == handlers
 
 
 def test_a_stop_during_the_commit_lets_the_run_finish(handlers, caplog):
