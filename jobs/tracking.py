@@ -5,9 +5,10 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sqlite3
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from typing import TYPE_CHECKING
 
 from jobs.failures import os_reason
@@ -41,7 +42,28 @@ def configure(settings: Settings) -> MlflowClient:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if settings.mlflow.artifact_root and not os.path.exists(path):
             _create_store(settings.mlflow.tracking_uri, settings.mlflow.artifact_root)
+    for uri in {settings.mlflow.tracking_uri, settings.mlflow.registry_uri or settings.mlflow.tracking_uri}:
+        if uri.startswith("sqlite:///"):
+            write_ahead(uri.removeprefix("sqlite:///"))
     return mlflow.MlflowClient()
+
+
+def write_ahead(path: str) -> None:
+    """Put a SQLite store in write-ahead-log mode, where its readers never block its writer.
+
+    MLflow leaves SQLite in its default rollback-journal mode, where a write waits for every open
+    read to end, 20 s at most (MLflow's busy timeout), then fails with "database is locked". The
+    embedded store has many hands at once: the run logging, the Airflow task that created the run,
+    ``lakecast mlflow-ui`` and its users' browsers, a second job's run, a read that a stop left
+    open. The mode is kept in the file, so this changes a store once; SQLite allows it only to a
+    store on a local disk, as the embedded store is."""
+    try:
+        with closing(sqlite3.connect(path, timeout=5)) as conn:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                log.info("MLflow store %s: journal mode %s", path, mode)
+    except sqlite3.Error as e:  # busy now: the next process to configure the store tries again
+        log.warning("could not put the MLflow store %s in write-ahead-log mode: %s", path, e)
 
 
 class TrackingUnreachable(ConnectionError):

@@ -10,6 +10,7 @@ puts them by default.
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,13 @@ import pytest
 
 from tests.s3server import free_ports
 from tests.stack import BIN, Service, http_ok, wait_until
+
+# what any lakecast command does first
+CONFIGURE = """
+from jobs.settings import load_settings
+from jobs.tracking import configure
+configure(load_settings()).search_experiments()
+"""
 
 # a user's script: plain MLflow, no lakecast import; MLFLOW_TRACKING_URI says where it logs
 USER_SCRIPT = """
@@ -70,12 +78,40 @@ def test_a_model_logged_as_mlflows_quickstart_does_stays_under_lakecast_home(fre
     home, work, env = fresh
     # any lakecast command creates the store (here: what each does first), then the user logs a
     # model into it from another folder, naming no experiment, as MLflow's quickstart does
-    run([sys.executable, "-c", "from jobs.settings import load_settings\nfrom jobs.tracking import configure\n"
-         "configure(load_settings()).search_experiments()"],
-        env=env | {"PYTHONPATH": str(Path(__file__).parents[1])}, cwd=work)  # fmt: skip
+    run([sys.executable, "-c", CONFIGURE], env=env | {"PYTHONPATH": str(Path(__file__).parents[1])}, cwd=work)
     run([sys.executable, "-c", USER_SCRIPT], env=env | {"MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db"}, cwd=work)
     assert model_files(home).is_relative_to(home / "mlartifacts" / "0")
     assert list(work.iterdir()) == []
+
+
+def journal_mode(db: Path) -> str:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("PRAGMA journal_mode").fetchone()[0]
+
+
+def test_a_read_left_open_does_not_make_a_runs_writes_fail(fresh):
+    """A stop cut a registry query between two rows in a suite run, and the query's SQLite read
+    lock lived on with the stop's traceback: in MLflow's default journal mode the write that ended
+    the run KILLED waited 20 s for it, then failed with "database is locked". A store in
+    write-ahead-log mode lets a writer past its readers (`mlflow ui`'s, another run's): lakecast
+    puts its store in that mode, a store an older lakecast made the first time a command opens it."""
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    home, work, env = fresh
+    db = home / "mlflow.db"
+    SqlAlchemyStore(f"sqlite:///{db}", str(home / "mlartifacts"))  # the store as MLflow makes it
+    assert journal_mode(db) == "delete"
+    run([sys.executable, "-c", CONFIGURE], env=env | {"PYTHONPATH": str(Path(__file__).parents[1])}, cwd=work)
+    assert journal_mode(db) == "wal"
+
+    reader = sqlite3.connect(db)
+    tables = reader.execute("SELECT name FROM sqlite_master")
+    tables.fetchone()  # left between two rows, its read lock held
+    client = mlflow.MlflowClient(f"sqlite:///{db}")
+    experiment = client.create_experiment("written past an open read")
+    assert client.get_experiment(experiment).name == "written past an open read"
+    assert tables.fetchone() is not None  # the read went on all along
+    reader.close()
 
 
 @pytest.mark.slow
