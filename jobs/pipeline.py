@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
-from jobs import score_stats, telemetry, validation
+from jobs import score_stats, stopping, telemetry, validation
 from jobs.config import JobConfig
 from jobs.lake import FolderWriter, Lake
 from jobs.preflight import Preflight
@@ -105,7 +105,8 @@ def score(
             rules=pre.rules,
             at_once=at_once,
         )
-        mlflow.log_param("compute.batch_size_chosen", batch_size)
+        with stopping.held():
+            mlflow.log_param("compute.batch_size_chosen", batch_size)
     if actors_read_and_write(gpus):
         # a task per piece of input, each actor streaming its pieces from read to write (docs/adr/0002)
         actors = actor_pool(job, settings, inputs=len(pre.pieces), at_once=at_once)

@@ -201,14 +201,16 @@ def _run_locked(
     import mlflow
 
     ref, files, rows_in, duplicates = pre.ref, pre.files, pre.rows_in, pre.duplicates
-    experiment = tracking.experiment_id(settings, f"lakecast/{job.name}")
-    if mlflow_run_id:
-        started = mlflow.start_run(run_id=mlflow_run_id)
-    else:
-        started = mlflow.start_run(experiment_id=experiment, run_name=tracking.scoring_run_name(job.name, ds))
+    with stopping.held():
+        experiment = tracking.experiment_id(settings, f"lakecast/{job.name}")
+        if mlflow_run_id:
+            started = mlflow.start_run(run_id=mlflow_run_id)
+        else:
+            started = mlflow.start_run(experiment_id=experiment, run_name=tracking.scoring_run_name(job.name, ds))
     with started as run, tracking.killed_when_stopped():
         run_id = run.info.run_id
-        gpus = _log_start(job, ds, pre, lake, settings)
+        with stopping.held():
+            gpus = _log_start(job, ds, pre, lake, settings)
         staging = lake.staging_path(job.output.table, ds, run_id)
         q_staging = lake.staging_path(job.quarantine_table, ds, run_id)
         s_staging = lake.staging_path(job.shadow_table, ds, run_id)
@@ -251,7 +253,8 @@ def _run_locked(
             share = invalid / rows_in if rows_in else 0.0
             metrics = {"invalid_rows": invalid, "invalid_share": share, "duplicate_keys": duplicates}
             volume = drift.rows_against(ds, out_rows, before, table=job.output.table)
-            mlflow.log_metrics(metrics | ({"rows_vs_previous_day": volume} if volume is not None else {}))
+            with stopping.held():
+                mlflow.log_metrics(metrics | ({"rows_vs_previous_day": volume} if volume is not None else {}))
             manifest = partition_manifest(
                 job,
                 ds,

@@ -20,7 +20,9 @@ for the cleanup.
 Once the run begins to commit, a stop waits for the run's end (:func:`finish_first`): the
 commits and the bookkeeping after them take milliseconds, and a stop must not cut a commit in
 two, leaving the predictions published and their quarantine not (each commit is safe alone:
-:mod:`jobs.commit`).
+:mod:`jobs.commit`). A stop that arrives while the run talks to MLflow waits for that call to
+return (:func:`held`): raised inside SQLAlchemy, it can leave a query half read, whose SQLite lock
+then outlives the query.
 """
 
 from __future__ import annotations
@@ -66,6 +68,8 @@ class _Guard:
     def __init__(self) -> None:
         self.previous: dict[int, object] = {}
         self.holding = False
+        self.held = 0  # depth of the held() blocks the main thread is in
+        self.pending: int | None = None  # a stop that arrived inside them
         self.warned = False
         self.outer_hook = sys.unraisablehook
 
@@ -84,10 +88,14 @@ class _Guard:
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         if self.holding:
             if not self.warned:
-                log.warning("%s received while committing: the run finishes first", signal.Signals(signum).name)
+                log.warning("%s received while committing: the run finishes first", _name(signum))
                 self.warned = True
             return
         self.restore()  # a second signal acts as it did before this block
+        if self.held:
+            log.warning("%s arrived during a call to MLflow: the run stops when the call returns", _name(signum))
+            self.pending = signum
+            return
         raise Stopped(signum)
 
     def swallowed(self, unraisable: Any) -> None:
@@ -103,6 +111,10 @@ class _Guard:
         # from another thread, a moment later: sent from this one, or by anything that waits here
         # for a thread to start, Python would run the handler at once, still inside the finalizer
         _thread.start_new_thread(_send_again, (stop.signum,))
+
+
+def _name(signum: int) -> str:
+    return signal.Signals(signum).name
 
 
 def _send_again(signum: int) -> None:
@@ -145,6 +157,29 @@ def finish_first() -> None:
     """From now on a stop waits until the :func:`on_signals` block ends: the run commits."""
     if _active is not None:
         _active.holding = True
+
+
+@contextmanager
+def held() -> Iterator[None]:
+    """A stop that arrives inside the block is raised when the block ends, not where it landed.
+
+    For calls into code that a stop raised midway leaves broken. MLflow's SQLite store is the case
+    seen: a stop that lands between two rows of a registry query leaves the query open, and its
+    read lock lives as long as the stop's traceback, so the write that ends the run KILLED waited
+    20 s for it and failed, exiting 1 with a traceback. Those calls take milliseconds; a second
+    signal does not wait."""
+    guard = _active
+    if guard is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    guard.held += 1
+    try:
+        yield
+    finally:
+        guard.held -= 1
+        if not guard.held and guard.pending is not None and not guard.holding:
+            signum, guard.pending = guard.pending, None
+            raise Stopped(signum)
 
 
 @contextmanager

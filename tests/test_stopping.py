@@ -79,6 +79,41 @@ def test_a_stop_during_the_commit_lets_the_run_finish(handlers, caplog):
     stopping.finish_first()  # outside a block: nothing to hold, and no error
 
 
+def test_a_stop_inside_a_call_to_mlflow_lands_when_the_call_returns(handlers, caplog):
+    """A stop raised between two rows of a registry query left the query's SQLite lock held by
+    its traceback: the write that ends the run KILLED waited 20 s for it and failed (a suite run)."""
+    steps = []
+    with caplog.at_level(logging.WARNING, logger="jobs.stopping"), pytest.raises(Stopped) as stopped:
+        with stopping.on_signals(), stopping.held():
+            with stopping.held():  # nested: the outermost block's end raises it
+                signal.raise_signal(signal.SIGTERM)
+                steps.append("the call went on")
+            steps.append("and its caller")
+        pytest.fail("the stop was lost")
+    assert steps == ["the call went on", "and its caller"]
+    assert stopped.value.signum == signal.SIGTERM
+    assert "SIGTERM arrived during a call to MLflow: the run stops when the call returns" in caplog.text
+    assert {s: signal.getsignal(s) for s in stopping.SIGNALS} == handlers
+
+
+def test_a_second_signal_inside_a_call_to_mlflow_does_not_wait(handlers):
+    seen = []
+    signal.signal(signal.SIGINT, lambda signum, frame: seen.append(signum))
+    with pytest.raises(Stopped), stopping.on_signals(), stopping.held():
+        signal.raise_signal(signal.SIGINT)
+        signal.raise_signal(signal.SIGINT)
+    assert seen == [signal.SIGINT]
+
+
+def test_a_stop_held_until_the_commit_began_lets_the_run_finish(handlers):
+    with stopping.on_signals():
+        with stopping.held():
+            signal.raise_signal(signal.SIGTERM)
+            stopping.finish_first()
+        committed = True
+    assert committed
+
+
 def _rays(signum: int, frame) -> None:
     """What ray.init installs for SIGTERM as its first step."""
     raise SystemExit(signum)
