@@ -137,6 +137,7 @@ def test_a_model_logged_through_the_ui_server_into_its_own_experiment_stays_unde
     finally:
         ui.stop()
     files = model_files(home)
+    assert journal_mode(home / "mlflow.db") == "wal"  # the UI's reads never make a run's writes wait
     experiment = mlflow.MlflowClient(tracking_uri=f"sqlite:///{home}/mlflow.db").get_experiment_by_name("fraud")
     assert files.is_relative_to(home / "mlartifacts" / experiment.experiment_id)
     # the server neither: no ./mlartifacts of its own beside the user's scripts
