@@ -8,7 +8,7 @@ import os
 import sqlite3
 import warnings
 from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from contextlib import closing, contextmanager, nullcontext
 from typing import TYPE_CHECKING
 
 from jobs.failures import os_reason
@@ -162,17 +162,46 @@ def create_scoring_run(settings: Settings, job: str, ds, *, tags: dict[str, str]
 
 def fail_run_if_open(settings: Settings, run_id: str, status: str = "FAILED") -> None:
     """A job that died before it ended its run leaves it RUNNING: mark it FAILED (or KILLED,
-    for a job stopped from outside)."""
-    client = configure(settings)
-    if client.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
-        client.set_terminated(run_id, status)
+    for a job stopped from outside). On the way out of a failed task: whatever keeps MLflow from
+    recording it is logged, and the task's own error is the one raised."""
+    try:
+        with briefly() if status == "KILLED" else nullcontext():
+            client = configure(settings)
+            if client.get_run(run_id).info.status in ("RUNNING", "SCHEDULED"):
+                client.set_terminated(run_id, status)
+    except Exception as e:
+        log.warning("MLflow run %s could not be marked %s: %s", run_id, status, e)
+
+
+@contextmanager
+def briefly() -> Iterator[None]:
+    """MLflow's client tries once, for 2 s at most, inside the block: for what a stopped run
+    records on its way out.
+
+    Its usual patience, 7 retries over about 4 minutes, would keep a stopped run waiting on a
+    server that is down, with its partition lock held, past the grace a process gets before it is
+    killed: Airflow 3's task supervisor sends SIGKILL 5 s after its SIGTERM (Kubernetes 30 s). And a
+    lock that a killed run leaves holds its partition on S3 until its lease ends."""
+    saved = {name: os.environ.get(name) for name in _PATIENCE}
+    os.environ.update(_PATIENCE)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+_PATIENCE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
 
 
 @contextmanager
 def killed_when_stopped() -> Iterator[None]:
     """Inside an active MLflow run: a run stopped from outside (:class:`jobs.stopping.Stopped`,
     Ctrl-C) ends as KILLED, MLflow's status for it, where ``mlflow.start_run``'s block would
-    end it as FAILED, the status of a bug."""
+    end it as FAILED, the status of a bug. The stop goes on whether or not MLflow answers."""
     from jobs.stopping import Stopped
 
     try:
@@ -180,7 +209,11 @@ def killed_when_stopped() -> Iterator[None]:
     except (Stopped, KeyboardInterrupt):
         import mlflow
 
-        mlflow.end_run("KILLED")
+        try:
+            with briefly():
+                mlflow.end_run("KILLED")  # takes the run off MLflow's stack before it asks the store
+        except Exception as e:
+            log.warning("the stopped run could not be marked KILLED in MLflow, where it stays RUNNING: %s", e)
         raise
 
 

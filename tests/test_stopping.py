@@ -5,14 +5,16 @@ The whole run stopped by Ctrl-C and by SIGTERM, on a local lake and on S3, is in
 from __future__ import annotations
 
 import datetime as dt
+import http.server
 import logging
+import os
 import signal
 import threading
 import time
 
 import pytest
 
-from jobs import stopping
+from jobs import stopping, tracking
 from jobs.ray_errors import QuietForOurErrors
 from jobs.stopping import Stopped
 
@@ -112,6 +114,54 @@ def test_a_stop_held_until_the_commit_began_lets_the_run_finish(handlers):
             stopping.finish_first()
         committed = True
     assert committed
+
+
+class _Down(http.server.BaseHTTPRequestHandler):
+    """An MLflow server in trouble: every request answered 503, which MLflow's client retries."""
+
+    asked: list[str] = []
+
+    def _unavailable(self) -> None:
+        self.asked.append(f"{self.command} {self.path}")
+        self.send_response(503)
+        self.end_headers()
+
+    do_GET = do_POST = do_PATCH = _unavailable
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_a_stopped_run_asks_an_mlflow_server_that_is_down_once_and_stops(tmp_path, caplog):
+    """MLflow's client retries for about 4 minutes: a stopped run waited that long on a server
+    that went down, its partition lock held, past the grace Airflow gives a task before it kills
+    it. It asks once, says the run stays RUNNING there, and the stop goes on."""
+    import mlflow
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Down)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    before = mlflow.get_tracking_uri()
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    SqlAlchemyStore(store, str(tmp_path / "artifacts"))
+    mlflow.set_tracking_uri(store)
+    try:
+        started = mlflow.start_run()
+        mlflow.set_tracking_uri(f"http://127.0.0.1:{server.server_port}")  # the server goes down
+        with (
+            caplog.at_level(logging.WARNING, logger="jobs.tracking"),
+            pytest.raises(Stopped),
+            started,
+            tracking.killed_when_stopped(),
+        ):
+            raise Stopped(signal.SIGTERM)
+    finally:
+        mlflow.set_tracking_uri(before)
+        server.shutdown()
+    assert len(_Down.asked) == 1, _Down.asked  # once, where MLflow's client asks 8 times
+    assert "the stopped run could not be marked KILLED in MLflow, where it stays RUNNING" in caplog.text
+    assert mlflow.active_run() is None
+    assert os.environ.get("MLFLOW_HTTP_REQUEST_MAX_RETRIES") is None  # the client's patience back
 
 
 def _rays(signum: int, frame) -> None:
