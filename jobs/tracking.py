@@ -181,7 +181,10 @@ def briefly() -> Iterator[None]:
     Its usual patience, 7 retries over about 4 minutes, would keep a stopped run waiting on a
     server that is down, with its partition lock held, past the grace a process gets before it is
     killed: Airflow 3's task supervisor sends SIGKILL 5 s after its SIGTERM (Kubernetes 30 s). And a
-    lock that a killed run leaves holds its partition on S3 until its lease ends."""
+    lock that a killed run leaves holds its partition on S3 until its lease ends.
+
+    The setting is the process's (MLflow reads it from the environment at each request): this is
+    for a process on its way out, whose other threads no longer talk to MLflow."""
     saved = {name: os.environ.get(name) for name in _PATIENCE}
     os.environ.update(_PATIENCE)
     try:
