@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import psutil
 import pytest
 
 from tests.s3server import free_ports
@@ -129,6 +130,11 @@ def test_a_model_logged_through_the_ui_server_into_its_own_experiment_stays_unde
         wait_until(
             lambda: http_ok(f"http://127.0.0.1:{port}/health"), timeout=120, what="lakecast mlflow-ui", service=ui
         )
+        # below `mlflow ui`, one server process: not MLflow's four workers and the seven consumers of
+        # its GenAI jobs, 2.5 GiB in all
+        (mlflow_ui,) = psutil.Process(ui.proc.pid).children()
+        servers = [" ".join(p.cmdline()) for p in mlflow_ui.children(recursive=True)]
+        assert len(servers) == 1 and "uvicorn" in servers[0], servers
         run(
             [sys.executable, "-c", USER_SCRIPT, "fraud"],
             env=env | {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"},
