@@ -138,25 +138,25 @@ def test_a_stopped_run_asks_an_mlflow_server_that_is_down_once_and_stops(tmp_pat
     it. It asks once, says the run stays RUNNING there, and the stop goes on."""
     import mlflow
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # puts the process's back
 
+    _Down.asked.clear()
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Down)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    before = mlflow.get_tracking_uri()
     store = f"sqlite:///{tmp_path}/mlflow.db"
     SqlAlchemyStore(store, str(tmp_path / "artifacts"))
-    mlflow.set_tracking_uri(store)
     try:
-        started = mlflow.start_run()
-        mlflow.set_tracking_uri(f"http://127.0.0.1:{server.server_port}")  # the server goes down
-        with (
-            caplog.at_level(logging.WARNING, logger="jobs.tracking"),
-            pytest.raises(Stopped),
-            started,
-            tracking.killed_when_stopped(),
-        ):
-            raise Stopped(signal.SIGTERM)
+        with _use_tracking_uri(store):
+            started = mlflow.start_run()
+            with (
+                _use_tracking_uri(f"http://127.0.0.1:{server.server_port}"),  # the server goes down
+                caplog.at_level(logging.WARNING, logger="jobs.tracking"),
+                pytest.raises(Stopped),
+                started,
+                tracking.killed_when_stopped(),
+            ):
+                raise Stopped(signal.SIGTERM)
     finally:
-        mlflow.set_tracking_uri(before)
         server.shutdown()
     assert len(_Down.asked) == 1, _Down.asked  # once, where MLflow's client asks 8 times
     assert "the stopped run could not be marked KILLED in MLflow, where it stays RUNNING" in caplog.text
