@@ -219,13 +219,10 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
         uri = settings.mlflow.tracking_uri
         _out(f"lakecast's MLflow is the tracking server {uri}: open its UI at {ui_base(settings)}")
         return 0
-    if settings.mlflow.tracking_uri.startswith("sqlite:///"):
-        from jobs.tracking import write_ahead
+    from jobs.tracking import write_ahead
 
-        # the UI reads while jobs write: a store it creates starts in the mode that lets them
-        path = settings.mlflow.tracking_uri.removeprefix("sqlite:///")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        write_ahead(path)
+    # the UI reads while jobs write: a store it creates starts in the mode that lets them
+    write_ahead(settings.mlflow.tracking_uri)
     mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
     cmd = [
         mlflow_bin,

@@ -43,13 +43,13 @@ def configure(settings: Settings) -> MlflowClient:
         if settings.mlflow.artifact_root and not os.path.exists(path):
             _create_store(settings.mlflow.tracking_uri, settings.mlflow.artifact_root)
     for uri in {settings.mlflow.tracking_uri, settings.mlflow.registry_uri or settings.mlflow.tracking_uri}:
-        if uri.startswith("sqlite:///"):
-            write_ahead(uri.removeprefix("sqlite:///"))
+        write_ahead(uri)
     return mlflow.MlflowClient()
 
 
-def write_ahead(path: str) -> None:
-    """Put a SQLite store in write-ahead-log mode, where its readers never block its writer.
+def write_ahead(uri: str) -> None:
+    """Put a SQLite store (``sqlite:///...``; any other ``uri`` is left alone) in write-ahead-log
+    mode, where its readers never block its writer, creating its folder and file if need be.
 
     MLflow leaves SQLite in its default rollback-journal mode, where a write waits for every open
     read to end, 20 s at most (MLflow's busy timeout), then fails with "database is locked". The
@@ -57,6 +57,10 @@ def write_ahead(path: str) -> None:
     ``lakecast mlflow-ui`` and its users' browsers, a second job's run, a read that a stop left
     open. The mode is kept in the file, so this changes a store once; SQLite allows it only to a
     store on a local disk, as the embedded store is."""
+    if not uri.startswith("sqlite:///"):
+        return
+    path = uri.removeprefix("sqlite:///")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     try:
         with closing(sqlite3.connect(path, timeout=5)) as conn:
             if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
@@ -173,6 +177,10 @@ def fail_run_if_open(settings: Settings, run_id: str, status: str = "FAILED") ->
         log.warning("MLflow run %s could not be marked %s: %s", run_id, status, e)
 
 
+# MLflow's client, asked to try once and for 2 s (see briefly)
+_PATIENCE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
+
+
 @contextmanager
 def briefly() -> Iterator[None]:
     """MLflow's client tries once, for 2 s at most, inside the block: for what a stopped run
@@ -195,9 +203,6 @@ def briefly() -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-_PATIENCE = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "2"}
 
 
 @contextmanager
