@@ -23,6 +23,18 @@ def conf_dir() -> Path:
     return Path(os.environ.get("LAKECAST_CONF") or PROJECT_ROOT / "conf").resolve()
 
 
+def _not_a_conf_folder(conf: Path) -> str:
+    """Why a configuration folder has no profile: a ``LAKECAST_CONF`` mistyped, or a site's own
+    folder that copied ``jobs/`` but not ``profiles/``."""
+    where = "LAKECAST_CONF names it" if os.environ.get("LAKECAST_CONF") else "lakecast's own conf/"
+    if not conf.is_dir():
+        return f"no such folder ({where}); it should hold profiles/ and jobs/, as lakecast's conf/ does"
+    return (
+        f"no profiles/*.yaml in it ({where}); a configuration folder holds profiles/ beside jobs/: "
+        f"copy {PROJECT_ROOT / 'conf' / 'profiles'} there"
+    )
+
+
 def lakecast_home() -> Path:
     """All local state (lake, MLflow store, Airflow home); deleting it resets everything."""
     return Path(os.environ.get("LAKECAST_HOME") or ".lakecast").resolve()
@@ -67,10 +79,13 @@ class Settings(Frozen):
 def load_settings(profile: str | None = None) -> Settings:
     """Load ``conf/profiles/<profile>.yaml`` with ``LAKECAST_HOME`` resolved to an absolute path."""
     profile = profile or os.environ.get("LAKECAST_PROFILE") or DEFAULT_PROFILE
-    path = conf_dir() / "profiles" / f"{profile}.yaml"
+    conf = conf_dir()
+    path = conf / "profiles" / f"{profile}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in (conf_dir() / "profiles").glob("*.yaml"))
-        raise ConfigError(f"{path}: profile {profile!r} not found (known profiles: {', '.join(known)})")
+        known = sorted(p.stem for p in (conf / "profiles").glob("*.yaml"))
+        if known:
+            raise ConfigError(f"{path}: profile {profile!r} not found (known profiles: {', '.join(known)})")
+        raise ConfigError(f"{conf}: {_not_a_conf_folder(conf)}")
     home = lakecast_home()
     env = {**os.environ, "LAKECAST_HOME": str(home)}
     given = {

@@ -65,12 +65,27 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        raise ConfigError(f"{path}{_yaml_problem(e)}") from e
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
     return data
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """``, line 5, column 1: not valid YAML: …``: PyYAML's own text names the file as
+    ``"<unicode string>"`` and spreads over lines, where the user needs the line to edit."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None)
+    if mark is None or problem is None:
+        return f": not valid YAML: {error}"
+    context = getattr(error, "context", None)
+    if "'\\t'" in problem:
+        said = "a tab, where YAML indents with spaces only"
+    else:
+        said = f"{problem} ({context})" if context else problem
+    return f", line {mark.line + 1}, column {mark.column + 1}: not valid YAML: {said}"
 
 
 def format_validation_error(path: Path | str, error: ValidationError) -> str:
@@ -121,7 +136,7 @@ def load_model(
     try:
         data = interpolate(read_yaml(path), env=os.environ if env is None else env, where="")
     except ConfigError as e:
-        raise ConfigError(e if str(e).startswith(f"{path}: ") else f"{path}: {e}") from None
+        raise ConfigError(e if str(e).startswith((f"{path}: ", f"{path}, line ")) else f"{path}: {e}") from None
     given = given or {}
     clashes = [
         f"{path}: {key}: the file says {data[key]!r}, but {why}"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from jobs.config import load_job, load_job_file, parse_date
-from jobs.settings import conf_dir, load_settings
+from jobs.settings import PROJECT_ROOT, conf_dir, load_settings
 from jobs.yamlconf import ConfigError
 
 VALID = """\
@@ -143,6 +143,11 @@ def test_unset_variable_is_named(tmp_path, monkeypatch):
 def test_not_yaml_and_not_a_mapping(tmp_path):
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_job_file(write(tmp_path, "input: [unclosed\n"))
+    # the line to edit, in one sentence: PyYAML's own text calls the file "<unicode string>"
+    path = write(tmp_path, VALID.replace("input: {table: raw/customers, key: customer_id}", "input:\n\ttable: x"))
+    with pytest.raises(ConfigError) as raised:
+        load_job_file(path)
+    assert str(raised.value) == f"{path}, line 4, column 1: not valid YAML: a tab, where YAML indents with spaces only"
     with pytest.raises(ConfigError, match="expected a mapping"):
         load_job_file(write(tmp_path, "- a\n- b\n"))
 
@@ -275,6 +280,21 @@ def test_lake_root_override(home, monkeypatch):
 def test_unknown_profile(home):
     with pytest.raises(ConfigError, match=r"profile 'prod-eu' not found \(known profiles: .*local"):
         load_settings("prod-eu")
+
+
+def test_a_conf_folder_without_profiles_says_what_it_lacks(home, tmp_path, monkeypatch):
+    """A mistyped LAKECAST_CONF, or a site's folder that copied jobs/ alone: named as such, not as
+    a profile missing from an empty list."""
+    monkeypatch.setenv("LAKECAST_CONF", str(tmp_path / "typo"))
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert str(raised.value).startswith(f"{tmp_path / 'typo'}: no such folder (LAKECAST_CONF names it)")
+    (tmp_path / "site" / "jobs").mkdir(parents=True)
+    monkeypatch.setenv("LAKECAST_CONF", str(tmp_path / "site"))
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert str(raised.value).startswith(f"{tmp_path / 'site'}: no profiles/*.yaml in it (LAKECAST_CONF names it)")
+    assert str(raised.value).endswith(f"copy {PROJECT_ROOT / 'conf' / 'profiles'} there")
 
 
 @pytest.mark.parametrize("bad", ["2026-13-01", "yesterday", "2026-11-21/../x", "20261121", ""])
