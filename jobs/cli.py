@@ -145,8 +145,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     from jobs.lake import Lake
 
     job = load_job(args.job)
-    ds = parse_date(args.date)
-    manifest = Lake(load_settings().lake_root).read_manifest(job.output.table, ds)
+    lake = Lake(load_settings().lake_root)
+    if args.date is None:  # the newest: what a user looks at the morning after
+        ds = lake.newest_committed(job.output.table)
+        if ds is None:
+            table = lake.uri(lake.table_path(job.output.table))
+            raise ConfigError(f"no committed predictions for job {job.name!r} yet (none under {table})")
+    else:
+        ds = parse_date(args.date)
+    manifest = lake.read_manifest(job.output.table, ds)
     if manifest is None:
         raise ConfigError(f"no committed predictions for job {job.name!r} on {ds}")
     _out(json.dumps(manifest, indent=2))
@@ -369,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("show", help="print the manifest of a committed predictions partition")
     p.add_argument("job")
-    p.add_argument("--date", required=True)
+    p.add_argument("--date", help="the partition's date (default: the newest committed)")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("compare", help="A/B: score the labeled table with champion and challenger, decide")

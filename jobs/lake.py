@@ -12,6 +12,7 @@ partition has a manifest, lakecast reads exactly the files it names.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -347,6 +348,17 @@ class Lake:
         # instead of 5.2 (docs/benchmark.md, "S3's round trips")
         with ThreadPoolExecutor(min(FOOTER_THREADS, len(files))) as pool:
             return list(pool.map(footer, files))
+
+    def newest_committed(self, table: str) -> dt.date | None:
+        """The date of ``table``'s newest partition that lakecast committed (it holds its
+        manifest), or None. A folder whose name is not ``ds=`` and a date is not a partition."""
+        dates = []
+        for info in self.entries(self.table_path(table)):
+            if info.type == pafs.FileType.Directory and info.base_name.startswith("ds="):
+                with contextlib.suppress(ValueError):
+                    dates.append(dt.date.fromisoformat(info.base_name.removeprefix("ds=")))
+        # newest first, one look each: a year of nights on S3 is not a year of requests
+        return next((ds for ds in sorted(dates, reverse=True) if self.read_manifest(table, ds) is not None), None)
 
     def read_manifest(self, table: str, ds: dt.date) -> dict[str, Any] | None:
         path = f"{self.partition_path(table, ds)}/{MANIFEST}"

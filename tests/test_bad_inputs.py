@@ -268,6 +268,18 @@ def test_user_errors_from_the_command_line(home, registered, capsys):
         assert message in err and "Traceback" not in err, err
 
 
+def test_show_without_a_date_before_any_commit_says_so(home, tmp_path, monkeypatch, capsys):
+    from jobs.cli import main
+    from jobs.failures import EXIT_FIX_FIRST
+    from tests.jobfiles import conf_with_job
+
+    monkeypatch.setenv("LAKECAST_CONF", str(conf_with_job(tmp_path / "conf", "nothing_yet", ab=None)))
+    assert main(["show", "nothing_yet"]) == EXIT_FIX_FIRST
+    err = capsys.readouterr().err
+    assert "no committed predictions for job 'nothing_yet' yet (none under " in err and "Traceback" not in err, err
+    assert err.rstrip().endswith("predictions/nothing_yet)"), err
+
+
 def lakecast(*argv: str, **env: str) -> subprocess.CompletedProcess:
     """``lakecast ARGV`` as a user runs it in a terminal, on this session's home and a Ray of its
     own (no RAY_ADDRESS), with ``env`` added to the environment."""

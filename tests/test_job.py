@@ -319,6 +319,8 @@ def test_cli_run_and_show(first_run, home, capsys):
     assert result["rows"] == ROWS and result["model_version"] == 1 and result["committed"]
     assert main(["show", "churn", "--date", DAY.isoformat()]) == 0
     assert json.loads(capsys.readouterr().out)["scoring_run_id"] == result["run_id"]
+    assert main(["show", "churn"]) == 0  # no date: the newest committed, this one
+    assert json.loads(capsys.readouterr().out)["scoring_run_id"] == result["run_id"]
     assert main(["run", "churn", "--date", "2026-02-30"]) == 2
     assert "YYYY-MM-DD, got '2026-02-30'" in capsys.readouterr().err
 

@@ -213,6 +213,23 @@ def test_a_partition_is_not_whole_before_its_ready_marker(storage):
     assert len(lake.input_footers("raw/committed", DAY, ready_marker="_SUCCESS")[0]) == 1
 
 
+def test_the_newest_committed_partition_is_the_newest_with_a_manifest(storage):
+    """What ``lakecast show JOB`` prints with no date, the morning after: the newest partition
+    lakecast committed. A newer folder without a manifest (another writer's files, a partition
+    being written by hand) and a folder whose name is no date are passed over."""
+    import datetime as dt
+
+    lake = Lake(storage.lake_root)
+    table = "predictions/newest"
+    assert lake.newest_committed(table) is None
+    for ds in (DAY - dt.timedelta(days=1), DAY, DAY - dt.timedelta(days=2)):
+        demo_data.write_partition(lake, table, ds, demo_data.generate(10, ds), files=1)
+    for folder in (lake.partition_path(table, DAY + dt.timedelta(days=1)), f"{lake.table_path(table)}/ds=latest"):
+        lake.make_dirs(folder)
+        pq.write_table(demo_data.generate(10, DAY), f"{folder}/part-0.parquet", filesystem=lake.fs)
+    assert lake.newest_committed(table) == DAY
+
+
 def write_from_another_process(root: str, path: str, data: bytes) -> None:
     """What a producer does: write into the lake from a process of its own, through a client of its own."""
     code = (
