@@ -358,7 +358,8 @@ class Lake:
                 with contextlib.suppress(ValueError):
                     dates.append(dt.date.fromisoformat(info.base_name.removeprefix("ds=")))
         # newest first, one look each: a year of nights on S3 is not a year of requests
-        return next((ds for ds in sorted(dates, reverse=True) if self.read_manifest(table, ds) is not None), None)
+        newest_first = sorted(dates, reverse=True)
+        return next((ds for ds in newest_first if self.exists(f"{self.partition_path(table, ds)}/{MANIFEST}")), None)
 
     def read_manifest(self, table: str, ds: dt.date) -> dict[str, Any] | None:
         path = f"{self.partition_path(table, ds)}/{MANIFEST}"
