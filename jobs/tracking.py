@@ -30,7 +30,8 @@ def configure(settings: Settings) -> MlflowClient:
     # Against a tracking server, MLflow writes "View run … at: <url>" to stdout as each run ends,
     # into the output of `lakecast run --json`; lakecast names the run itself.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    for uri in {settings.mlflow.tracking_uri, settings.mlflow.registry_uri or settings.mlflow.tracking_uri}:
+    stores = {settings.mlflow.tracking_uri, settings.mlflow.registry_uri or settings.mlflow.tracking_uri}
+    for uri in stores:
         if uri.startswith(("http://", "https://")):
             answering(uri)
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
@@ -42,7 +43,7 @@ def configure(settings: Settings) -> MlflowClient:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if settings.mlflow.artifact_root and not os.path.exists(path):
             _create_store(settings.mlflow.tracking_uri, settings.mlflow.artifact_root)
-    for uri in {settings.mlflow.tracking_uri, settings.mlflow.registry_uri or settings.mlflow.tracking_uri}:
+    for uri in stores:  # after the store's creation above: a store this makes is an empty file
         write_ahead(uri)
     return mlflow.MlflowClient()
 
