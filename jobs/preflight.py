@@ -146,12 +146,26 @@ def model_inputs(job: JobConfig, ref: ModelRef) -> list[tuple[str, str, bool]]:
         return _tensor_inputs(job, ref, signature.inputs.inputs)
     specs = [(c.name, getattr(c.type, "name", str(c.type)), c.required) for c in signature.inputs.inputs]
     if job.input.columns:
-        known = {name for name, _, _ in specs}
-        unknown = [c for c in job.input.columns if c not in known]
-        if unknown:
-            raise JobError(f"input.columns {unknown} are not inputs of {ref.uri}")
+        _check_listed_columns(job, ref, specs)
         specs = [s for s in specs if s[0] in job.input.columns or s[0] == job.input.key]
     return specs
+
+
+def _check_listed_columns(job: JobConfig, ref: ModelRef, specs: list[tuple[str, str, bool]]) -> None:
+    """``input.columns`` may leave out a signature's optional inputs, never a required one: the
+    model would fail on its first batch, inside an actor, after Ray and the actors had started."""
+    where = f"input.columns in conf/jobs/{job.name}.yaml"
+    known = [name for name, _, _ in specs]
+    unknown = [c for c in job.input.columns if c not in known]
+    if unknown:
+        raise JobError(f"{where} lists {unknown}, which are not inputs of {ref.uri} (its inputs: {known})")
+    listed = {*job.input.columns, job.input.key}
+    left_out = [name for name, _, required in specs if required and name not in listed]
+    if left_out:
+        raise JobError(
+            f"{where} leaves out {left_out}, which {ref.uri} requires: list them too, or remove "
+            "input.columns to read every input the model's signature names"
+        )
 
 
 def _tensor_inputs(job: JobConfig, ref: ModelRef, tensors: list) -> list[tuple[str, str, bool]]:

@@ -125,6 +125,32 @@ def test_pytorch_model_with_named_columns(settings, lake, ray_local, network, us
     assert set(scored["model_name"]) == {"user-torch"}
 
 
+@pytest.mark.parametrize(
+    ("columns", "error"),
+    [
+        (
+            [*NUMERIC, "favourite_colour"],
+            r"input.columns in conf/jobs/listed.yaml lists \['favourite_colour'\], which are not inputs of "
+            r"models:/user-torch/1 \(its inputs: \['age', 'tenure_months', ",
+        ),
+        (
+            NUMERIC[:2],
+            r"input.columns in conf/jobs/listed.yaml leaves out \['monthly_charges', 'total_charges', "
+            r"'num_support_calls', 'data_usage_gb'\], which models:/user-torch/1 requires: list them too",
+        ),
+    ],
+)
+def test_input_columns_must_be_inputs_the_model_can_score_with(
+    settings, lake, ray_local, user_torch, tmp_path, columns, error
+):
+    """A job file that lists columns the model does not take, or leaves out ones it needs, is told
+    so before an actor starts, where the model would fail on its first batch with a traceback."""
+    job = load_job_file(job_file(tmp_path, "listed", user_torch, columns=columns))
+    with pytest.raises(JobError, match=error):
+        run_job(job, DAY, settings=settings)
+    assert not Path(lake.partition_path("predictions/listed", DAY)).exists()
+
+
 def test_pt2_model_takes_the_columns_in_the_job_files_order(settings, lake, ray_local, network, tmp_path):
     """MLflow's default format logs a tensor signature, which names no columns: the job file lists
     them, in the network's order (here not the file's order)."""
