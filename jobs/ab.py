@@ -39,9 +39,13 @@ from models.registry import ModelRef, load_pyfunc, resolve
 log = logging.getLogger(__name__)
 
 
-def ab_spec(job: JobConfig) -> ABSpec:
+def ab_spec(job: JobConfig, command: str = "compare") -> ABSpec:
+    """The job's ``ab:`` section, which ``command`` (compare, promote, rollback) works from."""
     if job.ab is None:
-        raise ConfigError(f"conf/jobs/{job.name}.yaml has no ab: section, so there is nothing to compare")
+        raise ConfigError(
+            f"conf/jobs/{job.name}.yaml has no ab: section, which lakecast {command} needs: it names the "
+            "labeled table and the two aliases (README: A/B comparison)"
+        )
     return job.ab
 
 

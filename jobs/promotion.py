@@ -57,7 +57,7 @@ def read_audit(lake: Lake, job: JobConfig) -> list[dict[str, Any]]:
 
 def promote(job: JobConfig, *, settings: Settings | None = None, force: bool = False, reason: str = "") -> dict:
     """Move ``champion`` to the challenger's version if the latest verdict is ``promote``."""
-    spec = ab_spec(job)
+    spec = ab_spec(job, "promote")
     settings = settings or load_settings()
     lake = Lake(settings.lake_root)
     client = tracking.configure(settings)
@@ -106,7 +106,7 @@ def promote(job: JobConfig, *, settings: Settings | None = None, force: bool = F
 
 def rollback(job: JobConfig, *, settings: Settings | None = None, reason: str = "") -> dict:
     """Move ``champion`` back to ``previous-champion``."""
-    spec = ab_spec(job)
+    spec = ab_spec(job, "rollback")
     settings = settings or load_settings()
     lake = Lake(settings.lake_root)
     client = tracking.configure(settings)

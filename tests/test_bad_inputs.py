@@ -279,6 +279,13 @@ def test_show_without_a_date_before_any_commit_says_so(home, tmp_path, monkeypat
     assert "no committed predictions for job 'nothing_yet' yet (none under " in err and "Traceback" not in err, err
     assert err.rstrip().endswith("predictions/nothing_yet)"), err
 
+    # the A/B commands, on a job with no ab: section
+    job = "nothing_yet"
+    for argv in (["compare", job, "--date", "2026-11-21"], ["promote", job], ["rollback", job]):
+        assert main(argv) == EXIT_FIX_FIRST, argv
+        err = capsys.readouterr().err
+        assert f"conf/jobs/nothing_yet.yaml has no ab: section, which lakecast {argv[0]} needs" in err, err
+
 
 def lakecast(*argv: str, **env: str) -> subprocess.CompletedProcess:
     """``lakecast ARGV`` as a user runs it in a terminal, on this session's home and a Ray of its
