@@ -78,7 +78,7 @@ def _compare(job: JobConfig, ds: dt.date, *, settings: Settings | None) -> dict[
     )
     files, footers = lake.input_footers(spec.labeled_table, ds)
     inputs = [model_inputs(job, ref) for ref in refs]
-    rules = _rules(job, spec, inputs)
+    rules = _rules(job, spec, refs, inputs)
     validation.check_schema(lake, files, footers, rules)
     _check_label_type(lake, spec, files, footers)
     rows_in = sum(footer.num_rows for footer in footers)
@@ -177,10 +177,27 @@ def _check_binary(y: np.ndarray, keys: pa.ChunkedArray, key: str, spec: ABSpec, 
         )
 
 
-def _rules(job: JobConfig, spec: ABSpec, inputs: list[list[tuple[str, str, bool]]]) -> list[ColumnRule]:
+def _rules(
+    job: JobConfig, spec: ABSpec, refs: tuple[ModelRef, ...], inputs: list[list[tuple[str, str, bool]]]
+) -> list[ColumnRule]:
     """The nightly job's row rules for either version's inputs, and a label on every row: a row
-    the job would quarantine, or one with no outcome, is not compared."""
-    rules = [r for columns in inputs for r in validation.rules_from(columns, job.validation, job.input.key)]
+    the job would quarantine, or one with no outcome, is not compared. A rule for a column that
+    only one version takes applies to that version's inputs."""
+    where = f"conf/jobs/{job.name}.yaml"
+    taken = {name for columns in inputs for name, _, _ in columns}
+    neither = sorted(set(job.validation.columns) - taken - {job.input.key})
+    if neither:
+        raise InvalidInput(
+            f"validation.columns in {where} names {neither}, which neither {' nor '.join(r.uri for r in refs)} "
+            f"takes as input (their inputs: {sorted(taken)})"
+        )
+    rules = []
+    for ref, columns in zip(refs, inputs, strict=True):
+        names = {name for name, _, _ in columns} | {job.input.key}
+        own = job.validation.model_copy(
+            update={"columns": {c: rule for c, rule in job.validation.columns.items() if c in names}}
+        )
+        rules += validation.rules_from(columns, own, job.input.key, job_file=where, model=ref.uri)
     rules.append(ColumnRule(spec.label, "any", nullable=False))
     rules += [ColumnRule(c, "any") for c in (spec.group_key, spec.segment_column) if c]
     return list(dict.fromkeys(rules))

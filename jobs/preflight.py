@@ -91,7 +91,9 @@ def preflight(
         client = tracking.configure(settings)
         ref = resolve_model(client, job, model_alias, model_version)
         inputs = model_inputs(job, ref)
-        rules = validation.rules_from(inputs, job.validation, job.input.key)
+        rules = validation.rules_from(
+            inputs, job.validation, job.input.key, job_file=f"conf/jobs/{job.name}.yaml", model=ref.uri
+        )
         validation.check_schema(lake, files, footers, rules)  # a missing or mistyped key is named here first
         duplicates, examples = keys_checked.result()
     if duplicates:

@@ -58,7 +58,14 @@ _SIGNATURE_KINDS: dict[str, Kind] = {
 }
 
 
-def rules_from(signature_inputs: list[tuple[str, str, bool]], spec: ValidationSpec, key: str) -> list[ColumnRule]:
+def rules_from(
+    signature_inputs: list[tuple[str, str, bool]],
+    spec: ValidationSpec,
+    key: str,
+    *,
+    job_file: str = "the job file",
+    model: str = "the model",
+) -> list[ColumnRule]:
     """Merge the model signature (name, MLflow type, required) with the job file's rules.
 
     Raises:
@@ -66,8 +73,16 @@ def rules_from(signature_inputs: list[tuple[str, str, bool]], spec: ValidationSp
     """
     by_name = {name: (_SIGNATURE_KINDS.get(t, "any"), required) for name, t, required in signature_inputs}
     unknown = sorted(set(spec.columns) - set(by_name))
+    if key in unknown:
+        raise InvalidInput(
+            f"validation.columns in {job_file} has rules for {key!r}, the job's key (input.key): a key is "
+            "checked for nulls only, and every row needs one"
+        )
     if unknown:
-        raise InvalidInput(f"validation.columns names {unknown}, which the model does not take as input")
+        raise InvalidInput(
+            f"validation.columns in {job_file} names {unknown}, which {model} does not take as input "
+            f"(its inputs: {list(by_name)})"
+        )
     rules = []
     for name, (kind, required) in by_name.items():
         check = spec.columns.get(name)

@@ -331,6 +331,20 @@ def test_canary_gives_each_version_its_own_columns(settings, lake, ray_local, tm
     np.testing.assert_allclose(scored["score"][challenger], scored["age"][challenger] / 100, rtol=1e-6)
     np.testing.assert_allclose(scored["score"][~challenger], by_tier[~challenger], rtol=1e-6)
 
+    # the comparison checks a rule on the champion's column on the champion's inputs alone
+    tiers = "validation: {max_invalid_share: 0.9, columns: {plan_tier: {categories: [basic, standard]}}}"
+    path.write_text(path.read_text().replace("validation: {max_invalid_share: 0.5}", tiers))
+    report = run_compare(load_job_file(path), DAY, settings=settings)
+    labeled = pads.dataset(lake.partition_path("labeled/customers", DAY), format="parquet").to_table().to_pandas()
+    outside = ~labeled["plan_tier"].isin(["basic", "standard"]) | labeled["age"].isna()
+    assert report["excluded"]["rows"] == outside.sum() > 0
+    path.write_text(path.read_text().replace("plan_tier: {", "favourite_colour: {"))
+    with pytest.raises(
+        InvalidInput,
+        match=r"names \['favourite_colour'\], which neither models:/user-canary/1 nor models:/user-canary/2 takes",
+    ):
+        run_compare(load_job_file(path), DAY, settings=settings)
+
 
 def test_cli_says_how_many_rows_were_quarantined(settings, lake, ray_local, user_torch, tmp_path, monkeypatch, capsys):
     """``lakecast run``'s summary counts the rows it set aside, and says where they are."""

@@ -91,3 +91,27 @@ def test_only_the_rows_of_a_slice_are_checked(type_):
     assert invalid_reasons(pa.table({"age": ages.slice(3, 2)}), [AGE]).to_pylist() == [None, "age: NaN"]
     late = pa.array([30.0, 40.0, float("inf")], type_).slice(2, 1)  # the buffer's first value is fine
     assert invalid_reasons(pa.table({"age": late}), [NULLABLE_AGE]).to_pylist() == ["age: infinite"]
+
+
+def test_rules_for_columns_the_model_does_not_take_name_the_file_the_model_and_its_inputs():
+    from jobs.config import ValidationSpec
+    from jobs.validation import InvalidInput, rules_from
+
+    inputs = [("age", "long", True), ("region", "string", False)]
+    where = {"job_file": "conf/jobs/churn.yaml", "model": "models:/churn-classifier/3"}
+
+    spec = ValidationSpec(columns={"agee": {"min": 18}})
+    with pytest.raises(InvalidInput) as raised:
+        rules_from(inputs, spec, "customer_id", **where)
+    assert str(raised.value) == (
+        "validation.columns in conf/jobs/churn.yaml names ['agee'], which models:/churn-classifier/3 does not take "
+        "as input (its inputs: ['age', 'region'])"
+    )
+
+    spec = ValidationSpec(columns={"customer_id": {"min": 0}})
+    with pytest.raises(InvalidInput, match=r"has rules for 'customer_id', the job's key \(input.key\)"):
+        rules_from(inputs, spec, "customer_id", **where)
+
+    spec = ValidationSpec(columns={"age": {"min": 18}})
+    age, region, key = rules_from(inputs, spec, "customer_id", **where)
+    assert (age.name, age.min, age.nullable, region.nullable, key.name) == ("age", 18, False, True, "customer_id")
