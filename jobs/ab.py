@@ -27,7 +27,7 @@ from jobs.config import ABSpec, JobConfig
 from jobs.failures import JobError
 from jobs.lake import DataFile, Lake
 from jobs.pieces import Piece, split_files
-from jobs.preflight import model_inputs
+from jobs.preflight import check_listed_columns_taken, model_inputs
 from jobs.ray_errors import raise_ours
 from jobs.ray_runtime import actor_gpus, actor_pool, actors_read_and_write, ensure_ray, read_pieces
 from jobs.settings import Settings, load_settings
@@ -77,7 +77,8 @@ def _compare(job: JobConfig, ds: dt.date, *, settings: Settings | None) -> dict[
         resolve(client, job.model.name, alias=spec.challenger),
     )
     files, footers = lake.input_footers(spec.labeled_table, ds)
-    inputs = [model_inputs(job, ref) for ref in refs]
+    inputs = [model_inputs(job, ref, takes_every_listed=False) for ref in refs]
+    check_listed_columns_taken(job, list(refs), inputs)
     rules = _rules(job, spec, refs, inputs)
     validation.check_schema(lake, files, footers, rules)
     _check_label_type(lake, spec, files, footers)

@@ -107,7 +107,7 @@ def preflight(
     if job.ab is not None and (job.ab.challenger_share > 0 or job.ab.shadow):
         challenger = resolve(client, job.model.name, alias=job.ab.challenger)
         challenger_scorer = arrow_scorer(load_pyfunc(challenger.uri))
-        challenger_columns = tuple(name for name, _, _ in model_inputs(job, challenger))
+        challenger_columns = tuple(name for name, _, _ in model_inputs(job, challenger, takes_every_listed=False))
         unread = [c for c in challenger_columns if c not in {r.name for r in rules}]
         if unread:
             raise JobError(
@@ -132,10 +132,14 @@ def preflight(
     )
 
 
-def model_inputs(job: JobConfig, ref: ModelRef) -> list[tuple[str, str, bool]]:
+def model_inputs(job: JobConfig, ref: ModelRef, *, takes_every_listed: bool = True) -> list[tuple[str, str, bool]]:
     """(column, MLflow type, required) for each input: the signature's, limited to the job's
     columns. The key is one where the signature names it (a signature inferred from a frame that
-    held the id): MLflow refuses to call such a model without it."""
+    held the id): MLflow refuses to call such a model without it.
+
+    ``takes_every_listed``: each of ``input.columns`` must be an input of ``ref``. Not so for the
+    A/B challenger, which may take fewer columns than the champion the list was written for
+    (the caller checks that some version takes each: :func:`check_listed_columns_taken`)."""
     from mlflow.models import get_model_info
 
     with model_files(ref.uri):
@@ -148,18 +152,20 @@ def model_inputs(job: JobConfig, ref: ModelRef) -> list[tuple[str, str, bool]]:
         return _tensor_inputs(job, ref, signature.inputs.inputs)
     specs = [(c.name, getattr(c.type, "name", str(c.type)), c.required) for c in signature.inputs.inputs]
     if job.input.columns:
-        _check_listed_columns(job, ref, specs)
+        _check_listed_columns(job, ref, specs, takes_every_listed)
         specs = [s for s in specs if s[0] in job.input.columns or s[0] == job.input.key]
     return specs
 
 
-def _check_listed_columns(job: JobConfig, ref: ModelRef, specs: list[tuple[str, str, bool]]) -> None:
+def _check_listed_columns(
+    job: JobConfig, ref: ModelRef, specs: list[tuple[str, str, bool]], takes_every_listed: bool
+) -> None:
     """``input.columns`` may leave out a signature's optional inputs, never a required one: the
     model would fail on its first batch, inside an actor, after Ray and the actors had started."""
     where = f"input.columns in conf/jobs/{job.name}.yaml"
     known = [name for name, _, _ in specs]
     unknown = [c for c in job.input.columns if c not in known]
-    if unknown:
+    if unknown and takes_every_listed:
         raise JobError(f"{where} lists {unknown}, which are not inputs of {ref.uri} (its inputs: {known})")
     listed = {*job.input.columns, job.input.key}
     left_out = [name for name, _, required in specs if required and name not in listed]
@@ -192,3 +198,15 @@ def _tensor_inputs(job: JobConfig, ref: ModelRef, tensors: list) -> list[tuple[s
             f"{len(job.input.columns)} columns; it needs one column per feature (shape (-1, columns))"
         )
     return [(c, "double", True) for c in job.input.columns]
+
+
+def check_listed_columns_taken(job: JobConfig, refs: list[ModelRef], inputs: list[list[tuple[str, str, bool]]]) -> None:
+    """Each of ``input.columns`` is an input of at least one of the versions ``refs`` (their
+    :func:`model_inputs`, in the same order), which were read with ``takes_every_listed=False``."""
+    taken = {name for columns in inputs for name, _, _ in columns}
+    unknown = [c for c in job.input.columns if c not in taken]
+    if unknown:
+        raise JobError(
+            f"input.columns in conf/jobs/{job.name}.yaml lists {unknown}, which neither "
+            f"{' nor '.join(ref.uri for ref in refs)} takes as input"
+        )

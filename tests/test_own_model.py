@@ -331,6 +331,11 @@ def test_canary_gives_each_version_its_own_columns(settings, lake, ray_local, tm
     np.testing.assert_allclose(scored["score"][challenger], scored["age"][challenger] / 100, rtol=1e-6)
     np.testing.assert_allclose(scored["score"][~challenger], by_tier[~challenger], rtol=1e-6)
 
+    # the job file lists the champion's columns, of which the challenger takes one
+    path.write_text(path.read_text().replace("key: customer_id}", "key: customer_id, columns: [plan_tier, age]}"))
+    run_job(load_job_file(path), DAY, settings=settings)
+    assert set(output(lake, "user_canary")["variant"]) == {"champion", "challenger"}
+
     # the comparison checks a rule on the champion's column on the champion's inputs alone
     tiers = "validation: {max_invalid_share: 0.9, columns: {plan_tier: {categories: [basic, standard]}}}"
     path.write_text(path.read_text().replace("validation: {max_invalid_share: 0.5}", tiers))
@@ -342,6 +347,11 @@ def test_canary_gives_each_version_its_own_columns(settings, lake, ray_local, tm
     with pytest.raises(
         InvalidInput,
         match=r"names \['favourite_colour'\], which neither models:/user-canary/1 nor models:/user-canary/2 takes",
+    ):
+        run_compare(load_job_file(path), DAY, settings=settings)
+    path.write_text(path.read_text().replace("favourite_colour: {", "plan_tier: {").replace("age]", "age, colour]"))
+    with pytest.raises(
+        JobError, match=r"lists \['colour'\], which neither models:/user-canary/1 nor models:/user-canary/2 takes"
     ):
         run_compare(load_job_file(path), DAY, settings=settings)
 
