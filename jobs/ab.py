@@ -43,7 +43,7 @@ def ab_spec(job: JobConfig, command: str = "compare") -> ABSpec:
     """The job's ``ab:`` section, which ``command`` (compare, promote, rollback) works from."""
     if job.ab is None:
         raise ConfigError(
-            f"conf/jobs/{job.name}.yaml has no ab: section, which lakecast {command} needs: it names the "
+            f"{job.file} has no ab: section, which lakecast {command} needs: it names the "
             "labeled table and the two aliases (README: A/B comparison)"
         )
     return job.ab
@@ -184,12 +184,11 @@ def _rules(
     """The nightly job's row rules for either version's inputs, and a label on every row: a row
     the job would quarantine, or one with no outcome, is not compared. A rule for a column that
     only one version takes applies to that version's inputs."""
-    where = f"conf/jobs/{job.name}.yaml"
     taken = {name for columns in inputs for name, _, _ in columns}
     neither = sorted(set(job.validation.columns) - taken - {job.input.key})
     if neither:
         raise InvalidInput(
-            f"validation.columns in {where} names {neither}, which neither {' nor '.join(r.uri for r in refs)} "
+            f"validation.columns in {job.file} names {neither}, which neither {' nor '.join(r.uri for r in refs)} "
             f"takes as input (their inputs: {sorted(taken)})"
         )
     rules = []
@@ -198,7 +197,7 @@ def _rules(
         own = job.validation.model_copy(
             update={"columns": {c: rule for c, rule in job.validation.columns.items() if c in names}}
         )
-        rules += validation.rules_from(columns, own, job.input.key, job_file=where, model=ref.uri)
+        rules += validation.rules_from(columns, own, job.input.key, job_file=job.file, model=ref.uri)
     rules.append(ColumnRule(spec.label, "any", nullable=False))
     rules += [ColumnRule(c, "any") for c in (spec.group_key, spec.segment_column) if c]
     return list(dict.fromkeys(rules))

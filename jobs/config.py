@@ -224,6 +224,11 @@ class JobConfig(Frozen):
     compute: ComputeSpec = ComputeSpec()
     airflow: AirflowSpec = AirflowSpec()
 
+    @property
+    def file(self) -> str:
+        """The job file, as a run's errors name it for the user to edit."""
+        return f"conf/jobs/{self.name}.yaml"
+
     @field_validator("schedule")
     @classmethod
     def _cron(cls, v: str | None) -> str | None:

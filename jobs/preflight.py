@@ -91,9 +91,7 @@ def preflight(
         client = tracking.configure(settings)
         ref = resolve_model(client, job, model_alias, model_version)
         inputs = model_inputs(job, ref)
-        rules = validation.rules_from(
-            inputs, job.validation, job.input.key, job_file=f"conf/jobs/{job.name}.yaml", model=ref.uri
-        )
+        rules = validation.rules_from(inputs, job.validation, job.input.key, job_file=job.file, model=ref.uri)
         validation.check_schema(lake, files, footers, rules)  # a missing or mistyped key is named here first
         duplicates, examples = keys_checked.result()
     if duplicates:
@@ -146,7 +144,7 @@ def model_inputs(job: JobConfig, ref: ModelRef, *, takes_every_listed: bool = Tr
         signature = get_model_info(ref.uri).signature
     if signature is None or signature.inputs is None:
         if not job.input.columns:
-            raise JobError(f"{ref.uri} has no signature: list input.columns in conf/jobs/{job.name}.yaml")
+            raise JobError(f"{ref.uri} has no signature: list input.columns in {job.file}")
         return [(c, "any", False) for c in job.input.columns]
     if signature.inputs.is_tensor_spec():
         return _tensor_inputs(job, ref, signature.inputs.inputs)
@@ -162,7 +160,7 @@ def _check_listed_columns(
 ) -> None:
     """``input.columns`` may leave out a signature's optional inputs, never a required one: the
     model would fail on its first batch, inside an actor, after Ray and the actors had started."""
-    where = f"input.columns in conf/jobs/{job.name}.yaml"
+    where = f"input.columns in {job.file}"
     known = [name for name, _, _ in specs]
     unknown = [c for c in job.input.columns if c not in known]
     if unknown and takes_every_listed:
@@ -180,7 +178,7 @@ def _tensor_inputs(job: JobConfig, ref: ModelRef, tensors: list) -> list[tuple[s
     """A model that takes one tensor (``mlflow.pytorch``'s default ``pt2`` format) names no
     columns: the job file lists them, in the tensor's order, and each must be a number with no
     nulls."""
-    where = f"conf/jobs/{job.name}.yaml"
+    where = job.file
     if len(tensors) != 1:
         raise JobError(
             f"{ref.uri} takes {len(tensors)} tensors; lakecast gives a model one matrix of its input columns"
@@ -204,9 +202,9 @@ def check_listed_columns_taken(job: JobConfig, refs: list[ModelRef], inputs: lis
     """Each of ``input.columns`` is an input of at least one of the versions ``refs`` (their
     :func:`model_inputs`, in the same order), which were read with ``takes_every_listed=False``."""
     taken = {name for columns in inputs for name, _, _ in columns}
-    unknown = [c for c in job.input.columns if c not in taken]
+    unknown = [c for c in job.input.columns or () if c not in taken]
     if unknown:
         raise JobError(
-            f"input.columns in conf/jobs/{job.name}.yaml lists {unknown}, which neither "
+            f"input.columns in {job.file} lists {unknown}, which neither "
             f"{' nor '.join(ref.uri for ref in refs)} takes as input"
         )

@@ -182,10 +182,7 @@ def actor_gpus(job: JobConfig, settings: Settings) -> float:
     largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
     has = ", ".join(f"{largest.get(k, 0):g} {k}" for k in need)
     asked = " and ".join(f"{v:g} {k} (compute.{k.lower()}s_per_actor)" for k, v in need.items())
-    message = (
-        f"conf/jobs/{job.name}.yaml: each actor asks for {asked}, and no node of this Ray has that much "
-        f"(the largest: {has})"
-    )
+    message = f"{job.file}: each actor asks for {asked}, and no node of this Ray has that much (the largest: {has})"
     if private_ray(settings):
         raise ConfigError(f"{message}; ask for less, or give the local Ray more (the profile's ray.num_cpus)")
     log.warning("%s; the job waits until the cluster's autoscaler adds a node that fits", message)
@@ -228,7 +225,7 @@ def actor_pool(
         fits = int((cpus - beside) // compute.cpus_per_actor)
         if fits < 1 and private_ray(settings):
             raise ConfigError(
-                f"conf/jobs/{job.name}.yaml: a GPU actor asks for {compute.cpus_per_actor:g} CPU "
+                f"{job.file}: a GPU actor asks for {compute.cpus_per_actor:g} CPU "
                 f"(compute.cpus_per_actor), and the tasks beside it that read or write its rows need {beside:g}, "
                 f"where this Ray has {cpus:g}: the reads would wait forever; ask for at most "
                 f"{max(cpus - beside, 0):g}, or give the local Ray more (the profile's ray.num_cpus)"
