@@ -28,10 +28,11 @@ def user_errors() -> tuple[type[Exception], ...]:
     """Every error that ``lakecast`` prints as one sentence: the user's to act on, not a bug."""
     from jobs.commit import CommitConflict
     from jobs.lake import LakeError
+    from jobs.ray_runtime import RayUnreachable
     from jobs.submit import SubmitError
     from jobs.tracking import TrackingUnreachable
 
-    return (*fix_first(), LakeError, CommitConflict, SubmitError, TrackingUnreachable)
+    return (*fix_first(), LakeError, CommitConflict, SubmitError, TrackingUnreachable, RayUnreachable)
 
 
 def fix_first() -> tuple[type[Exception], ...]:

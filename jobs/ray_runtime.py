@@ -64,6 +64,8 @@ def ensure_ray(settings: Settings) -> None:
             f"RAY_ADDRESS / ray.address {address} is a Ray Jobs API address: submit the job there with "
             "`lakecast submit` (or let the DAG do it); `lakecast run` runs here on a local Ray"
         )
+    if address:
+        answering(address, "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "the profile's ray.address")
     # No runtime_env: a job-wide one (even a few env_vars) keeps the workers Ray starts ahead of
     # the first driver from serving it, which cost a 10M-row job 1.7 s of startup. The actors get
     # the MLflow URIs in their options, and a local Ray's workers inherit this environment.
@@ -91,6 +93,47 @@ def ensure_ray(settings: Settings) -> None:
         atexit.unregister(stop_ray)
         atexit.register(stop_ray)
     log.info("Ray %s: %s", "cluster" if address else "local", ray.cluster_resources())
+
+
+class RayUnreachable(ConnectionError):
+    """No Ray answers at the address this process was to join; it may later, so a retry may pass."""
+
+
+def answering(address: str, source: str, attempts: int = 3) -> None:
+    """Fail within seconds when nothing listens at a Ray address (``host:port`` of its head, or
+    ``ray://host:port`` of its client server).
+
+    ``ray.init`` tries a head that does not answer for about 14 minutes (20 tries of a GCS
+    client, each waiting 40 s for the cluster's id), printing a warning every few seconds: a head
+    that is down, or a mistyped address, would hold an Airflow worker slot that long. Only the
+    connection is tried here; whatever answers is left to Ray. Other forms (``auto``) are Ray's.
+
+    Raises:
+        RayUnreachable: naming the address, where it came from (``source``) and why, after
+            ``attempts`` tries 1 and 2 s apart.
+    """
+    import socket
+    import time
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    why = ""
+    for attempt in range(attempts):
+        if attempt:
+            time.sleep(attempt)
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+            return
+        except TimeoutError:
+            why = "no answer within 5 s"
+        except OSError as e:
+            why = e.strerror or type(e).__name__
+    raise RayUnreachable(
+        f"no Ray answers at {address} ({source}; {why}, {attempts} tries): check that its head runs "
+        "(`ray start --head` prints the address to join), or leave RAY_ADDRESS and ray.address unset "
+        "to start a private local Ray"
+    )
 
 
 def start_private_ray(num_cpus: int | None = None) -> None:

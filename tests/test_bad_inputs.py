@@ -337,6 +337,24 @@ def test_a_temporary_folder_too_deep_for_rays_sockets_is_named(lake, registered,
     assert lake.read_manifest("predictions/churn", DAY) == before  # nothing published
 
 
+def test_a_ray_address_where_no_ray_answers_fails_in_seconds(lake, registered):
+    """RAY_ADDRESS naming a head that is down: Ray's own client would try for about 14 minutes,
+    printing a warning every few seconds. The run says so with the status that asks for a retry,
+    and publishes nothing."""
+    from tests.s3server import free_ports
+
+    port = free_ports(1)[0]  # nothing listens there
+    before = lake.read_manifest("predictions/churn", DAY)
+    proc = lakecast("run", "churn", "--date", DAY.isoformat(), RAY_ADDRESS=f"127.0.0.1:{port}")
+    assert proc.returncode == 75, proc.stderr[-3000:]
+    assert proc.stderr.rstrip().splitlines()[-1] == (
+        f"lakecast: no Ray answers at 127.0.0.1:{port} (RAY_ADDRESS; Connection refused, 3 tries): check that its "
+        "head runs (`ray start --head` prints the address to join), or leave RAY_ADDRESS and ray.address unset to "
+        "start a private local Ray"
+    )
+    assert lake.read_manifest("predictions/churn", DAY) == before
+
+
 @pytest.mark.slow
 def test_an_actors_error_reaches_the_terminal_as_one_sentence(settings, lake, registered, tmp_path):
     """`lakecast run` on a partition that breaks the job's fail policy, as a user runs it: the
