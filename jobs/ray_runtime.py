@@ -64,8 +64,9 @@ def ensure_ray(settings: Settings) -> None:
             f"RAY_ADDRESS / ray.address {address} is a Ray Jobs API address: submit the job there with "
             "`lakecast submit` (or let the DAG do it); `lakecast run` runs here on a local Ray"
         )
+    source = "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "the profile's ray.address"
     if address:
-        answering(address, "RAY_ADDRESS" if os.environ.get("RAY_ADDRESS") else "the profile's ray.address")
+        answering(address, source)
     # No runtime_env: a job-wide one (even a few env_vars) keeps the workers Ray starts ahead of
     # the first driver from serving it, which cost a 10M-row job 1.7 s of startup. The actors get
     # the MLflow URIs in their options, and a local Ray's workers inherit this environment.
@@ -75,6 +76,13 @@ def ensure_ray(settings: Settings) -> None:
             ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
         else:
             start_private_ray(settings.ray.num_cpus)
+    except ConnectionError:
+        if address != "auto":
+            raise
+        raise RayUnreachable(
+            f"no Ray runs on this machine for {source} 'auto' to join: start one (`ray start --head`), "
+            "or leave RAY_ADDRESS and ray.address unset to start a private local Ray"
+        ) from None
     except OSError as e:
         # a local Ray's sockets live in its session folder, <RAY_TMPDIR or TMPDIR>/ray/session_…: a
         # deep folder (a test runner's, a service's private /tmp) makes their paths too long
