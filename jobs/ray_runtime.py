@@ -131,7 +131,9 @@ def answering(address: str, source: str, attempts: int = 3) -> None:
         if attempt:
             time.sleep(attempt)
         try:
-            socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=5) as conn:
+                if not address.startswith("ray://"):
+                    _not_http(conn, address, source)
             return
         except TimeoutError:
             why = "no answer within 5 s"
@@ -142,6 +144,26 @@ def answering(address: str, source: str, attempts: int = 3) -> None:
         "(`ray start --head` prints the address to join), or leave RAY_ADDRESS and ray.address unset "
         "to start a private local Ray"
     )
+
+
+def _not_http(conn: Any, address: str, source: str) -> None:
+    """A head's GCS speaks gRPC (HTTP/2); its dashboard, where the Jobs API is, speaks HTTP/1.
+    Given the dashboard's port (8265) to join, Ray's client would wait on it as on a head that is
+    down. One request tells them apart: a GCS answers it with HTTP/2's first frame."""
+    conn.settimeout(2)
+    try:
+        conn.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        reply = conn.recv(5)
+    except OSError:
+        return  # no answer: leave the address to Ray
+    if reply.startswith(b"HTTP/"):
+        from jobs.yamlconf import ConfigError
+
+        raise ConfigError(
+            f"{address} ({source}) answers HTTP: that is a Ray dashboard's port, where `lakecast submit` "
+            f"sends a job (http://{address}); `lakecast run` joins a Ray at its head's port (6379 unless "
+            "`ray start --port` said otherwise)"
+        )
 
 
 def start_private_ray(num_cpus: int | None = None) -> None:

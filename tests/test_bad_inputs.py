@@ -355,6 +355,28 @@ def test_a_ray_address_where_no_ray_answers_fails_in_seconds(lake, registered):
     assert lake.read_manifest("predictions/churn", DAY) == before
 
 
+def test_a_ray_address_that_is_a_dashboards_port_is_named_as_such(lake, registered):
+    """The commonest mix-up of Ray's two addresses: the dashboard's port (8265, where the Jobs API
+    is) given as the head's. Something answers there, so Ray's client would wait as long as for a
+    head that is down."""
+    import http.server
+    import threading
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"127.0.0.1:{server.server_address[1]}"
+    try:
+        proc = lakecast("run", "churn", "--date", DAY.isoformat(), RAY_ADDRESS=address)
+    finally:
+        server.shutdown()
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.rstrip().splitlines()[-1] == (
+        f"lakecast: {address} (RAY_ADDRESS) answers HTTP: that is a Ray dashboard's port, where `lakecast submit` "
+        f"sends a job (http://{address}); `lakecast run` joins a Ray at its head's port (6379 unless `ray start "
+        "--port` said otherwise)"
+    )
+
+
 @pytest.mark.slow
 def test_an_actors_error_reaches_the_terminal_as_one_sentence(settings, lake, registered, tmp_path):
     """`lakecast run` on a partition that breaks the job's fail policy, as a user runs it: the
