@@ -162,7 +162,7 @@ def _check_listed_columns(
     model would fail on its first batch, inside an actor, after Ray and the actors had started."""
     where = f"input.columns in {job.file}"
     known = [name for name, _, _ in specs]
-    unknown = [c for c in job.input.columns if c not in known]
+    unknown = [c for c in job.input.columns if c not in known and c != job.input.key]  # the key is read anyway
     if unknown and takes_every_listed:
         raise JobError(f"{where} lists {unknown}, which are not inputs of {ref.uri} (its inputs: {known})")
     listed = {*job.input.columns, job.input.key}
@@ -202,7 +202,7 @@ def check_listed_columns_taken(job: JobConfig, refs: list[ModelRef], inputs: lis
     """Each of ``input.columns`` is an input of at least one of the versions ``refs`` (their
     :func:`model_inputs`, in the same order), which were read with ``takes_every_listed=False``."""
     taken = {name for columns in inputs for name, _, _ in columns}
-    unknown = [c for c in job.input.columns or () if c not in taken]
+    unknown = [c for c in job.input.columns or () if c not in taken and c != job.input.key]
     if unknown:
         raise JobError(
             f"input.columns in {job.file} lists {unknown}, which neither "

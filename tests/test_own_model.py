@@ -111,8 +111,13 @@ def with_columns(net: torch.nn.Module, sample: pd.DataFrame):
     )
 
 
-def test_pytorch_model_with_named_columns(settings, lake, ray_local, network, user_torch, tmp_path):
-    result = run_job(load_job_file(job_file(tmp_path, "user_torch", user_torch)), DAY, settings=settings)
+@pytest.mark.parametrize("columns", [None, ["customer_id", *NUMERIC]], ids=["signature", "listed-with-the-key"])
+def test_pytorch_model_with_named_columns(settings, lake, ray_local, network, user_torch, tmp_path, columns):
+    """Its columns read from its signature, or listed in the job file (the key among them, which
+    is read anyway)."""
+    result = run_job(
+        load_job_file(job_file(tmp_path, "user_torch", user_torch, columns=columns)), DAY, settings=settings
+    )
 
     rows = raw_rows(lake)
     scored, quarantined = output(lake, "user_torch"), output(lake, "user_torch", "quarantine")
