@@ -228,6 +228,7 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
         return 0
     from jobs.tracking import write_ahead
 
+    _port_free(args.host, args.port)
     # the UI reads while jobs write: a store it creates starts in the mode that lets them
     write_ahead(settings.mlflow.tracking_uri)
     mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
@@ -254,6 +255,22 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
     # the jobs back.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"} | os.environ
     return subprocess.run(cmd, check=False, env=env).returncode
+
+
+def _port_free(host: str, port: int) -> None:
+    """MLflow's server logs a port that is taken among its start-up lines and exits 0, as if it had
+    served and stopped."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds: TIME_WAIT is free
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise ConfigError(
+                f"cannot serve the MLflow UI on {host}:{port}: {e.strerror} (another UI or server there?); "
+                f"pass --port {port + 1}, or stop what listens there"
+            ) from None
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
