@@ -206,6 +206,16 @@ def cmd_airflow(args: argparse.Namespace) -> int:
     from jobs.airflow_env import needs_database, run_airflow
 
     settings = load_settings()
+    if args.args[:1] == ["standalone"]:
+        # Airflow's API server logs a taken port and stops, while the scheduler and the rest run on
+        # without a UI, their tasks unable to report
+        port = int(os.environ.get("AIRFLOW__API__PORT", "8080"))
+        _port_free(
+            os.environ.get("AIRFLOW__API__HOST", "0.0.0.0"),
+            port,
+            "Airflow's UI and API",
+            f"run it as AIRFLOW__API__PORT={port + 1} lakecast airflow standalone",
+        )
     if args.args[:1] not in (["db"], ["standalone"]) and needs_database(settings):
         sys.stderr.write(f"lakecast: creating Airflow's database in {settings.airflow_home} (airflow db migrate)\n")
         migrate = run_airflow(settings, ["db", "migrate"], capture=True)
@@ -228,7 +238,7 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
         return 0
     from jobs.tracking import write_ahead
 
-    _port_free(args.host, args.port)
+    _port_free(args.host, args.port, "the MLflow UI", f"pass --port {args.port + 1}")
     # the UI reads while jobs write: a store it creates starts in the mode that lets them
     write_ahead(settings.mlflow.tracking_uri)
     mlflow_bin = os.path.join(os.path.dirname(sys.executable), "mlflow")
@@ -257,9 +267,9 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
     return subprocess.run(cmd, check=False, env=env).returncode
 
 
-def _port_free(host: str, port: int) -> None:
-    """MLflow's server logs a port that is taken among its start-up lines and exits 0, as if it had
-    served and stopped."""
+def _port_free(host: str, port: int, what: str, hint: str) -> None:
+    """Say at once that ``what`` cannot listen on ``port``. MLflow's and Airflow's servers log it
+    among their start-up lines: MLflow's then exits 0, as if it had served and stopped."""
     import socket
 
     with socket.socket() as probe:
@@ -268,8 +278,8 @@ def _port_free(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as e:
             raise ConfigError(
-                f"cannot serve the MLflow UI on {host}:{port}: {e.strerror} (another UI or server there?); "
-                f"pass --port {port + 1}, or stop what listens there"
+                f"cannot serve {what} on {host}:{port}: {e.strerror} (another server there?); {hint}, or stop "
+                "what listens there"
             ) from None
 
 

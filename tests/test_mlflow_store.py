@@ -169,25 +169,35 @@ def test_mlflow_ui_against_a_tracking_server_points_at_its_ui(fresh):
     assert not home.exists()  # and no local store started beside the server
 
 
-def test_mlflow_ui_on_a_port_that_is_taken_says_so(fresh):
-    """MLflow's server logs a taken port among its start-up lines and exits 0, as if it had served."""
+def test_a_ui_on_a_port_that_is_taken_says_so(fresh):
+    """MLflow's server logs a taken port among its start-up lines and exits 0, as if it had served;
+    Airflow's standalone runs on without its API server, where its tasks report."""
     import socket
 
     _, work, env = fresh
     with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
+        taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = subprocess.run(
-            [str(BIN / "lakecast"), "mlflow-ui", "--port", str(port)],
-            env=env,
-            cwd=work,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-    assert proc.returncode == 2, proc.stderr[-3000:]
-    assert proc.stderr.strip() == (
-        f"lakecast: cannot serve the MLflow UI on 127.0.0.1:{port}: Address already in use (another UI or server "
-        f"there?); pass --port {port + 1}, or stop what listens there"
-    )
+        commands = {
+            ("mlflow-ui", "--port", str(port)): (
+                f"cannot serve the MLflow UI on 127.0.0.1:{port}: Address already in use (another server there?); "
+                f"pass --port {port + 1}, or stop what listens there"
+            ),
+            ("airflow", "standalone"): (
+                f"cannot serve Airflow's UI and API on 0.0.0.0:{port}: Address already in use (another server "
+                f"there?); run it as AIRFLOW__API__PORT={port + 1} lakecast airflow standalone, or stop what "
+                "listens there"
+            ),
+        }
+        for argv, said in commands.items():
+            proc = subprocess.run(
+                [str(BIN / "lakecast"), *argv],
+                env=env | {"AIRFLOW__API__PORT": str(port)},
+                cwd=work,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert proc.returncode == 2, proc.stderr[-3000:]
+            assert proc.stderr.strip() == f"lakecast: {said}"
