@@ -257,6 +257,11 @@ def actor_gpus(job: JobConfig, settings: Settings) -> float:
     asked = " and ".join(f"{v:g} {k} (compute.{k.lower()}s_per_actor)" for k, v in need.items())
     message = f"{job.file}: each actor asks for {asked}, and no node of this Ray has that much (the largest: {has})"
     if private_ray(settings):
+        if gpus and not has_gpus:
+            raise ConfigError(
+                f"{message}; this machine's Ray has no GPU: set compute.gpus_per_actor to auto (GPU actors where "
+                "there are GPUs, CPU actors elsewhere) or 0"
+            )
         raise ConfigError(f"{message}; ask for less, or give the local Ray more (the profile's ray.num_cpus)")
     log.warning("%s; the job waits until the cluster's autoscaler adds a node that fits", message)
     return gpus

@@ -249,15 +249,20 @@ def test_an_actor_no_node_can_hold_is_refused_at_once(settings, lake, registered
     job = churn_job.model_copy(update={"compute": churn_job.compute.model_copy(update=compute)})
     asked = f"{job.compute.cpus_per_actor:g} CPU (compute.cpus_per_actor)"
     has = f"{ray.cluster_resources()['CPU']:g} CPU"
+    advice = "ask for less, or give the local Ray more (the profile's ray.num_cpus)"
     if "gpus_per_actor" in compute:
         asked, has = f"{asked} and 1 GPU (compute.gpus_per_actor)", f"{has}, 0 GPU"
+        advice = (
+            "this machine's Ray has no GPU: set compute.gpus_per_actor to auto (GPU actors where there are GPUs, "
+            "CPU actors elsewhere) or 0"
+        )
     t0 = time.monotonic()
     with pytest.raises(ConfigError) as raised:
         run_job(job, DAY, settings=settings)
     assert time.monotonic() - t0 < 60
     assert str(raised.value) == (
         f"conf/jobs/churn.yaml: each actor asks for {asked}, and no node of this Ray has that much "
-        f"(the largest: {has}); ask for less, or give the local Ray more (the profile's ray.num_cpus)"
+        f"(the largest: {has}); {advice}"
     )
 
 
