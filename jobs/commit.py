@@ -41,7 +41,7 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from jobs.lake import MANIFEST, SUCCESS, Lake, LakeError, writing
+from jobs.lake import MANIFEST, SUCCESS, DamagedManifest, Lake, LakeError, writing
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,12 @@ def recover(lake: Lake, table: str, ds: dt.date) -> None:
             log.warning("restoring %s from an interrupted commit", lake.uri(target))
             lake.fs.move(parked[-1], target)
         lake.fs.delete_dir(trash_root)
-    manifest = lake.read_manifest(table, ds)
+    try:
+        manifest = lake.read_manifest(table, ds)
+    except DamagedManifest as e:
+        # this run replaces the partition whole, the files the manifest would have named with it
+        log.warning("%s", e)
+        manifest = None
     if manifest is not None:
         named = {f["file"] for f in manifest["output"]}
         for f in lake.list_data_files(target):

@@ -13,7 +13,7 @@ from typing import Any
 
 from jobs import input_stats, score_stats
 from jobs.config import JobConfig
-from jobs.lake import Lake
+from jobs.lake import DamagedManifest, Lake
 from jobs.preflight import Preflight
 
 log = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ def day_before(lake: Lake, table: str, ds: dt.date) -> dict[str, Any]:
     previous_day = ds - dt.timedelta(days=1)
     try:
         manifest = lake.read_manifest(table, previous_day)
-    except (OSError, ValueError) as e:
+    except (OSError, DamagedManifest) as e:
         log.warning(
             "%s ds=%s: its manifest could not be read, so tonight is not compared with it (%s)", table, previous_day, e
         )

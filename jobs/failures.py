@@ -37,7 +37,7 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 def fix_first() -> tuple[type[Exception], ...]:
     """The errors a retry cannot fix."""
-    from jobs.lake import LakeAccessError, NestedPartitions
+    from jobs.lake import DamagedManifest, LakeAccessError, NestedPartitions
     from jobs.promotion import PromotionRefused
     from jobs.validation import InvalidInput
     from models.predictor import ModelInputError, ModelOutputError
@@ -53,6 +53,7 @@ def fix_first() -> tuple[type[Exception], ...]:
         PromotionRefused,
         LakeAccessError,
         NestedPartitions,
+        DamagedManifest,
     )
 
 

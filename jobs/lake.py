@@ -55,6 +55,11 @@ class LakeAccessError(LakeError):
     partition that has not landed yet, trying again changes nothing."""
 
 
+class DamagedManifest(LakeError):
+    """A partition's ``_manifest.json`` is not one lakecast wrote: lakecast writes it whole, last,
+    so something else changed it. Waiting changes nothing; a rerun of that partition replaces it."""
+
+
 def is_remote(filesystem: Any) -> bool:
     """Whether ``filesystem`` (pyarrow's; None: local) is an object store, not this machine's disk."""
     return filesystem is not None and filesystem.type_name != "local"
@@ -362,8 +367,25 @@ class Lake:
         return next((ds for ds in newest_first if self.exists(f"{self.partition_path(table, ds)}/{MANIFEST}")), None)
 
     def read_manifest(self, table: str, ds: dt.date) -> dict[str, Any] | None:
+        """The partition's manifest; None where it has none (not committed by lakecast).
+
+        Raises:
+            DamagedManifest: it is not JSON, or names no files as lakecast's manifests do.
+        """
         path = f"{self.partition_path(table, ds)}/{MANIFEST}"
         if not self.exists(path):
             return None
         with self.fs.open_input_stream(path) as f:
-            return json.loads(f.read())
+            text = f.read()
+        try:
+            manifest = json.loads(text)
+            files = [entry["file"] for entry in manifest["output"]]
+        except (ValueError, TypeError, KeyError) as e:
+            why = f"not valid JSON ({e})" if isinstance(e, ValueError) else "it names no output files"
+            raise DamagedManifest(
+                f"{self.uri(path)} is not a manifest lakecast wrote: {why}. lakecast writes it whole, so "
+                "something else changed it; a rerun of that date replaces the partition with its manifest"
+            ) from None
+        if not all(isinstance(name, str) for name in files):
+            raise DamagedManifest(f"{self.uri(path)} is not a manifest lakecast wrote: its output files are not names")
+        return manifest

@@ -61,6 +61,33 @@ def test_job_end_to_end_and_rerun(storage, lake_with_input, registered, ray_loca
     assert files_under(lake, f"{lake.base}/_staging") == []
 
 
+def test_a_damaged_manifest_is_named_and_a_rerun_replaces_it(
+    storage, lake_with_input, registered, ray_local, churn_job
+):
+    """lakecast writes a partition's manifest whole and last: one that does not parse was changed by
+    something else. Reading it says so (a retry would not help); a rerun of the date puts it right."""
+    from jobs.failures import EXIT_FIX_FIRST, exit_status
+    from jobs.lake import DamagedManifest
+
+    lake = lake_with_input
+    run_job(churn_job, DAY, settings=storage)
+    path = f"{lake.partition_path(OUT, DAY)}/_manifest.json"
+    for damage, why in ((b'{"broken', "not valid JSON"), (b"[]", "it names no output files")):
+        with lake.fs.open_output_stream(path) as f:
+            f.write(damage)
+        with pytest.raises(DamagedManifest) as raised:
+            lake.read_manifest(OUT, DAY)
+        assert str(raised.value).startswith(f"{lake.uri(path)} is not a manifest lakecast wrote: {why}")
+        assert exit_status(raised.value) == EXIT_FIX_FIRST
+        with pytest.raises(DamagedManifest):  # a job that reads the partition as its input
+            lake.input_footers(OUT, DAY)
+
+    rerun = run_job(churn_job, DAY, settings=storage)
+    assert lake.read_manifest(OUT, DAY)["scoring_run_id"] == rerun.run_id
+    table = read(lake)
+    assert table.num_rows == ROWS and set(table["scoring_run_id"].to_pylist()) == {rerun.run_id}
+
+
 def test_a_second_writer_is_refused_and_loses_nothing(storage, lake_with_input, registered, ray_local, churn_job):
     lake = lake_with_input
     first = run_job(churn_job, DAY, settings=storage)
