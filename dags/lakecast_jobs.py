@@ -149,9 +149,11 @@ def build_dag(job: JobConfig, job_file: Path, lake_root: str):
         published = publish(predict.output)
 
         if job.ab is not None:
+            delay = job.ab.label_delay_days
+            labeled = f"{delay} day(s) before the night's date (ab.label_delay_days)" if delay else "the night's date"
             LakecastJobOperator(
                 task_id="compare",
-                doc_md="A/B: champion vs challenger on the day's labeled data; promote if the policy says so.",
+                doc_md=f"A/B: champion vs challenger on the labeled data of {labeled}; promote if the policy says so.",
                 job_name=job.name,
                 command="compare",
                 checked=published,

@@ -163,6 +163,9 @@ class LakecastJobOperator(BaseOperator):
             settings = load_settings()
             job = load_job(self.job_name)  # re-read: the file may have changed since parsing
             ds = parse_date(self.checked["date"])
+            if self.command == "compare" and job.ab is not None:
+                # the night's outcomes are not known yet: compare on the day whose outcomes are
+                ds -= dt.timedelta(days=job.ab.label_delay_days)
             params = context["params"]
             if not submit.is_jobs_api(settings.ray.address):
                 return self._run_here(context, settings, job, ds, params)

@@ -122,6 +122,13 @@ class ABSpec(Frozen):
 
     labeled_table: TablePath
     label: Column
+    label_delay_days: int = Field(
+        0,
+        ge=0,
+        le=366,
+        description="outcomes land this many days after the day they describe: the nightly compare "
+        "takes the labeled partition of this many days before the night's date",
+    )
     task: Literal["classification", "regression"] = "classification"
     champion: str = "champion"
     challenger: str = "challenger"

@@ -213,6 +213,36 @@ def test_a_partition_that_fails_validation_fails_its_task_without_retries(demo, 
     assert "not retried: a retry fails the same way" in log
 
 
+def test_the_nightly_comparison_waits_the_days_its_labels_take(demo, tmp_path):
+    """A night's outcomes are known days later (a customer churns, or not, within the month): with
+    ``ab.label_delay_days: 2`` the DAG scores the night's partition and compares the versions on
+    the labeled partition of two days before, the one whose outcomes have landed."""
+    from jobs import demo_data
+
+    cwd, env, proc = demo
+    assert proc.returncode == 0
+    conf = conf_with_job(
+        tmp_path / "conf", "lagged", ab={"labeled_table": "labeled/lagged", "label_delay_days": 2, "bootstrap": 100}
+    )
+    lake = cwd / "home" / "lake"
+    labeled_day = DAY - dt.timedelta(days=2)
+    for table, day, data in (
+        ("raw/lagged", DAY, demo_data.generate(1000, DAY)),
+        ("labeled/lagged", labeled_day, demo_data.generate(1000, labeled_day, with_label=True)),
+    ):
+        partition = lake / table / f"ds={day}"
+        partition.mkdir(parents=True)
+        pq.write_table(data, partition / "part-0.parquet")
+
+    run = dags_test(env, conf, "lakecast__lagged")
+    log = run.communicate(timeout=300)[0]
+    assert run.returncode == 0 and "DagRun Finished" in log and "state=success" in log, log[-4000:]
+    assert (lake / "predictions" / "lagged" / f"ds={DAY}" / "_manifest.json").is_file()
+    report = json.loads((lake / "ab" / "lagged" / f"ds={labeled_day}" / "report.json").read_text())
+    assert report["date"] == labeled_day.isoformat() and report["rows"] > 0
+    assert not (lake / "ab" / "lagged" / f"ds={DAY}").exists()
+
+
 def dags_test(env: dict[str, str], conf: Path, dag_id: str) -> subprocess.Popen:
     """``lakecast airflow dags test`` of ``dag_id`` for DAY, its output merged into one stream."""
     return subprocess.Popen(
