@@ -25,7 +25,7 @@ from jobs import abstats, commit, stopping, tracking, validation
 from jobs.ab_report import markdown, plots
 from jobs.config import ABSpec, JobConfig
 from jobs.failures import JobError
-from jobs.lake import DataFile, Lake
+from jobs.lake import DataFile, Lake, NotLanded
 from jobs.pieces import Piece, split_files
 from jobs.preflight import check_listed_columns_taken, model_inputs
 from jobs.ray_errors import raise_ours
@@ -76,7 +76,14 @@ def _compare(job: JobConfig, ds: dt.date, *, settings: Settings | None) -> dict[
         resolve(client, job.model.name, alias=spec.champion),
         resolve(client, job.model.name, alias=spec.challenger),
     )
-    files, footers = lake.input_footers(spec.labeled_table, ds)
+    try:
+        files, footers = lake.input_footers(spec.labeled_table, ds)
+    except NotLanded as e:
+        if spec.label_delay_days:
+            raise
+        raise NotLanded(
+            f"{e}; where outcomes land days after the day they describe, set ab.label_delay_days in {job.file}"
+        ) from None
     inputs = [model_inputs(job, ref, takes_every_listed=False) for ref in refs]
     check_listed_columns_taken(job, list(refs), inputs)
     rules = _rules(job, spec, refs, inputs)

@@ -259,6 +259,12 @@ def test_user_errors_from_the_command_line(home, registered, capsys):
         ("run", "churn", "--date", "tomorrow"): ("got 'tomorrow'", fix),
         ("run", "churn", "--date", "2026-11-21", "--alias", "no-such-alias"): ("has no alias 'no-such-alias'", fix),
         ("show", "churn", "--date", "1999-01-01"): ("no committed predictions for job 'churn' on 1999-01-01", fix),
+        # outcomes not there yet: they may land, and the job file may say they land late
+        ("compare", "churn", "--date", "1999-01-01"): (
+            "no data for labeled/customers on 1999-01-01; where outcomes land days after the day they describe, "
+            "set ab.label_delay_days in conf/jobs/churn.yaml",
+            again,
+        ),
         # the partition may still land: a retry can pass
         ("run", "churn", "--date", "1999-01-01"): ("no data for raw/customers on 1999-01-01", again),
     }
