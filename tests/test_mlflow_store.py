@@ -150,19 +150,17 @@ def test_a_model_logged_through_the_ui_server_into_its_own_experiment_stays_unde
     assert list(work.iterdir()) == []
 
 
+def lakecast(argv: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """``lakecast ARGV`` as a user runs it in ``cwd``, for a command that answers within a minute."""
+    return subprocess.run([str(BIN / "lakecast"), *argv], env=env, cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
 def test_mlflow_ui_against_a_tracking_server_points_at_its_ui(fresh):
     home, work, env = fresh
     # the production profile's MLflow is a server, which serves its own UI (and `mlflow ui` would
     # end in MLflow's traceback, unable to take a server as its store)
     server = "http://127.0.0.1:5999"
-    proc = subprocess.run(
-        [str(BIN / "lakecast"), "mlflow-ui"],
-        env=env | {"MLFLOW_TRACKING_URI": server},
-        cwd=work,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    proc = lakecast(["mlflow-ui"], env | {"MLFLOW_TRACKING_URI": server}, work)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == f"lakecast's MLflow is the tracking server {server}: open its UI at {server}"
     assert "Traceback" not in proc.stderr
@@ -191,13 +189,6 @@ def test_a_ui_on_a_port_that_is_taken_says_so(fresh):
             ),
         }
         for argv, said in commands.items():
-            proc = subprocess.run(
-                [str(BIN / "lakecast"), *argv],
-                env=env | {"AIRFLOW__API__PORT": str(port)},
-                cwd=work,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
+            proc = lakecast(list(argv), env | {"AIRFLOW__API__PORT": str(port)}, work)
             assert proc.returncode == 2, proc.stderr[-3000:]
             assert proc.stderr.strip() == f"lakecast: {said}"
