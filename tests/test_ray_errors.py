@@ -10,8 +10,8 @@ from jobs.ray_errors import QuietForOurErrors
 from jobs.validation import InvalidInput
 
 
-def record(message: str) -> logging.LogRecord:
-    return logging.LogRecord("ray.data", logging.ERROR, __file__, 1, message, None, None)
+def record(message: str, logger: str = "ray.data") -> logging.LogRecord:
+    return logging.LogRecord(logger, logging.ERROR, __file__, 1, message, None, None)
 
 
 def test_ray_datas_records_of_our_error_are_kept_back_and_others_pass():
@@ -25,6 +25,20 @@ def test_ray_datas_records_of_our_error_are_kept_back_and_others_pass():
     except KeyError:
         assert quiet.filter(record("Exception occurred in Ray Data or Ray Core internal code"))
     assert quiet.filter(record("Registered dataset logger"))
+
+
+def test_our_own_records_pass_while_our_error_is_handled():
+    """A handler that takes Ray Data's records and lakecast's both (Airflow's task logging, pytest's
+    capture) kept back lakecast's warning that a day's manifest is damaged, logged as it handles
+    that error."""
+    from jobs.lake import DamagedManifest
+
+    quiet = QuietForOurErrors()
+    try:
+        raise DamagedManifest("…/_manifest.json is not a manifest lakecast wrote")
+    except DamagedManifest:
+        assert quiet.filter(record("its manifest could not be read", logger="jobs.drift"))
+        assert not quiet.filter(record("Exception occurred in user code"))
 
 
 def test_the_end_of_a_dataset_passes_without_loading_our_error_classes():
