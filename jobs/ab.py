@@ -190,14 +190,8 @@ def _rules(
 ) -> list[ColumnRule]:
     """The nightly job's row rules for either version's inputs, and a label on every row: a row
     the job would quarantine, or one with no outcome, is not compared. A rule for a column that
-    only one version takes applies to that version's inputs."""
-    taken = {name for columns in inputs for name, _, _ in columns}
-    neither = sorted(set(job.validation.columns) - taken - {job.input.key})
-    if neither:
-        raise InvalidInput(
-            f"validation.columns in {job.file} names {neither}, which neither {' nor '.join(r.uri for r in refs)} "
-            f"takes as input (their inputs: {sorted(taken)})"
-        )
+    only one version takes applies to that version's inputs (that some version takes each:
+    :func:`jobs.preflight.check_listed_columns_taken`)."""
     rules = []
     for ref, columns in zip(refs, inputs, strict=True):
         names = {name for name, _, _ in columns} | {job.input.key}

@@ -199,12 +199,17 @@ def _tensor_inputs(job: JobConfig, ref: ModelRef, tensors: list) -> list[tuple[s
 
 
 def check_listed_columns_taken(job: JobConfig, refs: list[ModelRef], inputs: list[list[tuple[str, str, bool]]]) -> None:
-    """Each of ``input.columns`` is an input of at least one of the versions ``refs`` (their
-    :func:`model_inputs`, in the same order), which were read with ``takes_every_listed=False``."""
+    """Each column the job file names, in ``input.columns`` or ``validation.columns``, is an input of
+    at least one of the versions ``refs`` (their :func:`model_inputs`, in the same order, read with
+    ``takes_every_listed=False``): the A/B comparison gives each version its own."""
     taken = {name for columns in inputs for name, _, _ in columns}
+    versions = " nor ".join(ref.uri for ref in refs)
     unknown = [c for c in job.input.columns or () if c not in taken and c != job.input.key]
     if unknown:
-        raise JobError(
-            f"input.columns in {job.file} lists {unknown}, which neither "
-            f"{' nor '.join(ref.uri for ref in refs)} takes as input"
+        raise JobError(f"input.columns in {job.file} lists {unknown}, which neither {versions} takes as input")
+    ruled = sorted(set(job.validation.columns) - taken - {job.input.key})
+    if ruled:
+        raise validation.InvalidInput(
+            f"validation.columns in {job.file} names {ruled}, which neither {versions} takes as input "
+            f"(their inputs: {sorted(taken)})"
         )

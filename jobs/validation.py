@@ -63,10 +63,11 @@ def rules_from(
     spec: ValidationSpec,
     key: str,
     *,
-    job_file: str = "the job file",
-    model: str = "the model",
+    job_file: str,
+    model: str,
 ) -> list[ColumnRule]:
     """Merge the model signature (name, MLflow type, required) with the job file's rules.
+    ``job_file`` and ``model`` (its URI) name them in the errors.
 
     Raises:
         InvalidInput: the job file has rules for a column the model does not take.
