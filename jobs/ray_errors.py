@@ -24,7 +24,7 @@ import logging
 import sys
 from types import FrameType
 
-from jobs.stopping import Stopped
+from jobs.stopping import stop_in
 
 # Ray Data appends this, on a new line, to the message of an exception that ran out of retries
 RETRY_NOTE = "\nFailed to apply UDF transform after "
@@ -120,7 +120,7 @@ class QuietForOurErrors(logging.Filter):
         # driver's logging call took 15 ms between the actors' last file and the commit.
         if exc is None or isinstance(exc, StopIteration):
             return True
-        if isinstance(exc, Stopped):  # Ctrl-C or SIGTERM: the run says it was stopped, and how it left things
+        if stop_in(exc) is not None:  # Ctrl-C or SIGTERM: the run says it was stopped, and how it left things
             return False
         try:
             return find_ours(exc) is None

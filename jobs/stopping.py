@@ -62,6 +62,19 @@ class Stopped(BaseException):
         return 128 + self.signum
 
 
+def stop_in(e: BaseException) -> Stopped | None:
+    """The stop ``e`` is, or carries as its cause. Python 3.11 wraps what a ``__set_name__`` raises
+    in a RuntimeError (``Error calling __set_name__``): a stop that lands while a module being
+    imported defines a dataclass (Ray Data's, as the pipeline starts) arrives as that error, and
+    was reported as a crash, exit 1 with a traceback."""
+    seen: BaseException | None = e
+    for _ in range(8):
+        if seen is None or isinstance(seen, Stopped):
+            return seen
+        seen = seen.__cause__
+    return None
+
+
 class _Guard:
     """The handler of one :func:`on_signals` block."""
 
@@ -143,10 +156,11 @@ def on_signals(said: Callable[[Stopped], str] | None = None) -> Iterator[None]:
     sys.unraisablehook = guard.swallowed
     try:
         yield
-    except Stopped as e:
-        if said is None:
+    except BaseException as e:
+        stop = stop_in(e)
+        if stop is None or (stop is e and said is None):
             raise
-        raise Stopped(e.signum, said(e)) from None
+        raise Stopped(stop.signum, said(stop) if said else None) from None
     finally:
         _active = outer
         sys.unraisablehook = guard.outer_hook

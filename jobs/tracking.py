@@ -211,11 +211,13 @@ def killed_when_stopped() -> Iterator[None]:
     """Inside an active MLflow run: a run stopped from outside (:class:`jobs.stopping.Stopped`,
     Ctrl-C) ends as KILLED, MLflow's status for it, where ``mlflow.start_run``'s block would
     end it as FAILED, the status of a bug. The stop goes on whether or not MLflow answers."""
-    from jobs.stopping import Stopped
+    from jobs.stopping import stop_in
 
     try:
         yield
-    except (Stopped, KeyboardInterrupt):
+    except BaseException as e:
+        if not isinstance(e, KeyboardInterrupt) and stop_in(e) is None:
+            raise
         import mlflow
 
         try:

@@ -50,6 +50,38 @@ def test_a_second_signal_acts_as_before_the_block(handlers):
     assert seen == [signal.SIGTERM]
 
 
+class _StoppedWhileNamed:
+    """A class attribute whose ``__set_name__`` is where the stop lands, as in a dataclass that a
+    module being imported defines (Ray Data's ``ray.util.state``, in a run stopped in the suite)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        signal.raise_signal(signal.SIGINT)
+
+
+def test_a_stop_that_lands_while_a_class_is_defined_is_the_stop(handlers, tmp_path):
+    """Python 3.11 wraps it in a RuntimeError: the run said nothing of a stop, exited 1 with a
+    traceback, and its MLflow run ended FAILED."""
+    import mlflow
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.tracking._tracking_service.utils import _use_tracking_uri  # puts the process's back
+
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    SqlAlchemyStore(store, str(tmp_path / "artifacts"))
+    with _use_tracking_uri(store):
+        with (
+            pytest.raises(Stopped) as stopped,
+            stopping.on_signals(said=lambda stop: f"the run was stopped by {stop.signal_name}"),
+            mlflow.start_run() as run,
+            tracking.killed_when_stopped(),
+        ):
+
+            class Defined:
+                attribute = _StoppedWhileNamed()
+
+        assert mlflow.MlflowClient().get_run(run.info.run_id).info.status == "KILLED"
+    assert str(stopped.value) == "the run was stopped by SIGINT" and stopped.value.exit_status == 130
+
+
 class _Finalized:
     """An object whose finalizer runs when the stop arrives, as the garbage collector's callbacks
     (SQLAlchemy's class registry) ran in a run stopped in the suite."""
