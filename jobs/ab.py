@@ -25,7 +25,7 @@ from jobs import abstats, commit, stopping, tracking, validation
 from jobs.ab_report import markdown, plots
 from jobs.config import ABSpec, JobConfig
 from jobs.failures import JobError
-from jobs.lake import DataFile, Lake, NotLanded
+from jobs.lake import DataFile, Lake, LakeError, NotLanded
 from jobs.pieces import Piece, split_files
 from jobs.preflight import check_listed_columns_taken, model_inputs
 from jobs.ray_errors import raise_ours
@@ -445,13 +445,44 @@ def _write_report(lake: Lake, job: JobConfig, ds: dt.date, report: dict[str, Any
     return lake.uri(f"{path}/report.json")
 
 
+class DamagedReport(LakeError):
+    """A ``report.json`` in the lake is not one ``lakecast compare`` wrote: it writes the file whole,
+    so something else changed it. Its comparison, run again for that date, writes it anew."""
+
+
+REPORT_KEYS = ("date", "verdict", "reasons", "champion", "challenger")
+
+
 def latest_report(lake: Lake, job: JobConfig) -> dict[str, Any] | None:
-    """The most recent comparison report of the job in the lake."""
+    """The most recent comparison report of the job in the lake.
+
+    Raises:
+        DamagedReport: the newest report is not JSON or lacks what ``lakecast promote`` reads. An
+            older report is not read instead: it would be evidence about other data.
+    """
     infos = lake.entries(lake.table_path(job.ab_report_table))
     days = sorted(i.base_name for i in infos if i.base_name.startswith("ds="))
     for day in reversed(days):
         path = f"{lake.table_path(job.ab_report_table)}/{day}/report.json"
         if lake.exists(path):
             with lake.fs.open_input_stream(path) as f:
-                return json.loads(f.read())
+                text = f.read()
+            return _report_from(text, lake.uri(path), job, day.removeprefix("ds="))
     return None
+
+
+def _report_from(text: bytes, uri: str, job: JobConfig, day: str) -> dict[str, Any]:
+    again = f"lakecast compare {job.name} --date {day} writes it again"
+    try:
+        report = json.loads(text)
+    except ValueError as e:
+        raise DamagedReport(f"{uri} is not a report lakecast wrote: not valid JSON ({e}); {again}") from None
+    missing = [key for key in REPORT_KEYS if key not in report] if isinstance(report, dict) else list(REPORT_KEYS)
+    versions_ok = not missing and all(
+        isinstance(report[role], dict) and isinstance(report[role].get("version"), int)
+        for role in ("champion", "challenger")
+    )
+    if missing or not versions_ok or not isinstance(report["reasons"], list):
+        what = f"it has no {', '.join(missing)}" if missing else "its versions or reasons are not a report's"
+        raise DamagedReport(f"{uri} is not a report lakecast wrote: {what}; {again}")
+    return report

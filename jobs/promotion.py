@@ -16,7 +16,7 @@ import uuid
 from typing import Any
 
 from jobs import tracking
-from jobs.ab import ab_spec, latest_report
+from jobs.ab import DamagedReport, ab_spec, latest_report
 from jobs.config import JobConfig
 from jobs.lake import Lake
 from jobs.settings import Settings, load_settings
@@ -55,6 +55,27 @@ def read_audit(lake: Lake, job: JobConfig) -> list[dict[str, Any]]:
     return events
 
 
+def _evidence(lake: Lake, job: JobConfig, champion: int, challenger: int) -> tuple[dict | None, list[str]]:
+    """The latest comparison report, and what in it speaks against moving ``champion``."""
+    try:
+        report = latest_report(lake, job)
+    except DamagedReport as e:
+        return None, [str(e)]
+    if report is None:
+        return None, [f"no comparison report for {job.name} yet (run: lakecast compare {job.name} --date D)"]
+    compared = (report["champion"]["version"], report["challenger"]["version"])
+    if compared != (champion, challenger):
+        return report, [
+            f"the latest report ({report['date']}) compared v{compared[0]} with v{compared[1]}, "
+            f"but the aliases now point to v{champion} and v{challenger}"
+        ]
+    if report["verdict"] != "promote":
+        return report, [
+            f"the latest verdict ({report['date']}) is {report['verdict']!r}: " + "; ".join(map(str, report["reasons"]))
+        ]
+    return report, []
+
+
 def promote(job: JobConfig, *, settings: Settings | None = None, force: bool = False, reason: str = "") -> dict:
     """Move ``champion`` to the challenger's version if the latest verdict is ``promote``."""
     spec = ab_spec(job, "promote")
@@ -67,21 +88,7 @@ def promote(job: JobConfig, *, settings: Settings | None = None, force: bool = F
         raise PromotionRefused(
             f"{spec.champion} and {spec.challenger} are both version {champion.version}: nothing to do"
         )
-    report = latest_report(lake, job)
-    problems = []
-    if report is None:
-        problems.append(f"no comparison report for {job.name} yet (run: lakecast compare {job.name} --date D)")
-    else:
-        compared = (report["champion"]["version"], report["challenger"]["version"])
-        if compared != (champion.version, challenger.version):
-            problems.append(
-                f"the latest report ({report['date']}) compared v{compared[0]} with v{compared[1]}, "
-                f"but the aliases now point to v{champion.version} and v{challenger.version}"
-            )
-        elif report["verdict"] != "promote":
-            problems.append(
-                f"the latest verdict ({report['date']}) is {report['verdict']!r}: " + "; ".join(report["reasons"])
-            )
+    report, problems = _evidence(lake, job, champion.version, challenger.version)
     if problems and not force:
         raise PromotionRefused(" ".join(problems) + ". Use --force to promote anyway (the audit log records it).")
     client.set_registered_model_alias(job.model.name, PREVIOUS, str(champion.version))

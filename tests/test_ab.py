@@ -161,6 +161,33 @@ def test_promote_then_rollback_restores_aliases_with_an_audit_trail(report, sett
             client.set_registered_model_alias("churn-classifier", alias, str(version))
 
 
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [(b'{"verdict": "promote", "champ', "not valid JSON"), (b'{"verdict": "promote"}', "it has no date, reasons")],
+)
+def test_a_damaged_latest_report_refuses_the_promotion_and_names_the_file(
+    report, settings, lake, registered, churn_job, content, says
+):
+    """A report.json changed by hand is not evidence: promote says which file and how to write it
+    again, moves no alias, and does not fall back to an older day's report."""
+    client = mlflow.MlflowClient(settings.mlflow.tracking_uri)
+    before = client.get_registered_model("churn-classifier").aliases
+    later = lake.partition_path(churn_job.ab_report_table, DAY.replace(year=DAY.year + 1))
+    lake.make_dirs(later)
+    try:
+        with open(f"{later}/report.json", "wb") as f:
+            f.write(content)
+        with pytest.raises(PromotionRefused) as refused:
+            promote(churn_job, settings=settings)
+        said = str(refused.value)
+        assert f"{later}/report.json is not a report lakecast wrote: {says}" in said
+        assert f"lakecast compare churn --date {DAY.replace(year=DAY.year + 1)} writes it again" in said
+        assert "Use --force" in said
+        assert client.get_registered_model("churn-classifier").aliases == before
+    finally:
+        lake.fs.delete_dir(later)
+
+
 def test_canary_mask_is_stable_and_near_its_share():
     import pyarrow as pa
 
