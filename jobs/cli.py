@@ -20,14 +20,12 @@ import tempfile
 from pathlib import Path
 from typing import NoReturn
 
-import yaml
-
 from jobs.argtypes import positive_int
 from jobs.config import job_files, load_job, load_job_files, parse_date
 from jobs.failures import EXIT_FIX_FIRST, exit_status, mlflow_failure, user_errors
 from jobs.settings import conf_dir, load_settings
 from jobs.stopping import Stopped
-from jobs.yamlconf import ConfigError
+from jobs.yamlconf import ConfigError, read_yaml
 
 log = logging.getLogger("jobs.cli")
 
@@ -457,17 +455,29 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def configure_logging() -> None:
+    """``conf/logging.yaml`` (:func:`logging.config.dictConfig`'s schema), or INFO to stderr.
+
+    Raises:
+        ConfigError: the file is not YAML, or dictConfig refuses it.
+    """
     path = conf_dir() / "logging.yaml"
-    if path.is_file():
-        logging.config.dictConfig(yaml.safe_load(path.read_text()))
-    else:
+    if not path.is_file():
         logging.basicConfig(level=logging.INFO)
+        return
+    try:
+        logging.config.dictConfig(read_yaml(path))
+    except (ValueError, TypeError, AttributeError, ImportError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        # dictConfig says which handler or logger, its cause says what was wrong with it
+        why = f"{e}: {e.__cause__}" if e.__cause__ else str(e)
+        raise ConfigError(f"{path}: not a logging configuration (Python's logging.config schema): {why}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging()
     try:
+        configure_logging()
         return args.func(args)
     except ConfigError as e:
         sys.stderr.write(f"lakecast: {e}\n")

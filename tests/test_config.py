@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import pytest
@@ -320,6 +321,35 @@ def test_validate_command(home, tmp_path, capsys):
         f"invalid {bad}: later: unknown key (check the spelling against the documented keys)",
         "0 valid, 1 invalid job file(s)",
     ]
+
+
+@pytest.mark.parametrize(
+    ("logging_yaml", "says"),
+    [
+        ("version: 1\n\troot: {level: INFO}\n", ", line 2, column 1: not valid YAML: a tab"),
+        ("root: {level: INFO}\n", ": not a logging configuration (Python's logging.config schema): dictionary doesn't"),
+        (
+            "version: 1\nhandlers:\n  console: {class: logging.NoSuchHandler}\n",
+            ": not a logging configuration (Python's logging.config schema): Unable to configure handler 'console'",
+        ),
+    ],
+)
+def test_a_broken_logging_yaml_is_named_before_any_command_runs(home, tmp_path, logging_yaml, says):
+    """conf/logging.yaml is the file a user edits to hear more: a slip there is a sentence naming
+    it, exit 2, not a traceback from logging.config."""
+    import shutil
+    import subprocess
+
+    from tests.stack import BIN
+
+    conf = tmp_path / "conf"
+    shutil.copytree(conf_dir(), conf)
+    (conf / "logging.yaml").write_text(logging_yaml)
+    env = {**os.environ, "LAKECAST_CONF": str(conf)}
+    proc = subprocess.run([str(BIN / "lakecast"), "validate"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"lakecast: {conf / 'logging.yaml'}{says}"), proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
 def test_the_readme_documents_every_key_of_a_job_file():
