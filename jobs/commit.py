@@ -53,6 +53,11 @@ class CommitConflict(RuntimeError):
     """Another run holds the partition; this one stopped before writing anything."""
 
 
+class DamagedLock(LakeError):
+    """An S3 lock object that lakecast did not write: it names no expiry, so no run would ever
+    take it over. Someone deletes it; waiting changes nothing."""
+
+
 def _owner(job: str, lease_s: float) -> dict[str, Any]:
     now = dt.datetime.now(dt.UTC)
     return {
@@ -118,6 +123,25 @@ def partition_lock(lake: Lake, table: str, ds: dt.date, *, job: str, lease_s: fl
         os.close(fd)  # releases the flock
 
 
+def _held(body: bytes, uri: str) -> tuple[dict[str, Any], dt.datetime]:
+    """An S3 lock's owner and expiry.
+
+    Raises:
+        DamagedLock: the object is not a lock lakecast wrote, so it would never expire.
+    """
+    try:
+        held = json.loads(body)
+        expires = dt.datetime.fromisoformat(held["expires"])
+        if expires.tzinfo is None:
+            raise ValueError("no time zone")
+    except (ValueError, TypeError, KeyError) as e:
+        raise DamagedLock(
+            f"{uri} is not a lock lakecast wrote ({'no expires' if isinstance(e, KeyError) else e}), so it "
+            "never expires: if no run is writing that partition, delete it and run again"
+        ) from None
+    return held, expires
+
+
 @contextmanager
 def _s3_lock(lake: Lake, path: str, owner: dict[str, Any], table: str, ds: dt.date) -> Iterator[None]:
     s3 = lake.s3fs
@@ -133,13 +157,13 @@ def _s3_lock(lake: Lake, path: str, owner: dict[str, Any], table: str, ds: dt.da
             if "pre-condition" not in str(e) and "PreconditionFailed" not in str(e):
                 raise LakeError(f"cannot create the lock {lake.uri(path)}: {e}") from e
         try:  # the lock exists: whose is it?
-            held = json.loads(s3.cat_file(path))
+            held, expires = _held(s3.cat_file(path), lake.uri(path))
         except FileNotFoundError:
             time.sleep(0.2)  # released meanwhile: try again
             continue
         if held.get("token") == owner["token"]:
             break  # our own PUT: its response was lost and the client's retry met our lock
-        if dt.datetime.fromisoformat(held["expires"]) > dt.datetime.now(dt.UTC):
+        if expires > dt.datetime.now(dt.UTC):
             raise _conflict(table, ds, held, lock_uri=lake.uri(path))
         log.warning("taking over the expired lock of %s", held)
         s3.rm_file(path)

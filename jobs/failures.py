@@ -37,6 +37,7 @@ def user_errors() -> tuple[type[Exception], ...]:
 
 def fix_first() -> tuple[type[Exception], ...]:
     """The errors a retry cannot fix."""
+    from jobs.commit import DamagedLock
     from jobs.lake import DamagedManifest, LakeAccessError, NestedPartitions
     from jobs.promotion import PromotionRefused
     from jobs.validation import InvalidInput
@@ -54,6 +55,7 @@ def fix_first() -> tuple[type[Exception], ...]:
         LakeAccessError,
         NestedPartitions,
         DamagedManifest,
+        DamagedLock,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import threading
@@ -13,7 +14,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from jobs import commit, demo_data
+from jobs import commit, demo_data, failures
 from jobs.commit import CommitConflict
 from jobs.lake import Lake, LakeError
 from jobs.predict import run_job
@@ -114,6 +115,33 @@ def test_a_second_writer_is_refused_and_loses_nothing(storage, lake_with_input, 
         release.set()
         thread.join()
     assert set(read(lake)["scoring_run_id"].to_pylist()) == {first.run_id}
+
+
+@pytest.mark.parametrize("storage", ["s3"], indirect=True)
+def test_an_expired_s3_lock_is_taken_over_and_a_foreign_one_is_named(storage, caplog):
+    """S3 has no flock: a run killed outright leaves its lock until it expires, and a lock object
+    lakecast did not write never would; the first is taken over, the second named."""
+    lake = Lake(storage.lake_root)
+    path = commit._lock_path(lake, OUT, DAY)
+    lake.make_dirs(path.rsplit("/", 1)[0])
+
+    def leave(body: bytes) -> None:
+        with lake.fs.open_output_stream(path) as f:
+            f.write(body)
+
+    leave(json.dumps({"job": "churn", "host": "lost", "expires": "2020-01-01T00:00:00+00:00"}).encode())
+    with commit.partition_lock(lake, OUT, DAY, job="churn"):
+        assert json.loads(lake.s3fs.cat_file(path))["host"] != "lost"
+    assert "taking over the expired lock" in caplog.text and not lake.exists(path)
+
+    for body, says in ((b"held", "Expecting value"), (b'{"job": "churn"}', "no expires")):
+        leave(body)
+        with pytest.raises(commit.DamagedLock) as refused, commit.partition_lock(lake, OUT, DAY, job="churn"):
+            pytest.fail("a lock nobody can read was taken")
+        assert str(refused.value).startswith(f"{lake.uri(path)} is not a lock lakecast wrote ({says}")
+        assert "delete it and run again" in str(refused.value)
+        assert failures.exit_status(refused.value) == failures.EXIT_FIX_FIRST
+        assert lake.s3fs.cat_file(path) == body  # left for a person to look at
 
 
 def test_leftovers_of_dead_runs_are_ignored_then_removed(storage, lake_with_input, caplog):
