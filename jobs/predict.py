@@ -137,7 +137,17 @@ def run_job(
         # model on another thread meanwhile, then import what the pipeline needs if Ray is still
         # starting.
         with ThreadPoolExecutor(1, thread_name_prefix="preflight") as pool:
-            checked = pool.submit(preflight, job, ds, settings, lake, model_alias, model_version, inputs=inputs)
+            checked = pool.submit(
+                preflight,
+                job,
+                ds,
+                settings,
+                lake,
+                model_alias,
+                model_version,
+                inputs=inputs,
+                mlflow_run_id=mlflow_run_id,
+            )
             pool.submit(_import_pipeline)
             with stopping.ray_starting():
                 ensure_ray(settings)

@@ -76,10 +76,11 @@ def preflight(
     model_version: int | None,
     *,
     inputs: tuple[list[DataFile], list[pq.FileMetaData]] | None = None,
+    mlflow_run_id: str | None = None,
 ) -> Preflight:
     """The run's checks and its models, before anything is written (:class:`Preflight`).
     ``inputs``: the partition's files and footers (:meth:`jobs.lake.Lake.input_footers`), where
-    the caller has read them already."""
+    the caller has read them already. ``mlflow_run_id``: the run the job is to log into."""
     # zero-byte and truncated files fail here, and a partition not whole yet
     files, footers = (
         inputs if inputs is not None else lake.input_footers(job.input.table, ds, ready_marker=job.input.ready_marker)
@@ -89,6 +90,8 @@ def preflight(
     with ThreadPoolExecutor(1, thread_name_prefix="duplicates") as pool:
         keys_checked = pool.submit(validation.duplicate_keys, lake, files, job.input.key)
         client = tracking.configure(settings)
+        if mlflow_run_id:
+            tracking.check_run(client, mlflow_run_id, settings.mlflow.tracking_uri)
         ref = resolve_model(client, job, model_alias, model_version)
         inputs = model_inputs(job, ref)
         rules = validation.rules_from(inputs, job.validation, job.input.key, job_file=job.file, model=ref.uri)

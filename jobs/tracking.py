@@ -165,6 +165,33 @@ def create_scoring_run(settings: Settings, job: str, ds, *, tags: dict[str, str]
     return experiment, run.info.run_id
 
 
+def check_run(client: MlflowClient, run_id: str, tracking_uri: str) -> None:
+    """That ``run_id`` (``--mlflow-run-id``) is a run a job can log into, checked before Ray starts
+    and before anything is scored: MLflow would otherwise say so only when the run is started.
+
+    Raises:
+        ConfigError: no such run in this tracking store, or a deleted one.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from jobs.yamlconf import ConfigError
+
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as e:
+        if e.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise ConfigError(
+            f"--mlflow-run-id {run_id}: MLflow at {tracking_uri} has no such run (leave the option out "
+            "and the job starts a run of its own)"
+        ) from None
+    if run.info.lifecycle_stage == "deleted":
+        raise ConfigError(
+            f"--mlflow-run-id {run_id}: that run is deleted in MLflow at {tracking_uri}; restore it "
+            "(the UI, or mlflow runs restore) or leave the option out for a new run"
+        )
+
+
 def fail_run_if_open(settings: Settings, run_id: str, status: str = "FAILED") -> None:
     """A job that died before it ended its run leaves it RUNNING: mark it FAILED (or KILLED,
     for a job stopped from outside). On the way out of a failed task: whatever keeps MLflow from

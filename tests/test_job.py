@@ -210,6 +210,23 @@ def test_unknown_alias_is_a_clear_error(settings, lake, registered, churn_job):
         run_job(churn_job, DAY, settings=settings, model_alias="nightly")
 
 
+def test_a_run_id_mlflow_does_not_hold_is_named_before_anything_is_scored(first_run, settings, lake, churn_job):
+    """``--mlflow-run-id`` (the Airflow task's run, created before the job): one that MLflow lacks
+    or has deleted is named with the store, and the partition stays as it was."""
+    from jobs import tracking
+    from jobs.yamlconf import ConfigError
+
+    before = lake.read_manifest(OUT, DAY)
+    store = settings.mlflow.tracking_uri
+    with pytest.raises(ConfigError, match=rf"^--mlflow-run-id 0{{32}}: MLflow at {store} has no such run \(leave"):
+        run_job(churn_job, DAY, settings=settings, mlflow_run_id="0" * 32)
+    _, deleted = tracking.create_scoring_run(settings, churn_job.name, DAY)
+    mlflow.MlflowClient(store).delete_run(deleted)
+    with pytest.raises(ConfigError, match=rf"^--mlflow-run-id {deleted}: that run is deleted in MLflow at {store}; "):
+        run_job(churn_job, DAY, settings=settings, mlflow_run_id=deleted)
+    assert lake.read_manifest(OUT, DAY) == before
+
+
 def test_unknown_model_names_the_registry_and_what_it_holds(settings, lake, registered, churn_job):
     job = churn_job.model_copy(update={"model": churn_job.model.model_copy(update={"name": "churn-clasifier"})})
     with pytest.raises(
