@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import logging.config
 import os
+import re
 import signal
 import sys
 import tempfile
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from jobs.argtypes import positive_int
-from jobs.config import job_files, load_job, load_job_files, parse_date
+from jobs.config import JOB_NAME, job_files, jobs_dir, load_job, load_job_files, parse_date
 from jobs.failures import EXIT_FIX_FIRST, exit_status, mlflow_failure, user_errors
 from jobs.settings import conf_dir, load_settings
 from jobs.stopping import Stopped
@@ -34,9 +35,16 @@ def _out(text: str = "") -> None:
     sys.stdout.write(text + "\n")
 
 
+def _job_file(arg: str) -> Path:
+    """A path as given, or a job's name (``churn``) as every other command takes it."""
+    if re.fullmatch(JOB_NAME, arg) and not os.path.exists(arg):
+        return jobs_dir() / f"{arg}.yaml"
+    return Path(os.path.abspath(arg))
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     load_settings()
-    paths = [Path(os.path.abspath(p)) for p in args.files] or job_files()
+    paths = [_job_file(arg) for arg in args.files] or job_files()
     jobs, errors = load_job_files(paths)
     for path in paths:
         if path in errors:  # one line per problem, each marked, so that grep and a reader see them all
@@ -396,29 +404,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser("validate", help="check job files (default: all of conf/jobs/)")
-    p.add_argument("files", nargs="*")
+    p.add_argument("files", nargs="*", help="job files to check, as paths or job names")
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("show", help="print the manifest of a committed predictions partition")
-    p.add_argument("job")
+    p.add_argument("job", help="job name: conf/jobs/<job>.yaml")
     p.add_argument("--date", help="the partition's date (default: the newest committed)")
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("compare", help="A/B: score the labeled table with champion and challenger, decide")
-    p.add_argument("job")
-    p.add_argument("--date", required=True)
+    p.add_argument("job", help="job name: conf/jobs/<job>.yaml")
+    p.add_argument("--date", required=True, help="the labeled partition's date YYYY-MM-DD (ab.labeled_table)")
     p.add_argument("--json", action="store_true", help="print report.json instead of the Markdown report")
     p.add_argument("--emit-result", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("promote", help="move champion to the challenger if the latest verdict is promote")
-    p.add_argument("job")
+    p.add_argument("job", help="job name: conf/jobs/<job>.yaml")
     p.add_argument("--force", action="store_true", help="promote whatever the verdict (recorded in the audit)")
     p.add_argument("--reason", default="", help="why, for the audit log")
     p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("rollback", help="move champion back to previous-champion")
-    p.add_argument("job")
+    p.add_argument("job", help="job name: conf/jobs/<job>.yaml")
     p.add_argument("--reason", default="", help="why, for the audit log")
     p.set_defaults(func=cmd_rollback)
 
@@ -447,8 +455,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_airflow)
 
     p = sub.add_parser("mlflow-ui", help="serve the MLflow UI on lakecast's tracking store")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=5000, help="port to listen on (default: 5000)")
     p.add_argument("--workers", type=int, default=1, help="server processes (default: 1, for one user's browser)")
     p.set_defaults(func=cmd_mlflow_ui)
     return parser

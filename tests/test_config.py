@@ -313,6 +313,11 @@ def test_validate_command(home, tmp_path, capsys):
     jobs = conf_dir() / "jobs"
     assert "lakecast__churn" in out
     assert out.endswith(f"{len(list(jobs.glob('*.yaml')))} valid, 0 invalid job file(s) in {jobs}\n")
+    assert main(["validate", "churn"]) == 0  # a job's name, as the other commands take it
+    assert (
+        capsys.readouterr().out
+        == f"ok      {jobs / 'churn.yaml'} → DAG lakecast__churn\n1 valid, 0 invalid job file(s)\n"
+    )
     bad = write(tmp_path, VALID + "surprise: 1\nlater: 2\n")
     assert main(["validate", str(bad)]) == 1
     # each problem on a line of its own, each marked; the count names no folder for files named
