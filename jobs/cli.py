@@ -161,7 +161,13 @@ def cmd_show(args: argparse.Namespace) -> int:
         ds = parse_date(args.date)
     manifest = lake.read_manifest(job.output.table, ds)
     if manifest is None:
-        raise ConfigError(f"no committed predictions for job {job.name!r} on {ds}")
+        newest = lake.newest_committed(job.output.table)
+        where = (
+            f"the newest committed is {newest}"
+            if newest
+            else f"none yet under {lake.uri(lake.table_path(job.output.table))}"
+        )
+        raise ConfigError(f"no committed predictions for job {job.name!r} on {ds} ({where})")
     _out(json.dumps(manifest, indent=2))
     return 0
 

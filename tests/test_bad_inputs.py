@@ -284,6 +284,9 @@ def test_show_without_a_date_before_any_commit_says_so(home, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert "no committed predictions for job 'nothing_yet' yet (none under " in err and "Traceback" not in err, err
     assert err.rstrip().endswith("predictions/nothing_yet)"), err
+    assert main(["show", "nothing_yet", "--date", "2026-11-21"]) == EXIT_FIX_FIRST
+    err = capsys.readouterr().err
+    assert "no committed predictions for job 'nothing_yet' on 2026-11-21 (none yet under " in err, err
 
     # the A/B commands, on a job with no ab: section
     job = "nothing_yet"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -343,6 +344,8 @@ def test_cli_run_and_show(first_run, home, capsys):
     assert json.loads(capsys.readouterr().out)["scoring_run_id"] == result["run_id"]
     assert main(["show", "churn"]) == 0  # no date: the newest committed, this one
     assert json.loads(capsys.readouterr().out)["scoring_run_id"] == result["run_id"]
+    assert main(["show", "churn", "--date", "1999-01-01"]) == 2  # a date not scored: which one is
+    assert re.search(r"on 1999-01-01 \(the newest committed is \d{4}-\d\d-\d\d\)$", capsys.readouterr().err.strip())
     assert main(["run", "churn", "--date", "2026-02-30"]) == 2
     assert "YYYY-MM-DD, got '2026-02-30'" in capsys.readouterr().err
 
