@@ -9,8 +9,9 @@ import argparse
 
 
 def positive_int(text: str) -> int:
-    """A whole number of at least 1: a count of rows, rounds, pixels or actors, where 0 or less would
-    fail later and far from the flag (``--rows 0`` ran the default 10M rows)."""
+    """A whole number of at least 1: a count of rows, rounds, pixels or actors, or a model version,
+    where 0 or less would fail later and far from the flag (``--rows 0`` ran the default 10M rows;
+    ``lakecast submit --version 0`` scored with the job file's alias)."""
     try:
         value = int(text)
     except ValueError:

@@ -118,7 +118,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     run_args = ["run", job.name, "--date", ds.isoformat()]
     if args.alias:
         run_args += ["--alias", args.alias]
-    if args.version:
+    if args.version is not None:
         run_args += ["--version", str(args.version)]
     if args.dry_run:
         run_args.append("--dry-run")
@@ -373,7 +373,7 @@ def _scoring_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--date", required=True, help="partition date YYYY-MM-DD")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--alias", help="model alias to use instead of the job file's")
-    group.add_argument("--version", type=int, help="fixed model version to use")
+    group.add_argument("--version", type=positive_int, help="fixed model version to use (MLflow numbers them from 1)")
     p.add_argument("--dry-run", action="store_true", help="score and check, but publish nothing")
 
 

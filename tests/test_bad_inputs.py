@@ -274,6 +274,18 @@ def test_user_errors_from_the_command_line(home, registered, capsys):
         assert message in err and "Traceback" not in err, err
 
 
+@pytest.mark.parametrize("command", ["run", "submit"])
+def test_a_model_version_below_one_is_refused_by_the_flag(command, capsys):
+    """MLflow numbers versions from 1: ``--version 0`` is a slip, refused before anything starts
+    (``submit`` passed it on as no version at all, scoring with the job file's alias)."""
+    from jobs.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main([command, "churn", "--date", "2026-11-21", "--version", "0"])
+    assert exited.value.code == 2
+    assert "argument --version: '0' is not a whole number of at least 1" in capsys.readouterr().err
+
+
 def test_show_without_a_date_before_any_commit_says_so(home, tmp_path, monkeypatch, capsys):
     from jobs.cli import main
     from jobs.failures import EXIT_FIX_FIRST
