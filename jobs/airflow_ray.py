@@ -129,6 +129,14 @@ class RayJobTrigger(BaseTrigger):
         await asyncio.to_thread(submit.stop, self.address, self.submission_id)
 
 
+def model_override(params: dict) -> tuple[str | None, int | None]:
+    """The trigger's ``(model_alias, model_version)``, each None where left empty: the job file's
+    model then, here and on a cluster alike. A version wins over an alias given beside it."""
+    version = params.get("model_version") or None
+    alias = None if version is not None else (params.get("model_alias") or None)
+    return alias, version
+
+
 class LakecastJobOperator(BaseOperator):
     """Runs ``lakecast run`` (command ``run``) or ``lakecast compare`` for the checked date.
 
@@ -200,10 +208,11 @@ class LakecastJobOperator(BaseOperator):
     def _args(self, job: JobConfig, ds: dt.date, params: dict) -> list[str]:
         args = [self.command, job.name, "--date", ds.isoformat()]
         if self.command == "run":
-            if params.get("model_version"):
-                args += ["--version", str(params["model_version"])]
-            elif params.get("model_alias"):
-                args += ["--alias", params["model_alias"]]
+            alias, version = model_override(params)
+            if version is not None:
+                args += ["--version", str(version)]
+            elif alias is not None:
+                args += ["--alias", alias]
             if params.get("dry_run"):
                 args.append("--dry-run")
         return args
@@ -247,13 +256,14 @@ class LakecastJobOperator(BaseOperator):
         from jobs.stopping import Stopped
 
         run_id = self._new_mlflow_run(context, settings, job, ds)
+        alias, version = model_override(params)
         try:
             result = run_job(
                 job,
                 ds,
                 settings=settings,
-                model_alias=params.get("model_alias"),
-                model_version=params.get("model_version"),
+                model_alias=alias,
+                model_version=version,
                 dry_run=bool(params.get("dry_run")),
                 mlflow_run_id=run_id,
             )

@@ -117,6 +117,28 @@ def test_a_failed_job_says_whether_a_retry_can_fix_it(cluster, capsys):
         task.execute_complete(context={}, event=event)
 
 
+@pytest.mark.parametrize(
+    ("params", "override", "flags"),
+    [
+        ({}, (None, None), []),
+        ({"model_alias": "", "model_version": None}, (None, None), []),  # a field emptied in the trigger form
+        ({"model_alias": "challenger"}, ("challenger", None), ["--alias", "challenger"]),
+        ({"model_alias": "challenger", "model_version": 3}, (None, 3), ["--version", "3"]),
+    ],
+)
+def test_a_triggers_model_override_is_the_same_here_and_on_a_cluster(home, params, override, flags):
+    """The DAG's model_alias and model_version params: what the task runs here (run_job's
+    arguments) and what it submits to a cluster (lakecast run's flags) say the same."""
+    from jobs.airflow_ray import LakecastJobOperator, model_override
+    from jobs.config import load_job
+
+    task = LakecastJobOperator(
+        task_id="predict", job_name="churn", command="run", checked={"date": DAY.isoformat()}, timeout=dt.timedelta(1)
+    )
+    assert model_override(params) == override
+    assert task._args(load_job("churn"), DAY, params) == ["run", "churn", "--date", DAY.isoformat(), *flags]
+
+
 def _sleeper(address: str, seconds: int = 120) -> str:
     return submit.client(address).submit_job(entrypoint=f"python -c 'import time; time.sleep({seconds})'")
 
