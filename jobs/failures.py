@@ -38,7 +38,7 @@ def user_errors() -> tuple[type[Exception], ...]:
 def fix_first() -> tuple[type[Exception], ...]:
     """The errors a retry cannot fix."""
     from jobs.commit import DamagedLock
-    from jobs.lake import DamagedManifest, LakeAccessError, NestedPartitions
+    from jobs.lake import DamagedManifest, EmptyPartition, LakeAccessError, NestedPartitions
     from jobs.promotion import PromotionRefused
     from jobs.validation import InvalidInput
     from models.predictor import ModelInputError, ModelOutputError
@@ -56,6 +56,7 @@ def fix_first() -> tuple[type[Exception], ...]:
         NestedPartitions,
         DamagedManifest,
         DamagedLock,
+        EmptyPartition,
     )
 
 

@@ -55,6 +55,11 @@ class LakeAccessError(LakeError):
     partition that has not landed yet, trying again changes nothing."""
 
 
+class EmptyPartition(LakeError):
+    """A partition its producer calls whole (a ready marker, a manifest) holds no row. Waiting
+    changes nothing: the producer must write the day again."""
+
+
 class DamagedManifest(LakeError):
     """A partition's ``_manifest.json`` is not one lakecast wrote: lakecast writes it whole, last,
     so something else changed it. Waiting changes nothing; a rerun of that partition replaces it."""
@@ -303,9 +308,14 @@ class Lake:
         files, whole = self._landed(table, ds, ready_marker)
         footers = self.footers(files)
         if not any(footer.num_rows for footer in footers):
-            raise (LakeError if whole else NotLanded)(
-                f"partition {self.uri(self.partition_path(table, ds))} holds {len(files)} Parquet file(s) and no row: "
-                f"no data for {table} on {ds}"
+            said = f"partition {self.uri(self.partition_path(table, ds))} holds {len(files)} Parquet file(s) and no row"
+            if not whole:
+                raise NotLanded(f"{said}: no data for {table} on {ds}")
+            marker = f"its {ready_marker}" if ready_marker and not self.read_manifest(table, ds) else "its manifest"
+            raise EmptyPartition(
+                f"{said}, and {marker} says that is the whole day: no data for {table} on {ds}. Scoring it would "
+                "replace the day's predictions with none, so they stay as they are; once the producer has written "
+                "the day's rows, a rerun scores them"
             )
         return files, footers
 

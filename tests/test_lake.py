@@ -328,9 +328,11 @@ def test_files_with_no_row_are_not_landed_until_the_partition_says_it_is_whole(s
         lake.input_footers("raw/empty", DAY)
     with lake.fs.open_output_stream(f"{partition}/_SUCCESS"):
         pass
-    with pytest.raises(LakeError, match=r"holds 1 Parquet file\(s\) and no row") as raised:
+    with pytest.raises(LakeError, match=r"holds 1 Parquet file\(s\) and no row, and its _SUCCESS says") as raised:
         lake.input_footers("raw/empty", DAY, ready_marker="_SUCCESS")
     assert not isinstance(raised.value, NotLanded)
+    assert "the day's predictions with none, so they stay as they are" in str(raised.value)
+    assert failures.exit_status(raised.value) == failures.EXIT_FIX_FIRST  # the producer's to fix, not a retry's
 
 
 def test_a_piece_of_small_files_reads_each_row_once_in_order(storage, monkeypatch):
