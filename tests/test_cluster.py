@@ -30,14 +30,23 @@ def cluster_lake(tmp_path_factory, registered) -> Lake:
 
 @pytest.fixture
 def cluster(ray_head, cluster_lake, settings, monkeypatch):
-    """This process as a user's terminal or Airflow worker in cluster mode, with the cluster's token."""
+    """This process as a user's terminal or Airflow worker in cluster mode, with the cluster's token.
+
+    Ray's client keeps the authentication mode and token it first read for the rest of the
+    process: after the test they are read again from the environment as it was, or a private Ray
+    that a later module starts in this process sends the head's token mode to a Ray that has none,
+    and its actors are cancelled before they run."""
     for key, value in ray_head.auth_env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("RAY_ADDRESS", ray_head.address)
     monkeypatch.setenv("LAKECAST_LAKE_ROOT", cluster_lake.root)
     from jobs.settings import load_settings
 
-    return load_settings()
+    yield load_settings()
+    from ray._private.authentication_test_utils import reset_auth_token_state
+
+    monkeypatch.undo()
+    reset_auth_token_state()
 
 
 def _wait_status(address: str, sid: str, wanted: set[str], timeout: float = 90) -> str:
