@@ -23,7 +23,7 @@ from jobs.pieces import Piece, split_files
 from jobs.settings import Settings
 from jobs.validation import InvalidInput
 from models.predictor import ArrowScorer, arrow_scorer
-from models.registry import ModelRef, load_pyfunc, model_files, resolve
+from models.registry import ModelRef, RegistryError, load_pyfunc, model_files, resolve
 
 if TYPE_CHECKING:
     import pyarrow.parquet as pq
@@ -67,6 +67,29 @@ def resolve_model(client: Any, job: JobConfig, model_alias: str | None, model_ve
     return resolve(client, job.model.name, alias=None if model_version else model_alias, version=model_version)
 
 
+def _challenger(client: Any, job: JobConfig) -> ModelRef:
+    """The version the canary or the shadow scores with: the job file's ``ab.challenger`` alias.
+
+    Raises:
+        RegistryError: the alias is gone (moved away after a promotion, say), with what to change.
+    """
+    try:
+        return resolve(client, job.model.name, alias=job.ab.challenger)
+    except RegistryError as e:
+        uses = " and ".join(
+            what
+            for what, on in (
+                (f"ab.challenger_share: {job.ab.challenger_share}", job.ab.challenger_share > 0),
+                ("ab.shadow: true", job.ab.shadow),
+            )
+            if on
+        )
+        raise RegistryError(
+            f"{e}; {job.file} scores with it ({uses}): set the alias in the registry, or set "
+            "challenger_share: 0 and shadow: false to score with the champion alone"
+        ) from None
+
+
 def preflight(
     job: JobConfig,
     ds: dt.date,
@@ -106,7 +129,7 @@ def preflight(
     challenger = challenger_scorer = None
     challenger_columns: tuple[str, ...] = ()
     if job.ab is not None and (job.ab.challenger_share > 0 or job.ab.shadow):
-        challenger = resolve(client, job.model.name, alias=job.ab.challenger)
+        challenger = _challenger(client, job)
         challenger_scorer = arrow_scorer(load_pyfunc(challenger.uri))
         challenger_columns = tuple(name for name, _, _ in model_inputs(job, challenger, takes_every_listed=False))
         unread = [c for c in challenger_columns if c not in {r.name for r in rules}]

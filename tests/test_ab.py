@@ -202,6 +202,27 @@ def test_canary_mask_is_stable_and_near_its_share():
     assert abs(canary_mask(names, 0.5).mean() - 0.5) < 0.02
 
 
+def test_a_canary_whose_challenger_alias_is_gone_says_what_to_change(settings, lake, registered, ray_local, churn_job):
+    """The challenger alias moved away (after a promotion, say) while the job file still asks for a
+    canary and a shadow: the run stops before scoring, naming the alias, the job file's keys and
+    the two ways out, and the day's predictions stay as they were."""
+    from jobs.predict import run_job
+    from models.registry import RegistryError
+
+    job = churn_job.model_copy(update={
+        "ab": churn_job.ab.model_copy(update={"challenger": "retired", "challenger_share": 0.3, "shadow": True}),
+    })  # fmt: skip
+    before = lake.read_manifest(job.output.table, DAY)
+    with pytest.raises(RegistryError) as refused:
+        run_job(job, DAY, settings=settings)
+    assert str(refused.value).startswith("registered model 'churn-classifier' has no alias 'retired' (aliases: ")
+    assert str(refused.value).endswith(
+        "; conf/jobs/churn.yaml scores with it (ab.challenger_share: 0.3 and ab.shadow: true): set the alias in "
+        "the registry, or set challenger_share: 0 and shadow: false to score with the champion alone"
+    )
+    assert lake.read_manifest(job.output.table, DAY) == before
+
+
 def test_canary_and_shadow_in_the_nightly_job(settings, lake, registered, ray_local, churn_job):
     """The challenger scores its canary share of customers, the same ones on a rerun, and shadows
     every row; the comparison reports agreement and PSI on that unlabeled data."""
