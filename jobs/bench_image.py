@@ -194,6 +194,19 @@ def pipeline(
     return rows / whole_s, after_first / (end - first), first - start
 
 
+def too_few_batches(rows: int, batch_size: int) -> str | None:
+    """Why ``rows`` images cannot be measured at ``batch_size``, or None where they can. The steady
+    state runs from the first scored batch to the last: with one batch there is none to measure,
+    and the report said 0 images/s."""
+    if rows >= 2 * batch_size:
+        return None
+    return (
+        f"--rows {rows} is {'one batch' if rows <= batch_size else 'less than two batches'} of --batch-size "
+        f"{batch_size}, and the steady state is measured from the first scored batch on: use --rows "
+        f"{2 * batch_size} or more, or --batch-size {max(1, rows // 2)} or less"
+    )
+
+
 def run(
     home: Path,
     *,
@@ -338,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--home", default=os.environ.get("LAKECAST_HOME", ".lakecast"))
     parser.add_argument("--json")
     args = parser.parse_args(argv)
+    if why := too_few_batches(args.rows, args.batch_size):
+        parser.error(why)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     report = run(
         Path(args.home),

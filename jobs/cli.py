@@ -345,9 +345,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.workload == "image":
         from jobs import bench_image
 
+        rows = args.rows or 50_000
+        if why := bench_image.too_few_batches(rows, args.batch_size):
+            raise ConfigError(why)
         report = bench_image.run(
             load_settings().home,
-            rows=args.rows or 50_000,
+            rows=rows,
             size=args.image_size,
             batch_size=args.batch_size,
             json_path=json_path,
@@ -363,7 +366,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
         _out(markdown(report))
     if args.json:
-        _out(f"written: {args.json} (and .md, .png beside it)")
+        beside = ".md and .png" if args.workload == "tabular" else ".md"
+        _out(f"written: {args.json} (and its {beside} beside it)")
     return 0
 
 

@@ -252,7 +252,22 @@ def test_lakecast_bench_hands_the_image_workload_its_flags(home, tmp_path, monke
     assert calls == [
         (home, {"rows": 48, "size": 64, "batch_size": 16, "json_path": tmp_path / "image.json"}),
     ]
-    assert "table of {'the': 'report'}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "table of {'the': 'report'}" in out
+    assert f"written: {tmp_path / 'image.json'} (and its .md beside it)" in out  # no chart for images
+
+
+def test_an_image_bench_of_one_batch_is_refused_before_it_starts(home, capsys):
+    """Its steady state runs from the first scored batch: with one batch there is nothing to
+    measure, and the report said 0 images/s and an efficiency of 0."""
+    from jobs.cli import main
+
+    assert main(["bench", "--workload", "image", "--rows", "64"]) == 2
+    assert capsys.readouterr().err == (
+        "lakecast: --rows 64 is one batch of --batch-size 256, and the steady state is measured from the first "
+        "scored batch on: use --rows 512 or more, or --batch-size 32 or less\n"
+    )
+    assert not (home / "bench" / "image-lake").exists()
 
 
 @pytest.mark.parametrize(
@@ -325,3 +340,12 @@ def test_the_image_bench_refuses_a_count_below_one(flag, capsys):
         main([flag, "0"])
     assert e.value.code == 2
     assert f"argument {flag}: '0' is not a whole number of at least 1" in capsys.readouterr().err
+
+
+def test_the_image_bench_refuses_fewer_than_two_batches(capsys):
+    from jobs.bench_image import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--rows", "300"])
+    assert e.value.code == 2
+    assert "--rows 300 is less than two batches of --batch-size 256" in capsys.readouterr().err
