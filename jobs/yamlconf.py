@@ -58,12 +58,37 @@ def interpolate(value: Any, *, env: Mapping[str, str], where: str) -> Any:
     return value
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key written twice in one mapping.
+
+    YAML says keys are unique, but PyYAML keeps the last of two silently: a job file that sets
+    ``batch_size`` in two places, or a key uncommented below its own example, would run with one of
+    them ignored and nothing said."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults`: keys written beside a merge override it, as YAML means
+            key = self.construct_object(key_node, deep=True)
+            try:
+                seen = first.setdefault(key, key_node.start_mark.line)
+            except TypeError:
+                continue  # an unhashable key: the mapping's own construction names it
+            if seen != key_node.start_mark.line:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is also at line {seen + 1}, and YAML keeps only one of them",
+                    key_node.start_mark,
+                )  # fmt: skip
+        return super().construct_mapping(node, deep=deep)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Parse one YAML file into a mapping, or raise a ConfigError that names the file."""
     if not path.is_file():
         raise ConfigError(f"{path}: file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=_UniqueKeys)  # a SafeLoader: no Python objects
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}{_yaml_problem(e)}") from e
     if data is None:

@@ -153,6 +153,24 @@ def test_not_yaml_and_not_a_mapping(tmp_path):
         load_job_file(write(tmp_path, "- a\n- b\n"))
 
 
+def test_a_key_written_twice_is_named_not_silently_dropped(tmp_path):
+    """PyYAML keeps the last of two equal keys: a setting uncommented below its own example ran
+    with the other ignored. Both lines are named; a merge (``<<: *base``) still overrides."""
+    twice = "output:\n  table: predictions/churn_test\n  score_column: p\n  score_column: q"
+    path = write(tmp_path, VALID.replace("output: {table: predictions/churn_test}", twice))
+    with pytest.raises(ConfigError) as raised:
+        load_job_file(path)
+    assert str(raised.value) == (
+        f"{path}, line 8, column 3: not valid YAML: key 'score_column' is also at line 7, "
+        "and YAML keeps only one of them"
+    )
+    with pytest.raises(ConfigError, match=r"line 6, column 1: not valid YAML: key 'schedule' is also at line 2"):
+        load_job_file(write(tmp_path, VALID + 'schedule: "0 3 * * *"\n'))
+    merged = VALID.replace("output: {table: predictions/churn_test}", "output:\n  <<: &out {table: predictions/x}\n"
+                           "  table: predictions/churn_test")  # fmt: skip
+    assert load_job_file(write(tmp_path, merged)).output.table == "predictions/churn_test"
+
+
 def test_a_name_in_the_file_must_be_the_files_own(tmp_path):
     """A job is named after its file: a ``name:`` that says otherwise is refused, not ignored."""
     path = write(tmp_path, VALID + "name: churn_v2\n")
