@@ -261,8 +261,9 @@ class Lake:
         """
         return self._landed(table, ds, ready_marker)[0]
 
-    def _landed(self, table: str, ds: dt.date, ready_marker: str | None) -> tuple[list[DataFile], bool]:
-        """:meth:`data_files`, and whether a manifest or the ready marker says they are the whole day."""
+    def _landed(self, table: str, ds: dt.date, ready_marker: str | None) -> tuple[list[DataFile], str | None]:
+        """:meth:`data_files`, and what says they are the whole day (``MANIFEST`` or the ready
+        marker's name; None: nothing does)."""
         path = self.partition_path(table, ds)
         files, folders = self._listing(path)
         if not files and not folders and self._info(path).type == pafs.FileType.NotFound:
@@ -275,7 +276,7 @@ class Lake:
             missing = named - {os.path.basename(f.path) for f in files}
             if missing:
                 raise LakeError(f"partition {self.uri(path)} lacks files its manifest names: {sorted(missing)}")
-            return files, True
+            return files, MANIFEST
         if folders:
             shown = ", ".join(folders[:3]) + (f" and {len(folders) - 3} more" if len(folders) > 3 else "")
             beside = f"beside its {len(files)} Parquet file(s)" if files else "and no Parquet file at its top level"
@@ -292,7 +293,7 @@ class Lake:
                 f"that file last, once every data file is in place, and the {len(files)} Parquet file(s) there "
                 "may be only part of the day"
             )
-        return files, bool(ready_marker)
+        return files, ready_marker or None
 
     def input_footers(
         self, table: str, ds: dt.date, *, ready_marker: str | None = None
@@ -305,15 +306,14 @@ class Lake:
                 That is :class:`NotLanded` unless a ready marker or a manifest says the
                 partition is whole: a producer may create its files before it fills them.
         """
-        files, whole = self._landed(table, ds, ready_marker)
+        files, whole_by = self._landed(table, ds, ready_marker)
         footers = self.footers(files)
         if not any(footer.num_rows for footer in footers):
             said = f"partition {self.uri(self.partition_path(table, ds))} holds {len(files)} Parquet file(s) and no row"
-            if not whole:
+            if not whole_by:
                 raise NotLanded(f"{said}: no data for {table} on {ds}")
-            marker = f"its {ready_marker}" if ready_marker and not self.read_manifest(table, ds) else "its manifest"
             raise EmptyPartition(
-                f"{said}, and {marker} says that is the whole day: no data for {table} on {ds}. Scoring it would "
+                f"{said}, and its {whole_by} says that is the whole day: no data for {table} on {ds}. Scoring it would "
                 "replace the day's predictions with none, so they stay as they are; once the producer has written "
                 "the day's rows, a rerun scores them"
             )
