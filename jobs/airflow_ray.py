@@ -206,16 +206,12 @@ class LakecastJobOperator(BaseOperator):
         return self._finish(context, settings, load_job(self.job_name), result)
 
     def _args(self, job: JobConfig, ds: dt.date, params: dict) -> list[str]:
-        args = [self.command, job.name, "--date", ds.isoformat()]
-        if self.command == "run":
-            alias, version = model_override(params)
-            if version is not None:
-                args += ["--version", str(version)]
-            elif alias is not None:
-                args += ["--alias", alias]
-            if params.get("dry_run"):
-                args.append("--dry-run")
-        return args
+        if self.command != "run":
+            return [self.command, job.name, "--date", ds.isoformat()]
+        alias, version = model_override(params)
+        return submit.run_argv(
+            job.name, ds.isoformat(), alias=alias, version=version, dry_run=bool(params.get("dry_run"))
+        )
 
     def _new_mlflow_run(self, context: Context, settings: Settings, job: JobConfig, ds: dt.date) -> str:
         from jobs import tracking

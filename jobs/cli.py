@@ -115,13 +115,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         )
     job = load_job(args.job)
     ds = parse_date(args.date)
-    run_args = ["run", job.name, "--date", ds.isoformat()]
-    if args.alias:
-        run_args += ["--alias", args.alias]
-    if args.version is not None:
-        run_args += ["--version", str(args.version)]
-    if args.dry_run:
-        run_args.append("--dry-run")
+    run_args = submit.run_argv(job.name, ds.isoformat(), alias=args.alias, version=args.version, dry_run=args.dry_run)
     key = f"cli:{job.name}:{ds}:{dt.datetime.now(dt.UTC).isoformat()}:{os.getpid()}"
     sub = submit.submit_new(
         address,

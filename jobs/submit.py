@@ -138,6 +138,17 @@ def entrypoint(args: Sequence[str]) -> str:
     return shlex.join(["python", "-m", "jobs.cli", *args, "--emit-result"])
 
 
+def run_argv(job: str, ds: str, *, alias: str | None, version: int | None, dry_run: bool) -> list[str]:
+    """``lakecast run``'s arguments for a job submitted to a cluster, from ``lakecast submit`` or
+    the DAG's task alike. A version wins over an alias; an empty alias is the job file's."""
+    argv = ["run", job, "--date", ds]
+    if version is not None:
+        argv += ["--version", str(version)]
+    elif alias:
+        argv += ["--alias", alias]
+    return [*argv, "--dry-run"] if dry_run else argv
+
+
 def submission_base(key: str, *, job: str, command: str, ds: str) -> str:
     """``lakecast-<job>-<command>-<date>-<hash of key>``: readable in the dashboard, stable per key."""
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
