@@ -204,7 +204,6 @@ def _tensor_inputs(job: JobConfig, ref: ModelRef, tensors: list) -> list[tuple[s
     """A model that takes one tensor (``mlflow.pytorch``'s default ``pt2`` format) names no
     columns: the job file lists them, in the tensor's order, and each must be a number with no
     nulls."""
-    where = job.file
     if len(tensors) != 1:
         raise JobError(
             f"{ref.uri} takes {len(tensors)} tensors; lakecast gives a model one matrix of its input columns"
@@ -212,13 +211,13 @@ def _tensor_inputs(job: JobConfig, ref: ModelRef, tensors: list) -> list[tuple[s
     if not job.input.columns:
         raise JobError(
             f"{ref.uri} takes a tensor, which names no columns: list its input columns, in the tensor's order, "
-            f"as input.columns in {where}"
+            f"as input.columns in {job.file}"
         )
     shape = tensors[0].shape
     width = shape[-1] if len(shape) == 2 else None
     if width is None or (width != -1 and width != len(job.input.columns)):
         raise JobError(
-            f"{ref.uri} takes a tensor of shape {shape}, and input.columns in {where} lists "
+            f"{ref.uri} takes a tensor of shape {shape}, and input.columns in {job.file} lists "
             f"{len(job.input.columns)} columns; it needs one column per feature (shape (-1, columns))"
         )
     return [(c, "double", True) for c in job.input.columns]
@@ -235,7 +234,7 @@ def check_listed_columns_taken(job: JobConfig, refs: list[ModelRef], inputs: lis
         raise JobError(f"input.columns in {job.file} lists {unknown}, which neither {versions} takes as input")
     ruled = sorted(set(job.validation.columns) - taken - {job.input.key})
     if ruled:
-        raise validation.InvalidInput(
+        raise InvalidInput(
             f"validation.columns in {job.file} names {ruled}, which neither {versions} takes as input "
             f"(their inputs: {sorted(taken)})"
         )
