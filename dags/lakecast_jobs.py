@@ -64,7 +64,7 @@ def _doc(job: JobConfig, table_uri: str) -> str:
 
 | | |
 |---|---|
-| input | `{job.input.table}` partition `ds=<date>`, key `{job.input.key}` |
+| input | `{job.input.table}` partition `{job.input.partition}`, key `{job.input.key}` |
 | model | `{job.model.name}` {selector}, resolved to a version number at run time |
 | output | `{table_uri}/ds=<date>/`, column `{job.output.score_column}` plus lineage |
 | schedule | `{job.schedule}` (UTC); a scheduled run scores the day before its run date |

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
+from jobs import day_folders
 from jobs.settings import conf_dir
 from jobs.yamlconf import ConfigError, Frozen, load_model
 from models.output_columns import FIXED_COLUMNS
@@ -25,7 +26,12 @@ Column = Annotated[str, StringConstraints(min_length=1)]
 
 
 class InputSpec(Frozen):
-    table: TablePath = Field(description="table under the lake root, Hive-partitioned by ds=YYYY-MM-DD")
+    table: TablePath = Field(description="table under the lake root, a folder a day (input.partition)")
+    partition: str = Field(
+        day_folders.DEFAULT,
+        description="the day's folder under input.table, as a strftime pattern of %Y, %m, %d (or %j): "
+        "dt=%Y%m%d, year=%Y/month=%m/day=%d",
+    )
     key: Column = Field(description="the entity id, copied to the predictions")
     columns: list[Column] | None = Field(None, description="feature columns; default: the model signature")
     ready_marker: str | None = Field(
@@ -42,6 +48,11 @@ class InputSpec(Frozen):
         if repeated:
             raise ValueError(f"{', '.join(map(repr, repeated))} listed more than once")
         return v
+
+    @field_validator("partition")
+    @classmethod
+    def _a_folder_a_day(cls, v: str) -> str:
+        return day_folders.check(v)
 
     @field_validator("ready_marker")
     @classmethod
@@ -121,6 +132,9 @@ class ABSpec(Frozen):
     """Offline comparison of two aliases on a labeled table, and the policy that decides."""
 
     labeled_table: TablePath
+    labeled_partition: str | None = Field(
+        None, description="the day's folder under ab.labeled_table, as input.partition; default: input.partition's"
+    )
     label: Column
     label_delay_days: int = Field(
         0,
@@ -142,6 +156,11 @@ class ABSpec(Frozen):
     auto_promote: bool = False
     challenger_share: float = Field(0.0, ge=0, le=1, description="canary: share of entities the challenger scores")
     shadow: bool = Field(False, description="the challenger also scores every row into <output>_shadow")
+
+    @field_validator("labeled_partition")
+    @classmethod
+    def _a_folder_a_day(cls, v: str | None) -> str | None:
+        return v if v is None else day_folders.check(v)
 
     @model_validator(mode="after")
     def _two_aliases(self) -> ABSpec:
@@ -288,6 +307,11 @@ class JobConfig(Frozen):
     @property
     def dag_id(self) -> str:
         return f"lakecast__{self.name}"
+
+    @property
+    def labeled_partition(self) -> str:
+        """How ``ab.labeled_table`` names a day's folder: as the input does, unless the file says."""
+        return (self.ab and self.ab.labeled_partition) or self.input.partition
 
     @property
     def quarantine_table(self) -> str:

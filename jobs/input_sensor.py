@@ -48,7 +48,8 @@ class InputPartitionSensor(BaseSensorOperator):
 
     def __init__(self, *, job: JobConfig, job_file: Path, wait: dt.timedelta, **kwargs: Any) -> None:
         super().__init__(timeout=wait.total_seconds(), poke_interval=look_apart(wait), mode="reschedule", **kwargs)
-        self.table, self.ready_marker, self.job_file = job.input.table, job.input.ready_marker, str(job_file)
+        self.table, self.partition, self.job_file = job.input.table, job.input.partition, str(job_file)
+        self.ready_marker = job.input.ready_marker
         self.not_landed: NotLanded | None = None
 
     def execute(self, context: Context) -> Any:
@@ -82,9 +83,9 @@ class InputPartitionSensor(BaseSensorOperator):
         dag_run = context["dag_run"]
         ds = score_date(context["params"].get("date"), dag_run.logical_date or dag_run.run_after)
         lake = Lake(load_settings().lake_root)
-        files, footers = lake.input_footers(self.table, ds, ready_marker=self.ready_marker)
+        files, footers = lake.input_footers(self.table, ds, ready_marker=self.ready_marker, layout=self.partition)
         rows = sum(footer.num_rows for footer in footers)
-        log.info("%s ds=%s: %d files, %d rows", self.table, ds, len(files), rows)
+        log.info("%s/%s: %d files, %d rows", self.table, ds.strftime(self.partition), len(files), rows)
         return {"date": ds.isoformat(), "files": len(files), "rows": rows}
 
 

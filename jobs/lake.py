@@ -5,6 +5,9 @@ Only this module knows paths. A table is a folder of Hive-style date partitions:
     <root>/<table>/ds=YYYY-MM-DD/part-*.parquet
     <root>/<table>/ds=YYYY-MM-DD/_manifest.json
 
+The tables lakecast writes are laid out so; a table it only reads may name its days otherwise
+(``dt=YYYYMMDD``, ``year=YYYY/month=MM/day=DD``: :mod:`jobs.day_folders`).
+
 Writers never write into a partition. They write into a staging folder of their own,
 ``<root>/_staging/<table>/ds=.../<run_id>/``, and :mod:`jobs.commit` publishes it whole. Where a
 partition has a manifest, lakecast reads exactly the files it names.
@@ -26,6 +29,8 @@ from typing import Any
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+
+from jobs import day_folders
 
 log = logging.getLogger(__name__)
 
@@ -173,8 +178,9 @@ class Lake:
     def table_path(self, table: str) -> str:
         return f"{self.base}/{table}"
 
-    def partition_path(self, table: str, ds: dt.date) -> str:
-        return f"{self.table_path(table)}/ds={ds.isoformat()}"
+    def partition_path(self, table: str, ds: dt.date, layout: str = day_folders.DEFAULT) -> str:
+        """The day's folder of ``table``; ``layout``: how the table names it (:mod:`jobs.day_folders`)."""
+        return f"{self.table_path(table)}/{day_folders.folder(layout, ds)}"
 
     def staging_path(self, table: str, ds: dt.date, run_id: str) -> str:
         return f"{self.base}/_staging/{table}/ds={ds.isoformat()}/{run_id}"
@@ -243,7 +249,9 @@ class Lake:
                 return LakeAccessError(f"the lake {self.root}: bucket {bucket!r} does not exist at {self._endpoint}")
         return NotLanded(f"partition {self.uri(path)} does not exist: {what}")
 
-    def data_files(self, table: str, ds: dt.date, *, ready_marker: str | None = None) -> list[DataFile]:
+    def data_files(
+        self, table: str, ds: dt.date, *, ready_marker: str | None = None, layout: str = day_folders.DEFAULT
+    ) -> list[DataFile]:
         """The committed Parquet files of one partition, skipping ``_`` and ``.`` metadata.
 
         A partition lakecast committed may name no file: a run whose every row was quarantined,
@@ -251,7 +259,8 @@ class Lake:
 
         ``ready_marker``: a file (``_SUCCESS``) that the partition's producer writes once every data
         file is in place. Without it the partition is not whole yet, unless lakecast committed it
-        (its manifest is the same promise).
+        (its manifest is the same promise). ``layout``: how the table names a day's folder
+        (:mod:`jobs.day_folders`).
 
         Raises:
             NotLanded: the partition does not exist, holds no data file and no manifest, or lacks
@@ -259,17 +268,19 @@ class Lake:
             NestedPartitions: it holds folders of rows (``region=eu/``) and no manifest.
             LakeError: its manifest names files it lacks.
         """
-        return self._landed(table, ds, ready_marker)[0]
+        return self._landed(table, ds, ready_marker, layout)[0]
 
-    def _landed(self, table: str, ds: dt.date, ready_marker: str | None) -> tuple[list[DataFile], str | None]:
+    def _landed(
+        self, table: str, ds: dt.date, ready_marker: str | None, layout: str
+    ) -> tuple[list[DataFile], str | None]:
         """:meth:`data_files`, and what says they are the whole day (``MANIFEST`` or the ready
         marker's name; None: nothing does)."""
-        path = self.partition_path(table, ds)
+        path = self.partition_path(table, ds, layout)
         files, folders = self._listing(path)
         if not files and not folders and self._info(path).type == pafs.FileType.NotFound:
             # a listing does not say whether a folder is there: asked only when it found nothing
             raise self._missing(path, f"no data for {table} on {ds}")
-        manifest = self.read_manifest(table, ds)
+        manifest = self.read_manifest(table, ds, layout)
         if manifest is not None:  # exactly the committed files, whatever else the folder holds
             named = {f["file"] for f in manifest["output"]}
             files = [f for f in files if os.path.basename(f.path) in named]
@@ -283,7 +294,8 @@ class Lake:
             raise NestedPartitions(
                 f"partition {self.uri(path)} holds folders ({shown}) {beside}: lakecast reads the Parquet files "
                 f"at a partition's top level and would leave the rows in those folders unscored; write {table}'s "
-                "files for a day into its ds= folder itself (a folder whose name starts with _ or . is skipped)"
+                f"files for a day into its {day_folders.folder(layout, ds)} folder itself (a folder whose name "
+                "starts with _ or . is skipped)"
             )
         if not files:
             raise NotLanded(f"partition {self.uri(path)} holds no Parquet data files")
@@ -296,7 +308,7 @@ class Lake:
         return files, ready_marker or None
 
     def input_footers(
-        self, table: str, ds: dt.date, *, ready_marker: str | None = None
+        self, table: str, ds: dt.date, *, ready_marker: str | None = None, layout: str = day_folders.DEFAULT
     ) -> tuple[list[DataFile], list[pq.FileMetaData]]:
         """A partition to score: its data files and their footers.
 
@@ -306,10 +318,11 @@ class Lake:
                 That is :class:`NotLanded` unless a ready marker or a manifest says the
                 partition is whole: a producer may create its files before it fills them.
         """
-        files, whole_by = self._landed(table, ds, ready_marker)
+        files, whole_by = self._landed(table, ds, ready_marker, layout)
         footers = self.footers(files)
         if not any(footer.num_rows for footer in footers):
-            said = f"partition {self.uri(self.partition_path(table, ds))} holds {len(files)} Parquet file(s) and no row"
+            where = self.uri(self.partition_path(table, ds, layout))
+            said = f"partition {where} holds {len(files)} Parquet file(s) and no row"
             if not whole_by:
                 raise NotLanded(f"{said}: no data for {table} on {ds}")
             raise EmptyPartition(
@@ -376,13 +389,13 @@ class Lake:
         newest_first = sorted(dates, reverse=True)
         return next((ds for ds in newest_first if self.exists(f"{self.partition_path(table, ds)}/{MANIFEST}")), None)
 
-    def read_manifest(self, table: str, ds: dt.date) -> dict[str, Any] | None:
+    def read_manifest(self, table: str, ds: dt.date, layout: str = day_folders.DEFAULT) -> dict[str, Any] | None:
         """The partition's manifest; None where it has none (not committed by lakecast).
 
         Raises:
             DamagedManifest: it is not JSON, or names no files as lakecast's manifests do.
         """
-        path = f"{self.partition_path(table, ds)}/{MANIFEST}"
+        path = f"{self.partition_path(table, ds, layout)}/{MANIFEST}"
         if not self.exists(path):
             return None
         with self.fs.open_input_stream(path) as f:

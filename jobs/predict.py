@@ -132,7 +132,9 @@ def run_job(
         # The input's files and footers first: a partition that is missing, not whole yet or
         # damaged is a run's commonest failure, and its sentence should not wait on Ray's start
         # (about 5 s for a private Ray on 2 cores, where these take milliseconds on a local lake).
-        inputs = lake.input_footers(job.input.table, ds, ready_marker=job.input.ready_marker)
+        inputs = lake.input_footers(
+            job.input.table, ds, ready_marker=job.input.ready_marker, layout=job.input.partition
+        )
         # Starting Ray takes seconds of waiting on its processes: do the other checks and load the
         # model on another thread meanwhile, then import what the pipeline needs if Ray is still
         # starting.
@@ -258,7 +260,9 @@ def _run_locked(
                 )
             before = drift.day_before(lake, job.output.table, ds)
             scores = drift.score_distribution(ds, summaries, before, table=job.output.table)
-            drift.warn_of_emptier_inputs(ds, job, pre, before, lake.uri(lake.partition_path(job.input.table, ds)))
+            drift.warn_of_emptier_inputs(
+                ds, job, pre, before, lake.uri(lake.partition_path(job.input.table, ds, job.input.partition))
+            )
             invalid = q_rows
             share = invalid / rows_in if rows_in else 0.0
             metrics = {"invalid_rows": invalid, "invalid_share": share, "duplicate_keys": duplicates}
@@ -462,7 +466,7 @@ def _log_start(job: JobConfig, ds: dt.date, pre: Preflight, lake: Lake, settings
     )
     tracking.log_dataset(
         name=f"{job.input.table}@{ds}",
-        uri=lake.uri(lake.partition_path(job.input.table, ds)),
+        uri=lake.uri(lake.partition_path(job.input.table, ds, job.input.partition)),
         files=pre.files,
         context="input",
     )

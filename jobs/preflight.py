@@ -106,7 +106,9 @@ def preflight(
     the caller has read them already. ``mlflow_run_id``: the run the job is to log into."""
     # zero-byte and truncated files fail here, and a partition not whole yet
     files, footers = (
-        inputs if inputs is not None else lake.input_footers(job.input.table, ds, ready_marker=job.input.ready_marker)
+        inputs
+        if inputs is not None
+        else lake.input_footers(job.input.table, ds, ready_marker=job.input.ready_marker, layout=job.input.partition)
     )
     rows_in = sum(footer.num_rows for footer in footers)
     # the key column's read and check (numpy, mostly off the GIL) beside MLflow's import and lookups
@@ -123,7 +125,7 @@ def preflight(
     if duplicates:
         message = f"{duplicates} row(s) repeat a {job.input.key} already seen (e.g. {examples})"
         if job.validation.duplicate_keys == "fail":
-            raise InvalidInput(f"{lake.uri(lake.partition_path(job.input.table, ds))}: {message}")
+            raise InvalidInput(f"{lake.uri(lake.partition_path(job.input.table, ds, job.input.partition))}: {message}")
         log.warning("%s; each row is scored (validation.duplicate_keys: keep)", message)
     scorer = arrow_scorer(load_pyfunc(ref.uri))
     challenger = challenger_scorer = None

@@ -279,22 +279,25 @@ def test_canary_and_shadow_in_the_nightly_job(settings, lake, registered, ray_lo
         ),
         (
             lambda y: pc.add(y, pa.scalar(1, y.type)),
-            r"/ds=\S+: the label 'churned' \(ab\.label\) holds values other than 0 and 1 \(2; e\.g\. customer_id=\d+\)"
-            r": a classification label is 0 or 1, or a boolean; for a numeric outcome set ab\.task: regression",
+            r"/date=2026-11-21: the label 'churned' \(ab\.label\) holds values other than 0 and 1 "
+            r"\(2; e\.g\. customer_id=\d+\): a classification label is 0 or 1, or a boolean; for a numeric outcome "
+            r"set ab\.task: regression",
         ),
     ],
     ids=["yes_or_no", "one_or_two"],
 )
 def test_a_label_that_is_not_0_or_1_is_named(relabel, error, request, settings, lake, registered, ray_local, churn_job):
     """Labels as a warehouse exports them ("yes"/"no", or classes 1 and 2) stop the comparison with
-    a sentence naming the label's setting, not NumPy's or scikit-learn's traceback."""
+    a sentence naming the label's setting, not NumPy's or scikit-learn's traceback. The warehouse
+    names its days ``date=YYYY-MM-DD`` (``ab.labeled_partition``), where the comparison reads them."""
     table = pads.dataset(lake.partition_path(churn_job.ab.labeled_table, DAY), format="parquet").to_table()
     labeled = f"labeled/{request.node.callspec.id}"
-    path = lake.partition_path(labeled, DAY)
+    path = lake.partition_path(labeled, DAY, "date=%Y-%m-%d")
     lake.fs.create_dir(path, recursive=True)
     pq.write_table(table.set_column(table.schema.get_field_index("churned"), "churned", relabel(table["churned"])),
                    f"{path}/part-0.parquet", filesystem=lake.fs)  # fmt: skip
-    job = churn_job.model_copy(update={"ab": churn_job.ab.model_copy(update={"labeled_table": labeled})})
+    ab = churn_job.ab.model_copy(update={"labeled_table": labeled, "labeled_partition": "date=%Y-%m-%d"})
+    job = churn_job.model_copy(update={"ab": ab})
 
     with pytest.raises(InvalidInput, match=error):
         run_compare(job, DAY, settings=settings)

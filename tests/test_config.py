@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,41 @@ def test_a_ready_marker_is_a_file_name_that_is_not_data(tmp_path):
             )
     with pytest.raises(ConfigError, match=r"airflow\.wait_for_input_minutes: .*greater than or equal to 0"):
         load_job_file(write(tmp_path, VALID + "airflow: {wait_for_input_minutes: -5}\n"))
+
+
+def test_an_input_partition_is_a_folder_a_day_below_its_table(tmp_path):
+    """``input.partition`` names a day's folder as the table's writer laid it out; a pattern that
+    would leave the table, or put two days in one folder, is refused before any run reads it."""
+    job = load_job_file(write(tmp_path, VALID))
+    assert job.input.partition == "ds=%Y-%m-%d" and job.labeled_partition == "ds=%Y-%m-%d"
+    theirs = "year=%Y/month=%m/day=%d"
+    job = load_job_file(
+        write(
+            tmp_path,
+            VALID.replace("key: customer_id}", f"key: customer_id, partition: '{theirs}'}}")
+            + "ab: {labeled_table: labeled/customers, label: churned}\n",
+        )
+    )
+    assert job.input.partition == theirs and job.labeled_partition == theirs  # the labels' as the input's
+    job = load_job_file(
+        write(
+            tmp_path, VALID + "ab: {labeled_table: labeled/customers, label: churned, labeled_partition: 'dt=%Y%m%d'}\n"
+        )
+    )
+    assert job.input.partition == "ds=%Y-%m-%d" and job.labeled_partition == "dt=%Y%m%d"
+    for layout, error in (
+        ("dt=%Y%m", r" puts 2024-01-01 and 2024-01-02 in one folder, 'dt=202401': a day's folder needs the year, the "
+                    r"month and the day"),
+        ("day=%m-%d", r" puts 2024-01-01 and 2025-01-01 in one folder, 'day=01-01'"),
+        ("../%Y-%m-%d", r" makes the folder '\.\./2026-12-05' for 2026-12-05: .* the day stays below its table"),
+        ("/dt=%Y-%m-%d", r" makes the folder '/dt=2026-12-05'"),
+        ("date=%Y-%m-%d %H", r": %H is not a directive of a day's folder; use %Y \(the year\)"),
+        ("dt=%F", r": %F is not a directive"),
+        ("dt=%Y%m%d%", r" ends with a lone %"),
+    ):  # fmt: skip
+        text = VALID.replace("key: customer_id}", f"key: customer_id, partition: '{layout}'}}")
+        with pytest.raises(ConfigError, match=r"input\.partition: " + re.escape(repr(layout)) + error):
+            load_job_file(write(tmp_path, text))
 
 
 def test_environment_interpolation(tmp_path, monkeypatch):

@@ -257,7 +257,8 @@ def dags_test(env: dict[str, str], conf: Path, dag_id: str) -> subprocess.Popen:
 def test_a_late_partition_is_waited_for_then_scored_and_so_on_s3_after_the_lake_moved(demo, tmp_path, request):
     """The night's input comes late and file by file, its producer writing ``_SUCCESS`` last:
     check_input keeps looking until the marker is there, and the run then scores every row,
-    not the part that had landed when it first looked.
+    not the part that had landed when it first looked. The producer names its days
+    ``dt=YYYYMMDD`` (``input.partition``): the sensor and the run look there.
 
     Then the lake moves to S3 and the same night comes as late there. Under ``dags test`` every
     look is in one process: each must list the partition afresh, not s3fs's listing of the look
@@ -269,7 +270,11 @@ def test_a_late_partition_is_waited_for_then_scored_and_so_on_s3_after_the_lake_
     cwd, env, proc = demo
     assert proc.returncode == 0
     conf = conf_with_job(
-        tmp_path / "conf", "late", input={"ready_marker": "_SUCCESS"}, airflow={"wait_for_input_minutes": 1}, ab=None
+        tmp_path / "conf",
+        "late",
+        input={"ready_marker": "_SUCCESS", "partition": "dt=%Y%m%d"},
+        airflow={"wait_for_input_minutes": 1},
+        ab=None,
     )
     _lands_late_and_is_scored(env, conf, Lake(str(cwd / "home" / "lake")))
     root = f"s3://{S3_BUCKET}/moved-{os.getpid()}"
@@ -280,7 +285,7 @@ def test_a_late_partition_is_waited_for_then_scored_and_so_on_s3_after_the_lake_
 def _lands_late_and_is_scored(env: dict[str, str], conf: Path, lake) -> None:
     from jobs import demo_data
 
-    partition = lake.partition_path("raw/late", DAY)
+    partition = lake.partition_path("raw/late", DAY, "dt=%Y%m%d")
     lake.make_dirs(partition)
     pq.write_table(demo_data.generate(600, DAY), f"{partition}/part-0.parquet", filesystem=lake.fs)
     run = dags_test(env, conf, "lakecast__late")
@@ -295,7 +300,7 @@ def _lands_late_and_is_scored(env: dict[str, str], conf: Path, lake) -> None:
     log = "".join(lines)
     assert run.wait(timeout=300) == 0 and "state=success" in log, log[-4000:]
     assert "the 1 Parquet file(s) there may be only part of the day; looking again in 6 s" in log
-    assert "raw/late ds=2026-11-21: 2 files, 1000 rows" in log
+    assert "raw/late/dt=20261121: 2 files, 1000 rows" in log
     scored = [f.path for f in lake.data_files("predictions/late", DAY)]
     assert pads.dataset(scored, filesystem=lake.fs, format="parquet").count_rows() == 1000
 

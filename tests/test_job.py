@@ -579,3 +579,38 @@ def test_an_input_column_that_went_empty_upstream_is_named(
     )
     assert warning in caplog.text and "scored without it (the model takes it as optional)" in caplog.text
     assert caplog.text.count("% null in ") == 1
+
+
+def test_an_input_table_that_names_its_days_otherwise_is_read_where_it_lies(
+    settings, lake, registered, ray_local, tmp_path, monkeypatch, capsys
+):
+    """Another team's table, laid out ``year=/month=/day=`` by its writer, with a ``ds=`` folder
+    of the same date beside it that is not the day's rows: ``input.partition`` says where a day
+    lies, and the run scores that folder, names it as its input and publishes under ``ds=``."""
+    import datetime as dt
+
+    from jobs import demo_data
+    from jobs.cli import main
+    from jobs.failures import EXIT_TRY_AGAIN
+    from tests.jobfiles import conf_with_job
+
+    name = "their_layout"
+    monkeypatch.setenv(
+        "LAKECAST_CONF", str(conf_with_job(tmp_path / "conf", name, input={"partition": "year=%Y/month=%m/day=%d"}))
+    )
+    table = lake.table_path(f"raw/{name}")
+    day = f"{table}/year={DAY:%Y}/month={DAY:%m}/day={DAY:%d}"
+    lake.fs.create_dir(day, recursive=True)
+    pq.write_table(demo_data.generate(ROWS, DAY), f"{day}/part-0.parquet")
+    lake.fs.create_dir(f"{table}/ds={DAY}")
+    pq.write_table(demo_data.generate(7, DAY), f"{table}/ds={DAY}/part-0.parquet")
+
+    assert main(["run", name, "--date", str(DAY)]) == 0, capsys.readouterr().err
+    manifest = lake.read_manifest(f"predictions/{name}", DAY)
+    assert manifest["rows"] == ROWS
+    assert [f["path"] for f in manifest["input"]] == [f"{day}/part-0.parquet"]
+
+    before = DAY - dt.timedelta(days=1)
+    assert main(["run", name, "--date", str(before)]) == EXIT_TRY_AGAIN
+    err = capsys.readouterr().err
+    assert f"partition {table}/year={before:%Y}/month={before:%m}/day={before:%d} does not exist" in err, err
