@@ -23,6 +23,8 @@ JOB_NAME = r"^[a-z][a-z0-9_]*$"
 # outside the lake root (no "..", no absolute paths, no schemes).
 TablePath = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]+(/[a-z0-9_]+)*$")]
 Column = Annotated[str, StringConstraints(min_length=1)]
+# what Spark's Parquet support refuses in a column's name (ParquetSchemaConverter.checkFieldName)
+SPARK_REFUSES = frozenset(" ,;{}()\n\t=")
 
 
 class InputSpec(Frozen):
@@ -95,6 +97,19 @@ class OutputSpec(Frozen):
         "bound per file (no tiny Parquet files). Also the size of a piece of work: a large input file is scored in "
         "runs of its row groups, small ones in turn",
     )
+
+    @field_validator("score_column")
+    @classmethod
+    def _readable_downstream(cls, v: str) -> str:
+        """Spark's Parquet support (and Delta Lake's) refuses these characters in a column's name,
+        and the predictions are read downstream by engines lakecast does not choose."""
+        odd = sorted({repr(c) for c in v if c in SPARK_REFUSES})
+        if odd:
+            raise ValueError(
+                f"{v!r} holds {', '.join(odd)}, which Spark refuses in a Parquet column's name: the "
+                "predictions' readers could not read it; use letters, digits and _ (churn_probability)"
+            )
+        return v
 
 
 class ColumnCheck(Frozen):

@@ -244,6 +244,11 @@ def test_a_name_in_the_file_must_be_the_files_own(tmp_path):
             "output.score_column: 'scored_at' is already a column lakecast adds in the predictions",
         ),
         (
+            "output: {table: predictions/churn_test, score_column: 'churn probability (30 days)'}",
+            "output.score_column: 'churn probability (30 days)' holds ' ', '(', ')', which Spark refuses in a Parquet "
+            "column's name: the predictions' readers could not read it; use letters, digits and _ (churn_probability)",
+        ),
+        (
             "input: {table: raw/customers, key: variant}",
             "input.key: 'variant' is a column lakecast adds to the predictions",
         ),
