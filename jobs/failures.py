@@ -38,7 +38,7 @@ def user_errors() -> tuple[type[Exception], ...]:
 def fix_first() -> tuple[type[Exception], ...]:
     """The errors a retry cannot fix."""
     from jobs.commit import DamagedLock
-    from jobs.lake import DamagedManifest, EmptyPartition, LakeAccessError, NestedPartitions
+    from jobs.lake import DamagedManifest, DayElsewhere, EmptyPartition, LakeAccessError, NestedPartitions
     from jobs.promotion import PromotionRefused
     from jobs.validation import InvalidInput
     from models.predictor import ModelInputError, ModelOutputError
@@ -57,6 +57,7 @@ def fix_first() -> tuple[type[Exception], ...]:
         DamagedManifest,
         DamagedLock,
         EmptyPartition,
+        DayElsewhere,
     )
 
 

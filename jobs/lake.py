@@ -65,6 +65,12 @@ class EmptyPartition(LakeError):
     changes nothing: the producer must write the day again."""
 
 
+class DayElsewhere(LakeError):
+    """The day's folder is not where the job looks, but its table holds a folder of that day named
+    otherwise (``dt=20261205/`` where the job reads ``ds=2026-12-05/``): the table's writer names
+    its days so. Waiting changes nothing; the job file must say where a day lies."""
+
+
 class DamagedManifest(LakeError):
     """A partition's ``_manifest.json`` is not one lakecast wrote: lakecast writes it whole, last,
     so something else changed it. Waiting changes nothing; a rerun of that partition replaces it."""
@@ -249,6 +255,29 @@ class Lake:
                 return LakeAccessError(f"the lake {self.root}: bucket {bucket!r} does not exist at {self._endpoint}")
         return NotLanded(f"partition {self.uri(path)} does not exist: {what}")
 
+    def _elsewhere(self, table: str, ds: dt.date, layout: str, path: str) -> DayElsewhere | None:
+        """Where the day's folder is missing: a folder of the table's that names the same day
+        otherwise (the date written ``2026-12-05`` or ``20261205`` in its name), with the day's
+        folder that would read it; None where the table holds none. One listing, on the error's
+        path only."""
+        names = [
+            i.base_name
+            for i in self.entries(self.table_path(table))
+            if i.type == pafs.FileType.Directory and not i.base_name.startswith(("_", "."))
+        ]
+        for form in ("%Y-%m-%d", "%Y%m%d"):
+            day = ds.strftime(form)
+            for name in names:
+                theirs = name.replace(day, form)
+                if day in name and theirs != layout:
+                    return DayElsewhere(
+                        f"partition {self.uri(path)} does not exist, but {self.uri(self.table_path(table))} holds "
+                        f"{name}/ for {ds}: its writer names a day's folder {theirs!r}, where the job reads "
+                        f"{layout!r}. Set the day's folder in the job file (input.partition; ab.labeled_partition "
+                        "for the comparison's labeled table)"
+                    )
+        return None
+
     def data_files(
         self, table: str, ds: dt.date, *, ready_marker: str | None = None, layout: str = day_folders.DEFAULT
     ) -> list[DataFile]:
@@ -279,7 +308,8 @@ class Lake:
         files, folders = self._listing(path)
         if not files and not folders and self._info(path).type == pafs.FileType.NotFound:
             # a listing does not say whether a folder is there: asked only when it found nothing
-            raise self._missing(path, f"no data for {table} on {ds}")
+            missing = self._missing(path, f"no data for {table} on {ds}")
+            raise (self._elsewhere(table, ds, layout, path) if isinstance(missing, NotLanded) else None) or missing
         manifest = self.read_manifest(table, ds, layout)
         if manifest is not None:  # exactly the committed files, whatever else the folder holds
             named = {f["file"] for f in manifest["output"]}

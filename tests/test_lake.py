@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -236,6 +237,36 @@ def test_interrupted_local_swap_is_restored(settings, tmp_path):
     with commit.partition_lock(lake, "t", DAY, job="test"):
         commit.recover(lake, "t", DAY)
     assert read(lake, "t").num_rows == 100
+
+
+def test_a_day_its_writer_names_otherwise_is_pointed_to_not_waited_for(storage):
+    """A table whose writer names its days ``dt=20261121/`` while the job reads ``ds=``: the day is
+    there, so waiting for it changes nothing. The error names the folder that holds it and the
+    day's folder that reads it, and a retry is not worth it (exit 2). A table without that day, in
+    any name, stays a partition not there yet."""
+    from jobs.lake import DayElsewhere, NotLanded
+
+    lake = Lake(storage.lake_root)
+    table = lake.table_path("raw/theirs")
+    for folder in (f"dt={DAY:%Y%m%d}", "dt=20261120"):
+        lake.make_dirs(f"{table}/{folder}")
+        pq.write_table(demo_data.generate(10, DAY), f"{table}/{folder}/part-0.parquet", filesystem=lake.fs)
+    with pytest.raises(DayElsewhere) as raised:
+        lake.input_footers("raw/theirs", DAY)
+    assert str(raised.value) == (
+        f"partition {lake.uri(table)}/ds=2026-11-21 does not exist, but {lake.uri(table)} holds dt=20261121/ for "
+        "2026-11-21: its writer names a day's folder 'dt=%Y%m%d', where the job reads 'ds=%Y-%m-%d'. Set the day's "
+        "folder in the job file (input.partition; ab.labeled_partition for the comparison's labeled table)"
+    )
+    assert failures.exit_status(raised.value) == 2
+    assert len(lake.input_footers("raw/theirs", DAY, layout="dt=%Y%m%d")[0]) == 1
+    # a table of lakecast's own, read by a job that expects the writer's nested folders
+    demo_data.write_partition(lake, OUT, DAY, demo_data.generate(10, DAY), files=1)
+    with pytest.raises(DayElsewhere, match=r"holds ds=2026-11-21/ for 2026-11-21: .* 'ds=%Y-%m-%d', where the job "
+                       r"reads 'year=%Y/month=%m/day=%d'"):  # fmt: skip
+        lake.input_footers(OUT, DAY, layout="year=%Y/month=%m/day=%d")
+    with pytest.raises(NotLanded, match=r"ds=2026-11-22 does not exist: no data for raw/theirs on 2026-11-22$"):
+        lake.input_footers("raw/theirs", DAY + dt.timedelta(days=1))
 
 
 def test_a_partition_is_not_whole_before_its_ready_marker(storage):
