@@ -66,10 +66,27 @@ class Settings(Frozen):
 
     @field_validator("lake_root")
     @classmethod
-    def _absolute(cls, v: str) -> str:
-        """A relative folder made absolute once, here: the manifests' lineage names it, and the
-        Airflow tasks, which run elsewhere, must find the same folder."""
-        return v if "://" in v else str(Path(v).expanduser().resolve())
+    def _a_lake(cls, v: str) -> str:
+        """A local folder, made absolute once, here (the manifests' lineage names it, and the
+        Airflow tasks, which run elsewhere, must find the same folder), or an S3 bucket.
+
+        A URL of another scheme would otherwise be taken for a relative folder: Spark's
+        ``s3a://bucket/lake`` wrote the predictions to a local folder named ``s3a:``."""
+        scheme, sep, rest = v.partition("://")
+        if not sep:
+            return str(Path(v).expanduser().resolve())
+        if scheme == "file":  # file:///data/lake
+            return str(Path(rest).resolve())
+        if scheme in ("s3a", "s3n"):
+            raise ValueError(
+                f"{v!r} is Hadoop's name for S3; lakecast reaches S3 through s3fs, which names it s3://: "
+                f"write 's3://{rest}'"
+            )
+        if scheme != "s3":
+            raise ValueError(f"{v!r}: a lake is a local folder or s3://bucket/prefix, and {scheme}:// is neither")
+        if not rest.split("/", 1)[0]:
+            raise ValueError(f"{v!r} names no bucket: write s3://bucket or s3://bucket/prefix")
+        return v
 
     @property
     def airflow_home(self) -> Path:

@@ -335,6 +335,27 @@ def test_local_profile_lives_under_lakecast_home(home):
 def test_lake_root_override(home, monkeypatch):
     monkeypatch.setenv("LAKECAST_LAKE_ROOT", "s3://bucket/prefix")
     assert load_settings().lake_root == "s3://bucket/prefix"
+    monkeypatch.setenv("LAKECAST_LAKE_ROOT", "file:///data/lake")
+    assert load_settings().lake_root == "/data/lake"
+
+
+@pytest.mark.parametrize(
+    ("root", "error"),
+    [
+        ("s3a://bucket/lake", "'s3a://bucket/lake' is Hadoop's name for S3; lakecast reaches S3 through s3fs, "
+                              "which names it s3://: write 's3://bucket/lake'"),
+        ("gs://bucket/lake", "'gs://bucket/lake': a lake is a local folder or s3://bucket/prefix, and gs:// is "
+                             "neither"),
+        ("s3:///lake", "'s3:///lake' names no bucket: write s3://bucket or s3://bucket/prefix"),
+    ],
+)  # fmt: skip
+def test_a_lake_root_of_another_scheme_is_refused_not_taken_for_a_folder(home, monkeypatch, root, error):
+    """Before, any URL but s3:// was taken for a relative folder: ``s3a://bucket/lake`` (as Spark
+    writes it) put the predictions in ``./s3a:/bucket/lake`` on the local disk."""
+    monkeypatch.setenv("LAKECAST_LAKE_ROOT", root)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert str(raised.value).endswith(f"lake_root: {error}"), raised.value
 
 
 def test_unknown_profile(home):
