@@ -16,6 +16,8 @@ from jobs.yamlconf import ConfigError, Frozen, load_model
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROFILE = "local"
+# the stores MLflow 3 tracks to and keeps a model registry in (its file store aside)
+MLFLOW_STORES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
 
 
 def conf_dir() -> Path:
@@ -47,6 +49,26 @@ class MlflowSettings(Frozen):
         None, description="where new experiments keep their artifacts; empty: the tracking server's default"
     )
     ui_url: str | None = Field(None, description="MLflow UI for links (default: the tracking server)")
+
+    @field_validator("tracking_uri", "registry_uri")
+    @classmethod
+    def _a_store(cls, v: str | None) -> str | None:
+        """A URI MLflow tracks to. Any other failed in MLflow's first call with its traceback, and
+        one without a scheme (``localhost:5000``, ``http//host``) reads as a folder of MLflow's file
+        store, which MLflow 3 refuses."""
+        if v is None:
+            return v
+        scheme = v.partition("://")[0] if "://" in v else v.partition(":")[0]
+        if scheme.split("+", 1)[0] in MLFLOW_STORES:  # postgresql+psycopg2://
+            return v
+        if scheme == "file" or "://" not in v:
+            why = "it reads as a folder of MLflow's file store, which MLflow 3 no longer writes"
+        else:
+            why = f"MLflow has no store of scheme {scheme}://"
+        raise ValueError(
+            f"{v!r}: {why}; write http://host:5000 for a tracking server, or sqlite:///path/mlflow.db "
+            "(also postgresql://, mysql://, mssql://, databricks)"
+        )
 
 
 class RaySettings(Frozen):

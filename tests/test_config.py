@@ -358,6 +358,28 @@ def test_a_lake_root_of_another_scheme_is_refused_not_taken_for_a_folder(home, m
     assert str(raised.value).endswith(f"lake_root: {error}"), raised.value
 
 
+@pytest.mark.parametrize(
+    ("uri", "why"),
+    [
+        ("localhost:5000", "it reads as a folder of MLflow's file store, which MLflow 3 no longer writes"),
+        ("http//localhost:5000", "it reads as a folder of MLflow's file store"),
+        ("sqllite:///tmp/mlflow.db", "MLflow has no store of scheme sqllite://"),
+    ],
+)
+def test_a_tracking_uri_mlflow_cannot_use_is_named_before_any_command_runs(home, monkeypatch, uri, why):
+    """Before, a mistyped ``MLFLOW_TRACKING_URI`` ended the first command that used MLflow in its
+    traceback (an unsupported registry store, or the file store MLflow 3 refuses)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert f"mlflow.tracking_uri: {uri!r}: {why}" in str(raised.value), raised.value
+    assert str(raised.value).endswith("write http://host:5000 for a tracking server, or sqlite:///path/mlflow.db "
+                                      "(also postgresql://, mysql://, mssql://, databricks)")  # fmt: skip
+    for fine in ("http://127.0.0.1:5000", "postgresql+psycopg2://u@db/mlflow", "databricks"):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", fine)
+        assert load_settings().mlflow.tracking_uri == fine
+
+
 def test_unknown_profile(home):
     with pytest.raises(ConfigError, match=r"profile 'prod-eu' not found \(known profiles: .*local"):
         load_settings("prod-eu")
