@@ -56,8 +56,8 @@ class NestedPartitions(LakeError):
 
 
 class LakeAccessError(LakeError):
-    """The lake's store refuses lakecast's credentials, or its bucket does not exist: unlike a
-    partition that has not landed yet, trying again changes nothing."""
+    """The lake's store refuses lakecast's credentials, its bucket does not exist, or its endpoint
+    is not a URL: unlike a partition that has not landed yet, trying again changes nothing."""
 
 
 class EmptyPartition(LakeError):
@@ -145,6 +145,14 @@ class Lake:
         """
         import s3fs
 
+        endpoint = self._endpoint_url
+        if endpoint and not endpoint.startswith(("http://", "https://")):
+            # botocore's "Invalid endpoint" came out of the first request, as if S3 were out of reach
+            variable = "AWS_ENDPOINT_URL_S3" if os.environ.get("AWS_ENDPOINT_URL_S3") else "AWS_ENDPOINT_URL"
+            raise LakeAccessError(
+                f"the lake {self.root}: {variable} is {endpoint!r}, which is not a URL; write http://{endpoint} "
+                "(or https://)"
+            )
         # Values set in this process travel inside the pickled filesystem to Ray workers, which
         # may not share this environment; where unset, s3fs falls back to the standard chain.
         env = os.environ.get
@@ -152,7 +160,7 @@ class Lake:
             key=env("AWS_ACCESS_KEY_ID"),
             secret=env("AWS_SECRET_ACCESS_KEY"),
             token=env("AWS_SESSION_TOKEN"),
-            endpoint_url=self._endpoint_url,
+            endpoint_url=endpoint,
             client_kwargs={"region_name": env("AWS_REGION") or env("AWS_DEFAULT_REGION") or "us-east-1"},
             config_kwargs={
                 "connect_timeout": 5,
@@ -223,7 +231,7 @@ class Lake:
         that does not answer naming the lake."""
         try:
             yield
-        except NotADirectoryError:  # a file where a folder was looked for: the caller's to name
+        except (NotADirectoryError, LakeError):  # a file where a folder was looked for: the caller's to name
             raise
         except PermissionError as e:  # s3fs's word for HTTP 403
             if not self.is_s3:

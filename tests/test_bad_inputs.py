@@ -587,6 +587,21 @@ def test_unreachable_s3_endpoint_fails_fast_and_clearly(monkeypatch):
     assert time.monotonic() - t0 < 60  # bounded retries, not minutes of waiting
 
 
+def test_an_s3_endpoint_that_is_not_a_url_is_named_and_not_retried(monkeypatch):
+    """``AWS_ENDPOINT_URL=127.0.0.1:8333`` (no scheme) came out of botocore's first request as an
+    endpoint out of reach, exit 75, which Airflow would retry for nothing."""
+    from jobs.lake import LakeAccessError
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "127.0.0.1:8333")
+    with pytest.raises(LakeAccessError) as raised:
+        Lake("s3://lake/root").data_files("raw/customers", DAY)
+    assert str(raised.value) == (
+        "the lake s3://lake/root: AWS_ENDPOINT_URL is '127.0.0.1:8333', which is not a URL; write "
+        "http://127.0.0.1:8333 (or https://)"
+    )
+    assert exit_status(raised.value) == 2
+
+
 def test_manifest_names_what_was_committed(case_lake, settings, registered, ray_local, churn_job):
     lake = case_lake
     extra_columns = next(c for c in CASES if c.id == "extra_columns")  # a successful run
