@@ -49,6 +49,30 @@ def ab_spec(job: JobConfig, command: str = "compare") -> ABSpec:
     return job.ab
 
 
+class NothingToCompare(JobError):
+    """Both aliases name one version, as they do after a promotion until a new challenger is
+    registered: a comparison would score every labeled row twice to find no difference, and write
+    an inconclusive report over the day's. The nightly DAG skips its compare task."""
+
+
+def versions_to_compare(client: Any, job: JobConfig) -> tuple[ModelRef, ModelRef]:
+    """The champion's and the challenger's versions, as their aliases name them now.
+
+    Raises:
+        NothingToCompare: both aliases name one version.
+    """
+    spec = ab_spec(job)
+    champion = resolve(client, job.model.name, alias=spec.champion)
+    challenger = resolve(client, job.model.name, alias=spec.challenger)
+    if champion.version == challenger.version:
+        raise NothingToCompare(
+            f"{spec.champion} and {spec.challenger} are both version {champion.version} of {job.model.name}: "
+            f"nothing to compare, and no report was written. Register the version to try under the alias "
+            f"{spec.challenger!r} (ab.challenger in {job.file})"
+        )
+    return champion, challenger
+
+
 def run_compare(job: JobConfig, ds: dt.date, *, settings: Settings | None = None) -> dict[str, Any]:
     """Compare the job's two aliases on ``ds``'s labeled partition; returns the report.
 
@@ -72,10 +96,7 @@ def _compare(job: JobConfig, ds: dt.date, *, settings: Settings | None) -> dict[
     settings = settings or load_settings()
     lake = Lake(settings.lake_root)
     client = tracking.configure(settings)
-    refs = (
-        resolve(client, job.model.name, alias=spec.champion),
-        resolve(client, job.model.name, alias=spec.challenger),
-    )
+    refs = versions_to_compare(client, job)
     try:
         files, footers = lake.input_footers(spec.labeled_table, ds, layout=job.labeled_partition)
     except NotLanded as e:

@@ -174,10 +174,29 @@ class LakecastJobOperator(BaseOperator):
             if self.command == "compare" and job.ab is not None:
                 # the night's outcomes are not known yet: compare on the day whose outcomes are
                 ds -= dt.timedelta(days=job.ab.label_delay_days)
+                self._skip_without_a_challenger(context, settings, job)
             params = context["params"]
             if not submit.is_jobs_api(settings.ray.address):
                 return self._run_here(context, settings, job, ds, params)
             return self._submit(context, settings, job, ds, params)
+
+    @staticmethod
+    def _skip_without_a_challenger(context: Context, settings: Settings, job: JobConfig) -> None:
+        """After a promotion both aliases name one version until a new challenger is registered:
+        the night's comparison is skipped (in the grid, with the reason in its log), where it would
+        score every labeled row twice, here or as a Ray job, to find no difference."""
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from jobs import tracking
+        from jobs.ab import NothingToCompare, versions_to_compare
+
+        try:
+            versions_to_compare(tracking.configure(settings), job)
+        except NothingToCompare as e:
+            # no MLflow run and no Ray job: empty links, since Airflow logs a link's missing XCom as an error
+            MlflowRunLink.store(context, "")
+            RayJobLink.store(context, "")
+            raise AirflowSkipException(str(e)) from None
 
     def execute_complete(self, context: Context, event: dict, mlflow_run_id: str | None = None) -> dict:
         """Back from the triggerer: the Ray job ended. Its result line is the task's result."""

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from jobs import abstats
-from jobs.ab import latest_report, psi, run_compare
+from jobs.ab import NothingToCompare, latest_report, psi, run_compare
 from jobs.lake import Lake
 from jobs.promotion import PREVIOUS, PromotionRefused, promote, read_audit, rollback
 from jobs.validation import InvalidInput
@@ -144,6 +144,17 @@ def test_promote_then_rollback_restores_aliases_with_an_audit_trail(report, sett
         assert aliases()["champion"] == registered["challenger"]
         assert aliases()[PREVIOUS] == registered["champion"]
         assert event["from_version"] == registered["champion"] and event["to_version"] == registered["challenger"]
+
+        # champion and challenger now name one version, until a new challenger is registered: the
+        # night's comparison has nothing to compare, and leaves the day's report as it was
+        with pytest.raises(NothingToCompare) as raised:
+            run_compare(churn_job, DAY, settings=settings)
+        assert str(raised.value) == (
+            f"champion and challenger are both version {registered['challenger']} of churn-classifier: nothing to "
+            "compare, and no report was written. Register the version to try under the alias 'challenger' "
+            "(ab.challenger in conf/jobs/churn.yaml)"
+        )
+        assert latest_report(Lake(settings.lake_root), churn_job) == report
 
         back = rollback(churn_job, settings=settings, reason="test rollback")
         assert aliases()["champion"] == registered["champion"]

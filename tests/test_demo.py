@@ -243,6 +243,42 @@ def test_the_nightly_comparison_waits_the_days_its_labels_take(demo, tmp_path):
     assert not (lake / "ab" / "lagged" / f"ds={DAY}").exists()
 
 
+def test_after_a_promotion_the_nightly_comparison_is_skipped_saying_why(demo, tmp_path):
+    """A promotion leaves champion and challenger on one version until a new challenger is
+    registered. The night's run still scores and publishes; its compare task is skipped with the
+    reason in its log, where it would score the labeled rows twice to find no difference and write
+    an inconclusive report."""
+    import mlflow
+
+    from jobs import demo_data
+
+    cwd, env, proc = demo
+    assert proc.returncode == 0
+    conf = conf_with_job(tmp_path / "conf", "promoted", ab={"labeled_table": "labeled/promoted", "bootstrap": 100})
+    lake = cwd / "home" / "lake"
+    partition = lake / "raw" / "promoted" / f"ds={DAY}"
+    partition.mkdir(parents=True)
+    pq.write_table(demo_data.generate(1000, DAY), partition / "part-0.parquet")
+    client = mlflow.MlflowClient(f"sqlite:///{cwd / 'home' / 'mlflow.db'}")
+    before = client.get_registered_model("churn-classifier").aliases
+    client.set_registered_model_alias("churn-classifier", "challenger", before["champion"])
+    try:
+        run = dags_test(env, conf, "lakecast__promoted")
+        log = run.communicate(timeout=300)[0]
+    finally:
+        client.set_registered_model_alias("churn-classifier", "challenger", before["challenger"])
+    assert run.returncode == 0 and "state=success" in log, log[-4000:]
+    assert (lake / "predictions" / "promoted" / f"ds={DAY}" / "_manifest.json").is_file()
+    assert (
+        f"champion and challenger are both version {before['champion']} of churn-classifier: nothing to compare, "
+        "and no report was written"
+    ) in log, log[-4000:]
+    compare = log[log.index("[DAG TEST] starting task_id=compare") : log.index("[DAG TEST] end task task_id=compare")]
+    assert "Skipping task." in compare and "new_state=skipped" in compare, compare
+    assert "XCom not found" not in compare, compare  # the task's links are stored, empty
+    assert not (lake / "ab" / "promoted").exists()
+
+
 def dags_test(env: dict[str, str], conf: Path, dag_id: str) -> subprocess.Popen:
     """``lakecast airflow dags test`` of ``dag_id`` for DAY, its output merged into one stream."""
     return subprocess.Popen(
