@@ -16,7 +16,7 @@ from pathlib import Path
 from airflow.sdk import Asset, Param, dag, task
 
 from jobs.airflow_ray import LakecastJobOperator
-from jobs.config import JobConfig, job_files, load_job_files
+from jobs.config import ON_INPUT, JobConfig, job_files, load_job_files
 from jobs.input_sensor import InputPartitionSensor
 from jobs.settings import load_settings
 from jobs.yamlconf import ConfigError
@@ -67,7 +67,7 @@ def _doc(job: JobConfig, table_uri: str) -> str:
 | input | `{job.input.table}` partition `{job.input.partition}`, key `{job.input.key}` |
 | model | `{job.model.name}` {selector}, resolved to a version number at run time |
 | output | `{table_uri}/ds=<date>/`, column `{job.output.score_column}` plus lineage |
-| schedule | `{job.schedule}` (UTC); a scheduled run scores the day before its run date |
+| schedule | {_schedule(job)} |
 | input wait | {_wait(job)} |
 | actors | {job.compute.min_actors} to {job.compute.max_actors} |
 | per actor | {job.compute.cpus_per_actor:g} CPU(s), GPUs: {job.compute.gpus_per_actor} |
@@ -88,18 +88,36 @@ def _wait(job: JobConfig) -> str:
     return f"up to {job.airflow.wait_for_input_minutes:g} minutes for the partition{whole}"
 
 
+def table_asset(lake_root: str, table: str) -> Asset:
+    """A lake table as an Airflow Asset, named by its URI, as Airflow names an Asset given one.
+
+    Airflow keeps names and URIs unique among active assets: a downstream DAG's
+    ``Asset("s3://…/predictions/churn")`` is then the one lakecast's publish updates, not a second
+    name for its URI, and a lake that moves makes another asset, where a fixed name moved to a new
+    URI stayed inactive, failing publish, until a scheduler's cleanup pass (which ``airflow dags
+    test`` never runs). A job on ``schedule: on_input`` listens to its input table's Asset, the
+    one the DAG that writes the table updates (another lakecast job's publish, say)."""
+    uri = f"{lake_root.rstrip('/')}/{table}"
+    return Asset(uri=uri if "://" in uri else f"file://{uri}")
+
+
+def _schedule(job: JobConfig) -> str:
+    if job.schedule == ON_INPUT:
+        return (
+            f"when `{job.input.table}`'s Asset is updated; a run scores the day its event names (`date` in "
+            "its extra, as lakecast's publish sends it), else the day before it runs"
+        )
+    return f"`{job.schedule}` (UTC); a scheduled run scores the day before its run date"
+
+
 def build_dag(job: JobConfig, job_file: Path, lake_root: str):
     table_uri = f"{lake_root.rstrip('/')}/{job.output.table}"
-    # named by its URI, as Airflow names an Asset given one. Airflow keeps names and URIs unique
-    # among active assets: a downstream DAG's Asset("s3://…/predictions/churn") is then this one,
-    # not a second name for its URI, and a lake that moves makes another asset, where a fixed name
-    # moved to a new URI stayed inactive, failing publish, until a scheduler's cleanup pass (which
-    # `airflow dags test` never runs)
-    predictions = Asset(uri=table_uri if "://" in table_uri else f"file://{table_uri}")
+    predictions = table_asset(lake_root, job.output.table)
+    schedule = [table_asset(lake_root, job.input.table)] if job.schedule == ON_INPUT else job.schedule
 
     @dag(
         dag_id=job.dag_id,
-        schedule=job.schedule,
+        schedule=schedule,
         start_date=START,
         catchup=False,
         max_active_runs=1,

@@ -19,6 +19,8 @@ from jobs.yamlconf import ConfigError, Frozen, load_model
 from models.output_columns import FIXED_COLUMNS
 
 JOB_NAME = r"^[a-z][a-z0-9_]*$"
+# the schedule of a job that runs when its input table's Airflow Asset is updated
+ON_INPUT = "on_input"
 # Tables are paths inside the lake: lower-case segments only, so a job file can never point
 # outside the lake root (no "..", no absolute paths, no schemes).
 TablePath = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]+(/[a-z0-9_]+)*$")]
@@ -256,7 +258,10 @@ class AirflowSpec(Frozen):
 class JobConfig(Frozen):
     name: Annotated[str, StringConstraints(pattern=JOB_NAME)]
     description: str = Field(min_length=1)
-    schedule: str | None = Field(description="cron expression in UTC; null: triggered runs only")
+    schedule: str | None = Field(
+        description="cron expression in UTC; on_input: when input.table's Airflow Asset is updated; null: "
+        "triggered runs only"
+    )
     input: InputSpec
     model: ModelSpec
     output: OutputSpec
@@ -273,12 +278,12 @@ class JobConfig(Frozen):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, v: str | None) -> str | None:
-        if v is None:
+        if v is None or v == ON_INPUT:
             return v
         from croniter import croniter  # ships with Airflow; light
 
         if not croniter.is_valid(v):
-            raise ValueError(f"not a valid cron expression: {v!r}")
+            raise ValueError(f"not a valid cron expression: {v!r} (or {ON_INPUT}, or null for triggered runs only)")
         return v
 
     @model_validator(mode="after")

@@ -81,12 +81,35 @@ class InputPartitionSensor(BaseSensorOperator):
         from jobs.settings import load_settings
 
         dag_run = context["dag_run"]
-        ds = score_date(context["params"].get("date"), dag_run.logical_date or dag_run.run_after)
+        ds = score_date(
+            context["params"].get("date") or self._announced(context), dag_run.logical_date or dag_run.run_after
+        )
         lake = Lake(load_settings().lake_root)
         files, footers = lake.input_footers(self.table, ds, ready_marker=self.ready_marker, layout=self.partition)
         rows = sum(footer.num_rows for footer in footers)
         log.info("%s/%s: %d files, %d rows", self.table, ds.strftime(self.partition), len(files), rows)
         return {"date": ds.isoformat(), "files": len(files), "rows": rows}
+
+    def _announced(self, context: Context) -> str | None:
+        """The day the Asset events that triggered this run say was written (``schedule:
+        on_input``), the newest; None for a run no event triggered. Airflow folds the events that
+        came while the DAG waited into one run, which scores the newest day: the others are named
+        in the log, to be triggered by date."""
+        from jobs.schedule import announced_dates
+
+        triggering = context.get("triggering_asset_events") or {}
+        days = announced_dates(event for asset in triggering for event in triggering[asset])
+        if not days:
+            if triggering:
+                log.warning("the Asset events that triggered this run name no day: it scores the day before it runs")
+            return None
+        if len(days) > 1:
+            log.warning(
+                "Asset events for %s triggered this run, which scores the newest; trigger a run for each of the "
+                "others with its date (the date param)",
+                ", ".join(map(str, days)),
+            )
+        return days[0].isoformat()
 
 
 def _span(seconds: float) -> str:

@@ -1,4 +1,5 @@
-"""Which date a run scores: an explicit date wins, else the day before the run's date.
+"""Which date a run scores: an explicit date wins, then the day the Asset event that triggered the
+run names (``schedule: on_input``), else the day before the run's date.
 
 A nightly run at 02:00 on the 22nd scores the partition of the 21st, the last complete day.
 Kept apart from the DAG file so the rule is tested without Airflow.
@@ -7,8 +8,38 @@ Kept apart from the DAG file so the rule is tested without Airflow.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterable
+from typing import Any
 
 from jobs.config import parse_date
+from jobs.yamlconf import ConfigError
+
+
+def announced_dates(events: Iterable[Any]) -> list[dt.date]:
+    """The days that the Asset events which triggered a run (``schedule: on_input``) say were
+    written, newest event first: each event's ``date`` in its extra (lakecast's publish puts it
+    there). Events that name no day are left out. (Airflow 3.2's partitioned events, which name
+    theirs in a partition key, start only partition-aware DAGs, which lakecast's are not.)
+
+    Raises:
+        ConfigError: an event names a date that is not ``YYYY-MM-DD``, naming the DAG that sent it.
+    """
+    days = []
+    for event in sorted(events, key=lambda e: e.timestamp, reverse=True):
+        said = (event.extra or {}).get("date")
+        if not said:
+            continue
+        try:
+            day = parse_date(str(said))
+        except ConfigError:
+            source = f"DAG {event.source_dag_id}" if event.source_dag_id else "the REST API"
+            raise ConfigError(
+                f"the Asset event of {event.asset.uri} from {source} names the day {said!r}, not a date "
+                "YYYY-MM-DD: lakecast scores no day it cannot tell"
+            ) from None
+        if day not in days:
+            days.append(day)
+    return days
 
 
 def score_date(requested: str | None, run_date: dt.datetime | dt.date) -> dt.date:

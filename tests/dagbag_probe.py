@@ -22,6 +22,8 @@ for dag_id, dag in bag.dags.items():
     report["dags"][dag_id] = {
         "tasks": [t.task_id for t in dag.tasks],
         "schedule": str(getattr(dag.timetable, "summary", dag.timetable)),
+        # an asset-triggered DAG's: the Assets it listens to
+        "schedule_assets": [a.uri for a in getattr(getattr(dag.timetable, "asset_condition", None), "objects", ())],
         "catchup": dag.catchup,
         "tags": sorted(dag.tags),
         "params": sorted(dag.params.keys()),

@@ -242,6 +242,16 @@ class Airflow:
         except json.JSONDecodeError:
             return text
 
+    def post(self, path: str, token: str, body: dict) -> dict:
+        req = urllib.request.Request(
+            f"{self.url}/api/v2{path}",
+            data=json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.load(r)
+
     def stop(self) -> None:
         # a throwaway stack: its servers' graceful shutdown took 10-15 s of every test session
         stop_groups([service.proc for service in self.services], grace=5)

@@ -91,8 +91,11 @@ def test_bad_cron_and_pool_bounds(tmp_path):
     with pytest.raises(ConfigError) as e:
         load_job_file(path)
     # each problem once, in a sentence: the value is not repeated after the validator's message
-    assert f"{path}: schedule: not a valid cron expression: 'every night'\n" in str(e.value)
+    assert (
+        f"{path}: schedule: not a valid cron expression: 'every night' (or on_input, or null for triggered runs only)\n"
+    ) in str(e.value)
     assert "max_actors (2) must be >= min_actors (3)" in str(e.value)
+    assert load_job_file(write(tmp_path, VALID.replace('"0 2 * * *"', "on_input"))).schedule == "on_input"
 
 
 def test_the_precision_is_one_of_three(tmp_path):

@@ -127,11 +127,59 @@ def test_a_job_can_wait_for_a_late_partition(settings, parsed, tmp_path):
     assert "| input wait | up to 180 minutes for the partition (whole once its `_SUCCESS` is there) |" in dag["doc_md"]
 
 
+def test_a_job_on_input_runs_when_its_input_tables_asset_is_updated(settings, parsed, tmp_path):
+    """``schedule: on_input``: the DAG is scheduled on the input table's Asset, named by its URI as
+    the predictions' Asset is, so a lakecast job that reads another's predictions runs after its
+    publish. Its docs say when it runs and which day it scores."""
+    assert parsed["dags"]["lakecast__churn"]["schedule_assets"] == []
+    chained = CHURN.replace('schedule: "0 2 * * *"', "schedule: on_input")
+    dag = parse_dags(settings, LAKECAST_CONF=str(conf_with(tmp_path, churn=chained)))["dags"]["lakecast__churn"]
+    assert dag["schedule_assets"] == [f"file://{settings.lake_root}/raw/customers"]
+    assert dag["outlets"] == [f"file://{settings.lake_root}/predictions/churn"]  # the same naming
+    assert (
+        "| schedule | when `raw/customers`'s Asset is updated; a run scores the day its event names (`date` in its "
+        "extra, as lakecast's publish sends it), else the day before it runs |"
+    ) in dag["doc_md"]
+
+
 def test_score_date_rules():
     nightly = dt.datetime(2026, 11, 22, 2, 0, tzinfo=dt.UTC)
     assert score_date(None, nightly) == dt.date(2026, 11, 21)
     assert score_date("2026-11-01", nightly) == dt.date(2026, 11, 1)
     assert score_date("", dt.date(2026, 1, 1)) == dt.date(2025, 12, 31)
+
+
+def test_the_day_an_asset_event_names():
+    """A run that Asset events triggered scores the day the newest names: ``date`` in its extra, as
+    lakecast's publish sends it; the events are Airflow's own records of them, as the task's
+    context holds them."""
+    from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
+
+    from jobs.schedule import announced_dates
+    from jobs.yamlconf import ConfigError
+
+    def event(minute: int, extra: dict, dag: str | None = "lakecast__features"):
+        return AssetEventDagRunReferenceResult(
+            asset={"name": "features", "uri": "s3://lake/raw/features", "extra": {}},
+            extra=extra,
+            source_task_id="publish" if dag else None,
+            source_dag_id=dag,
+            source_run_id="r" if dag else None,
+            source_map_index=-1,
+            source_aliases=[],
+            timestamp=dt.datetime(2026, 11, 22, 2, minute, tzinfo=dt.UTC),
+        )
+
+    assert announced_dates([]) == []
+    assert announced_dates([event(1, {"rows": 5})]) == []  # names no day: the day before the run
+    days = [event(1, {"date": "2026-11-20"}), event(9, {"date": "2026-11-21"}), event(5, {"date": "2026-11-20"})]
+    assert announced_dates(days) == [dt.date(2026, 11, 21), dt.date(2026, 11, 20)]  # newest first, once each
+    with pytest.raises(ConfigError) as raised:
+        announced_dates([event(1, {"date": "yesterday"}, dag=None)])
+    assert str(raised.value) == (
+        "the Asset event of s3://lake/raw/features from the REST API names the day 'yesterday', not a date "
+        "YYYY-MM-DD: lakecast scores no day it cannot tell"
+    )
 
 
 def test_airflow_commands_work_on_a_new_home(tmp_path):

@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tests.conftest import DAY, LABELED_ROWS, ROWS, S3_BUCKET
 from tests.s3server import free_ports
@@ -49,6 +50,11 @@ def stack(s3_server, ray_head, tmp_path_factory):
     text = churn.read_text()
     assert 'schedule: "0 2 * * *"' in text
     churn.write_text(text.replace('schedule: "0 2 * * *"', "schedule: null"))
+    # a job that runs when its input table's Asset is updated, by the DAG that writes the table
+    chained = yaml.safe_load(churn.read_text())
+    chained.pop("ab")
+    chained |= {"schedule": "on_input", "output": chained["output"] | {"table": "predictions/churn_on_input"}}
+    (conf / "jobs" / "churn_on_input.yaml").write_text(yaml.safe_dump(chained))
     env = {
         **s3_server.env,
         **ray_head.auth_env,
@@ -172,6 +178,42 @@ def test_triggered_run_scores_on_the_cluster_into_s3_and_mlflow(stack, dag_run, 
 
     with lake.fs.open_input_stream(f"{lake.partition_path('ab/churn', DAY)}/report.json") as f:
         assert json.load(f)["verdict"] in ("promote", "keep", "inconclusive")
+
+
+def test_a_job_on_input_runs_for_the_day_its_producer_announces(stack, dag_run, s3_env):
+    """``schedule: on_input``: the job's DAG runs when its input table's Asset is updated. Here the
+    producer is a pipeline outside Airflow's DAGs, announcing the day it wrote through Airflow's
+    REST API (a DAG with the table as an outlet does the same); the scheduler starts the run, which
+    scores that day, not the day before it runs."""
+    airflow: Airflow = stack["airflow"]
+    token = dag_run["token"]
+    dag_id = "lakecast__churn_on_input"
+    uri = f"{stack['env']['LAKECAST_LAKE_ROOT']}/raw/customers"
+
+    def asset_id() -> int | None:
+        assets = airflow.api(f"/assets?uri_pattern={urllib.parse.quote('raw/customers')}", token)["assets"]
+        return next((a["id"] for a in assets if a["uri"] == uri), None)
+
+    wait_until(lambda: asset_id() is not None, timeout=180, what="the input table's Asset")
+    assert airflow.api(f"/dags/{dag_id}", token)["timetable_summary"] == "Asset"
+    airflow.post("/assets/events", token, {"asset_id": asset_id(), "extra": {"date": DAY.isoformat()}})
+    runs: list = []
+
+    def ended() -> bool:
+        runs[:] = airflow.api(f"/dags/{dag_id}/dagRuns", token)["dag_runs"]
+        return any(r["state"] in ("success", "failed") for r in runs)
+
+    wait_until(ended, timeout=600, what=f"{dag_id}'s run")
+    run = runs[0]
+    path = f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run['dag_run_id'])}"
+    tasks = {t["task_id"]: t["state"] for t in airflow.api(f"{path}/taskInstances", token)["task_instances"]}
+    assert (len(runs), run["run_type"], run["state"]) == (1, "asset_triggered", "success"), (runs, tasks)
+    assert tasks == {"check_input": "success", "predict": "success", "publish": "success"}
+
+    from jobs.lake import Lake
+
+    manifest = Lake(stack["env"]["LAKECAST_LAKE_ROOT"]).read_manifest("predictions/churn_on_input", DAY)
+    assert manifest is not None and manifest["rows"] == ROWS and manifest["date"] == DAY.isoformat()
 
 
 def test_a_run_from_a_laptop_against_the_teams_mlflow_prints_clean_json(stack, dag_run):
