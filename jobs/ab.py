@@ -113,7 +113,7 @@ def _compare(job: JobConfig, ds: dt.date, *, settings: Settings | None) -> dict[
     rows_in = sum(footer.num_rows for footer in footers)
     pieces = split_files(files, footers, job.output.rows_per_file)  # a large file is read side by side
     scored = _score_both(job, spec, lake, pieces, rows_in, refs, inputs, rules, settings)
-    where = lake.uri(lake.partition_path(spec.labeled_table, ds, job.labeled_partition))
+    where = lake.partition_uri(spec.labeled_table, ds, job.labeled_partition)
     table, excluded = _excluded(job, scored, where)
     y = table.column(spec.label).to_numpy(zero_copy_only=False).astype(np.float64)
     if spec.task == "classification":

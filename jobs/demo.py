@@ -172,5 +172,5 @@ def run_demo(
         return DemoResult(ds, rows, {"aliases": aliases, "lake": lake.uri(lake.base)})
     run_dag(settings, ds, migrating)
     summary = latest_scoring_run(settings, ds)
-    summary["output"] = lake.uri(lake.partition_path(job.output.table, ds))
+    summary["output"] = lake.partition_uri(job.output.table, ds)
     return DemoResult(ds, rows, summary)

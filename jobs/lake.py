@@ -196,6 +196,10 @@ class Lake:
         """The day's folder of ``table``; ``layout``: how the table names it (:mod:`jobs.day_folders`)."""
         return f"{self.table_path(table)}/{day_folders.folder(layout, ds)}"
 
+    def partition_uri(self, table: str, ds: dt.date, layout: str = day_folders.DEFAULT) -> str:
+        """:meth:`partition_path` as a user would type it, for messages and lineage."""
+        return self.uri(self.partition_path(table, ds, layout))
+
     def staging_path(self, table: str, ds: dt.date, run_id: str) -> str:
         return f"{self.base}/_staging/{table}/ds={ds.isoformat()}/{run_id}"
 
@@ -359,7 +363,7 @@ class Lake:
         files, whole_by = self._landed(table, ds, ready_marker, layout)
         footers = self.footers(files)
         if not any(footer.num_rows for footer in footers):
-            where = self.uri(self.partition_path(table, ds, layout))
+            where = self.partition_uri(table, ds, layout)
             said = f"partition {where} holds {len(files)} Parquet file(s) and no row"
             if not whole_by:
                 raise NotLanded(f"{said}: no data for {table} on {ds}")

@@ -122,7 +122,7 @@ def run_job(
     with stopping.on_signals(
         said=lambda stop: (
             f"the run of {job.name} for {ds} was stopped by {stop.signal_name} before its commit: nothing "
-            f"was published, and {lake.uri(lake.partition_path(job.output.table, ds))} holds what it held"
+            f"was published, and {lake.partition_uri(job.output.table, ds)} holds what it held"
         )
     ):
         started_at = dt.datetime.now(dt.UTC)
@@ -261,7 +261,7 @@ def _run_locked(
             before = drift.day_before(lake, job.output.table, ds)
             scores = drift.score_distribution(ds, summaries, before, table=job.output.table)
             drift.warn_of_emptier_inputs(
-                ds, job, pre, before, lake.uri(lake.partition_path(job.input.table, ds, job.input.partition))
+                ds, job, pre, before, lake.partition_uri(job.input.table, ds, job.input.partition)
             )
             invalid = q_rows
             share = invalid / rows_in if rows_in else 0.0
@@ -371,7 +371,7 @@ def _run_locked(
         actor_seconds=actor_seconds,
         actor_on_cpu_share=on_cpu,
         quarantined=invalid,
-        quarantine=lake.uri(lake.partition_path(job.quarantine_table, ds)) if invalid and not dry_run else None,
+        quarantine=lake.partition_uri(job.quarantine_table, ds) if invalid and not dry_run else None,
         scores=scores,
         input_nulls=pre.input_nulls,
     )
@@ -466,7 +466,7 @@ def _log_start(job: JobConfig, ds: dt.date, pre: Preflight, lake: Lake, settings
     )
     tracking.log_dataset(
         name=f"{job.input.table}@{ds}",
-        uri=lake.uri(lake.partition_path(job.input.table, ds, job.input.partition)),
+        uri=lake.partition_uri(job.input.table, ds, job.input.partition),
         files=pre.files,
         context="input",
     )

@@ -125,7 +125,7 @@ def preflight(
     if duplicates:
         message = f"{duplicates} row(s) repeat a {job.input.key} already seen (e.g. {examples})"
         if job.validation.duplicate_keys == "fail":
-            raise InvalidInput(f"{lake.uri(lake.partition_path(job.input.table, ds, job.input.partition))}: {message}")
+            raise InvalidInput(f"{lake.partition_uri(job.input.table, ds, job.input.partition)}: {message}")
         log.warning("%s; each row is scored (validation.duplicate_keys: keep)", message)
     scorer = arrow_scorer(load_pyfunc(ref.uri))
     challenger = challenger_scorer = None
