@@ -72,14 +72,15 @@ class _UniqueKeys(yaml.SafeLoader):
                 continue  # `<<: *defaults`: keys written beside a merge override it, as YAML means
             key = self.construct_object(key_node, deep=True)
             try:
-                seen = first.setdefault(key, key_node.start_mark.line)
+                seen = first.get(key)
             except TypeError:
                 continue  # an unhashable key: the mapping's own construction names it
-            if seen != key_node.start_mark.line:
+            if seen is not None:  # also on the same line: `{batch_size: 1, batch_size: 2}`
                 raise yaml.constructor.ConstructorError(
                     None, None, f"key {key!r} is also at line {seen + 1}, and YAML keeps only one of them",
                     key_node.start_mark,
                 )  # fmt: skip
+            first[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep=deep)
 
 

@@ -205,6 +205,10 @@ def test_a_key_written_twice_is_named_not_silently_dropped(tmp_path):
     )
     with pytest.raises(ConfigError, match=r"line 6, column 1: not valid YAML: key 'schedule' is also at line 2"):
         load_job_file(write(tmp_path, VALID + 'schedule: "0 3 * * *"\n'))
+    # both on one line, in a flow mapping
+    one_line = VALID.replace("output: {table: predictions/churn_test}", "output: {score_column: p, score_column: q}")
+    with pytest.raises(ConfigError, match=r"line 5, column 27: not valid YAML: key 'score_column' is also at line 5"):
+        load_job_file(write(tmp_path, one_line))
     merged = VALID.replace("output: {table: predictions/churn_test}", "output:\n  <<: &out {table: predictions/x}\n"
                            "  table: predictions/churn_test")  # fmt: skip
     assert load_job_file(write(tmp_path, merged)).output.table == "predictions/churn_test"
