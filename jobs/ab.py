@@ -481,15 +481,13 @@ def latest_report(lake: Lake, job: JobConfig) -> dict[str, Any] | None:
         DamagedReport: the newest report is not JSON or lacks what ``lakecast promote`` reads. An
             older report is not read instead: it would be evidence about other data.
     """
-    infos = lake.entries(lake.table_path(job.ab_report_table))
-    days = sorted(i.base_name for i in infos if i.base_name.startswith("ds="))
-    for day in reversed(days):
-        path = f"{lake.table_path(job.ab_report_table)}/{day}/report.json"
-        if lake.exists(path):
-            with lake.fs.open_input_stream(path) as f:
-                text = f.read()
-            return _report_from(text, lake.uri(path), job, day.removeprefix("ds="))
-    return None
+    day = lake.newest_holding(job.ab_report_table, "report.json")
+    if day is None:
+        return None
+    path = f"{lake.partition_path(job.ab_report_table, day)}/report.json"
+    with lake.fs.open_input_stream(path) as f:
+        text = f.read()
+    return _report_from(text, lake.uri(path), job, day.isoformat())
 
 
 def _report_from(text: bytes, uri: str, job: JobConfig, day: str) -> dict[str, Any]:

@@ -235,7 +235,7 @@ class Lake:
         that does not answer naming the lake."""
         try:
             yield
-        except (NotADirectoryError, LakeError):  # a file where a folder was looked for: the caller's to name
+        except (NotADirectoryError, LakeError):  # a file where a folder was looked for, or ours already said
             raise
         except PermissionError as e:  # s3fs's word for HTTP 403
             if not self.is_s3:
@@ -321,7 +321,9 @@ class Lake:
         if not files and not folders and self._info(path).type == pafs.FileType.NotFound:
             # a listing does not say whether a folder is there: asked only when it found nothing
             missing = self._missing(path, f"no data for {table} on {ds}")
-            raise (self._elsewhere(table, ds, layout, path) if isinstance(missing, NotLanded) else None) or missing
+            if isinstance(missing, NotLanded):  # not there yet, unless the day lies under another name
+                missing = self._elsewhere(table, ds, layout, path) or missing
+            raise missing
         manifest = self.read_manifest(table, ds, layout)
         if manifest is not None:  # exactly the committed files, whatever else the folder holds
             named = {f["file"] for f in manifest["output"]}
@@ -421,7 +423,13 @@ class Lake:
 
     def newest_committed(self, table: str) -> dt.date | None:
         """The date of ``table``'s newest partition that lakecast committed (it holds its
-        manifest), or None. A folder whose name is not ``ds=`` and a date is not a partition."""
+        manifest), or None."""
+        return self.newest_holding(table, MANIFEST)
+
+    def newest_holding(self, table: str, name: str) -> dt.date | None:
+        """The date of ``table``'s newest ``ds=`` partition that holds the file ``name`` (a
+        manifest, a report), or None. A folder whose name is not ``ds=`` and a date is not a
+        partition."""
         dates = []
         for info in self.entries(self.table_path(table)):
             if info.type == pafs.FileType.Directory and info.base_name.startswith("ds="):
@@ -429,7 +437,7 @@ class Lake:
                     dates.append(dt.date.fromisoformat(info.base_name.removeprefix("ds=")))
         # newest first, one look each: a year of nights on S3 is not a year of requests
         newest_first = sorted(dates, reverse=True)
-        return next((ds for ds in newest_first if self.exists(f"{self.partition_path(table, ds)}/{MANIFEST}")), None)
+        return next((ds for ds in newest_first if self.exists(f"{self.partition_path(table, ds)}/{name}")), None)
 
     def read_manifest(self, table: str, ds: dt.date, layout: str = day_folders.DEFAULT) -> dict[str, Any] | None:
         """The partition's manifest; None where it has none (not committed by lakecast).
