@@ -26,9 +26,10 @@ DIRECTIVES = {
 }
 # what a folder's name may hold once the date is in: a path segment on a local disk and an S3 key alike
 SEGMENT = re.compile(r"^[A-Za-z0-9_=.+-]+$")
-# consecutive days that must land in folders of their own: a layout without the year, or without
-# the day, puts two of them in one
-_PROBE = [dt.date(2024, 1, 1) + dt.timedelta(days=i) for i in range(3 * 366)]
+# days that must land in folders of their own: without the day (or the day of the year) the first
+# two share one, without the month the first and the third, without the year the first and the
+# last. A layout of these directives that parts all four parts any two days of a century.
+_PROBE = [dt.date(2024, 1, 1), dt.date(2024, 1, 2), dt.date(2024, 2, 1), dt.date(2025, 1, 1)]
 
 
 def folder(layout: str, ds: dt.date) -> str:
