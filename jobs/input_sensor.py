@@ -76,6 +76,7 @@ class InputPartitionSensor(BaseSensorOperator):
 
     def check(self, context: Context) -> dict[str, Any]:
         """The partition's summary; raises :class:`jobs.lake.NotLanded` while it is not whole."""
+        from jobs import day_folders
         from jobs.lake import Lake
         from jobs.schedule import score_date
         from jobs.settings import load_settings
@@ -87,7 +88,7 @@ class InputPartitionSensor(BaseSensorOperator):
         lake = Lake(load_settings().lake_root)
         files, footers = lake.input_footers(self.table, ds, ready_marker=self.ready_marker, layout=self.partition)
         rows = sum(footer.num_rows for footer in footers)
-        log.info("%s/%s: %d files, %d rows", self.table, ds.strftime(self.partition), len(files), rows)
+        log.info("%s/%s: %d files, %d rows", self.table, day_folders.folder(self.partition, ds), len(files), rows)
         return {"date": ds.isoformat(), "files": len(files), "rows": rows}
 
     def _announced(self, context: Context) -> str | None:
