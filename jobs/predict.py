@@ -213,6 +213,7 @@ def _run_locked(
     import mlflow
 
     ref, files, rows_in, duplicates = pre.ref, pre.files, pre.rows_in, pre.duplicates
+    shadows = job.shadows and pre.challenger is not None  # none while both aliases name one version
     with stopping.held():
         experiment = tracking.experiment_id(settings, f"lakecast/{job.name}")
         if mlflow_run_id:
@@ -228,7 +229,7 @@ def _run_locked(
         s_staging = lake.staging_path(job.shadow_table, ds, run_id)
         shadow_scores: dict[str, float] = {}
         try:
-            lake.make_dirs(staging, q_staging, telemetry.folder(staging), *([s_staging] if job.shadows else []))
+            lake.make_dirs(staging, q_staging, telemetry.folder(staging), *([s_staging] if shadows else []))
             pipeline_start, actor_seconds, on_cpu, summaries = pipeline.score(
                 job,
                 lake,
@@ -239,9 +240,9 @@ def _run_locked(
                 run_id=run_id,
                 started_at=started_at,
                 gpus=gpus,
-                shadow_dir=s_staging if job.shadows else None,
+                shadow_dir=s_staging if shadows else None,
             )
-            if job.shadows:
+            if shadows:
                 s_files, s_footers, s_rows = _written(lake, s_staging)
                 # the challenger's scores of every row, beside the published ones, summarised by
                 # the actors or write tasks that wrote them
@@ -301,7 +302,7 @@ def _run_locked(
                     f"of {100 * job.validation.max_invalid_share:g}% (validation.max_invalid_share); no "
                     f"predictions were published; the rows are in {lake.uri(q_partition)}"
                 )
-            if job.shadows and s_rows != out_rows:
+            if shadows and s_rows != out_rows:
                 raise JobError(f"the shadow scored {s_rows} rows for {out_rows} predictions")
             if dry_run:
                 for folder in (staging, q_staging, s_staging):
@@ -309,7 +310,7 @@ def _run_locked(
                 output = lake.partition_path(job.output.table, ds)
             else:
                 commit.commit(lake, q_staging, job.quarantine_table, ds, q_manifest)
-                if job.shadows:
+                if shadows:
                     s_manifest = partition_manifest(
                         job,
                         ds,

@@ -132,6 +132,18 @@ def preflight(
     challenger_columns: tuple[str, ...] = ()
     if job.ab is not None and (job.ab.challenger_share > 0 or job.ab.shadow):
         challenger = _challenger(client, job)
+        if challenger.version == ref.version:
+            # after a promotion, until the next version is registered under the alias
+            log.warning(
+                "%s: the alias %r names %s, the version this run scores with: every row is scored once by it, "
+                "with no canary and no shadow, until another version is registered under %r",
+                job.file,
+                job.ab.challenger,
+                ref.uri,
+                job.ab.challenger,
+            )
+            challenger = None
+    if challenger is not None:
         challenger_scorer = arrow_scorer(load_pyfunc(challenger.uri))
         challenger_columns = tuple(name for name, _, _ in model_inputs(job, challenger, takes_every_listed=False))
         unread = [c for c in challenger_columns if c not in {r.name for r in rules}]

@@ -280,6 +280,33 @@ def test_canary_and_shadow_in_the_nightly_job(settings, lake, registered, ray_lo
     assert 0 <= report["shadow"]["agreement"] <= 1 and report["shadow"]["psi"] >= 0
 
 
+def test_a_challenger_alias_on_the_champions_version_scores_each_row_once(
+    settings, lake, registered, ray_local, churn_job, caplog
+):
+    """After a promotion both aliases name one version until the next is registered: the nightly
+    run with a canary and a shadow scores every row once with it, says why in its log, and leaves
+    the day's shadow partition as it was (no second scoring of the same model)."""
+    from jobs.predict import run_job
+
+    job = churn_job.model_copy(update={
+        "ab": churn_job.ab.model_copy(update={"challenger": "champion", "challenger_share": 0.3, "shadow": True}),
+    })  # fmt: skip
+    shadow_before = lake.read_manifest(job.shadow_table, DAY)
+    with caplog.at_level("WARNING", logger="jobs.preflight"):
+        result = run_job(job, DAY, settings=settings)
+    table = pads.dataset(lake.partition_path(job.output.table, DAY), format="parquet").to_table()
+    assert table.num_rows == result.rows
+    assert set(table["variant"].to_pylist()) == {"champion"}
+    assert set(table["model_version"].to_pylist()) == {registered["champion"]}
+    assert (
+        f"conf/jobs/churn.yaml: the alias 'champion' names models:/churn-classifier/{registered['champion']}, "
+        "the version this run scores with: every row is scored once by it, with no canary and no shadow"
+    ) in caplog.text
+    assert lake.read_manifest(job.shadow_table, DAY) == shadow_before
+    metrics = mlflow.MlflowClient(settings.mlflow.tracking_uri).get_run(result.run_id).data.metrics
+    assert not [k for k in metrics if k.startswith("shadow.")]
+
+
 @pytest.mark.parametrize(
     ("relabel", "error"),
     [
