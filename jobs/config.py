@@ -11,10 +11,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import Field, PrivateAttr, StringConstraints, field_validator, model_validator
 
 from jobs import day_folders
-from jobs.settings import conf_dir
+from jobs.settings import PROJECT_ROOT, conf_dir
 from jobs.yamlconf import ConfigError, Frozen, load_model
 from models.output_columns import FIXED_COLUMNS
 
@@ -270,10 +270,16 @@ class JobConfig(Frozen):
     compute: ComputeSpec = ComputeSpec()
     airflow: AirflowSpec = AirflowSpec()
 
+    _source: Path | None = PrivateAttr(default=None)  # the file it was loaded from (load_job_file)
+
     @property
     def file(self) -> str:
-        """The job file, as a run's errors name it for the user to edit."""
-        return f"conf/jobs/{self.name}.yaml"
+        """The job file, as a run's errors name it for the user to edit: relative to the project
+        for its own ``conf/``, else the whole path (a ``LAKECAST_CONF`` folder elsewhere)."""
+        if self._source is None:
+            return f"conf/jobs/{self.name}.yaml"
+        source = self._source.resolve()
+        return str(source.relative_to(PROJECT_ROOT) if source.is_relative_to(PROJECT_ROOT) else source)
 
     @field_validator("schedule")
     @classmethod
@@ -407,7 +413,9 @@ def load_job_file(path: Path) -> JobConfig:
     if not re.match(JOB_NAME, path.stem):
         raise ConfigError(f"{path}: job file names must be lower-case letters, digits and '_', got {path.stem!r}")
     why = f"a job is named after its file ({path.stem!r}): drop the key, or rename the file to rename the job"
-    return load_model(JobConfig, path, given={"name": (path.stem, why)})
+    job = load_model(JobConfig, path, given={"name": (path.stem, why)})
+    job._source = path
+    return job
 
 
 def load_job(name: str) -> JobConfig:

@@ -6,6 +6,7 @@ comparison's metrics are those of the models' own scores."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -135,12 +136,12 @@ def test_pytorch_model_with_named_columns(settings, lake, ray_local, network, us
     [
         (
             [*NUMERIC, "favourite_colour"],
-            r"input.columns in conf/jobs/listed.yaml lists \['favourite_colour'\], which are not inputs of "
+            r"input.columns in <jobs>/listed.yaml lists \['favourite_colour'\], which are not inputs of "
             r"models:/user-torch/1 \(its inputs: \['age', 'tenure_months', ",
         ),
         (
             NUMERIC[:2],
-            r"input.columns in conf/jobs/listed.yaml leaves out \['monthly_charges', 'total_charges', "
+            r"input.columns in <jobs>/listed.yaml leaves out \['monthly_charges', 'total_charges', "
             r"'num_support_calls', 'data_usage_gb'\], which models:/user-torch/1 requires: list them too",
         ),
     ],
@@ -149,9 +150,10 @@ def test_input_columns_must_be_inputs_the_model_can_score_with(
     settings, lake, ray_local, user_torch, tmp_path, columns, error
 ):
     """A job file that lists columns the model does not take, or leaves out ones it needs, is told
-    so before an actor starts, where the model would fail on its first batch with a traceback."""
+    so before an actor starts, where the model would fail on its first batch with a traceback.
+    The error names the job file where it is (a folder outside the project: its whole path)."""
     job = load_job_file(job_file(tmp_path, "listed", user_torch, columns=columns))
-    with pytest.raises(JobError, match=error):
+    with pytest.raises(JobError, match=error.replace("<jobs>", re.escape(str(tmp_path / "jobs")))):
         run_job(job, DAY, settings=settings)
     assert not Path(lake.partition_path("predictions/listed", DAY)).exists()
 
@@ -176,7 +178,9 @@ def test_pt2_model_takes_the_columns_in_the_job_files_order(settings, lake, ray_
     )
     conf = tmp_path / "conf"
 
-    with pytest.raises(JobError, match=r"takes a tensor.*input\.columns in conf/jobs/user_pt2\.yaml"):
+    with pytest.raises(
+        JobError, match=rf"takes a tensor.*input\.columns in {re.escape(str(conf))}/jobs/user_pt2\.yaml$"
+    ):
         run_job(load_job_file(job_file(conf, "user_pt2", "user-pt2")), DAY, settings=settings)
     with pytest.raises(JobError, match=r"shape \(-1, 6\).*lists 5 columns"):
         run_job(load_job_file(job_file(conf, "user_pt2", "user-pt2", columns=order[:5])), DAY, settings=settings)
