@@ -158,10 +158,9 @@ def build_dag(job: JobConfig, job_file: Path, lake_root: str):
                 from airflow.sdk.exceptions import AirflowSkipException
 
                 raise AirflowSkipException("dry run: nothing was published")
-            outlet_events[predictions].extra = {
-                k: result[k]
-                for k in ("date", "rows", "model_name", "model_version", "run_id", "output", "scores", "input_nulls")
-            }
+            keys = ("date", "rows", "model_name", "model_version", "run_id", "output", "scores", "input_nulls")
+            # canary, shadow: the challenger's part in the run, where it had one
+            outlet_events[predictions].extra = {k: result[k] for k in (*keys, "canary", "shadow") if k in result}
             return result
 
         published = publish(predict.output)

@@ -81,6 +81,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"({result.rows_per_s:,.0f} rows/s) with {result.model.uri}"
         )
         _out(f"predictions: {result.output}")
+        if canary := result.ab.get("canary"):
+            share = f"{100 * canary['share']:g}% of the {job.input.key}s"
+            _out(f"canary:      {canary['uri']} scored {share} (variant {canary['alias']})")
+        if shadow := result.ab.get("shadow"):
+            _out(f"shadow:      {shadow['uri']} scored every row into {shadow['table']}")
         if result.quarantined:
             where = f" → {result.quarantine}" if result.quarantine else " (dry run: not kept)"
             _out(f"quarantined: {result.quarantined:,} invalid rows, not scored{where}")

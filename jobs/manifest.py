@@ -30,11 +30,13 @@ def partition_manifest(
     *,
     scores: dict[str, float] | None = None,
     nulls: dict[str, float] | None = None,
+    ab: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The partition's ``_manifest.json``; for a partition of predictions, ``scores``: the
-    distribution of its scores (:mod:`jobs.score_stats`), and ``nulls``: each model input's share
-    of nulls in the input (:mod:`jobs.input_stats`). ``out_footers``: the output files' own, which
-    the caller has read for their row counts (on S3 a round trip fewer than reading a schema)."""
+    distribution of its scores (:mod:`jobs.score_stats`), ``nulls``: each model input's share
+    of nulls in the input (:mod:`jobs.input_stats`), and ``ab``: the challenger's part in the
+    run (:func:`ab_lineage`). ``out_footers``: the output files' own, which the caller has read
+    for their row counts (on S3 a round trip fewer than reading a schema)."""
     out_rows = [footer.num_rows for footer in out_footers]
     schema = out_footers[0].schema.to_arrow_schema() if out_footers else None
     return {
@@ -55,4 +57,20 @@ def partition_manifest(
         "ended_at": dt.datetime.now(dt.UTC).isoformat(),
         **({"scores": scores} if scores else {}),
         **({"input_nulls": nulls} if nulls else {}),
+        **(ab or {}),
+    }
+
+
+def ab_lineage(job: JobConfig, challenger: ModelRef | None) -> dict[str, Any]:
+    """The version beside the champion in a run, where there is one: ``canary``, which scored
+    ``share`` of the entities (the rows whose ``variant`` is the challenger's alias), and
+    ``shadow``, which scored every row into ``table``. The predictions' manifest, the MLflow run
+    and the run's result record it: ``model`` names the champion alone, and a canary's rows
+    are the challenger's."""
+    if challenger is None or job.ab is None:
+        return {}
+    version = asdict(challenger) | {"uri": challenger.uri}
+    return {
+        **({"canary": version | {"share": job.ab.challenger_share}} if job.ab.challenger_share > 0 else {}),
+        **({"shadow": version | {"table": job.shadow_table}} if job.ab.shadow else {}),
     }

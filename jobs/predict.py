@@ -25,7 +25,7 @@ from jobs import commit, drift, input_stats, pipeline, score_stats, stopping, te
 from jobs.config import JobConfig
 from jobs.failures import JobError
 from jobs.lake import DataFile, Lake
-from jobs.manifest import partition_manifest
+from jobs.manifest import ab_lineage, partition_manifest
 from jobs.preflight import Preflight, model_selection, preflight
 from jobs.ray_errors import raise_ours
 from jobs.ray_runtime import actor_gpus, ensure_ray, files_at_once
@@ -63,6 +63,8 @@ class RunResult:
     scores: dict[str, float] = field(default_factory=dict)
     # each model input's share of nulls in the input partition (jobs.input_stats)
     input_nulls: dict[str, float] = field(default_factory=dict)
+    # the challenger's canary and shadow, where the run had them (jobs.manifest.ab_lineage)
+    ab: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rows_per_s(self) -> float:
@@ -91,6 +93,7 @@ class RunResult:
             "quarantine": self.quarantine,
             "scores": dict(self.scores),
             "input_nulls": dict(self.input_nulls),
+            **self.ab,
         }
 
 
@@ -214,6 +217,7 @@ def _run_locked(
 
     ref, files, rows_in, duplicates = pre.ref, pre.files, pre.rows_in, pre.duplicates
     shadows = job.shadows and pre.challenger is not None  # none while both aliases name one version
+    ab = ab_lineage(job, pre.challenger)
     with stopping.held():
         experiment = tracking.experiment_id(settings, f"lakecast/{job.name}")
         if mlflow_run_id:
@@ -282,6 +286,7 @@ def _run_locked(
                 started_at,
                 scores=scores,
                 nulls=pre.input_nulls,
+                ab=ab,
             )
             q_manifest = partition_manifest(job, ds, run_id, ref, lake, files, q_files, q_footers, started_at)
             if invalid:
@@ -375,6 +380,7 @@ def _run_locked(
         quarantine=lake.partition_uri(job.quarantine_table, ds) if invalid and not dry_run else None,
         scores=scores,
         input_nulls=pre.input_nulls,
+        ab=ab,
     )
 
 
@@ -457,14 +463,24 @@ def _log_start(job: JobConfig, ds: dt.date, pre: Preflight, lake: Lake, settings
             "compute.dtype is %s, which applies to GPU actors; this run has CPU actors, which score in float32",
             job.compute.dtype,
         )
-    mlflow.set_tags(
-        {
-            "lakecast.job": job.name,
-            "lakecast.date": ds.isoformat(),
-            "lakecast.model_version": f"{ref.name}/{ref.version}",
-            "lakecast.code_version": tracking.code_version(),
-        }
-    )
+    tags = {
+        "lakecast.job": job.name,
+        "lakecast.date": ds.isoformat(),
+        "lakecast.model_version": f"{ref.name}/{ref.version}",
+        "lakecast.code_version": tracking.code_version(),
+    }
+    if pre.challenger is not None:
+        # the run scored with it too: a search for the runs that used a version finds this one
+        mlflow.log_params(
+            {
+                "ab.challenger_uri": pre.challenger.uri,
+                "ab.challenger_version": pre.challenger.version,
+                "ab.challenger_share": job.ab.challenger_share,
+                "ab.shadow": job.ab.shadow,
+            }
+        )
+        tags["lakecast.challenger_version"] = f"{pre.challenger.name}/{pre.challenger.version}"
+    mlflow.set_tags(tags)
     tracking.log_dataset(
         name=f"{job.input.table}@{ds}",
         uri=lake.partition_uri(job.input.table, ds, job.input.partition),

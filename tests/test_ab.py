@@ -270,6 +270,18 @@ def test_canary_and_shadow_in_the_nightly_job(settings, lake, registered, ray_lo
     assert_scores_describe(shadow_scores, shadow)
     assert_scores_describe({k.removeprefix("score."): v for k, v in metrics.items()}, table)
     assert lake.read_manifest(f"{job.output.table}_shadow", DAY)["scores"] == pytest.approx(shadow_scores)
+    # the challenger's part, where the lineage is read: the manifest (whose model is the
+    # champion's), the run's result (the DAG's XCom and Asset event) and the MLflow run
+    challenger = f"models:/churn-classifier/{registered['challenger']}"
+    manifest = lake.read_manifest(job.output.table, DAY)
+    assert manifest["model"]["version"] == registered["champion"]
+    assert manifest["canary"]["uri"] == manifest["shadow"]["uri"] == challenger
+    assert manifest["canary"]["share"] == 0.3 and manifest["canary"]["alias"] == "challenger"  # the variant
+    assert manifest["shadow"]["table"] == "predictions/churn_shadow"
+    assert {k: first.as_dict()[k] for k in ("canary", "shadow")} == {k: manifest[k] for k in ("canary", "shadow")}
+    run = mlflow.MlflowClient(settings.mlflow.tracking_uri).get_run(first.run_id).data
+    assert run.params["ab.challenger_uri"] == challenger and run.params["ab.challenger_share"] == "0.3"
+    assert run.tags["lakecast.challenger_version"] == f"churn-classifier/{registered['challenger']}"
 
     run_job(job, DAY, settings=settings)  # a rerun routes the same customers
     again = pads.dataset(out, format="parquet").to_table().filter(pads.field("variant") == "challenger")
@@ -305,6 +317,8 @@ def test_a_challenger_alias_on_the_champions_version_scores_each_row_once(
     assert lake.read_manifest(job.shadow_table, DAY) == shadow_before
     metrics = mlflow.MlflowClient(settings.mlflow.tracking_uri).get_run(result.run_id).data.metrics
     assert not [k for k in metrics if k.startswith("shadow.")]
+    manifest = lake.read_manifest(job.output.table, DAY)
+    assert "canary" not in manifest and "shadow" not in manifest and "canary" not in result.as_dict()
 
 
 @pytest.mark.parametrize(
