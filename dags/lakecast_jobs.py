@@ -13,7 +13,7 @@ import logging
 import re
 from pathlib import Path
 
-from airflow.sdk import Asset, Param, dag, task
+from airflow.sdk import Asset, Param, PartitionedAssetTimetable, dag, task
 
 from jobs.airflow_ray import LakecastJobOperator
 from jobs.config import ON_INPUT, JobConfig, job_files, load_job_files
@@ -102,6 +102,11 @@ def table_asset(lake_root: str, table: str) -> Asset:
 
 
 def _schedule(job: JobConfig) -> str:
+    if job.schedule == ON_INPUT and job.airflow.partitioned_assets:
+        return (
+            f"when `{job.input.table}`'s Asset gets a partitioned event; a run scores the day its partition key "
+            "names (`2026-12-04`, `2026-12-04T00:00:00` or the day's folder)"
+        )
     if job.schedule == ON_INPUT:
         return (
             f"when `{job.input.table}`'s Asset is updated; a run scores the day its event names (`date` in "
@@ -113,7 +118,10 @@ def _schedule(job: JobConfig) -> str:
 def build_dag(job: JobConfig, job_file: Path, lake_root: str):
     table_uri = f"{lake_root.rstrip('/')}/{job.output.table}"
     predictions = table_asset(lake_root, job.output.table)
-    schedule = [table_asset(lake_root, job.input.table)] if job.schedule == ON_INPUT else job.schedule
+    schedule = job.schedule
+    if job.schedule == ON_INPUT:
+        source = table_asset(lake_root, job.input.table)
+        schedule = PartitionedAssetTimetable(assets=source) if job.airflow.partitioned_assets else [source]
 
     @dag(
         dag_id=job.dag_id,
@@ -161,6 +169,8 @@ def build_dag(job: JobConfig, job_file: Path, lake_root: str):
             keys = ("date", "rows", "model_name", "model_version", "run_id", "output", "scores", "input_nulls")
             # canary, shadow: the challenger's part in the run, where it had one
             outlet_events[predictions].extra = {k: result[k] for k in (*keys, "canary", "shadow") if k in result}
+            if job.airflow.partitioned_assets:  # for partition-aware downstream DAGs (and only for them)
+                outlet_events[predictions].add_partitions(result["date"])
             return result
 
         published = publish(predict.output)

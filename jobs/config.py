@@ -253,6 +253,13 @@ class AirflowSpec(Frozen):
         min_length=1,
         description="Airflow pool of the tasks that use Ray (predict, compare): caps how many run at once",
     )
+    partitioned_assets: bool = Field(
+        False,
+        description="Airflow's partitioned Asset events: publish names the day as the event's partition key, and "
+        "with schedule: on_input the DAG listens for the input's partitioned events, scoring the day each key "
+        "names. Airflow keeps the two kinds apart: a partitioned event starts partition-aware DAGs only, a plain "
+        "one the others only",
+    )
 
 
 class JobConfig(Frozen):
@@ -372,6 +379,7 @@ def load_job_files(paths: list[Path]) -> tuple[dict[Path, JobConfig], dict[Path,
         except ConfigError as e:
             errors[path] = e
     errors |= overlapping_writes(jobs)
+    errors |= unheard_events(jobs)
     return {path: job for path, job in jobs.items() if path not in errors}, errors
 
 
@@ -396,6 +404,29 @@ def overlapping_writes(jobs: Mapping[Path, JobConfig]) -> dict[Path, ConfigError
                         "partition whole, so the two would overwrite each other; give each job a table of its own"
                     )
     return {path: ConfigError("\n".join(lines)) for path, lines in errors.items()}
+
+
+def unheard_events(jobs: Mapping[Path, JobConfig]) -> dict[Path, ConfigError]:
+    """The jobs on ``schedule: on_input`` whose input another job writes, the two set apart by
+    ``airflow.partitioned_assets``: Airflow starts a partition-aware DAG on partitioned events
+    only, and the others on plain events only, so the job would never run. The listening file
+    gets the error, naming the writer."""
+    kinds = {True: "partitioned", False: "plain"}
+    writers = {job.output.table: (path, job) for path, job in jobs.items()}
+    errors = {}
+    for path, job in jobs.items():
+        if job.schedule != ON_INPUT or job.input.table not in writers:
+            continue
+        source, writer = writers[job.input.table]
+        listens, sends = job.airflow.partitioned_assets, writer.airflow.partitioned_assets
+        if listens != sends:
+            errors[path] = ConfigError(
+                f"{path}: schedule: on_input listens for {kinds[listens]} Asset events of {job.input.table!r}, "
+                f"and {source}, which writes it, publishes {kinds[sends]} ones (airflow.partitioned_assets: "
+                f"{str(sends).lower()} there): Airflow would never start this job; set airflow.partitioned_assets "
+                "alike in both files"
+            )
+    return errors
 
 
 def jobs_dir() -> Path:

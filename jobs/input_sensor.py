@@ -93,11 +93,16 @@ class InputPartitionSensor(BaseSensorOperator):
 
     def _announced(self, context: Context) -> str | None:
         """The day the Asset events that triggered this run say was written (``schedule:
-        on_input``), the newest; None for a run no event triggered. Airflow folds the events that
-        came while the DAG waited into one run, which scores the newest day: the others are named
-        in the log, to be triggered by date."""
-        from jobs.schedule import announced_dates
+        on_input``), the newest; None for a run no event triggered. A partition-aware DAG's run
+        (``airflow.partitioned_assets``) has one partition key, which names it. Airflow folds the
+        plain events that came while the DAG waited into one run, which scores the newest day: the
+        others are named in the log, to be triggered by date."""
+        from jobs.schedule import announced_dates, partition_day
 
+        if key := context.get("partition_key"):
+            day = partition_day(key, self.partition)
+            log.info("this run's partition key %r names %s", key, day)
+            return day.isoformat()
         triggering = context.get("triggering_asset_events") or {}
         days = announced_dates(event for asset in triggering for event in triggering[asset])
         if not days:

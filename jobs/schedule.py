@@ -1,5 +1,6 @@
 """Which date a run scores: an explicit date wins, then the day the Asset event that triggered the
-run names (``schedule: on_input``), else the day before the run's date.
+run names (``schedule: on_input``: the event's partition key, or its ``date`` extra), else the
+day before the run's date.
 
 A nightly run at 02:00 on the 22nd scores the partition of the 21st, the last complete day.
 Kept apart from the DAG file so the rule is tested without Airflow.
@@ -11,6 +12,7 @@ import datetime as dt
 from collections.abc import Iterable
 from typing import Any
 
+from jobs import day_folders
 from jobs.config import parse_date
 from jobs.yamlconf import ConfigError
 
@@ -18,8 +20,8 @@ from jobs.yamlconf import ConfigError
 def announced_dates(events: Iterable[Any]) -> list[dt.date]:
     """The days that the Asset events which triggered a run (``schedule: on_input``) say were
     written, newest event first: each event's ``date`` in its extra (lakecast's publish puts it
-    there). Events that name no day are left out. (Airflow 3.2's partitioned events, which name
-    theirs in a partition key, start only partition-aware DAGs, which lakecast's are not.)
+    there). Events that name no day are left out. (Airflow's partitioned events, which name theirs
+    in a partition key, start partition-aware DAGs only: :func:`partition_day`.)
 
     Raises:
         ConfigError: an event names a date that is not ``YYYY-MM-DD``, naming the DAG that sent it.
@@ -48,3 +50,26 @@ def score_date(requested: str | None, run_date: dt.datetime | dt.date) -> dt.dat
         return parse_date(requested)
     day = run_date.date() if isinstance(run_date, dt.datetime) else run_date
     return day - dt.timedelta(days=1)
+
+
+def partition_day(key: str, layout: str) -> dt.date:
+    """The day a partitioned Asset event's key names (``airflow.partitioned_assets``): the date
+    (``2026-12-04``), a timestamp on that day (``2026-12-04T00:00:00``, as Airflow's temporal
+    partition mappers write them), or the day's folder under the input table, as
+    ``input.partition`` names it (``dt=20261204``): a producer keys its events as it keys its table.
+
+    Raises:
+        ConfigError: the key is none of these, naming it and what would do.
+    """
+    try:
+        return dt.datetime.fromisoformat(key).date()
+    except ValueError:
+        pass
+    try:
+        return dt.datetime.strptime(key, layout).date()
+    except ValueError:
+        raise ConfigError(
+            f"the Asset event's partition key {key!r} names no day: lakecast takes the date (2026-12-04), a "
+            f"timestamp on it (2026-12-04T00:00:00) or the day's folder as input.partition names it "
+            f"({day_folders.folder(layout, dt.date(2026, 12, 4))})"
+        ) from None

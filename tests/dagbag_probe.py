@@ -18,12 +18,21 @@ report = {
     "heavy_modules": sorted(m for m in ("ray", "torch", "mlflow") if m in sys.modules),
     "dags": {},
 }
+
+
+def _listened(timetable) -> list:
+    """An asset-triggered DAG's Assets: all of a list's, or the one a partition-aware DAG names."""
+    condition = getattr(timetable, "asset_condition", None)
+    return list(getattr(condition, "objects", [condition] if condition else []))
+
+
 for dag_id, dag in bag.dags.items():
     report["dags"][dag_id] = {
         "tasks": [t.task_id for t in dag.tasks],
         "schedule": str(getattr(dag.timetable, "summary", dag.timetable)),
         # an asset-triggered DAG's: the Assets it listens to
-        "schedule_assets": [a.uri for a in getattr(getattr(dag.timetable, "asset_condition", None), "objects", ())],
+        "schedule_assets": [a.uri for a in _listened(dag.timetable)],
+        "timetable": type(dag.timetable).__name__,
         "catchup": dag.catchup,
         "tags": sorted(dag.tags),
         "params": sorted(dag.params.keys()),

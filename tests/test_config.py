@@ -317,6 +317,29 @@ def test_validate_names_both_files_of_a_shared_output_table(home, tmp_path, caps
     assert out[3] == "1 valid, 2 invalid job file(s)"
 
 
+def test_a_job_on_input_that_its_writer_would_never_start_is_named(home, tmp_path, capsys):
+    """A job on ``schedule: on_input`` reads another's predictions, the two apart on
+    ``airflow.partitioned_assets``: Airflow keeps partitioned and plain events apart, so its DAG
+    would never run. The listening file is named, with the writer's; the writer is fine."""
+    from jobs.cli import main
+
+    partitioned = "airflow: {partitioned_assets: true}\n"
+    writer = write(tmp_path, VALID + partitioned, name="writer")
+    reader = VALID.replace('"0 2 * * *"', "on_input").replace("raw/customers", "predictions/churn_test")
+    reader = reader.replace("predictions/churn_test}", "predictions/downstream}")  # a table of its own to write
+    listener = write(tmp_path, reader, name="listener")
+    assert main(["validate", str(writer), str(listener)]) == 1
+    assert capsys.readouterr().out.splitlines() == [
+        f"ok      {writer} → DAG lakecast__writer",
+        f"invalid {listener}: schedule: on_input listens for plain Asset events of 'predictions/churn_test', and "
+        f"{writer}, which writes it, publishes partitioned ones (airflow.partitioned_assets: true there): Airflow "
+        "would never start this job; set airflow.partitioned_assets alike in both files",
+        "1 valid, 1 invalid job file(s)",
+    ]
+    write(tmp_path, reader + partitioned, name="listener")
+    assert main(["validate", str(writer), str(listener)]) == 0
+
+
 def test_a_profile_cannot_move_lakecast_home(home, tmp_path, monkeypatch):
     conf = tmp_path / "conf"
     (conf / "profiles").mkdir(parents=True)

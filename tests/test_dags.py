@@ -142,6 +142,50 @@ def test_a_job_on_input_runs_when_its_input_tables_asset_is_updated(settings, pa
     ) in dag["doc_md"]
 
 
+def test_a_job_on_partitioned_input_events_is_a_partition_aware_dag(settings, tmp_path):
+    """``airflow.partitioned_assets: true``: the DAG on its input's Asset is partition-aware, since
+    Airflow starts only those on a partitioned event, and its docs say which day a run scores."""
+    chained = CHURN.replace('schedule: "0 2 * * *"', "schedule: on_input").replace(
+        "airflow:\n", "airflow:\n  partitioned_assets: true\n"
+    )
+    dag = parse_dags(settings, LAKECAST_CONF=str(conf_with(tmp_path, churn=chained)))["dags"]["lakecast__churn"]
+    assert dag["timetable"] == "PartitionedAssetTimetable"
+    assert dag["schedule_assets"] == [f"file://{settings.lake_root}/raw/customers"]
+    assert (
+        "| schedule | when `raw/customers`'s Asset gets a partitioned event; a run scores the day its partition key "
+        "names (`2026-12-04`, `2026-12-04T00:00:00` or the day's folder) |"
+    ) in dag["doc_md"]
+
+
+@pytest.mark.parametrize(
+    ("key", "layout"),
+    [
+        ("2026-12-04", "ds=%Y-%m-%d"),
+        ("2026-12-04T00:00:00", "ds=%Y-%m-%d"),  # as Airflow's StartOfDayMapper takes them
+        ("2026-12-04T23:30:00-05:00", "ds=%Y-%m-%d"),
+        ("ds=2026-12-04", "ds=%Y-%m-%d"),
+        ("dt=20261204", "dt=%Y%m%d"),
+        ("year=2026/month=12/day=04", "year=%Y/month=%m/day=%d"),
+    ],
+)
+def test_the_day_a_partition_key_names(key, layout):
+    from jobs.schedule import partition_day
+
+    assert partition_day(key, layout) == dt.date(2026, 12, 4)
+
+
+def test_a_partition_key_that_names_no_day_is_refused():
+    from jobs.schedule import partition_day
+    from jobs.yamlconf import ConfigError
+
+    with pytest.raises(ConfigError) as raised:
+        partition_day("eu-west", "dt=%Y%m%d")
+    assert str(raised.value) == (
+        "the Asset event's partition key 'eu-west' names no day: lakecast takes the date (2026-12-04), a timestamp "
+        "on it (2026-12-04T00:00:00) or the day's folder as input.partition names it (dt=20261204)"
+    )
+
+
 def test_score_date_rules():
     nightly = dt.datetime(2026, 11, 22, 2, 0, tzinfo=dt.UTC)
     assert score_date(None, nightly) == dt.date(2026, 11, 21)

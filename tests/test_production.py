@@ -55,6 +55,10 @@ def stack(s3_server, ray_head, tmp_path_factory):
     chained.pop("ab")
     chained |= {"schedule": "on_input", "output": chained["output"] | {"table": "predictions/churn_on_input"}}
     (conf / "jobs" / "churn_on_input.yaml").write_text(yaml.safe_dump(chained))
+    # and one on the same Asset's partitioned events, which Airflow keeps apart from the plain ones
+    chained["output"]["table"] = "predictions/churn_on_partitions"
+    chained["airflow"]["partitioned_assets"] = True
+    (conf / "jobs" / "churn_on_partitions.yaml").write_text(yaml.safe_dump(chained))
     env = {
         **s3_server.env,
         **ray_head.auth_env,
@@ -184,36 +188,49 @@ def test_a_job_on_input_runs_for_the_day_its_producer_announces(stack, dag_run, 
     """``schedule: on_input``: the job's DAG runs when its input table's Asset is updated. Here the
     producer is a pipeline outside Airflow's DAGs, announcing the day it wrote through Airflow's
     REST API (a DAG with the table as an outlet does the same); the scheduler starts the run, which
-    scores that day, not the day before it runs."""
+    scores that day, not the day before it runs. A producer that keys its events by partition
+    starts the partition-aware job only (``airflow.partitioned_assets``), which scores the day the
+    key names and publishes its predictions' event under the same key; a plain event starts the
+    other job only."""
     airflow: Airflow = stack["airflow"]
     token = dag_run["token"]
-    dag_id = "lakecast__churn_on_input"
     uri = f"{stack['env']['LAKECAST_LAKE_ROOT']}/raw/customers"
+    plain, partitioned = "lakecast__churn_on_input", "lakecast__churn_on_partitions"
 
     def asset_id() -> int | None:
         assets = airflow.api(f"/assets?uri_pattern={urllib.parse.quote('raw/customers')}", token)["assets"]
         return next((a["id"] for a in assets if a["uri"] == uri), None)
 
     wait_until(lambda: asset_id() is not None, timeout=180, what="the input table's Asset")
-    assert airflow.api(f"/dags/{dag_id}", token)["timetable_summary"] == "Asset"
+    assert airflow.api(f"/dags/{plain}", token)["timetable_summary"] == "Asset"
+    assert airflow.api(f"/dags/{partitioned}", token)["timetable_summary"] == "Partitioned Asset"
     airflow.post("/assets/events", token, {"asset_id": asset_id(), "extra": {"date": DAY.isoformat()}})
-    runs: list = []
+    airflow.post("/assets/events", token, {"asset_id": asset_id(), "partition_key": f"{DAY.isoformat()}T00:00:00"})
+    runs: dict[str, list] = {}
 
     def ended() -> bool:
-        runs[:] = airflow.api(f"/dags/{dag_id}/dagRuns", token)["dag_runs"]
-        return any(r["state"] in ("success", "failed") for r in runs)
+        for dag_id in (plain, partitioned):
+            runs[dag_id] = airflow.api(f"/dags/{dag_id}/dagRuns", token)["dag_runs"]
+        return all(any(r["state"] in ("success", "failed") for r in rs) for rs in runs.values())
 
-    wait_until(ended, timeout=600, what=f"{dag_id}'s run")
-    run = runs[0]
-    path = f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run['dag_run_id'])}"
-    tasks = {t["task_id"]: t["state"] for t in airflow.api(f"{path}/taskInstances", token)["task_instances"]}
-    assert (len(runs), run["run_type"], run["state"]) == (1, "asset_triggered", "success"), (runs, tasks)
-    assert tasks == {"check_input": "success", "predict": "success", "publish": "success"}
-
+    wait_until(ended, timeout=600, what=f"{plain}'s and {partitioned}'s runs")
     from jobs.lake import Lake
 
-    manifest = Lake(stack["env"]["LAKECAST_LAKE_ROOT"]).read_manifest("predictions/churn_on_input", DAY)
-    assert manifest is not None and manifest["rows"] == ROWS and manifest["date"] == DAY.isoformat()
+    lake = Lake(stack["env"]["LAKECAST_LAKE_ROOT"])
+    for dag_id, table in ((plain, "predictions/churn_on_input"), (partitioned, "predictions/churn_on_partitions")):
+        run = runs[dag_id][0]
+        path = f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run['dag_run_id'])}"
+        tasks = {t["task_id"]: t["state"] for t in airflow.api(f"{path}/taskInstances", token)["task_instances"]}
+        assert (len(runs[dag_id]), run["run_type"], run["state"]) == (1, "asset_triggered", "success"), (runs, tasks)
+        assert tasks == {"check_input": "success", "predict": "success", "publish": "success"}
+        manifest = lake.read_manifest(table, DAY)
+        assert manifest is not None and manifest["rows"] == ROWS and manifest["date"] == DAY.isoformat()
+    assert runs[partitioned][0]["partition_key"] == f"{DAY.isoformat()}T00:00:00"
+
+    # each publish: the partition-aware job's event carries the day as its key, the other's none
+    for dag_id, key in ((plain, None), (partitioned, DAY.isoformat())):
+        events = airflow.api(f"/assets/events?source_dag_id={dag_id}", token)["asset_events"]
+        assert [(e["partition_key"], e["extra"]["date"]) for e in events] == [(key, DAY.isoformat())], events
 
 
 def test_a_run_from_a_laptop_against_the_teams_mlflow_prints_clean_json(stack, dag_run):
