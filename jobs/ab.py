@@ -155,7 +155,7 @@ def _compare(job: JobConfig, ds: dt.date, *, settings: Settings | None) -> dict[
         "bootstrap": {"resamples": spec.bootstrap, "unit": spec.group_key or "row"},
         "mcnemar": comparison.mcnemar,
         "segments": {"column": spec.segment_column, "values": comparison.segments} if spec.segment_column else None,
-        "shadow": shadow_summary(job, lake, ds),
+        "shadow": shadow_summary(job, lake, ds, refs[1]),
         "policy": {
             "primary_metric": spec.primary_metric,
             "min_improvement": spec.min_improvement,
@@ -369,8 +369,11 @@ def _score_both(
         raise
 
 
-def shadow_summary(job: JobConfig, lake: Lake, ds: dt.date) -> dict[str, float] | None:
-    """Agreement and score shift (PSI) between the predictions and the shadow predictions of ``ds``."""
+def shadow_summary(job: JobConfig, lake: Lake, ds: dt.date, challenger: ModelRef) -> dict[str, float] | None:
+    """Agreement and score shift (PSI) between the predictions and the shadow predictions of ``ds``;
+    None where the day has no shadow of ``challenger`` scored beside its predictions. A rerun
+    without a shadow (both aliases on one version after a promotion) keeps the day's earlier
+    shadow, and the challenger may have moved since: neither is compared with the predictions."""
     import pyarrow.dataset as pads
 
     from jobs.lake import LakeError
@@ -378,7 +381,19 @@ def shadow_summary(job: JobConfig, lake: Lake, ds: dt.date) -> dict[str, float] 
     try:
         main = lake.data_files(job.output.table, ds)
         shadow = lake.data_files(job.shadow_table, ds)
+        manifests = lake.read_manifest(job.output.table, ds), lake.read_manifest(job.shadow_table, ds)
     except LakeError:
+        return None
+    if None in manifests:
+        return None
+    predictions, shadowed = manifests
+    why = None
+    if shadowed["scoring_run_id"] != predictions["scoring_run_id"]:
+        why = "was scored by another run than the day's predictions (a rerun with no shadow, say)"
+    elif shadowed["model"]["version"] != challenger.version:
+        why = f"holds v{shadowed['model']['version']}'s scores, not the challenger v{challenger.version}'s"
+    if why:
+        log.warning("%s %s: the report leaves it out", lake.partition_uri(job.shadow_table, ds), why)
         return None
     score = job.output.score_column
     read = lambda fs: pads.dataset([f.path for f in fs], filesystem=lake.fs, format="parquet").to_table(  # noqa: E731

@@ -297,18 +297,22 @@ def test_a_challenger_alias_on_the_champions_version_scores_each_row_once(
 ):
     """After a promotion both aliases name one version until the next is registered: the nightly
     run with a canary and a shadow scores every row once with it, says why in its log, and leaves
-    the day's shadow partition as it was (no second scoring of the same model)."""
+    the day's shadow partition as it was (no second scoring of the same model). A comparison of
+    that day later leaves that shadow out: the predictions it sat beside were replaced."""
     from jobs.predict import run_job
+
+    shadowed = churn_job.model_copy(update={"ab": churn_job.ab.model_copy(update={"shadow": True})})
+    run_job(shadowed, DAY, settings=settings)
+    shadow_before = lake.read_manifest(shadowed.shadow_table, DAY)
+    assert shadow_before["model"]["version"] == registered["challenger"]
 
     job = churn_job.model_copy(update={
         "ab": churn_job.ab.model_copy(update={"challenger": "champion", "challenger_share": 0.3, "shadow": True}),
     })  # fmt: skip
-    shadow_before = lake.read_manifest(job.shadow_table, DAY)
     with caplog.at_level("WARNING", logger="jobs.preflight"):
         result = run_job(job, DAY, settings=settings)
     table = pads.dataset(lake.partition_path(job.output.table, DAY), format="parquet").to_table()
     assert table.num_rows == result.rows
-    assert set(table["variant"].to_pylist()) == {"champion"}
     assert set(table["model_version"].to_pylist()) == {registered["champion"]}
     assert (
         f"conf/jobs/churn.yaml: the alias 'champion' names models:/churn-classifier/{registered['champion']}, "
@@ -319,6 +323,14 @@ def test_a_challenger_alias_on_the_champions_version_scores_each_row_once(
     assert not [k for k in metrics if k.startswith("shadow.")]
     manifest = lake.read_manifest(job.output.table, DAY)
     assert "canary" not in manifest and "shadow" not in manifest and "canary" not in result.as_dict()
+
+    with caplog.at_level("WARNING", logger="jobs.ab"):
+        report = run_compare(shadowed, DAY, settings=settings)
+    assert report["shadow"] is None
+    assert (
+        "predictions/churn_shadow/ds=2026-11-21 was scored by another run than the day's predictions (a rerun "
+        "with no shadow, say): the report leaves it out"
+    ) in caplog.text
 
 
 @pytest.mark.parametrize(
