@@ -76,11 +76,12 @@ def warn_of_emptier_inputs(ds: dt.date, job: JobConfig, pre: Preflight, before: 
 
 
 def score_distribution(
-    ds: dt.date, summaries: list[dict[str, Any]], before: dict[str, Any], *, table: str
+    ds: dt.date, summaries: list[dict[str, Any]], before: dict[str, Any], *, table: str, version: int | None = None
 ) -> dict[str, float]:
     """The figures of ``summaries`` (:func:`jobs.score_stats.merge`), against those of the day
     before's manifest ``before`` of ``table`` where it has them; a warning when the scores moved
-    much since."""
+    much since. ``version``: the model version that scored tonight's; where the day before's
+    was another (the night after a promotion), the warning says so, as the likely cause."""
     day_before = ds - dt.timedelta(days=1)
     previous = before.get("scores")
     try:  # a comparison: yesterday's partition, whatever its state, never fails tonight's run
@@ -92,7 +93,7 @@ def score_distribution(
     if shift is not None and shift > score_stats.PSI_ALERT:
         log.warning(
             "%s's scores moved since %s: population stability index %.2f against that day's deciles (above %g); "
-            "median %.4g → %.4g, positive rate %.2f%% → %.2f%%",
+            "median %.4g → %.4g, positive rate %.2f%% → %.2f%%%s",
             table,
             day_before,
             shift,
@@ -101,5 +102,14 @@ def score_distribution(
             scores["p50"],
             100 * previous["positive_rate"],
             100 * scores["positive_rate"],
+            _model_changed(before, version),
         )
     return scores
+
+
+def _model_changed(before: dict[str, Any], version: int | None) -> str:
+    model = before.get("model")
+    was = model.get("version") if isinstance(model, dict) else None
+    if version is None or not isinstance(was, int) or was == version:
+        return ""
+    return f"; the day before was scored by v{was} and tonight by v{version}, which can move them by itself"

@@ -255,6 +255,7 @@ def _run_locked(
                     [score_stats.shadow_of(s) for s in summaries],
                     drift.day_before(lake, job.shadow_table, ds),
                     table=job.shadow_table,
+                    version=pre.challenger.version,
                 )
             out_files, out_footers, out_rows = _written(lake, staging)
             q_files, q_footers, q_rows = _written(lake, q_staging)
@@ -264,7 +265,7 @@ def _run_locked(
                     "rows; nothing was committed"
                 )
             before = drift.day_before(lake, job.output.table, ds)
-            scores = drift.score_distribution(ds, summaries, before, table=job.output.table)
+            scores = drift.score_distribution(ds, summaries, before, table=job.output.table, version=ref.version)
             drift.warn_of_emptier_inputs(
                 ds, job, pre, before, lake.partition_uri(job.input.table, ds, job.input.partition)
             )

@@ -470,7 +470,8 @@ def test_a_gpu_actor_that_leaves_its_reads_no_cpu_is_refused_at_once(
 def test_a_night_whose_scores_moved_says_so(settings, registered, ray_local, churn_job, tmp_path, caplog):
     """Against the day before's deciles: the same customers score alike (a small index, no
     warning); when an upstream column changes its units, every row still passes and is scored,
-    and the run logs the shift and warns."""
+    and the run logs the shift and warns. Where another model version scored the night (here the
+    challenger, as after a promotion), the warning names both versions."""
     import datetime as dt
 
     import pyarrow.compute as pc
@@ -486,7 +487,8 @@ def test_a_night_whose_scores_moved_says_so(settings, registered, ray_local, chu
     in_cents = snapshot.set_column(charges, "monthly_charges", pc.multiply(snapshot["monthly_charges"], 100.0))
     for day, data in zip(days, [snapshot, snapshot, in_cents], strict=True):
         demo_data.write_partition(lake, demo_data.RAW_TABLE, day, data, files=2)
-    runs = [run_job(churn_job, day, settings=here) for day in days]
+    runs = [run_job(churn_job, day, settings=here) for day in days[:2]]
+    runs.append(run_job(churn_job, days[2], settings=here, model_version=registered["challenger"]))
     assert "psi_vs_previous_day" not in runs[0].scores  # no day before
     assert runs[1].scores["psi_vs_previous_day"] < 0.05
     assert runs[2].scores["psi_vs_previous_day"] > 0.25 and runs[2].quarantined == 0
@@ -496,6 +498,10 @@ def test_a_night_whose_scores_moved_says_so(settings, registered, ray_local, chu
     )
     assert f"{OUT}'s scores moved since {days[1]}: population stability index" in caplog.text
     assert caplog.text.count("scores moved since") == 1
+    assert (
+        f"; the day before was scored by v{registered['champion']} and tonight by v{registered['challenger']}, "
+        "which can move them by itself"
+    ) in caplog.text
 
     # a day before whose manifest is broken leaves tonight's run to publish, without the index
     (Path(lake.partition_path(OUT, days[2])) / "_manifest.json").write_text('{"scores": {"p10": "x"')
@@ -521,7 +527,8 @@ def test_a_night_with_far_fewer_rows_says_so(settings, registered, ray_local, ch
     snapshot = demo_data.generate(ROWS, DAY)
     for day, data in zip(days, [snapshot, snapshot.slice(0, ROWS // 3), snapshot], strict=True):
         demo_data.write_partition(lake, demo_data.RAW_TABLE, day, data, files=1)
-    runs = [run_job(churn_job, day, settings=here) for day in days]
+    runs = [run_job(churn_job, day, settings=here) for day in days[:2]]
+    runs.append(run_job(churn_job, days[2], settings=here, model_version=registered["challenger"]))
     assert all(run.committed for run in runs)
     client = mlflow.MlflowClient(settings.mlflow.tracking_uri)
     metrics = [client.get_run(run.run_id).data.metrics for run in runs]
