@@ -68,6 +68,7 @@ def _doc(job: JobConfig, table_uri: str) -> str:
 | model | `{job.model.name}` {selector}, resolved to a version number at run time |
 | output | `{table_uri}/ds=<date>/`, column `{job.output.score_column}` plus lineage |
 | schedule | {_schedule(job)} |
+| Asset events | {"partitioned: publish's carries the day as its key" if job.airflow.partitioned_assets else "plain"} |
 | input wait | {_wait(job)} |
 | actors | {job.compute.min_actors} to {job.compute.max_actors} |
 | per actor | {job.compute.cpus_per_actor:g} CPU(s), GPUs: {job.compute.gpus_per_actor} |

@@ -155,6 +155,7 @@ def test_a_job_on_partitioned_input_events_is_a_partition_aware_dag(settings, tm
         "| schedule | when `raw/customers`'s Asset gets a partitioned event; a run scores the day its partition key "
         "names (`2026-12-04`, `2026-12-04T00:00:00` or the day's folder) |"
     ) in dag["doc_md"]
+    assert "| Asset events | partitioned: publish's carries the day as its key |" in dag["doc_md"]
 
 
 @pytest.mark.parametrize(
