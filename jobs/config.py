@@ -7,6 +7,7 @@ YAML only, never Ray, torch or MLflow.
 from __future__ import annotations
 
 import datetime as dt
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
@@ -14,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field, PrivateAttr, StringConstraints, field_validator, model_validator
 
 from jobs import day_folders
-from jobs.settings import PROJECT_ROOT, conf_dir
+from jobs.settings import CONF_SHOWN, PROJECT_ROOT, conf_dir
 from jobs.yamlconf import ConfigError, Frozen, load_model
 from models.output_columns import FIXED_COLUMNS
 
@@ -282,10 +283,13 @@ class JobConfig(Frozen):
     @property
     def file(self) -> str:
         """The job file, as a run's errors name it for the user to edit: relative to the project
-        for its own ``conf/``, else the whole path (a ``LAKECAST_CONF`` folder elsewhere)."""
+        for its own ``conf/``, else the whole path (a ``LAKECAST_CONF`` folder elsewhere, also
+        for a job submitted to a cluster with it, which runs on an uploaded copy)."""
         if self._source is None:
             return f"conf/jobs/{self.name}.yaml"
-        source = self._source.resolve()
+        source, conf = self._source.resolve(), (PROJECT_ROOT / "conf").resolve()
+        if (shown := os.environ.get(CONF_SHOWN)) and source.is_relative_to(conf):
+            return str(Path(shown) / source.relative_to(conf))
         return str(source.relative_to(PROJECT_ROOT) if source.is_relative_to(PROJECT_ROOT) else source)
 
     @field_validator("schedule")

@@ -20,6 +20,10 @@ DEFAULT_PROFILE = "local"
 MLFLOW_STORES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
 
 
+# On a cluster, the submitting machine's LAKECAST_CONF: the job files came from there (jobs.submit)
+CONF_SHOWN = "LAKECAST_CONF_SHOWN"
+
+
 def conf_dir() -> Path:
     """The configuration folder: ``LAKECAST_CONF``, else the project's ``conf/``."""
     return Path(os.environ.get("LAKECAST_CONF") or PROJECT_ROOT / "conf").resolve()

@@ -193,3 +193,22 @@ def test_a_conf_folder_of_its_own_travels_as_the_jobs_conf(tmp_path, monkeypatch
         assert not (folder / "tests").exists() and not (folder / ".venv").exists()
         staged = folder
     assert not staged.exists()  # removed once Ray has uploaded it
+
+
+def test_a_job_from_a_conf_folder_of_its_own_names_that_file_on_the_cluster(cluster, tmp_path, monkeypatch):
+    """On the cluster the job runs on the uploaded copy of LAKECAST_CONF, as the project's conf/:
+    its errors name the file the user edits on the submitting machine, not conf/jobs/<job>.yaml."""
+    from jobs.config import load_job, load_job_file
+    from jobs.settings import PROJECT_ROOT
+
+    conf = tmp_path / "site-conf"
+    monkeypatch.delenv("LAKECAST_CONF", raising=False)
+    assert "LAKECAST_CONF_SHOWN" not in submit.runtime_env(cluster)["env_vars"]
+    assert load_job("churn").file == "conf/jobs/churn.yaml"
+    monkeypatch.setenv("LAKECAST_CONF", str(conf))
+    shown = submit.runtime_env(cluster)["env_vars"]["LAKECAST_CONF_SHOWN"]
+    assert shown == str(conf.resolve())
+    # the cluster's side: the copy is the project's conf/, the variable as the runtime env sets it
+    monkeypatch.delenv("LAKECAST_CONF")
+    monkeypatch.setenv("LAKECAST_CONF_SHOWN", shown)
+    assert load_job_file(PROJECT_ROOT / "conf" / "jobs" / "churn.yaml").file == f"{conf.resolve()}/jobs/churn.yaml"
