@@ -140,6 +140,7 @@ def _compare(job: JobConfig, ds: dt.date, *, settings: Settings | None) -> dict[
     verdict, reasons = abstats.verdict(
         comparison, primary=spec.primary_metric, min_improvement=spec.min_improvement, guards=spec.guards
     )
+    shadow, shadow_left_out = shadow_summary(job, lake, ds, refs[1])
     report = {
         "job": job.name,
         "date": ds.isoformat(),
@@ -155,7 +156,8 @@ def _compare(job: JobConfig, ds: dt.date, *, settings: Settings | None) -> dict[
         "bootstrap": {"resamples": spec.bootstrap, "unit": spec.group_key or "row"},
         "mcnemar": comparison.mcnemar,
         "segments": {"column": spec.segment_column, "values": comparison.segments} if spec.segment_column else None,
-        "shadow": shadow_summary(job, lake, ds, refs[1]),
+        "shadow": shadow,
+        "shadow_left_out": shadow_left_out,
         "policy": {
             "primary_metric": spec.primary_metric,
             "min_improvement": spec.min_improvement,
@@ -369,11 +371,14 @@ def _score_both(
         raise
 
 
-def shadow_summary(job: JobConfig, lake: Lake, ds: dt.date, challenger: ModelRef) -> dict[str, float] | None:
-    """Agreement and score shift (PSI) between the predictions and the shadow predictions of ``ds``;
-    None where the day has no shadow of ``challenger`` scored beside its predictions. A rerun
-    without a shadow (both aliases on one version after a promotion) keeps the day's earlier
-    shadow, and the challenger may have moved since: neither is compared with the predictions."""
+def shadow_summary(
+    job: JobConfig, lake: Lake, ds: dt.date, challenger: ModelRef
+) -> tuple[dict[str, float] | None, str | None]:
+    """Agreement and score shift (PSI) between the predictions and the shadow predictions of ``ds``,
+    None where the day has no shadow of ``challenger`` scored beside its predictions; and why the
+    day's shadow was left out, where it has one. A rerun without a shadow (both aliases on one
+    version after a promotion) keeps the day's earlier shadow, and the challenger may have moved
+    since: neither is compared with the predictions."""
     import pyarrow.dataset as pads
 
     from jobs.lake import LakeError
@@ -383,9 +388,9 @@ def shadow_summary(job: JobConfig, lake: Lake, ds: dt.date, challenger: ModelRef
         shadow = lake.data_files(job.shadow_table, ds)
         manifests = lake.read_manifest(job.output.table, ds), lake.read_manifest(job.shadow_table, ds)
     except LakeError:
-        return None
+        return None, None
     if None in manifests:
-        return None
+        return None, None
     predictions, shadowed = manifests
     why = None
     if shadowed["scoring_run_id"] != predictions["scoring_run_id"]:
@@ -393,8 +398,9 @@ def shadow_summary(job: JobConfig, lake: Lake, ds: dt.date, challenger: ModelRef
     elif shadowed["model"]["version"] != challenger.version:
         why = f"holds v{shadowed['model']['version']}'s scores, not the challenger v{challenger.version}'s"
     if why:
-        log.warning("%s %s: the report leaves it out", lake.partition_uri(job.shadow_table, ds), why)
-        return None
+        left_out = f"{lake.partition_uri(job.shadow_table, ds)} {why}"
+        log.warning("%s: the report leaves it out", left_out)
+        return None, left_out
     score = job.output.score_column
     read = lambda fs: pads.dataset([f.path for f in fs], filesystem=lake.fs, format="parquet").to_table(  # noqa: E731
         columns=[job.input.key, score, "prediction"]
@@ -403,7 +409,7 @@ def shadow_summary(job: JobConfig, lake: Lake, ds: dt.date, challenger: ModelRef
     a = joined.column(score).to_numpy()
     b = joined.column(f"{score}_shadow").to_numpy()
     agree = joined.column("prediction").to_numpy() == joined.column("prediction_shadow").to_numpy()
-    return {"rows": len(a), "agreement": float(agree.mean()) if len(a) else float("nan"), "psi": psi(a, b)}
+    return {"rows": len(a), "agreement": float(agree.mean()) if len(a) else float("nan"), "psi": psi(a, b)}, None
 
 
 def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:

@@ -58,6 +58,8 @@ def markdown(r: dict[str, Any]) -> str:
             "",
             f"Shadow scoring on {sh['rows']:,} unlabeled rows: agreement {sh['agreement']:.2%}, PSI {sh['psi']:.4f}.",
         ]
+    if r.get("shadow_left_out"):
+        lines += ["", f"Shadow scoring left out: {r['shadow_left_out']}."]
     return "\n".join(lines) + "\n"
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from jobs import abstats
 from jobs.ab import NothingToCompare, latest_report, psi, run_compare
+from jobs.ab_report import markdown
 from jobs.lake import Lake
 from jobs.promotion import PREVIOUS, PromotionRefused, promote, read_audit, rollback
 from jobs.validation import InvalidInput
@@ -327,10 +328,10 @@ def test_a_challenger_alias_on_the_champions_version_scores_each_row_once(
     with caplog.at_level("WARNING", logger="jobs.ab"):
         report = run_compare(shadowed, DAY, settings=settings)
     assert report["shadow"] is None
-    assert (
-        "predictions/churn_shadow/ds=2026-11-21 was scored by another run than the day's predictions (a rerun "
-        "with no shadow, say): the report leaves it out"
-    ) in caplog.text
+    why = "predictions/churn_shadow/ds=2026-11-21 was scored by another run than the day's predictions (a rerun "
+    assert f"{why}with no shadow, say): the report leaves it out" in caplog.text
+    assert report["shadow_left_out"].endswith(f"{why}with no shadow, say)")
+    assert f"Shadow scoring left out: {report['shadow_left_out']}." in markdown(report)  # report.md in MLflow
 
 
 @pytest.mark.parametrize(
