@@ -9,12 +9,15 @@ Kept apart from the DAG file so the rule is tested without Airflow.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 from jobs import day_folders
 from jobs.config import parse_date
 from jobs.yamlconf import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def announced_dates(events: Iterable[Any]) -> list[dt.date]:
@@ -62,9 +65,19 @@ def partition_day(key: str, layout: str) -> dt.date:
         ConfigError: the key is none of these, naming it and what would do.
     """
     try:
-        return dt.datetime.fromisoformat(key).date()
+        when = dt.datetime.fromisoformat(key)
     except ValueError:
         pass
+    else:
+        if when.time() != dt.time(0):
+            log.warning(
+                "the partition key %r names a time of day (%s on %s): the run scores the whole day's partition, "
+                "and each key starts a run of its own (a producer that keys its events by the hour starts one an hour)",
+                key,
+                when.time(),
+                when.date(),
+            )
+        return when.date()
     try:
         return dt.datetime.strptime(key, layout).date()
     except ValueError:

@@ -175,6 +175,19 @@ def test_the_day_a_partition_key_names(key, layout):
     assert partition_day(key, layout) == dt.date(2026, 12, 4)
 
 
+def test_a_partition_key_at_an_hour_of_the_day_is_said(caplog):
+    """A key of a time of day scores the whole day, and every key starts a run: the log says so."""
+    from jobs.schedule import partition_day
+
+    assert partition_day("2026-12-04T00:00:00", "ds=%Y-%m-%d") == dt.date(2026, 12, 4)
+    assert "names a time of day" not in caplog.text
+    assert partition_day("2026-12-04T13:00:00", "ds=%Y-%m-%d") == dt.date(2026, 12, 4)
+    assert (
+        "the partition key '2026-12-04T13:00:00' names a time of day (13:00:00 on 2026-12-04): the run scores the "
+        "whole day's partition, and each key starts a run of its own"
+    ) in caplog.text
+
+
 def test_a_partition_key_that_names_no_day_is_refused():
     from jobs.schedule import partition_day
     from jobs.yamlconf import ConfigError
