@@ -15,7 +15,7 @@ from typing import Annotated, Literal
 from pydantic import Field, PrivateAttr, StringConstraints, field_validator, model_validator
 
 from jobs import day_folders
-from jobs.settings import CONF_SHOWN, PROJECT_ROOT, conf_dir
+from jobs.settings import CONF_SHOWN, PROJECT_CONF, PROJECT_ROOT, conf_dir
 from jobs.yamlconf import ConfigError, Frozen, load_model
 from models.output_columns import FIXED_COLUMNS
 
@@ -287,9 +287,9 @@ class JobConfig(Frozen):
         for a job submitted to a cluster with it, which runs on an uploaded copy)."""
         if self._source is None:
             return f"conf/jobs/{self.name}.yaml"
-        source, conf = self._source.resolve(), (PROJECT_ROOT / "conf").resolve()
-        if (shown := os.environ.get(CONF_SHOWN)) and source.is_relative_to(conf):
-            return str(Path(shown) / source.relative_to(conf))
+        source = self._source.resolve()
+        if (shown := os.environ.get(CONF_SHOWN)) and source.is_relative_to(PROJECT_CONF):
+            return str(Path(shown) / source.relative_to(PROJECT_CONF))
         return str(source.relative_to(PROJECT_ROOT) if source.is_relative_to(PROJECT_ROOT) else source)
 
     @field_validator("schedule")

@@ -15,18 +15,18 @@ from pydantic import Field, field_validator
 from jobs.yamlconf import ConfigError, Frozen, load_model
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# the project's own configuration folder, which LAKECAST_CONF replaces
+PROJECT_CONF = (PROJECT_ROOT / "conf").resolve()
 DEFAULT_PROFILE = "local"
 # the stores MLflow 3 tracks to and keeps a model registry in (its file store aside)
 MLFLOW_STORES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "databricks-uc", "uc")
-
-
 # On a cluster, the submitting machine's LAKECAST_CONF: the job files came from there (jobs.submit)
 CONF_SHOWN = "LAKECAST_CONF_SHOWN"
 
 
 def conf_dir() -> Path:
     """The configuration folder: ``LAKECAST_CONF``, else the project's ``conf/``."""
-    return Path(os.environ.get("LAKECAST_CONF") or PROJECT_ROOT / "conf").resolve()
+    return Path(os.environ.get("LAKECAST_CONF") or PROJECT_CONF).resolve()
 
 
 def _not_a_conf_folder(conf: Path) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from jobs.failures import EXIT_FIX_FIRST
-from jobs.settings import CONF_SHOWN, PROJECT_ROOT, Settings, conf_dir
+from jobs.settings import CONF_SHOWN, PROJECT_CONF, PROJECT_ROOT, Settings, conf_dir
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
@@ -103,7 +103,7 @@ def working_dir() -> Iterator[Path]:
     code (a few hundred kB) and that configuration are staged together in a temporary folder.
     """
     conf = conf_dir()
-    if conf == (PROJECT_ROOT / "conf").resolve():
+    if conf == PROJECT_CONF:
         yield PROJECT_ROOT
         return
     with tempfile.TemporaryDirectory(prefix="lakecast-job-") as tmp:
@@ -130,7 +130,7 @@ def runtime_env(settings: Settings, folder: Path = PROJECT_ROOT) -> dict[str, An
     if settings.mlflow.registry_uri:
         env["MLFLOW_REGISTRY_URI"] = settings.mlflow.registry_uri
     env["PYTHONUNBUFFERED"] = "1"  # log lines reach the Airflow task log as they happen
-    if conf_dir() != (PROJECT_ROOT / "conf").resolve():
+    if conf_dir() != PROJECT_CONF:
         # the job's errors name its file where the user edits it, not the uploaded copy (jobs.config)
         env[CONF_SHOWN] = str(conf_dir())
     return {"working_dir": str(folder), "excludes": _EXCLUDES, "env_vars": env}
