@@ -38,7 +38,8 @@ def user_errors() -> tuple[type[Exception], ...]:
 def fix_first() -> tuple[type[Exception], ...]:
     """The errors a retry cannot fix."""
     from jobs.commit import DamagedLock
-    from jobs.lake import DamagedManifest, DayElsewhere, EmptyPartition, LakeAccessError, NestedPartitions
+    from jobs.lake import DamagedManifest, DayElsewhere, EmptyPartition, LakeAccessError
+    from jobs.pieces import NamesClash
     from jobs.promotion import PromotionRefused
     from jobs.validation import InvalidInput
     from models.predictor import ModelInputError, ModelOutputError
@@ -53,8 +54,8 @@ def fix_first() -> tuple[type[Exception], ...]:
         JobError,
         PromotionRefused,
         LakeAccessError,
-        NestedPartitions,
         DamagedManifest,
+        NamesClash,
         DamagedLock,
         EmptyPartition,
         DayElsewhere,

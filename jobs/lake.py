@@ -49,12 +49,6 @@ class NotLanded(LakeError):
     or a retry can help; the DAG's input check waits for it (``airflow.wait_for_input_minutes``)."""
 
 
-class NestedPartitions(LakeError):
-    """The partition holds folders of rows, as a writer partitioned by a second column leaves
-    them (``ds=…/region=eu/``): lakecast reads the Parquet files at a partition's top level, and
-    would leave those rows unscored. Waiting changes nothing."""
-
-
 class LakeAccessError(LakeError):
     """The lake's store refuses lakecast's credentials, its bucket does not exist, or its endpoint
     is not a URL: unlike a partition that has not landed yet, trying again changes nothing."""
@@ -122,6 +116,7 @@ class FolderWriter:
 class DataFile:
     path: str
     size: int
+    folder: str = ""  # where it lies below its partition's folder (``hr=13``); "": at its top
 
 
 @dataclass(frozen=True)
@@ -293,7 +288,10 @@ class Lake:
     def data_files(
         self, table: str, ds: dt.date, *, ready_marker: str | None = None, layout: str = day_folders.DEFAULT
     ) -> list[DataFile]:
-        """The committed Parquet files of one partition, skipping ``_`` and ``.`` metadata.
+        """The committed Parquet files of one partition, skipping ``_`` and ``.`` metadata. A day
+        its writer laid out in folders (``hr=00/`` to ``hr=23/``, Spark's ``partitionBy("ds",
+        "region")``) is every file below its folder, as Spark and Ray Data read it: reading the top
+        level alone would leave those rows unscored.
 
         A partition lakecast committed may name no file: a run whose every row was quarantined,
         under ``max_invalid_share: 1``, publishes an empty one.
@@ -306,7 +304,6 @@ class Lake:
         Raises:
             NotLanded: the partition does not exist, holds no data file and no manifest, or lacks
                 its ready marker.
-            NestedPartitions: it holds folders of rows (``region=eu/``) and no manifest.
             LakeError: its manifest names files it lacks.
         """
         return self._landed(table, ds, ready_marker, layout)[0]
@@ -332,15 +329,10 @@ class Lake:
             if missing:
                 raise LakeError(f"partition {self.uri(path)} lacks files its manifest names: {sorted(missing)}")
             return files, MANIFEST
-        if folders:
+        if folders:  # a day written in folders (hr=00/ to hr=23/, region=eu/): every one is the day's
+            files = self._files_below(path)
             shown = ", ".join(folders[:3]) + (f" and {len(folders) - 3} more" if len(folders) > 3 else "")
-            beside = f"beside its {len(files)} Parquet file(s)" if files else "and no Parquet file at its top level"
-            raise NestedPartitions(
-                f"partition {self.uri(path)} holds folders ({shown}) {beside}: lakecast reads the Parquet files "
-                f"at a partition's top level and would leave the rows in those folders unscored; write {table}'s "
-                f"files for a day into its {day_folders.folder(layout, ds)} folder itself (a folder whose name "
-                "starts with _ or . is skipped)"
-            )
+            log.info("%s: %d Parquet file(s), in its folders (%s) too", self.uri(path), len(files), shown)
         if not files:
             raise NotLanded(f"partition {self.uri(path)} holds no Parquet data files")
         if ready_marker and not self.exists(f"{path}/{ready_marker}"):
@@ -391,6 +383,21 @@ class Lake:
             self.s3fs.invalidate_cache(path)
         with self._asking():  # S3 has no empty folders: a prefix with no object does not exist
             return self.fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
+
+    def _files_below(self, path: str) -> list[DataFile]:
+        """The data files at any depth of ``path``, in the order of their paths, each with the
+        folder it lies in below ``path``; none below a folder whose name starts with ``_`` or ``.``
+        (a writer's ``_temporary``, a marker's folder)."""
+        if self.is_s3:  # a recursive listing may come from the listings s3fs kept of the folders below
+            below = path.rstrip("/")
+            for cached in [k for k in self.s3fs.dircache if k.startswith(f"{below}/")]:
+                self.s3fs.dircache.pop(cached, None)
+        files = []
+        for info in self.entries(path, recursive=True):
+            relative = info.path[len(path) :].strip("/").split("/")
+            if info.type == pafs.FileType.File and not any(part.startswith(("_", ".")) for part in relative):
+                files.append(DataFile(info.path, info.size or 0, "/".join(relative[:-1])))
+        return sorted(files, key=lambda f: f.path)
 
     def _listing(self, path: str) -> tuple[list[DataFile], list[str]]:
         """The data files in ``path`` and the names of its folders, both without the ``_`` and ``.``

@@ -18,9 +18,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.lake import LakeError, is_remote, uri_of
+from jobs.lake import DataFile, LakeError, is_remote, uri_of
 
 log = logging.getLogger(__name__)
+
+
+class NamesClash(LakeError):
+    """Two of a partition's files would name the predictions' files alike (:attr:`Piece.stem`), one
+    replacing the other's rows. Waiting changes nothing: one of them must be renamed."""
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,7 @@ class Piece:
     size: int  # bytes on disk; a run of row groups counts its share of the file's
     rows: int | None = None  # from the footers, where the driver has read them
     row_groups: tuple[int, ...] | None = None  # of a single file: the run this piece is; None: whole files
+    folder: str = ""  # where its first file lies below the partition's folder (``hr=13``); "": at its top
 
     @property
     def path(self) -> str:
@@ -45,8 +51,12 @@ class Piece:
     @property
     def stem(self) -> str:
         """What the files written from this piece are named after: its first input file's name,
-        and where a file is split, the row group its run starts at."""
+        after the folder it lies in below the partition's (``hr=13-part-0``: the hours of a day
+        written in folders name their files alike), and where a file is split, the row group its
+        run starts at."""
         stem = self.path.rsplit("/", 1)[-1].removesuffix(".parquet")
+        if self.folder:
+            stem = f"{self.folder.replace('/', '-')}-{stem}"
         return stem if self.row_groups is None else f"{stem}-g{self.row_groups[0]:04d}"
 
     def label(self, uri: str) -> str:
@@ -65,13 +75,14 @@ class Piece:
             "rows": self.rows,
             "size": self.size,
             "row_groups": None if self.row_groups is None else list(self.row_groups),
+            "folder": self.folder,
         }
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> tuple[Piece, list[str]]:
         """The piece of a row :meth:`as_row` made, and its files' uris."""
-        groups = row["row_groups"]
-        piece = cls(tuple(row["paths"]), row["size"], row["rows"], None if groups is None else tuple(groups))
+        groups = None if row["row_groups"] is None else tuple(row["row_groups"])
+        piece = cls(tuple(row["paths"]), row["size"], row["rows"], groups, row["folder"])
         return piece, row["uris"]
 
     def describe(self, uris: Sequence[str]) -> str:
@@ -84,7 +95,7 @@ def whole_files(paths: Sequence[str], sizes: Sequence[int]) -> list[Piece]:
     return [Piece((path,), size) for path, size in zip(paths, sizes, strict=True)]
 
 
-def split_files(files: Sequence[Any], footers: Sequence[pq.FileMetaData], rows_per_file: int) -> list[Piece]:
+def split_files(files: Sequence[DataFile], footers: Sequence[pq.FileMetaData], rows_per_file: int) -> list[Piece]:
     """A partition's files (``DataFile``: path and size) as the pieces its readers take, each of
     about ``rows_per_file`` rows or more: the unit of work is then what makes an output file
     (:func:`jobs.part_writer.slice_ends`), and no piece writes a small one unless the partition
@@ -98,13 +109,13 @@ def split_files(files: Sequence[Any], footers: Sequence[pq.FileMetaData], rows_p
     - Any other file is a piece of its own.
     """
     out: list[Piece] = []
-    small: list[tuple[Any, int]] = []
+    small: list[tuple[DataFile, int]] = []
     for f, footer in zip(files, footers, strict=True):
         if footer.num_rows < rows_per_file:
             small.append((f, footer.num_rows))
         else:
             out.extend(_runs(f, footer, rows_per_file))
-    group: list[tuple[Any, int]] = []
+    group: list[tuple[DataFile, int]] = []
     for f, rows in small:
         group.append((f, rows))
         if sum(n for _, n in group) >= rows_per_file:
@@ -112,7 +123,22 @@ def split_files(files: Sequence[Any], footers: Sequence[pq.FileMetaData], rows_p
             group = []
     if group:
         out.append(_together(group))
+    _named_apart(out)
     return out
+
+
+def _named_apart(pieces: Sequence[Piece]) -> None:
+    """Refuses pieces whose output files would share a name (:attr:`Piece.stem`), where one would
+    replace the other's: only a day in folders can name two so (``hr=13/part-0.parquet`` beside
+    a file ``hr=13-part-0.parquet``)."""
+    seen: dict[str, str] = {}
+    for piece in pieces:
+        other = seen.setdefault(piece.stem, piece.path)
+        if other != piece.path:
+            raise NamesClash(
+                f"{other} and {piece.path} would both write the predictions' files {piece.stem}-*.parquet, one "
+                "replacing the other's rows: rename one of them"
+            )
 
 
 def largest_first(pieces: Sequence[Piece]) -> list[Piece]:
@@ -125,11 +151,12 @@ def largest_first(pieces: Sequence[Piece]) -> list[Piece]:
     return sorted(pieces, key=lambda p: -(p.rows if p.rows is not None else 0))
 
 
-def _together(files: list[tuple[Any, int]]) -> Piece:
-    return Piece(tuple(f.path for f, _ in files), sum(f.size for f, _ in files), sum(n for _, n in files))
+def _together(files: list[tuple[DataFile, int]]) -> Piece:
+    paths = tuple(f.path for f, _ in files)
+    return Piece(paths, sum(f.size for f, _ in files), sum(n for _, n in files), folder=files[0][0].folder)
 
 
-def _runs(f: Any, footer: pq.FileMetaData, rows_per_file: int) -> list[Piece]:
+def _runs(f: DataFile, footer: pq.FileMetaData, rows_per_file: int) -> list[Piece]:
     """One file of at least ``rows_per_file`` rows: whole, or in runs of its row groups."""
     runs: list[list[int]] = [[]]
     rows = 0
@@ -151,11 +178,11 @@ def _runs(f: Any, footer: pq.FileMetaData, rows_per_file: int) -> list[Piece]:
                 footer.num_row_groups,
                 rows_per_file,
             )
-        return [Piece((f.path,), f.size, footer.num_rows)]
+        return [Piece((f.path,), f.size, footer.num_rows, folder=f.folder)]
     pieces = []
     for run in runs:
         n = sum(footer.row_group(g).num_rows for g in run)
-        pieces.append(Piece((f.path,), round(f.size * n / footer.num_rows), n, tuple(run)))
+        pieces.append(Piece((f.path,), round(f.size * n / footer.num_rows), n, tuple(run), f.folder))
     return pieces
 
 

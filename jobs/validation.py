@@ -330,7 +330,9 @@ def duplicate_keys(lake: Lake, files: list[DataFile], key: str) -> tuple[int, li
     and 1 byte per id: 50M ids in well under a second, where hashing them took 20 s on 2 cores.
     Other keys, and the examples when there are repeats, go through a hash count.
     """
-    keys = pq.ParquetDataset([f.path for f in files], filesystem=lake.fs).read(columns=[key]).column(key)
+    # partitioning=None: a day in folders (region=eu/) has no column of the folders' names to add
+    paths = [f.path for f in files]
+    keys = pq.ParquetDataset(paths, filesystem=lake.fs, partitioning=None).read(columns=[key]).column(key)
     if pa.types.is_integer(keys.type) and keys.null_count == 0 and len(keys):
         ids = np.concatenate([chunk.to_numpy() for chunk in keys.chunks]).astype(np.int64, copy=False)
         low, high = int(ids.min()), int(ids.max())

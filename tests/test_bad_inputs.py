@@ -26,7 +26,7 @@ import pytest
 from jobs import commit, demo_data
 from jobs.config import JobConfig
 from jobs.failures import EXIT_TRY_AGAIN, exit_status
-from jobs.lake import Lake, LakeError, NestedPartitions, NotLanded
+from jobs.lake import Lake, LakeError, NotLanded
 from jobs.predict import run_job
 from jobs.validation import InvalidInput
 from tests.conftest import DAY
@@ -128,12 +128,9 @@ CASES = [
     Case("without_its_ready_marker", files(good()), NotLanded,
          r"ds=2026-11-21 has no _SUCCESS yet \(input\.ready_marker\)", ready_marker="_SUCCESS"),
     Case("with_its_ready_marker", files(good(), raw={"_SUCCESS": b""}), scored=N, ready_marker="_SUCCESS"),
-    # rows in folders would go unscored: waiting changes nothing (exit 2)
-    Case("nested_partitions", in_folders((), {"region=eu": good(), "region=us": good()}), NestedPartitions,
-         r"ds=2026-11-21 holds folders \(region=eu, region=us\) and no Parquet file at its top level: lakecast "
-         r"reads the Parquet files at a partition's top level"),
-    Case("a_folder_beside_the_files", in_folders((good(),), {"late": good()}), NestedPartitions,
-         r"holds folders \(late\) beside its 1 Parquet file\(s\)"),
+    # a day written in folders is every file below its folder, as Spark reads it
+    Case("rows_in_folders", in_folders((), {"region=eu": good(), "region=us": good()}), scored=2 * N),
+    Case("a_folder_beside_the_files", in_folders((good(),), {"late": good()}), scored=2 * N),
     Case("a_writers_temporary_folder", in_folders((good(),), {"_temporary": good(), ".hive-staging": good()}),
          scored=N),
     Case("missing_column", files(good(), good().drop_columns(["tenure_months"])), InvalidInput,

@@ -97,10 +97,10 @@ def test_a_server_behind_a_certificate_of_its_own_answers(tmp_path):
         server.shutdown()
 
 
-def test_a_partition_whose_rows_sit_in_folders_is_not_retried_but_one_not_landed_is():
+def test_a_day_under_another_name_is_not_retried_but_one_not_landed_is():
     from jobs.failures import EXIT_TRY_AGAIN
-    from jobs.lake import NestedPartitions, NotLanded
+    from jobs.lake import DayElsewhere, NotLanded
 
-    nested, late = NestedPartitions("partition x holds folders (region=eu)"), NotLanded("partition x does not exist")
-    assert retry_cannot_fix(nested) and exit_status(nested) == EXIT_FIX_FIRST
+    elsewhere, late = DayElsewhere("partition x does not exist, but … holds dt=20261205/"), NotLanded("not there")
+    assert retry_cannot_fix(elsewhere) and exit_status(elsewhere) == EXIT_FIX_FIRST
     assert not retry_cannot_fix(late) and exit_status(late) == EXIT_TRY_AGAIN

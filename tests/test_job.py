@@ -621,3 +621,29 @@ def test_an_input_table_that_names_its_days_otherwise_is_read_where_it_lies(
     assert main(["run", name, "--date", str(before)]) == EXIT_TRY_AGAIN
     err = capsys.readouterr().err
     assert f"partition {table}/year={before:%Y}/month={before:%m}/day={before:%d} does not exist" in err, err
+
+
+def test_a_day_written_in_hourly_folders_is_scored_whole(settings, lake, registered, ray_local, tmp_path, monkeypatch):
+    """A producer that lands a day hour by hour (``ds=…/hr=00/`` to ``hr=23/``, the same file
+    name in each, a marker and a writer's ``_temporary`` among them): every hour's rows are
+    scored once, into files named after their hour, as Spark and Ray Data read such a day."""
+    from jobs import demo_data
+    from jobs.cli import main
+    from tests.jobfiles import conf_with_job
+
+    name, hours, per_hour = "hourly", 4, 1_000
+    monkeypatch.setenv("LAKECAST_CONF", str(conf_with_job(tmp_path / "conf", name, output={"rows_per_file": per_hour})))
+    day = lake.partition_path(f"raw/{name}", DAY)
+    rows = demo_data.generate(hours * per_hour, DAY)
+    for hour in range(hours):
+        lake.fs.create_dir(f"{day}/hr={hour:02d}/_temporary", recursive=True)
+        pq.write_table(rows.slice(hour * per_hour, per_hour), f"{day}/hr={hour:02d}/part-0.parquet")
+        pq.write_table(rows.slice(0, 10), f"{day}/hr={hour:02d}/_temporary/part-0.parquet")  # not yet the day's
+        (Path(day) / f"hr={hour:02d}" / "_SUCCESS").touch()
+
+    assert main(["run", name, "--date", str(DAY)]) == 0
+    manifest = lake.read_manifest(f"predictions/{name}", DAY)
+    assert [f["path"] for f in manifest["input"]] == [f"{day}/hr={h:02d}/part-0.parquet" for h in range(hours)]
+    assert sorted(f["file"] for f in manifest["output"]) == [f"hr={h:02d}-part-0-0000.parquet" for h in range(hours)]
+    out = pq.read_table(lake.partition_path(f"predictions/{name}", DAY), columns=["customer_id"])
+    assert sorted(out["customer_id"].to_pylist()) == sorted(rows["customer_id"].to_pylist())

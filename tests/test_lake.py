@@ -408,22 +408,33 @@ def test_a_file_that_changed_after_the_checks_is_named_when_read(storage):
         list(pieces.piece_batches(piece, lake.fs, columns=["id"], dictionary=[], rows=64, threads=False))
 
 
-def test_rows_in_folders_of_a_partition_are_named_not_skipped(storage):
+def test_rows_in_folders_of_a_partition_are_read_and_a_writers_temporary_skipped(storage):
     """On S3 a folder is a common prefix: a partition written by Spark's ``partitionBy("ds",
-    "region")`` holds no file of its own, and one with a folder beside its files would lose that
-    folder's rows. Both are named; a writer's ``_temporary`` folder is skipped."""
-    from jobs.lake import NestedPartitions
+    "region")`` holds no file of its own, and its rows are all below it; a folder beside the
+    files is the day's too. A writer's ``_temporary`` folder, at any depth, is skipped."""
+    from jobs import pieces
 
     lake = Lake(storage.lake_root)
     partition = lake.partition_path("raw/by_region", DAY)
     for region in ("eu", "us"):
-        lake.fs.create_dir(f"{partition}/region={region}", recursive=True)
-        pq.write_table(demo_data.generate(10, DAY), f"{partition}/region={region}/part-0.parquet", filesystem=lake.fs)
-    with pytest.raises(NestedPartitions, match=r"holds folders \(region=eu, region=us\) and no Parquet file at its"):
-        lake.input_footers("raw/by_region", DAY)
+        for sub in ("", "/_temporary/0"):
+            lake.fs.create_dir(f"{partition}/region={region}{sub}", recursive=True)
+            pq.write_table(
+                demo_data.generate(10, DAY), f"{partition}/region={region}{sub}/part-0.parquet", filesystem=lake.fs
+            )
+    found = lambda: [(f.folder, f.path.removeprefix(partition)) for f in lake.input_footers("raw/by_region", DAY)[0]]  # noqa: E731
+    assert found() == [("region=eu", "/region=eu/part-0.parquet"), ("region=us", "/region=us/part-0.parquet")]
     pq.write_table(demo_data.generate(10, DAY), f"{partition}/part-0.parquet", filesystem=lake.fs)
-    with pytest.raises(NestedPartitions, match=r"holds folders \(region=eu, region=us\) beside its 1 Parquet"):
-        lake.input_footers("raw/by_region", DAY)
+    assert found()[0] == ("", "/part-0.parquet") and len(found()) == 3
+
+    split = pieces.split_files(*lake.input_footers("raw/by_region", DAY), rows_per_file=10)
+    assert [p.stem for p in split] == ["part-0", "region=eu-part-0", "region=us-part-0"]  # the output files' names
+    pq.write_table(demo_data.generate(10, DAY), f"{partition}/region=eu-part-0.parquet", filesystem=lake.fs)
+    with pytest.raises(
+        pieces.NamesClash, match=r"region=eu-part-0\.parquet and \S+/region=eu/part-0\.parquet would"
+    ) as e:
+        pieces.split_files(*lake.input_footers("raw/by_region", DAY), rows_per_file=10)
+    assert failures.exit_status(e.value) == failures.EXIT_FIX_FIRST  # renamed, not retried
 
     other = lake.partition_path("raw/spark", DAY)
     lake.fs.create_dir(f"{other}/_temporary/0", recursive=True)
