@@ -13,7 +13,16 @@ import logging
 import re
 from pathlib import Path
 
-from airflow.sdk import Asset, Param, PartitionedAssetTimetable, dag, task
+from airflow.sdk import (
+    Asset,
+    DayWindow,
+    Param,
+    PartitionedAssetTimetable,
+    RollupMapper,
+    StartOfDayMapper,
+    dag,
+    task,
+)
 
 from jobs.airflow_ray import LakecastJobOperator
 from jobs.config import ON_INPUT, JobConfig, job_files, load_job_files
@@ -102,7 +111,25 @@ def table_asset(lake_root: str, table: str) -> Asset:
     return Asset(uri=uri if "://" in uri else f"file://{uri}")
 
 
+def _on_partitions(job: JobConfig, source: Asset) -> PartitionedAssetTimetable:
+    """A partition-aware DAG on its input's events: a run for each key, the day it names; with
+    ``airflow.hourly_keys``, a run for each day once its 24 hours' keys have all arrived, keyed by
+    the day (Airflow's ``RollupMapper``: each hour's key to its day, ``DayWindow``: the 24 hours a
+    day waits for)."""
+    if job.airflow.hourly_keys is None:
+        return PartitionedAssetTimetable(assets=source)
+    hours = StartOfDayMapper(input_format=job.airflow.hourly_keys)  # its keys: %Y-%m-%d, in UTC
+    return PartitionedAssetTimetable(
+        assets=source, default_partition_mapper=RollupMapper(upstream_mapper=hours, window=DayWindow())
+    )
+
+
 def _schedule(job: JobConfig) -> str:
+    if job.schedule == ON_INPUT and job.airflow.hourly_keys:
+        return (
+            f"when `{job.input.table}`'s Asset has had partitioned events for all 24 hours of a day (keys "
+            f"`{dt.datetime(2026, 12, 4, 13).strftime(job.airflow.hourly_keys)}`); a run scores that day"
+        )
     if job.schedule == ON_INPUT and job.airflow.partitioned_assets:
         return (
             f"when `{job.input.table}`'s Asset gets a partitioned event; a run scores the day its partition key "
@@ -122,7 +149,7 @@ def build_dag(job: JobConfig, job_file: Path, lake_root: str):
     schedule = job.schedule
     if job.schedule == ON_INPUT:
         source = table_asset(lake_root, job.input.table)
-        schedule = PartitionedAssetTimetable(assets=source) if job.airflow.partitioned_assets else [source]
+        schedule = _on_partitions(job, source) if job.airflow.partitioned_assets else [source]
 
     @dag(
         dag_id=job.dag_id,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
@@ -261,6 +262,36 @@ class AirflowSpec(Frozen):
         "names. Airflow keeps the two kinds apart: a partitioned event starts partition-aware DAGs only, a plain "
         "one the others only",
     )
+    hourly_keys: str | None = Field(
+        None,
+        min_length=1,
+        description="with partitioned_assets and schedule: on_input, for a producer that lands the input table "
+        "hour by hour and sends a partitioned event an hour: the events' keys as a strftime pattern "
+        "(%Y-%m-%dT%H:%M:%S, as Airflow's CronPartitionTimetable keys them). The DAG runs once all 24 hours of a "
+        "day have arrived, and scores that day",
+    )
+
+    @field_validator("hourly_keys")
+    @classmethod
+    def _an_hours_key(cls, v: str | None) -> str | None:
+        """A pattern Airflow can both read an hour's key with and write the 24 keys of a day in."""
+        if v is None:
+            return v
+        missing = [d for d in ("%Y", "%m", "%d", "%H") if d not in v]
+        if missing:
+            raise ValueError(f"{v!r} lacks {' '.join(missing)}: an hour's key names its year, month, day and hour")
+        hour = dt.datetime(2026, 12, 5, 13)
+        key = hour.strftime(v)
+        try:
+            back = dt.datetime.strptime(key, v)
+        except (ValueError, re.error):  # re.error: a directive written twice (%d ... %d)
+            back = None
+        if back != hour:
+            raise ValueError(
+                f"{v!r} writes the hour 2026-12-05 13:00 as {key!r}, which does not read back as that hour: use "
+                "%Y %m %d %H (and %M %S) with fixed text between them"
+            )
+        return v
 
 
 class JobConfig(Frozen):
@@ -324,6 +355,17 @@ class JobConfig(Frozen):
             raise ValueError(
                 f"input.key: {self.input.key!r} is a column lakecast adds to the predictions "
                 f"({', '.join(FIXED_COLUMNS)}); rename the key column upstream"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _hours_listened_for(self) -> JobConfig:
+        """``airflow.hourly_keys`` shapes how the DAG listens for partitioned events: without them it
+        would say nothing, and the producer's hours would start no run."""
+        if self.airflow.hourly_keys and not (self.schedule == ON_INPUT and self.airflow.partitioned_assets):
+            raise ValueError(
+                "airflow.hourly_keys: the keys of the input's hourly partitioned Asset events, which only a job on "
+                "schedule: on_input with airflow.partitioned_assets: true listens for; set both, or drop the key"
             )
         return self
 
@@ -413,8 +455,9 @@ def overlapping_writes(jobs: Mapping[Path, JobConfig]) -> dict[Path, ConfigError
 def unheard_events(jobs: Mapping[Path, JobConfig]) -> dict[Path, ConfigError]:
     """The jobs on ``schedule: on_input`` whose input another job writes, the two set apart by
     ``airflow.partitioned_assets``: Airflow starts a partition-aware DAG on partitioned events
-    only, and the others on plain events only, so the job would never run. The listening file
-    gets the error, naming the writer."""
+    only, and the others on plain events only, so the job would never run; nor would one that
+    waits for hourly keys (``airflow.hourly_keys``), where a job's publish keys its event by the
+    day. The listening file gets the error, naming the writer."""
     kinds = {True: "partitioned", False: "plain"}
     writers = {job.output.table: (path, job) for path, job in jobs.items()}
     errors = {}
@@ -430,6 +473,12 @@ def unheard_events(jobs: Mapping[Path, JobConfig]) -> dict[Path, ConfigError]:
                 f"{str(sends).lower()} there): Airflow would never start this job; set airflow.partitioned_assets "
                 "alike in both files"
             )
+        elif job.airflow.hourly_keys:
+            errors[path] = ConfigError(
+                f"{path}: airflow.hourly_keys listens for an event for each hour of {job.input.table!r}, and "
+                f"{source}, which writes it, publishes one a day, keyed by the day: Airflow would never start this "
+                "job; drop airflow.hourly_keys"
+            )
     return errors
 
 
@@ -443,8 +492,6 @@ def job_files() -> list[Path]:
 
 def load_job_file(path: Path) -> JobConfig:
     """Load one job file; its name is the file's stem."""
-    import re
-
     if not re.match(JOB_NAME, path.stem):
         raise ConfigError(f"{path}: job file names must be lower-case letters, digits and '_', got {path.stem!r}")
     why = f"a job is named after its file ({path.stem!r}): drop the key, or rename the file to rename the job"
@@ -455,8 +502,6 @@ def load_job_file(path: Path) -> JobConfig:
 
 def load_job(name: str) -> JobConfig:
     """Load ``conf/jobs/<name>.yaml``; an unknown job lists the known ones."""
-    import re
-
     if not re.match(JOB_NAME, name):
         raise ConfigError(f"job name must be lower-case letters, digits and '_', got {name!r}")
     path = jobs_dir() / f"{name}.yaml"

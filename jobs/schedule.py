@@ -72,7 +72,8 @@ def partition_day(key: str, layout: str) -> dt.date:
         if when.time() != dt.time(0):
             log.warning(
                 "the partition key %r names a time of day (%s on %s): the run scores the whole day's partition, "
-                "and each key starts a run of its own (a producer that keys its events by the hour starts one an hour)",
+                "and each key starts a run of its own; for a producer that keys its events by the hour, "
+                "airflow.hourly_keys runs the job once a day, when all 24 hours have arrived",
                 key,
                 when.time(),
                 when.date(),

@@ -26,6 +26,25 @@ def _listened(timetable) -> list:
     return list(getattr(condition, "objects", [condition] if condition else []))
 
 
+def _keys(dag) -> dict | None:
+    """A partition-aware DAG as the scheduler sees it, from its serialized form: the run's key an
+    hour's event of the input (2026-12-04T13:00:00) maps to, and the events that run waits for."""
+    from airflow.partition_mappers.base import is_rollup
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    timetable = DagSerialization.from_dict(DagSerialization.to_dict(dag)).timetable
+    if not timetable.partitioned:
+        return None
+    [asset] = _listened(dag.timetable)
+    mapper = timetable.get_partition_mapper(name=asset.name, uri=asset.uri)
+    day = mapper.to_downstream("2026-12-04T13:00:00")
+    return {
+        "mapper": type(mapper).__name__,
+        "run_key": day,
+        "waits_for": sorted(mapper.to_upstream(day)) if is_rollup(mapper) else [day],
+    }
+
+
 for dag_id, dag in bag.dags.items():
     report["dags"][dag_id] = {
         "tasks": [t.task_id for t in dag.tasks],
@@ -33,6 +52,7 @@ for dag_id, dag in bag.dags.items():
         # an asset-triggered DAG's: the Assets it listens to
         "schedule_assets": [a.uri for a in _listened(dag.timetable)],
         "timetable": type(dag.timetable).__name__,
+        "partition_keys": _keys(dag),
         "catchup": dag.catchup,
         "tags": sorted(dag.tags),
         "params": sorted(dag.params.keys()),

@@ -233,14 +233,19 @@ class Airflow:
         with urllib.request.urlopen(req, timeout=30) as r:
             return json.load(r)["access_token"]
 
-    def api(self, path: str, token: str) -> dict | str:
-        req = urllib.request.Request(f"{self.url}/api/v2{path}", headers={"Authorization": f"Bearer {token}"})
+    def api(self, path: str, token: str, *, root: str = "/api/v2") -> dict | str:
+        req = urllib.request.Request(f"{self.url}{root}{path}", headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(req, timeout=30) as r:
             text = r.read().decode()
         try:
             return json.loads(text)
         except json.JSONDecodeError:
             return text
+
+    def ui(self, path: str, token: str) -> dict | str:
+        """The Airflow UI's own API, where it reads what the REST API does not serve (a partitioned
+        Dag run's pending keys)."""
+        return self.api(path, token, root="/ui")
 
     def post(self, path: str, token: str, body: dict) -> dict:
         req = urllib.request.Request(

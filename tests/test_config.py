@@ -163,6 +163,38 @@ def test_an_input_partition_is_a_folder_a_day_below_its_table(tmp_path):
             load_job_file(write(tmp_path, text))
 
 
+def test_hourly_keys_are_an_hours_pattern_on_a_partition_aware_job(tmp_path, home, capsys):
+    """``airflow.hourly_keys``: Airflow reads each hour's key with the pattern and writes the 24
+    keys a day waits for with it, so one that cannot do both would hold the day's run forever; and
+    only a partition-aware job on its input listens for them, not one on a lakecast job's output,
+    whose publish keys a day."""
+    from jobs.cli import main
+
+    on_input = VALID.replace('"0 2 * * *"', "on_input")
+    hourly = "airflow: {partitioned_assets: true, hourly_keys: '%s'}\n"
+    job = load_job_file(write(tmp_path, on_input + hourly % "%Y-%m-%dT%H:%M:%S"))
+    assert job.airflow.hourly_keys == "%Y-%m-%dT%H:%M:%S"
+    for pattern, error in (
+        ("%Y-%m-%d", r"airflow\.hourly_keys: '%Y-%m-%d' lacks %H: an hour's key names its year, month, day and hour"),
+        ("%Y-%m-%dT%H:%d", r"writes the hour 2026-12-05 13:00 as '2026-12-05T13:05', which does not read back"),
+    ):
+        with pytest.raises(ConfigError, match=error):
+            load_job_file(write(tmp_path, on_input + hourly % pattern))
+    for text in (VALID + hourly % "%Y%m%d%H", on_input + "airflow: {hourly_keys: '%Y%m%d%H'}\n"):
+        with pytest.raises(ConfigError, match=r"airflow\.hourly_keys: the keys of the input's hourly partitioned"):
+            load_job_file(write(tmp_path, text))
+
+    writer = write(tmp_path, VALID + "airflow: {partitioned_assets: true}\n", name="writer")
+    reader = on_input.replace("raw/customers", "predictions/churn_test").replace("churn_test}", "downstream}")
+    listener = write(tmp_path, reader + hourly % "%Y%m%d%H", name="listener")
+    assert main(["validate", str(writer), str(listener)]) == 1
+    assert capsys.readouterr().out.splitlines()[1] == (
+        f"invalid {listener}: airflow.hourly_keys listens for an event for each hour of 'predictions/churn_test', "
+        f"and {writer}, which writes it, publishes one a day, keyed by the day: Airflow would never start this job; "
+        "drop airflow.hourly_keys"
+    )
+
+
 def test_environment_interpolation(tmp_path, monkeypatch):
     monkeypatch.setenv("CHURN_MODEL", "churn-from-env")
     text = VALID.replace("churn-classifier", "'${CHURN_MODEL}'").replace("champion", "'${ALIAS:-best}'")

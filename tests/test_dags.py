@@ -156,6 +156,32 @@ def test_a_job_on_partitioned_input_events_is_a_partition_aware_dag(settings, tm
         "names (`2026-12-04`, `2026-12-04T00:00:00` or the day's folder) |"
     ) in dag["doc_md"]
     assert "| Asset events | partitioned: publish's carries the day as its key |" in dag["doc_md"]
+    # as the scheduler reads it: each key its own run, an hour's too
+    assert dag["partition_keys"] == {
+        "mapper": "IdentityMapper",
+        "run_key": "2026-12-04T13:00:00",
+        "waits_for": ["2026-12-04T13:00:00"],
+    }
+
+
+def test_a_job_on_hourly_partitioned_events_runs_once_a_day_when_its_hours_are_in(settings, tmp_path):
+    """``airflow.hourly_keys``: a producer that lands its table hour by hour sends an event an
+    hour; the scheduler maps each hour's key to its day and starts that day's run once all 24
+    have arrived (Airflow's ``RollupMapper``), the run keyed by the day it scores."""
+    hourly = CHURN.replace('schedule: "0 2 * * *"', "schedule: on_input").replace(
+        "airflow:\n", "airflow:\n  partitioned_assets: true\n  hourly_keys: '%Y-%m-%dT%H:%M:%S'\n"
+    )
+    dag = parse_dags(settings, LAKECAST_CONF=str(conf_with(tmp_path, churn=hourly)))["dags"]["lakecast__churn"]
+    assert dag["timetable"] == "PartitionedAssetTimetable"
+    assert dag["partition_keys"] == {
+        "mapper": "RollupMapper",
+        "run_key": "2026-12-04",
+        "waits_for": [f"2026-12-04T{hour:02d}:00:00" for hour in range(24)],
+    }
+    assert (
+        "| schedule | when `raw/customers`'s Asset has had partitioned events for all 24 hours of a day (keys "
+        "`2026-12-04T13:00:00`); a run scores that day |"
+    ) in dag["doc_md"]
 
 
 @pytest.mark.parametrize(

@@ -59,6 +59,10 @@ def stack(s3_server, ray_head, tmp_path_factory):
     chained["output"]["table"] = "predictions/churn_on_partitions"
     chained["airflow"]["partitioned_assets"] = True
     (conf / "jobs" / "churn_on_partitions.yaml").write_text(yaml.safe_dump(chained))
+    # and one on a table that its producer lands hour by hour, with an event an hour
+    chained["input"]["table"], chained["output"]["table"] = "raw/customers_hourly", "predictions/churn_on_hours"
+    chained["airflow"]["hourly_keys"] = "%Y-%m-%dT%H:%M:%S"
+    (conf / "jobs" / "churn_on_hours.yaml").write_text(yaml.safe_dump(chained))
     env = {
         **s3_server.env,
         **ray_head.auth_env,
@@ -191,33 +195,64 @@ def test_a_job_on_input_runs_for_the_day_its_producer_announces(stack, dag_run, 
     scores that day, not the day before it runs. A producer that keys its events by partition
     starts the partition-aware job only (``airflow.partitioned_assets``), which scores the day the
     key names and publishes its predictions' event under the same key; a plain event starts the
-    other job only."""
+    other job only. A producer that lands its table hour by hour, in a folder an hour, and keys an
+    event an hour starts the job on its hours (``airflow.hourly_keys``) once, when the 24th is in."""
+    import pyarrow.parquet as pq
+
+    from jobs.lake import Lake
+
     airflow: Airflow = stack["airflow"]
     token = dag_run["token"]
-    uri = f"{stack['env']['LAKECAST_LAKE_ROOT']}/raw/customers"
-    plain, partitioned = "lakecast__churn_on_input", "lakecast__churn_on_partitions"
+    lake = Lake(stack["env"]["LAKECAST_LAKE_ROOT"])
+    plain, partitioned, hourly = "lakecast__churn_on_input", "lakecast__churn_on_partitions", "lakecast__churn_on_hours"
 
-    def asset_id() -> int | None:
-        assets = airflow.api(f"/assets?uri_pattern={urllib.parse.quote('raw/customers')}", token)["assets"]
+    def asset_id(table: str) -> int | None:
+        uri = f"{stack['env']['LAKECAST_LAKE_ROOT']}/{table}"
+        assets = airflow.api(f"/assets?uri_pattern={urllib.parse.quote(table)}", token)["assets"]
         return next((a["id"] for a in assets if a["uri"] == uri), None)
 
-    wait_until(lambda: asset_id() is not None, timeout=180, what="the input table's Asset")
+    def dag_runs(dag_id: str) -> list:
+        return airflow.api(f"/dags/{dag_id}/dagRuns", token)["dag_runs"]
+
+    wait_until(lambda: None not in (asset_id("raw/customers"), asset_id("raw/customers_hourly")), timeout=180,
+               what="the input tables' Assets")  # fmt: skip
     assert airflow.api(f"/dags/{plain}", token)["timetable_summary"] == "Asset"
     assert airflow.api(f"/dags/{partitioned}", token)["timetable_summary"] == "Partitioned Asset"
-    airflow.post("/assets/events", token, {"asset_id": asset_id(), "extra": {"date": DAY.isoformat()}})
-    airflow.post("/assets/events", token, {"asset_id": asset_id(), "partition_key": f"{DAY.isoformat()}T00:00:00"})
+    # the hourly producer's day, an hour a folder, and the events of its first 23 hours
+    rows = pq.read_table(lake.partition_path("raw/customers", DAY), filesystem=lake.fs)
+    hours = [f"{DAY.isoformat()}T{hour:02d}:00:00" for hour in range(24)]
+    for hour in range(24):
+        part = rows.slice(hour * -(-ROWS // 24), -(-ROWS // 24))
+        pq.write_table(part, f"{lake.partition_path('raw/customers_hourly', DAY)}/hr={hour:02d}/part-0.parquet",
+                       filesystem=lake.fs)  # fmt: skip
+    for key in hours[:23]:
+        airflow.post("/assets/events", token, {"asset_id": asset_id("raw/customers_hourly"), "partition_key": key})
+    airflow.post("/assets/events", token, {"asset_id": asset_id("raw/customers"), "extra": {"date": DAY.isoformat()}})
+    key = f"{DAY.isoformat()}T00:00:00"
+    airflow.post("/assets/events", token, {"asset_id": asset_id("raw/customers"), "partition_key": key})
+
+    # once the scheduler has started the others' runs, it has weighed the 23 hours too: no run yet
+    wait_until(
+        lambda: dag_runs(plain) and dag_runs(partitioned), timeout=300, what=f"{plain}'s and {partitioned}'s runs"
+    )
+    assert dag_runs(hourly) == []
+    waiting = airflow.ui(f"/pending_partitioned_dag_run/{hourly}?partition_key={DAY.isoformat()}", token)
+    assert (waiting["total_received"], waiting["total_required"]) == (23, 24), waiting
+    airflow.post("/assets/events", token, {"asset_id": asset_id("raw/customers_hourly"), "partition_key": hours[23]})
     runs: dict[str, list] = {}
 
     def ended() -> bool:
-        for dag_id in (plain, partitioned):
-            runs[dag_id] = airflow.api(f"/dags/{dag_id}/dagRuns", token)["dag_runs"]
+        for dag_id in (plain, partitioned, hourly):
+            runs[dag_id] = dag_runs(dag_id)
         return all(any(r["state"] in ("success", "failed") for r in rs) for rs in runs.values())
 
-    wait_until(ended, timeout=600, what=f"{plain}'s and {partitioned}'s runs")
-    from jobs.lake import Lake
-
-    lake = Lake(stack["env"]["LAKECAST_LAKE_ROOT"])
-    for dag_id, table in ((plain, "predictions/churn_on_input"), (partitioned, "predictions/churn_on_partitions")):
+    wait_until(ended, timeout=600, what=f"{plain}'s, {partitioned}'s and {hourly}'s runs")
+    tables = {
+        plain: "predictions/churn_on_input",
+        partitioned: "predictions/churn_on_partitions",
+        hourly: "predictions/churn_on_hours",
+    }
+    for dag_id, table in tables.items():
         run = runs[dag_id][0]
         path = f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run['dag_run_id'])}"
         tasks = {t["task_id"]: t["state"] for t in airflow.api(f"{path}/taskInstances", token)["task_instances"]}
@@ -226,9 +261,11 @@ def test_a_job_on_input_runs_for_the_day_its_producer_announces(stack, dag_run, 
         manifest = lake.read_manifest(table, DAY)
         assert manifest is not None and manifest["rows"] == ROWS and manifest["date"] == DAY.isoformat()
     assert runs[partitioned][0]["partition_key"] == f"{DAY.isoformat()}T00:00:00"
+    assert runs[hourly][0]["partition_key"] == DAY.isoformat()  # the day, from its 24 hours
+    assert len(lake.read_manifest("predictions/churn_on_hours", DAY)["input"]) == 24  # a file an hour
 
-    # each publish: the partition-aware job's event carries the day as its key, the other's none
-    for dag_id, key in ((plain, None), (partitioned, DAY.isoformat())):
+    # each publish: the partition-aware jobs' events carry the day as their key, the other's none
+    for dag_id, key in ((plain, None), (partitioned, DAY.isoformat()), (hourly, DAY.isoformat())):
         events = airflow.api(f"/assets/events?source_dag_id={dag_id}", token)["asset_events"]
         assert [(e["partition_key"], e["extra"]["date"]) for e in events] == [(key, DAY.isoformat())], events
 
