@@ -48,7 +48,12 @@ def check(layout: str) -> str:
             raise ValueError(f"{layout!r} ends with a lone %: write %% for the character itself")
         if directive != "%" and directive not in DIRECTIVES:
             known = ", ".join(f"%{d} ({what})" for d, what in DIRECTIVES.items())
-            raise ValueError(f"{layout!r}: %{directive} is not a directive of a day's folder; use {known}")
+            hours = (
+                "; the folders below a day's (hr=13/) are read with it, so name the day's folder alone"
+                if directive in "HIMSp"
+                else ""
+            )
+            raise ValueError(f"{layout!r}: %{directive} is not a directive of a day's folder; use {known}{hours}")
     sample = folder(layout, dt.date(2026, 12, 5))
     for segment in sample.split("/"):
         if segment in ("", ".", "..") or not SEGMENT.match(segment):

@@ -155,6 +155,8 @@ def test_an_input_partition_is_a_folder_a_day_below_its_table(tmp_path):
         ("../%Y-%m-%d", r" makes the folder '\.\./2026-12-05' for 2026-12-05: .* the day stays below its table"),
         ("/dt=%Y-%m-%d", r" makes the folder '/dt=2026-12-05'"),
         ("date=%Y-%m-%d %H", r": %H is not a directive of a day's folder; use %Y \(the year\)"),
+        ("ds=%Y-%m-%d/hr=%H", r": %H is not .*; the folders below a day's \(hr=13/\) are read with it, so name the "
+                              r"day's folder alone"),
         ("dt=%F", r": %F is not a directive"),
         ("dt=%Y%m%d%", r" ends with a lone %"),
     ):  # fmt: skip
