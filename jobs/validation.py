@@ -116,6 +116,18 @@ def kind_of(t: pa.DataType) -> Kind:
     return "any"
 
 
+def _in_folder_name(f: DataFile, column: str) -> str:
+    """Where a missing column names a folder the file lies in (``region=eu/``, as Spark's
+    ``partitionBy("region")`` writes a column), that lakecast reads no column from folder names."""
+    for segment in f.folder.split("/"):
+        if segment.partition("=")[0] == column and "=" in segment:
+            return (
+                f": it is in the name of the folder {segment}/, and lakecast reads columns from the files alone; "
+                "write it into the files too"
+            )
+    return ""
+
+
 def check_schema(lake: Lake, files: list[DataFile], footers: list[pq.FileMetaData], rules: list[ColumnRule]) -> None:
     """Every file has every needed column, with a type the model takes, and the files agree on
     each column's type. ``footers``: the files' own (:meth:`jobs.lake.Lake.footers`), which the
@@ -130,7 +142,7 @@ def check_schema(lake: Lake, files: list[DataFile], footers: list[pq.FileMetaDat
         schema = footer.schema.to_arrow_schema()
         for rule in rules:
             if rule.name not in schema.names:
-                raise InvalidInput(f"{lake.uri(f.path)}: missing column {rule.name!r}")
+                raise InvalidInput(f"{lake.uri(f.path)}: missing column {rule.name!r}{_in_folder_name(f, rule.name)}")
             actual = schema.field(rule.name).type
             # a column of nulls only, as pandas stores an all-None column, has no type to check
             if rule.kind != "any" and not pa.types.is_null(actual) and kind_of(actual) != rule.kind:

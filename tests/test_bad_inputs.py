@@ -131,6 +131,10 @@ CASES = [
     # a day written in folders is every file below its folder, as Spark reads it
     Case("rows_in_folders", in_folders((), {"region=eu": good(), "region=us": good()}), scored=2 * N),
     Case("a_folder_beside_the_files", in_folders((good(),), {"late": good()}), scored=2 * N),
+    # Spark's partitionBy("ds", "region") keeps the column in the folders' names only
+    Case("a_column_in_folder_names_only", in_folders((), {"region=eu": good().drop_columns(["region"])}), InvalidInput,
+         r"region=eu/part-0\.parquet: missing column 'region': it is in the name of the folder region=eu/, and "
+         r"lakecast reads columns from the files alone"),
     Case("a_writers_temporary_folder", in_folders((good(),), {"_temporary": good(), ".hive-staging": good()}),
          scored=N),
     Case("missing_column", files(good(), good().drop_columns(["tenure_months"])), InvalidInput,
