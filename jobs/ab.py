@@ -26,7 +26,7 @@ from jobs.ab_report import markdown, plots
 from jobs.config import ABSpec, JobConfig
 from jobs.failures import JobError
 from jobs.lake import DataFile, Lake, LakeError, NotLanded
-from jobs.pieces import Piece, split_files
+from jobs.pieces import Piece, folder_values, split_files
 from jobs.preflight import check_listed_columns_taken, model_inputs
 from jobs.ray_errors import raise_ours
 from jobs.ray_runtime import actor_gpus, actor_pool, actors_read_and_write, ensure_ray, read_pieces
@@ -108,10 +108,10 @@ def _compare(job: JobConfig, ds: dt.date, *, settings: Settings | None) -> dict[
     inputs = [model_inputs(job, ref, takes_every_listed=False) for ref in refs]
     check_listed_columns_taken(job, list(refs), inputs)
     rules = _rules(job, spec, refs, inputs)
-    validation.check_schema(lake, files, footers, rules)
+    from_folders = validation.check_schema(lake, files, footers, rules)
     _check_label_type(lake, spec, files, footers)
     rows_in = sum(footer.num_rows for footer in footers)
-    pieces = split_files(files, footers, job.output.rows_per_file)  # a large file is read side by side
+    pieces = split_files(files, footers, job.output.rows_per_file, from_folders)  # large files: read side by side
     scored = _score_both(job, spec, lake, pieces, rows_in, refs, inputs, rules, settings)
     where = lake.partition_uri(spec.labeled_table, ds, job.labeled_partition)
     table, excluded = _excluded(job, scored, where)
@@ -342,6 +342,7 @@ def _score_both(
             cpus=job.compute.cpus_per_actor,
             gpus=gpus,
             rules=rules,
+            from_folders=folder_values(pieces),
         )
     # CPU actors read their own blocks, as the nightly job's do (docs/adr/0002)
     fused = actors_read_and_write(gpus)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from jobs import folder_columns
 from jobs.validation import ColumnRule, invalid_reasons
 from models.predictor import ArrowScorer, BatchPredictor, PredictorOptions
 
@@ -54,16 +55,20 @@ def sample_rows(
     rows: int,
     dictionary: list[str] = (),
     rules: Sequence[ColumnRule] = (),
+    from_folders: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> pa.Table:
     """Up to ``rows`` rows of the partition, from its first files (row groups, not whole files),
-    read as the job reads them (``dictionary``: the columns it reads dictionary-encoded). Only
+    read as the job reads them (``dictionary``: the columns it reads dictionary-encoded;
+    ``from_folders``: by file, the columns its folders name, :mod:`jobs.folder_columns`). Only
     rows that pass ``rules`` are kept: the actors score no others, and a model need not take them
     (a null where its signature requires a value)."""
     parts, have = [], 0
     for path in paths:
-        f = pq.ParquetFile(path, filesystem=filesystem, read_dictionary=[c for c in dictionary if c in columns] or None)
+        values = (from_folders or {}).get(path, {})
+        read = [c for c in columns if c not in values]
+        f = pq.ParquetFile(path, filesystem=filesystem, read_dictionary=[c for c in dictionary if c in read] or None)
         for group in range(f.num_row_groups):
-            part = f.read_row_group(group, columns=columns)
+            part = folder_columns.added(f.read_row_group(group, columns=read), values, columns, dictionary)
             parts.append(part.filter(pc.is_null(invalid_reasons(part, list(rules)))) if rules else part)
             have += parts[-1].num_rows
             if have >= rows:
@@ -137,6 +142,7 @@ def choose(
     dictionary: list[str] = (),
     rules: Sequence[ColumnRule] = (),
     at_once: int = 1,
+    from_folders: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> int:
     """Measure and return the batch size for this run (see the module's docstring).
 
@@ -146,7 +152,7 @@ def choose(
     have no GPU (a GPU actor scores one batch at a time).
     """
     candidates = candidate_sizes(rows_in, gpus)
-    sample = sample_rows(paths, filesystem, columns, max(candidates), dictionary, rules)
+    sample = sample_rows(paths, filesystem, columns, max(candidates), dictionary, rules, from_folders)
     candidates = [c for c in candidates if c <= max(sample.num_rows, CANDIDATES[0])]
     t0 = time.perf_counter()
     if gpus > 0:

@@ -7,17 +7,19 @@ Without Ray imports: the driver plans its pieces from the footers it has read, b
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs import folder_columns
 from jobs.lake import DataFile, LakeError, is_remote, uri_of
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ class Piece:
     rows: int | None = None  # from the footers, where the driver has read them
     row_groups: tuple[int, ...] | None = None  # of a single file: the run this piece is; None: whole files
     folder: str = ""  # where its first file lies below the partition's folder (``hr=13``); "": at its top
+    # for each of its files, the columns it lacks that its folders name (jobs.folder_columns); None: none
+    from_folders: tuple[dict[str, Any], ...] | None = None
 
     @property
     def path(self) -> str:
@@ -76,13 +80,16 @@ class Piece:
             "size": self.size,
             "row_groups": None if self.row_groups is None else list(self.row_groups),
             "folder": self.folder,
+            # as JSON: a dataset's column holds one type, where these are strings, numbers or none
+            "from_folders": None if self.from_folders is None else json.dumps(self.from_folders),
         }
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> tuple[Piece, list[str]]:
         """The piece of a row :meth:`as_row` made, and its files' uris."""
         groups = None if row["row_groups"] is None else tuple(row["row_groups"])
-        piece = cls(tuple(row["paths"]), row["size"], row["rows"], groups, row["folder"])
+        folders = None if row["from_folders"] is None else tuple(json.loads(row["from_folders"]))
+        piece = cls(tuple(row["paths"]), row["size"], row["rows"], groups, row["folder"], folders)
         return piece, row["uris"]
 
     def describe(self, uris: Sequence[str]) -> str:
@@ -95,7 +102,12 @@ def whole_files(paths: Sequence[str], sizes: Sequence[int]) -> list[Piece]:
     return [Piece((path,), size) for path, size in zip(paths, sizes, strict=True)]
 
 
-def split_files(files: Sequence[DataFile], footers: Sequence[pq.FileMetaData], rows_per_file: int) -> list[Piece]:
+def split_files(
+    files: Sequence[DataFile],
+    footers: Sequence[pq.FileMetaData],
+    rows_per_file: int,
+    from_folders: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[Piece]:
     """A partition's files (``DataFile``: path and size) as the pieces its readers take, each of
     about ``rows_per_file`` rows or more: the unit of work is then what makes an output file
     (:func:`jobs.part_writer.slice_ends`), and no piece writes a small one unless the partition
@@ -107,6 +119,9 @@ def split_files(files: Sequence[DataFile], footers: Sequence[pq.FileMetaData], r
     - Files of fewer than ``rows_per_file`` rows are read one after the other as one piece, in
       their order, until it holds ``rows_per_file`` rows; the last of these pieces may hold fewer.
     - Any other file is a piece of its own.
+
+    ``from_folders``: by file, the columns it lacks that its folders name, with their values
+    (:func:`jobs.validation.check_schema`); each piece carries its files'.
     """
     out: list[Piece] = []
     small: list[tuple[DataFile, int]] = []
@@ -124,7 +139,20 @@ def split_files(files: Sequence[DataFile], footers: Sequence[pq.FileMetaData], r
     if group:
         out.append(_together(group))
     _named_apart(out)
+    if from_folders:
+        out = [replace(p, from_folders=tuple(dict(from_folders.get(path, {})) for path in p.paths)) for p in out]
     return out
+
+
+def folder_values(pieces: Sequence[Piece]) -> dict[str, dict[str, Any]]:
+    """By file, the columns the pieces' files lack that their folders name, with their values."""
+    return {
+        path: values
+        for piece in pieces
+        if piece.from_folders is not None
+        for path, values in zip(piece.paths, piece.from_folders, strict=True)
+        if values
+    }
 
 
 def _named_apart(pieces: Sequence[Piece]) -> None:
@@ -196,6 +224,7 @@ def file_batches(
     threads: bool,
     row_groups: Sequence[int] | None = None,
     whole_up_to: int = 0,
+    from_folders: Mapping[str, Any] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """``columns`` of one Parquet file (or of ``row_groups`` of it), ``rows`` rows at a time;
     ``dictionary`` columns read dictionary-encoded. ``source``: the file's path, or its bytes
@@ -208,7 +237,25 @@ def file_batches(
     page has the page's other values copied into the next batch's buffers, and each batch's
     buffers grow as they fill (docs/benchmark.md). Where a row group is larger, a batch holds
     ``rows`` rows or as many as decode to this many bytes, if fewer (a table of a thousand
-    columns), and never fewer than :data:`FEWEST_ROWS`."""
+    columns), and never fewer than :data:`FEWEST_ROWS`.
+
+    ``from_folders``: columns the file lacks and its folders name, with their values, added to each
+    batch (:mod:`jobs.folder_columns`)."""
+    if from_folders:
+        read = [c for c in columns if c not in from_folders]
+        batches = file_batches(
+            source,
+            filesystem,
+            columns=read,
+            dictionary=[c for c in dictionary if c in read],
+            rows=rows,
+            threads=threads,
+            row_groups=row_groups,
+            whole_up_to=whole_up_to,
+        )
+        for batch in batches:
+            yield folder_columns.added(batch, from_folders, columns, dictionary)
+        return
     if isinstance(source, pa.Buffer):
         opened = pa.BufferReader(source)
     else:
@@ -295,6 +342,7 @@ def piece_batches(
                 threads=threads,
                 row_groups=piece.row_groups,
                 whole_up_to=whole_up_to,
+                from_folders=None if piece.from_folders is None else piece.from_folders[i],
             )
             for batch in batches:
                 yield i, batch

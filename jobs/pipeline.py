@@ -15,6 +15,7 @@ import pyarrow as pa
 from jobs import score_stats, stopping, telemetry, validation
 from jobs.config import JobConfig
 from jobs.lake import FolderWriter, Lake
+from jobs.pieces import folder_values
 from jobs.preflight import Preflight
 from jobs.ray_runtime import (
     actor_pool,
@@ -104,6 +105,7 @@ def score(
             dictionary=categorical,
             rules=pre.rules,
             at_once=at_once,
+            from_folders=folder_values(pre.pieces),
         )
         with stopping.held():
             mlflow.log_param("compute.batch_size_chosen", batch_size)

@@ -120,7 +120,7 @@ def preflight(
         ref = resolve_model(client, job, model_alias, model_version)
         inputs = model_inputs(job, ref)
         rules = validation.rules_from(inputs, job.validation, job.input.key, job_file=job.file, model=ref.uri)
-        validation.check_schema(lake, files, footers, rules)  # a missing or mistyped key is named here first
+        from_folders = validation.check_schema(lake, files, footers, rules)  # a bad key is named here first
         duplicates, examples = keys_checked.result()
     if duplicates:
         message = f"{duplicates} row(s) repeat a {job.input.key} already seen (e.g. {examples})"
@@ -166,7 +166,7 @@ def preflight(
         challenger_columns,
         columns=columns,
         input_nulls=input_stats.null_shares(footers, list(columns)),
-        pieces=split_files(files, footers, job.output.rows_per_file),
+        pieces=split_files(files, footers, job.output.rows_per_file, from_folders),
     )
 
 

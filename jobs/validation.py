@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from jobs import folder_columns
 from jobs.lake import DataFile, FolderWriter, Lake
 
 if TYPE_CHECKING:
@@ -116,34 +117,40 @@ def kind_of(t: pa.DataType) -> Kind:
     return "any"
 
 
-def _in_folder_name(f: DataFile, column: str) -> str:
-    """Where a missing column names a folder the file lies in (``region=eu/``, as Spark's
-    ``partitionBy("region")`` writes a column), that lakecast reads no column from folder names."""
-    for segment in f.folder.split("/"):
-        if segment.partition("=")[0] == column and "=" in segment:
-            return (
-                f": it is in the name of the folder {segment}/, and lakecast reads columns from the files alone; "
-                "write it into the files too"
-            )
-    return ""
-
-
-def check_schema(lake: Lake, files: list[DataFile], footers: list[pq.FileMetaData], rules: list[ColumnRule]) -> None:
+def check_schema(
+    lake: Lake, files: list[DataFile], footers: list[pq.FileMetaData], rules: list[ColumnRule]
+) -> dict[str, dict[str, folder_columns.Value]]:
     """Every file has every needed column, with a type the model takes, and the files agree on
     each column's type. ``footers``: the files' own (:meth:`jobs.lake.Lake.footers`), which the
-    caller has read already for its row counts.
+    caller has read already for its row counts. A column a file lacks may be in the name of a
+    folder it lies in below the day's (``region=eu/``: :mod:`jobs.folder_columns`).
+
+    Returns:
+        Those columns' values, by file: ``{path: {column: value}}``, for the readers to add.
 
     Raises:
         InvalidInput: naming the file, the column, its type and the expected kind (or the type
             another file has).
     """
     first_of_type: dict[str, dict[pa.DataType, str]] = {rule.name: {} for rule in rules}
+    from_folders: dict[str, dict[str, folder_columns.Value]] = {}
     for f, footer in zip(files, footers, strict=True):
         schema = footer.schema.to_arrow_schema()
+        in_folders = folder_columns.named(f.folder)
         for rule in rules:
-            if rule.name not in schema.names:
-                raise InvalidInput(f"{lake.uri(f.path)}: missing column {rule.name!r}{_in_folder_name(f, rule.name)}")
-            actual = schema.field(rule.name).type
+            if rule.name in schema.names:
+                actual = schema.field(rule.name).type
+            elif rule.name in in_folders:
+                try:
+                    value = folder_columns.typed(in_folders[rule.name], rule.kind)
+                except ValueError as e:
+                    raise InvalidInput(
+                        f"{lake.uri(f.path)}: column {rule.name!r}, from the name of the folder it lies in: {e}"
+                    ) from None
+                from_folders.setdefault(f.path, {})[rule.name] = value
+                actual = folder_columns.arrow_type(value)
+            else:
+                raise InvalidInput(f"{lake.uri(f.path)}: missing column {rule.name!r}")
             # a column of nulls only, as pandas stores an all-None column, has no type to check
             if rule.kind != "any" and not pa.types.is_null(actual) and kind_of(actual) != rule.kind:
                 raise InvalidInput(
@@ -153,6 +160,7 @@ def check_schema(lake: Lake, files: list[DataFile], footers: list[pq.FileMetaDat
                 first_of_type[rule.name].setdefault(actual, f.path)
     for name, seen in first_of_type.items():
         _check_one_type(lake, name, seen)
+    return from_folders
 
 
 def _check_one_type(lake: Lake, name: str, seen: dict[pa.DataType, str]) -> None:

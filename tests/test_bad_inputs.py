@@ -131,10 +131,18 @@ CASES = [
     # a day written in folders is every file below its folder, as Spark reads it
     Case("rows_in_folders", in_folders((), {"region=eu": good(), "region=us": good()}), scored=2 * N),
     Case("a_folder_beside_the_files", in_folders((good(),), {"late": good()}), scored=2 * N),
-    # Spark's partitionBy("ds", "region") keeps the column in the folders' names only
-    Case("a_column_in_folder_names_only", in_folders((), {"region=eu": good().drop_columns(["region"])}), InvalidInput,
-         r"region=eu/part-0\.parquet: missing column 'region': it is in the name of the folder region=eu/, and "
-         r"lakecast reads columns from the files alone"),
+    # Spark's partitionBy("ds", "region") keeps the column in the folders' names only, and writes
+    # Hive's folder for a null: a value the model requires, so its rows are invalid
+    Case("a_column_in_folder_names_only", in_folders((), {
+        "region=north": good().drop_columns(["region"]),
+        "region=south%20east": good().drop_columns(["region"]),
+    }), scored=2 * N),
+    Case("a_null_in_a_folder_name", in_folders((good(),), {
+        "region=__HIVE_DEFAULT_PARTITION__": good().drop_columns(["region"])
+    }), scored=N, quarantined=N, match=r"region: null", validation={"max_invalid_share": 0.5}),
+    Case("a_number_in_a_folder_name_that_is_none", in_folders((), {"tenure_months=abc": good().drop_columns(
+        ["tenure_months"])}), InvalidInput, r"tenure_months=abc/part-0\.parquet: column 'tenure_months', from the "
+         r"name of the folder it lies in: 'abc' is not a number, which the model expects"),
     Case("a_writers_temporary_folder", in_folders((good(),), {"_temporary": good(), ".hive-staging": good()}),
          scored=N),
     Case("missing_column", files(good(), good().drop_columns(["tenure_months"])), InvalidInput,

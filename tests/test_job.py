@@ -12,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import mlflow
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -647,3 +648,37 @@ def test_a_day_written_in_hourly_folders_is_scored_whole(settings, lake, registe
     assert sorted(f["file"] for f in manifest["output"]) == [f"hr={h:02d}-part-0-0000.parquet" for h in range(hours)]
     out = pq.read_table(lake.partition_path(f"predictions/{name}", DAY), columns=["customer_id"])
     assert sorted(out["customer_id"].to_pylist()) == sorted(rows["customer_id"].to_pylist())
+
+
+def test_a_column_that_spark_keeps_in_folder_names_is_read_from_them(
+    settings, lake, registered, ray_local, tmp_path, monkeypatch
+):
+    """Spark's ``partitionBy("ds", "region")`` writes ``region`` into the folders' names and leaves
+    it out of the files: the rows are scored as they would be with the column in the files."""
+    from jobs import demo_data
+    from jobs.cli import main
+    from tests.jobfiles import conf_with_job
+
+    rows = demo_data.generate(ROWS, DAY)
+    regions = ["north", "central"]  # categories the model knows: another would score as "unknown"
+    rows = rows.set_column(rows.schema.get_field_index("region"), "region", pa.array(regions * (ROWS // 2)))
+    scores = {}
+    for name in ("in_files", "in_folders"):
+        monkeypatch.setenv("LAKECAST_CONF", str(conf_with_job(tmp_path / name, name)))
+        day = lake.partition_path(f"raw/{name}", DAY)
+        if name == "in_files":
+            lake.fs.create_dir(day, recursive=True)
+            pq.write_table(rows, f"{day}/part-0.parquet")
+        for region in regions if name == "in_folders" else ():
+            folder = f"{day}/region={region}"
+            lake.fs.create_dir(folder, recursive=True)
+            part = rows.filter(pc.equal(rows["region"], region)).drop_columns(["region"])
+            pq.write_table(part, f"{folder}/part-0.parquet")
+        assert main(["run", name, "--date", str(DAY)]) == 0
+        out = pq.read_table(
+            lake.partition_path(f"predictions/{name}", DAY), columns=["customer_id", "churn_probability"]
+        )
+        scores[name] = dict(zip(out["customer_id"].to_pylist(), out["churn_probability"].to_pylist(), strict=True))
+    keys = sorted(scores["in_files"])
+    assert sorted(scores["in_folders"]) == keys  # batches cut otherwise: the same to float32's last digits
+    assert [scores["in_folders"][k] for k in keys] == pytest.approx([scores["in_files"][k] for k in keys], abs=1e-6)

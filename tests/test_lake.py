@@ -471,3 +471,20 @@ def test_success_is_never_there_while_old_and_new_files_lie_together(storage, mo
     assert len(new) == 3 and not new & old
     assert {f.path for f in lake.list_data_files(partition)} == new
     assert lake.exists(f"{partition}/_SUCCESS")
+
+
+def test_the_columns_a_files_folders_name():
+    """As Spark writes them: ``name=value`` folders, values escaped (``south%20east``), Hive's
+    folder for a null; other folders name none."""
+    from jobs.folder_columns import named, typed
+
+    assert named("hr=13/region=south%20east/late") == {"hr": "13", "region": "south east"}
+    assert named("region=__HIVE_DEFAULT_PARTITION__") == {"region": None} and named("") == {}
+    assert (typed("13", "number"), typed("TRUE", "boolean"), typed("13", "string"), typed(None, "number")) == (
+        13.0,
+        True,
+        "13",
+        None,
+    )
+    with pytest.raises(ValueError, match=r"'yes' is not true or false, which the model expects"):
+        typed("yes", "boolean")
