@@ -20,17 +20,24 @@ if TYPE_CHECKING:
 NULL_RISE_ALERT = 0.10
 
 
-def null_shares(footers: list[pq.FileMetaData], columns: list[str]) -> dict[str, float]:
-    """Each of ``columns``' share of nulls over the files of ``footers``.
+def null_shares(
+    footers: list[pq.FileMetaData], columns: list[str], from_folders: list[dict[str, Any]] | None = None
+) -> dict[str, float]:
+    """Each of ``columns``' share of nulls over the files of ``footers``; ``from_folders``: for
+    each file, the columns it lacks that its folders name (:mod:`jobs.folder_columns`), a null
+    there for each of its rows.
 
     A column is left out where a row group has no null count in its statistics (a writer may
     skip them): a share from some row groups only would read as a change that is not there.
     """
     rows = sum(f.num_rows for f in footers)
     nulls = dict.fromkeys(columns, 0)
-    for footer in footers:
+    for footer, named in zip(footers, from_folders or [{}] * len(footers), strict=True):
         index = {footer.schema.column(i).path: i for i in range(footer.num_columns)}
         for name in [n for n in columns if n in nulls]:
+            if name not in index and name in named:
+                nulls[name] += footer.num_rows if named[name] is None else 0
+                continue
             counts = [_null_count(footer.row_group(g), index.get(name)) for g in range(footer.num_row_groups)]
             if None in counts:
                 del nulls[name]

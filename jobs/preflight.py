@@ -165,7 +165,7 @@ def preflight(
         challenger_scorer,
         challenger_columns,
         columns=columns,
-        input_nulls=input_stats.null_shares(footers, list(columns)),
+        input_nulls=input_stats.null_shares(footers, list(columns), [from_folders.get(f.path, {}) for f in files]),
         pieces=split_files(files, footers, job.output.rows_per_file, from_folders),
     )
 

@@ -35,6 +35,15 @@ def test_a_column_without_null_counts_or_not_there_is_left_out(tmp_path):
     assert null_shares([full, partial], ["a", "c"]) == {"c": 0.0}
 
 
+def test_a_column_from_folder_names_counts_a_hive_null_folders_rows(tmp_path):
+    """A column Spark keeps in the folders' names (jobs.folder_columns): its share counts the rows
+    of files under Hive's null folder, so that a folder turned null raises the alert too."""
+    one, two = footer(tmp_path / "one.parquet"), footer(tmp_path / "two.parquet")
+    shares = null_shares([one, two], ["region", "c"], [{"region": "eu"}, {"region": None}])
+    assert shares == {"region": 0.5, "c": 0.0}
+    assert null_shares([one, two], ["region"], [{"region": "eu"}, {}]) == {}  # the second file has none
+
+
 def test_no_rows_no_shares(tmp_path):
     assert null_shares([footer(tmp_path / "empty.parquet", TABLE.slice(0, 0))], ["a"]) == {}
 

@@ -682,3 +682,8 @@ def test_a_column_that_spark_keeps_in_folder_names_is_read_from_them(
     keys = sorted(scores["in_files"])
     assert sorted(scores["in_folders"]) == keys  # batches cut otherwise: the same to float32's last digits
     assert [scores["in_folders"][k] for k in keys] == pytest.approx([scores["in_files"][k] for k in keys], abs=1e-6)
+    # its share of nulls counted as the files' own columns are, beside them
+    nulls = lake.read_manifest("predictions/in_folders", DAY)["input_nulls"]
+    assert (
+        nulls["region"] == 0.0 and nulls.keys() == lake.read_manifest("predictions/in_files", DAY)["input_nulls"].keys()
+    )
