@@ -108,7 +108,7 @@ def _compare(job: JobConfig, ds: dt.date, *, settings: Settings | None) -> dict[
     inputs = [model_inputs(job, ref, takes_every_listed=False) for ref in refs]
     check_listed_columns_taken(job, list(refs), inputs)
     rules = _rules(job, spec, refs, inputs)
-    from_folders = validation.check_schema(lake, files, footers, rules)
+    from_folders = validation.check_schema(lake, files, footers, rules, job.input.key)
     _check_label_type(lake, spec, files, footers)
     rows_in = sum(footer.num_rows for footer in footers)
     pieces = split_files(files, footers, job.output.rows_per_file, from_folders)  # large files: read side by side

@@ -360,8 +360,9 @@ class JobConfig(Frozen):
 
     @model_validator(mode="after")
     def _hours_listened_for(self) -> JobConfig:
-        """``airflow.hourly_keys`` shapes how the DAG listens for partitioned events: without them it
-        would say nothing, and the producer's hours would start no run."""
+        """``airflow.hourly_keys`` shapes how a DAG on its input's partitioned events listens: on any
+        other job it would change nothing, and its user would wait for a daily run from the hours'
+        events that the DAG never hears."""
         if self.airflow.hourly_keys and not (self.schedule == ON_INPUT and self.airflow.partitioned_assets):
             raise ValueError(
                 "airflow.hourly_keys: the keys of the input's hourly partitioned Asset events, which only a job on "

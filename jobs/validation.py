@@ -118,12 +118,13 @@ def kind_of(t: pa.DataType) -> Kind:
 
 
 def check_schema(
-    lake: Lake, files: list[DataFile], footers: list[pq.FileMetaData], rules: list[ColumnRule]
+    lake: Lake, files: list[DataFile], footers: list[pq.FileMetaData], rules: list[ColumnRule], key: str
 ) -> dict[str, dict[str, folder_columns.Value]]:
     """Every file has every needed column, with a type the model takes, and the files agree on
     each column's type. ``footers``: the files' own (:meth:`jobs.lake.Lake.footers`), which the
     caller has read already for its row counts. A column a file lacks may be in the name of a
-    folder it lies in below the day's (``region=eu/``: :mod:`jobs.folder_columns`).
+    folder it lies in below the day's (``region=eu/``: :mod:`jobs.folder_columns`), except the
+    ``key``: one value for a whole folder's rows is no entity's id.
 
     Returns:
         Those columns' values, by file: ``{path: {column: value}}``, for the readers to add.
@@ -140,7 +141,7 @@ def check_schema(
         for rule in rules:
             if rule.name in schema.names:
                 actual = schema.field(rule.name).type
-            elif rule.name in in_folders:
+            elif rule.name in in_folders and rule.name != key:
                 try:
                     value = folder_columns.typed(in_folders[rule.name], rule.kind)
                 except ValueError as e:
@@ -350,7 +351,7 @@ def duplicate_keys(lake: Lake, files: list[DataFile], key: str) -> tuple[int, li
     and 1 byte per id: 50M ids in well under a second, where hashing them took 20 s on 2 cores.
     Other keys, and the examples when there are repeats, go through a hash count.
     """
-    # partitioning=None: a day in folders (region=eu/) has no column of the folders' names to add
+    # the files' own key column: pyarrow would add the folders' names (region=eu/) as columns too
     paths = [f.path for f in files]
     keys = pq.ParquetDataset(paths, filesystem=lake.fs, partitioning=None).read(columns=[key]).column(key)
     if pa.types.is_integer(keys.type) and keys.null_count == 0 and len(keys):

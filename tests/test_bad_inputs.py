@@ -140,6 +140,8 @@ CASES = [
     Case("a_null_in_a_folder_name", in_folders((good(),), {
         "region=__HIVE_DEFAULT_PARTITION__": good().drop_columns(["region"])
     }), scored=N, quarantined=N, match=r"region: null", validation={"max_invalid_share": 0.5}),
+    Case("a_key_in_a_folder_name", in_folders((), {"customer_id=7": good().drop_columns(["customer_id"])}),
+         InvalidInput, r"customer_id=7/part-0\.parquet: missing column 'customer_id'$"),  # no entity's id
     Case("a_number_in_a_folder_name_that_is_none", in_folders((), {"tenure_months=abc": good().drop_columns(
         ["tenure_months"])}), InvalidInput, r"tenure_months=abc/part-0\.parquet: column 'tenure_months', from the "
          r"name of the folder it lies in: 'abc' is not a number, which the model expects"),
