@@ -662,18 +662,22 @@ def test_a_column_that_spark_keeps_in_folder_names_is_read_from_them(
     rows = demo_data.generate(ROWS, DAY)
     regions = ["north", "central"]  # categories the model knows: another would score as "unknown"
     rows = rows.set_column(rows.schema.get_field_index("region"), "region", pa.array(regions * (ROWS // 2)))
-    scores = {}
-    for name in ("in_files", "in_folders"):
-        monkeypatch.setenv("LAKECAST_CONF", str(conf_with_job(tmp_path / name, name)))
-        day = lake.partition_path(f"raw/{name}", DAY)
-        if name == "in_files":
-            lake.fs.create_dir(day, recursive=True)
-            pq.write_table(rows, f"{day}/part-0.parquet")
-        for region in regions if name == "in_folders" else ():
-            folder = f"{day}/region={region}"
-            lake.fs.create_dir(folder, recursive=True)
+
+    def in_files(day: str) -> None:
+        lake.fs.create_dir(day, recursive=True)
+        pq.write_table(rows, f"{day}/part-0.parquet")
+
+    def in_folders(day: str) -> None:
+        for region in regions:
+            lake.fs.create_dir(f"{day}/region={region}", recursive=True)
             part = rows.filter(pc.equal(rows["region"], region)).drop_columns(["region"])
-            pq.write_table(part, f"{folder}/part-0.parquet")
+            pq.write_table(part, f"{day}/region={region}/part-0.parquet")
+
+    scores = {}
+    for write in (in_files, in_folders):
+        name = write.__name__
+        monkeypatch.setenv("LAKECAST_CONF", str(conf_with_job(tmp_path / name, name)))
+        write(lake.partition_path(f"raw/{name}", DAY))
         assert main(["run", name, "--date", str(DAY)]) == 0
         out = pq.read_table(
             lake.partition_path(f"predictions/{name}", DAY), columns=["customer_id", "churn_probability"]
@@ -683,7 +687,5 @@ def test_a_column_that_spark_keeps_in_folder_names_is_read_from_them(
     assert sorted(scores["in_folders"]) == keys  # batches cut otherwise: the same to float32's last digits
     assert [scores["in_folders"][k] for k in keys] == pytest.approx([scores["in_files"][k] for k in keys], abs=1e-6)
     # its share of nulls counted as the files' own columns are, beside them
-    nulls = lake.read_manifest("predictions/in_folders", DAY)["input_nulls"]
-    assert (
-        nulls["region"] == 0.0 and nulls.keys() == lake.read_manifest("predictions/in_files", DAY)["input_nulls"].keys()
-    )
+    nulls = {name: lake.read_manifest(f"predictions/{name}", DAY)["input_nulls"] for name in scores}
+    assert nulls["in_folders"]["region"] == 0.0 and nulls["in_folders"].keys() == nulls["in_files"].keys()
