@@ -385,14 +385,12 @@ def shadow_summary(
     from jobs.lake import LakeError
 
     try:
-        main = lake.data_files(job.output.table, ds)
-        shadow = lake.data_files(job.shadow_table, ds)
-        manifests = lake.read_manifest(job.output.table, ds), lake.read_manifest(job.shadow_table, ds)
+        committed = lake.committed(job.output.table, ds), lake.committed(job.shadow_table, ds)
     except LakeError:
         return None, None
-    if None in manifests:
+    if None in committed:
         return None, None
-    predictions, shadowed = manifests
+    (main, predictions), (shadow, shadowed) = committed
     why = None
     if shadowed["scoring_run_id"] != predictions["scoring_run_id"]:
         why = "was scored by another run than the day's predictions (a rerun with no shadow, say)"

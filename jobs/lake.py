@@ -308,11 +308,21 @@ class Lake:
         """
         return self._landed(table, ds, ready_marker, layout)[0]
 
+    def committed(self, table: str, ds: dt.date) -> tuple[list[DataFile], dict[str, Any]] | None:
+        """A partition lakecast committed: its files and its manifest, each read once; None where
+        the partition has no manifest.
+
+        Raises:
+            LakeError: as :meth:`data_files` does.
+        """
+        files, _, manifest = self._landed(table, ds, None, day_folders.DEFAULT)
+        return None if manifest is None else (files, manifest)
+
     def _landed(
         self, table: str, ds: dt.date, ready_marker: str | None, layout: str
-    ) -> tuple[list[DataFile], str | None]:
-        """:meth:`data_files`, and what says they are the whole day (``MANIFEST`` or the ready
-        marker's name; None: nothing does)."""
+    ) -> tuple[list[DataFile], str | None, dict[str, Any] | None]:
+        """:meth:`data_files`; what says they are the whole day (``MANIFEST`` or the ready
+        marker's name; None: nothing does); and the partition's manifest, where it has one."""
         path = self.partition_path(table, ds, layout)
         files, folders = self._listing(path)
         if not files and not folders and self._info(path).type == pafs.FileType.NotFound:
@@ -328,7 +338,7 @@ class Lake:
             missing = named - {os.path.basename(f.path) for f in files}
             if missing:
                 raise LakeError(f"partition {self.uri(path)} lacks files its manifest names: {sorted(missing)}")
-            return files, MANIFEST
+            return files, MANIFEST, manifest
         if folders:  # a day written in folders (hr=00/ to hr=23/, region=eu/): every one is the day's
             files = self._files_below(path)
             shown = ", ".join(folders[:3]) + (f" and {len(folders) - 3} more" if len(folders) > 3 else "")
@@ -341,7 +351,7 @@ class Lake:
                 f"that file last, once every data file is in place, and the {len(files)} Parquet file(s) there "
                 "may be only part of the day"
             )
-        return files, ready_marker or None
+        return files, ready_marker or None, None
 
     def input_footers(
         self, table: str, ds: dt.date, *, ready_marker: str | None = None, layout: str = day_folders.DEFAULT
@@ -354,7 +364,7 @@ class Lake:
                 That is :class:`NotLanded` unless a ready marker or a manifest says the
                 partition is whole: a producer may create its files before it fills them.
         """
-        files, whole_by = self._landed(table, ds, ready_marker, layout)
+        files, whole_by, _ = self._landed(table, ds, ready_marker, layout)
         footers = self.footers(files)
         if not any(footer.num_rows for footer in footers):
             where = self.partition_uri(table, ds, layout)
@@ -381,6 +391,10 @@ class Lake:
         is kept for the looks that follow at once (a marker, a manifest)."""
         if self.is_s3:
             self.s3fs.invalidate_cache(path)
+            if recursive:  # and the listings it kept of the folders below, which a recursive one may use
+                below = f"{path.rstrip('/')}/"
+                for cached in [key for key in self.s3fs.dircache if key.startswith(below)]:
+                    self.s3fs.dircache.pop(cached, None)
         with self._asking():  # S3 has no empty folders: a prefix with no object does not exist
             return self.fs.get_file_info(pafs.FileSelector(path, recursive=recursive, allow_not_found=True))
 
@@ -388,10 +402,6 @@ class Lake:
         """The data files at any depth of ``path``, in the order of their paths, each with the
         folder it lies in below ``path``; none below a folder whose name starts with ``_`` or ``.``
         (a writer's ``_temporary``, a marker's folder)."""
-        if self.is_s3:  # a recursive listing may come from the listings s3fs kept of the folders below
-            below = path.rstrip("/")
-            for cached in [k for k in self.s3fs.dircache if k.startswith(f"{below}/")]:
-                self.s3fs.dircache.pop(cached, None)
         files = []
         for info in self.entries(path, recursive=True):
             relative = info.path[len(path) :].strip("/").split("/")
