@@ -28,9 +28,8 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from jobs import folder_columns
+from jobs.pieces import file_batches
 from jobs.validation import ColumnRule, invalid_reasons
 from models.predictor import ArrowScorer, BatchPredictor, PredictorOptions
 
@@ -57,18 +56,24 @@ def sample_rows(
     rules: Sequence[ColumnRule] = (),
     from_folders: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> pa.Table:
-    """Up to ``rows`` rows of the partition, from its first files (row groups, not whole files),
-    read as the job reads them (``dictionary``: the columns it reads dictionary-encoded;
-    ``from_folders``: by file, the columns its folders name, :mod:`jobs.folder_columns`). Only
+    """Up to ``rows`` rows of the partition, from its first files (in batches, not whole files),
+    read as the job reads them (:func:`jobs.pieces.file_batches`; ``dictionary``: the columns it
+    reads dictionary-encoded; ``from_folders``: by file, the columns its folders name). Only
     rows that pass ``rules`` are kept: the actors score no others, and a model need not take them
     (a null where its signature requires a value)."""
     parts, have = [], 0
     for path in paths:
-        values = (from_folders or {}).get(path, {})
-        read = [c for c in columns if c not in values]
-        f = pq.ParquetFile(path, filesystem=filesystem, read_dictionary=[c for c in dictionary if c in read] or None)
-        for group in range(f.num_row_groups):
-            part = folder_columns.added(f.read_row_group(group, columns=read), values, columns, dictionary)
+        batches = file_batches(
+            path,
+            filesystem,
+            columns=columns,
+            dictionary=[c for c in dictionary if c in columns],
+            rows=rows,
+            threads=True,
+            from_folders=(from_folders or {}).get(path),
+        )
+        for batch in batches:
+            part = pa.Table.from_batches([batch])
             parts.append(part.filter(pc.is_null(invalid_reasons(part, list(rules)))) if rules else part)
             have += parts[-1].num_rows
             if have >= rows:

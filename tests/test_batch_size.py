@@ -86,3 +86,15 @@ def test_the_sample_holds_only_rows_the_actors_would_score(tmp_path):
     )
     assert sample.num_rows == 500 and sample["x"].null_count == 0
     assert sample["id"].to_pylist() == [i for i in range(1000) if i % 3][:500]
+
+
+def test_the_sample_has_the_columns_its_folders_name(tmp_path):
+    """A column Spark keeps in the folders' names (jobs.folder_columns) is in the sample, as the
+    actors read it, in the columns' order."""
+    (tmp_path / "region=eu").mkdir()
+    path = str(tmp_path / "region=eu" / "0.parquet")
+    pq.write_table(pa.table({"id": range(100)}), path)
+    sample = sample_rows([path], None, ["region", "id"], 50, ["region"], from_folders={path: {"region": "eu"}})
+    assert sample.column_names == ["region", "id"] and sample.num_rows == 50
+    assert sample["region"].type == pa.dictionary(pa.int32(), pa.string())
+    assert sample["region"].to_pylist() == ["eu"] * 50
