@@ -120,9 +120,8 @@ def preflight(
         ref = resolve_model(client, job, model_alias, model_version)
         inputs = model_inputs(job, ref)
         rules = validation.rules_from(inputs, job.validation, job.input.key, job_file=job.file, model=ref.uri)
-        from_folders = validation.check_schema(
-            lake, files, footers, rules, job.input.key
-        )  # a bad key is named here first
+        # a missing or mistyped key is named here first
+        from_folders = validation.check_schema(lake, files, footers, rules, job.input.key)
         duplicates, examples = keys_checked.result()
     if duplicates:
         message = f"{duplicates} row(s) repeat a {job.input.key} already seen (e.g. {examples})"
