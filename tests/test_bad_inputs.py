@@ -258,6 +258,25 @@ def test_bad_input(case: Case, case_lake: Lake, settings, registered, ray_local,
         assert len(both.unique()) == N
 
 
+def test_a_number_in_some_files_and_in_folder_names_for_others(case_lake, settings, registered, ray_local, churn_job):
+    """A day where one writer kept ``num_devices`` (int64) in its file and another wrote it into
+    folder names only (``num_devices=3/``, read as a number): the same rows score the same either
+    way, so the folder's value reaches the model as the file's does."""
+    rows = good().set_column(8, "num_devices", pa.array([3] * N, pa.int64()))
+    moved = rows.set_column(0, "customer_id", pc.add(rows["customer_id"], 10 * N)).drop_columns(["num_devices"])
+    job = make_job(churn_job, Case("number_in_files_and_folders", lambda lake, path: None))
+    in_folders((rows,), {"num_devices=3": moved})(case_lake, case_lake.partition_path(job.input.table, DAY))
+
+    result = run_job(job, DAY, settings=settings.model_copy(update={"lake_root": case_lake.root}))
+
+    assert result.rows == 2 * N
+    out = pads.dataset(case_lake.partition_path(job.output.table, DAY), format="parquet").to_table()
+    score = dict(zip(out["customer_id"].to_pylist(), out["churn_probability"].to_pylist(), strict=True))
+    in_file = [score[i] for i in rows["customer_id"].to_pylist()]
+    from_folder = [score[i + 10 * N] for i in rows["customer_id"].to_pylist()]
+    assert in_file == from_folder and len(set(in_file)) > 1
+
+
 def test_user_errors_from_the_command_line(home, registered, capsys):
     """One sentence each, and an exit status that tells a scheduler whether to try again."""
     from jobs.cli import main
