@@ -274,7 +274,8 @@ def test_a_number_in_some_files_and_in_folder_names_for_others(case_lake, settin
     score = dict(zip(out["customer_id"].to_pylist(), out["churn_probability"].to_pylist(), strict=True))
     in_file = [score[i] for i in rows["customer_id"].to_pylist()]
     from_folder = [score[i + 10 * N] for i in rows["customer_id"].to_pylist()]
-    assert in_file == from_folder and len(set(in_file)) > 1
+    # to float32's last digits: the two files' rows may be scored in batches cut otherwise
+    assert from_folder == pytest.approx(in_file, rel=1e-6) and len(set(in_file)) > 1
 
 
 def test_user_errors_from_the_command_line(home, registered, capsys):
