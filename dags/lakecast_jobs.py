@@ -26,6 +26,7 @@ from airflow.sdk import (
 
 from jobs.airflow_ray import LakecastJobOperator
 from jobs.config import ON_INPUT, JobConfig, job_files, load_job_files
+from jobs.failure_email import FailureEmail
 from jobs.input_sensor import InputPartitionSensor
 from jobs.settings import load_settings
 from jobs.yamlconf import ConfigError
@@ -82,6 +83,7 @@ def _doc(job: JobConfig, table_uri: str) -> str:
 | actors | {job.compute.min_actors} to {job.compute.max_actors} |
 | per actor | {job.compute.cpus_per_actor:g} CPU(s), GPUs: {job.compute.gpus_per_actor} |
 | Airflow pool | {f"`{job.airflow.pool}` (predict, compare)" if job.airflow.pool else "the default pool"} |
+| failure mail | {", ".join(job.airflow.email_on_failure) or "none (airflow.email_on_failure)"} |
 
 Trigger one date: `airflow dags trigger {job.dag_id} --conf '{{"date": "YYYY-MM-DD"}}'`.
 Tasks: **check_input** (the partition exists, is whole and readable) → **predict** (Ray Data job,
@@ -96,6 +98,13 @@ def _wait(job: JobConfig) -> str:
     if not job.airflow.wait_for_input_minutes:
         return f"none: a partition not there yet{whole} fails the try, and the retries follow"
     return f"up to {job.airflow.wait_for_input_minutes:g} minutes for the partition{whole}"
+
+
+def _on_failure(job: JobConfig) -> dict:
+    """Every task's mail on failing for good, where the job file names who gets it."""
+    if not job.airflow.email_on_failure:
+        return {}
+    return {"on_failure_callback": FailureEmail(job.name, job.file, job.airflow.email_on_failure)}
 
 
 def table_asset(lake_root: str, table: str) -> Asset:
@@ -164,6 +173,7 @@ def build_dag(job: JobConfig, job_file: Path, lake_root: str):
             "owner": job.airflow.owner,
             "retries": job.airflow.retries,
             "retry_delay": dt.timedelta(minutes=job.airflow.retry_delay_minutes),
+            **_on_failure(job),
         },
     )
     def pipeline() -> None:

@@ -29,6 +29,8 @@ TablePath = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]+(/[a-z0-9_]+)*
 Column = Annotated[str, StringConstraints(min_length=1)]
 # what Spark's Parquet support refuses in a column's name (ParquetSchemaConverter.checkFieldName)
 SPARK_REFUSES = frozenset(" ,;{}()\n\t=")
+# an address a mail server would take: one @, a dot in the domain, no spaces or separators
+EMAIL = re.compile(r"[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>.]+")
 
 
 class InputSpec(Frozen):
@@ -250,6 +252,11 @@ class AirflowSpec(Frozen):
         "partition is retried as any failure is",
     )
     tags: list[str] = []
+    email_on_failure: list[str] = Field(
+        [],
+        description="addresses mailed when a task of the job's DAG fails for good (its retries spent), with the "
+        "job's error and a link to the task's log, through Airflow's SMTP connection (smtp_default)",
+    )
     pool: str | None = Field(
         None,
         min_length=1,
@@ -270,6 +277,22 @@ class AirflowSpec(Frozen):
         "(%Y-%m-%dT%H:%M:%S, as Airflow's CronPartitionTimetable keys them). The DAG runs once all 24 hours of a "
         "day have arrived, and scores that day",
     )
+
+    @field_validator("email_on_failure", mode="before")
+    @classmethod
+    def _addresses(cls, v: object) -> object:
+        """A list of addresses, or one string of them as Airflow's own ``email`` takes it
+        (``a@example.com, b@example.com``); each one checked here, where a typo would otherwise
+        surface only as an undelivered mail on the night something failed."""
+        if isinstance(v, str):
+            v = [part for part in re.split(r"[,;]", v) if part.strip()]
+        if not isinstance(v, list):
+            return v
+        addresses = [a.strip() if isinstance(a, str) else a for a in v]
+        for address in addresses:
+            if isinstance(address, str) and not EMAIL.fullmatch(address):
+                raise ValueError(f"{address!r} is not an email address (name@domain.example)")
+        return addresses
 
     @field_validator("hourly_keys")
     @classmethod

@@ -61,6 +61,7 @@ for dag_id, dag in bag.dags.items():
         "outlets": [o.uri for t in dag.tasks for o in t.outlets],
         "upstream": {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks},
         "pools": {t.task_id: t.pool for t in dag.tasks},
+        "on_failure": {t.task_id: [repr(c) for c in t.on_failure_callback] for t in dag.tasks},
         "sensors": {
             t.task_id: {"mode": t.mode, "timeout_s": t.timeout, "poke_interval_s": t.poke_interval}
             for t in dag.tasks

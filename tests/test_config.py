@@ -107,6 +107,28 @@ def test_the_precision_is_one_of_three(tmp_path):
         load_job_file(write(tmp_path, VALID + "compute: {dtype: bf16}\n"))
 
 
+def test_failure_mail_addresses_are_checked_when_the_file_loads(tmp_path, monkeypatch):
+    """``airflow.email_on_failure``: a list, or one string of addresses as Airflow's ``email`` takes
+    them, from a variable too; an address with a typo is named now, not found missing on the night
+    a task fails."""
+    monkeypatch.setenv("ONCALL", "oncall@example.com")
+    for said, addresses in [
+        ("[oncall@example.com]", ["oncall@example.com"]),
+        ("'ml-team@example.com, oncall@example.org'", ["ml-team@example.com", "oncall@example.org"]),
+        ("'${ONCALL}'", ["oncall@example.com"]),
+    ]:
+        job = load_job_file(write(tmp_path, VALID + f"airflow: {{email_on_failure: {said}}}\n"))
+        assert job.airflow.email_on_failure == addresses
+    assert load_job_file(write(tmp_path, VALID)).airflow.email_on_failure == []
+    for bad in ("oncall", "oncall@example", "on call@example.com"):
+        path = write(tmp_path, VALID + f"airflow: {{email_on_failure: [ml@example.com, '{bad}']}}\n")
+        with pytest.raises(ConfigError) as e:
+            load_job_file(path)
+        assert f"{path}: airflow.email_on_failure: '{bad}' is not an email address (name@domain.example)" in str(
+            e.value
+        )
+
+
 def test_a_ready_marker_is_a_file_name_that_is_not_data(tmp_path):
     """The marker lies beside the partition's data files, and lakecast reads every file there whose
     name does not start with '_' or '.' as Parquet: a marker named otherwise would break every run."""

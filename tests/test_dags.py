@@ -115,6 +115,19 @@ def test_a_jobs_pool_holds_the_tasks_that_use_ray(settings, tmp_path):
     assert "| Airflow pool | `ray_cluster` (predict, compare) |" in dag["doc_md"]
 
 
+def test_a_job_that_names_who_to_mail_mails_them_from_every_task(settings, parsed, tmp_path):
+    """``airflow.email_on_failure``: each task calls the mail when it fails for good (which task
+    fails is not known in advance); a job that names nobody has no callback at all."""
+    assert set(map(tuple, parsed["dags"]["lakecast__churn"]["on_failure"].values())) == {()}
+    mailed = CHURN.replace("  tags: [churn, demo]", "  tags: [churn, demo]\n  email_on_failure: oncall@example.com")
+    dag = parse_dags(settings, LAKECAST_CONF=str(conf_with(tmp_path, churn=mailed)))["dags"]["lakecast__churn"]
+    assert dag["on_failure"] == {
+        task: ["FailureEmail('churn', to=['oncall@example.com'])"]
+        for task in ("check_input", "predict", "publish", "compare")
+    }
+    assert "| failure mail | oncall@example.com |" in dag["doc_md"]
+
+
 def test_a_job_can_wait_for_a_late_partition(settings, parsed, tmp_path):
     """check_input waits as a sensor in reschedule mode, giving its worker slot back between looks:
     by default it looks once (the retries follow), with a wait it looks every few minutes."""

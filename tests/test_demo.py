@@ -177,11 +177,14 @@ def test_the_readmes_backfill_scores_the_nights_it_names(demo):
     assert nights([*command[:to], "2026-11-22", *command[to + 1 :]]) == ["2026-11-19", "2026-11-20"]
 
 
-def test_a_partition_that_fails_validation_fails_its_task_without_retries(demo, tmp_path):
+def test_a_partition_that_fails_validation_fails_its_task_without_retries_and_mails_once(demo, tmp_path):
     """Airflow retries a failed task, but rows that break the job's validation fail the same way on
     every try: the predict task fails on its first try with the job's sentence, not after the job
-    file's retries have scored the partition again."""
+    file's retries have scored the partition again. The job file's ``airflow.email_on_failure``
+    gets one mail, through a real SMTP server set up as Airflow's ``smtp_default`` connection,
+    that names the job, the night, the task and the job's sentence."""
     from jobs import demo_data
+    from tests.smtpserver import SmtpServer
 
     cwd, env, proc = demo
     assert proc.returncode == 0
@@ -189,7 +192,7 @@ def test_a_partition_that_fails_validation_fails_its_task_without_retries(demo, 
         tmp_path / "conf",
         "strict",
         validation={"on_invalid_rows": "fail"},
-        airflow={"retries": 2, "retry_delay_minutes": 0},
+        airflow={"retries": 2, "retry_delay_minutes": 0, "email_on_failure": ["oncall@example.com"]},
         ab=None,
     )
     rows = demo_data.generate(1000, DAY)
@@ -199,18 +202,30 @@ def test_a_partition_that_fails_validation_fails_its_task_without_retries(demo, 
     partition.mkdir(parents=True)
     pq.write_table(rows, partition / "part-0.parquet")
 
-    run = subprocess.run(
-        [LAKECAST, "airflow", "dags", "test", "lakecast__strict", "--conf", json.dumps({"date": DAY.isoformat()})],
-        env=env | {"LAKECAST_CONF": str(conf)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    with SmtpServer() as smtp:
+        run = subprocess.run(
+            [LAKECAST, "airflow", "dags", "test", "lakecast__strict", "--conf", json.dumps({"date": DAY.isoformat()})],
+            env=env | {"LAKECAST_CONF": str(conf), "AIRFLOW_CONN_SMTP_DEFAULT": smtp.airflow_connection},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     log = run.stdout + run.stderr
     assert run.returncode != 0 and "DagRun failed" in log, log[-4000:]
     assert log.count("[DAG TEST] running task <TaskInstance: lakecast__strict.predict") == 1, log[-4000:]
-    assert "contract_type: null (validation.on_invalid_rows is 'fail'" in log
+    sentence = "contract_type: null (validation.on_invalid_rows is 'fail'"
+    assert sentence in log
     assert "not retried: a retry fails the same way" in log
+
+    # one mail: the failed task's; the tasks after it never ran and send none
+    assert len(smtp.inbox.mails) == 1, (smtp.inbox.mails, log[-4000:])
+    recipients, mail = smtp.inbox.mails[0]
+    assert recipients == ["oncall@example.com"] and mail["From"] == "lakecast@example.com"
+    assert mail["Subject"] == f"lakecast: strict failed for {DAY} at predict"
+    body = mail.get_body(("html",)).get_content()
+    assert sentence.replace("'", "&#39;") in body, body
+    assert "on try 1 of 3" in body and "/dags/lakecast__strict/runs/" in body
+    assert f"Job file: {conf / 'jobs' / 'strict.yaml'}" in body
 
 
 def test_the_nightly_comparison_waits_the_days_its_labels_take(demo, tmp_path):
@@ -357,3 +372,26 @@ def test_a_partition_that_never_lands_fails_after_the_wait(demo, tmp_path):
     ) in log
     assert log.count("looking again in 5 s") >= 1
     assert "[DAG TEST] running task <TaskInstance: lakecast__never.predict" not in log
+
+
+def test_a_task_that_is_retried_mails_once_when_its_last_try_fails(demo, tmp_path):
+    """``airflow.email_on_failure`` is for a night that has failed, not for each try: a partition
+    that is not there fails check_input's first try, which is retried and mails nobody, then its
+    last, which mails once, naming the try."""
+    from tests.smtpserver import SmtpServer
+
+    _, env, proc = demo
+    assert proc.returncode == 0
+    airflow = {"retries": 1, "retry_delay_minutes": 0, "email_on_failure": "oncall@example.com, ml@example.com"}
+    conf = conf_with_job(tmp_path / "conf", "absent", airflow=airflow, ab=None)
+    with SmtpServer() as smtp:
+        run = dags_test(env | {"AIRFLOW_CONN_SMTP_DEFAULT": smtp.airflow_connection}, conf, "lakecast__absent")
+        log = run.communicate(timeout=300)[0]
+    assert run.returncode != 0 and "DagRun failed" in log, log[-4000:]
+    assert log.count("[DAG TEST] running task <TaskInstance: lakecast__absent.check_input") == 2, log[-4000:]
+    assert len(smtp.inbox.mails) == 1, (smtp.inbox.mails, log[-4000:])
+    recipients, mail = smtp.inbox.mails[0]
+    assert recipients == ["oncall@example.com", "ml@example.com"]
+    assert mail["Subject"] == f"lakecast: absent failed for {DAY} at check_input"
+    body = mail.get_body(("html",)).get_content()
+    assert "on try 2 of 2" in body and f"no data for raw/absent on {DAY}" in body, body
