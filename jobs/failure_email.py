@@ -27,9 +27,13 @@ SUBJECT = (
 )
 BODY = """\
 <p>The lakecast job <b>{{ lakecast_job }}</b> (DAG {{ ti.dag_id }}) failed at its task
-<b>{{ ti.task_id }}</b>{% if lakecast_night %}, scoring {{ lakecast_night }}{% endif %},
-on try {{ ti.try_number }} of {{ ti.max_tries + 1 }}.</p>
-<pre>{{ exception | e }}</pre>
+<b>{{ ti.task_id }}</b>{% if lakecast_night %}, scoring {{ lakecast_night }}{% endif %}
+{%- if ti.max_tries is defined and ti.try_number <= ti.max_tries + 1 -%}
+, on try {{ ti.try_number }} of {{ ti.max_tries + 1 }}
+{%- endif %}.</p>
+{% if exception is defined and exception %}<pre>{{ exception | e }}</pre>
+{% else %}<p>The task ended without an error of its own (its process was lost or killed): its log says more.</p>
+{% endif -%}
 <p>Run: {{ ti.run_id }}{% if ti.log_url is defined %}<br>
 Log: <a href="{{ ti.log_url }}">{{ ti.log_url }}</a>{% endif %}<br>
 Job file: {{ lakecast_job_file }}</p>
