@@ -9,8 +9,9 @@ fix, then the try and a link to the task's log.
 Airflow calls it in the task's process once the task has failed past its retries (a retry mails
 nothing), and from its DAG processor for a task that died without calling it (a lost worker).
 The mail goes through Airflow's SMTP connection, ``smtp_default`` (or the one ``[email]
-email_conn_id`` names), from the connection's ``from_email``, else ``[email] from_email``. A
-mail that cannot be sent is logged in the task's log; the task stays failed either way.
+email_conn_id`` names), from ``[email] from_email`` where Airflow's configuration sets it, else
+the connection's ``from_email``. A mail that cannot be sent is logged in the task's log; the
+task stays failed either way.
 """
 
 from __future__ import annotations

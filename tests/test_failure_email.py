@@ -43,6 +43,7 @@ def processor_context() -> dict:
 
 
 def test_a_task_whose_worker_was_lost_is_mailed_without_an_error(smtp):
+    """The DAG processor's call renders, saying what it cannot know rather than failing on it."""
     FailureEmail("churn", "conf/jobs/churn.yaml", ["oncall@example.com"])(processor_context())
     [(recipients, mail)] = smtp.inbox.mails
     assert recipients == ["oncall@example.com"]
