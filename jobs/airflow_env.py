@@ -53,10 +53,15 @@ def airflow_bin() -> str:
 
 
 def run_airflow(settings: Settings, args: list[str], *, capture: bool = False) -> subprocess.CompletedProcess:
+    """``airflow <args>``; with ``capture``, its output kept, else in the user's terminal, where a
+    stop of lakecast stops it and every process it started (:mod:`jobs.foreground`)."""
+    from jobs import foreground
+
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(
-        [airflow_bin(), *args], env=airflow_env(settings), text=True, capture_output=capture, check=False
-    )
+    cmd = [airflow_bin(), *args]
+    if capture:
+        return subprocess.run(cmd, env=airflow_env(settings), text=True, capture_output=True, check=False)
+    return subprocess.CompletedProcess(cmd, foreground.run(cmd, airflow_env(settings)))
 
 
 def needs_database(settings: Settings) -> bool:

@@ -237,7 +237,7 @@ def cmd_airflow(args: argparse.Namespace) -> int:
 
 
 def cmd_mlflow_ui(args: argparse.Namespace) -> int:
-    import subprocess
+    from jobs import foreground
 
     settings = load_settings()
     if settings.mlflow.tracking_uri.startswith(("http://", "https://")):
@@ -275,7 +275,7 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> int:
     # 250 MiB for one worker and no jobs, on 2 cores. MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true brings
     # the jobs back.
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"} | os.environ
-    return subprocess.run(cmd, check=False, env=env).returncode
+    return foreground.run(cmd, env)
 
 
 def _port_free(host: str, port: int, what: str, hint: str) -> None:

@@ -8,11 +8,14 @@ import datetime as dt
 import json
 import os
 import re
+import signal
+import socket
 import subprocess
 import sys
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
@@ -142,6 +145,18 @@ def test_the_printed_airflow_command_starts_every_component(demo, tmp_path):
         wait_until(finished, timeout=300, what="the triggered run", service=standalone)
         assert finished() == "success", standalone.log_tail(6000)
         assert "Connection refused" not in standalone.log_tail(200000)
+
+        # stopped as systemd or `kill` stops it, lakecast's process alone: so is all of Airflow
+        started = psutil.Process(standalone.proc.pid).children(recursive=True)
+        assert len(started) > 4  # standalone, its scheduler, API server, dag processor, triggerer
+        standalone.proc.send_signal(signal.SIGTERM)
+        assert standalone.proc.wait(timeout=60) == 128 + signal.SIGTERM
+        assert "lakecast: stopped by SIGTERM; so were airflow standalone and the processes it started" in (
+            standalone.log_tail()
+        )
+        assert [p.cmdline() for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+        with socket.create_server(("0.0.0.0", port)):  # the next start can take the port
+            pass
     finally:
         standalone.stop()
     scored = pads.dataset(str(cwd / "home" / "lake" / "predictions" / "ondemand" / f"ds={DAY}"), format="parquet")

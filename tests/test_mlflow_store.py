@@ -10,6 +10,7 @@ puts them by default.
 from __future__ import annotations
 
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -140,6 +141,11 @@ def test_a_model_logged_through_the_ui_server_into_its_own_experiment_stays_unde
             env=env | {"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}"},
             cwd=work,
         )
+        # lakecast's process alone stopped, as `kill` or systemd stops it: the server goes with it
+        started = [mlflow_ui, *mlflow_ui.children(recursive=True)]
+        ui.proc.send_signal(signal.SIGTERM)
+        assert ui.proc.wait(timeout=60) == 128 + signal.SIGTERM
+        assert [p.cmdline() for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
     finally:
         ui.stop()
     files = model_files(home)
