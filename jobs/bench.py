@@ -55,7 +55,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs import bench_report, demo_data, huge_pages
+from jobs import bench_report, demo_data, foreground, huge_pages
 from jobs.config import ComputeSpec, load_job
 from jobs.lake import Lake
 from jobs.settings import Settings
@@ -344,7 +344,8 @@ def timed_process(argv: list[str], env: dict[str, str]) -> tuple[float, float, s
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     sampler = MemorySampler(proc.pid)
-    out, err = proc.communicate()
+    with foreground.stopped_with(proc):  # a bench stopped stops the job or loop it is timing
+        out, err = proc.communicate()
     seconds = time.perf_counter() - t0
     peak = sampler.stop()
     if proc.returncode != 0:

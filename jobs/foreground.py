@@ -19,6 +19,8 @@ import itertools
 import logging
 import signal
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from jobs import stopping
@@ -36,7 +38,16 @@ def run(cmd: list[str], env: dict[str, str]) -> int:
     """Run ``cmd`` to its end and return its exit status; on SIGINT or SIGTERM, stop it and every
     process it started (:func:`stop_tree`), then raise :class:`jobs.stopping.Stopped`."""
     proc = subprocess.Popen(cmd, env=env)
-    # airflow standalone, airflow dags test, mlflow ui
+    with stopped_with(proc):
+        return proc.wait()
+
+
+@contextmanager
+def stopped_with(proc: subprocess.Popen) -> Iterator[None]:
+    """While the block waits on ``proc``, a SIGINT or SIGTERM stops ``proc`` and every process it
+    started (:func:`stop_tree`), then raises :class:`jobs.stopping.Stopped`, which says so."""
+    cmd = [str(a) for a in proc.args]
+    # airflow standalone, airflow dags test, mlflow ui, lakecast run
     shown = " ".join([Path(cmd[0]).name, *itertools.takewhile(lambda a: not a.startswith("-"), cmd[1:3])])
 
     def said(stop: stopping.Stopped) -> str:
@@ -44,7 +55,7 @@ def run(cmd: list[str], env: dict[str, str]) -> int:
 
     try:
         with stopping.on_signals(said):
-            return proc.wait()
+            yield
     except stopping.Stopped:
         stop_tree(proc)
         raise
