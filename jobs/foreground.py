@@ -1,5 +1,6 @@
 """Commands lakecast runs in the foreground for the user (``lakecast airflow …``, ``lakecast
-mlflow-ui``, the demo's ``airflow dags test``), stopped whole when lakecast is stopped.
+mlflow-ui``, the demo's ``airflow dags test``, the runs ``lakecast bench`` times), stopped whole
+when lakecast is stopped.
 
 A SIGTERM (``kill``, ``timeout``, systemd, a container's stop) used to end lakecast alone: the
 command ran on without it, and ``airflow standalone`` kept its scheduler, API server and triggerer
@@ -20,7 +21,6 @@ import logging
 import signal
 import subprocess
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from jobs import stopping
@@ -42,7 +42,7 @@ def run(cmd: list[str], env: dict[str, str]) -> int:
         return proc.wait()
 
 
-@contextmanager
+@contextlib.contextmanager
 def stopped_with(proc: subprocess.Popen) -> Iterator[None]:
     """While the block waits on ``proc``, a SIGINT or SIGTERM stops ``proc`` and every process it
     started (:func:`stop_tree`), then raises :class:`jobs.stopping.Stopped`, which says so."""
