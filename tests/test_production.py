@@ -24,6 +24,7 @@ import yaml
 
 from tests.conftest import DAY, LABELED_ROWS, ROWS, S3_BUCKET
 from tests.s3server import free_ports
+from tests.smtpserver import SmtpServer
 from tests.stack import BIN, Airflow, Postgres, Service, http_ok, wait_until
 
 pytestmark = pytest.mark.slow
@@ -63,6 +64,13 @@ def stack(s3_server, ray_head, tmp_path_factory):
     chained["input"]["table"], chained["output"]["table"] = "raw/customers_hourly", "predictions/churn_on_hours"
     chained["airflow"]["hourly_keys"] = "%Y-%m-%dT%H:%M:%S"
     (conf / "jobs" / "churn_on_hours.yaml").write_text(yaml.safe_dump(chained))
+    # and a triggered job on a table nobody writes, which mails its on-call when a night fails
+    mailed = yaml.safe_load(churn.read_text())
+    mailed.pop("ab")
+    mailed["input"]["table"], mailed["output"]["table"] = "raw/never_written", "predictions/churn_mailed"
+    mailed["airflow"] |= {"retries": 0, "email_on_failure": ["oncall@example.com"]}
+    (conf / "jobs" / "churn_mailed.yaml").write_text(yaml.safe_dump(mailed))
+    smtp = SmtpServer().start()
     env = {
         **s3_server.env,
         **ray_head.auth_env,
@@ -72,8 +80,9 @@ def stack(s3_server, ray_head, tmp_path_factory):
         "LAKECAST_CONF": str(conf),
         "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{mlflow_port}",
         "RAY_ADDRESS": ray_head.address,
+        "AIRFLOW_CONN_SMTP_DEFAULT": smtp.airflow_connection,  # as docker/.env sets it for the services
     }
-    started: list = []
+    started: list = [smtp]
     try:
         postgres = Postgres(pg_port, logs).start()
         started.append(postgres)
@@ -110,7 +119,7 @@ def stack(s3_server, ray_head, tmp_path_factory):
             )
             assert seed.returncode == 0, seed.stdout[-3000:] + seed.stderr[-3000:]
             airflow_started.result()
-        yield {"env": env, "airflow": airflow, "ray": ray_head, "prefix": prefix, "logs": logs}
+        yield {"env": env, "airflow": airflow, "ray": ray_head, "prefix": prefix, "logs": logs, "smtp": smtp}
     finally:
         for service in reversed(started):
             service.stop()
@@ -268,6 +277,26 @@ def test_a_job_on_input_runs_for_the_day_its_producer_announces(stack, dag_run, 
     for dag_id, key in ((plain, None), (partitioned, DAY.isoformat()), (hourly, DAY.isoformat())):
         events = airflow.api(f"/assets/events?source_dag_id={dag_id}", token)["asset_events"]
         assert [(e["partition_key"], e["extra"]["date"]) for e in events] == [(key, DAY.isoformat())], events
+
+
+def test_a_night_that_fails_mails_the_job_files_addresses_through_the_scheduler(stack, dag_run):
+    """``airflow.email_on_failure`` under the real scheduler: the worker that ran the failed task
+    sends its mail through the SMTP connection the services were started with, and the mail's
+    link opens the task's log in this Airflow's UI."""
+    airflow: Airflow = stack["airflow"]
+    token, smtp, dag_id = dag_run["token"], stack["smtp"], "lakecast__churn_mailed"
+    wait_until(lambda: airflow.api(f"/dags/{dag_id}", token)["dag_id"] == dag_id, timeout=180, what="the DAG")
+    run_id = f"mailed__{int(time.time())}"
+    airflow.cli("dags", "trigger", dag_id, "--conf", json.dumps({"date": DAY.isoformat()}), "--run-id", run_id)
+    path = f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}"
+    wait_until(lambda: airflow.api(path, token)["state"] == "failed", timeout=300, what="the failing run")
+    wait_until(lambda: smtp.inbox.mails, timeout=60, what="the failure mail")
+    [(recipients, mail)] = smtp.inbox.mails
+    assert recipients == ["oncall@example.com"]
+    assert mail["Subject"] == f"lakecast: churn_mailed failed for {DAY} at check_input"
+    body = mail.get_body(("html",)).get_content()
+    assert f"no data for raw/never_written on {DAY}" in body, body
+    assert f'href="{airflow.url}/dags/{dag_id}/runs/{urllib.parse.quote(run_id)}/tasks/check_input' in body, body
 
 
 def test_a_run_from_a_laptop_against_the_teams_mlflow_prints_clean_json(stack, dag_run):
