@@ -76,7 +76,7 @@ def _doc(job: JobConfig, table_uri: str) -> str:
 |---|---|
 | input | `{job.input.table}` partition `{job.input.partition}`, key `{job.input.key}` |
 | model | `{job.model.name}` {selector}, resolved to a version number at run time |
-| output | `{table_uri}/ds=<date>/`, column `{job.output.score_column}` plus lineage |
+| output | `{table_uri}/ds=<date>/`, column `{job.output.score_column}` {_scores(job)} plus lineage |
 | schedule | {_schedule(job)} |
 | Asset events | {"partitioned: publish's carries the day as its key" if job.airflow.partitioned_assets else "plain"} |
 | input wait | {_wait(job)} |
@@ -90,6 +90,13 @@ Tasks: **check_input** (the partition exists, is whole and readable) → **predi
 logged to MLflow) → **publish** (Asset event with the row count and model version).
 Configured in `conf/jobs/{job.name}.yaml`.
 """
+
+
+def _scores(job: JobConfig) -> str:
+    if not job.classifies:
+        return "(the predicted value: a regression, model.task)"
+    cut = f"{job.output.threshold:g}" if job.output.threshold is not None else "the model's threshold"
+    return f"(a probability) and `prediction` (the score at or above {cut})"
 
 
 def _wait(job: JobConfig) -> str:

@@ -33,6 +33,7 @@ from jobs.ray_runtime import actor_gpus, actor_pool, actors_read_and_write, ensu
 from jobs.settings import Settings, load_settings
 from jobs.validation import REASON, ColumnRule, InvalidInput
 from jobs.yamlconf import ConfigError
+from models.output_columns import PREDICTION
 from models.predictor import Lineage, PairActor, PredictorOptions, arrow_scorer
 from models.registry import ModelRef, load_pyfunc, resolve
 
@@ -204,7 +205,7 @@ def _check_binary(y: np.ndarray, keys: pa.ChunkedArray, key: str, spec: ABSpec, 
         raise InvalidInput(
             f"{where}: the label {spec.label!r} (ab.label) holds values other than 0 and 1 ({values}; e.g. "
             f"{key}={keys[int(other[0])].as_py()!r}): a classification label is 0 or 1, or a boolean; for a numeric "
-            "outcome set ab.task: regression"
+            "outcome set model.task: regression"
         )
 
 
@@ -263,7 +264,8 @@ def _check_probabilities(ref: ModelRef, scores: np.ndarray) -> None:
     if outside.any():
         raise JobError(
             f"{ref.uri} scored {int(outside.sum())} of {len(scores)} labeled rows outside [0, 1] (e.g. "
-            f"{scores[outside][0]:g}); ab.task 'classification' compares probabilities of the positive class"
+            f"{scores[outside][0]:g}); a classification (model.task) compares probabilities of the positive class; "
+            "a model that predicts a value is a regression: set model.task: regression"
         )
 
 
@@ -317,6 +319,7 @@ def _score_both(
             score_column="score",
             threshold=job.output.threshold,
             lineage=Lineage(ref.name, ref.version, "compare", now),
+            task=job.model.task,
             num_threads=max(1, int(job.compute.cpus_per_actor)),
             dtype=job.compute.dtype,  # on GPU actors: the versions are compared as the nightly job scores
             input_columns=columns,
@@ -375,11 +378,12 @@ def _score_both(
 def shadow_summary(
     job: JobConfig, lake: Lake, ds: dt.date, challenger: ModelRef
 ) -> tuple[dict[str, float] | None, str | None]:
-    """Agreement and score shift (PSI) between the predictions and the shadow predictions of ``ds``,
-    None where the day has no shadow of ``challenger`` scored beside its predictions; and why the
-    day's shadow was left out, where it has one. A rerun without a shadow (both aliases on one
-    version after a promotion) keeps the day's earlier shadow, and the challenger may have moved
-    since: neither is compared with the predictions."""
+    """Agreement (a classification's; a regression's mean absolute difference) and score shift
+    (PSI) between the predictions and the shadow predictions of ``ds``, None where the day has no
+    shadow of ``challenger`` scored beside its predictions; and why the day's shadow was left
+    out, where it has one. A rerun without a shadow (both aliases on one version after a
+    promotion) keeps the day's earlier shadow, and the challenger may have moved since: neither is
+    compared with the predictions."""
     import pyarrow.dataset as pads
 
     from jobs.lake import LakeError
@@ -402,13 +406,17 @@ def shadow_summary(
         return None, left_out
     score = job.output.score_column
     read = lambda fs: pads.dataset([f.path for f in fs], filesystem=lake.fs, format="parquet").to_table(  # noqa: E731
-        columns=[job.input.key, score, "prediction"]
+        columns=[job.input.key, score, *([PREDICTION] if job.classifies else [])]
     )
     joined = read(main).join(read(shadow), job.input.key, right_suffix="_shadow")
     a = joined.column(score).to_numpy()
     b = joined.column(f"{score}_shadow").to_numpy()
-    agree = joined.column("prediction").to_numpy() == joined.column("prediction_shadow").to_numpy()
-    return {"rows": len(a), "agreement": float(agree.mean()) if len(a) else float("nan"), "psi": psi(a, b)}, None
+    if job.classifies:
+        agree = joined.column(PREDICTION).to_numpy() == joined.column(f"{PREDICTION}_shadow").to_numpy()
+        apart = {"agreement": float(agree.mean()) if len(a) else float("nan")}
+    else:
+        apart = {"mean_abs_difference": float(np.abs(a.astype(np.float64) - b).mean()) if len(a) else float("nan")}
+    return {"rows": len(a), **apart, "psi": psi(a, b)}, None
 
 
 def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:

@@ -56,11 +56,19 @@ def markdown(r: dict[str, Any]) -> str:
         sh = r["shadow"]
         lines += [
             "",
-            f"Shadow scoring on {sh['rows']:,} unlabeled rows: agreement {sh['agreement']:.2%}, PSI {sh['psi']:.4f}.",
+            f"Shadow scoring on {sh['rows']:,} unlabeled rows: {_apart(sh)}, PSI {sh['psi']:.4f}.",
         ]
     if r.get("shadow_left_out"):
         lines += ["", f"Shadow scoring left out: {r['shadow_left_out']}."]
     return "\n".join(lines) + "\n"
+
+
+def _apart(shadow: dict[str, Any]) -> str:
+    """How far the shadow's scores are from the predictions': the share of rows both classify
+    alike, or for a regression the mean absolute difference of the predicted values."""
+    if "agreement" in shadow:
+        return f"agreement {shadow['agreement']:.2%}"
+    return f"mean absolute difference {shadow['mean_abs_difference']:.4g}"
 
 
 def _excluded(excluded: dict[str, Any] | None) -> list[str]:

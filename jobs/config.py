@@ -77,10 +77,18 @@ class InputSpec(Frozen):
         return v
 
 
+Task = Literal["classification", "regression"]
+
+
 class ModelSpec(Frozen):
     name: str = Field(min_length=1, description="registered model in the MLflow registry")
     alias: str | None = Field("champion", description="alias to score with, resolved to a version per run")
     version: int | None = Field(None, ge=1, description="a fixed version instead of an alias")
+    task: Task = Field(
+        "classification",
+        description="classification: the score is a probability, with a prediction column (score >= threshold); "
+        "regression: the score is the predicted value, and no prediction column is written",
+    )
 
     @model_validator(mode="after")
     def _one_selector(self) -> ModelSpec:
@@ -164,10 +172,10 @@ class ABSpec(Frozen):
         description="outcomes land this many days after the day they describe: the nightly compare "
         "takes the labeled partition of this many days before the night's date",
     )
-    task: Literal["classification", "regression"] = "classification"
+    task: Task = Field("classification", description="default: model.task's")
     champion: str = "champion"
     challenger: str = "challenger"
-    primary_metric: str = "roc_auc"
+    primary_metric: str = Field("roc_auc", description="default: roc_auc for a classification, rmse for a regression")
     min_improvement: float = Field(0.0, ge=0, description="the smallest gain in the primary metric that counts")
     guards: dict[str, float] = Field({}, description="metric → largest regression tolerated")
     confidence: float = Field(0.95, gt=0.5, lt=1)
@@ -182,6 +190,14 @@ class ABSpec(Frozen):
     @classmethod
     def _a_folder_a_day(cls, v: str | None) -> str | None:
         return v if v is None else day_folders.check(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _primary_of_the_task(cls, data: object) -> object:
+        """A regression has no AUC: its primary metric defaults to RMSE."""
+        if isinstance(data, dict) and "primary_metric" not in data and data.get("task") == "regression":
+            return {**data, "primary_metric": "rmse"}
+        return data
 
     @model_validator(mode="after")
     def _two_aliases(self) -> ABSpec:
@@ -334,6 +350,23 @@ class JobConfig(Frozen):
 
     _source: Path | None = PrivateAttr(default=None)  # the file it was loaded from (load_job_file)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_task(cls, data: object) -> object:
+        """``model.task`` and ``ab.task`` say one thing, the kind of model the job scores: the one
+        a file writes is the other's default (a file written before ``model.task`` existed says
+        ``ab.task: regression`` only). Both written and different is an error, below."""
+        if not isinstance(data, dict):
+            return data
+        model, ab = data.get("model"), data.get("ab")
+        if not (isinstance(model, dict) and isinstance(ab, dict)):
+            return data
+        if "task" in model and "task" not in ab:
+            return {**data, "ab": {**ab, "task": model["task"]}}
+        if "task" in ab and "task" not in model:
+            return {**data, "model": {**model, "task": ab["task"]}}
+        return data
+
     @property
     def file(self) -> str:
         """The job file, as a run's errors name it for the user to edit: relative to the project
@@ -378,6 +411,21 @@ class JobConfig(Frozen):
             raise ValueError(
                 f"input.key: {self.input.key!r} is a column lakecast adds to the predictions "
                 f"({', '.join(FIXED_COLUMNS)}); rename the key column upstream"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _task_fits(self) -> JobConfig:
+        """What ``model.task`` implies for the rest of the file."""
+        if self.ab is not None and self.ab.task != self.model.task:
+            raise ValueError(
+                f"ab.task: {self.ab.task!r} where model.task is {self.model.task!r}: the comparison measures the model "
+                "the job scores; write the task once, under model: (ab.task follows it)"
+            )
+        if self.model.task == "regression" and self.output.threshold is not None:
+            raise ValueError(
+                "output.threshold: a regression model's score is its predicted value, with no threshold to cut it "
+                "at and no prediction column (model.task is 'regression'); drop the key"
             )
         return self
 
@@ -435,6 +483,11 @@ class JobConfig(Frozen):
     def shadows(self) -> bool:
         """Whether each run also scores every row with the challenger, unpublished."""
         return self.ab is not None and self.ab.shadow
+
+    @property
+    def classifies(self) -> bool:
+        """Whether the score is a probability, cut at a threshold into a ``prediction`` column."""
+        return self.model.task == "classification"
 
 
 def load_job_files(paths: list[Path]) -> tuple[dict[Path, JobConfig], dict[Path, ConfigError]]:

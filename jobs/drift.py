@@ -76,32 +76,39 @@ def warn_of_emptier_inputs(ds: dt.date, job: JobConfig, pre: Preflight, before: 
 
 
 def score_distribution(
-    ds: dt.date, summaries: list[dict[str, Any]], before: dict[str, Any], *, table: str, version: int | None = None
+    ds: dt.date,
+    summaries: list[dict[str, Any]],
+    before: dict[str, Any],
+    *,
+    table: str,
+    version: int | None = None,
+    classifies: bool = True,
 ) -> dict[str, float]:
-    """The figures of ``summaries`` (:func:`jobs.score_stats.merge`), against those of the day
-    before's manifest ``before`` of ``table`` where it has them; a warning when the scores moved
-    much since. ``version``: the model version that scored tonight's; where the day before's
-    was another (the night after a promotion), the warning says so, as the likely cause."""
+    """The figures of ``summaries`` (:func:`jobs.score_stats.merge`; a positive rate where the
+    model ``classifies``), against those of the day before's manifest ``before`` of ``table``
+    where it has them; a warning when the scores moved much since. ``version``: the model
+    version that scored tonight's; where the day before's was another (the night after a
+    promotion), the warning says so, as the likely cause."""
     day_before = ds - dt.timedelta(days=1)
     previous = before.get("scores")
     try:  # a comparison: yesterday's partition, whatever its state, never fails tonight's run
-        scores = score_stats.merge(summaries, previous)
+        scores = score_stats.merge(summaries, previous, classifies=classifies)
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         log.warning("%s ds=%s: its manifest's scores could not be compared with tonight's (%s)", table, day_before, e)
-        previous, scores = None, score_stats.merge(summaries)
+        previous, scores = None, score_stats.merge(summaries, classifies=classifies)
     shift = scores.get("psi_vs_previous_day")
     if shift is not None and shift > score_stats.PSI_ALERT:
+        rates = (previous.get("positive_rate"), scores.get("positive_rate"))
         log.warning(
             "%s's scores moved since %s: population stability index %.2f against that day's deciles (above %g); "
-            "median %.4g → %.4g, positive rate %.2f%% → %.2f%%%s",
+            "median %.4g → %.4g%s%s",
             table,
             day_before,
             shift,
             score_stats.PSI_ALERT,
             previous["p50"],
             scores["p50"],
-            100 * previous["positive_rate"],
-            100 * scores["positive_rate"],
+            f", positive rate {100 * rates[0]:.2f}% → {100 * rates[1]:.2f}%" if None not in rates else "",
             _model_changed(before, version),
         )
     return scores

@@ -256,6 +256,7 @@ def _run_locked(
                     drift.day_before(lake, job.shadow_table, ds),
                     table=job.shadow_table,
                     version=pre.challenger.version,
+                    classifies=job.classifies,
                 )
             out_files, out_footers, out_rows = _written(lake, staging)
             q_files, q_footers, q_rows = _written(lake, q_staging)
@@ -265,7 +266,9 @@ def _run_locked(
                     "rows; nothing was committed"
                 )
             before = drift.day_before(lake, job.output.table, ds)
-            scores = drift.score_distribution(ds, summaries, before, table=job.output.table, version=ref.version)
+            scores = drift.score_distribution(
+                ds, summaries, before, table=job.output.table, version=ref.version, classifies=job.classifies
+            )
             drift.warn_of_emptier_inputs(
                 ds, job, pre, before, lake.partition_uri(job.input.table, ds, job.input.partition)
             )
@@ -445,6 +448,7 @@ def _log_start(job: JobConfig, ds: dt.date, pre: Preflight, lake: Lake, settings
             "model_uri": ref.uri,
             "model_version": ref.version,
             "model_alias": ref.alias or "",
+            "model_task": job.model.task,
             "input_files": len(pre.files),
             # what the actors take: pieces of about output.rows_per_file rows (jobs.pieces)
             "input_pieces": len(pre.pieces),

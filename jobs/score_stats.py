@@ -6,6 +6,9 @@ type checks, every row is valid and every score a number, and the predictions ar
 shows it is the scores' distribution moving from one night to the next (a median that jumps, a
 positive rate that halves), which MLflow charts across the runs of the job's experiment.
 
+A regression's scores are its predicted values: the same figures, without the positive rate
+(its predictions have no ``prediction`` column to count).
+
 Nothing per row leaves an actor for this: a CPU actor (a GPU pipeline's write task) summarises
 each file's scores as it writes them, and the challenger's shadow scores beside them
 (:func:`summarize`: count, mean, spread, extremes, positives, and every k-th score, about
@@ -21,6 +24,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
+from models.output_columns import PREDICTION
 
 # about this many scores in all are kept for the quantiles, every k-th row of each piece for the
 # same k, so that every row is as likely to be in the sample, whatever the size of its file
@@ -71,9 +76,10 @@ def sample_every(rows: int) -> int:
     return max(1, rows // SAMPLE)
 
 
-def summarize(scores: np.ndarray, predictions: np.ndarray, every: int) -> dict[str, Any]:
-    """One piece's summary: ``scores`` (float) and ``predictions`` (0 or 1), a value per row;
-    every ``every``-th score kept in the sample."""
+def summarize(scores: np.ndarray, predictions: np.ndarray | None, every: int) -> dict[str, Any]:
+    """One piece's summary: ``scores`` (float) and ``predictions`` (0 or 1; None for a
+    regression's, which counts no positives), a value per row; every ``every``-th score kept in
+    the sample."""
     n = len(scores)
     if n == 0:
         return dict(EMPTY)
@@ -83,14 +89,15 @@ def summarize(scores: np.ndarray, predictions: np.ndarray, every: int) -> dict[s
         "score_m2": float(np.var(scores)) * n,
         "score_min": float(scores.min()),
         "score_max": float(scores.max()),
-        "positives": int(np.count_nonzero(predictions)),
+        "positives": int(np.count_nonzero(predictions)) if predictions is not None else 0,
         "score_sample": scores[::every].astype(np.float32, copy=False).tolist(),
     }
 
 
 def of_table(table: pa.Table, score_column: str, every: int) -> dict[str, Any]:
     """The summary of a table of predictions (:func:`models.predictor.prediction_table`)."""
-    return summarize(table.column(score_column).to_numpy(), table.column("prediction").to_numpy(), every)
+    predictions = table.column(PREDICTION).to_numpy() if PREDICTION in table.column_names else None
+    return summarize(table.column(score_column).to_numpy(), predictions, every)
 
 
 def combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -113,10 +120,13 @@ def combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def merge(summaries: Iterable[dict[str, Any]], previous: Mapping[str, float] | None = None) -> dict[str, float]:
+def merge(
+    summaries: Iterable[dict[str, Any]], previous: Mapping[str, float] | None = None, *, classifies: bool = True
+) -> dict[str, float]:
     """The run's figures from its pieces' summaries: ``mean``, ``std``, ``min``, ``max``, the
-    quantiles of :data:`QUANTILES` and ``positive_rate``; empty when no row was scored. Given
-    the day before's figures, also ``psi_vs_previous_day`` (:func:`psi`)."""
+    quantiles of :data:`QUANTILES` and, where the model ``classifies``, ``positive_rate``; empty
+    when no row was scored. Given the day before's figures, also ``psi_vs_previous_day``
+    (:func:`psi`)."""
     whole, samples = dict(EMPTY), []
     for piece in summaries:
         samples.append(piece["score_sample"])
@@ -131,7 +141,7 @@ def merge(summaries: Iterable[dict[str, Any]], previous: Mapping[str, float] | N
         "min": whole["score_min"],
         "max": whole["score_max"],
         **dict(zip(QUANTILES, np.quantile(sample, list(QUANTILES.values())).tolist(), strict=True)),
-        "positive_rate": whole["positives"] / n,
+        **({"positive_rate": whole["positives"] / n} if classifies else {}),
     }
     shift = psi(sample, previous) if previous else None
     return figures | ({"psi_vs_previous_day": shift} if shift is not None else {})
@@ -151,8 +161,9 @@ def psi(sample: np.ndarray, previous: Mapping[str, float]) -> float | None:
 
 
 def describe(figures: dict[str, float]) -> str:
-    """The figures as a line for people: ``mean 0.149, median 0.099 (p10 0.021, p90 0.367), 3.03% positive``."""
-    return (
-        f"mean {figures['mean']:.4g}, median {figures['p50']:.4g} (p10 {figures['p10']:.4g}, "
-        f"p90 {figures['p90']:.4g}), {100 * figures['positive_rate']:.2f}% positive"
+    """The figures as a line for people: ``mean 0.149, median 0.099 (p10 0.021, p90 0.367), 3.03% positive``
+    (a regression's without its last part)."""
+    line = (
+        f"mean {figures['mean']:.4g}, median {figures['p50']:.4g} (p10 {figures['p10']:.4g}, p90 {figures['p90']:.4g})"
     )
+    return line + (f", {100 * figures['positive_rate']:.2f}% positive" if "positive_rate" in figures else "")

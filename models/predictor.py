@@ -75,6 +75,8 @@ class PredictorOptions:
     score_column: str
     threshold: float | None
     lineage: Lineage
+    # regression: the score is the predicted value, with no prediction column (model.task)
+    task: Literal["classification", "regression"] = "classification"
     num_threads: int = 1
     dtype: str | None = None  # on a GPU: bfloat16 or float16 (the job file's compute.dtype)
     telemetry_dir: str | None = None
@@ -155,11 +157,12 @@ def pyfunc_input(
     return pa.table(decoded, names=table.column_names).to_pandas()
 
 
-def one_score_per_row(predictions: object, rows: int, model_uri: str) -> np.ndarray:
+def one_score_per_row(predictions: object, rows: int, model_uri: str, *, classifies: bool = True) -> np.ndarray:
     """A pyfunc model's predictions as one float32 score per row: a vector, or a single column
-    (a DataFrame's, or an ``(n, 1)`` array, what a PyTorch model with one output unit gives), or
-    a binary classifier's two class probabilities, of which the score is the second (scikit-learn
-    logged with ``pyfunc_predict_fn="predict_proba"``, a network with a two-way softmax).
+    (a DataFrame's, or an ``(n, 1)`` array, what a PyTorch model with one output unit gives), or,
+    where it ``classifies``, a binary classifier's two class probabilities, of which the score is
+    the second (scikit-learn logged with ``pyfunc_predict_fn="predict_proba"``, a network with a
+    two-way softmax). A regression's two columns are two predicted values, not a choice to make.
 
     Raises:
         ModelOutputError: naming the model and the shape or type it returned.
@@ -167,13 +170,17 @@ def one_score_per_row(predictions: object, rows: int, model_uri: str) -> np.ndar
     values = np.asarray(predictions.to_numpy() if hasattr(predictions, "to_numpy") else predictions)
     if values.ndim == 2 and values.shape[1] == 1:
         values = values[:, 0]
-    elif values.ndim == 2 and values.shape[1] == 2 and _class_probabilities(values):
+    elif classifies and values.ndim == 2 and values.shape[1] == 2 and _class_probabilities(values):
         values = values[:, 1]
     if values.shape != (rows,):
-        raise ModelOutputError(
-            f"{model_uri} returned predictions of shape {values.shape} for {rows} rows; lakecast needs one "
-            "number per row (a single output column, such as the positive class's probability), or a binary "
+        needs = (
+            "one number per row (a single output column, such as the positive class's probability), or a binary "
             "classifier's two class probabilities (each row summing to 1)"
+            if classifies
+            else "one number per row, the predicted value (model.task is 'regression')"
+        )
+        raise ModelOutputError(
+            f"{model_uri} returned predictions of shape {values.shape} for {rows} rows; lakecast needs {needs}"
         )
     try:
         scores = values.astype(np.float32)
@@ -240,7 +247,10 @@ class BatchPredictor:
                     )
         self.model = scorer.to(self.device, dtype=dtype) if scorer is not None else None
         default = self.model.threshold if self.model is not None else 0.5
-        self.threshold = options.threshold if options.threshold is not None else default
+        # None: a regression's score is its prediction, with nothing to cut at
+        self.threshold: float | None = None
+        if options.task == "classification":
+            self.threshold = options.threshold if options.threshold is not None else default
         self.reported_first_batch = False
         self.ready_at = time.time()  # recorded with the first batch: see _record
         log.info("actor pid %d scores %s on %s", os.getpid(), options.model_uri, self.device)
@@ -274,7 +284,9 @@ class BatchPredictor:
         except ModelInputError as e:
             raise ModelInputError(f"{options.model_uri}: {e}") from None
         predictions = self.pyfunc.predict(model_input)
-        return one_score_per_row(predictions, batch.num_rows, options.model_uri)
+        return one_score_per_row(
+            predictions, batch.num_rows, options.model_uri, classifies=options.task == "classification"
+        )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         proba = self.score(batch).astype(np.float32, copy=False)
@@ -293,9 +305,9 @@ class BatchPredictor:
         )
 
 
-def prediction_columns(key: str, score_column: str) -> list[str]:
-    """The columns :func:`prediction_table` builds, in order."""
-    return [key, score_column, PREDICTION, *LINEAGE_COLUMNS]
+def prediction_columns(key: str, score_column: str, *, classifies: bool = True) -> list[str]:
+    """The columns :func:`prediction_table` builds, in order (a regression's without ``prediction``)."""
+    return [key, score_column, *([PREDICTION] if classifies else []), *LINEAGE_COLUMNS]
 
 
 def prediction_table(
@@ -304,10 +316,11 @@ def prediction_table(
     *,
     key: str,
     score_column: str,
-    threshold: float,
+    threshold: float | None,
     lineage: Lineage,
 ) -> pa.Table:
-    """The rows a job writes: the key, the score, the prediction and the lineage columns.
+    """The rows a job writes: the key, the score, the prediction (``score >= threshold``; none
+    where ``threshold`` is None, a regression's) and the lineage columns.
 
     Every column is declared non-nullable (Parquet's ``required``): none can hold a null (the key
     is checked before a row is scored), and the writer then stores no definition level per value
@@ -316,7 +329,7 @@ def prediction_table(
     columns = {
         key: keys,
         score_column: pa.array(proba),
-        PREDICTION: pa.array((proba >= threshold).astype(np.int8)),
+        **({PREDICTION: pa.array((proba >= threshold).astype(np.int8))} if threshold is not None else {}),
         **_lineage_columns(lineage, len(keys)),
     }
     schema = _required(tuple(columns), tuple(c.type for c in columns.values()))

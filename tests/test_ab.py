@@ -346,7 +346,7 @@ def test_a_challenger_alias_on_the_champions_version_scores_each_row_once(
             lambda y: pc.add(y, pa.scalar(1, y.type)),
             r"/date=2026-11-21: the label 'churned' \(ab\.label\) holds values other than 0 and 1 "
             r"\(2; e\.g\. customer_id=\d+\): a classification label is 0 or 1, or a boolean; for a numeric outcome "
-            r"set ab\.task: regression",
+            r"set model\.task: regression",
         ),
     ],
     ids=["yes_or_no", "one_or_two"],

@@ -335,6 +335,23 @@ def test_a_name_in_the_file_must_be_the_files_own(tmp_path):
             "ab: {labeled_table: labeled, label: churned, challenger: champion}",
             "ab: champion and challenger are both the alias 'champion': a model against itself",
         ),
+        (
+            "model: {name: ltv, task: regression}\nab: {labeled_table: labeled, label: spend, task: classification}",
+            "ab.task: 'classification' where model.task is 'regression': the comparison measures the model the job "
+            "scores; write the task once, under model: (ab.task follows it)",
+        ),
+        (
+            "model: {name: ltv, task: regression}\noutput: {table: predictions/ltv, threshold: 0.5}",
+            "output.threshold: a regression model's score is its predicted value, with no threshold to cut it at",
+        ),
+        (
+            "model: {name: ltv, task: regression}\nab: {labeled_table: labeled, label: spend, primary_metric: roc_auc}",
+            "ab: unknown regression metric 'roc_auc' (known: mae, r2, rmse)",
+        ),
+        (
+            "model: {name: ltv, task: forecast}",
+            "model.task: Input should be 'classification' or 'regression'",
+        ),
     ],
 )
 def test_a_job_that_would_destroy_or_confuse_its_own_data_is_refused(tmp_path, change, error):
@@ -348,6 +365,28 @@ def test_a_job_that_would_destroy_or_confuse_its_own_data_is_refused(tmp_path, c
     with pytest.raises(ConfigError) as e:
         load_job_file(path)
     assert str(e.value).startswith(f"{path}: {error}")
+
+
+@pytest.mark.parametrize(
+    ("model", "ab", "task", "primary"),
+    [
+        ("{name: m}", "{labeled_table: labeled, label: churned}", "classification", "roc_auc"),
+        ("{name: m, task: regression}", "{labeled_table: labeled, label: spend}", "regression", "rmse"),
+        # a file written before model.task: its comparison's task is the model's
+        ("{name: m}", "{labeled_table: labeled, label: spend, task: regression}", "regression", "rmse"),
+        (
+            "{name: m, task: regression}",
+            "{labeled_table: labeled, label: spend, primary_metric: mae}",
+            "regression",
+            "mae",
+        ),
+    ],
+)
+def test_the_task_is_written_once_for_the_model_and_its_comparison(tmp_path, model, ab, task, primary):
+    text = VALID.replace("model: {name: churn-classifier, alias: champion}", f"model: {model}") + f"ab: {ab}\n"
+    job = load_job_file(write(tmp_path, text))
+    assert (job.model.task, job.ab.task, job.ab.primary_metric) == (task, task, primary)
+    assert job.classifies == (task == "classification")
 
 
 def test_a_fixed_version_beside_the_default_alias_is_fine(tmp_path):

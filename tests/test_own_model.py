@@ -32,6 +32,7 @@ from jobs.predict import run_job
 from jobs.settings import PROJECT_ROOT
 from jobs.tracking import configure
 from jobs.validation import InvalidInput
+from models.output_columns import LINEAGE_COLUMNS
 from models.predictor import ModelOutputError
 from tests.conftest import DAY, LABELED_ROWS, ROWS, S3_BUCKET
 
@@ -289,6 +290,73 @@ def test_a_scikit_learn_classifier_scores_its_positive_class(settings, lake, ray
     want = classifier.predict_proba(rows.loc[scored["customer_id"], NUMERIC])[:, 1]
     np.testing.assert_allclose(scored["score"], want, rtol=1e-5)
     assert (scored["prediction"] == (want >= 0.5)).all()
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning:skops")
+def test_a_regression_model_writes_its_predicted_values_and_is_compared_on_rmse(settings, lake, ray_local, tmp_path):
+    """``model.task: regression``: a customer's total charges predicted from their tenure and monthly
+    charges, by two scikit-learn regressors. The predictions hold the predicted values as the
+    models return them (in the thousands, not probabilities) and no ``prediction`` column; the
+    scores' distribution has no positive rate; the comparison follows the model's task (RMSE as
+    its primary metric, with no ``ab.task`` in the file) and sets the shadow's predicted values
+    beside the published ones."""
+    from sklearn.linear_model import LinearRegression
+    from sklearn.metrics import mean_squared_error
+
+    features, label = ["tenure_months", "monthly_charges"], "total_charges"
+    labeled = pads.dataset(lake.partition_path("labeled/customers", DAY), format="parquet").to_table().to_pandas()
+    fit_on = labeled.dropna(subset=[*features, label])
+    versions = [LinearRegression(), LinearRegression(fit_intercept=False)]
+    for regressor in versions:
+        regressor.fit(fit_on[features], fit_on[label])
+        register(
+            settings,
+            "user-regressor",
+            lambda name, r=regressor: mlflow.sklearn.log_model(
+                r,
+                name="model",
+                signature=infer_signature(fit_on[features].head(50), r.predict(fit_on[features].head(50))),
+                registered_model_name=name,
+            ),
+        )
+    mlflow.MlflowClient().set_registered_model_alias("user-regressor", "champion", "1")
+    mlflow.MlflowClient().set_registered_model_alias("user-regressor", "challenger", "2")
+    path = job_file(tmp_path, "user_spend", "user-regressor")
+    text = path.read_text().replace("model: {name: user-regressor}", "model: {name: user-regressor, task: regression}")
+    text = text.replace(
+        "output: {table: predictions/user_spend}",
+        "output: {table: predictions/user_spend, score_column: total_charges_predicted}",
+    )
+    path.write_text(text + f"ab: {{labeled_table: labeled/customers, label: {label}, bootstrap: 100, shadow: true}}\n")
+    job = load_job_file(path)
+
+    result = run_job(job, DAY, settings=settings)
+
+    rows = raw_rows(lake).set_index("customer_id")
+    scored, shadow = output(lake, "user_spend"), output(lake, "user_spend_shadow")
+    assert list(scored.columns) == ["customer_id", "total_charges_predicted", *LINEAGE_COLUMNS]
+    want = versions[0].predict(rows.loc[scored["customer_id"], features])
+    np.testing.assert_allclose(scored["total_charges_predicted"], want, rtol=1e-5)
+    assert scored["total_charges_predicted"].max() > 100  # a value, not a probability
+    assert "positive_rate" not in result.scores
+    assert result.scores["mean"] == pytest.approx(scored["total_charges_predicted"].mean(), rel=1e-6)
+    manifest = lake.committed("predictions/user_spend", DAY)[1]
+    assert (
+        manifest["scores"]["p50"] == pytest.approx(result.scores["p50"]) and "positive_rate" not in manifest["scores"]
+    )
+    assert mlflow.MlflowClient().get_run(result.run_id).data.params["model_task"] == "regression"
+
+    report = run_compare(job, DAY, settings=settings)
+
+    assert (report["task"], report["policy"]["primary_metric"]) == ("regression", "rmse")
+    valid = labeled.dropna(subset=[*features, label])
+    for role, regressor in zip(("champion", "challenger"), versions, strict=True):
+        want_rmse = mean_squared_error(valid[label], regressor.predict(valid[features])) ** 0.5
+        assert report["metrics"][role]["rmse"] == pytest.approx(want_rmse, rel=1e-5)
+    both = scored.merge(shadow, on="customer_id", suffixes=("", "_shadow"))
+    apart = (both["total_charges_predicted"] - both["total_charges_predicted_shadow"]).abs().mean()
+    assert len(both) == len(scored) and report["shadow"]["mean_abs_difference"] == pytest.approx(apart, rel=1e-5)
+    assert f"mean absolute difference {apart:.4g}" in markdown(report)
 
 
 class _AgeScore(mlflow.pyfunc.PythonModel):

@@ -98,6 +98,22 @@ def test_a_cpu_actor_scores_in_float32_whatever_the_jobs_dtype(settings, registe
         assert predictor(raw_batch).equals(full)
 
 
+def test_two_outputs_are_a_classifiers_probabilities_never_a_regressions():
+    """A row of two numbers that sum to 1 is a binary classifier's two class probabilities, of
+    which the score is the second; a regression's two outputs are two predicted values, and which
+    one the user meant is not lakecast's guess."""
+    from models.predictor import ModelOutputError, one_score_per_row
+
+    two = np.array([[0.25, 0.75], [0.5, 0.5], [1.0, 0.0]])
+    np.testing.assert_array_equal(one_score_per_row(two, 3, "models:/m/1"), np.float32([0.75, 0.5, 0.0]))
+    with pytest.raises(ModelOutputError, match=r"models:/m/1 returned predictions of shape \(3, 2\) for 3 rows; "):
+        one_score_per_row(two, 3, "models:/m/1", classifies=False)
+    np.testing.assert_array_equal(
+        one_score_per_row(np.array([[250.0], [-3.5], [0.0]]), 3, "models:/m/1", classifies=False),
+        np.float32([250.0, -3.5, 0.0]),
+    )
+
+
 def test_threshold_from_job_overrides_model(settings, registered, raw_batch):
     out = make_predictor(settings, registered["champion"], threshold=0.0)(raw_batch)
     assert out["prediction"].to_numpy().all()

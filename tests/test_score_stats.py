@@ -55,6 +55,36 @@ def test_a_line_for_people():
     assert line.startswith("mean 0.45, median 0.4 (p10 0.13, p90 0.81)") and line.endswith("50.00% positive")
 
 
+def test_a_regressions_figures_have_no_positive_rate():
+    """A regression's predictions have no ``prediction`` column: its summaries count no positives,
+    and its figures and line say nothing of them."""
+    import pyarrow as pa
+
+    values = np.array([120.0, 80.5, 3000.0, 42.0], dtype=np.float32)
+    table = pa.table({"key": [1, 2, 3, 4], "spend": values})
+    figures = score_stats.merge([score_stats.of_table(table, "spend", every=1)], classifies=False)
+    assert "positive_rate" not in figures and figures["max"] == 3000.0
+    assert score_stats.describe(figures) == "mean 810.6, median 100.2 (p10 53.55, p90 2136)"
+
+
+def test_a_regressions_shift_is_warned_of_without_a_positive_rate(caplog):
+    """The warning of scores that moved since the day before, for predicted values: the median's
+    move, and no rate of positives that a regression does not have."""
+    import datetime as dt
+
+    from jobs import drift
+
+    rng = np.random.default_rng(5)
+    day = lambda mean: [score_stats.summarize(rng.normal(mean, 10, 50_000), None, 1)]  # noqa: E731
+    yesterday = score_stats.merge(day(100), classifies=False)
+    figures = drift.score_distribution(
+        dt.date(2026, 11, 21), day(130), {"scores": yesterday}, table="predictions/spend", classifies=False
+    )
+    assert figures["psi_vs_previous_day"] > score_stats.PSI_ALERT and "positive_rate" not in figures
+    assert f"median {yesterday['p50']:.4g} → {figures['p50']:.4g}\n" in caplog.text + "\n"
+    assert "positive rate" not in caplog.text
+
+
 def test_the_shift_from_the_day_before():
     """The population stability index of tonight's scores on yesterday's deciles: near 0 for the
     same distribution, past the alert mark for a shifted one, None where yesterday's deciles tie."""
