@@ -76,7 +76,7 @@ def _doc(job: JobConfig, table_uri: str) -> str:
 |---|---|
 | input | `{job.input.table}` partition `{job.input.partition}`, key `{job.input.key}` |
 | model | `{job.model.name}` {selector}, resolved to a version number at run time |
-| output | `{table_uri}/ds=<date>/`, column `{job.output.score_column}` {_scores(job)} plus lineage |
+| output | `{table_uri}/ds=<date>/`, column `{job.output.score_column}` {_scores(job)}{_carried(job)} plus lineage |
 | schedule | {_schedule(job)} |
 | Asset events | {"partitioned: publish's carries the day as its key" if job.airflow.partitioned_assets else "plain"} |
 | input wait | {_wait(job)} |
@@ -97,6 +97,11 @@ def _scores(job: JobConfig) -> str:
         return "(the predicted value: a regression, model.task)"
     cut = f"{job.output.threshold:g}" if job.output.threshold is not None else "the model's threshold"
     return f"(a probability) and `prediction` (the score at or above {cut})"
+
+
+def _carried(job: JobConfig) -> str:
+    names = ", ".join(f"`{c}`" for c in job.output.passthrough)
+    return f", the input's {names} (output.passthrough)" if names else ""
 
 
 def _wait(job: JobConfig) -> str:

@@ -104,6 +104,11 @@ class OutputSpec(Frozen):
     table: TablePath
     score_column: Column = "score"
     threshold: float | None = Field(None, ge=0, le=1, description="default: the model's own threshold")
+    passthrough: list[Column] = Field(
+        [],
+        description="input columns copied into the predictions beside the key, as they are (a region, a "
+        "snapshot's date): read whether the model takes them or not, never validated",
+    )
     rows_per_file: int = Field(
         1_000_000,
         ge=1_000,
@@ -111,6 +116,14 @@ class OutputSpec(Frozen):
         "bound per file (no tiny Parquet files). Also the size of a piece of work: a large input file is scored in "
         "runs of its row groups, small ones in turn",
     )
+
+    @field_validator("passthrough")
+    @classmethod
+    def _each_once(cls, v: list[str]) -> list[str]:
+        twice = sorted({c for c in v if v.count(c) > 1})
+        if twice:
+            raise ValueError(f"{', '.join(map(repr, twice))} listed more than once")
+        return v
 
     @field_validator("score_column")
     @classmethod
@@ -407,6 +420,22 @@ class JobConfig(Frozen):
                 f"output.score_column: {self.output.score_column!r} is already {taken[self.output.score_column]} "
                 "in the predictions: name the score otherwise"
             )
+        for column in self.output.passthrough:
+            if column == self.input.key:
+                raise ValueError(
+                    f"output.passthrough: {column!r} is the key (input.key), which every row of the predictions "
+                    "holds already; drop it from the list"
+                )
+            if column in FIXED_COLUMNS or column == self.output.score_column:
+                what = (
+                    "the score column (output.score_column)"
+                    if column == self.output.score_column
+                    else "a column lakecast adds"
+                )
+                raise ValueError(
+                    f"output.passthrough: {column!r} is also {what} in the predictions: the two would clash; "
+                    "rename the input column upstream, or the score"
+                )
         if self.input.key in FIXED_COLUMNS:
             raise ValueError(
                 f"input.key: {self.input.key!r} is a column lakecast adds to the predictions "

@@ -201,6 +201,7 @@ def predictor_options(
         telemetry_dir=telemetry_dir,
         filesystem=lake.fs,
         input_columns=pre.columns,
+        passthrough=tuple(job.output.passthrough),
     )
 
 

@@ -120,6 +120,8 @@ def preflight(
         ref = resolve_model(client, job, model_alias, model_version)
         inputs = model_inputs(job, ref)
         rules = validation.rules_from(inputs, job.validation, job.input.key, job_file=job.file, model=ref.uri)
+        scored = {rule.name for rule in rules}  # what the champion's rules check: the challenger may read no more
+        rules = validation.passthrough_rules(rules, job.output.passthrough)
         # a missing or mistyped key is named here first
         from_folders = validation.check_schema(lake, files, footers, rules, job.input.key)
         duplicates, examples = keys_checked.result()
@@ -147,7 +149,7 @@ def preflight(
     if challenger is not None:
         challenger_scorer = arrow_scorer(load_pyfunc(challenger.uri))
         challenger_columns = tuple(name for name, _, _ in model_inputs(job, challenger, takes_every_listed=False))
-        unread = [c for c in challenger_columns if c not in {r.name for r in rules}]
+        unread = [c for c in challenger_columns if c not in scored]
         if unread:
             raise JobError(
                 f"the challenger {challenger.uri} takes {unread}, which the champion {ref.uri} does not take: "

@@ -104,6 +104,13 @@ def rules_from(
     return rules
 
 
+def passthrough_rules(rules: list[ColumnRule], columns: list[str]) -> list[ColumnRule]:
+    """``rules`` and one for each of ``columns`` (``output.passthrough``) that no rule reads yet:
+    read and copied into the predictions, checked only to be there, in every file, of one type."""
+    read = {rule.name for rule in rules}
+    return rules + [ColumnRule(c, "any") for c in columns if c not in read]
+
+
 def kind_of(t: pa.DataType) -> Kind:
     """What a model takes a column of type ``t`` as (a dictionary as its values)."""
     if pa.types.is_dictionary(t):
@@ -245,7 +252,11 @@ def _all_finite(column: pa.ChunkedArray) -> bool:
 
 
 def _checks(column: pa.ChunkedArray, rule: ColumnRule) -> Iterator[tuple[pa.ChunkedArray, str]]:
-    """(mask of the rows breaking one rule, what is wrong with them), for one column."""
+    """(mask of the rows breaking one rule, what is wrong with them), for one column. A rule of a
+    column the model does not score (``output.passthrough``, the comparison's segment) that may
+    be null checks nothing: no value of it can make a row unfit to score."""
+    if rule.kind == "any" and rule.nullable and (rule.min, rule.max, rule.categories) == (None, None, None):
+        return
     if pa.types.is_dictionary(column.type):
         if kind_of(column.type.value_type) == "string":
             yield from _dictionary_checks(column, rule)

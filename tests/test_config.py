@@ -312,6 +312,23 @@ def test_a_name_in_the_file_must_be_the_files_own(tmp_path):
             "column's name: the predictions' readers could not read it; use letters, digits and _ (churn_probability)",
         ),
         (
+            "output: {table: predictions/churn_test, passthrough: [region, customer_id]}",
+            "output.passthrough: 'customer_id' is the key (input.key), which every row of the predictions holds "
+            "already; drop it from the list",
+        ),
+        (
+            "output: {table: predictions/churn_test, passthrough: [scored_at]}",
+            "output.passthrough: 'scored_at' is also a column lakecast adds in the predictions: the two would clash",
+        ),
+        (
+            "output: {table: predictions/churn_test, score_column: churn, passthrough: [churn]}",
+            "output.passthrough: 'churn' is also the score column (output.score_column) in the predictions",
+        ),
+        (
+            "output: {table: predictions/churn_test, passthrough: [region, plan, region]}",
+            "output.passthrough: 'region' listed more than once",
+        ),
+        (
             "input: {table: raw/customers, key: variant}",
             "input.key: 'variant' is a column lakecast adds to the predictions",
         ),

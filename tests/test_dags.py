@@ -116,13 +116,19 @@ def test_a_jobs_pool_holds_the_tasks_that_use_ray(settings, tmp_path):
 
 
 def test_the_dags_docs_say_what_the_score_column_holds(settings, parsed, tmp_path):
-    """A probability cut into ``prediction``, or a regression's predicted value alone."""
+    """A probability cut into ``prediction``, or a regression's predicted value alone; the input's
+    columns copied beside them."""
     doc = parsed["dags"]["lakecast__churn"]["doc_md"]
     assert "column `churn_probability` (a probability) and `prediction` (the score at or above the model's" in doc
     without_ab = CHURN.split("\nab:")[0] + "\ncompute:" + CHURN.split("\ncompute:")[1]
-    regression = without_ab.replace("  alias: champion ", "  task: regression\n  alias: champion ")
+    regression = without_ab.replace("  alias: champion ", "  task: regression\n  alias: champion ").replace(
+        "  score_column: churn_probability\n", "  score_column: churn_probability\n  passthrough: [region]\n"
+    )
     dag = parse_dags(settings, LAKECAST_CONF=str(conf_with(tmp_path, churn=regression)))["dags"]["lakecast__churn"]
-    assert "column `churn_probability` (the predicted value: a regression, model.task) plus lineage" in dag["doc_md"]
+    assert (
+        "column `churn_probability` (the predicted value: a regression, model.task), the input's `region` "
+        "(output.passthrough) plus lineage"
+    ) in dag["doc_md"]
 
 
 def test_a_job_that_names_who_to_mail_mails_them_from_every_task(settings, parsed, tmp_path):

@@ -412,7 +412,7 @@ def test_the_gpu_pipeline_shape_writes_every_row_once(
     job = churn_job.model_copy(
         update={
             "compute": churn_job.compute.model_copy(update=compute),
-            "output": churn_job.output.model_copy(update={"rows_per_file": 1_000}),
+            "output": churn_job.output.model_copy(update={"rows_per_file": 1_000, "passthrough": ["region"]}),
             "ab": churn_job.ab.model_copy(update={"shadow": True, "challenger_share": 0.3}),
         }
     )
@@ -421,6 +421,9 @@ def test_the_gpu_pipeline_shape_writes_every_row_once(
     assert result.rows == table.num_rows == len(table["customer_id"].unique()) == ROWS
     assert set(table["scoring_run_id"].to_pylist()) == {result.run_id}
     assert set(table["model_version"].to_pylist()) == {registered["champion"], registered["challenger"]}  # canary
+    regions = pads.dataset(lake.partition_path(demo_data.RAW_TABLE, DAY)).to_table(columns=["customer_id", "region"])
+    carried = table.select(["customer_id", "region"]).sort_by("customer_id")
+    assert carried.to_pylist() == regions.sort_by("customer_id").to_pylist()  # output.passthrough
     out, shadow = Path(lake.partition_path(OUT, DAY)), Path(lake.partition_path(job.shadow_table, DAY))
     names = sorted(p.name for p in out.glob("*.parquet"))
     assert sorted(p.name for p in shadow.glob("*.parquet")) == names
@@ -689,3 +692,48 @@ def test_a_column_that_spark_keeps_in_folder_names_is_read_from_them(
     # its share of nulls counted as the files' own columns are, beside them
     nulls = {name: lake.read_manifest(f"predictions/{name}", DAY)["input_nulls"] for name in scores}
     assert nulls["in_folders"]["region"] == 0.0 and nulls["in_folders"].keys() == nulls["in_files"].keys()
+
+
+def test_passthrough_columns_are_copied_beside_the_key_as_they_are(
+    settings, lake, registered, ray_local, tmp_path, monkeypatch
+):
+    """``output.passthrough``: input columns copied into the predictions, whether the model takes
+    them (``plan_tier``, read dictionary-encoded) or not (a date with gaps, a float with NaN and
+    infinities), or a column Spark keeps in the folders' names (``region``). They are never
+    validated, so no value of theirs sets a row aside, and they keep their nulls."""
+    import datetime as dt
+
+    import numpy as np
+
+    from jobs import demo_data
+    from jobs.cli import main
+    from tests.jobfiles import conf_with_job
+
+    name, regions = "carried", ["north", "central"]
+    rows = demo_data.generate(ROWS, DAY)
+    rows = rows.set_column(rows.schema.get_field_index("region"), "region", pa.array(regions * (ROWS // 2)))
+    signup = [None if i % 7 == 0 else dt.date(2020, 1, 1) + dt.timedelta(days=i % 900) for i in range(ROWS)]
+    value = np.where(np.arange(ROWS) % 11 == 0, np.inf, np.arange(ROWS) * 0.5)
+    value[5] = np.nan
+    rows = rows.append_column("signup_date", pa.array(signup, pa.date32()))
+    rows = rows.append_column("lifetime_value", pa.array(value))
+    day = lake.partition_path(f"raw/{name}", DAY)
+    for region in regions:
+        lake.fs.create_dir(f"{day}/region={region}", recursive=True)
+        part = rows.filter(pc.equal(rows["region"], region)).drop_columns(["region"])
+        pq.write_table(part, f"{day}/region={region}/part-0.parquet")
+    carried = ["region", "signup_date", "lifetime_value", "plan_tier"]
+    monkeypatch.setenv("LAKECAST_CONF", str(conf_with_job(tmp_path / "conf", name, output={"passthrough": carried})))
+
+    assert main(["run", name, "--date", str(DAY)]) == 0
+
+    out = pq.read_table(lake.partition_path(f"predictions/{name}", DAY))
+    assert out.column_names[:6] == ["customer_id", *carried, "churn_probability"]
+    assert [f.name for f in out.schema if f.nullable] == carried  # lakecast's own columns stay required
+    assert out.num_rows == ROWS  # no row set aside for its date or its value
+    got = out.select(["customer_id", *carried]).sort_by("customer_id").to_pylist()
+    want = rows.select(["customer_id", *carried]).sort_by("customer_id").to_pylist()
+    assert [{k: v for k, v in row.items() if k != "lifetime_value"} for row in got] == [
+        {k: v for k, v in row.items() if k != "lifetime_value"} for row in want
+    ]
+    np.testing.assert_array_equal([r["lifetime_value"] for r in got], [r["lifetime_value"] for r in want])
