@@ -47,6 +47,8 @@ class ColumnRule:
     max: float | None = None
     categories: tuple[str, ...] | None = None
     max_length: int | None = None
+    # the job file's key that asks for the column where the model does not (output.passthrough)
+    listed_in: str | None = None
 
 
 _SIGNATURE_KINDS: dict[str, Kind] = {
@@ -108,7 +110,7 @@ def passthrough_rules(rules: list[ColumnRule], columns: list[str]) -> list[Colum
     """``rules`` and one for each of ``columns`` (``output.passthrough``) that no rule reads yet:
     read and copied into the predictions, checked only to be there, in every file, of one type."""
     read = {rule.name for rule in rules}
-    return rules + [ColumnRule(c, "any") for c in columns if c not in read]
+    return rules + [ColumnRule(c, "any", listed_in="output.passthrough") for c in columns if c not in read]
 
 
 def kind_of(t: pa.DataType) -> Kind:
@@ -158,7 +160,8 @@ def check_schema(
                 from_folders.setdefault(f.path, {})[rule.name] = value
                 actual = folder_columns.arrow_type(value)
             else:
-                raise InvalidInput(f"{lake.uri(f.path)}: missing column {rule.name!r}")
+                listed = f" (listed in {rule.listed_in})" if rule.listed_in else ""
+                raise InvalidInput(f"{lake.uri(f.path)}: missing column {rule.name!r}{listed}")
             # a column of nulls only, as pandas stores an all-None column, has no type to check
             if rule.kind != "any" and not pa.types.is_null(actual) and kind_of(actual) != rule.kind:
                 raise InvalidInput(

@@ -45,6 +45,7 @@ class Case:
     quarantined: int = 0
     validation: dict = field(default_factory=dict)
     ready_marker: str | None = None  # the job file's input.ready_marker
+    passthrough: tuple[str, ...] = ()  # the job file's output.passthrough
 
 
 def good(rows: int = N) -> pa.Table:
@@ -149,6 +150,9 @@ CASES = [
          scored=N),
     Case("missing_column", files(good(), good().drop_columns(["tenure_months"])), InvalidInput,
          r"part-1\.parquet: missing column 'tenure_months'"),
+    # a column the job copies into its predictions, which one producer's file lacks
+    Case("missing_passthrough_column", files(good().append_column("batch", pa.array(["a"] * N)), good()), InvalidInput,
+         r"part-1\.parquet: missing column 'batch' \(listed in output\.passthrough\)$", passthrough=("batch",)),
     Case("zero_row_file", files(good(), good().slice(0, 0)), scored=N),
     # scoring nothing would replace the previous predictions with an empty partition
     Case("only_zero_row_files", files(good().slice(0, 0), good().slice(0, 0)), NotLanded,
@@ -209,7 +213,9 @@ def make_job(base: JobConfig, case: Case) -> JobConfig:
     return base.model_copy(update={
         "name": name,
         "input": base.input.model_copy(update={"table": f"raw/{name}", "ready_marker": case.ready_marker}),
-        "output": base.output.model_copy(update={"table": f"predictions/{name}"}),
+        "output": base.output.model_copy(
+            update={"table": f"predictions/{name}", "passthrough": list(case.passthrough)}
+        ),
         "validation": base.validation.model_validate(case.validation),
     })  # fmt: skip
 
