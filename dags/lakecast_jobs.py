@@ -15,7 +15,10 @@ from pathlib import Path
 
 from airflow.sdk import (
     Asset,
+    AsyncCallback,
     DayWindow,
+    DeadlineAlert,
+    DeadlineReference,
     Param,
     PartitionedAssetTimetable,
     RollupMapper,
@@ -24,6 +27,7 @@ from airflow.sdk import (
     task,
 )
 
+from jobs import deadline_email
 from jobs.airflow_ray import LakecastJobOperator
 from jobs.config import ON_INPUT, JobConfig, job_files, load_job_files
 from jobs.failure_email import FailureEmail
@@ -84,6 +88,7 @@ def _doc(job: JobConfig, table_uri: str) -> str:
 | per actor | {job.compute.cpus_per_actor:g} CPU(s), GPUs: {job.compute.gpus_per_actor} |
 | Airflow pool | {f"`{job.airflow.pool}` (predict, compare)" if job.airflow.pool else "the default pool"} |
 | failure mail | {", ".join(job.airflow.email_on_failure) or "none (airflow.email_on_failure)"} |
+| deadline | {_deadline_doc(job)} |
 
 Trigger one date: `airflow dags trigger {job.dag_id} --conf '{{"date": "YYYY-MM-DD"}}'`.
 Tasks: **check_input** (the partition exists, is whole and readable) → **predict** (Ray Data job,
@@ -97,6 +102,13 @@ def _scores(job: JobConfig) -> str:
         return "(the predicted value: a regression, model.task)"
     cut = f"{job.output.threshold:g}" if job.output.threshold is not None else "the model's threshold"
     return f"(a probability) and `prediction` (the score at or above {cut})"
+
+
+def _deadline_doc(job: JobConfig) -> str:
+    minutes = job.airflow.deadline_minutes
+    if minutes is None:
+        return "none (airflow.deadline_minutes)"
+    return f"a run not finished {minutes:g} minutes after it was queued mails the failure mail's addresses"
 
 
 def _carried(job: JobConfig) -> str:
@@ -117,6 +129,23 @@ def _on_failure(job: JobConfig) -> dict:
     if not job.airflow.email_on_failure:
         return {}
     return {"on_failure_callback": FailureEmail(job.name, job.file, job.airflow.email_on_failure)}
+
+
+def _deadline(job: JobConfig) -> DeadlineAlert | None:
+    """The mail of a night not finished in time (``airflow.deadline_minutes``), counted from when its
+    run was queued: a scheduled run's time, a triggered run's trigger, an Asset's event. Airflow's
+    triggerer awaits the callback by its path, when the run is still going or has failed by then."""
+    if job.airflow.deadline_minutes is None:
+        return None
+    to, minutes = list(job.airflow.email_on_failure), job.airflow.deadline_minutes
+    return DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=dt.timedelta(minutes=minutes),
+        callback=AsyncCallback(
+            deadline_email.CALLBACK, kwargs={"job": job.name, "job_file": job.file, "to": to, "minutes": minutes}
+        ),
+        name="lakecast deadline",
+    )
 
 
 def table_asset(lake_root: str, table: str) -> Asset:
@@ -179,6 +208,7 @@ def build_dag(job: JobConfig, job_file: Path, lake_root: str):
         catchup=False,
         max_active_runs=1,
         doc_md=_doc(job, table_uri),
+        deadline=_deadline(job),
         params=PARAMS,
         tags=["lakecast", *job.airflow.tags],
         default_args={

@@ -286,6 +286,12 @@ class AirflowSpec(Frozen):
         description="addresses mailed when a task of the job's DAG fails for good (its retries spent), with the "
         "job's error and a link to the task's log, through Airflow's SMTP connection (smtp_default)",
     )
+    deadline_minutes: float | None = Field(
+        None,
+        gt=0,
+        description="a run not finished this many minutes after it was queued (a scheduled run: after its time) "
+        "mails the email_on_failure addresses, through an Airflow Deadline Alert",
+    )
     pool: str | None = Field(
         None,
         min_length=1,
@@ -306,6 +312,15 @@ class AirflowSpec(Frozen):
         "(%Y-%m-%dT%H:%M:%S, as Airflow's CronPartitionTimetable keys them). The DAG runs once all 24 hours of a "
         "day have arrived, and scores that day",
     )
+
+    @model_validator(mode="after")
+    def _someone_to_mail(self) -> AirflowSpec:
+        if self.deadline_minutes is not None and not self.email_on_failure:
+            raise ValueError(
+                f"deadline_minutes: {self.deadline_minutes:g}, and nobody to mail when a night misses it: list the "
+                "addresses in airflow.email_on_failure"
+            )
+        return self
 
     @field_validator("email_on_failure", mode="before")
     @classmethod

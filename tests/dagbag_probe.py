@@ -45,6 +45,24 @@ def _keys(dag) -> dict | None:
     }
 
 
+def _deadlines(dag) -> list:
+    """The DAG's Deadline Alerts as its serialized form hands them to the scheduler: what they count
+    from, the minutes, the callback's path and what it is given."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    alerts = DagSerialization.to_dict(dag)["dag"].get("deadline") or []
+    return [
+        {
+            "reference": alert["reference"]["reference_type"],
+            "minutes": alert["interval"]["__data__"] / 60,
+            "callback": alert["callback"]["__classname__"].rsplit(".", 1)[-1],
+            "path": alert["callback"]["__data__"]["path"],
+            "kwargs": alert["callback"]["__data__"]["kwargs"],
+        }
+        for alert in alerts
+    ]
+
+
 for dag_id, dag in bag.dags.items():
     report["dags"][dag_id] = {
         "tasks": [t.task_id for t in dag.tasks],
@@ -62,6 +80,7 @@ for dag_id, dag in bag.dags.items():
         "upstream": {t.task_id: sorted(t.upstream_task_ids) for t in dag.tasks},
         "pools": {t.task_id: t.pool for t in dag.tasks},
         "on_failure": {t.task_id: [repr(c) for c in t.on_failure_callback] for t in dag.tasks},
+        "deadlines": _deadlines(dag),
         "sensors": {
             t.task_id: {"mode": t.mode, "timeout_s": t.timeout, "poke_interval_s": t.poke_interval}
             for t in dag.tasks

@@ -329,6 +329,15 @@ def test_a_name_in_the_file_must_be_the_files_own(tmp_path):
             "output.passthrough: 'region' listed more than once",
         ),
         (
+            "airflow: {deadline_minutes: 240}",
+            "airflow: deadline_minutes: 240, and nobody to mail when a night misses it: list the addresses in "
+            "airflow.email_on_failure",
+        ),
+        (
+            "airflow: {deadline_minutes: 0, email_on_failure: [oncall@example.com]}",
+            "airflow.deadline_minutes: Input should be greater than 0",
+        ),
+        (
             "input: {table: raw/customers, key: variant}",
             "input.key: 'variant' is a column lakecast adds to the predictions",
         ),

@@ -144,6 +144,39 @@ def test_a_job_that_names_who_to_mail_mails_them_from_every_task(settings, parse
     assert "| failure mail | oncall@example.com |" in dag["doc_md"]
 
 
+def test_a_job_with_a_deadline_mails_when_a_night_is_late(settings, parsed, tmp_path):
+    """``airflow.deadline_minutes``: an Airflow Deadline Alert counted from when the run was
+    queued, whose callback the triggerer imports by its path and awaits with what the DAG gave it."""
+    from jobs.deadline_email import mail_missed_deadline
+
+    assert parsed["dags"]["lakecast__churn"]["deadlines"] == []
+    late = CHURN.replace(
+        "  tags: [churn, demo]",
+        "  tags: [churn, demo]\n  email_on_failure: oncall@example.com\n  deadline_minutes: 240",
+    )
+    conf = conf_with(tmp_path, churn=late)
+    dag = parse_dags(settings, LAKECAST_CONF=str(conf))["dags"]["lakecast__churn"]
+    [alert] = dag["deadlines"]
+    assert alert == {
+        "reference": "DagRunQueuedAtDeadline",
+        "minutes": 240,
+        "callback": "AsyncCallback",
+        "path": "jobs.deadline_email.mail_missed_deadline",
+        "kwargs": {
+            "job": "churn",
+            "job_file": str(conf / "jobs" / "churn.yaml"),
+            "to": ["oncall@example.com"],
+            "minutes": 240,
+        },
+    }
+    module, name = alert["path"].rsplit(".", 1)
+    assert getattr(__import__(module, fromlist=[name]), name) is mail_missed_deadline
+    assert (
+        "| deadline | a run not finished 240 minutes after it was queued mails the failure mail's addresses |"
+        in (dag["doc_md"])
+    )
+
+
 def test_a_job_can_wait_for_a_late_partition(settings, parsed, tmp_path):
     """check_input waits as a sensor in reschedule mode, giving its worker slot back between looks:
     by default it looks once (the retries follow), with a wait it looks every few minutes."""

@@ -70,6 +70,11 @@ def stack(s3_server, ray_head, tmp_path_factory):
     mailed["input"]["table"], mailed["output"]["table"] = "raw/never_written", "predictions/churn_mailed"
     mailed["airflow"] |= {"retries": 0, "email_on_failure": ["oncall@example.com"]}
     (conf / "jobs" / "churn_mailed.yaml").write_text(yaml.safe_dump(mailed))
+    # and one whose input is late: its check_input waits a minute, past the night's 6 s deadline
+    mailed["input"]["table"], mailed["output"]["table"] = "raw/never_landed", "predictions/churn_late"
+    mailed["airflow"] |= {"email_on_failure": ["night-watch@example.com"], "deadline_minutes": 0.1}
+    mailed["airflow"]["wait_for_input_minutes"] = 1
+    (conf / "jobs" / "churn_late.yaml").write_text(yaml.safe_dump(mailed))
     smtp = SmtpServer().start()
     env = {
         **s3_server.env,
@@ -290,13 +295,32 @@ def test_a_night_that_fails_mails_the_job_files_addresses_through_the_scheduler(
     airflow.cli("dags", "trigger", dag_id, "--conf", json.dumps({"date": DAY.isoformat()}), "--run-id", run_id)
     path = f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}"
     wait_until(lambda: airflow.api(path, token)["state"] == "failed", timeout=300, what="the failing run")
-    wait_until(lambda: smtp.inbox.mails, timeout=60, what="the failure mail")
-    [(recipients, mail)] = smtp.inbox.mails
-    assert recipients == ["oncall@example.com"]
+    mailed = lambda: [mail for to, mail in smtp.inbox.mails if to == ["oncall@example.com"]]  # noqa: E731
+    wait_until(mailed, timeout=60, what="the failure mail")
+    [mail] = mailed()
     assert mail["Subject"] == f"lakecast: churn_mailed failed for {DAY} at check_input"
     body = mail.get_body(("html",)).get_content()
     assert f"no data for raw/never_written on {DAY}" in body, body
     assert f'href="{airflow.url}/dags/{dag_id}/runs/{urllib.parse.quote(run_id)}/tasks/check_input' in body, body
+
+
+def test_a_night_past_its_deadline_mails_through_the_scheduler_and_triggerer(stack, dag_run):
+    """``airflow.deadline_minutes`` under the real scheduler: a run whose check_input still waits
+    for its partition when the deadline passes is mailed about by the triggerer, which imports
+    lakecast's callback by its path, while the run goes on."""
+    airflow: Airflow = stack["airflow"]
+    token, smtp, dag_id = dag_run["token"], stack["smtp"], "lakecast__churn_late"
+    wait_until(lambda: airflow.api(f"/dags/{dag_id}", token)["dag_id"] == dag_id, timeout=180, what="the DAG")
+    run_id = f"late__{int(time.time())}"
+    airflow.cli("dags", "trigger", dag_id, "--conf", json.dumps({"date": DAY.isoformat()}), "--run-id", run_id)
+    late = lambda: [mail for to, mail in smtp.inbox.mails if to == ["night-watch@example.com"]]  # noqa: E731
+    wait_until(late, timeout=120, what="the deadline's mail")
+    [mail] = late()
+    assert mail["Subject"] == f"lakecast: churn_late for {DAY} has not finished by its deadline"
+    body = mail.get_body(("html",)).get_content()
+    assert "0.1 minutes after it was queued" in body and "Its state then: running." in body, body
+    assert f'href="{airflow.url}/dags/{dag_id}/runs/{urllib.parse.quote(run_id)}"' in body, body
+    assert airflow.api(f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}", token)["state"] == "running"
 
 
 def test_a_run_from_a_laptop_against_the_teams_mlflow_prints_clean_json(stack, dag_run):
