@@ -77,13 +77,13 @@ def message(job: str, job_file: str, minutes: float, context: dict[str, Any], ba
 
 def _night(run: dict[str, Any]) -> str | None:
     """The day the run scores, where its start says it: the ``date`` it was triggered with, else
-    the day before a scheduled run's date; None for a run on an Asset event, whose day its first
-    task reads from the event."""
+    the day before a scheduled (or backfill) run's date; None for a run on an Asset event, whose
+    day its first task reads from the event."""
     date = (run.get("conf") or {}).get("date")
     if date:
         return str(date)
     logical = run.get("logical_date")
-    if run.get("run_type") == "scheduled" and logical:
+    if run.get("run_type") in ("scheduled", "backfill") and logical:
         return (dt.datetime.fromisoformat(str(logical)).date() - dt.timedelta(days=1)).isoformat()
     return None
 

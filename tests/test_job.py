@@ -707,6 +707,7 @@ def test_passthrough_columns_are_copied_beside_the_key_as_they_are(
 
     from jobs import demo_data
     from jobs.cli import main
+    from models.predictor import prediction_columns
     from tests.jobfiles import conf_with_job
 
     name, regions = "carried", ["north", "central"]
@@ -729,6 +730,7 @@ def test_passthrough_columns_are_copied_beside_the_key_as_they_are(
 
     out = pq.read_table(lake.partition_path(f"predictions/{name}", DAY))
     assert out.column_names[:6] == ["customer_id", *carried, "churn_probability"]
+    assert out.column_names == prediction_columns("customer_id", "churn_probability", passthrough=carried)
     assert [f.name for f in out.schema if f.nullable] == carried  # lakecast's own columns stay required
     assert out.num_rows == ROWS  # no row set aside for its date or its value
     got = out.select(["customer_id", *carried]).sort_by("customer_id").to_pylist()

@@ -33,7 +33,7 @@ from jobs.settings import PROJECT_ROOT
 from jobs.tracking import configure
 from jobs.validation import InvalidInput
 from models.output_columns import LINEAGE_COLUMNS
-from models.predictor import ModelOutputError
+from models.predictor import ModelOutputError, prediction_columns
 from tests.conftest import DAY, LABELED_ROWS, ROWS, S3_BUCKET
 
 # the demo table's numeric columns, in the order the user's network takes them
@@ -335,6 +335,7 @@ def test_a_regression_model_writes_its_predicted_values_and_is_compared_on_rmse(
     rows = raw_rows(lake).set_index("customer_id")
     scored, shadow = output(lake, "user_spend"), output(lake, "user_spend_shadow")
     assert list(scored.columns) == ["customer_id", "total_charges_predicted", *LINEAGE_COLUMNS]
+    assert list(scored.columns) == prediction_columns("customer_id", "total_charges_predicted", classifies=False)
     want = versions[0].predict(rows.loc[scored["customer_id"], features])
     np.testing.assert_allclose(scored["total_charges_predicted"], want, rtol=1e-5)
     assert scored["total_charges_predicted"].max() > 100  # a value, not a probability
