@@ -265,6 +265,7 @@ def test_pyfunc_model_gets_strings_and_a_user_error_for_a_bad_output(settings, l
 @pytest.mark.filterwarnings("ignore::FutureWarning:skops")
 def test_a_scikit_learn_classifier_scores_its_positive_class(settings, lake, ray_local, tmp_path):
     """Logged as scikit-learn's docs say, with ``predict_proba``: two class probabilities a row."""
+    import sklearn
     from sklearn.linear_model import LogisticRegression
 
     labeled = pads.dataset(lake.partition_path("labeled/customers", DAY), format="parquet").to_table().to_pandas()
@@ -279,6 +280,7 @@ def test_a_scikit_learn_classifier_scores_its_positive_class(settings, lake, ray
             pyfunc_predict_fn="predict_proba",
             signature=infer_signature(labeled[NUMERIC].head(50), classifier.predict_proba(labeled[NUMERIC].head(50))),
             registered_model_name=name,
+            pip_requirements=[f"scikit-learn=={sklearn.__version__}"],  # MLflow's inference takes seconds
         ),
     )
 
@@ -300,6 +302,7 @@ def test_a_regression_model_writes_its_predicted_values_and_is_compared_on_rmse(
     scores' distribution has no positive rate; the comparison follows the model's task (RMSE as
     its primary metric, with no ``ab.task`` in the file) and sets the shadow's predicted values
     beside the published ones."""
+    import sklearn
     from sklearn.linear_model import LinearRegression
     from sklearn.metrics import mean_squared_error
 
@@ -317,6 +320,7 @@ def test_a_regression_model_writes_its_predicted_values_and_is_compared_on_rmse(
                 name="model",
                 signature=infer_signature(fit_on[features].head(50), r.predict(fit_on[features].head(50))),
                 registered_model_name=name,
+                pip_requirements=[f"scikit-learn=={sklearn.__version__}"],  # MLflow's inference takes seconds
             ),
         )
     mlflow.MlflowClient().set_registered_model_alias("user-regressor", "champion", "1")
