@@ -55,7 +55,9 @@ def message(job: str, job_file: str, minutes: float, context: dict[str, Any], ba
     deadline = (context.get("deadline") or {}).get("deadline_time")
     night = _night(run)
     when = f" for {night}" if night else ""
-    subject = f"lakecast: {job}{when} has not finished by its deadline"
+    # true of a run still going and of one that failed before the deadline (Airflow forgets the
+    # deadline of a run that succeeds, not of one that fails)
+    subject = f"lakecast: {job}{when} missed its deadline"
     dag_id, run_id = run.get("dag_id", f"lakecast__{job}"), run.get("dag_run_id")
     link = (
         f"{base_url.rstrip('/')}/dags/{urllib.parse.quote(dag_id)}/runs/{urllib.parse.quote(str(run_id))}"
@@ -64,10 +66,10 @@ def message(job: str, job_file: str, minutes: float, context: dict[str, Any], ba
     )
     e = html.escape
     body = (
-        f"<p>The lakecast job <b>{e(job)}</b> (DAG {e(dag_id)}) had not finished its run"
-        f"{' for ' + e(night) if night else ''} by {e(_time(deadline))}, {minutes:g} minutes after it was queued"
-        f"{' at ' + e(_time(run.get('queued_at'))) if run.get('queued_at') else ''} (airflow.deadline_minutes). "
-        f"Its state then: {e(str(run.get('state', 'unknown')))}. Its predictions are not published yet.</p>\n"
+        f"<p>The lakecast job <b>{e(job)}</b> (DAG {e(dag_id)}) had not published its predictions"
+        f"{' for ' + e(night) if night else ''} by {e(_time(deadline))}, {minutes:g} minutes after its run was "
+        f"queued{' at ' + e(_time(run.get('queued_at'))) if run.get('queued_at') else ''} "
+        f"(airflow.deadline_minutes). The run's state then: {e(str(run.get('state', 'unknown')))}.</p>\n"
         f"<p>Run: {e(str(run_id))}"
         + (f'<br>\nIn Airflow: <a href="{e(link)}">{e(link)}</a>' if link else "")
         + f"<br>\nJob file: {e(job_file)}</p>\n"

@@ -23,7 +23,7 @@ def smtp(monkeypatch: pytest.MonkeyPatch):
         yield server
 
 
-def deadline_context(run_id: str, run_type: str, conf: dict) -> dict:
+def deadline_context(run_id: str, run_type: str, conf: dict, state: str = "running") -> dict:
     """What the scheduler hands the callback when the deadline passes (``Deadline.handle_miss``):
     the run as the REST API shows it, and the deadline's time."""
     from airflow.api_fastapi.core_api.datamodels.dag_run import DAGRunResponse
@@ -38,7 +38,7 @@ def deadline_context(run_id: str, run_type: str, conf: dict) -> dict:
         logical_date=QUEUED,
         run_after=QUEUED,
         conf=conf,
-        state="running",
+        state=state,
     )
     run.dag_model = DagModel(dag_id="lakecast__churn")
     deadline = {"id": "0199", "deadline_time": QUEUED + dt.timedelta(minutes=240, seconds=1)}
@@ -57,21 +57,25 @@ def test_a_scheduled_night_past_its_deadline_is_mailed_with_the_night_it_scores(
     late(deadline_context("scheduled__2026-12-06T02:00:00+00:00", "scheduled", {}))
     [(recipients, mail)] = smtp.inbox.mails
     assert recipients == ["oncall@example.com"]
-    assert mail["Subject"] == "lakecast: churn for 2026-12-05 has not finished by its deadline"
+    assert mail["Subject"] == "lakecast: churn for 2026-12-05 missed its deadline"
     body = mail.get_body(("html",)).get_content()
     assert (
-        "had not finished its run for 2026-12-05 by 2026-12-06 06:00:01 UTC, 240 minutes after it was queued at "
-        "2026-12-06 02:00:01 UTC (airflow.deadline_minutes). Its state then: running."
+        "had not published its predictions for 2026-12-05 by 2026-12-06 06:00:01 UTC, 240 minutes after its run "
+        "was queued at 2026-12-06 02:00:01 UTC (airflow.deadline_minutes). The run's state then: running."
     ) in body
     link = "http://airflow.example.com:8080/dags/lakecast__churn/runs/scheduled__2026-12-06T02%3A00%3A00%2B00%3A00"
     assert f'<a href="{link}">' in body and "Job file: conf/jobs/churn.yaml" in body
 
 
-def test_a_triggered_night_names_the_date_it_was_triggered_for(smtp):
-    late(deadline_context("manual__2026-12-06T02:00:00+00:00", "manual", {"date": "2026-11-30"}))
+def test_a_triggered_night_that_failed_before_its_deadline_is_mailed_as_failed(smtp):
+    """Airflow forgets the deadline of a run that succeeds, not of one that fails: that one has
+    sent its failure mail, and this one says the night has no predictions and why."""
+    late(deadline_context("manual__2026-12-06T02:00:00+00:00", "manual", {"date": "2026-11-30"}, state="failed"))
     [(_, mail)] = smtp.inbox.mails
-    assert mail["Subject"] == "lakecast: churn for 2026-11-30 has not finished by its deadline"
-    assert "Run: manual__2026-12-06T02:00:00+00:00" in mail.get_body(("html",)).get_content()
+    assert mail["Subject"] == "lakecast: churn for 2026-11-30 missed its deadline"
+    body = mail.get_body(("html",)).get_content()
+    assert "had not published its predictions for 2026-11-30" in body and "The run's state then: failed." in body
+    assert "Run: manual__2026-12-06T02:00:00+00:00" in body
 
 
 def test_a_mail_server_that_does_not_answer_fails_the_callback_for_airflow_to_log(monkeypatch):

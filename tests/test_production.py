@@ -316,9 +316,9 @@ def test_a_night_past_its_deadline_mails_through_the_scheduler_and_triggerer(sta
     late = lambda: [mail for to, mail in smtp.inbox.mails if to == ["night-watch@example.com"]]  # noqa: E731
     wait_until(late, timeout=120, what="the deadline's mail")
     [mail] = late()
-    assert mail["Subject"] == f"lakecast: churn_late for {DAY} has not finished by its deadline"
+    assert mail["Subject"] == f"lakecast: churn_late for {DAY} missed its deadline"
     body = mail.get_body(("html",)).get_content()
-    assert "0.1 minutes after it was queued" in body and "Its state then: running." in body, body
+    assert "0.1 minutes after its run was queued" in body and "The run's state then: running." in body, body
     assert f'href="{airflow.url}/dags/{dag_id}/runs/{urllib.parse.quote(run_id)}"' in body, body
     assert airflow.api(f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}", token)["state"] == "running"
 
