@@ -36,6 +36,11 @@ ACTOR_READY, FIRST_BATCH = "actor-ready", "first-batch"
 TELEMETRY_SEPARATOR = "--"
 
 
+# a probability needs no more than float32's seven digits; a regression's value (a spend in cents,
+# past 16.7M of them) does, and is kept as the model gives it
+SCORE_TYPES = {"classification": np.float32, "regression": np.float64}
+
+
 class ModelOutputError(ValueError):
     """A model's predictions are not one number per row; nothing was committed."""
 
@@ -161,11 +166,13 @@ def pyfunc_input(
 
 
 def one_score_per_row(predictions: object, rows: int, model_uri: str, *, classifies: bool = True) -> np.ndarray:
-    """A pyfunc model's predictions as one float32 score per row: a vector, or a single column
+    """A pyfunc model's predictions as one score per row: a vector, or a single column
     (a DataFrame's, or an ``(n, 1)`` array, what a PyTorch model with one output unit gives), or,
     where it ``classifies``, a binary classifier's two class probabilities, of which the score is
     the second (scikit-learn logged with ``pyfunc_predict_fn="predict_proba"``, a network with a
     two-way softmax). A regression's two columns are two predicted values, not a choice to make.
+    The scores are float32 for a probability, float64 for a regression's value
+    (:data:`SCORE_TYPES`).
 
     Raises:
         ModelOutputError: naming the model and the shape or type it returned.
@@ -186,7 +193,7 @@ def one_score_per_row(predictions: object, rows: int, model_uri: str, *, classif
             f"{model_uri} returned predictions of shape {values.shape} for {rows} rows; lakecast needs {needs}"
         )
     try:
-        scores = values.astype(np.float32)
+        scores = values.astype(SCORE_TYPES["classification" if classifies else "regression"])
     except (TypeError, ValueError):
         raise ModelOutputError(
             f"{model_uri} returned {values.dtype} predictions; lakecast needs a number per row"
@@ -294,7 +301,7 @@ class BatchPredictor:
         )
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        proba = self.score(batch).astype(np.float32, copy=False)
+        proba = self.score(batch).astype(SCORE_TYPES[self.options.task], copy=False)
         if not self.reported_first_batch:
             self.reported_first_batch = True
             self._record(ACTOR_READY, self.ready_at)
