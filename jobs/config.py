@@ -435,21 +435,17 @@ class JobConfig(Frozen):
                 f"output.score_column: {self.output.score_column!r} is already {taken[self.output.score_column]} "
                 "in the predictions: name the score otherwise"
             )
+        taken |= {self.output.score_column: "the score column (output.score_column)"}
         for column in self.output.passthrough:
             if column == self.input.key:
                 raise ValueError(
                     f"output.passthrough: {column!r} is the key (input.key), which every row of the predictions "
                     "holds already; drop it from the list"
                 )
-            if column in FIXED_COLUMNS or column == self.output.score_column:
-                what = (
-                    "the score column (output.score_column)"
-                    if column == self.output.score_column
-                    else "a column lakecast adds"
-                )
+            if column in taken:
                 raise ValueError(
-                    f"output.passthrough: {column!r} is also {what} in the predictions: the two would clash; "
-                    "rename the input column upstream, or the score"
+                    f"output.passthrough: {column!r} is also {taken[column]} in the predictions: the two would "
+                    "clash; rename the input column upstream, or the score"
                 )
         if self.input.key in FIXED_COLUMNS:
             raise ValueError(
