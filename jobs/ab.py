@@ -116,11 +116,13 @@ def _compare(job: JobConfig, ds: dt.date, *, settings: Settings | None) -> dict[
     scored = _score_both(job, spec, lake, pieces, rows_in, refs, inputs, rules, settings)
     where = lake.partition_uri(spec.labeled_table, ds, job.labeled_partition)
     table, excluded = _excluded(job, scored, where)
-    y = table.column(spec.label).to_numpy(zero_copy_only=False).astype(np.float64)
+    if spec.task == "multiclass":
+        y = _class_indices(table, job, spec, where)
+    else:
+        y = table.column(spec.label).to_numpy(zero_copy_only=False).astype(np.float64)
     if spec.task == "classification":
         _check_binary(y, table.column(job.input.key), job.input.key, spec, where)
-    a = table.column("score_champion").to_numpy()
-    b = table.column("score_challenger").to_numpy()
+    a, b = (_scores(table.column(c), len(job.classes)) for c in ("score_champion", "score_challenger"))
     if spec.task == "classification":
         for ref, scores in zip(refs, (a, b), strict=True):
             _check_probabilities(ref, scores)
@@ -182,15 +184,23 @@ def _compare(job: JobConfig, ds: dt.date, *, settings: Settings | None) -> dict[
     return report
 
 
+# what a label may be, by ab.task, and how an error says it
+LABEL_KINDS = {
+    "classification": ({"number", "boolean"}, "0 or 1, or a boolean"),
+    "multiclass": ({"number", "string"}, "one of model.classes, as a string or a number"),
+    "regression": ({"number"}, "a number"),
+}
+
+
 def _check_label_type(lake: Lake, spec: ABSpec, files: list[DataFile], footers: list[pq.FileMetaData]) -> None:
     """The label is a number, or for a classification a boolean too, in every file: a label
-    stored as ``"yes"``/``"no"`` ended the comparison in NumPy's traceback."""
-    takes = {"number", "boolean"} if spec.task == "classification" else {"number"}
+    stored as ``"yes"``/``"no"`` ended the comparison in NumPy's traceback. A multiclass label
+    names a class, as a string or a number."""
+    takes, wanted = LABEL_KINDS[spec.task]
     for f, footer in zip(files, footers, strict=True):
         t = footer.schema.to_arrow_schema().field(spec.label).type
         if pa.types.is_null(t) or validation.kind_of(t) in takes:  # nulls only: excluded as rows with no label
             continue
-        wanted = "0 or 1, or a boolean" if spec.task == "classification" else "a number"
         raise InvalidInput(
             f"{lake.uri(f.path)}: the label {spec.label!r} (ab.label) has type {t}; a {spec.task} label is {wanted}"
         )
@@ -207,6 +217,39 @@ def _check_binary(y: np.ndarray, keys: pa.ChunkedArray, key: str, spec: ABSpec, 
             f"{key}={keys[int(other[0])].as_py()!r}): a classification label is 0 or 1, or a boolean; for a numeric "
             "outcome set model.task: regression"
         )
+
+
+def _class_indices(table: pa.Table, job: JobConfig, spec: ABSpec, where: str) -> np.ndarray:
+    """A multiclass label's values as indices into ``model.classes``, each matched by its text
+    (a label stored as the number 2, or 2.0, is the class ``"2"``).
+
+    Raises:
+        InvalidInput: a label that names none of the classes, with the values and a row's key.
+    """
+    labels = table.column(spec.label)
+    if pa.types.is_dictionary(labels.type):
+        labels = labels.cast(labels.type.value_type)
+    indices = pc.index_in(labels.cast(pa.string()), value_set=pa.array(job.classes, pa.string()))
+    if indices.null_count:
+        unknown = pc.is_null(indices)
+        values = pc.unique(labels.filter(unknown)).to_pylist()
+        first = pc.index(unknown, True).as_py()
+        raise InvalidInput(
+            f"{where}: the label {spec.label!r} (ab.label) holds values that are none of model.classes "
+            f"[{', '.join(job.classes)}] ({', '.join(map(repr, values[:5]))}; e.g. {job.input.key}="
+            f"{table.column(job.input.key)[first].as_py()!r}): each label names the class the row turned out in; "
+            f"a class the model does not predict cannot be compared, so add it to model.classes in {job.file} with "
+            "a model version that predicts it"
+        )
+    return indices.to_numpy()
+
+
+def _scores(column: pa.ChunkedArray, classes: int) -> np.ndarray:
+    """A version's scores of the compared rows: a vector, or a multiclass model's matrix of a
+    row per labeled row and a column per class (stored a fixed-size list a row)."""
+    if not classes:
+        return column.to_numpy()
+    return np.asarray(column.combine_chunks().flatten()).reshape(-1, classes)
 
 
 def _rules(
@@ -285,7 +328,7 @@ class ValidatedPairActor(PairActor):
         bad = pc.is_valid(reasons)
         rejected = batch.select(self.passthrough).filter(bad)
         for column in ("score_champion", "score_challenger"):
-            rejected = rejected.append_column(column, pa.nulls(n_bad, pa.float32()))
+            rejected = rejected.append_column(column, pa.nulls(n_bad, self.score_type))
         rejected = rejected.append_column(REASON, reasons.filter(bad))
         if n_bad == len(reasons):
             return rejected
@@ -320,6 +363,7 @@ def _score_both(
             threshold=job.output.threshold,
             lineage=Lineage(ref.name, ref.version, "compare", now),
             task=job.model.task,
+            classes=job.classes,
             num_threads=max(1, int(job.compute.cpus_per_actor)),
             dtype=job.compute.dtype,  # on GPU actors: the versions are compared as the nightly job scores
             input_columns=columns,
@@ -405,14 +449,19 @@ def shadow_summary(
         log.warning("%s: the report leaves it out", left_out)
         return None, left_out
     score = job.output.score_column
-    read = lambda fs: pads.dataset([f.path for f in fs], filesystem=lake.fs, format="parquet").to_table(  # noqa: E731
-        columns=[job.input.key, score, *([PREDICTION] if job.classifies else [])]
-    )
+
+    def read(files: list[DataFile]) -> pa.Table:
+        columns = [job.input.key, score, *([PREDICTION] if job.predicts else [])]
+        table = pads.dataset([f.path for f in files], filesystem=lake.fs, format="parquet").to_table(columns=columns)
+        if job.classes:  # a multiclass model's class names, dictionary-encoded: joined as the strings
+            table = table.set_column(2, PREDICTION, table.column(PREDICTION).cast(pa.string()))
+        return table
+
     joined = read(main).join(read(shadow), job.input.key, right_suffix="_shadow")
     a = joined.column(score).to_numpy()
     b = joined.column(f"{score}_shadow").to_numpy()
-    if job.classifies:
-        agree = joined.column(PREDICTION).to_numpy() == joined.column(f"{PREDICTION}_shadow").to_numpy()
+    if job.predicts:
+        agree = pc.equal(joined.column(PREDICTION), joined.column(f"{PREDICTION}_shadow")).to_numpy()
         apart = {"agreement": float(agree.mean()) if len(a) else float("nan")}
     else:
         apart = {"mean_abs_difference": float(np.abs(a.astype(np.float64) - b).mean()) if len(a) else float("nan")}

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs.metrics import LOWER_IS_BETTER, METRICS, Classification, better
+from jobs.metrics import LOWER_IS_BETTER, METRICS, Classification, Multiclass, better
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,11 @@ def compare(
     fn = METRICS[task]
     rng = np.random.default_rng(seed)
     resampler = Resampler(len(y), groups)
-    if task == "classification":  # sorted once, each resample a reweighting (see Classification)
-        ca, cb = Classification(y, champion, threshold), Classification(y, challenger, threshold)
+    if task in ("classification", "multiclass"):  # each resample a reweighting (see Classification)
+        if task == "classification":
+            ca, cb = Classification(y, champion, threshold), Classification(y, challenger, threshold)
+        else:
+            ca, cb = Multiclass(y, champion), Multiclass(y, challenger)
         a, b = ca.metrics(), cb.metrics()
 
         def resampled() -> tuple[dict[str, float], dict[str, float]]:
@@ -90,7 +93,11 @@ def compare(
             draws[m].append(rb[m] - ra[m])
     tail = (1 - confidence) / 2 * 100
     differences = {m: _interval(b[m] - a[m], draws[m], tail) for m in a}
-    mcnemar = _mcnemar(y, champion, challenger, threshold) if task == "classification" else None
+    mcnemar = None
+    if task == "classification":
+        mcnemar = _mcnemar((champion >= threshold) == (y == 1), (challenger >= threshold) == (y == 1))
+    elif task == "multiclass":
+        mcnemar = _mcnemar(champion.argmax(axis=1) == y, challenger.argmax(axis=1) == y)
     result = Comparison(a, b, differences, mcnemar)
     if segments is not None:
         for value in np.unique(segments.astype(str)):
@@ -116,12 +123,10 @@ def _interval(diff: float, draws: list[float], tail: float) -> Interval:
     return Interval(diff, float(low), float(high))
 
 
-def _mcnemar(y: np.ndarray, a: np.ndarray, b: np.ndarray, threshold: float) -> dict[str, float]:
+def _mcnemar(right_a: np.ndarray, right_b: np.ndarray) -> dict[str, float]:
     """McNemar's exact test on the rows where exactly one model is right."""
     from scipy.stats import binomtest
 
-    right_a = (a >= threshold) == (y == 1)
-    right_b = (b >= threshold) == (y == 1)
     only_a, only_b = int(np.sum(right_a & ~right_b)), int(np.sum(~right_a & right_b))
     p = binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
     return {"champion_only_right": only_a, "challenger_only_right": only_b, "p_value": float(p)}

@@ -29,6 +29,8 @@ TablePath = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]+(/[a-z0-9_]+)*
 Column = Annotated[str, StringConstraints(min_length=1)]
 # what Spark's Parquet support refuses in a column's name (ParquetSchemaConverter.checkFieldName)
 SPARK_REFUSES = frozenset(" ,;{}()\n\t=")
+# a class's name (model.classes), as an MLflow metric's name takes it (score.share.<class>)
+CLASS_NAME = re.compile(r"[\w.\- :]+")
 # an address a mail server would take: one @, a dot in the domain, no spaces or separators
 EMAIL = re.compile(r"[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>.]+")
 
@@ -77,7 +79,7 @@ class InputSpec(Frozen):
         return v
 
 
-Task = Literal["classification", "regression"]
+Task = Literal["classification", "multiclass", "regression"]
 
 
 class ModelSpec(Frozen):
@@ -87,8 +89,48 @@ class ModelSpec(Frozen):
     task: Task = Field(
         "classification",
         description="classification: the score is a probability, with a prediction column (score >= threshold); "
+        "multiclass: the prediction is the most probable of model.classes, the score its probability; "
         "regression: the score is the predicted value, and no prediction column is written",
     )
+    classes: list[str] | None = Field(
+        None,
+        description="multiclass: the classes' names, in the order of the model's output columns (of its "
+        "predict_proba, its softmax): the prediction column holds them",
+    )
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _names(cls, v: object) -> object:
+        """YAML reads ``[0, 1, 2]`` as numbers: a class is named by its text, as the predictions hold it."""
+        if isinstance(v, list):
+            return [str(c) if isinstance(c, int | float) and not isinstance(c, bool) else c for c in v]
+        return v
+
+    @model_validator(mode="after")
+    def _classes_of_the_task(self) -> ModelSpec:
+        if self.task != "multiclass":
+            if self.classes is not None:
+                raise ValueError(
+                    f"classes: only a multiclass model has classes to name (task is {self.task!r}); "
+                    "set task: multiclass, or drop the key"
+                )
+            return self
+        if not self.classes or len(self.classes) < 2:
+            raise ValueError(
+                "classes: a multiclass model (task: multiclass) needs its classes' names, at least two, in the order "
+                "of the model's output columns: classes: [basic, plus, premium]"
+            )
+        odd = [c for c in self.classes if not CLASS_NAME.fullmatch(c)]
+        if odd:
+            raise ValueError(
+                f"classes: {odd[0]!r} is not a class name lakecast can keep: the share of the rows predicted in "
+                "each class is an MLflow metric named after it (score.share.<class>), so a name holds letters, "
+                "digits, and _ . - : or spaces"
+            )
+        twice = sorted({c for c in self.classes if self.classes.count(c) > 1})
+        if twice:
+            raise ValueError(f"classes: {', '.join(map(repr, twice))} listed more than once")
+        return self
 
     @model_validator(mode="after")
     def _one_selector(self) -> ModelSpec:
@@ -167,7 +209,15 @@ class ValidationSpec(Frozen):
 
 
 CLASSIFICATION_METRICS = {"accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc", "log_loss", "brier", "ece"}
+MULTICLASS_METRICS = {"accuracy", "macro_f1", "log_loss", "brier"}
 REGRESSION_METRICS = {"rmse", "mae", "r2"}
+# what a comparison decides on where the file names no ab.primary_metric
+PRIMARY_METRICS = {"classification": "roc_auc", "multiclass": "log_loss", "regression": "rmse"}
+METRICS_OF = {
+    "classification": CLASSIFICATION_METRICS,
+    "multiclass": MULTICLASS_METRICS,
+    "regression": REGRESSION_METRICS,
+}
 
 
 class ABSpec(Frozen):
@@ -188,7 +238,9 @@ class ABSpec(Frozen):
     task: Task = Field("classification", description="default: model.task's")
     champion: str = "champion"
     challenger: str = "challenger"
-    primary_metric: str = Field("roc_auc", description="default: roc_auc for a classification, rmse for a regression")
+    primary_metric: str = Field(
+        "roc_auc", description="default: roc_auc for a classification, log_loss for a multiclass, rmse for a regression"
+    )
     min_improvement: float = Field(0.0, ge=0, description="the smallest gain in the primary metric that counts")
     guards: dict[str, float] = Field({}, description="metric → largest regression tolerated")
     confidence: float = Field(0.95, gt=0.5, lt=1)
@@ -207,9 +259,9 @@ class ABSpec(Frozen):
     @model_validator(mode="before")
     @classmethod
     def _primary_of_the_task(cls, data: object) -> object:
-        """A regression has no AUC: its primary metric defaults to RMSE."""
-        if isinstance(data, dict) and "primary_metric" not in data and data.get("task") == "regression":
-            return {**data, "primary_metric": "rmse"}
+        """A regression has no AUC: its primary metric defaults to RMSE, a multiclass's to log loss."""
+        if isinstance(data, dict) and "primary_metric" not in data and data.get("task") in PRIMARY_METRICS:
+            return {**data, "primary_metric": PRIMARY_METRICS[data["task"]]}
         return data
 
     @model_validator(mode="after")
@@ -220,7 +272,7 @@ class ABSpec(Frozen):
 
     @model_validator(mode="after")
     def _known_metrics(self) -> ABSpec:
-        known = CLASSIFICATION_METRICS if self.task == "classification" else REGRESSION_METRICS
+        known = METRICS_OF[self.task]
         for metric in [self.primary_metric, *self.guards]:
             if metric not in known:
                 raise ValueError(f"unknown {self.task} metric {metric!r} (known: {', '.join(sorted(known))})")
@@ -467,6 +519,11 @@ class JobConfig(Frozen):
                 "output.threshold: a regression model's score is its predicted value, with no threshold to cut it "
                 "at and no prediction column (model.task is 'regression'); drop the key"
             )
+        if self.model.task == "multiclass" and self.output.threshold is not None:
+            raise ValueError(
+                "output.threshold: a multiclass model's prediction is its most probable class, with no threshold "
+                "to cut a score at (model.task is 'multiclass'); drop the key"
+            )
         return self
 
     @model_validator(mode="after")
@@ -528,6 +585,17 @@ class JobConfig(Frozen):
     def classifies(self) -> bool:
         """Whether the score is a probability, cut at a threshold into a ``prediction`` column."""
         return self.model.task == "classification"
+
+    @property
+    def predicts(self) -> bool:
+        """Whether the predictions hold a ``prediction`` column: a class, the cut score's 0 or 1
+        or a multiclass model's most probable class (a regression's score is its prediction)."""
+        return self.model.task != "regression"
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """A multiclass model's classes, in the order of its output columns; empty for the others."""
+        return tuple(self.model.classes or ())
 
 
 def load_job_files(paths: list[Path]) -> tuple[dict[Path, JobConfig], dict[Path, ConfigError]]:

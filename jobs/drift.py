@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from jobs import input_stats, score_stats
@@ -83,19 +84,21 @@ def score_distribution(
     table: str,
     version: int | None = None,
     classifies: bool = True,
+    classes: Sequence[str] = (),
 ) -> dict[str, float]:
     """The figures of ``summaries`` (:func:`jobs.score_stats.merge`; a positive rate where the
-    model ``classifies``), against those of the day before's manifest ``before`` of ``table``
-    where it has them; a warning when the scores moved much since. ``version``: the model
+    model ``classifies``; each class's share of the rows for a multiclass model's ``classes``),
+    against those of the day before's manifest ``before`` of ``table`` where it has them; a
+    warning when the scores, or the classes' shares, moved much since. ``version``: the model
     version that scored tonight's; where the day before's was another (the night after a
     promotion), the warning says so, as the likely cause."""
     day_before = ds - dt.timedelta(days=1)
     previous = before.get("scores")
     try:  # a comparison: yesterday's partition, whatever its state, never fails tonight's run
-        scores = score_stats.merge(summaries, previous, classifies=classifies)
+        scores = score_stats.merge(summaries, previous, classifies=classifies, classes=classes)
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         log.warning("%s ds=%s: its manifest's scores could not be compared with tonight's (%s)", table, day_before, e)
-        previous, scores = None, score_stats.merge(summaries, classifies=classifies)
+        previous, scores = None, score_stats.merge(summaries, classifies=classifies, classes=classes)
     shift = scores.get("psi_vs_previous_day")
     if shift is not None and shift > score_stats.PSI_ALERT:
         rates = (previous.get("positive_rate"), scores.get("positive_rate"))
@@ -109,6 +112,18 @@ def score_distribution(
             previous["p50"],
             scores["p50"],
             f", positive rate {100 * rates[0]:.2f}% → {100 * rates[1]:.2f}%" if None not in rates else "",
+            _model_changed(before, version),
+        )
+    moved = scores.get(score_stats.CLASS_PSI)
+    if moved is not None and moved > score_stats.PSI_ALERT:
+        share = score_stats.SHARE
+        log.warning(
+            "%s's predicted classes moved since %s: population stability index %.2f of their shares (above %g); %s%s",
+            table,
+            day_before,
+            moved,
+            score_stats.PSI_ALERT,
+            ", ".join(f"{c} {100 * previous[share + c]:.1f}% → {100 * scores[share + c]:.1f}%" for c in classes),
             _model_changed(before, version),
         )
     return scores

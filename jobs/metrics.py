@@ -99,6 +99,51 @@ def classification(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict
     return Classification(y, p, threshold).metrics()
 
 
+class Multiclass:
+    """The metrics of a multiclass model's class probabilities, for the rows as they are or
+    reweighted (a bootstrap resample, as :class:`Classification`'s).
+
+    ``y``: each row's class, as an index into ``p``'s columns. Each row's part of every metric is
+    computed once, here; a resample is then a few weighted sums: ``accuracy``, ``macro_f1`` (the
+    mean over the classes of each class's F1, a class neither labeled nor predicted left out, as
+    scikit-learn leaves out a label absent from both), ``log_loss`` and ``brier`` (the sum over the
+    classes of the squared difference between probability and outcome, Brier's own definition:
+    scikit-learn's ``brier_score_loss`` of more than two classes).
+    """
+
+    def __init__(self, y: np.ndarray, p: np.ndarray) -> None:
+        y = np.asarray(y, dtype=np.int64)
+        p = np.asarray(p, dtype=np.float64)
+        self.k = p.shape[1]
+        rows = np.arange(len(y))
+        self.y = y
+        self.predicted = p.argmax(axis=1)
+        self.correct = (self.predicted == y).astype(np.float64)
+        self.loss = -np.log(np.clip(p[rows, y], EPS, 1))
+        outcome = np.zeros_like(p)
+        outcome[rows, y] = 1.0
+        self.squared = ((p - outcome) ** 2).sum(axis=1)
+
+    def metrics(self, w: np.ndarray | None = None) -> dict[str, float]:
+        """The metrics over the rows, each counted ``w`` times (default once)."""
+        w = np.ones(len(self.y)) if w is None else w.astype(np.float64, copy=False)
+        total = w.sum()
+        right = np.bincount(self.y, weights=w * self.correct, minlength=self.k)
+        labeled = np.bincount(self.y, weights=w, minlength=self.k)
+        predicted = np.bincount(self.predicted, weights=w, minlength=self.k)
+        seen = (labeled + predicted) > 0
+        return {
+            "accuracy": float(np.dot(w, self.correct) / total),
+            "macro_f1": float(np.mean(2 * right[seen] / (labeled[seen] + predicted[seen]))),
+            "log_loss": float(np.dot(w, self.loss) / total),
+            "brier": float(np.dot(w, self.squared) / total),
+        }
+
+
+def multiclass(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+    return Multiclass(y, p).metrics()
+
+
 def regression(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
     y = y.astype(np.float64)
     p = p.astype(np.float64)
@@ -111,7 +156,11 @@ def regression(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str
     }
 
 
-METRICS: dict[str, Callable[..., dict[str, float]]] = {"classification": classification, "regression": regression}
+METRICS: dict[str, Callable[..., dict[str, float]]] = {
+    "classification": classification,
+    "multiclass": multiclass,
+    "regression": regression,
+}
 LOWER_IS_BETTER = {"log_loss", "brier", "ece", "rmse", "mae"}
 
 

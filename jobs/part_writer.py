@@ -197,7 +197,7 @@ class ScoreAndWrite:
             if scored:  # else every row of the slice was quarantined
                 theirs = None if self.shadow is None else self.shadow.write(name)
                 table = pa.concat_tables(scored, promote_options="permissive")
-                self.output(table, name, **parquet_options(table.column_names))
+                self.output(table, name, **parquet_options(table.schema))
                 rows += table.num_rows
                 summary = score_stats.combine(summary, self._summary(table))
                 if theirs is not None:

@@ -196,6 +196,7 @@ def predictor_options(
         threshold=job.output.threshold,
         lineage=Lineage(ref.name, ref.version, run_id, started_at, variant=ref.alias or f"v{ref.version}"),
         task=job.model.task,
+        classes=job.classes,
         num_threads=max(1, int(threads_per_file(job.compute, at_once))),
         dtype=job.compute.dtype,
         telemetry_dir=telemetry_dir,

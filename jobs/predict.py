@@ -257,6 +257,7 @@ def _run_locked(
                     table=job.shadow_table,
                     version=pre.challenger.version,
                     classifies=job.classifies,
+                    classes=job.classes,
                 )
             out_files, out_footers, out_rows = _written(lake, staging)
             q_files, q_footers, q_rows = _written(lake, q_staging)
@@ -267,7 +268,13 @@ def _run_locked(
                 )
             before = drift.day_before(lake, job.output.table, ds)
             scores = drift.score_distribution(
-                ds, summaries, before, table=job.output.table, version=ref.version, classifies=job.classifies
+                ds,
+                summaries,
+                before,
+                table=job.output.table,
+                version=ref.version,
+                classifies=job.classifies,
+                classes=job.classes,
             )
             drift.warn_of_emptier_inputs(
                 ds, job, pre, before, lake.partition_uri(job.input.table, ds, job.input.partition)

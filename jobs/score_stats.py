@@ -7,7 +7,9 @@ shows it is the scores' distribution moving from one night to the next (a median
 positive rate that halves), which MLflow charts across the runs of the job's experiment.
 
 A regression's scores are its predicted values: the same figures, without the positive rate
-(its predictions have no ``prediction`` column to count).
+(its predictions have no ``prediction`` column to count). A multiclass model's score is the
+probability of the class it predicts, its confidence; in place of the positive rate, the share
+of the rows predicted in each class, and their stability against the day before's.
 
 Nothing per row leaves an actor for this: a CPU actor (a GPU pipeline's write task) summarises
 each file's scores as it writes them, and the challenger's shadow scores beside them
@@ -19,7 +21,7 @@ quantiles come from the sample.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +46,9 @@ FIELDS = [
     ("score_max", pa.float64()),
     ("positives", pa.int64()),
     ("score_sample", pa.list_(pa.float32())),
+    # a multiclass model's rows predicted in each class, by the class's name (empty for the others)
+    ("class_names", pa.list_(pa.string())),
+    ("class_counts", pa.list_(pa.int64())),
 ]
 # the same of the challenger's shadow scores of the same rows (``ab.shadow``), beside them: an
 # actor or a write task summarises both files as it writes them (EMPTY's where no shadow is)
@@ -57,7 +62,12 @@ EMPTY: dict[str, Any] = {
     "score_max": float("-inf"),
     "positives": 0,
     "score_sample": [],
+    "class_names": [],
+    "class_counts": [],
 }
+# the figures' names of the share of rows predicted in a class, and their stability
+SHARE = "share."
+CLASS_PSI = "class_psi_vs_previous_day"
 
 
 def as_shadow(summary: dict[str, Any]) -> dict[str, Any]:
@@ -76,10 +86,12 @@ def sample_every(rows: int) -> int:
     return max(1, rows // SAMPLE)
 
 
-def summarize(scores: np.ndarray, predictions: np.ndarray | None, every: int) -> dict[str, Any]:
+def summarize(
+    scores: np.ndarray, predictions: np.ndarray | None, every: int, classes: Mapping[str, int] | None = None
+) -> dict[str, Any]:
     """One piece's summary: ``scores`` (float) and ``predictions`` (0 or 1; None for a
-    regression's, which counts no positives), a value per row; every ``every``-th score kept in
-    the sample."""
+    regression's or a multiclass model's, which counts no positives), a value per row; every
+    ``every``-th score kept in the sample; a multiclass model's rows by predicted class."""
     n = len(scores)
     if n == 0:
         return dict(EMPTY)
@@ -91,13 +103,28 @@ def summarize(scores: np.ndarray, predictions: np.ndarray | None, every: int) ->
         "score_max": float(scores.max()),
         "positives": int(np.count_nonzero(predictions)) if predictions is not None else 0,
         "score_sample": scores[::every].astype(np.float32, copy=False).tolist(),
+        "class_names": list(classes or ()),
+        "class_counts": list((classes or {}).values()),
     }
 
 
 def of_table(table: pa.Table, score_column: str, every: int) -> dict[str, Any]:
     """The summary of a table of predictions (:func:`models.predictor.prediction_table`)."""
-    predictions = table.column(PREDICTION).to_numpy() if PREDICTION in table.column_names else None
-    return summarize(table.column(score_column).to_numpy(), predictions, every)
+    scores = table.column(score_column).to_numpy()
+    if PREDICTION not in table.column_names:
+        return summarize(scores, None, every)
+    predictions = table.column(PREDICTION)
+    if not pa.types.is_dictionary(predictions.type):
+        return summarize(scores, predictions.to_numpy(), every)
+    counts: dict[str, int] = {}  # a multiclass model's class names: each chunk's dictionary its own
+    for chunk in predictions.chunks:
+        for name, count in zip(
+            chunk.dictionary.to_pylist(),
+            np.bincount(chunk.indices, minlength=len(chunk.dictionary)).tolist(),
+            strict=True,
+        ):
+            counts[name] = counts.get(name, 0) + count
+    return summarize(scores, None, every, counts)
 
 
 def combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -117,20 +144,33 @@ def combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         "score_max": max(a["score_max"], b["score_max"]),
         "positives": a["positives"] + b["positives"],
         "score_sample": a["score_sample"] + b["score_sample"],
+        **_class_counts(dict(zip(a["class_names"], a["class_counts"], strict=True)), b),
     }
 
 
+def _class_counts(counts: dict[str, int], b: Mapping[str, Any]) -> dict[str, list]:
+    """``counts`` and ``b``'s rows by predicted class, added, as a summary's two lists."""
+    for name, count in zip(b["class_names"], b["class_counts"], strict=True):
+        counts[name] = counts.get(name, 0) + count
+    return {"class_names": list(counts), "class_counts": list(counts.values())}
+
+
 def merge(
-    summaries: Iterable[dict[str, Any]], previous: Mapping[str, float] | None = None, *, classifies: bool = True
+    summaries: Iterable[dict[str, Any]],
+    previous: Mapping[str, float] | None = None,
+    *,
+    classifies: bool = True,
+    classes: Sequence[str] = (),
 ) -> dict[str, float]:
     """The run's figures from its pieces' summaries: ``mean``, ``std``, ``min``, ``max``, the
-    quantiles of :data:`QUANTILES` and, where the model ``classifies``, ``positive_rate``; empty
-    when no row was scored. Given the day before's figures, also ``psi_vs_previous_day``
-    (:func:`psi`)."""
+    quantiles of :data:`QUANTILES` and, where the model ``classifies``, ``positive_rate``, or for
+    a multiclass model of ``classes``, the share of the rows predicted in each
+    (``share.<class>``); empty when no row was scored. Given the day before's figures, also
+    ``psi_vs_previous_day`` (:func:`psi`), and the shares' (:data:`CLASS_PSI`)."""
     whole, samples = dict(EMPTY), []
     for piece in summaries:
         samples.append(piece["score_sample"])
-        whole = combine(whole, {k: piece[k] for k in EMPTY} | {"score_sample": []})
+        whole = combine(whole, {k: piece.get(k, EMPTY[k]) for k in EMPTY} | {"score_sample": []})
     n = whole["score_rows"]
     if not n:
         return {}
@@ -143,8 +183,24 @@ def merge(
         **dict(zip(QUANTILES, np.quantile(sample, list(QUANTILES.values())).tolist(), strict=True)),
         **({"positive_rate": whole["positives"] / n} if classifies else {}),
     }
+    counts = dict(zip(whole["class_names"], whole["class_counts"], strict=True))
+    figures |= {SHARE + name: counts.get(name, 0) / n for name in classes}
     shift = psi(sample, previous) if previous else None
-    return figures | ({"psi_vs_previous_day": shift} if shift is not None else {})
+    figures |= {"psi_vs_previous_day": shift} if shift is not None else {}
+    moved = class_psi(figures, previous, classes) if previous and classes else None
+    return figures | ({CLASS_PSI: moved} if moved is not None else {})
+
+
+def class_psi(figures: Mapping[str, float], previous: Mapping[str, float], classes: Sequence[str]) -> float | None:
+    """The population stability index of the shares of rows predicted in each class, tonight's
+    against the day before's; None where the day before's figures lack a class's share (another
+    model, or a class added since). A share of 0 counts as a millionth."""
+    before = [previous.get(SHARE + name) for name in classes]
+    if None in before:
+        return None
+    today = np.clip([figures[SHARE + name] for name in classes], 1e-6, None)
+    before = np.clip(np.asarray(before, dtype=np.float64), 1e-6, None)
+    return float(np.sum((today - before) * np.log(today / before)))
 
 
 def psi(sample: np.ndarray, previous: Mapping[str, float]) -> float | None:
@@ -162,8 +218,12 @@ def psi(sample: np.ndarray, previous: Mapping[str, float]) -> float | None:
 
 def describe(figures: dict[str, float]) -> str:
     """The figures as a line for people: ``mean 0.149, median 0.099 (p10 0.021, p90 0.367), 3.03% positive``
-    (a regression's without its last part)."""
+    (a regression's without its last part; a multiclass model's with the share of each class,
+    ``predicted basic 61.2%, plus 30.1%, premium 8.7%``)."""
     line = (
         f"mean {figures['mean']:.4g}, median {figures['p50']:.4g} (p10 {figures['p10']:.4g}, p90 {figures['p90']:.4g})"
     )
+    shares = [f"{name.removeprefix(SHARE)} {100 * v:.1f}%" for name, v in figures.items() if name.startswith(SHARE)]
+    if shares:
+        line += ", predicted " + ", ".join(shares)
     return line + (f", {100 * figures['positive_rate']:.2f}% positive" if "positive_rate" in figures else "")

@@ -36,7 +36,7 @@ class PerFile:
             return None
         table = pa.concat_tables(batches, promote_options="permissive")
         batches.clear()
-        self.writer(table, name, **parquet_options(table.column_names))
+        self.writer(table, name, **parquet_options(table.schema))
         return table
 
     def _batches(self) -> list[pa.Table]:

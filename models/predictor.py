@@ -38,7 +38,7 @@ TELEMETRY_SEPARATOR = "--"
 
 # a probability needs no more than float32's seven digits; a regression's value (a spend in cents,
 # past 16.7M of them) does, and is kept as the model gives it
-SCORE_TYPES = {"classification": np.float32, "regression": np.float64}
+SCORE_TYPES = {"classification": np.float32, "multiclass": np.float32, "regression": np.float64}
 
 
 class ModelOutputError(ValueError):
@@ -80,8 +80,10 @@ class PredictorOptions:
     score_column: str
     threshold: float | None
     lineage: Lineage
-    # regression: the score is the predicted value, with no prediction column (model.task)
-    task: Literal["classification", "regression"] = "classification"
+    # regression: the score is the predicted value, with no prediction column (model.task);
+    # multiclass: the prediction is the most probable of ``classes``, the score its probability
+    task: Literal["classification", "multiclass", "regression"] = "classification"
+    classes: tuple[str, ...] = ()
     num_threads: int = 1
     dtype: str | None = None  # on a GPU: bfloat16 or float16 (the job file's compute.dtype)
     telemetry_dir: str | None = None
@@ -208,10 +210,48 @@ def one_score_per_row(predictions: object, rows: int, model_uri: str, *, classif
 
 
 def _class_probabilities(values: np.ndarray) -> bool:
-    """Each row is a probability distribution over two classes."""
+    """Each row is a probability distribution over the classes."""
     if values.dtype.kind not in "fiu":
         return False
-    return bool(np.all((values >= 0) & (values <= 1)) and np.allclose(values.sum(axis=1), 1.0, atol=1e-4))
+    return bool(np.all((values >= 0) & (values <= 1)) and np.allclose(values.sum(axis=1), 1.0, atol=1e-3))
+
+
+def class_probabilities(predictions: object, rows: int, model_uri: str, classes: Sequence[str]) -> np.ndarray:
+    """A multiclass model's predictions as a float32 matrix of a row per input row and a column
+    per class, in ``classes``' order (scikit-learn's ``predict_proba``, a network's softmax).
+
+    Raises:
+        ModelOutputError: naming the model and what it returned where a row is not a probability
+            per class (a network's logits: its last layer needs a softmax).
+    """
+    values = np.asarray(predictions.to_numpy() if hasattr(predictions, "to_numpy") else predictions)
+    k = len(classes)
+    if values.shape != (rows, k):
+        raise ModelOutputError(
+            f"{model_uri} returned predictions of shape {values.shape} for {rows} rows; a multiclass model "
+            f"(model.task) returns a probability per class, {k} columns for model.classes "
+            f"[{', '.join(classes)}]"
+        )
+    if values.dtype.kind not in "fiu":
+        raise ModelOutputError(
+            f"{model_uri} returned {values.dtype} predictions; lakecast needs a probability per class"
+        )
+    proba = values.astype(np.float32, copy=False)
+    if not np.isfinite(proba).all():
+        broken = ~np.isfinite(proba).all(axis=1)
+        raise ModelOutputError(
+            f"{model_uri} returned NaN or infinite probabilities for {int(broken.sum())} of {rows} rows (the first "
+            f"at row {int(np.argmax(broken))} of the batch), from inputs that passed validation; nothing is published"
+        )
+    if not _class_probabilities(proba):
+        sums = proba.sum(axis=1, dtype=np.float64)
+        row = int(np.argmax((np.abs(sums - 1) > 1e-3) | (proba < 0).any(axis=1) | (proba > 1).any(axis=1)))
+        raise ModelOutputError(
+            f"{model_uri} returned rows that are not a probability per class (row {row} of the batch: "
+            f"{', '.join(f'{v:.4g}' for v in proba[row])}, summing to {sums[row]:.4g}); a multiclass model returns "
+            "each row's class probabilities, summing to 1: a network that returns logits needs a softmax last"
+        )
+    return proba
 
 
 class BatchPredictor:
@@ -284,10 +324,14 @@ class BatchPredictor:
             log.warning("could not record the time of %s: %s", event, e)
 
     def score(self, batch: pa.Table) -> np.ndarray:
-        if self.model is not None:
-            return self.model.predict_proba(batch)
-        assert self.pyfunc is not None
+        """The batch's scores: a vector, or a multiclass model's matrix of a column per class."""
         options = self.options
+        if self.model is not None:
+            scores = self.model.predict_proba(batch)
+            if options.task == "multiclass":
+                return class_probabilities(scores, batch.num_rows, options.model_uri, options.classes)
+            return scores
+        assert self.pyfunc is not None
         columns = options.input_columns or [
             c for c in batch.column_names if c != options.key and c not in options.passthrough
         ]
@@ -296,6 +340,8 @@ class BatchPredictor:
         except ModelInputError as e:
             raise ModelInputError(f"{options.model_uri}: {e}") from None
         predictions = self.pyfunc.predict(model_input)
+        if options.task == "multiclass":
+            return class_probabilities(predictions, batch.num_rows, options.model_uri, options.classes)
         return one_score_per_row(
             predictions, batch.num_rows, options.model_uri, classifies=options.task == "classification"
         )
@@ -315,14 +361,15 @@ class BatchPredictor:
             threshold=self.threshold,
             lineage=options.lineage,
             passthrough={c: batch.column(c) for c in options.passthrough},
+            classes=options.classes,
         )
 
 
 def prediction_columns(
-    key: str, score_column: str, *, classifies: bool = True, passthrough: Sequence[str] = ()
+    key: str, score_column: str, *, predicts: bool = True, passthrough: Sequence[str] = ()
 ) -> list[str]:
     """The columns :func:`prediction_table` builds, in order (a regression's without ``prediction``)."""
-    return [key, *passthrough, score_column, *([PREDICTION] if classifies else []), *LINEAGE_COLUMNS]
+    return [key, *passthrough, score_column, *([PREDICTION] if predicts else []), *LINEAGE_COLUMNS]
 
 
 def prediction_table(
@@ -334,10 +381,15 @@ def prediction_table(
     threshold: float | None,
     lineage: Lineage,
     passthrough: Mapping[str, pa.Array | pa.ChunkedArray] | None = None,
+    classes: Sequence[str] = (),
 ) -> pa.Table:
     """The rows a job writes: the key, the ``passthrough`` columns (the input's own, copied as
     they are), the score, the prediction (``score >= threshold``; none where ``threshold`` is
     None, a regression's) and the lineage columns.
+
+    A multiclass model's ``proba`` is a matrix, a column per class of ``classes``: the
+    prediction is the most probable class's name (dictionary-encoded, an index a row, as the
+    lineage's strings), the score its probability.
 
     Every column of lakecast's is declared non-nullable (Parquet's ``required``): none can hold a
     null (the key is checked before a row is scored), and the writer then stores no definition
@@ -345,15 +397,22 @@ def prediction_table(
     passthrough columns stay nullable, as the input's.
     """
     carried = dict(passthrough or {})
-    columns = {
-        key: keys,
-        **carried,
-        score_column: pa.array(proba),
-        **({PREDICTION: pa.array((proba >= threshold).astype(np.int8))} if threshold is not None else {}),
-        **_lineage_columns(lineage, len(keys)),
-    }
+    if proba.ndim == 2:
+        best = proba.argmax(axis=1).astype(np.int32)
+        score = pa.array(proba[np.arange(len(best)), best])
+        predicted = {PREDICTION: pa.DictionaryArray.from_arrays(pa.array(best), _names(tuple(classes)))}
+    else:
+        score = pa.array(proba)
+        cut = threshold is not None
+        predicted = {PREDICTION: pa.array((proba >= threshold).astype(np.int8))} if cut else {}
+    columns = {key: keys, **carried, score_column: score, **predicted, **_lineage_columns(lineage, len(keys))}
     schema = _schema(tuple(columns), tuple(c.type for c in columns.values()), tuple(carried))
     return pa.Table.from_arrays(list(columns.values()), schema=schema)
+
+
+@functools.lru_cache(maxsize=4)
+def _names(classes: tuple[str, ...]) -> pa.Array:
+    return pa.array(classes, pa.string())
 
 
 @functools.lru_cache(maxsize=16)
@@ -377,17 +436,25 @@ def _lineage_columns(lineage: Lineage, n: int) -> dict[str, pa.Array]:
     }
 
 
-def parquet_options(columns: list[str]) -> dict[str, list[str]]:
-    """How to write a table of predictions to Parquet: ``pq.write_table(t, path, **parquet_options(t.column_names))``.
+def parquet_options(columns: pa.Schema | Sequence[str]) -> dict[str, list[str]]:
+    """How to write a table of predictions to Parquet: ``pq.write_table(t, path, **parquet_options(t.schema))``.
 
     Dictionary pages only for the lineage strings, which :func:`prediction_table` builds
-    dictionary-encoded already; by default Parquet also tries a dictionary for the key and the
-    scores, hashing a million distinct values per file before it gives up. Statistics (min and
-    max per row group) for the other columns only: a lineage string holds one value per run, and
-    its statistics cost as much as the rest of the file's. Together 93 → 53 ms per 1M rows.
+    dictionary-encoded already, and a multiclass model's class names (given the schema, which
+    says so); by default Parquet also tries a dictionary for the key and the scores, hashing a
+    million distinct values per file before it gives up. Statistics (min and max per row group)
+    for the other columns only: a lineage string holds one value per run, and its statistics
+    cost as much as the rest of the file's. Together 93 → 53 ms per 1M rows.
     """
-    encoded = [c for c in ENCODED_LINEAGE if c in columns]
-    return {"use_dictionary": encoded, "write_statistics": [c for c in columns if c not in encoded]}
+    names = columns.names if isinstance(columns, pa.Schema) else list(columns)
+    encoded = [c for c in ENCODED_LINEAGE if c in names]
+    if (
+        isinstance(columns, pa.Schema)
+        and PREDICTION in names
+        and pa.types.is_dictionary(columns.field(PREDICTION).type)
+    ):
+        encoded.append(PREDICTION)
+    return {"use_dictionary": encoded, "write_statistics": [c for c in names if c not in encoded]}
 
 
 def in_batches(score: Callable[[pa.Table], pa.Table], table: pa.Table, batch_size: int | None) -> pa.Table:
@@ -518,11 +585,23 @@ class PairPredictor:
     def __call__(self, batch: pa.Table) -> pa.Table:
         return in_batches(self._score_pair, batch, self.batch_size)
 
+    @property
+    def score_type(self) -> pa.DataType:
+        """A score column's type: a float, or a multiclass model's fixed-size list of a float per class."""
+        classes = self.champion.options.classes
+        return pa.list_(pa.float32(), len(classes)) if classes else pa.float32()
+
     def _score_pair(self, batch: pa.Table) -> pa.Table:
         columns = {c: batch.column(c) for c in self.passthrough}
-        columns["score_champion"] = pa.array(self.champion.score(batch).astype(np.float32, copy=False))
-        columns["score_challenger"] = pa.array(self.challenger.score(batch).astype(np.float32, copy=False))
+        columns["score_champion"] = self._scores(self.champion.score(batch))
+        columns["score_challenger"] = self._scores(self.challenger.score(batch))
         return pa.table(columns)
+
+    def _scores(self, scores: np.ndarray) -> pa.Array:
+        scores = scores.astype(np.float32, copy=False)
+        if scores.ndim == 1:
+            return pa.array(scores)
+        return pa.FixedSizeListArray.from_arrays(pa.array(scores.ravel()), scores.shape[1])
 
 
 class PairActor(PairPredictor):

@@ -88,6 +88,28 @@ def test_mcnemar_matches_the_exact_binomial_test():
     assert c.differences["accuracy"].low <= c.differences["accuracy"].diff <= c.differences["accuracy"].high
 
 
+def test_a_multiclass_challenger_that_is_right_more_often_is_promoted_on_log_loss():
+    """A multiclass comparison: the bootstrap over the class probabilities, McNemar's test on
+    the rows where one model's most probable class is right, the primary metric log loss."""
+    rng = np.random.default_rng(2)
+    n, k = 3000, 3
+    y = rng.choice(k, n)
+
+    def probabilities(signal: float) -> np.ndarray:
+        logits = rng.normal(size=(n, k)) + signal * np.eye(k)[y]
+        return np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+
+    a, b = probabilities(0.5), probabilities(1.5)
+    c = abstats.compare(y, a, b, task="multiclass", threshold=0.5, confidence=0.95, bootstrap=200)
+    assert set(c.champion) == {"accuracy", "macro_f1", "log_loss", "brier"}
+    right_a, right_b = a.argmax(axis=1) == y, b.argmax(axis=1) == y
+    assert c.mcnemar["champion_only_right"] == int(np.sum(right_a & ~right_b))
+    assert c.mcnemar["challenger_only_right"] == int(np.sum(~right_a & right_b))
+    verdict, reasons = abstats.verdict(c, primary="log_loss", min_improvement=0.01, guards={"accuracy": 0.0})
+    assert verdict == "promote", reasons
+    assert c.differences["log_loss"].high < 0 < c.differences["accuracy"].low
+
+
 def test_psi_is_zero_for_the_same_distribution_and_grows_with_shift():
     rng = np.random.default_rng(0)
     x = rng.random(10_000)

@@ -376,7 +376,35 @@ def test_a_name_in_the_file_must_be_the_files_own(tmp_path):
         ),
         (
             "model: {name: ltv, task: forecast}",
-            "model.task: Input should be 'classification' or 'regression'",
+            "model.task: Input should be 'classification', 'multiclass' or 'regression'",
+        ),
+        (
+            "model: {name: plan, task: multiclass}",
+            "model: classes: a multiclass model (task: multiclass) needs its classes' names, at least two, in the "
+            "order of the model's output columns",
+        ),
+        ("model: {name: plan, task: multiclass, classes: [basic]}", "model: classes: a multiclass model"),
+        (
+            "model: {name: plan, task: multiclass, classes: [basic, plus, basic]}",
+            "model: classes: 'basic' listed more than once",
+        ),
+        (
+            "model: {name: plan, task: multiclass, classes: [basic, 5+ seats]}",
+            "model: classes: '5+ seats' is not a class name lakecast can keep: the share of the rows predicted in "
+            "each class is an MLflow metric named after it (score.share.<class>)",
+        ),
+        (
+            "model: {name: plan, classes: [basic, plus]}",
+            "model: classes: only a multiclass model has classes to name (task is 'classification')",
+        ),
+        (
+            "model: {name: plan, task: multiclass, classes: [a, b, c]}\noutput: {table: predictions/p, threshold: 0.5}",
+            "output.threshold: a multiclass model's prediction is its most probable class, with no threshold",
+        ),
+        (
+            "model: {name: plan, task: multiclass, classes: [a, b, c]}\n"
+            "ab: {labeled_table: labeled, label: plan, guards: {ece: 0.01}}",
+            "ab: unknown multiclass metric 'ece' (known: accuracy, brier, log_loss, macro_f1)",
         ),
     ],
 )
@@ -406,6 +434,12 @@ def test_a_job_that_would_destroy_or_confuse_its_own_data_is_refused(tmp_path, c
             "regression",
             "mae",
         ),
+        (
+            "{name: m, task: multiclass, classes: [0, 1, 2]}",
+            "{labeled_table: l, label: plan}",
+            "multiclass",
+            "log_loss",
+        ),
     ],
 )
 def test_the_task_is_written_once_for_the_model_and_its_comparison(tmp_path, model, ab, task, primary):
@@ -413,6 +447,9 @@ def test_the_task_is_written_once_for_the_model_and_its_comparison(tmp_path, mod
     job = load_job_file(write(tmp_path, text))
     assert (job.model.task, job.ab.task, job.ab.primary_metric) == (task, task, primary)
     assert job.classifies == (task == "classification")
+    assert job.predicts == (task != "regression")
+    # YAML's numbers name classes by their text, as the prediction column holds them
+    assert job.classes == (("0", "1", "2") if task == "multiclass" else ())
 
 
 def test_a_fixed_version_beside_the_default_alias_is_fine(tmp_path):

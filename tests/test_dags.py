@@ -124,11 +124,18 @@ def test_the_dags_docs_say_what_the_score_column_holds(settings, parsed, tmp_pat
     regression = without_ab.replace("  alias: champion ", "  task: regression\n  alias: champion ").replace(
         "  score_column: churn_probability\n", "  score_column: churn_probability\n  passthrough: [region]\n"
     )
-    dag = parse_dags(settings, LAKECAST_CONF=str(conf_with(tmp_path, churn=regression)))["dags"]["lakecast__churn"]
+    multiclass = without_ab.replace(
+        "  alias: champion ", "  task: multiclass\n  classes: [basic, plus, premium]\n  alias: champion "
+    ).replace("table: predictions/churn", "table: predictions/plan")
+    dags = parse_dags(settings, LAKECAST_CONF=str(conf_with(tmp_path, churn=regression, plan=multiclass)))["dags"]
     assert (
         "column `churn_probability` (the predicted value: a regression, model.task), the input's `region` "
         "(output.passthrough) plus lineage"
-    ) in dag["doc_md"]
+    ) in dags["lakecast__churn"]["doc_md"]
+    assert (
+        "column `churn_probability` (the probability of the predicted class) and `prediction` (one of basic, plus, "
+        "premium) plus lineage"
+    ) in dags["lakecast__plan"]["doc_md"]
 
 
 def test_a_job_that_names_who_to_mail_mails_them_from_every_task(settings, parsed, tmp_path):

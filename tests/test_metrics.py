@@ -75,3 +75,24 @@ def test_one_class_resample_has_no_auc():
     m = Classification(y, np.array([0.1, 0.2, 0.8, 0.9])).metrics(np.array([1, 2, 0, 0]))
     assert np.isnan(m["roc_auc"]) and np.isnan(m["pr_auc"])
     assert m["accuracy"] == 1.0
+
+
+def test_multiclass_matches_sklearn_and_reweights_like_its_resample():
+    """Accuracy, macro F1 (a class never labeled but predicted counted, as scikit-learn does),
+    log loss and Brier's score over the classes, on the rows and on a resample as weights."""
+    from jobs.metrics import Multiclass, multiclass
+
+    rng = np.random.default_rng(4)
+    n, k = 3000, 4
+    y = rng.choice(3, n)  # the fourth class is never the outcome
+    logits = rng.normal(size=(n, k)) + 1.5 * np.eye(k)[y]
+    p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    m = multiclass(y, p)
+    assert m["accuracy"] == pytest.approx(skm.accuracy_score(y, p.argmax(axis=1)))
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(y, p.argmax(axis=1), average="macro"))
+    assert m["log_loss"] == pytest.approx(skm.log_loss(y, p, labels=range(k)), rel=1e-9)
+    assert m["brier"] == pytest.approx(skm.brier_score_loss(y, p, labels=range(k)))
+    prepared = Multiclass(y, p)
+    idx = rng.integers(0, n, n)
+    weighted, direct = prepared.metrics(np.bincount(idx, minlength=n)), multiclass(y[idx], p[idx])
+    assert weighted == pytest.approx(direct, rel=1e-9)

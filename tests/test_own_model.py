@@ -339,7 +339,7 @@ def test_a_regression_model_writes_its_predicted_values_and_is_compared_on_rmse(
     rows = raw_rows(lake).set_index("customer_id")
     scored, shadow = output(lake, "user_spend"), output(lake, "user_spend_shadow")
     assert list(scored.columns) == ["customer_id", "total_charges_predicted", *LINEAGE_COLUMNS]
-    assert list(scored.columns) == prediction_columns("customer_id", "total_charges_predicted", classifies=False)
+    assert list(scored.columns) == prediction_columns("customer_id", "total_charges_predicted", predicts=False)
     want = versions[0].predict(rows.loc[scored["customer_id"], features])
     # a predicted value as the model gives it, in float64: no digit lost to a probability's float32
     np.testing.assert_array_equal(scored["total_charges_predicted"], want)
@@ -363,6 +363,85 @@ def test_a_regression_model_writes_its_predicted_values_and_is_compared_on_rmse(
     apart = (both["total_charges_predicted"] - both["total_charges_predicted_shadow"]).abs().mean()
     assert len(both) == len(scored) and report["shadow"]["mean_abs_difference"] == pytest.approx(apart, rel=1e-5)
     assert f"mean absolute difference {apart:.4g}" in markdown(report)
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning:skops")
+def test_a_multiclass_model_predicts_a_class_with_its_probability_and_is_compared_on_log_loss(
+    settings, lake, ray_local, tmp_path
+):
+    """``model.task: multiclass``: a customer's contract type predicted from their account by two
+    scikit-learn classifiers (``predict_proba``, a probability per class). The predictions hold
+    the most probable class's name and its probability; the night's figures, each class's share;
+    the shadow's report, how often the two versions predict one class; the comparison, log loss
+    on the labeled table's class names, with McNemar's test on the rows one version gets right."""
+    import sklearn
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    classes = ["month_to_month", "one_year", "two_year"]
+    features = ["tenure_months", "monthly_charges", "contract_months_left", "discount_pct"]
+    labeled = pads.dataset(lake.partition_path("labeled/customers", DAY), format="parquet").to_table().to_pandas()
+    fit_on = labeled.dropna(subset=features)
+    # the challenger held back by its regularisation, the champion not
+    versions = [make_pipeline(StandardScaler(), LogisticRegression(C=c)) for c in (1.0, 1e-3)]
+    for classifier in versions:
+        classifier.fit(fit_on[features], fit_on["contract_type"])
+        assert list(classifier.classes_) == classes  # the columns of predict_proba
+        register(
+            settings,
+            "user-contract",
+            lambda name, c=classifier: mlflow.sklearn.log_model(
+                c,
+                name="model",
+                pyfunc_predict_fn="predict_proba",
+                signature=infer_signature(fit_on[features].head(50), c.predict_proba(fit_on[features].head(50))),
+                registered_model_name=name,
+                pip_requirements=[f"scikit-learn=={sklearn.__version__}"],
+            ),
+        )
+    mlflow.MlflowClient().set_registered_model_alias("user-contract", "champion", "1")
+    mlflow.MlflowClient().set_registered_model_alias("user-contract", "challenger", "2")
+    path = job_file(tmp_path, "user_contract", "user-contract")
+    text = path.read_text().replace(
+        "model: {name: user-contract}",
+        f"model: {{name: user-contract, task: multiclass, classes: [{', '.join(classes)}]}}",
+    )
+    path.write_text(
+        text + "ab: {labeled_table: labeled/customers, label: contract_type, bootstrap: 100, shadow: true}\n"
+    )
+    job = load_job_file(path)
+
+    result = run_job(job, DAY, settings=settings)
+
+    rows = raw_rows(lake).set_index("customer_id")
+    scored, shadow = output(lake, "user_contract"), output(lake, "user_contract_shadow")
+    assert list(scored.columns) == prediction_columns("customer_id", "score")
+    proba = versions[0].predict_proba(rows.loc[scored["customer_id"], features])
+    assert (scored["prediction"].astype(str) == np.array(classes)[proba.argmax(axis=1)]).all()
+    np.testing.assert_allclose(scored["score"], proba.max(axis=1), rtol=1e-6)
+    assert scored["score"].dtype == np.float32 and scored["prediction"].nunique() > 1
+    shares = scored["prediction"].astype(str).value_counts(normalize=True)
+    for name in classes:
+        assert result.scores[f"share.{name}"] == pytest.approx(shares.get(name, 0.0))
+    assert "positive_rate" not in result.scores
+    manifest = lake.committed("predictions/user_contract", DAY)[1]
+    assert manifest["scores"]["share.one_year"] == pytest.approx(result.scores["share.one_year"])
+    metrics = mlflow.MlflowClient().get_run(result.run_id).data.metrics
+    assert metrics["score.share.month_to_month"] == pytest.approx(shares.get("month_to_month", 0.0))
+
+    report = run_compare(job, DAY, settings=settings)
+
+    assert (report["task"], report["policy"]["primary_metric"]) == ("multiclass", "log_loss")
+    valid = labeled.dropna(subset=features)
+    for role, classifier in zip(("champion", "challenger"), versions, strict=True):
+        want = log_loss(valid["contract_type"], classifier.predict_proba(valid[features]), labels=classes)
+        assert report["metrics"][role]["log_loss"] == pytest.approx(want, rel=1e-4)
+    assert report["mcnemar"]["champion_only_right"] + report["mcnemar"]["challenger_only_right"] > 0
+    both = scored.merge(shadow, on="customer_id", suffixes=("", "_shadow"))
+    agree = (both["prediction"].astype(str) == both["prediction_shadow"].astype(str)).mean()
+    assert len(both) == len(scored) and report["shadow"]["agreement"] == pytest.approx(agree)
 
 
 class _AgeScore(mlflow.pyfunc.PythonModel):

@@ -112,6 +112,55 @@ def test_two_outputs_are_a_classifiers_probabilities_never_a_regressions():
     np.testing.assert_array_equal(values, [250.0, -3.5, 16_777_217.0])  # past float32's integers, kept
 
 
+def test_a_multiclass_models_prediction_is_its_most_probable_class(tmp_path):
+    """The prediction names the class of the highest probability, which is the score; the
+    classes' names go to Parquet as strings, dictionary-encoded, and are read back as written."""
+    import pyarrow.parquet as pq
+
+    from models.predictor import Lineage, class_probabilities, parquet_options, prediction_table
+
+    classes = ("basic", "plus", "premium")
+    proba = class_probabilities(np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.2, 0.5, 0.3]]), 3, "m", classes)
+    lineage = Lineage("plan", 4, "run-1", dt.datetime(2026, 12, 5, tzinfo=dt.UTC))
+    keys = pa.array([10, 11, 12])
+    table = prediction_table(keys, proba, key="id", score_column="p", threshold=None, lineage=lineage, classes=classes)
+    assert table.column("prediction").to_pylist() == ["basic", "premium", "plus"]
+    np.testing.assert_array_equal(table.column("p").to_numpy(), np.float32([0.7, 0.6, 0.5]))
+    options = parquet_options(table.schema)
+    assert "prediction" in options["use_dictionary"] and "p" not in options["use_dictionary"]
+    pq.write_table(table, tmp_path / "part.parquet", **options)
+    back = pq.read_table(tmp_path / "part.parquet")
+    assert back.column("prediction").to_pylist() == ["basic", "premium", "plus"]
+    assert pq.read_schema(tmp_path / "part.parquet").field("p").type == pa.float32()
+
+
+@pytest.mark.parametrize(
+    ("returned", "error"),
+    [
+        (
+            np.full((3, 2), 0.5),
+            r"m returned predictions of shape \(3, 2\) for 3 rows; a multiclass model \(model.task\) "
+            r"returns a probability per class, 3 columns for model.classes \[a, b, c\]",
+        ),
+        (
+            np.array([[2.0, -1.0, 0.5]] * 3),
+            r"m returned rows that are not a probability per class \(row 0 of the batch: "
+            r"2, -1, 0.5, summing to 1.5\); .* a network that returns logits needs a softmax last",
+        ),
+        (
+            np.array([[0.5, 0.5, 0.0], [np.nan, 0.5, 0.5], [0.2, 0.2, 0.6]]),
+            r"m returned NaN or infinite probabilities "
+            r"for 1 of 3 rows \(the first at row 1 of the batch\)",
+        ),
+    ],
+)
+def test_a_multiclass_models_output_that_is_not_its_class_probabilities_is_named(returned, error):
+    from models.predictor import ModelOutputError, class_probabilities
+
+    with pytest.raises(ModelOutputError, match=error):
+        class_probabilities(returned, 3, "m", ("a", "b", "c"))
+
+
 def test_threshold_from_job_overrides_model(settings, registered, raw_batch):
     out = make_predictor(settings, registered["champion"], threshold=0.0)(raw_batch)
     assert out["prediction"].to_numpy().all()

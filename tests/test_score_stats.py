@@ -101,3 +101,51 @@ def test_the_shift_from_the_day_before():
     flat = score_stats.merge(pieces(np.zeros(1000, dtype=np.float32), [], every=1))
     assert "psi_vs_previous_day" not in score_stats.merge(pieces(rng.random(100).astype(np.float32), [], 1), flat)
     assert "psi_vs_previous_day" not in score_stats.merge(pieces(rng.random(100).astype(np.float32), [], 1), {})
+
+
+def test_a_multiclass_nights_figures_are_its_classes_shares_and_their_shift(caplog):
+    """A multiclass model's summaries count the rows by predicted class, by the class's name,
+    whatever each file's dictionary (a canary's files encode the names anew): merged, the share
+    of each class, its line, and the shares' stability against the day before, warned of past
+    the alert mark."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from jobs import drift
+
+    classes = ("basic", "plus", "premium")
+
+    def night(shares: list[float], seed: int) -> list[dict]:
+        rng = np.random.default_rng(seed)
+        picked = rng.choice(3, 30_000, p=shares)
+        summaries = []
+        for part, order in ((picked[:10_000], classes), (picked[10_000:], classes[::-1])):
+            names = pa.array(order)
+            indices = pa.array([order.index(classes[i]) for i in part], pa.int32())
+            table = pa.table({"p": rng.random(len(part)), "prediction": pa.DictionaryArray.from_arrays(indices, names)})
+            summaries.append(score_stats.of_table(table, "p", every=1))
+        return summaries, np.bincount(picked, minlength=3) / len(picked)
+
+    summaries, shares = night([0.6, 0.3, 0.1], 1)
+    yesterday = score_stats.merge(summaries, classifies=False, classes=classes)
+    assert [yesterday[f"share.{c}"] for c in classes] == pytest.approx(shares.tolist())
+    assert "positive_rate" not in yesterday and score_stats.CLASS_PSI not in yesterday
+    line = score_stats.describe(yesterday)
+    assert line.endswith(
+        f"predicted basic {100 * shares[0]:.1f}%, plus {100 * shares[1]:.1f}%, premium {100 * shares[2]:.1f}%"
+    )
+
+    same = score_stats.merge(night([0.6, 0.3, 0.1], 2)[0], yesterday, classifies=False, classes=classes)
+    assert same[score_stats.CLASS_PSI] < 0.01
+    moved, now = night([0.2, 0.3, 0.5], 3)
+    figures = drift.score_distribution(
+        dt.date(2026, 12, 5), moved, {"scores": yesterday}, table="predictions/plan", classifies=False, classes=classes
+    )
+    expected = sum((b - a) * np.log(b / a) for a, b in zip(shares, now, strict=True))
+    assert figures[score_stats.CLASS_PSI] == pytest.approx(expected, rel=1e-9)
+    assert (
+        f"predictions/plan's predicted classes moved since 2026-12-04: population stability index {expected:.2f}"
+        in caplog.text
+    )
+    assert f"premium {100 * shares[2]:.1f}% → {100 * now[2]:.1f}%" in caplog.text
