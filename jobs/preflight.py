@@ -185,6 +185,8 @@ def model_inputs(job: JobConfig, ref: ModelRef, *, takes_every_listed: bool = Tr
 
     with model_files(ref.uri):
         signature = get_model_info(ref.uri).signature
+    if job.classes and signature is not None and signature.outputs is not None:
+        _check_class_columns(job, ref, signature.outputs)
     if signature is None or signature.inputs is None:
         if not job.input.columns:
             raise JobError(f"{ref.uri} has no signature: list input.columns in {job.file}")
@@ -196,6 +198,38 @@ def model_inputs(job: JobConfig, ref: ModelRef, *, takes_every_listed: bool = Tr
         _check_listed_columns(job, ref, specs, takes_every_listed)
         specs = [s for s in specs if s[0] in job.input.columns or s[0] == job.input.key]
     return specs
+
+
+def _check_class_columns(job: JobConfig, ref: ModelRef, outputs: Any) -> None:
+    """A multiclass model whose signature says what it returns returns a column per class of
+    ``model.classes``, and where it names them, in that order: else every row would be scored
+    and then refused at the first batch, or worse, each probability put under another class's name.
+
+    Raises:
+        JobError: naming the model, what its signature says and the job file's classes.
+    """
+    classes = list(job.classes)
+    if outputs.is_tensor_spec():
+        shapes = [tuple(t.shape) for t in outputs.inputs]
+        if len(shapes) != 1 or len(shapes[0]) != 2 or shapes[0][1] in (-1, len(classes)):
+            return
+        said, names = f"a tensor of shape {shapes[0]}", None
+    else:
+        names = outputs.input_names()
+        said = f"{len(names)} columns ({', '.join(map(str, names))})"
+    if names is not None and len(names) == len(classes):
+        if [str(n) for n in names] == classes or sorted(map(str, names)) != sorted(classes):
+            return
+        raise JobError(
+            f"{ref.uri} returns its classes in the order {', '.join(map(str, names))}, by its signature, where "
+            f"model.classes in {job.file} lists [{', '.join(classes)}]: each probability would be written under "
+            "another class's name; list the classes in the model's order"
+        )
+    raise JobError(
+        f"{ref.uri} returns {said}, by its signature, where model.classes in {job.file} names {len(classes)} "
+        f"classes [{', '.join(classes)}]: a multiclass model returns a probability per class, in the order of "
+        "model.classes"
+    )
 
 
 def _check_listed_columns(

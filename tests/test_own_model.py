@@ -443,6 +443,51 @@ def test_a_multiclass_model_predicts_a_class_with_its_probability_and_is_compare
     agree = (both["prediction"].astype(str) == both["prediction_shadow"].astype(str)).mean()
     assert len(both) == len(scored) and report["shadow"]["agreement"] == pytest.approx(agree)
 
+    # a fourth class in the job file: refused before any actor starts, from the model's signature
+    path.write_text(path.read_text().replace("two_year]", "two_year, five_year]"))
+    with pytest.raises(
+        JobError, match=re.escape("returns a tensor of shape (-1, 3), by its signature, where model.classes")
+    ):
+        run_job(load_job_file(path), DAY, settings=settings)
+
+
+@pytest.mark.parametrize(
+    ("names", "error"),
+    [
+        (["basic", "plus", "premium"], None),
+        (["p0", "p1", "p2"], None),  # names that are no class's say nothing of the order
+        (["premium", "basic", "plus"], "returns its classes in the order premium, basic, plus, by its signature"),
+        (["basic", "plus"], "returns 2 columns (basic, plus), by its signature, where model.classes"),
+    ],
+)
+def test_a_multiclass_models_signature_names_its_classes_in_the_job_files_order(names, error):
+    """A model whose output columns are named by class (a pyfunc that returns a frame) returns
+    them in the order of ``model.classes``: another order would write each probability under
+    another class's name."""
+    from mlflow.types import ColSpec, Schema
+
+    from jobs.config import JobConfig
+    from jobs.preflight import _check_class_columns
+    from models.registry import ModelRef
+
+    job = JobConfig.model_validate(
+        {
+            "name": "plan",
+            "description": "d",
+            "schedule": None,
+            "input": {"table": "raw/plans", "key": "id"},
+            "model": {"name": "plan", "task": "multiclass", "classes": ["basic", "plus", "premium"]},
+            "output": {"table": "predictions/plan"},
+        }
+    )
+    outputs = Schema([ColSpec("double", name) for name in names])
+    ref = ModelRef("plan", 3, run_id=None, alias="champion")
+    if error is None:
+        _check_class_columns(job, ref, outputs)
+    else:
+        with pytest.raises(JobError, match=re.escape(error)):
+            _check_class_columns(job, ref, outputs)
+
 
 class _AgeScore(mlflow.pyfunc.PythonModel):
     """A challenger on fewer columns (``age``), or on one more (``tenure_months`` as well)."""
