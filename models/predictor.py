@@ -187,7 +187,8 @@ def one_score_per_row(predictions: object, rows: int, model_uri: str, *, classif
     if values.shape != (rows,):
         needs = (
             "one number per row (a single output column, such as the positive class's probability), or a binary "
-            "classifier's two class probabilities (each row summing to 1)"
+            "classifier's two class probabilities (each row summing to 1); a model that returns a probability for "
+            "each of more classes is a multiclass model: set model.task: multiclass and name them in model.classes"
             if classifies
             else "one number per row, the predicted value (model.task is 'regression')"
         )

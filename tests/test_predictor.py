@@ -104,6 +104,9 @@ def test_two_outputs_are_a_classifiers_probabilities_never_a_regressions():
     one the user meant is not lakecast's guess."""
     from models.predictor import ModelOutputError, one_score_per_row
 
+    three = np.array([[0.2, 0.3, 0.5]] * 3)
+    with pytest.raises(ModelOutputError, match=r"shape \(3, 3\) .* set model.task: multiclass and name them in model"):
+        one_score_per_row(three, 3, "models:/m/1")
     two = np.array([[0.25, 0.75], [0.5, 0.5], [1.0, 0.0]])
     np.testing.assert_array_equal(one_score_per_row(two, 3, "models:/m/1"), np.float32([0.75, 0.5, 0.0]))
     with pytest.raises(ModelOutputError, match=r"models:/m/1 returned predictions of shape \(3, 2\) for 3 rows; "):
