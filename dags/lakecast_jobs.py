@@ -99,7 +99,8 @@ Configured in `conf/jobs/{job.name}.yaml`.
 
 def _scores(job: JobConfig) -> str:
     if job.classes:
-        return f"(the probability of the predicted class) and `prediction` (one of {', '.join(job.classes)})"
+        each = f", each class's probability (`{'`, `'.join(job.class_columns)}`)" if job.class_columns else ""
+        return f"(the probability of the predicted class) and `prediction` (one of {', '.join(job.classes)}){each}"
     if not job.classifies:
         return "(the predicted value: a regression, model.task)"
     cut = f"{job.output.threshold:g}" if job.output.threshold is not None else "the model's threshold"

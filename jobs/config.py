@@ -146,6 +146,11 @@ class OutputSpec(Frozen):
     table: TablePath
     score_column: Column = "score"
     threshold: float | None = Field(None, ge=0, le=1, description="default: the model's own threshold")
+    class_scores: bool = Field(
+        False,
+        description="multiclass: also each class's probability, a column per class named "
+        "<score_column>_<class>, beside the predicted class's",
+    )
     passthrough: list[Column] = Field(
         [],
         description="input columns copied into the predictions beside the key, as they are (a region, a "
@@ -499,6 +504,20 @@ class JobConfig(Frozen):
                     f"output.passthrough: {column!r} is also {taken[column]} in the predictions: the two would "
                     "clash; rename the input column upstream, or the score"
                 )
+        taken |= {c: "an input column copied (output.passthrough)" for c in self.output.passthrough}
+        for column in self.class_columns:
+            odd = sorted({repr(c) for c in column if c in SPARK_REFUSES})
+            if odd:
+                raise ValueError(
+                    f"output.class_scores: the class's column {column!r} holds {', '.join(odd)}, which Spark refuses "
+                    "in a Parquet column's name: the predictions' readers could not read it; name the classes with "
+                    "letters, digits and _ (model.classes)"
+                )
+            if column in taken:
+                raise ValueError(
+                    f"output.class_scores: the class's column {column!r} is also {taken[column]} in the "
+                    "predictions: the two would clash; name the score or the input column otherwise"
+                )
         if self.input.key in FIXED_COLUMNS:
             raise ValueError(
                 f"input.key: {self.input.key!r} is a column lakecast adds to the predictions "
@@ -518,6 +537,11 @@ class JobConfig(Frozen):
             raise ValueError(
                 "output.threshold: a regression model's score is its predicted value, with no threshold to cut it "
                 "at and no prediction column (model.task is 'regression'); drop the key"
+            )
+        if self.output.class_scores and self.model.task != "multiclass":
+            raise ValueError(
+                f"output.class_scores: only a multiclass model has a probability per class to write (model.task is "
+                f"{self.model.task!r}); drop the key"
             )
         if self.model.task == "multiclass" and self.output.threshold is not None:
             raise ValueError(
@@ -596,6 +620,14 @@ class JobConfig(Frozen):
     def classes(self) -> tuple[str, ...]:
         """A multiclass model's classes, in the order of its output columns; empty for the others."""
         return tuple(self.model.classes or ())
+
+    @property
+    def class_columns(self) -> tuple[str, ...]:
+        """The columns of each class's probability, in ``classes``' order (``output.class_scores``);
+        empty where the predictions hold none."""
+        if not self.output.class_scores:
+            return ()
+        return tuple(f"{self.output.score_column}_{c}" for c in self.classes)
 
 
 def load_job_files(paths: list[Path]) -> tuple[dict[Path, JobConfig], dict[Path, ConfigError]]:

@@ -203,6 +203,7 @@ def predictor_options(
         filesystem=lake.fs,
         input_columns=pre.columns,
         passthrough=tuple(job.output.passthrough),
+        class_columns=job.class_columns,
     )
 
 

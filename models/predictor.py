@@ -93,6 +93,8 @@ class PredictorOptions:
     input_columns: tuple[str, ...] = ()
     # input columns copied into the predictions beside the key (output.passthrough)
     passthrough: tuple[str, ...] = ()
+    # a multiclass model's column of each class's probability, in ``classes``' order (output.class_scores)
+    class_columns: tuple[str, ...] = ()
 
 
 def arrow_scorer(pyfunc: object) -> ArrowScorer | None:
@@ -363,14 +365,20 @@ class BatchPredictor:
             lineage=options.lineage,
             passthrough={c: batch.column(c) for c in options.passthrough},
             classes=options.classes,
+            class_columns=options.class_columns,
         )
 
 
 def prediction_columns(
-    key: str, score_column: str, *, predicts: bool = True, passthrough: Sequence[str] = ()
+    key: str,
+    score_column: str,
+    *,
+    predicts: bool = True,
+    passthrough: Sequence[str] = (),
+    class_columns: Sequence[str] = (),
 ) -> list[str]:
     """The columns :func:`prediction_table` builds, in order (a regression's without ``prediction``)."""
-    return [key, *passthrough, score_column, *([PREDICTION] if predicts else []), *LINEAGE_COLUMNS]
+    return [key, *passthrough, score_column, *([PREDICTION] if predicts else []), *class_columns, *LINEAGE_COLUMNS]
 
 
 def prediction_table(
@@ -383,6 +391,7 @@ def prediction_table(
     lineage: Lineage,
     passthrough: Mapping[str, pa.Array | pa.ChunkedArray] | None = None,
     classes: Sequence[str] = (),
+    class_columns: Sequence[str] = (),
 ) -> pa.Table:
     """The rows a job writes: the key, the ``passthrough`` columns (the input's own, copied as
     they are), the score, the prediction (``score >= threshold``; none where ``threshold`` is
@@ -390,7 +399,8 @@ def prediction_table(
 
     A multiclass model's ``proba`` is a matrix, a column per class of ``classes``: the
     prediction is the most probable class's name (dictionary-encoded, an index a row, as the
-    lineage's strings), the score its probability.
+    lineage's strings), the score its probability; with ``class_columns``, each class's
+    probability follows in a column of its own.
 
     Every column of lakecast's is declared non-nullable (Parquet's ``required``): none can hold a
     null (the key is checked before a row is scored), and the writer then stores no definition
@@ -402,6 +412,7 @@ def prediction_table(
         best = proba.argmax(axis=1).astype(np.int32)
         score = pa.array(proba[np.arange(len(best)), best])
         predicted = {PREDICTION: pa.DictionaryArray.from_arrays(pa.array(best), _names(tuple(classes)))}
+        predicted |= {name: pa.array(proba[:, j]) for j, name in enumerate(class_columns)}
     else:
         score = pa.array(proba)
         cut = threshold is not None

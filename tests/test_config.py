@@ -402,6 +402,22 @@ def test_a_name_in_the_file_must_be_the_files_own(tmp_path):
             "output.threshold: a multiclass model's prediction is its most probable class, with no threshold",
         ),
         (
+            "model: {name: plan, task: multiclass, classes: [basic, 5 seats]}\n"
+            "output: {table: predictions/p, class_scores: true}",
+            "output.class_scores: the class's column 'score_5 seats' holds ' ', which Spark refuses in a Parquet "
+            "column's name",
+        ),
+        (
+            "model: {name: plan, task: multiclass, classes: [a, b]}\n"
+            "output: {table: predictions/p, score_column: p, class_scores: true, passthrough: [p_a]}",
+            "output.class_scores: the class's column 'p_a' is also an input column copied (output.passthrough)",
+        ),
+        (
+            "output: {table: predictions/p, class_scores: true}",
+            "output.class_scores: only a multiclass model has a probability per class to write (model.task is "
+            "'classification')",
+        ),
+        (
             "model: {name: plan, task: multiclass, classes: [a, b, c]}\n"
             "ab: {labeled_table: labeled, label: plan, guards: {ece: 0.01}}",
             "ab: unknown multiclass metric 'ece' (known: accuracy, brier, log_loss, macro_f1)",

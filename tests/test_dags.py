@@ -126,7 +126,7 @@ def test_the_dags_docs_say_what_the_score_column_holds(settings, parsed, tmp_pat
     )
     multiclass = without_ab.replace(
         "  alias: champion ", "  task: multiclass\n  classes: [basic, plus, premium]\n  alias: champion "
-    ).replace("table: predictions/churn", "table: predictions/plan")
+    ).replace("table: predictions/churn", "table: predictions/plan\n  class_scores: true")
     dags = parse_dags(settings, LAKECAST_CONF=str(conf_with(tmp_path, churn=regression, plan=multiclass)))["dags"]
     assert (
         "column `churn_probability` (the predicted value: a regression, model.task), the input's `region` "
@@ -134,7 +134,8 @@ def test_the_dags_docs_say_what_the_score_column_holds(settings, parsed, tmp_pat
     ) in dags["lakecast__churn"]["doc_md"]
     assert (
         "column `churn_probability` (the probability of the predicted class) and `prediction` (one of basic, plus, "
-        "premium) plus lineage"
+        "premium), each class's probability (`churn_probability_basic`, `churn_probability_plus`, "
+        "`churn_probability_premium`) plus lineage"
     ) in dags["lakecast__plan"]["doc_md"]
 
 

@@ -372,7 +372,8 @@ def test_a_multiclass_model_predicts_a_class_with_its_probability_and_is_compare
     """``model.task: multiclass``: a customer's contract type predicted from their account by two
     scikit-learn classifiers (``predict_proba``, a probability per class). The predictions hold
     the most probable class's name and its probability; the night's figures, each class's share;
-    the shadow's report, how often the two versions predict one class; the comparison, log loss
+    the shadow's report, how often the two versions predict one class; with ``output.class_scores``,
+    every class's probability in a column of its own; the comparison, log loss
     on the labeled table's class names, with McNemar's test on the rows one version gets right."""
     import sklearn
     from sklearn.linear_model import LogisticRegression
@@ -408,6 +409,9 @@ def test_a_multiclass_model_predicts_a_class_with_its_probability_and_is_compare
         "model: {name: user-contract}",
         f"model: {{name: user-contract, task: multiclass, classes: [{', '.join(classes)}]}}",
     )
+    text = text.replace(
+        "output: {table: predictions/user_contract}", "output: {table: predictions/user_contract, class_scores: true}"
+    )
     path.write_text(
         text + "ab: {labeled_table: labeled/customers, label: contract_type, bootstrap: 100, shadow: true}\n"
     )
@@ -417,8 +421,10 @@ def test_a_multiclass_model_predicts_a_class_with_its_probability_and_is_compare
 
     rows = raw_rows(lake).set_index("customer_id")
     scored, shadow = output(lake, "user_contract"), output(lake, "user_contract_shadow")
-    assert list(scored.columns) == prediction_columns("customer_id", "score")
+    each = [f"score_{c}" for c in classes]  # output.class_scores: every class's probability too
+    assert list(scored.columns) == prediction_columns("customer_id", "score", class_columns=each)
     proba = versions[0].predict_proba(rows.loc[scored["customer_id"], features])
+    np.testing.assert_allclose(scored[each].to_numpy(), proba, rtol=1e-6)
     assert (scored["prediction"].astype(str) == np.array(classes)[proba.argmax(axis=1)]).all()
     np.testing.assert_allclose(scored["score"], proba.max(axis=1), rtol=1e-6)
     assert scored["score"].dtype == np.float32 and scored["prediction"].nunique() > 1
