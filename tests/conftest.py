@@ -22,9 +22,9 @@ LABELED_ROWS = 4_000
 LONGEST_FIRST = (
     "test_demo",
     "test_production",
-    "test_own_model",
     "test_bad_inputs",
     "test_job",
+    "test_own_model",
     "test_faults",
     "test_bench",
     "test_lake",
