@@ -31,6 +31,22 @@ Column = Annotated[str, StringConstraints(min_length=1)]
 SPARK_REFUSES = frozenset(" ,;{}()\n\t=")
 # a class's name (model.classes), as an MLflow metric's name takes it (score.share.<class>)
 CLASS_NAME = re.compile(r"[\w.\- :]+")
+
+
+def each_once(values: list[str] | None) -> list[str] | None:
+    """``values`` as given, or an error naming each one listed twice."""
+    twice = sorted({v for v in values or () if values.count(v) > 1})
+    if twice:
+        raise ValueError(f"{', '.join(map(repr, twice))} listed more than once")
+    return values
+
+
+def spark_refused(name: str) -> str:
+    """The characters of ``name`` that Spark refuses in a Parquet column's name, quoted; empty
+    for a name it takes."""
+    return ", ".join(sorted({repr(c) for c in name if c in SPARK_REFUSES}))
+
+
 # an address a mail server would take: one @, a dot in the domain, no spaces or separators
 EMAIL = re.compile(r"[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>.]+")
 
@@ -54,10 +70,7 @@ class InputSpec(Frozen):
     @field_validator("columns")
     @classmethod
     def _each_once(cls, v: list[str] | None) -> list[str] | None:
-        repeated = sorted({c for c in v or () if v.count(c) > 1})
-        if repeated:
-            raise ValueError(f"{', '.join(map(repr, repeated))} listed more than once")
-        return v
+        return each_once(v)
 
     @field_validator("partition")
     @classmethod
@@ -127,9 +140,10 @@ class ModelSpec(Frozen):
                 "each class is an MLflow metric named after it (score.share.<class>), so a name holds letters, "
                 "digits, and _ . - : or spaces"
             )
-        twice = sorted({c for c in self.classes if self.classes.count(c) > 1})
-        if twice:
-            raise ValueError(f"classes: {', '.join(map(repr, twice))} listed more than once")
+        try:
+            each_once(self.classes)
+        except ValueError as e:
+            raise ValueError(f"classes: {e}") from None
         return self
 
     @model_validator(mode="after")
@@ -167,20 +181,16 @@ class OutputSpec(Frozen):
     @field_validator("passthrough")
     @classmethod
     def _each_once(cls, v: list[str]) -> list[str]:
-        twice = sorted({c for c in v if v.count(c) > 1})
-        if twice:
-            raise ValueError(f"{', '.join(map(repr, twice))} listed more than once")
-        return v
+        return each_once(v)
 
     @field_validator("score_column")
     @classmethod
     def _readable_downstream(cls, v: str) -> str:
         """Spark's Parquet support (and Delta Lake's) refuses these characters in a column's name,
         and the predictions are read downstream by engines lakecast does not choose."""
-        odd = sorted({repr(c) for c in v if c in SPARK_REFUSES})
-        if odd:
+        if odd := spark_refused(v):
             raise ValueError(
-                f"{v!r} holds {', '.join(odd)}, which Spark refuses in a Parquet column's name: the "
+                f"{v!r} holds {odd}, which Spark refuses in a Parquet column's name: the "
                 "predictions' readers could not read it; use letters, digits and _ (churn_probability)"
             )
         return v
@@ -506,10 +516,9 @@ class JobConfig(Frozen):
                 )
         taken |= {c: "an input column copied (output.passthrough)" for c in self.output.passthrough}
         for column in self.class_columns:
-            odd = sorted({repr(c) for c in column if c in SPARK_REFUSES})
-            if odd:
+            if odd := spark_refused(column):
                 raise ValueError(
-                    f"output.class_scores: the class's column {column!r} holds {', '.join(odd)}, which Spark refuses "
+                    f"output.class_scores: the class's column {column!r} holds {odd}, which Spark refuses "
                     "in a Parquet column's name: the predictions' readers could not read it; name the classes with "
                     "letters, digits and _ (model.classes)"
                 )

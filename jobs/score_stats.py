@@ -21,6 +21,7 @@ quantiles come from the sample.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -116,14 +117,10 @@ def of_table(table: pa.Table, score_column: str, every: int) -> dict[str, Any]:
     predictions = table.column(PREDICTION)
     if not pa.types.is_dictionary(predictions.type):
         return summarize(scores, predictions.to_numpy(), every)
-    counts: dict[str, int] = {}  # a multiclass model's class names: each chunk's dictionary its own
+    counts: Counter[str] = Counter()  # a multiclass model's class names: each chunk's dictionary its own
     for chunk in predictions.chunks:
-        for name, count in zip(
-            chunk.dictionary.to_pylist(),
-            np.bincount(chunk.indices, minlength=len(chunk.dictionary)).tolist(),
-            strict=True,
-        ):
-            counts[name] = counts.get(name, 0) + count
+        names, found = chunk.dictionary.to_pylist(), np.bincount(chunk.indices, minlength=len(chunk.dictionary))
+        counts.update(dict(zip(names, found.tolist(), strict=True)))
     return summarize(scores, None, every, counts)
 
 
@@ -144,14 +141,14 @@ def combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         "score_max": max(a["score_max"], b["score_max"]),
         "positives": a["positives"] + b["positives"],
         "score_sample": a["score_sample"] + b["score_sample"],
-        **_class_counts(dict(zip(a["class_names"], a["class_counts"], strict=True)), b),
+        **_class_counts(a, b),
     }
 
 
-def _class_counts(counts: dict[str, int], b: Mapping[str, Any]) -> dict[str, list]:
-    """``counts`` and ``b``'s rows by predicted class, added, as a summary's two lists."""
-    for name, count in zip(b["class_names"], b["class_counts"], strict=True):
-        counts[name] = counts.get(name, 0) + count
+def _class_counts(a: Mapping[str, Any], b: Mapping[str, Any]) -> dict[str, list]:
+    """``a``'s and ``b``'s rows by predicted class, added, as a summary's two lists."""
+    counts = Counter(dict(zip(a["class_names"], a["class_counts"], strict=True)))
+    counts.update(dict(zip(b["class_names"], b["class_counts"], strict=True)))
     return {"class_names": list(counts), "class_counts": list(counts.values())}
 
 
@@ -170,7 +167,7 @@ def merge(
     whole, samples = dict(EMPTY), []
     for piece in summaries:
         samples.append(piece["score_sample"])
-        whole = combine(whole, {k: piece.get(k, EMPTY[k]) for k in EMPTY} | {"score_sample": []})
+        whole = combine(whole, {k: piece[k] for k in EMPTY} | {"score_sample": []})
     n = whole["score_rows"]
     if not n:
         return {}
