@@ -54,10 +54,8 @@ def markdown(r: dict[str, Any]) -> str:
             lines.append(f"| {value} | {s['rows']:,} | {s['champion'][primary]:.4f} | {s['challenger'][primary]:.4f} |")
     if r.get("shadow"):
         sh = r["shadow"]
-        lines += [
-            "",
-            f"Shadow scoring on {sh['rows']:,} unlabeled rows: {_apart(sh)}, PSI {sh['psi']:.4f}.",
-        ]
+        shift = "PSI of the shares of rows predicted in each class" if r["task"] == "multiclass" else "PSI"
+        lines += ["", f"Shadow scoring on {sh['rows']:,} unlabeled rows: {_apart(sh)}, {shift} {sh['psi']:.4f}."]
     if r.get("shadow_left_out"):
         lines += ["", f"Shadow scoring left out: {r['shadow_left_out']}."]
     return "\n".join(lines) + "\n"
