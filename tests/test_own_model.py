@@ -367,14 +367,16 @@ def test_a_regression_model_writes_its_predicted_values_and_is_compared_on_rmse(
 
 @pytest.mark.filterwarnings("ignore::FutureWarning:skops")
 def test_a_multiclass_model_predicts_a_class_with_its_probability_and_is_compared_on_log_loss(
-    settings, lake, ray_local, tmp_path
+    settings, lake, ray_local, tmp_path, monkeypatch
 ):
     """``model.task: multiclass``: a customer's contract type predicted from their account by two
     scikit-learn classifiers (``predict_proba``, a probability per class). The predictions hold
     the most probable class's name and its probability; the night's figures, each class's share;
     the shadow's report, how often the two versions predict one class; with ``output.class_scores``,
     every class's probability in a column of its own; the comparison, log loss
-    on the labeled table's class names, with McNemar's test on the rows one version gets right."""
+    on the labeled table's class names, with McNemar's test on the rows one version gets right.
+    The GPU pipeline's shape (write tasks apart from the actors) writes the same predictions and
+    counts the same classes."""
     import sklearn
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import log_loss
@@ -448,6 +450,35 @@ def test_a_multiclass_model_predicts_a_class_with_its_probability_and_is_compare
     both = scored.merge(shadow, on="customer_id", suffixes=("", "_shadow"))
     agree = (both["prediction"].astype(str) == both["prediction_shadow"].astype(str)).mean()
     assert len(both) == len(scored) and report["shadow"]["agreement"] == pytest.approx(agree)
+    # the shadow's shift: how the challenger's mix of predicted classes differs from the champion's
+    mixes = [both[c].astype(str).value_counts(normalize=True) for c in ("prediction", "prediction_shadow")]
+    champion, challenger = (np.clip([mix.get(c, 0.0) for c in classes], 1e-6, None) for mix in mixes)
+    shift = np.sum((challenger - champion) * np.log(challenger / champion))
+    assert report["shadow"]["psi"] == pytest.approx(shift)
+    assert f"PSI of the shares of rows predicted in each class {report['shadow']['psi']:.4f}" in markdown(report)
+
+    # as on GPU actors (no GPU here: the same pipeline on a CPU actor), whose write tasks encode
+    # the class names and count them file by file, in files of other rows than the actors' batches
+    from jobs import pipeline
+
+    monkeypatch.setattr(pipeline, "actors_read_and_write", lambda gpus: False)
+    compute = {"min_actors": 1, "max_actors": 1, "cpus_per_actor": 1, "batch_size": 500}
+    as_on_gpus = job.model_copy(
+        update={
+            "compute": job.compute.model_copy(update=compute),
+            "output": job.output.model_copy(update={"rows_per_file": 1_000}),
+        }
+    )
+    again = run_job(as_on_gpus, DAY, settings=settings)
+    rescored = output(lake, "user_contract")
+    assert len(rescored) == len(scored) and rescored["prediction"].dtype == "category"
+    assert len(lake.committed("predictions/user_contract", DAY)[1]["output"]) > 1
+    fused, apart = (t.set_index("customer_id").sort_index() for t in (scored, rescored))
+    assert (apart["prediction"].astype(str) == fused["prediction"].astype(str)).all()
+    np.testing.assert_array_equal(apart[["score", *each]].to_numpy(), fused[["score", *each]].to_numpy())
+    assert {k: again.scores[f"share.{k}"] for k in classes} == pytest.approx(
+        {k: result.scores[f"share.{k}"] for k in classes}
+    )
 
     # a fourth class in the job file: refused before any actor starts, from the model's signature
     path.write_text(path.read_text().replace("two_year]", "two_year, five_year]"))
