@@ -109,7 +109,7 @@ def _compare(job: JobConfig, ds: dt.date, *, settings: Settings | None) -> dict[
     inputs = [model_inputs(job, ref, takes_every_listed=False) for ref in refs]
     check_listed_columns_taken(job, list(refs), inputs)
     rules = _rules(job, spec, refs, inputs)
-    from_folders = validation.check_schema(lake, files, footers, rules, job.input.key)
+    from_folders = validation.check_schema(lake, files, footers, rules, job.input.key).from_folders
     _check_label_type(lake, spec, files, footers)
     rows_in = sum(footer.num_rows for footer in footers)
     pieces = split_files(files, footers, job.output.rows_per_file, from_folders)  # large files: read side by side
@@ -413,7 +413,10 @@ def _score_both(
         udf_modifying_row_count=False,
     )
     try:
-        return pa.concat_tables(list(scored.iter_batches(batch_format="pyarrow", batch_size=None)))
+        # a labeled table's files may give a column types that widen to one (int32 and int64 ids,
+        # which validation.check_schema lets through): its batches' types then differ as well
+        batches = list(scored.iter_batches(batch_format="pyarrow", batch_size=None))
+        return pa.concat_tables(batches, promote_options="permissive")
     except Exception as e:
         raise_ours(e)
         raise

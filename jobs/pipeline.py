@@ -204,6 +204,7 @@ def predictor_options(
         input_columns=pre.columns,
         passthrough=tuple(job.output.passthrough),
         class_columns=job.class_columns,
+        widened=tuple((c, t) for c, t in pre.widened.items() if c in (job.input.key, *job.output.passthrough)),
     )
 
 

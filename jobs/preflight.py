@@ -26,6 +26,7 @@ from models.predictor import ArrowScorer, arrow_scorer
 from models.registry import ModelRef, RegistryError, load_pyfunc, model_files, resolve
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class Preflight:
     input_nulls: dict[str, float] = field(default_factory=dict)  # each one's share of nulls
     # what the readers take: pieces of about output.rows_per_file rows (jobs.pieces)
     pieces: list[Piece] = field(default_factory=list)
+    # the type of each column whose type the files disagree on, as the predictions write it
+    widened: dict[str, pa.DataType] = field(default_factory=dict)
     done_unix: float = field(default_factory=time.time)
 
 
@@ -123,7 +126,7 @@ def preflight(
         scored = {rule.name for rule in rules}  # what the champion's rules check: the challenger may read no more
         rules = validation.passthrough_rules(rules, job.output.passthrough)
         # a missing or mistyped key is named here first
-        from_folders = validation.check_schema(lake, files, footers, rules, job.input.key)
+        schema = validation.check_schema(lake, files, footers, rules, job.input.key)
         duplicates, examples = keys_checked.result()
     if duplicates:
         message = f"{duplicates} row(s) repeat a {job.input.key} already seen (e.g. {examples})"
@@ -157,6 +160,7 @@ def preflight(
             )
     log.info("scoring %s %s: %d rows in %d files with %s", job.name, ds, rows_in, len(files), ref.uri)
     columns = tuple(name for name, _, _ in inputs)
+    named = [schema.from_folders.get(f.path, {}) for f in files]  # each file's columns from its folders
     return Preflight(
         files,
         rows_in,
@@ -168,8 +172,9 @@ def preflight(
         challenger_scorer,
         challenger_columns,
         columns=columns,
-        input_nulls=input_stats.null_shares(footers, list(columns), [from_folders.get(f.path, {}) for f in files]),
-        pieces=split_files(files, footers, job.output.rows_per_file, from_folders),
+        input_nulls=input_stats.null_shares(footers, list(columns), named),
+        pieces=split_files(files, footers, job.output.rows_per_file, schema.from_folders),
+        widened=schema.widened,
     )
 
 

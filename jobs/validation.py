@@ -15,7 +15,7 @@ import logging
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -126,9 +126,18 @@ def kind_of(t: pa.DataType) -> Kind:
     return "any"
 
 
+class Schema(NamedTuple):
+    """What :func:`check_schema` found beside its checks."""
+
+    # the columns a file lacks that its folders name, with their values, by file: ``{path: {column: value}}``
+    from_folders: dict[str, dict[str, folder_columns.Value]]
+    # the type each column the files give different types widens to (int32 and int64: int64)
+    widened: dict[str, pa.DataType]
+
+
 def check_schema(
     lake: Lake, files: list[DataFile], footers: list[pq.FileMetaData], rules: list[ColumnRule], key: str
-) -> dict[str, dict[str, folder_columns.Value]]:
+) -> Schema:
     """Every file has every needed column, with a type the model takes, and the files agree on
     each column's type. ``footers``: the files' own (:meth:`jobs.lake.Lake.footers`), which the
     caller has read already for its row counts. A column a file lacks may be in the name of a
@@ -136,7 +145,8 @@ def check_schema(
     ``key``: one value for a whole folder's rows is no entity's id.
 
     Returns:
-        Those columns' values, by file: ``{path: {column: value}}``, for the readers to add.
+        The columns the readers add from the folders' names, and the types that files which
+        disagree widen to (the key and the passthrough are written as such, every file alike).
 
     Raises:
         InvalidInput: naming the file, the column, its type and the expected kind (or the type
@@ -169,20 +179,17 @@ def check_schema(
                 )
             if rule.kind != "string":  # strings are read dictionary-encoded: one type whatever the file's
                 first_of_type[rule.name].setdefault(actual, f.path)
-    for name, seen in first_of_type.items():
-        _check_one_type(lake, name, seen)
-    return from_folders
+    widened = {name: _one_type(lake, name, seen) for name, seen in first_of_type.items() if len(seen) > 1}
+    return Schema(from_folders, widened)
 
 
-def _check_one_type(lake: Lake, name: str, seen: dict[pa.DataType, str]) -> None:
-    """The partition's files give column ``name`` types that widen to one (int32 and int64,
+def _one_type(lake: Lake, name: str, seen: dict[pa.DataType, str]) -> pa.DataType:
+    """The type the partition's files' types for column ``name`` widen to (int32 and int64,
     string and large_string), as an output file joining rows of several input files needs: a
     key that is a number in one file and a string in the next would otherwise fail an actor
     half-way through, or write a partition whose files disagree on the key's type.
 
     ``seen``: each type, with the first file that has it."""
-    if len(seen) < 2:
-        return
     (first, first_path), *others = seen.items()
     merged = first
     for other, path in others:
@@ -196,6 +203,7 @@ def _check_one_type(lake: Lake, name: str, seen: dict[pa.DataType, str]) -> None
                 "the files of a partition must agree on each column's type"
             ) from None
         merged = unified.field(name).type
+    return merged
 
 
 def _per_row(column: pa.ChunkedArray, check: Callable[[pa.Array], pa.Array]) -> pa.ChunkedArray:

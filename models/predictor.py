@@ -95,6 +95,9 @@ class PredictorOptions:
     passthrough: tuple[str, ...] = ()
     # a multiclass model's column of each class's probability, in ``classes``' order (output.class_scores)
     class_columns: tuple[str, ...] = ()
+    # (column, type) for the key and passthrough columns whose type the partition's files disagree
+    # on (int32 in one, int64 in the next): written as the type they widen to, every file alike
+    widened: tuple[tuple[str, pa.DataType], ...] = ()
 
 
 def arrow_scorer(pyfunc: object) -> ArrowScorer | None:
@@ -356,14 +359,17 @@ class BatchPredictor:
             self._record(ACTOR_READY, self.ready_at)
             self._record(FIRST_BATCH, time.time())
         options = self.options
+        carried = {c: batch.column(c) for c in (options.key, *options.passthrough)}
+        for name, type_ in options.widened:
+            carried[name] = carried[name].cast(type_)
         return prediction_table(
-            batch.column(options.key),
+            carried.pop(options.key),
             proba,
             key=options.key,
             score_column=options.score_column,
             threshold=self.threshold,
             lineage=options.lineage,
-            passthrough={c: batch.column(c) for c in options.passthrough},
+            passthrough=carried,
             classes=options.classes,
             class_columns=options.class_columns,
         )

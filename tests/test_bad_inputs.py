@@ -284,6 +284,38 @@ def test_a_number_in_some_files_and_in_folder_names_for_others(case_lake, settin
     assert from_folder == pytest.approx(in_file, rel=1e-6) and len(set(in_file)) > 1
 
 
+def test_a_key_stored_as_int32_in_one_file_and_int64_in_another_is_written_as_int64_in_every_file(
+    case_lake, settings, registered, ray_local, churn_job
+):
+    """Two writers of one day, one storing the key and a count as int32, the other as int64, each
+    file scored apart: every file of predictions gives both the type they widen to, as a file
+    joining rows of both would, so a reader of the partition (Spark, pyarrow's datasets) finds one
+    schema in it. The comparison reads a labeled table written so whole."""
+    from jobs.ab import run_compare
+
+    rows = 1_000  # output.rows_per_file's least: each file a piece of its own, written apart
+
+    def two_writers(with_label: bool = False) -> list[pa.Table]:
+        narrow, wide = (demo_data.generate(rows, DAY, with_label=with_label) for _ in range(2))
+        narrow = retyped("customer_id", pa.int32(), retyped("num_devices", pa.int32(), narrow))
+        return [narrow, wide.set_column(0, "customer_id", pc.add(wide["customer_id"], 10 * rows))]
+
+    job = make_job(churn_job, Case("int32_and_int64", files(*two_writers()), passthrough=("num_devices",)))
+    job = job.model_copy(update={"output": job.output.model_copy(update={"rows_per_file": rows})})
+    files(*two_writers())(case_lake, case_lake.partition_path(job.input.table, DAY))
+    here = settings.model_copy(update={"lake_root": case_lake.root})
+
+    assert run_job(job, DAY, settings=here).rows == 2 * rows
+
+    written = case_lake.data_files(job.output.table, DAY)
+    assert len(written) == 2
+    for f in written:
+        schema = pq.read_schema(f.path)
+        assert (schema.field("customer_id").type, schema.field("num_devices").type) == (pa.int64(), pa.int64())
+    files(*two_writers(with_label=True))(case_lake, case_lake.partition_path(job.ab.labeled_table, DAY))
+    assert run_compare(job, DAY, settings=here)["rows"] == 2 * rows
+
+
 def test_user_errors_from_the_command_line(home, registered, capsys):
     """One sentence each, and an exit status that tells a scheduler whether to try again."""
     from jobs.cli import main
