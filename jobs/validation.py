@@ -126,7 +126,7 @@ def kind_of(t: pa.DataType) -> Kind:
     return "any"
 
 
-class Schema(NamedTuple):
+class PartitionSchema(NamedTuple):
     """What :func:`check_schema` found beside its checks."""
 
     # the columns a file lacks that its folders name, with their values, by file: ``{path: {column: value}}``
@@ -137,7 +137,7 @@ class Schema(NamedTuple):
 
 def check_schema(
     lake: Lake, files: list[DataFile], footers: list[pq.FileMetaData], rules: list[ColumnRule], key: str
-) -> Schema:
+) -> PartitionSchema:
     """Every file has every needed column, with a type the model takes, and the files agree on
     each column's type. ``footers``: the files' own (:meth:`jobs.lake.Lake.footers`), which the
     caller has read already for its row counts. A column a file lacks may be in the name of a
@@ -180,7 +180,7 @@ def check_schema(
             if rule.kind != "string":  # strings are read dictionary-encoded: one type whatever the file's
                 first_of_type[rule.name].setdefault(actual, f.path)
     widened = {name: _one_type(lake, name, seen) for name, seen in first_of_type.items() if len(seen) > 1}
-    return Schema(from_folders, widened)
+    return PartitionSchema(from_folders, widened)
 
 
 def _one_type(lake: Lake, name: str, seen: dict[pa.DataType, str]) -> pa.DataType:
