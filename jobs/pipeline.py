@@ -237,7 +237,14 @@ def predictor_for(
 
 def row_validator(job: JobConfig, lake: Lake, pre: Preflight, quarantine_dir: str) -> validation.RowValidator:
     """The job's row checks, its policy for a bad row, and where quarantined rows go."""
-    return validation.RowValidator(pre.rules, job.validation.on_invalid_rows, job.input.key, lake.fs, quarantine_dir)
+    return validation.RowValidator(
+        pre.rules,
+        job.validation.on_invalid_rows,
+        job.input.key,
+        lake.fs,
+        quarantine_dir,
+        widened=tuple(pre.widened.items()),
+    )
 
 
 def score_and_write_kwargs(

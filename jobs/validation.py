@@ -331,6 +331,9 @@ class RowValidator:
     key: str
     fs: object
     quarantine_dir: str
+    # (column, type) where the partition's files disagree on a column's type (PartitionSchema.widened):
+    # the set-aside rows hold it as the wider type, in every file of the quarantine alike
+    widened: tuple[tuple[str, pa.DataType], ...] = ()
 
     def split(self, batch: pa.Table) -> tuple[pa.Table, pa.Table | None]:
         """The valid rows, and the others with their :data:`REASON` (None when every row is valid).
@@ -349,7 +352,11 @@ class RowValidator:
                 f"{batch.column(self.key)[first].as_py()!r}: {reasons[first].as_py()} "
                 "(validation.on_invalid_rows is 'fail'; set it to 'quarantine' to score the rest)"
             )
-        return batch.filter(pc.invert(bad)), batch.filter(bad).append_column(REASON, reasons.filter(bad))
+        rejected = batch.filter(bad)
+        for name, type_ in self.widened:
+            i = rejected.schema.get_field_index(name)
+            rejected = rejected.set_column(i, name, rejected.column(i).cast(type_))
+        return batch.filter(pc.invert(bad)), rejected.append_column(REASON, reasons.filter(bad))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         valid, rejected = self.split(batch)

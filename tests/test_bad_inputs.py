@@ -288,9 +288,10 @@ def test_a_key_stored_as_int32_in_one_file_and_int64_in_another_is_written_as_in
     case_lake, settings, registered, ray_local, churn_job
 ):
     """Two writers of one day, one storing the key and a count as int32, the other as int64, each
-    file scored apart: every file of predictions gives both the type they widen to, as a file
-    joining rows of both would, so a reader of the partition (Spark, pyarrow's datasets) finds one
-    schema in it. The comparison reads a labeled table written so whole."""
+    file scored apart: every file of predictions, and of the rows set aside, gives both the type
+    they widen to, as a file joining rows of both would, so a reader of the partition (Spark,
+    pyarrow's datasets) finds one schema in it. The comparison reads a labeled table written so
+    whole."""
     from jobs.ab import run_compare
 
     rows = 1_000  # output.rows_per_file's least: each file a piece of its own, written apart
@@ -298,22 +299,26 @@ def test_a_key_stored_as_int32_in_one_file_and_int64_in_another_is_written_as_in
     def two_writers(with_label: bool = False) -> list[pa.Table]:
         narrow, wide = (demo_data.generate(rows, DAY, with_label=with_label) for _ in range(2))
         narrow = retyped("customer_id", pa.int32(), retyped("num_devices", pa.int32(), narrow))
-        return [narrow, wide.set_column(0, "customer_id", pc.add(wide["customer_id"], 10 * rows))]
+        wide = wide.set_column(0, "customer_id", pc.add(wide["customer_id"], 10 * rows))
+        return [every(50, None, "contract_type", t) for t in (narrow, wide)]  # 20 rows of each set aside
 
-    job = make_job(churn_job, Case("int32_and_int64", files(*two_writers()), passthrough=("num_devices",)))
+    case = Case("int32_and_int64", lambda lake, path: None, validation=QUARANTINE, passthrough=("num_devices",))
+    job = make_job(churn_job, case)
     job = job.model_copy(update={"output": job.output.model_copy(update={"rows_per_file": rows})})
     files(*two_writers())(case_lake, case_lake.partition_path(job.input.table, DAY))
     here = settings.model_copy(update={"lake_root": case_lake.root})
 
-    assert run_job(job, DAY, settings=here).rows == 2 * rows
+    assert run_job(job, DAY, settings=here).quarantined == 40
 
-    written = case_lake.data_files(job.output.table, DAY)
-    assert len(written) == 2
-    for f in written:
-        schema = pq.read_schema(f.path)
-        assert (schema.field("customer_id").type, schema.field("num_devices").type) == (pa.int64(), pa.int64())
+    widened = {job.output.table: ["customer_id", "num_devices"], f"quarantine/{job.name}": ["customer_id"]}
+    for table, columns in widened.items():
+        written = case_lake.data_files(table, DAY)
+        assert len(written) == 2
+        for f in written:
+            schema = pq.read_schema(f.path)
+            assert [schema.field(c).type for c in columns] == [pa.int64()] * len(columns), (f.path, schema)
     files(*two_writers(with_label=True))(case_lake, case_lake.partition_path(job.ab.labeled_table, DAY))
-    assert run_compare(job, DAY, settings=here)["rows"] == 2 * rows
+    assert run_compare(job, DAY, settings=here)["rows"] == 2 * rows - 40
 
 
 def test_user_errors_from_the_command_line(home, registered, capsys):
