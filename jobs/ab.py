@@ -472,17 +472,14 @@ def shadow_summary(
     if job.classes and len(a):
         # a class model's score is its top class's probability, sharp in one version and smooth in
         # the other by nature (a PSI of 6.9 at 94.5% agreement): its mix of classes is what moved
-        mixes = [class_shares(joined.column(c), job.classes) for c in (PREDICTION, f"{PREDICTION}_shadow")]
-        shift = score_stats.class_psi(mixes[1], mixes[0], job.classes)
+        def mix(column: str) -> dict[str, float]:
+            counts = {c["values"]: c["counts"] for c in pc.value_counts(joined.column(column)).to_pylist()}
+            return score_stats.class_shares(counts, len(a), job.classes)
+
+        shift = score_stats.class_psi(mix(f"{PREDICTION}_shadow"), mix(PREDICTION), job.classes)
     else:
         shift = psi(a, b)
     return {"rows": len(a), **apart, "psi": shift}, None
-
-
-def class_shares(predicted: pa.ChunkedArray, classes: list[str]) -> dict[str, float]:
-    """The share of rows predicted in each class, keyed as the nightly figures key them."""
-    counts = {c["values"]: c["counts"] for c in pc.value_counts(predicted).to_pylist()}
-    return {score_stats.SHARE + name: counts.get(name, 0) / len(predicted) for name in classes}
 
 
 def psi(expected: np.ndarray, actual: np.ndarray, bins: int = 10) -> float:

@@ -180,12 +180,17 @@ def merge(
         **dict(zip(QUANTILES, np.quantile(sample, list(QUANTILES.values())).tolist(), strict=True)),
         **({"positive_rate": whole["positives"] / n} if classifies else {}),
     }
-    counts = dict(zip(whole["class_names"], whole["class_counts"], strict=True))
-    figures |= {SHARE + name: counts.get(name, 0) / n for name in classes}
+    figures |= class_shares(dict(zip(whole["class_names"], whole["class_counts"], strict=True)), n, classes)
     shift = psi(sample, previous) if previous else None
     figures |= {"psi_vs_previous_day": shift} if shift is not None else {}
     moved = class_psi(figures, previous, classes) if previous and classes else None
     return figures | ({CLASS_PSI: moved} if moved is not None else {})
+
+
+def class_shares(counts: Mapping[str, int], rows: int, classes: Sequence[str]) -> dict[str, float]:
+    """The share of ``rows`` predicted in each of ``classes`` (``share.<class>``), from the rows
+    counted by class name (a class no row was predicted in may be absent)."""
+    return {SHARE + name: counts.get(name, 0) / rows for name in classes}
 
 
 def class_psi(figures: Mapping[str, float], previous: Mapping[str, float], classes: Sequence[str]) -> float | None:
