@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from jobs import folder_columns
 from jobs.lake import DataFile, FolderWriter, Lake
+from models.predictor import widened
 
 if TYPE_CHECKING:
     from jobs.config import ValidationSpec
@@ -352,10 +353,7 @@ class RowValidator:
                 f"{batch.column(self.key)[first].as_py()!r}: {reasons[first].as_py()} "
                 "(validation.on_invalid_rows is 'fail'; set it to 'quarantine' to score the rest)"
             )
-        rejected = batch.filter(bad)
-        for name, type_ in self.widened:
-            i = rejected.schema.get_field_index(name)
-            rejected = rejected.set_column(i, name, rejected.column(i).cast(type_))
+        rejected = widened(batch.filter(bad), self.widened)
         return batch.filter(pc.invert(bad)), rejected.append_column(REASON, reasons.filter(bad))
 
     def __call__(self, batch: pa.Table) -> pa.Table:

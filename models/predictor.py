@@ -359,20 +359,28 @@ class BatchPredictor:
             self._record(ACTOR_READY, self.ready_at)
             self._record(FIRST_BATCH, time.time())
         options = self.options
-        carried = {c: batch.column(c) for c in (options.key, *options.passthrough)}
-        for name, type_ in options.widened:
-            carried[name] = carried[name].cast(type_)
+        batch = widened(batch, options.widened)
         return prediction_table(
-            carried.pop(options.key),
+            batch.column(options.key),
             proba,
             key=options.key,
             score_column=options.score_column,
             threshold=self.threshold,
             lineage=options.lineage,
-            passthrough=carried,
+            passthrough={c: batch.column(c) for c in options.passthrough},
             classes=options.classes,
             class_columns=options.class_columns,
         )
+
+
+def widened(table: pa.Table, types: Sequence[tuple[str, pa.DataType]]) -> pa.Table:
+    """``table`` with each ``(column, type)`` of ``types`` cast to that type: the one that the
+    partition's files' types for it widen to (int32 in one, int64 in the next), so that every
+    file written from it gives the column one type."""
+    for name, type_ in types:
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, name, table.column(i).cast(type_))
+    return table
 
 
 def prediction_columns(
