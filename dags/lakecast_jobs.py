@@ -18,6 +18,7 @@ from pathlib import Path
 from airflow.sdk import (
     Asset,
     AsyncCallback,
+    CronTriggerTimetable,
     DayWindow,
     DeadlineAlert,
     DeadlineReference,
@@ -153,7 +154,8 @@ def _deadline(job: JobConfig) -> DeadlineAlert | None:
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
         interval=dt.timedelta(minutes=minutes),
         callback=AsyncCallback(
-            deadline_email.CALLBACK, kwargs={"job": job.name, "job_file": job.file, "to": to, "minutes": minutes}
+            deadline_email.CALLBACK,
+            kwargs={"job": job.name, "job_file": job.file, "to": to, "minutes": minutes, "timezone": job.timezone},
         ),
         name="lakecast deadline",
     )
@@ -201,16 +203,25 @@ def _schedule(job: JobConfig) -> str:
             f"when `{job.input.table}`'s Asset is updated; a run scores the day its event names (`date` in "
             "its extra, as lakecast's publish sends it), else the day before it runs"
         )
-    return f"`{job.schedule}` (UTC); a scheduled run scores the day before its run date"
+    if job.schedule is None:
+        return (
+            f"none (triggered runs only); a run scores its `date` param, else the day before its date in {job.timezone}"
+        )
+    if job.timezone == "UTC":
+        return f"`{job.schedule}` (UTC); a scheduled run scores the day before its run date"
+    return f"`{job.schedule}` on the clock of {job.timezone}; a scheduled run scores the day before its date there"
 
 
 def build_dag(job: JobConfig, job_file: Path, lake_root: str):
     table_uri = f"{lake_root.rstrip('/')}/{job.output.table}"
     predictions = table_asset(lake_root, job.output.table)
-    schedule = job.schedule
+    schedule = None
     if job.schedule == ON_INPUT:
         source = table_asset(lake_root, job.input.table)
         schedule = _on_partitions(job, source) if job.airflow.partitioned_assets else [source]
+    elif job.schedule is not None:
+        # the cron's hours on the clock of the job's zone: 02:00 in Paris is 01:00 UTC in winter, 00:00 in summer
+        schedule = CronTriggerTimetable(job.schedule, timezone=job.timezone)
 
     @dag(
         dag_id=job.dag_id,

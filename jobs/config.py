@@ -12,6 +12,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, PrivateAttr, StringConstraints, field_validator, model_validator
 
@@ -45,6 +46,27 @@ def spark_refused(name: str) -> str:
     """The characters of ``name`` that Spark refuses in a Parquet column's name, quoted; empty
     for a name it takes."""
     return ", ".join(sorted({repr(c) for c in name if c in SPARK_REFUSES}))
+
+
+def zone_info(name: str) -> ZoneInfo:
+    """The IANA time zone ``name`` (``Europe/Paris``), or an error that names the likeliest zones
+    meant. A place, not an offset (``+02:00``): a nightly run keeps to its team's clock through
+    daylight saving only where the zone knows when the clocks change."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        pass
+    import difflib
+    from zoneinfo import available_timezones
+
+    zones = available_timezones()
+    by_case = {z.lower(): z for z in zones}
+    close = [by_case[name.lower()]] if name.lower() in by_case else difflib.get_close_matches(name, zones, n=2)
+    meant = f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+    raise ValueError(
+        f"{name!r} is not an IANA time zone{meant}: name the place whose clock the schedule keeps, such as "
+        "Europe/Paris, America/New_York or UTC"
+    )
 
 
 # an address a mail server would take: one @, a dot in the domain, no spaces or separators
@@ -432,8 +454,13 @@ class JobConfig(Frozen):
     name: Annotated[str, StringConstraints(pattern=JOB_NAME)]
     description: str = Field(min_length=1)
     schedule: str | None = Field(
-        description="cron expression in UTC; on_input: when input.table's Airflow Asset is updated; null: "
-        "triggered runs only"
+        description="cron expression, on the clock of timezone; on_input: when input.table's Airflow Asset is "
+        "updated; null: triggered runs only"
+    )
+    timezone: str = Field(
+        default="UTC",
+        description="the IANA time zone whose clock the schedule keeps, daylight saving included (Europe/Paris, "
+        "America/New_York); a run that names no day scores the day before its date there",
     )
     input: InputSpec
     model: ModelSpec
@@ -483,6 +510,12 @@ class JobConfig(Frozen):
 
         if not croniter.is_valid(v):
             raise ValueError(f"not a valid cron expression: {v!r} (or {ON_INPUT}, or null for triggered runs only)")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        zone_info(v)
         return v
 
     @model_validator(mode="after")

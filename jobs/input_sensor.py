@@ -43,13 +43,13 @@ def look_apart(wait: dt.timedelta) -> dt.timedelta:
 
 class InputPartitionSensor(BaseSensorOperator):
     """Waits up to ``wait`` for the partition of ``job.input.table`` that the run scores (the
-    ``date`` param, else the day before the run's date), then returns ``{"date", "files", "rows"}``
-    for the tasks after it."""
+    ``date`` param, else the day before the run's date on the clock of the job's ``timezone``),
+    then returns ``{"date", "files", "rows"}`` for the tasks after it."""
 
     def __init__(self, *, job: JobConfig, job_file: Path, wait: dt.timedelta, **kwargs: Any) -> None:
         super().__init__(timeout=wait.total_seconds(), poke_interval=look_apart(wait), mode="reschedule", **kwargs)
         self.table, self.partition, self.job_file = job.input.table, job.input.partition, str(job_file)
-        self.ready_marker = job.input.ready_marker
+        self.ready_marker, self.timezone = job.input.ready_marker, job.timezone
         self.not_landed: NotLanded | None = None
 
     def execute(self, context: Context) -> Any:
@@ -77,13 +77,16 @@ class InputPartitionSensor(BaseSensorOperator):
     def check(self, context: Context) -> dict[str, Any]:
         """The partition's summary; raises :class:`jobs.lake.NotLanded` while it is not whole."""
         from jobs import day_folders
+        from jobs.config import zone_info
         from jobs.lake import Lake
         from jobs.schedule import score_date
         from jobs.settings import load_settings
 
         dag_run = context["dag_run"]
         ds = score_date(
-            context["params"].get("date") or self._announced(context), dag_run.logical_date or dag_run.run_after
+            context["params"].get("date") or self._announced(context),
+            dag_run.logical_date or dag_run.run_after,
+            zone_info(self.timezone),
         )
         lake = Lake(load_settings().lake_root)
         files, footers = lake.input_footers(self.table, ds, ready_marker=self.ready_marker, layout=self.partition)

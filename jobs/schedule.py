@@ -1,6 +1,6 @@
 """Which date a run scores: an explicit date wins, then the day the Asset event that triggered the
 run names (``schedule: on_input``: the event's partition key, or its ``date`` extra), else the
-day before the run's date.
+day before the run's date, on the clock of the job's ``timezone``.
 
 A nightly run at 02:00 on the 22nd scores the partition of the 21st, the last complete day.
 Kept apart from the DAG file so the rule is tested without Airflow.
@@ -47,12 +47,17 @@ def announced_dates(events: Iterable[Any]) -> list[dt.date]:
     return days
 
 
-def score_date(requested: str | None, run_date: dt.datetime | dt.date) -> dt.date:
-    """``requested`` (``YYYY-MM-DD``) if given, else the day before ``run_date``."""
+def score_date(requested: str | None, run_date: dt.datetime | dt.date, zone: dt.tzinfo = dt.UTC) -> dt.date:
+    """``requested`` (``YYYY-MM-DD``) if given, else the day before ``run_date``'s date in ``zone``.
+
+    Airflow gives a run's date in UTC. For a team whose night is not UTC's, the day is its own:
+    a run at 21:00 in New York (``0 21 * * *``, 01:00 UTC the next day) scores the day before
+    New York's date, not UTC's, whose partition its producer has not written yet."""
     if requested:
         return parse_date(requested)
-    day = run_date.date() if isinstance(run_date, dt.datetime) else run_date
-    return day - dt.timedelta(days=1)
+    if isinstance(run_date, dt.datetime):
+        run_date = (run_date.astimezone(zone) if run_date.tzinfo else run_date).date()
+    return run_date - dt.timedelta(days=1)
 
 
 def partition_day(key: str, layout: str) -> dt.date:

@@ -45,6 +45,29 @@ def _keys(dag) -> dict | None:
     }
 
 
+def _next_runs(dag) -> dict:
+    """When the scheduler starts the DAG's next run after a winter and a summer noon (UTC), from its
+    serialized timetable: the logical date, which the run's day is counted from. Empty for a DAG
+    no clock starts."""
+    import datetime as dt
+
+    import pendulum
+    from airflow.serialization.serialized_objects import DagSerialization
+    from airflow.timetables.base import DataInterval, TimeRestriction
+
+    timetable = DagSerialization.from_dict(DagSerialization.to_dict(dag)).timetable
+    runs = {}
+    for noon in (dt.datetime(2026, 1, 10, 12, tzinfo=dt.UTC), dt.datetime(2026, 7, 10, 12, tzinfo=dt.UTC)):
+        last = pendulum.instance(noon)
+        info = timetable.next_dagrun_info(
+            last_automated_data_interval=DataInterval(last, last),
+            restriction=TimeRestriction(earliest=dag.start_date, latest=None, catchup=True),
+        )
+        if info is not None:
+            runs[noon.isoformat()] = info.logical_date.isoformat()
+    return runs
+
+
 def _deadlines(dag) -> list:
     """The DAG's Deadline Alerts as its serialized form hands them to the scheduler: what they count
     from, the minutes, the callback's path and what it is given."""
@@ -71,6 +94,7 @@ for dag_id, dag in bag.dags.items():
         "schedule_assets": [a.uri for a in _listened(dag.timetable)],
         "timetable": type(dag.timetable).__name__,
         "partition_keys": _keys(dag),
+        "next_runs": _next_runs(dag),
         "catchup": dag.catchup,
         "tags": sorted(dag.tags),
         "params": sorted(dag.params.keys()),

@@ -11,10 +11,11 @@ import yaml
 from jobs.settings import PROJECT_ROOT
 
 
-def conf_with_job(folder: Path, name: str, **sections: dict[str, Any] | None) -> Path:
+def conf_with_job(folder: Path, name: str, **sections: Any) -> Path:
     """``folder``, a copy of the project's conf/ (for LAKECAST_CONF) with ``jobs/<name>.yaml``:
     the churn job reading ``raw/<name>`` and writing ``predictions/<name>``, each of ``sections``
-    merged into the section of that name (None removes it)."""
+    merged into the section of that name (None removes it, a value that is no mapping replaces
+    it: ``schedule``, ``timezone``)."""
     shutil.copytree(PROJECT_ROOT / "conf", folder)
     job = yaml.safe_load((folder / "jobs" / "churn.yaml").read_text())
     job["input"]["table"] = f"raw/{name}"
@@ -22,7 +23,9 @@ def conf_with_job(folder: Path, name: str, **sections: dict[str, Any] | None) ->
     for key, value in sections.items():
         if value is None:
             job.pop(key, None)
-        else:
+        elif isinstance(value, dict):
             job[key] = job.get(key, {}) | value
+        else:
+            job[key] = value
     (folder / "jobs" / f"{name}.yaml").write_text(yaml.safe_dump(job))
     return folder

@@ -98,6 +98,24 @@ def test_bad_cron_and_pool_bounds(tmp_path):
     assert load_job_file(write(tmp_path, VALID.replace('"0 2 * * *"', "on_input"))).schedule == "on_input"
 
 
+def test_a_schedule_keeps_the_clock_of_the_zone_the_file_names(tmp_path):
+    """``timezone``: an IANA zone, where the team's night is; a misspelt one names the zones meant."""
+    assert load_job_file(write(tmp_path, VALID)).timezone == "UTC"
+    assert load_job_file(write(tmp_path, VALID + "timezone: Europe/Paris\n")).timezone == "Europe/Paris"
+    for bad, meant in (
+        ("Europe/Pari", " (did you mean 'Europe/Paris' or 'Europe/Madrid'?)"),
+        ("america/new_york", " (did you mean 'America/New_York'?)"),
+        ("+02:00", ""),
+    ):
+        path = write(tmp_path, VALID + f"timezone: '{bad}'\n")
+        with pytest.raises(ConfigError) as e:
+            load_job_file(path)
+        assert str(e.value) == (
+            f"{path}: timezone: '{bad}' is not an IANA time zone{meant}: name the place whose clock the schedule "
+            "keeps, such as Europe/Paris, America/New_York or UTC"
+        )
+
+
 def test_the_precision_is_one_of_three(tmp_path):
     assert load_job_file(write(tmp_path, VALID)).compute.dtype == "float32"
     job = load_job_file(write(tmp_path, VALID + "compute: {dtype: bfloat16}\n"))

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -175,6 +176,7 @@ def test_a_job_with_a_deadline_mails_when_a_night_is_late(settings, parsed, tmp_
             "job_file": str(conf / "jobs" / "churn.yaml"),
             "to": ["oncall@example.com"],
             "minutes": 240,
+            "timezone": "UTC",
         },
     }
     module, name = alert["path"].rsplit(".", 1)
@@ -183,6 +185,24 @@ def test_a_job_with_a_deadline_mails_when_a_night_is_late(settings, parsed, tmp_
         "| deadline | a run not finished 240 minutes after it was queued mails the failure mail's addresses |"
         in (dag["doc_md"])
     )
+
+
+def test_a_job_in_another_time_zone_runs_on_its_clock(settings, parsed, tmp_path):
+    """``timezone``: the cron's hours are the zone's, through daylight saving, as the scheduler
+    reads the DAG: 00:30 in Paris is 23:30 UTC the day before in winter, 22:30 in summer."""
+    assert parsed["dags"]["lakecast__churn"]["next_runs"] == {
+        "2026-01-10T12:00:00+00:00": "2026-01-11T02:00:00+00:00",
+        "2026-07-10T12:00:00+00:00": "2026-07-11T02:00:00+00:00",
+    }
+    paris = CHURN.replace('schedule: "0 2 * * *"', 'schedule: "30 0 * * *"\ntimezone: Europe/Paris')
+    dag = parse_dags(settings, LAKECAST_CONF=str(conf_with(tmp_path, churn=paris)))["dags"]["lakecast__churn"]
+    assert dag["next_runs"] == {
+        "2026-01-10T12:00:00+00:00": "2026-01-10T23:30:00+00:00",
+        "2026-07-10T12:00:00+00:00": "2026-07-10T22:30:00+00:00",
+    }
+    assert (
+        "| schedule | `30 0 * * *` on the clock of Europe/Paris; a scheduled run scores the day before its date there |"
+    ) in dag["doc_md"]
 
 
 def test_a_job_can_wait_for_a_late_partition(settings, parsed, tmp_path):
@@ -301,6 +321,12 @@ def test_score_date_rules():
     assert score_date(None, nightly) == dt.date(2026, 11, 21)
     assert score_date("2026-11-01", nightly) == dt.date(2026, 11, 1)
     assert score_date("", dt.date(2026, 1, 1)) == dt.date(2025, 12, 31)
+    # the day before the run's date on the job's clock: 00:30 in Paris on the 11th (22:30 UTC on the
+    # 10th) scores the 10th; 21:00 in New York on the 10th (01:00 UTC on the 11th) scores the 9th
+    paris, new_york = ZoneInfo("Europe/Paris"), ZoneInfo("America/New_York")
+    assert score_date(None, dt.datetime(2026, 7, 10, 22, 30, tzinfo=dt.UTC), paris) == dt.date(2026, 7, 10)
+    assert score_date(None, dt.datetime(2026, 7, 11, 1, 0, tzinfo=dt.UTC), new_york) == dt.date(2026, 7, 9)
+    assert score_date("2026-07-01", dt.datetime(2026, 7, 11, 1, 0, tzinfo=dt.UTC), new_york) == dt.date(2026, 7, 1)
 
 
 def test_the_day_an_asset_event_names():

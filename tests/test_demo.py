@@ -389,6 +389,28 @@ def test_a_partition_that_never_lands_fails_after_the_wait(demo, tmp_path):
     assert "[DAG TEST] running task <TaskInstance: lakecast__never.predict" not in log
 
 
+def test_a_night_on_another_clock_looks_for_the_day_before_its_date_there(demo, tmp_path):
+    """``timezone: Europe/Paris``: the run Airflow starts at 00:30 in Paris on 2026-07-11 (its
+    logical date 22:30 UTC on the 10th) scores the 10th, the day before Paris's date, where UTC's
+    would have it score the 9th: check_input looks there."""
+    cwd, env, proc = demo
+    assert proc.returncode == 0
+    conf = conf_with_job(
+        tmp_path / "conf", "paris", schedule="30 0 * * *", timezone="Europe/Paris", airflow={"retries": 0}, ab=None
+    )
+    run = subprocess.run(
+        [LAKECAST, "airflow", "dags", "test", "lakecast__paris", "2026-07-10T22:30:00+00:00"],
+        env=env | {"LAKECAST_CONF": str(conf)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    log = run.stdout + run.stderr
+    assert run.returncode != 0 and "DagRun failed" in log, log[-4000:]
+    partition = cwd / "home" / "lake" / "raw" / "paris" / "ds=2026-07-10"
+    assert f"partition {partition} does not exist: no data for raw/paris on 2026-07-10" in log, log[-4000:]
+
+
 def test_a_task_that_is_retried_mails_once_when_its_last_try_fails(demo, tmp_path):
     """``airflow.email_on_failure`` is for a night that has failed, not for each try: a partition
     that is not there fails check_input's first try, which is retried and mails nobody, then its
