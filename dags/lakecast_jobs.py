@@ -32,7 +32,7 @@ from airflow.sdk import (
 
 from jobs import deadline_email
 from jobs.airflow_ray import LakecastJobOperator
-from jobs.config import ON_INPUT, JobConfig, job_files, load_job_files
+from jobs.config import ON_INPUT, JobConfig, job_files, load_job_files, zone_info
 from jobs.failure_email import FailureEmail
 from jobs.input_sensor import InputPartitionSensor
 from jobs.settings import load_settings
@@ -91,6 +91,7 @@ def _doc(job: JobConfig, table_uri: str) -> str:
 | model | `{job.model.name}` {selector}, resolved to a version number at run time |
 | output | `{table_uri}/ds=<date>/`, column `{job.output.score_column}` {_scores(job)}{_carried(job)} plus lineage |
 | schedule | {_schedule(job)} |
+| catch-up | {_catch_up(job)} |
 | Asset events | {"partitioned: publish's carries the day as its key" if job.airflow.partitioned_assets else "plain"} |
 | input wait | {_wait(job)} |
 | actors | {job.compute.min_actors} to {job.compute.max_actors} |
@@ -114,6 +115,13 @@ def _scores(job: JobConfig) -> str:
         return "(the predicted value: a regression, model.task)"
     cut = f"{job.output.threshold:g}" if job.output.threshold is not None else "the model's threshold"
     return f"(a probability) and `prediction` (the score at or above {cut})"
+
+
+def _catch_up(job: JobConfig) -> str:
+    first = job.airflow.catch_up_from
+    if first is None:
+        return "none: a scheduler back after a pause runs the latest night only (airflow.catch_up_from)"
+    return f"every night from {first} that has no run yet, oldest first, one at a time"
 
 
 def _deadline_doc(job: JobConfig) -> str:
@@ -212,6 +220,15 @@ def _schedule(job: JobConfig) -> str:
     return f"`{job.schedule}` on the clock of {job.timezone}; a scheduled run scores the day before its date there"
 
 
+def _start(job: JobConfig) -> dt.datetime:
+    """The DAG's start date. With ``airflow.catch_up_from``, midnight after that night on the job's
+    clock: the first run after it (02:00 that day) scores the night before, the one named."""
+    first = job.airflow.catch_up_from
+    if first is None:
+        return START
+    return dt.datetime.combine(first + dt.timedelta(days=1), dt.time(0), tzinfo=zone_info(job.timezone))
+
+
 def build_dag(job: JobConfig, job_file: Path, lake_root: str):
     table_uri = f"{lake_root.rstrip('/')}/{job.output.table}"
     predictions = table_asset(lake_root, job.output.table)
@@ -226,8 +243,8 @@ def build_dag(job: JobConfig, job_file: Path, lake_root: str):
     @dag(
         dag_id=job.dag_id,
         schedule=schedule,
-        start_date=START,
-        catchup=False,
+        start_date=_start(job),
+        catchup=job.airflow.catch_up_from is not None,
         max_active_runs=1,
         doc_md=_doc(job, table_uri),
         deadline=_deadline(job),

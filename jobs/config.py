@@ -393,6 +393,13 @@ class AirflowSpec(Frozen):
         "names. Airflow keeps the two kinds apart: a partitioned event starts partition-aware DAGs only, a plain "
         "one the others only",
     )
+    catch_up_from: dt.date | None = Field(
+        None,
+        description="the first night the scheduler scores on its own (YYYY-MM-DD): from then on it runs each night "
+        "that has no run yet, oldest first, one at a time (Airflow's catchup), so the nights a stopped scheduler "
+        "missed are scored when it is back; none before it. Without it, a scheduler back after a weekend runs the "
+        "latest night only",
+    )
     hourly_keys: str | None = Field(
         None,
         min_length=1,
@@ -426,6 +433,11 @@ class AirflowSpec(Frozen):
             if isinstance(address, str) and not EMAIL.fullmatch(address):
                 raise ValueError(f"{address!r} is not an email address (name@domain.example)")
         return addresses
+
+    @field_validator("catch_up_from", mode="before")
+    @classmethod
+    def _a_day(cls, v: object) -> object:
+        return v if v is None else parse_date(v if isinstance(v, dt.date) else str(v))
 
     @field_validator("hourly_keys")
     @classmethod
@@ -601,6 +613,18 @@ class JobConfig(Frozen):
             raise ValueError(
                 "airflow.hourly_keys: the keys of the input's hourly partitioned Asset events, which only a job on "
                 "schedule: on_input with airflow.partitioned_assets: true listens for; set both, or drop the key"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _nights_to_catch_up(self) -> JobConfig:
+        """``airflow.catch_up_from`` catches up the nights of a cron schedule; a job on its input's
+        events or triggered by hand has no nights of its own to miss."""
+        if self.airflow.catch_up_from is not None and self.schedule in (None, ON_INPUT):
+            runs = "on its input's Asset events" if self.schedule == ON_INPUT else "when triggered (schedule: null)"
+            raise ValueError(
+                f"airflow.catch_up_from: the job runs {runs}, with no nights of a schedule to catch up: drop the key, "
+                "or give the job a cron schedule"
             )
         return self
 

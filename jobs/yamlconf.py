@@ -84,6 +84,11 @@ class _UniqueKeys(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+# A date written plainly (2026-11-01) stays text, for the key's own check to read: PyYAML would
+# make it a date, and one that is not (2026-11-31) a bare "day is out of range for month".
+_UniqueKeys.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_yaml_str)
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Parse one YAML file into a mapping, or raise a ConfigError that names the file."""
     if not path.is_file():

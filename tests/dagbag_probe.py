@@ -45,10 +45,10 @@ def _keys(dag) -> dict | None:
     }
 
 
-def _next_runs(dag) -> dict:
-    """When the scheduler starts the DAG's next run after a winter and a summer noon (UTC), from its
-    serialized timetable: the logical date, which the run's day is counted from. Empty for a DAG
-    no clock starts."""
+def _runs(dag) -> dict:
+    """When the scheduler starts the DAG's runs, from its serialized timetable (logical dates, which
+    a run's day is counted from): the next run after a winter and a summer noon (UTC), and with
+    catchup the first run of a DAG that has none. Empty for a DAG no clock starts."""
     import datetime as dt
 
     import pendulum
@@ -56,12 +56,16 @@ def _next_runs(dag) -> dict:
     from airflow.timetables.base import DataInterval, TimeRestriction
 
     timetable = DagSerialization.from_dict(DagSerialization.to_dict(dag)).timetable
+    restriction = TimeRestriction(earliest=dag.start_date, latest=None, catchup=True)
     runs = {}
+    if dag.catchup and (
+        first := timetable.next_dagrun_info(last_automated_data_interval=None, restriction=restriction)
+    ):
+        runs["first"] = first.logical_date.isoformat()
     for noon in (dt.datetime(2026, 1, 10, 12, tzinfo=dt.UTC), dt.datetime(2026, 7, 10, 12, tzinfo=dt.UTC)):
         last = pendulum.instance(noon)
         info = timetable.next_dagrun_info(
-            last_automated_data_interval=DataInterval(last, last),
-            restriction=TimeRestriction(earliest=dag.start_date, latest=None, catchup=True),
+            last_automated_data_interval=DataInterval(last, last), restriction=restriction
         )
         if info is not None:
             runs[noon.isoformat()] = info.logical_date.isoformat()
@@ -94,7 +98,7 @@ for dag_id, dag in bag.dags.items():
         "schedule_assets": [a.uri for a in _listened(dag.timetable)],
         "timetable": type(dag.timetable).__name__,
         "partition_keys": _keys(dag),
-        "next_runs": _next_runs(dag),
+        "runs": _runs(dag),
         "catchup": dag.catchup,
         "tags": sorted(dag.tags),
         "params": sorted(dag.params.keys()),

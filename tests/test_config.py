@@ -116,6 +116,22 @@ def test_a_schedule_keeps_the_clock_of_the_zone_the_file_names(tmp_path):
         )
 
 
+def test_catching_up_takes_a_day_and_a_schedule_with_nights(tmp_path):
+    """``airflow.catch_up_from``: a calendar day, on a job whose cron gives it nights to catch up."""
+    job = load_job_file(write(tmp_path, VALID + "airflow: {catch_up_from: 2026-11-01}\n"))
+    assert job.airflow.catch_up_from == dt.date(2026, 11, 1)
+    path = write(tmp_path, VALID + "airflow: {catch_up_from: 2026-11-31}\n")
+    with pytest.raises(ConfigError, match=r"airflow\.catch_up_from: date must be a calendar date as YYYY-MM-DD"):
+        load_job_file(path)
+    path = write(tmp_path, VALID.replace('"0 2 * * *"', "on_input") + "airflow: {catch_up_from: 2026-11-01}\n")
+    with pytest.raises(ConfigError) as e:
+        load_job_file(path)
+    assert (
+        "airflow.catch_up_from: the job runs on its input's Asset events, with no nights of a schedule to catch up: "
+        "drop the key, or give the job a cron schedule"
+    ) in str(e.value)
+
+
 def test_the_precision_is_one_of_three(tmp_path):
     assert load_job_file(write(tmp_path, VALID)).compute.dtype == "float32"
     job = load_job_file(write(tmp_path, VALID + "compute: {dtype: bfloat16}\n"))

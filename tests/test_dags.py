@@ -190,19 +190,42 @@ def test_a_job_with_a_deadline_mails_when_a_night_is_late(settings, parsed, tmp_
 def test_a_job_in_another_time_zone_runs_on_its_clock(settings, parsed, tmp_path):
     """``timezone``: the cron's hours are the zone's, through daylight saving, as the scheduler
     reads the DAG: 00:30 in Paris is 23:30 UTC the day before in winter, 22:30 in summer."""
-    assert parsed["dags"]["lakecast__churn"]["next_runs"] == {
+    assert parsed["dags"]["lakecast__churn"]["runs"] == {
         "2026-01-10T12:00:00+00:00": "2026-01-11T02:00:00+00:00",
         "2026-07-10T12:00:00+00:00": "2026-07-11T02:00:00+00:00",
     }
     paris = CHURN.replace('schedule: "0 2 * * *"', 'schedule: "30 0 * * *"\ntimezone: Europe/Paris')
     dag = parse_dags(settings, LAKECAST_CONF=str(conf_with(tmp_path, churn=paris)))["dags"]["lakecast__churn"]
-    assert dag["next_runs"] == {
+    assert dag["runs"] == {
         "2026-01-10T12:00:00+00:00": "2026-01-10T23:30:00+00:00",
         "2026-07-10T12:00:00+00:00": "2026-07-10T22:30:00+00:00",
     }
     assert (
         "| schedule | `30 0 * * *` on the clock of Europe/Paris; a scheduled run scores the day before its date there |"
     ) in dag["doc_md"]
+
+
+def test_a_job_that_catches_up_scores_each_missed_night_from_the_one_it_names(settings, parsed, tmp_path):
+    """``airflow.catch_up_from``: the scheduler's first run is the one that scores the night named (at
+    02:00 the day after, on the job's clock), and each night after it without a run follows; a job
+    without the key has no catchup."""
+    churn = parsed["dags"]["lakecast__churn"]
+    assert churn["catchup"] is False and "first" not in churn["runs"]
+    assert (
+        "| catch-up | none: a scheduler back after a pause runs the latest night only (airflow.catch_up_from) |"
+    ) in churn["doc_md"]
+    text = CHURN.replace('schedule: "0 2 * * *"', 'schedule: "0 2 * * *"\ntimezone: Europe/Paris').replace(
+        "  tags: [churn, demo]", "  tags: [churn, demo]\n  catch_up_from: 2026-11-01"
+    )
+    dag = parse_dags(settings, LAKECAST_CONF=str(conf_with(tmp_path, churn=text)))["dags"]["lakecast__churn"]
+    assert dag["catchup"] is True
+    assert dag["runs"]["first"] == "2026-11-02T01:00:00+00:00"  # 02:00 in Paris
+    assert score_date(None, dt.datetime.fromisoformat(dag["runs"]["first"]), ZoneInfo("Europe/Paris")) == dt.date(
+        2026, 11, 1
+    )
+    assert (
+        "| catch-up | every night from 2026-11-01 that has no run yet, oldest first, one at a time |" in dag["doc_md"]
+    )
 
 
 def test_a_job_can_wait_for_a_late_partition(settings, parsed, tmp_path):
