@@ -111,6 +111,8 @@ def _scores(job: JobConfig) -> str:
     if job.classes:
         each = f", each class's probability (`{'`, `'.join(job.class_columns)}`)" if job.class_columns else ""
         return f"(the probability of the predicted class) and `prediction` (one of {', '.join(job.classes)}){each}"
+    if job.model.dimensions:
+        return f"(a vector of {job.model.dimensions} float32 values a row: an embedding, model.task)"
     if not job.classifies:
         return "(the predicted value: a regression, model.task)"
     cut = f"{job.output.threshold:g}" if job.output.threshold is not None else "the model's threshold"

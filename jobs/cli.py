@@ -92,7 +92,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if result.input_nulls:
             _out(f"inputs:      {input_stats.describe(result.input_nulls)}")
         if result.scores:
-            _out(f"scores:      {score_stats.describe(result.scores)}")
+            label = "norms:" if job.model.task == "embedding" else "scores:"  # an embedding's: its vectors' lengths
+            _out(f"{label:<13}{score_stats.describe(result.scores)}")
         _out(f"MLflow run:  {result.run_id}")
         if result.actor_seconds:
             _out(f"actors:      {actor_time(result.actor_seconds, result.actor_on_cpu_share)}")

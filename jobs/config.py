@@ -114,7 +114,9 @@ class InputSpec(Frozen):
         return v
 
 
-Task = Literal["classification", "multiclass", "regression"]
+Task = Literal["classification", "multiclass", "regression", "embedding"]
+# the tasks whose versions the A/B comparison measures (ab:): an embedding has no label to score against
+ABTask = Literal["classification", "multiclass", "regression"]
 
 
 class ModelSpec(Frozen):
@@ -125,7 +127,14 @@ class ModelSpec(Frozen):
         "classification",
         description="classification: the score is a probability, with a prediction column (score >= threshold); "
         "multiclass: the prediction is the most probable of model.classes, the score its probability; "
-        "regression: the score is the predicted value, and no prediction column is written",
+        "regression: the score is the predicted value, and no prediction column is written; "
+        "embedding: the score is a vector of model.dimensions numbers a row, and no prediction column is written",
+    )
+    dimensions: int | None = Field(
+        None,
+        ge=1,
+        description="embedding: the length of the vector the model returns for each row (a network's output "
+        "width): every row's is checked against it, and the predictions' column holds that many float32 values",
     )
     classes: list[str] | None = Field(
         None,
@@ -140,6 +149,20 @@ class ModelSpec(Frozen):
         if isinstance(v, list):
             return [str(c) if isinstance(c, int | float) and not isinstance(c, bool) else c for c in v]
         return v
+
+    @model_validator(mode="after")
+    def _dimensions_of_the_task(self) -> ModelSpec:
+        if self.task == "embedding" and self.dimensions is None:
+            raise ValueError(
+                "dimensions: an embedding model (task: embedding) needs the length of the vector it returns for each "
+                "row, which every row's is checked against: dimensions: 64"
+            )
+        if self.task != "embedding" and self.dimensions is not None:
+            raise ValueError(
+                f"dimensions: only an embedding model returns a vector a row (task is {self.task!r}); "
+                "set task: embedding, or drop the key"
+            )
+        return self
 
     @model_validator(mode="after")
     def _classes_of_the_task(self) -> ModelSpec:
@@ -272,7 +295,7 @@ class ABSpec(Frozen):
         description="outcomes land this many days after the day they describe: the nightly compare "
         "takes the labeled partition of this many days before the night's date",
     )
-    task: Task = Field("classification", description="default: model.task's")
+    task: ABTask = Field("classification", description="default: model.task's")
     champion: str = "champion"
     challenger: str = "challenger"
     primary_metric: str = Field(
@@ -495,6 +518,11 @@ class JobConfig(Frozen):
         model, ab = data.get("model"), data.get("ab")
         if not (isinstance(model, dict) and isinstance(ab, dict)):
             return data
+        if model.get("task") == "embedding":
+            raise ValueError(
+                "ab: an embedding model (model.task: embedding) returns vectors, with no label to measure two versions "
+                "against: drop the ab: section (a canary or shadow of a challenger is part of it)"
+            )
         if "task" in model and "task" not in ab:
             return {**data, "ab": {**ab, "task": model["task"]}}
         if "task" in ab and "task" not in model:
@@ -592,6 +620,11 @@ class JobConfig(Frozen):
                 "output.threshold: a regression model's score is its predicted value, with no threshold to cut it "
                 "at and no prediction column (model.task is 'regression'); drop the key"
             )
+        if self.model.task == "embedding" and self.output.threshold is not None:
+            raise ValueError(
+                "output.threshold: an embedding model's score is a vector, with no threshold to cut it at and no "
+                "prediction column (model.task is 'embedding'); drop the key"
+            )
         if self.output.class_scores and self.model.task != "multiclass":
             raise ValueError(
                 f"output.class_scores: only a multiclass model has a probability per class to write (model.task is "
@@ -680,7 +713,7 @@ class JobConfig(Frozen):
     def predicts(self) -> bool:
         """Whether the predictions hold a ``prediction`` column: a class, the cut score's 0 or 1
         or a multiclass model's most probable class (a regression's score is its prediction)."""
-        return self.model.task != "regression"
+        return self.model.task not in ("regression", "embedding")
 
     @property
     def classes(self) -> tuple[str, ...]:

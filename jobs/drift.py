@@ -85,13 +85,15 @@ def score_distribution(
     version: int | None = None,
     classifies: bool = True,
     classes: Sequence[str] = (),
+    what: str = "scores",
 ) -> dict[str, float]:
     """The figures of ``summaries`` (:func:`jobs.score_stats.merge`; a positive rate where the
     model ``classifies``; each class's share of the rows for a multiclass model's ``classes``),
     against those of the day before's manifest ``before`` of ``table`` where it has them; a
-    warning when the scores, or the classes' shares, moved much since. ``version``: the model
-    version that scored tonight's; where the day before's was another (the night after a
-    promotion), the warning says so, as the likely cause."""
+    warning when the scores (``what`` they are: an embedding's, its vectors' lengths), or the
+    classes' shares, moved much since. ``version``: the model version that scored tonight's; where
+    the day before's was another (the night after a promotion), the warning says so, as the likely
+    cause."""
     day_before = ds - dt.timedelta(days=1)
     previous = before.get("scores")
     try:  # a comparison: yesterday's partition, whatever its state, never fails tonight's run
@@ -103,9 +105,10 @@ def score_distribution(
     if shift is not None and shift > score_stats.PSI_ALERT:
         rates = (previous.get("positive_rate"), scores.get("positive_rate"))
         log.warning(
-            "%s's scores moved since %s: population stability index %.2f against that day's deciles (above %g); "
+            "%s's %s moved since %s: population stability index %.2f against that day's deciles (above %g); "
             "median %.4g → %.4g%s%s",
             table,
+            what,
             day_before,
             shift,
             score_stats.PSI_ALERT,

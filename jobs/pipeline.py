@@ -197,6 +197,7 @@ def predictor_options(
         lineage=Lineage(ref.name, ref.version, run_id, started_at, variant=ref.alias or f"v{ref.version}"),
         task=job.model.task,
         classes=job.classes,
+        dimensions=job.model.dimensions or 0,
         num_threads=max(1, int(threads_per_file(job.compute, at_once))),
         dtype=job.compute.dtype,
         telemetry_dir=telemetry_dir,

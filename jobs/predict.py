@@ -186,6 +186,11 @@ def run_job(
     return result
 
 
+def _scores_are(job: JobConfig) -> str:
+    """What the figures of a night's scores are of, as its warnings name them."""
+    return "vectors' lengths" if job.model.task == "embedding" else "scores"
+
+
 def _written(lake: Lake, folder: str) -> tuple[list[DataFile], list[pq.FileMetaData], int]:
     """The data files the run wrote into a staging ``folder``, their footers (the manifest takes
     its row counts and schema from them) and their rows in all."""
@@ -258,6 +263,7 @@ def _run_locked(
                     version=pre.challenger.version,
                     classifies=job.classifies,
                     classes=job.classes,
+                    what=_scores_are(job),
                 )
             out_files, out_footers, out_rows = _written(lake, staging)
             q_files, q_footers, q_rows = _written(lake, q_staging)
@@ -275,6 +281,7 @@ def _run_locked(
                 version=ref.version,
                 classifies=job.classifies,
                 classes=job.classes,
+                what=_scores_are(job),
             )
             drift.warn_of_emptier_inputs(
                 ds, job, pre, before, lake.partition_uri(job.input.table, ds, job.input.partition)
@@ -363,6 +370,7 @@ def _run_locked(
                 on_cpu=on_cpu,
                 scores=scores,
                 shadow_scores=shadow_scores,
+                scores_are=_scores_are(job),
             )
         )
         if not dry_run:
@@ -406,6 +414,7 @@ def _end_metrics(
     on_cpu: float | None,
     scores: dict[str, float],
     shadow_scores: dict[str, float],
+    scores_are: str = "scores",
 ) -> dict[str, float]:
     """The run's MLflow metrics once it is committed: its speed, its start step by step, where the
     actors' time went, and the figures tomorrow compares itself with; the log says the same."""
@@ -428,7 +437,7 @@ def _end_metrics(
         log.info("the inputs: %s", input_stats.describe(pre.input_nulls))
     if scores:
         metrics |= {f"score.{name}": value for name, value in scores.items()}
-        log.info("the scores: %s", score_stats.describe(scores))
+        log.info("the %s: %s", scores_are, score_stats.describe(scores))
     if shadow_scores:
         metrics |= {f"shadow.score.{name}": value for name, value in shadow_scores.items()}
         log.info("the shadow's scores (%s): %s", pre.challenger.uri, score_stats.describe(shadow_scores))

@@ -192,6 +192,8 @@ def model_inputs(job: JobConfig, ref: ModelRef, *, takes_every_listed: bool = Tr
         signature = get_model_info(ref.uri).signature
     if job.classes and signature is not None and signature.outputs is not None:
         _check_class_columns(job, ref, signature.outputs)
+    if job.model.dimensions and signature is not None and signature.outputs is not None:
+        _check_dimensions(job, ref, signature.outputs)
     if signature is None or signature.inputs is None:
         if not job.input.columns:
             raise JobError(f"{ref.uri} has no signature: list input.columns in {job.file}")
@@ -234,6 +236,29 @@ def _check_class_columns(job: JobConfig, ref: ModelRef, outputs: Any) -> None:
         f"{ref.uri} returns {said}, by its signature, where model.classes in {job.file} names {len(classes)} "
         f"classes [{', '.join(classes)}]: a multiclass model returns a probability per class, in the order of "
         "model.classes"
+    )
+
+
+def _check_dimensions(job: JobConfig, ref: ModelRef, outputs: Any) -> None:
+    """An embedding model whose signature says how wide its output is returns ``model.dimensions``
+    numbers a row: else every row would be scored and then refused at the first batch.
+
+    Raises:
+        JobError: naming the model, what its signature says and the job file's dimensions.
+    """
+    if outputs.is_tensor_spec():
+        shapes = [tuple(t.shape) for t in outputs.inputs]
+        if len(shapes) != 1 or len(shapes[0]) != 2 or shapes[0][1] in (-1, job.model.dimensions):
+            return
+        said = f"a tensor of shape {shapes[0]}"
+    else:
+        names = outputs.input_names()
+        if len(names) == job.model.dimensions:
+            return
+        said = f"{len(names)} columns"
+    raise JobError(
+        f"{ref.uri} returns {said}, by its signature, where model.dimensions in {job.file} is "
+        f"{job.model.dimensions}: an embedding model returns that many numbers a row"
     )
 
 

@@ -9,7 +9,9 @@ positive rate that halves), which MLflow charts across the runs of the job's exp
 A regression's scores are its predicted values: the same figures, without the positive rate
 (its predictions have no ``prediction`` column to count). A multiclass model's score is the
 probability of the class it predicts, its confidence; in place of the positive rate, the share
-of the rows predicted in each class, and their stability against the day before's.
+of the rows predicted in each class, and their stability against the day before's. An embedding
+model's score is a vector: its figures are those of the vectors' lengths (their L2 norms), which
+move when the model's inputs do, as a score's distribution does.
 
 Nothing per row leaves an actor for this: a CPU actor (a GPU pipeline's write task) summarises
 each file's scores as it writes them, and the challenger's shadow scores beside them
@@ -111,7 +113,10 @@ def summarize(
 
 def of_table(table: pa.Table, score_column: str, every: int) -> dict[str, Any]:
     """The summary of a table of predictions (:func:`models.predictor.prediction_table`)."""
-    scores = table.column(score_column).to_numpy()
+    column = table.column(score_column)
+    if pa.types.is_fixed_size_list(column.type):  # an embedding's vectors: their lengths
+        return summarize(norms(column), None, every)
+    scores = column.to_numpy()
     if PREDICTION not in table.column_names:
         return summarize(scores, None, every)
     predictions = table.column(PREDICTION)
@@ -122,6 +127,14 @@ def of_table(table: pa.Table, score_column: str, every: int) -> dict[str, Any]:
         names, found = chunk.dictionary.to_pylist(), np.bincount(chunk.indices, minlength=len(chunk.dictionary))
         counts.update(dict(zip(names, found.tolist(), strict=True)))
     return summarize(scores, None, every, counts)
+
+
+def norms(vectors: pa.ChunkedArray | pa.FixedSizeListArray) -> np.ndarray:
+    """Each row's L2 norm, of a fixed-size list column of vectors (float32, as the predictions hold them)."""
+    if isinstance(vectors, pa.ChunkedArray):
+        vectors = vectors.combine_chunks()
+    matrix = vectors.flatten().to_numpy().reshape(len(vectors), vectors.type.list_size)
+    return np.sqrt(np.einsum("ij,ij->i", matrix, matrix))
 
 
 def combine(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

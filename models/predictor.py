@@ -38,7 +38,12 @@ TELEMETRY_SEPARATOR = "--"
 
 # a probability needs no more than float32's seven digits; a regression's value (a spend in cents,
 # past 16.7M of them) does, and is kept as the model gives it
-SCORE_TYPES = {"classification": np.float32, "multiclass": np.float32, "regression": np.float64}
+SCORE_TYPES = {
+    "classification": np.float32,
+    "multiclass": np.float32,
+    "regression": np.float64,
+    "embedding": np.float32,
+}
 
 
 class ModelOutputError(ValueError):
@@ -81,9 +86,11 @@ class PredictorOptions:
     threshold: float | None
     lineage: Lineage
     # regression: the score is the predicted value, with no prediction column (model.task);
-    # multiclass: the prediction is the most probable of ``classes``, the score its probability
-    task: Literal["classification", "multiclass", "regression"] = "classification"
+    # multiclass: the prediction is the most probable of ``classes``, the score its probability;
+    # embedding: the score is a vector of ``dimensions`` float32 values, with no prediction column
+    task: Literal["classification", "multiclass", "regression", "embedding"] = "classification"
     classes: tuple[str, ...] = ()
+    dimensions: int = 0
     num_threads: int = 1
     dtype: str | None = None  # on a GPU: bfloat16 or float16 (the job file's compute.dtype)
     telemetry_dir: str | None = None
@@ -260,6 +267,33 @@ def class_probabilities(predictions: object, rows: int, model_uri: str, classes:
     return proba
 
 
+def embedding_vectors(predictions: object, rows: int, model_uri: str, dimensions: int) -> np.ndarray:
+    """An embedding model's predictions as a float32 matrix of a row per input row and
+    ``dimensions`` columns (a network's output, a DataFrame of a column per component).
+
+    Raises:
+        ModelOutputError: naming the model and what it returned where that is not ``dimensions``
+            finite numbers a row.
+    """
+    values = np.asarray(predictions.to_numpy() if hasattr(predictions, "to_numpy") else predictions)
+    if values.shape != (rows, dimensions):
+        raise ModelOutputError(
+            f"{model_uri} returned predictions of shape {values.shape} for {rows} rows; an embedding model "
+            f"(model.task) returns a vector of model.dimensions ({dimensions}) numbers a row"
+        )
+    if values.dtype.kind not in "fiu":
+        raise ModelOutputError(f"{model_uri} returned {values.dtype} predictions; lakecast needs numbers")
+    vectors = values.astype(np.float32, copy=False)
+    finite = np.isfinite(vectors).all(axis=1)
+    if not finite.all():
+        raise ModelOutputError(
+            f"{model_uri} returned NaN or infinite values in {int((~finite).sum())} of {rows} rows' vectors (the "
+            f"first at row {int(np.argmin(finite))} of the batch), from inputs that passed validation; nothing is "
+            "published"
+        )
+    return vectors
+
+
 class BatchPredictor:
     """Ray Data callable class: ``map_batches(BatchPredictor, fn_constructor_kwargs=...)``.
 
@@ -330,12 +364,15 @@ class BatchPredictor:
             log.warning("could not record the time of %s: %s", event, e)
 
     def score(self, batch: pa.Table) -> np.ndarray:
-        """The batch's scores: a vector, or a multiclass model's matrix of a column per class."""
+        """The batch's scores: a vector, or a matrix of a row per input row (a multiclass model's
+        column per class, an embedding's component)."""
         options = self.options
         if self.model is not None:
             scores = self.model.predict_proba(batch)
             if options.task == "multiclass":
                 return class_probabilities(scores, batch.num_rows, options.model_uri, options.classes)
+            if options.task == "embedding":
+                return embedding_vectors(scores, batch.num_rows, options.model_uri, options.dimensions)
             return scores
         assert self.pyfunc is not None
         columns = options.input_columns or [
@@ -348,6 +385,8 @@ class BatchPredictor:
         predictions = self.pyfunc.predict(model_input)
         if options.task == "multiclass":
             return class_probabilities(predictions, batch.num_rows, options.model_uri, options.classes)
+        if options.task == "embedding":
+            return embedding_vectors(predictions, batch.num_rows, options.model_uri, options.dimensions)
         return one_score_per_row(
             predictions, batch.num_rows, options.model_uri, classifies=options.task == "classification"
         )
@@ -414,7 +453,9 @@ def prediction_table(
     A multiclass model's ``proba`` is a matrix, a column per class of ``classes``: the
     prediction is the most probable class's name (dictionary-encoded, an index a row, as the
     lineage's strings), the score its probability; with ``class_columns``, each class's
-    probability follows in a column of its own.
+    probability follows in a column of its own. An embedding model's is a matrix too, with no
+    ``classes``: each row's vector is the score, a fixed-size list over the matrix's buffer, with
+    no prediction.
 
     Every column of lakecast's is declared non-nullable (Parquet's ``required``): none can hold a
     null (the key is checked before a row is scored), and the writer then stores no definition
@@ -422,7 +463,10 @@ def prediction_table(
     passthrough columns stay nullable, as the input's.
     """
     carried = dict(passthrough or {})
-    if proba.ndim == 2:
+    if proba.ndim == 2 and not classes:
+        score = pa.FixedSizeListArray.from_arrays(pa.array(proba.reshape(-1)), proba.shape[1])
+        predicted = {}
+    elif proba.ndim == 2:
         best = proba.argmax(axis=1).astype(np.int32)
         score = pa.array(proba[np.arange(len(best)), best])
         predicted = {PREDICTION: pa.DictionaryArray.from_arrays(pa.array(best), _names(tuple(classes)))}

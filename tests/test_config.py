@@ -132,6 +132,32 @@ def test_catching_up_takes_a_day_and_a_schedule_with_nights(tmp_path):
     ) in str(e.value)
 
 
+def test_an_embedding_model_names_its_width_and_has_nothing_to_compare(tmp_path):
+    """``model.task: embedding``: the vector's length is the file's to say; a threshold, classes or an
+    ``ab:`` section (no label to measure a vector against) are refused, each in a sentence."""
+    vectors = VALID.replace(
+        "model: {name: churn-classifier, alias: champion}", "model: {name: enc, task: embedding, dimensions: 64}"
+    )
+    assert load_job_file(write(tmp_path, vectors)).model.dimensions == 64
+    for text, error in (
+        (vectors.replace(", dimensions: 64", ""), "model: dimensions: an embedding model (task: embedding) needs"),
+        (VALID.replace("alias: champion}", "alias: champion, dimensions: 8}"), "model: dimensions: only an embedding"),
+        (
+            vectors.replace("{table: predictions/churn_test}", "{table: predictions/churn_test, threshold: 0.5}"),
+            "output.threshold: an embedding model's score is a vector",
+        ),
+        (
+            vectors + "ab: {labeled_table: labeled/customers, label: churned}\n",
+            "ab: an embedding model (model.task: embedding) returns vectors, with no label to measure two versions "
+            "against: drop the ab: section",
+        ),
+    ):
+        path = write(tmp_path, text)
+        with pytest.raises(ConfigError) as e:
+            load_job_file(path)
+        assert f"{path}: {error}" in str(e.value)
+
+
 def test_the_precision_is_one_of_three(tmp_path):
     assert load_job_file(write(tmp_path, VALID)).compute.dtype == "float32"
     job = load_job_file(write(tmp_path, VALID + "compute: {dtype: bfloat16}\n"))
@@ -410,7 +436,7 @@ def test_a_name_in_the_file_must_be_the_files_own(tmp_path):
         ),
         (
             "model: {name: ltv, task: forecast}",
-            "model.task: Input should be 'classification', 'multiclass' or 'regression'",
+            "model.task: Input should be 'classification', 'multiclass', 'regression' or 'embedding'",
         ),
         (
             "model: {name: plan, task: multiclass}",

@@ -117,8 +117,8 @@ def test_a_jobs_pool_holds_the_tasks_that_use_ray(settings, tmp_path):
 
 
 def test_the_dags_docs_say_what_the_score_column_holds(settings, parsed, tmp_path):
-    """A probability cut into ``prediction``, or a regression's predicted value alone; the input's
-    columns copied beside them."""
+    """A probability cut into ``prediction``, a regression's predicted value alone, a multiclass
+    model's class or an embedding's vector; the input's columns copied beside them."""
     doc = parsed["dags"]["lakecast__churn"]["doc_md"]
     assert "column `churn_probability` (a probability) and `prediction` (the score at or above the model's" in doc
     without_ab = CHURN.split("\nab:")[0] + "\ncompute:" + CHURN.split("\ncompute:")[1]
@@ -128,7 +128,11 @@ def test_the_dags_docs_say_what_the_score_column_holds(settings, parsed, tmp_pat
     multiclass = without_ab.replace(
         "  alias: champion ", "  task: multiclass\n  classes: [basic, plus, premium]\n  alias: champion "
     ).replace("table: predictions/churn", "table: predictions/plan\n  class_scores: true")
-    dags = parse_dags(settings, LAKECAST_CONF=str(conf_with(tmp_path, churn=regression, plan=multiclass)))["dags"]
+    embedding = without_ab.replace(
+        "  alias: champion ", "  task: embedding\n  dimensions: 64\n  alias: champion "
+    ).replace("table: predictions/churn", "table: predictions/vectors")
+    conf = conf_with(tmp_path, churn=regression, plan=multiclass, vectors=embedding)
+    dags = parse_dags(settings, LAKECAST_CONF=str(conf))["dags"]
     assert (
         "column `churn_probability` (the predicted value: a regression, model.task), the input's `region` "
         "(output.passthrough) plus lineage"
@@ -138,6 +142,9 @@ def test_the_dags_docs_say_what_the_score_column_holds(settings, parsed, tmp_pat
         "premium), each class's probability (`churn_probability_basic`, `churn_probability_plus`, "
         "`churn_probability_premium`) plus lineage"
     ) in dags["lakecast__plan"]["doc_md"]
+    assert (
+        "column `churn_probability` (a vector of 64 float32 values a row: an embedding, model.task) plus lineage"
+    ) in dags["lakecast__vectors"]["doc_md"]
 
 
 def test_a_job_that_names_who_to_mail_mails_them_from_every_task(settings, parsed, tmp_path):

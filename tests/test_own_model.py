@@ -15,6 +15,7 @@ import cloudpickle
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pytest
@@ -486,6 +487,90 @@ def test_a_multiclass_model_predicts_a_class_with_its_probability_and_is_compare
         JobError, match=re.escape("returns a tensor of shape (-1, 3), by its signature, where model.classes")
     ):
         run_job(load_job_file(path), DAY, settings=settings)
+
+
+def test_an_embedding_model_writes_a_vector_a_row(settings, lake, ray_local, tmp_path, monkeypatch):
+    """``model.task: embedding``: a user's PyTorch encoder turns each customer's account into a
+    vector of 16 numbers, for a nearest-neighbour search downstream. The predictions hold each
+    row's vector as the network gives it, in a fixed-size list of float32, with no prediction; the
+    night's figures are those of the vectors' lengths. The GPU pipeline's shape writes the same
+    vectors, and a job file that names another width is refused from the model's signature before
+    any actor starts."""
+    torch.manual_seed(1)
+    encoder = torch.nn.Sequential(torch.nn.Linear(len(NUMERIC), 32), torch.nn.Tanh(), torch.nn.Linear(32, 16)).eval()
+    sample = raw_rows(lake)[NUMERIC].dropna().head(100).astype(np.float32)
+    with torch.no_grad():
+        sample_out = encoder(torch.from_numpy(sample.to_numpy())).numpy()
+    register(
+        settings,
+        "user-encoder",
+        lambda name: mlflow.pytorch.log_model(
+            encoder,
+            name="model",
+            serialization_format="pickle",
+            signature=infer_signature(sample, sample_out),
+            registered_model_name=name,
+            pip_requirements=[f"torch=={torch.__version__}"],
+        ),
+    )
+    path = job_file(tmp_path, "user_embed", "user-encoder")
+    text = path.read_text().replace(
+        "model: {name: user-encoder}", "model: {name: user-encoder, task: embedding, dimensions: 16}"
+    )
+    path.write_text(
+        text.replace(
+            "output: {table: predictions/user_embed}",
+            "output: {table: predictions/user_embed, score_column: embedding}",
+        )
+    )
+    job = load_job_file(path)
+
+    result = run_job(job, DAY, settings=settings)
+
+    files = lake.data_files("predictions/user_embed", DAY)
+    schema = pads.dataset([f.path for f in files], format="parquet").schema
+    assert schema.names == prediction_columns("customer_id", "embedding", predicts=False)
+    vector = schema.field("embedding").type
+    assert pa.types.is_fixed_size_list(vector) and (vector.list_size, vector.value_type) == (16, pa.float32())
+    assert not schema.field("embedding").nullable
+    scored = output(lake, "user_embed")
+    rows = raw_rows(lake).set_index("customer_id").loc[scored["customer_id"], NUMERIC]
+    vectors = np.stack(scored["embedding"].to_numpy())
+    with torch.no_grad():
+        want = encoder(torch.from_numpy(rows.to_numpy(np.float32))).numpy()
+    np.testing.assert_allclose(vectors, want, rtol=1e-5, atol=1e-6)
+    norms = np.linalg.norm(want, axis=1)
+    assert result.scores["mean"] == pytest.approx(norms.mean(), rel=1e-5)
+    assert result.scores["max"] == pytest.approx(norms.max(), rel=1e-5) and "positive_rate" not in result.scores
+    assert lake.committed("predictions/user_embed", DAY)[1]["scores"]["mean"] == pytest.approx(result.scores["mean"])
+
+    # as on GPU actors (no GPU here: the same pipeline on a CPU actor), whose write tasks write the
+    # actors' batches in files of other rows
+    from jobs import pipeline
+
+    monkeypatch.setattr(pipeline, "actors_read_and_write", lambda gpus: False)
+    compute = {"min_actors": 1, "max_actors": 1, "cpus_per_actor": 1, "batch_size": 500}
+    as_on_gpus = job.model_copy(
+        update={
+            "compute": job.compute.model_copy(update=compute),
+            "output": job.output.model_copy(update={"rows_per_file": 1_000}),
+        }
+    )
+    again = run_job(as_on_gpus, DAY, settings=settings)
+    rescored = output(lake, "user_embed").set_index("customer_id").sort_index()
+    assert len(lake.committed("predictions/user_embed", DAY)[1]["output"]) > 1
+    fused = scored.set_index("customer_id").sort_index()
+    np.testing.assert_array_equal(np.stack(rescored["embedding"].to_numpy()), np.stack(fused["embedding"].to_numpy()))
+    assert again.scores["mean"] == pytest.approx(result.scores["mean"], rel=1e-6)
+
+    # another width in the job file: refused before any actor starts, from the model's signature
+    path.write_text(path.read_text().replace("dimensions: 16", "dimensions: 8"))
+    with pytest.raises(JobError) as e:
+        run_job(load_job_file(path), DAY, settings=settings)
+    assert str(e.value) == (
+        f"models:/user-encoder/1 returns a tensor of shape (-1, 16), by its signature, where model.dimensions in "
+        f"{path} is 8: an embedding model returns that many numbers a row"
+    )
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ import datetime as dt
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import DAY
@@ -162,6 +163,33 @@ def test_a_multiclass_models_output_that_is_not_its_class_probabilities_is_named
 
     with pytest.raises(ModelOutputError, match=error):
         class_probabilities(returned, 3, "m", ("a", "b", "c"))
+
+
+def test_an_embedding_models_vectors_are_written_as_they_are_and_a_wrong_one_is_named(tmp_path):
+    """A vector of ``dimensions`` numbers a row, from an array or a frame of a column per
+    component, written as a fixed-size list of float32 that reads back as the model returned it;
+    another width, or a NaN, stops the run naming the model and the batch's row."""
+    import pandas as pd
+
+    from models.predictor import Lineage, ModelOutputError, embedding_vectors, parquet_options, prediction_table
+
+    returned = pd.DataFrame(np.arange(12, dtype=np.float64).reshape(3, 4) / 7)
+    vectors = embedding_vectors(returned, 3, "m", 4)
+    lineage = Lineage("m", 1, "r" * 32, dt.datetime(2026, 11, 21, tzinfo=dt.UTC))
+    table = prediction_table(
+        pa.array([7, 8, 9]), vectors, key="id", score_column="vec", threshold=None, lineage=lineage
+    )
+    pq.write_table(table, tmp_path / "p.parquet", **parquet_options(table.schema))
+    back = pq.read_table(tmp_path / "p.parquet")
+    assert "prediction" not in back.column_names
+    np.testing.assert_array_equal(np.stack(back["vec"].to_numpy(zero_copy_only=False)), returned.to_numpy(np.float32))
+    with pytest.raises(
+        ModelOutputError, match=r"m returned predictions of shape \(3, 4\) for 3 rows; an embedding model"
+    ):
+        embedding_vectors(returned, 3, "m", 8)
+    returned.iloc[2, 1] = np.nan
+    with pytest.raises(ModelOutputError, match=r"NaN or infinite values in 1 of 3 rows' vectors \(the first at row 2"):
+        embedding_vectors(returned, 3, "m", 4)
 
 
 def test_threshold_from_job_overrides_model(settings, registered, raw_batch):
