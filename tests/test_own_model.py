@@ -114,6 +114,21 @@ def with_columns(net: torch.nn.Module, sample: pd.DataFrame):
     )
 
 
+def as_on_gpus(job, monkeypatch: pytest.MonkeyPatch):
+    """``job`` scored in the GPU pipeline's shape on a CPU actor (no GPU here): the actor scores
+    batches of 500 rows that write tasks apart from it write in files of 1,000."""
+    from jobs import pipeline
+
+    monkeypatch.setattr(pipeline, "actors_read_and_write", lambda gpus: False)
+    compute = {"min_actors": 1, "max_actors": 1, "cpus_per_actor": 1, "batch_size": 500}
+    return job.model_copy(
+        update={
+            "compute": job.compute.model_copy(update=compute),
+            "output": job.output.model_copy(update={"rows_per_file": 1_000}),
+        }
+    )
+
+
 @pytest.mark.parametrize("columns", [None, ["customer_id", *NUMERIC]], ids=["signature", "listed-with-the-key"])
 def test_pytorch_model_with_named_columns(settings, lake, ray_local, network, user_torch, tmp_path, columns):
     """Its columns read from its signature, or listed in the job file (the key among them, which
@@ -460,17 +475,7 @@ def test_a_multiclass_model_predicts_a_class_with_its_probability_and_is_compare
 
     # as on GPU actors (no GPU here: the same pipeline on a CPU actor), whose write tasks encode
     # the class names and count them file by file, in files of other rows than the actors' batches
-    from jobs import pipeline
-
-    monkeypatch.setattr(pipeline, "actors_read_and_write", lambda gpus: False)
-    compute = {"min_actors": 1, "max_actors": 1, "cpus_per_actor": 1, "batch_size": 500}
-    as_on_gpus = job.model_copy(
-        update={
-            "compute": job.compute.model_copy(update=compute),
-            "output": job.output.model_copy(update={"rows_per_file": 1_000}),
-        }
-    )
-    again = run_job(as_on_gpus, DAY, settings=settings)
+    again = run_job(as_on_gpus(job, monkeypatch), DAY, settings=settings)
     rescored = output(lake, "user_contract")
     assert len(rescored) == len(scored) and rescored["prediction"].dtype == "category"
     assert len(lake.committed("predictions/user_contract", DAY)[1]["output"]) > 1
@@ -546,17 +551,7 @@ def test_an_embedding_model_writes_a_vector_a_row(settings, lake, ray_local, tmp
 
     # as on GPU actors (no GPU here: the same pipeline on a CPU actor), whose write tasks write the
     # actors' batches in files of other rows
-    from jobs import pipeline
-
-    monkeypatch.setattr(pipeline, "actors_read_and_write", lambda gpus: False)
-    compute = {"min_actors": 1, "max_actors": 1, "cpus_per_actor": 1, "batch_size": 500}
-    as_on_gpus = job.model_copy(
-        update={
-            "compute": job.compute.model_copy(update=compute),
-            "output": job.output.model_copy(update={"rows_per_file": 1_000}),
-        }
-    )
-    again = run_job(as_on_gpus, DAY, settings=settings)
+    again = run_job(as_on_gpus(job, monkeypatch), DAY, settings=settings)
     rescored = output(lake, "user_embed").set_index("customer_id").sort_index()
     assert len(lake.committed("predictions/user_embed", DAY)[1]["output"]) > 1
     fused = scored.set_index("customer_id").sort_index()
