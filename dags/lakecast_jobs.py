@@ -123,7 +123,7 @@ def _catch_up(job: JobConfig) -> str:
     first = job.airflow.catch_up_from
     if first is None:
         return "none: a scheduler back after a pause runs the latest night only (airflow.catch_up_from)"
-    return f"every night from {first} that has no run yet, oldest first, one at a time"
+    return f"every night from {first} on that came after the DAG's last scheduled run, oldest first, one at a time"
 
 
 def _deadline_doc(job: JobConfig) -> str:

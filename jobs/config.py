@@ -419,9 +419,9 @@ class AirflowSpec(Frozen):
     catch_up_from: dt.date | None = Field(
         None,
         description="the first night the scheduler scores on its own (YYYY-MM-DD): from then on it runs each night "
-        "that has no run yet, oldest first, one at a time (Airflow's catchup), so the nights a stopped scheduler "
-        "missed are scored when it is back; none before it. Without it, a scheduler back after a weekend runs the "
-        "latest night only",
+        "after the DAG's last scheduled run, oldest first, one at a time (Airflow's catchup), so the nights a stopped "
+        "scheduler missed are scored when it is back; none before it. Without it, a scheduler back after a weekend "
+        "runs the latest night only",
     )
     hourly_keys: str | None = Field(
         None,

@@ -231,8 +231,9 @@ def test_a_job_that_catches_up_scores_each_missed_night_from_the_one_it_names(se
         2026, 11, 1
     )
     assert (
-        "| catch-up | every night from 2026-11-01 that has no run yet, oldest first, one at a time |" in dag["doc_md"]
-    )
+        "| catch-up | every night from 2026-11-01 on that came after the DAG's last scheduled run, oldest first, "
+        "one at a time |"
+    ) in dag["doc_md"]
 
 
 def test_a_job_can_wait_for_a_late_partition(settings, parsed, tmp_path):
