@@ -123,7 +123,9 @@ def _catch_up(job: JobConfig) -> str:
     first = job.airflow.catch_up_from
     if first is None:
         return "none: a scheduler back after a pause runs the latest night only (airflow.catch_up_from)"
-    return f"every night from {first} on that came after the DAG's last scheduled run, oldest first, one at a time"
+    runs = job.airflow.max_active_runs
+    at_once = "one at a time" if runs == 1 else f"{runs} at a time (airflow.max_active_runs)"
+    return f"every night from {first} on that came after the DAG's last scheduled run, oldest first, {at_once}"
 
 
 def _deadline_doc(job: JobConfig) -> str:
@@ -247,7 +249,7 @@ def build_dag(job: JobConfig, job_file: Path, lake_root: str):
         schedule=schedule,
         start_date=_start(job),
         catchup=job.airflow.catch_up_from is not None,
-        max_active_runs=1,
+        max_active_runs=job.airflow.max_active_runs,
         doc_md=_doc(job, table_uri),
         deadline=_deadline(job),
         params=PARAMS,

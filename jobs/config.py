@@ -416,6 +416,12 @@ class AirflowSpec(Frozen):
         "names. Airflow keeps the two kinds apart: a partitioned event starts partition-aware DAGs only, a plain "
         "one the others only",
     )
+    max_active_runs: int = Field(
+        1,
+        ge=1,
+        description="how many of the DAG's runs go at once (nights caught up, triggered ones): each scores its own "
+        "night with its own actors; on a machine of its own, a run takes every core",
+    )
     catch_up_from: dt.date | None = Field(
         None,
         description="the first night the scheduler scores on its own (YYYY-MM-DD): from then on it runs each night "

@@ -100,6 +100,7 @@ for dag_id, dag in bag.dags.items():
         "partition_keys": _keys(dag),
         "runs": _runs(dag),
         "catchup": dag.catchup,
+        "max_active_runs": dag.max_active_runs,
         "tags": sorted(dag.tags),
         "params": sorted(dag.params.keys()),
         "retries": dag.default_args.get("retries"),

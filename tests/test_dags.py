@@ -214,25 +214,25 @@ def test_a_job_in_another_time_zone_runs_on_its_clock(settings, parsed, tmp_path
 
 def test_a_job_that_catches_up_scores_each_missed_night_from_the_one_it_names(settings, parsed, tmp_path):
     """``airflow.catch_up_from``: the scheduler's first run is the one that scores the night named (at
-    02:00 the day after, on the job's clock), and each night after it without a run follows; a job
-    without the key has no catchup."""
+    02:00 the day after, on the job's clock), and each night after it without a run follows, as many
+    at once as ``airflow.max_active_runs`` says; a job without the key has no catchup."""
     churn = parsed["dags"]["lakecast__churn"]
-    assert churn["catchup"] is False and "first" not in churn["runs"]
+    assert churn["catchup"] is False and "first" not in churn["runs"] and churn["max_active_runs"] == 1
     assert (
         "| catch-up | none: a scheduler back after a pause runs the latest night only (airflow.catch_up_from) |"
     ) in churn["doc_md"]
     text = CHURN.replace('schedule: "0 2 * * *"', 'schedule: "0 2 * * *"\ntimezone: Europe/Paris').replace(
-        "  tags: [churn, demo]", "  tags: [churn, demo]\n  catch_up_from: 2026-11-01"
+        "  tags: [churn, demo]", "  tags: [churn, demo]\n  catch_up_from: 2026-11-01\n  max_active_runs: 3"
     )
     dag = parse_dags(settings, LAKECAST_CONF=str(conf_with(tmp_path, churn=text)))["dags"]["lakecast__churn"]
-    assert dag["catchup"] is True
+    assert dag["catchup"] is True and dag["max_active_runs"] == 3
     assert dag["runs"]["first"] == "2026-11-02T01:00:00+00:00"  # 02:00 in Paris
     assert score_date(None, dt.datetime.fromisoformat(dag["runs"]["first"]), ZoneInfo("Europe/Paris")) == dt.date(
         2026, 11, 1
     )
     assert (
         "| catch-up | every night from 2026-11-01 on that came after the DAG's last scheduled run, oldest first, "
-        "one at a time |"
+        "3 at a time (airflow.max_active_runs) |"
     ) in dag["doc_md"]
 
 
