@@ -6,6 +6,7 @@ it on the actor's device; ``__call__`` scores one Arrow batch and adds the linea
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import logging
@@ -269,13 +270,18 @@ def class_probabilities(predictions: object, rows: int, model_uri: str, classes:
 
 def embedding_vectors(predictions: object, rows: int, model_uri: str, dimensions: int) -> np.ndarray:
     """An embedding model's predictions as a float32 matrix of a row per input row and
-    ``dimensions`` columns (a network's output, a DataFrame of a column per component).
+    ``dimensions`` columns: a network's output, a DataFrame of a column per component, or one
+    column (a Series, a list) holding each row's vector, as many pyfunc models return them.
 
     Raises:
         ModelOutputError: naming the model and what it returned where that is not ``dimensions``
             finite numbers a row.
     """
     values = np.asarray(predictions.to_numpy() if hasattr(predictions, "to_numpy") else predictions)
+    if values.dtype == object and values.size == rows and (values.ndim == 1 or values.shape[1:] == (1,)):
+        # a vector in each row's one cell; vectors of several lengths, or not numbers, are named below
+        with contextlib.suppress(TypeError, ValueError):
+            values = np.stack([np.asarray(v, dtype=np.float64) for v in values.reshape(-1)])
     if values.shape != (rows, dimensions):
         raise ModelOutputError(
             f"{model_uri} returned predictions of shape {values.shape} for {rows} rows; an embedding model "

@@ -187,6 +187,12 @@ def test_an_embedding_models_vectors_are_written_as_they_are_and_a_wrong_one_is_
         ModelOutputError, match=r"m returned predictions of shape \(3, 4\) for 3 rows; an embedding model"
     ):
         embedding_vectors(returned, 3, "m", 8)
+    # a frame of one column holding each row's vector, as many pyfunc models return them
+    np.testing.assert_array_equal(
+        embedding_vectors(pd.DataFrame({"v": list(returned.to_numpy())}), 3, "m", 4), returned.to_numpy(np.float32)
+    )
+    with pytest.raises(ModelOutputError, match=r"m returned predictions of shape \(3,\) for 3 rows"):
+        embedding_vectors(pd.Series([[1.0, 2.0], [1.0], [3.0, 4.0]]), 3, "m", 2)
     returned.iloc[2, 1] = np.nan
     with pytest.raises(ModelOutputError, match=r"NaN or infinite values in 1 of 3 rows' vectors \(the first at row 2"):
         embedding_vectors(returned, 3, "m", 4)
