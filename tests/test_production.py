@@ -10,6 +10,7 @@ predictions in S3 and the run in MLflow.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -18,6 +19,7 @@ import time
 import urllib.parse
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import yaml
@@ -30,6 +32,8 @@ from tests.stack import BIN, Airflow, Postgres, Service, http_ok, wait_until
 pytestmark = pytest.mark.slow
 
 DAG_ID = "lakecast__churn"
+# the first night the caught-up job scores: three nights ago, so that two runs are always due
+CAUGHT_UP_FROM = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=3)
 PROJECT = Path(__file__).resolve().parent.parent
 ARTIFACTS = PROJECT / "test-artifacts"
 
@@ -75,6 +79,14 @@ def stack(s3_server, ray_head, tmp_path_factory):
     mailed["airflow"] |= {"email_on_failure": ["night-watch@example.com"], "deadline_minutes": 0.1}
     mailed["airflow"]["wait_for_input_minutes"] = 1
     (conf / "jobs" / "churn_late.yaml").write_text(yaml.safe_dump(mailed))
+    # and a nightly job in Paris that catches up its last three nights, on a table nobody writes:
+    # the scheduler runs them one after the other, as soon as the DAG is parsed
+    caught_up = yaml.safe_load(churn.read_text())
+    caught_up.pop("ab")
+    caught_up |= {"schedule": "0 2 * * *", "timezone": "Europe/Paris"}
+    caught_up["input"]["table"], caught_up["output"]["table"] = "raw/never_written", "predictions/churn_caught_up"
+    caught_up["airflow"] |= {"retries": 0, "catch_up_from": CAUGHT_UP_FROM.isoformat()}
+    (conf / "jobs" / "churn_caught_up.yaml").write_text(yaml.safe_dump(caught_up))
     smtp = SmtpServer().start()
     env = {
         **s3_server.env,
@@ -321,6 +333,28 @@ def test_a_night_past_its_deadline_mails_through_the_scheduler_and_triggerer(sta
     assert "0.1 minutes after its run was queued" in body and "The run's state then: running." in body, body
     assert f'href="{airflow.url}/dags/{dag_id}/runs/{urllib.parse.quote(run_id)}"' in body, body
     assert airflow.api(f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id)}", token)["state"] == "running"
+
+
+def test_a_job_that_catches_up_runs_each_missed_night_on_its_clock(stack, dag_run):
+    """``airflow.catch_up_from`` and ``timezone`` under the real scheduler: a Paris job catching up
+    from three nights ago gets a scheduled run for that night first, at 02:00 in Paris the day
+    after, and then for the next night; each run's check_input looks for its own night."""
+    airflow: Airflow = stack["airflow"]
+    token, dag_id = dag_run["token"], "lakecast__churn_caught_up"
+    wait_until(lambda: airflow.api(f"/dags/{dag_id}", token)["dag_id"] == dag_id, timeout=180, what="the DAG")
+
+    def runs() -> list[dict]:
+        found = airflow.api(f"/dags/{dag_id}/dagRuns", token)["dag_runs"]
+        return sorted((r for r in found if r["run_type"] == "scheduled"), key=lambda r: r["logical_date"])
+
+    wait_until(lambda: len(runs()) >= 2 and runs()[0]["state"] == "failed", timeout=180, what="two nights' runs")
+    paris = ZoneInfo("Europe/Paris")
+    first, second = (CAUGHT_UP_FROM + dt.timedelta(days=n) for n in (1, 2))
+    at_two = [dt.datetime.combine(day, dt.time(2), tzinfo=paris) for day in (first, second)]
+    assert [dt.datetime.fromisoformat(r["logical_date"]) for r in runs()[:2]] == at_two
+    path = f"/dags/{dag_id}/dagRuns/{urllib.parse.quote(runs()[0]['dag_run_id'])}"
+    log = airflow.api(f"{path}/taskInstances/check_input/logs/1", token)
+    assert f"no data for raw/never_written on {CAUGHT_UP_FROM}" in (json.dumps(log) if isinstance(log, dict) else log)
 
 
 def test_a_run_from_a_laptop_against_the_teams_mlflow_prints_clean_json(stack, dag_run):
