@@ -133,8 +133,9 @@ def test_catching_up_takes_a_day_and_a_schedule_with_nights(tmp_path):
 
 
 def test_an_embedding_model_names_its_width_and_has_nothing_to_compare(tmp_path):
-    """``model.task: embedding``: the vector's length is the file's to say; a threshold, classes or an
-    ``ab:`` section (no label to measure a vector against) are refused, each in a sentence."""
+    """``model.task: embedding``: the vector's length is the file's to say, and only such a model's; a
+    threshold or an ``ab:`` section (no label to measure a vector against) is refused, each in a
+    sentence."""
     vectors = VALID.replace(
         "model: {name: churn-classifier, alias: champion}", "model: {name: enc, task: embedding, dimensions: 64}"
     )
