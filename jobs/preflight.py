@@ -216,19 +216,15 @@ def _check_class_columns(job: JobConfig, ref: ModelRef, outputs: Any) -> None:
         JobError: naming the model, what its signature says and the job file's classes.
     """
     classes = list(job.classes)
-    if outputs.is_tensor_spec():
-        shapes = [tuple(t.shape) for t in outputs.inputs]
-        if len(shapes) != 1 or len(shapes[0]) != 2 or shapes[0][1] in (-1, len(classes)):
-            return
-        said, names = f"a tensor of shape {shapes[0]}", None
-    else:
-        names = outputs.input_names()
-        said = f"{len(names)} columns ({', '.join(map(str, names))})"
-    if names is not None and len(names) == len(classes):
-        if [str(n) for n in names] == classes or sorted(map(str, names)) != sorted(classes):
+    width, said = _declared_width(outputs)
+    if width is None or (width == len(classes) and outputs.is_tensor_spec()):
+        return
+    if width == len(classes):
+        names = [str(n) for n in outputs.input_names()]
+        if names == classes or sorted(names) != sorted(classes):
             return
         raise JobError(
-            f"{ref.uri} returns its classes in the order {', '.join(map(str, names))}, by its signature, where "
+            f"{ref.uri} returns its classes in the order {', '.join(names)}, by its signature, where "
             f"model.classes in {job.file} lists [{', '.join(classes)}]: each probability would be written under "
             "another class's name; list the classes in the model's order"
         )
@@ -246,20 +242,26 @@ def _check_dimensions(job: JobConfig, ref: ModelRef, outputs: Any) -> None:
     Raises:
         JobError: naming the model, what its signature says and the job file's dimensions.
     """
-    if outputs.is_tensor_spec():
-        shapes = [tuple(t.shape) for t in outputs.inputs]
-        if len(shapes) != 1 or len(shapes[0]) != 2 or shapes[0][1] in (-1, job.model.dimensions):
-            return
-        said = f"a tensor of shape {shapes[0]}"
-    else:
-        names = outputs.input_names()
-        if len(names) == job.model.dimensions:
-            return
-        said = f"{len(names)} columns"
+    width, said = _declared_width(outputs)
+    if width in (None, job.model.dimensions):
+        return
     raise JobError(
         f"{ref.uri} returns {said}, by its signature, where model.dimensions in {job.file} is "
         f"{job.model.dimensions}: an embedding model returns that many numbers a row"
     )
+
+
+def _declared_width(outputs: Any) -> tuple[int | None, str]:
+    """How many numbers a row a model's output signature says it returns, and the signature's
+    words for it (``a tensor of shape (-1, 3)``, ``2 columns (basic, plus)``); None where it does
+    not say (several tensors, or one of any width)."""
+    if outputs.is_tensor_spec():
+        shapes = [tuple(t.shape) for t in outputs.inputs]
+        if len(shapes) != 1 or len(shapes[0]) != 2 or shapes[0][1] == -1:
+            return None, ""
+        return shapes[0][1], f"a tensor of shape {shapes[0]}"
+    names = outputs.input_names()
+    return len(names), f"{len(names)} columns ({', '.join(map(str, names))})"
 
 
 def _check_listed_columns(

@@ -192,7 +192,7 @@ def one_score_per_row(predictions: object, rows: int, model_uri: str, *, classif
     Raises:
         ModelOutputError: naming the model and the shape or type it returned.
     """
-    values = np.asarray(predictions.to_numpy() if hasattr(predictions, "to_numpy") else predictions)
+    values = _as_array(predictions)
     if values.ndim == 2 and values.shape[1] == 1:
         values = values[:, 0]
     elif classifies and values.ndim == 2 and values.shape[1] == 2 and _class_probabilities(values):
@@ -214,13 +214,29 @@ def one_score_per_row(predictions: object, rows: int, model_uri: str, *, classif
         raise ModelOutputError(
             f"{model_uri} returned {values.dtype} predictions; lakecast needs a number per row"
         ) from None
-    broken = ~np.isfinite(scores)
-    if broken.any():
-        raise ModelOutputError(
-            f"{model_uri} returned NaN or infinite predictions for {int(broken.sum())} of {rows} rows (the first "
-            f"at row {int(np.argmax(broken))} of the batch), from inputs that passed validation; nothing is published"
-        )
-    return scores
+    return _finite(scores, rows, model_uri, "predictions")
+
+
+def _as_array(predictions: object) -> np.ndarray:
+    """A pyfunc model's predictions (a DataFrame, a Series, an array, a list) as a NumPy array."""
+    return np.asarray(predictions.to_numpy() if hasattr(predictions, "to_numpy") else predictions)
+
+
+def _finite(values: np.ndarray, rows: int, model_uri: str, what: str) -> np.ndarray:
+    """``values``, a number or a row of numbers per input row, where all are finite.
+
+    Raises:
+        ModelOutputError: naming the model, how many rows it returned NaN or infinity for, and
+            the first (``what`` it returned: predictions, probabilities, vectors).
+    """
+    finite = np.isfinite(values)
+    if finite.all():
+        return values
+    broken = ~finite.reshape(rows, -1).all(axis=1)
+    raise ModelOutputError(
+        f"{model_uri} returned NaN or infinite {what} for {int(broken.sum())} of {rows} rows (the first at row "
+        f"{int(np.argmax(broken))} of the batch), from inputs that passed validation; nothing is published"
+    )
 
 
 def _class_probabilities(values: np.ndarray) -> bool:
@@ -238,7 +254,7 @@ def class_probabilities(predictions: object, rows: int, model_uri: str, classes:
         ModelOutputError: naming the model and what it returned where a row is not a probability
             per class (a network's logits: its last layer needs a softmax).
     """
-    values = np.asarray(predictions.to_numpy() if hasattr(predictions, "to_numpy") else predictions)
+    values = _as_array(predictions)
     k = len(classes)
     if values.shape != (rows, k):
         raise ModelOutputError(
@@ -250,13 +266,7 @@ def class_probabilities(predictions: object, rows: int, model_uri: str, classes:
         raise ModelOutputError(
             f"{model_uri} returned {values.dtype} predictions; lakecast needs a probability per class"
         )
-    proba = values.astype(np.float32, copy=False)
-    if not np.isfinite(proba).all():
-        broken = ~np.isfinite(proba).all(axis=1)
-        raise ModelOutputError(
-            f"{model_uri} returned NaN or infinite probabilities for {int(broken.sum())} of {rows} rows (the first "
-            f"at row {int(np.argmax(broken))} of the batch), from inputs that passed validation; nothing is published"
-        )
+    proba = _finite(values.astype(np.float32, copy=False), rows, model_uri, "probabilities")
     if not _class_probabilities(proba):
         sums = proba.sum(axis=1, dtype=np.float64)
         row = int(np.argmax((np.abs(sums - 1) > 1e-3) | (proba < 0).any(axis=1) | (proba > 1).any(axis=1)))
@@ -277,7 +287,7 @@ def embedding_vectors(predictions: object, rows: int, model_uri: str, dimensions
         ModelOutputError: naming the model and what it returned where that is not ``dimensions``
             finite numbers a row.
     """
-    values = np.asarray(predictions.to_numpy() if hasattr(predictions, "to_numpy") else predictions)
+    values = _as_array(predictions)
     if values.dtype == object and values.size == rows and (values.ndim == 1 or values.shape[1:] == (1,)):
         # a vector in each row's one cell; vectors of several lengths, or not numbers, are named below
         with contextlib.suppress(TypeError, ValueError):
@@ -289,15 +299,7 @@ def embedding_vectors(predictions: object, rows: int, model_uri: str, dimensions
         )
     if values.dtype.kind not in "fiu":
         raise ModelOutputError(f"{model_uri} returned {values.dtype} predictions; lakecast needs numbers")
-    vectors = values.astype(np.float32, copy=False)
-    finite = np.isfinite(vectors).all(axis=1)
-    if not finite.all():
-        raise ModelOutputError(
-            f"{model_uri} returned NaN or infinite values in {int((~finite).sum())} of {rows} rows' vectors (the "
-            f"first at row {int(np.argmin(finite))} of the batch), from inputs that passed validation; nothing is "
-            "published"
-        )
-    return vectors
+    return _finite(values.astype(np.float32, copy=False), rows, model_uri, "vectors")
 
 
 class BatchPredictor:

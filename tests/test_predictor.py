@@ -194,7 +194,10 @@ def test_an_embedding_models_vectors_are_written_as_they_are_and_a_wrong_one_is_
     with pytest.raises(ModelOutputError, match=r"m returned predictions of shape \(3,\) for 3 rows"):
         embedding_vectors(pd.Series([[1.0, 2.0], [1.0], [3.0, 4.0]]), 3, "m", 2)
     returned.iloc[2, 1] = np.nan
-    with pytest.raises(ModelOutputError, match=r"NaN or infinite values in 1 of 3 rows' vectors \(the first at row 2"):
+    with pytest.raises(
+        ModelOutputError,
+        match=r"m returned NaN or infinite vectors for 1 of 3 rows \(the first at row 2 of the batch\)",
+    ):
         embedding_vectors(returned, 3, "m", 4)
 
 
