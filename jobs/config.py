@@ -518,7 +518,9 @@ class JobConfig(Frozen):
     def _one_task(cls, data: object) -> object:
         """``model.task`` and ``ab.task`` say one thing, the kind of model the job scores: the one
         a file writes is the other's default (a file written before ``model.task`` existed says
-        ``ab.task: regression`` only). Both written and different is an error, below."""
+        ``ab.task: regression`` only). Both written and different is an error, below. An embedding
+        has no comparison to give a task to: its ``ab:`` is refused here, before the section's own
+        checks would name a task it cannot take."""
         if not isinstance(data, dict):
             return data
         model, ab = data.get("model"), data.get("ab")
