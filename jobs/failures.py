@@ -43,11 +43,12 @@ def fix_first() -> tuple[type[Exception], ...]:
     from jobs.promotion import PromotionRefused
     from jobs.validation import InvalidInput
     from models.predictor import ModelInputError, ModelOutputError
-    from models.registry import RegistryError
+    from models.registry import ModelLoadError, RegistryError
 
     return (
         ConfigError,
         RegistryError,
+        ModelLoadError,
         InvalidInput,
         ModelInputError,
         ModelOutputError,

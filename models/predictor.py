@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from models.output_columns import LINEAGE_COLUMNS, PREDICTION
+from models.registry import ModelLoadError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -302,6 +303,15 @@ def embedding_vectors(predictions: object, rows: int, model_uri: str, dimensions
     return _finite(values.astype(np.float32, copy=False), rows, model_uri, "vectors")
 
 
+def _on_this_worker() -> str:
+    """Where an actor runs, for a model its driver loaded and it cannot: on a cluster, a node
+    whose image lacks what the driver's environment has."""
+    import ray
+
+    node = ray.util.get_node_ip_address() if ray.is_initialized() else "this machine"
+    return f"on the Ray worker at {node}, whose Python environment is not that of the job's driver, which loaded it"
+
+
 class BatchPredictor:
     """Ray Data callable class: ``map_batches(BatchPredictor, fn_constructor_kwargs=...)``.
 
@@ -321,6 +331,9 @@ class BatchPredictor:
         # a lower precision is for the GPU (models/precision.py); the CPU scores in float32
         dtype = options.dtype if self.device == "cuda" and options.dtype != "float32" else None
         self.pyfunc, self.tensor, self.types = None, None, {}
+        # raised by the first batch: raised here, Ray would hand the driver an ActorDiedError
+        # whose text alone holds it, and the user a traceback in place of the sentence
+        self.unloadable: ModelLoadError | None = None
         if scorer is None:
             import mlflow
 
@@ -329,7 +342,12 @@ class BatchPredictor:
             mlflow.set_tracking_uri(options.tracking_uri)
             if options.registry_uri:
                 mlflow.set_registry_uri(options.registry_uri)
-            self.pyfunc = load_pyfunc(options.model_uri)
+            try:
+                # the driver loaded it before the run began: a failure here is the worker's environment
+                self.pyfunc = load_pyfunc(options.model_uri, where=_on_this_worker())
+            except ModelLoadError as e:
+                self.unloadable = e
+        if self.pyfunc is not None:
             scorer = arrow_scorer(self.pyfunc)
             self.tensor = tensor_input(self.pyfunc)
             self.types = column_types(self.pyfunc)
@@ -375,6 +393,8 @@ class BatchPredictor:
         """The batch's scores: a vector, or a matrix of a row per input row (a multiclass model's
         column per class, an embedding's component)."""
         options = self.options
+        if self.unloadable is not None:
+            raise self.unloadable
         if self.model is not None:
             scores = self.model.predict_proba(batch)
             if options.task == "multiclass":

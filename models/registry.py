@@ -7,6 +7,9 @@ of a run, and stamps that number on every prediction.
 from __future__ import annotations
 
 import logging
+import platform
+import re
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,12 +18,19 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # mlflow takes 2 s to import: jobs import it where they use it, off Ray's start
     from mlflow import MlflowClient
+    from packaging.requirements import Requirement
 
 log = logging.getLogger(__name__)
 
 
 class RegistryError(LookupError):
     """A registered model, alias or version does not exist."""
+
+
+class ModelLoadError(RuntimeError):
+    """A model version's files are there, but this Python environment cannot load them: a package
+    or a module of the trainer's own that the model's pickle refers to is missing, or differs.
+    Running again gives the same error: the environment, or the logged model, must change."""
 
 
 # MLflow's error codes for a name the registry does not hold (an unknown alias is the second)
@@ -163,12 +173,17 @@ def _where(uri: str) -> str:
         return ""
 
 
-def load_pyfunc(uri: str) -> object:
+def load_pyfunc(uri: str, *, where: str = "in this Python environment") -> object:
     """``mlflow.pyfunc.load_model(uri)``, with a cheaper check of the model's requirements.
 
     MLflow's own check maps every installed distribution to the modules it provides before it
     compares: 1.1 s, on the critical path of every job's start. The model pins few packages
     (its ``requirements.txt``), and looking up just those by name tells the same mismatches.
+
+    Raises:
+        ModelLoadError: the files are there but cannot be loaded ``where`` this runs, naming
+            the error and the requirements this environment does not meet, which usually
+            explain it; MLflow's traceback says neither which model nor what to install.
     """
     import warnings
 
@@ -177,32 +192,72 @@ def load_pyfunc(uri: str) -> object:
     with model_files(uri):
         # from S3, a version whose files are gone downloads as an empty folder, and the load says so
         local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
-        for problem in requirement_mismatches(local / "requirements.txt"):
+        problems = environment_mismatches(local)
+        for problem in problems:
             log.warning("%s was logged with %s", uri, problem)
-        with warnings.catch_warnings():  # pyfunc nags about type hints that our Arrow path does not use
-            warnings.simplefilter("ignore", UserWarning)
-            return mlflow.pyfunc.load_model(str(local), suppress_warnings=True)
+        try:
+            with warnings.catch_warnings():  # pyfunc nags about type hints that our Arrow path does not use
+                warnings.simplefilter("ignore", UserWarning)
+                return mlflow.pyfunc.load_model(str(local), suppress_warnings=True)
+        except (OSError, MemoryError):  # a file missing (model_files names it) or the machine's
+            raise
+        except Exception as e:  # the model's own code, unpickled: anything it raises is the model's
+            raise ModelLoadError(_unloadable(uri, e, problems, where, local)) from e
+
+
+def _unloadable(uri: str, e: Exception, problems: list[str], where: str, model_folder: Path) -> str:
+    """The sentence for a model that cannot be loaded: what failed, what differs, what to do."""
+    from packaging.utils import canonicalize_name
+
+    error = " ".join(f"{type(e).__name__}: {e}".split())
+    logged = f"; it was logged with {' and with '.join(problems)}" if problems else ""
+    advice = "install what the model needs where the jobs run (lakecast's virtualenv; on a Ray cluster, its image)"
+    if isinstance(e, ModuleNotFoundError) and e.name:
+        top = e.name.split(".")[0]
+        if canonicalize_name(top) not in _declared(model_folder / "requirements.txt"):
+            advice += (
+                f", or, if {top!r} is a module of the trainer's own, log the model again with it "
+                "(mlflow.pyfunc.log_model's code_paths=[...]) so that its code travels with the model"
+            )
+    return f"{uri} cannot be loaded {where} ({error}){logged}: {advice}"
+
+
+def _declared(requirements: Path) -> set[str]:
+    """The distributions a model's ``requirements.txt`` names, by their canonical names."""
+    from packaging.utils import canonicalize_name
+
+    return {canonicalize_name(req.name) for req in _requirements(requirements)}
+
+
+def environment_mismatches(model_folder: Path) -> list[str]:
+    """What a model was logged with that this environment lacks, each as a phrase: its pinned
+    requirements (``requirements.txt``) and its Python's minor version (``python_env.yaml``),
+    which a pickled model may need."""
+    problems = requirement_mismatches(model_folder / "requirements.txt")
+    python = _logged_python(model_folder / "python_env.yaml")
+    here = f"{sys.version_info.major}.{sys.version_info.minor}"
+    if python and ".".join(python.split(".")[:2]) != here:
+        problems.append(f"Python {python}, where this environment runs Python {platform.python_version()}")
+    return problems
+
+
+def _logged_python(python_env: Path) -> str | None:
+    """The Python version MLflow recorded (``python: 3.11.7``), read as text: YAML would read a
+    ``3.10`` as the number 3.1."""
+    try:
+        text = python_env.read_text()
+    except OSError:
+        return None
+    found = re.search(r"^python:\s*[\"']?(\d+\.\d+[\w.]*)", text, re.MULTILINE)
+    return found.group(1) if found else None
 
 
 def requirement_mismatches(requirements: Path) -> list[str]:
     """Each pinned requirement of a model that this environment does not satisfy, as a phrase."""
     from importlib.metadata import PackageNotFoundError, version
 
-    from packaging.requirements import InvalidRequirement, Requirement
-
-    if not requirements.is_file():
-        return []
     problems = []
-    for line in requirements.read_text().splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line or line.startswith("-"):  # options such as -r, -c, --index-url
-            continue
-        try:
-            req = Requirement(line)
-        except InvalidRequirement:
-            continue
-        if req.marker is not None and not req.marker.evaluate():
-            continue
+    for req in _requirements(requirements):
         try:
             have = version(req.name)
         except PackageNotFoundError:
@@ -211,3 +266,24 @@ def requirement_mismatches(requirements: Path) -> list[str]:
         if req.specifier and not req.specifier.contains(have, prereleases=True):
             problems.append(f"{req}, but this environment has {req.name} {have}")
     return problems
+
+
+def _requirements(requirements: Path) -> list[Requirement]:
+    """The requirements of a ``requirements.txt`` that apply to this Python, without options
+    (``-r``, ``--index-url``) or lines pip would not read either."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    if not requirements.is_file():
+        return []
+    found = []
+    for line in requirements.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if not line or line.startswith("-"):
+            continue
+        try:
+            req = Requirement(line)
+        except InvalidRequirement:
+            continue
+        if req.marker is None or req.marker.evaluate():
+            found.append(req)
+    return found

@@ -35,6 +35,7 @@ from jobs.tracking import configure
 from jobs.validation import InvalidInput
 from models.output_columns import LINEAGE_COLUMNS
 from models.predictor import ModelOutputError, prediction_columns
+from models.registry import ModelLoadError
 from tests.conftest import DAY, LABELED_ROWS, ROWS, S3_BUCKET
 
 # the demo table's numeric columns, in the order the user's network takes them
@@ -782,3 +783,96 @@ def test_a_version_whose_files_are_gone_is_named_and_not_retried(
     assert last.endswith("or point the alias at a version whose files are there") and "Traceback" not in err, err
     written = lake.fs.get_file_info(lake.partition_path("predictions/user_gone", DAY))
     assert written.type == pafs.FileType.NotFound
+
+
+def test_a_model_this_environment_cannot_load_is_named_and_not_retried(
+    settings, lake, ray_local, tmp_path, monkeypatch, capsys
+):
+    """A model pickled with a module of its trainer's (a notebook's helper) and pinned to a
+    package the jobs' environment lacks: MLflow's traceback ends in ``No module named``, naming
+    neither the model nor what to install. The run stops with a sentence that names the version,
+    the missing module and the requirement, and says what to do; nothing is published."""
+    trainer_code = tmp_path / "trainer_code"
+    trainer_code.mkdir()
+    (trainer_code / "lakecast_trainer_helpers.py").write_text(
+        "import mlflow.pyfunc\n\n\n"
+        "class HalfEverywhere(mlflow.pyfunc.PythonModel):\n"
+        "    def predict(self, context, model_input, params=None):\n"
+        "        return model_input['age'] * 0.0 + 0.5\n"
+    )
+    monkeypatch.syspath_prepend(str(trainer_code))
+    from lakecast_trainer_helpers import HalfEverywhere  # pickled by reference, as a module's classes are
+
+    register(
+        settings,
+        "user-unloadable",
+        lambda name: mlflow.pyfunc.log_model(
+            name="model",
+            python_model=HalfEverywhere(),
+            registered_model_name=name,
+            pip_requirements=["lakecast-surely-not-installed==1.0", "pandas"],
+        ),
+    )
+    monkeypatch.delitem(sys.modules, "lakecast_trainer_helpers")
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(trainer_code)])
+    conf = tmp_path / "conf"
+    shutil.copytree(PROJECT_ROOT / "conf" / "profiles", conf / "profiles")
+    job_file(conf, "user_unloadable", "user-unloadable", columns=["age"])
+    monkeypatch.setenv("LAKECAST_CONF", str(conf))
+
+    assert lakecast(["run", "user_unloadable", "--date", DAY.isoformat()]) == EXIT_FIX_FIRST
+
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    last = err.rstrip().splitlines()[-1]
+    assert last == (
+        "lakecast: models:/user-unloadable/1 cannot be loaded in this Python environment (ModuleNotFoundError: "
+        "No module named 'lakecast_trainer_helpers'); it was logged with lakecast-surely-not-installed==1.0, "
+        "which is not installed here: install what the model needs where the jobs run (lakecast's virtualenv; "
+        "on a Ray cluster, its image), or, if 'lakecast_trainer_helpers' is a module of the trainer's own, log "
+        "the model again with it (mlflow.pyfunc.log_model's code_paths=[...]) so that its code travels with "
+        "the model"
+    ), err
+    written = lake.fs.get_file_info(lake.partition_path("predictions/user_unloadable", DAY))
+    assert written.type == pafs.FileType.NotFound
+
+
+class _OnlyOnTheDriver(mlflow.pyfunc.PythonModel):
+    """Loads where the job's driver runs, not in a Ray actor: a cluster whose image lacks a
+    package that the machine submitting the job has."""
+
+    def load_context(self, context) -> None:
+        import ray
+
+        if ray.is_initialized() and ray.get_runtime_context().get_actor_id():
+            import lakecast_not_in_the_workers_image  # noqa: F401
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.Series:
+        return model_input["age"] * 0.0 + 0.5
+
+
+def test_a_model_the_ray_workers_cannot_load_is_named_with_their_node(settings, lake, ray_local, tmp_path):
+    """An actor's constructor that raises reaches the driver as Ray's ActorDiedError, whose text
+    alone holds the error: the predictor raises it from its first batch instead, so that the
+    user gets the sentence, with the node whose environment differs."""
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    register(
+        settings,
+        "user-driver-only",
+        lambda name: mlflow.pyfunc.log_model(
+            name="model", python_model=_OnlyOnTheDriver(), registered_model_name=name, pip_requirements=["pandas"]
+        ),
+    )
+    job = load_job_file(job_file(tmp_path, "user_driver_only", "user-driver-only", columns=["age"]))
+
+    with pytest.raises(ModelLoadError) as raised:
+        run_job(job, DAY, settings=settings)
+
+    assert type(raised.value) is ModelLoadError  # the sentence, not Ray's wrapper with the traceback
+    assert re.fullmatch(
+        r"models:/user-driver-only/1 cannot be loaded on the Ray worker at [\d.]+, whose Python environment is "
+        r"not that of the job's driver, which loaded it \(ModuleNotFoundError: No module named "
+        r"'lakecast_not_in_the_workers_image'\): install what the model needs where the jobs run .*",
+        str(raised.value),
+    ), raised.value
+    assert not Path(lake.partition_path("predictions/user_driver_only", DAY)).exists()

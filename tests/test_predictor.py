@@ -446,6 +446,33 @@ def test_a_model_pinned_to_other_packages_is_named(tmp_path):
     assert requirement_mismatches(tmp_path / "missing.txt") == []
 
 
+@pytest.mark.parametrize(
+    ("logged", "differs"),
+    [("python: 3.10\n", True), ("python: '3.10.4'\n", True), (None, False), ("build_dependencies: [pip]\n", False)],
+)
+def test_a_model_logged_under_another_python_is_named(tmp_path, logged, differs):
+    """A pickled model may need the Python it was pickled with: the minor version MLflow recorded
+    (``python_env.yaml``, read as text: YAML reads ``3.10`` as the number 3.1) is compared with
+    this one's, beside the model's requirements."""
+    import platform
+
+    from models.registry import environment_mismatches
+
+    (tmp_path / "requirements.txt").write_text("lakecast-surely-not-installed==1.0\n")
+    if logged is not None:
+        (tmp_path / "python_env.yaml").write_text(logged)
+    problems = environment_mismatches(tmp_path)
+    assert problems[0] == "lakecast-surely-not-installed==1.0, which is not installed here"
+    if differs:
+        python = logged.split(":")[1].strip().strip("'")
+        assert problems[1:] == [f"Python {python}, where this environment runs Python {platform.python_version()}"]
+    else:
+        assert problems[1:] == []
+    here = ".".join(platform.python_version_tuple()[:2])
+    (tmp_path / "python_env.yaml").write_text(f"python: {here}.99\n")
+    assert environment_mismatches(tmp_path)[1:] == []  # another patch release loads the same pickles
+
+
 def test_lineage_strings_are_stored_as_parquet_strings(settings, registered, raw_batch, tmp_path):
     """One value per run, dictionary-encoded in memory; any Parquet reader sees strings."""
     import pyarrow.parquet as pq
