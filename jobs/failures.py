@@ -31,8 +31,10 @@ def user_errors() -> tuple[type[Exception], ...]:
     from jobs.ray_runtime import RayUnreachable
     from jobs.submit import SubmitError
     from jobs.tracking import TrackingUnreachable
+    from models.predictor import ModelFailed
 
-    return (*fix_first(), LakeError, CommitConflict, SubmitError, TrackingUnreachable, RayUnreachable)
+    # ModelFailed and SubmitError carry their verdict on a retry (retry_cannot_fix)
+    return (*fix_first(), LakeError, CommitConflict, SubmitError, TrackingUnreachable, RayUnreachable, ModelFailed)
 
 
 def fix_first() -> tuple[type[Exception], ...]:

@@ -56,6 +56,42 @@ class ModelInputError(ValueError):
     """A column's values do not fit the type the model's signature declares; nothing was committed."""
 
 
+class ModelFailed(RuntimeError):
+    """The model's own code raised while scoring a batch; nothing was committed.
+
+    ``fix_first`` (read by :func:`jobs.failures.retry_cannot_fix`): a model that reaches out
+    (a feature store, a file) and fails to may pass on a retry; any other error it raises, a
+    bug or rows it cannot take, fails each try the same way."""
+
+    def __init__(self, message: str, fix_first: bool = True) -> None:
+        super().__init__(message)
+        self.fix_first = fix_first
+
+
+def model_failed(model_uri: str, e: Exception, rows: int) -> ModelFailed:
+    """The sentence for a model that raised, with the model's own frames of its traceback: the
+    user debugs their code from them, where Ray's report buries them under its own and MLflow's."""
+    import traceback
+
+    skipped = (os.path.dirname(__file__), _package_dir("mlflow"))
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith(skipped)]
+    if len(frames) > 8:  # the model's own entry, and where it raised in what it called
+        frames = [frames[0], *frames[-7:]]
+    where = "".join(traceback.format_list(frames)).rstrip() if frames else ""
+    error = " ".join(str(e).split()) or "(no message)"
+    message = f"{model_uri} raised {type(e).__name__} scoring a batch of {rows} rows: {error}"
+    if where:
+        message += f"\nthe model's traceback, its last frames:\n{where}"
+    return ModelFailed(message, fix_first=not isinstance(e, OSError))
+
+
+def _package_dir(name: str) -> str:
+    import importlib.util
+
+    spec = importlib.util.find_spec(name)
+    return os.path.dirname(spec.origin) if spec is not None and spec.origin else "\0"
+
+
 @runtime_checkable
 class ArrowScorer(Protocol):
     """A model that scores raw Arrow batches directly (the fast path, no pandas)."""
@@ -410,7 +446,10 @@ class BatchPredictor:
             model_input = pyfunc_input(batch, columns, self.tensor, self.types)
         except ModelInputError as e:
             raise ModelInputError(f"{options.model_uri}: {e}") from None
-        predictions = self.pyfunc.predict(model_input)
+        try:
+            predictions = self.pyfunc.predict(model_input)
+        except Exception as e:
+            raise model_failed(options.model_uri, e, batch.num_rows) from None
         if options.task == "multiclass":
             return class_probabilities(predictions, batch.num_rows, options.model_uri, options.classes)
         if options.task == "embedding":

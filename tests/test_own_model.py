@@ -27,14 +27,14 @@ from jobs.ab import run_compare
 from jobs.ab_report import markdown
 from jobs.cli import main as lakecast
 from jobs.config import load_job_file
-from jobs.failures import EXIT_FIX_FIRST, JobError
+from jobs.failures import EXIT_FIX_FIRST, EXIT_TRY_AGAIN, JobError, exit_status
 from jobs.lake import Lake
 from jobs.predict import run_job
 from jobs.settings import PROJECT_ROOT
 from jobs.tracking import configure
 from jobs.validation import InvalidInput
 from models.output_columns import LINEAGE_COLUMNS
-from models.predictor import ModelOutputError, prediction_columns
+from models.predictor import ModelFailed, ModelOutputError, prediction_columns
 from models.registry import ModelLoadError
 from tests.conftest import DAY, LABELED_ROWS, ROWS, S3_BUCKET
 
@@ -876,3 +876,58 @@ def test_a_model_the_ray_workers_cannot_load_is_named_with_their_node(settings, 
         str(raised.value),
     ), raised.value
     assert not Path(lake.partition_path("predictions/user_driver_only", DAY)).exists()
+
+
+DOWN = "feature store at 10.0.0.9:6566 did not answer"
+
+
+class _LooksUpAFeature(mlflow.pyfunc.PythonModel):
+    """A model whose own code raises: a bug (a KeyError), or a service it calls that is down."""
+
+    def __init__(self, error: type[Exception]) -> None:
+        self.error = error
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.Series:
+        if self.error is KeyError:
+            # a column the job does not give it
+            return model_input["lifetime_value"]
+        raise self.error(DOWN)
+
+
+@pytest.mark.parametrize(
+    ("error", "said", "status"),
+    [
+        (KeyError, "KeyError scoring a batch of {} rows: 'lifetime_value'", EXIT_FIX_FIRST),
+        (ConnectionError, "ConnectionError scoring a batch of {} rows: " + DOWN, EXIT_TRY_AGAIN),
+    ],
+)
+def test_a_model_that_raises_is_named_with_its_own_frames(settings, lake, ray_local, tmp_path, error, said, status):
+    """Ray's report of an exception in the model's code is hundreds of lines, ending with Ray
+    Data's advice to open an issue on Ray's GitHub. The run says which model raised what, with
+    the model's own frames to debug from; a retry is for a model whose service did not answer."""
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    name = f"user-raises-{error.__name__.lower()}"
+    register(
+        settings,
+        name,
+        lambda name: mlflow.pyfunc.log_model(
+            name="model", python_model=_LooksUpAFeature(error), registered_model_name=name, pip_requirements=["pandas"]
+        ),
+    )
+    table = name.replace("-", "_")
+    job = load_job_file(job_file(tmp_path, table, name, columns=["age"]))
+
+    with pytest.raises(ModelFailed) as failed:
+        run_job(job, DAY, settings=settings)
+
+    assert type(failed.value) is ModelFailed  # the sentence, not Ray's wrapper with its traceback
+    first, header, *frames = str(failed.value).splitlines()
+    rows = int(first.split(" rows")[0].rsplit(" ", 1)[1])
+    assert first == f"models:/{name}/1 raised " + said.format(rows), first
+    assert header == "the model's traceback, its last frames:"
+    # the line of the model's code that raised (pickled with its class, its file is not at hand)
+    raising = 'return model_input["lifetime_value"]' if error is KeyError else "raise self.error(DOWN)"
+    line = 1 + next(i for i, text in enumerate(Path(__file__).read_text().splitlines()) if text.strip() == raising)
+    assert f'  File "<dynamic-code>", line {line}, in predict' in frames, frames
+    assert exit_status(failed.value) == status
+    assert not Path(lake.partition_path(f"predictions/{table}", DAY)).exists()
