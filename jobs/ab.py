@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,20 @@ from jobs.ab_report import markdown, plots
 from jobs.config import ABSpec, JobConfig
 from jobs.failures import JobError
 from jobs.lake import DataFile, Lake, LakeError, NotLanded
+from jobs.parquet_source import read_piece
 from jobs.pieces import Piece, folder_values, split_files
 from jobs.preflight import check_listed_columns_taken, model_inputs
 from jobs.ray_errors import raise_ours
-from jobs.ray_runtime import actor_gpus, actor_pool, actors_read_and_write, ensure_ray, read_pieces
+from jobs.ray_runtime import (
+    RESTARTS,
+    actor_gpus,
+    actor_pool,
+    actors_read_and_write,
+    decode_on_threads,
+    ensure_ray,
+    files_dataset,
+    read_pieces,
+)
 from jobs.settings import Settings, load_settings
 from jobs.validation import REASON, ColumnRule, InvalidInput
 from jobs.yamlconf import ConfigError
@@ -337,6 +348,23 @@ class ValidatedPairActor(PairActor):
         return pa.concat_tables([scored, rejected])
 
 
+class PiecesPairActor(ValidatedPairActor):
+    """:class:`ValidatedPairActor` for CPU actors that read their own pieces of the labeled
+    partition (a row of :func:`jobs.ray_runtime.files_dataset` each). A read that Ray Data fused
+    into the actors would have to ask for their remote args, and a read task refuses the
+    restarts' (:data:`jobs.ray_runtime.RESTARTS`)."""
+
+    def __init__(self, *, filesystem: Any, columns: list[str], threads: bool, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.filesystem, self.columns, self.threads = filesystem, columns, threads
+
+    def __call__(self, pieces: pa.Table) -> Iterator[pa.Table]:
+        for row in pieces.to_pylist():
+            piece, _ = Piece.from_row(row)
+            for block in read_piece(piece, self.filesystem, self.columns, threads=self.threads):
+                yield super().__call__(block)
+
+
 def _score_both(
     job: JobConfig,
     spec: ABSpec,
@@ -391,27 +419,35 @@ def _score_both(
             rules=rules,
             from_folders=folder_values(pieces),
         )
-    # CPU actors read their own blocks, as the nightly job's do (docs/adr/0002)
-    fused = actors_read_and_write(gpus)
-    dataset = read_pieces(
-        pieces, filesystem=lake.fs, columns=columns, num_cpus=job.compute.cpus_per_actor if fused else None
-    )
-    scored = dataset.map_batches(
-        ValidatedPairActor,
-        fn_constructor_kwargs={
-            "rules": rules,
-            "options": options,
-            "scorers": scorers,
-            "passthrough": passthrough,
-            "batch_size": batch_size if fused else None,
-        },
-        batch_format="pyarrow",
-        batch_size=None if fused else batch_size,
-        compute=actor_pool(job, settings, inputs=len(pieces)) if fused else actor_pool(job, settings, beside=1),
-        num_cpus=job.compute.cpus_per_actor,
-        num_gpus=gpus,
-        udf_modifying_row_count=False,
-    )
+    pair = {"rules": rules, "options": options, "scorers": scorers, "passthrough": passthrough}
+    if actors_read_and_write(gpus):  # CPU actors read their own pieces, as the nightly job's do (docs/adr/0002)
+        scored = files_dataset(pieces, lake.uri).map_batches(
+            PiecesPairActor,
+            fn_constructor_kwargs={
+                **pair,
+                "batch_size": batch_size,
+                "filesystem": lake.fs,
+                "columns": columns,
+                "threads": decode_on_threads(job.compute.cpus_per_actor),
+            },
+            batch_format="pyarrow",
+            batch_size=1,
+            compute=actor_pool(job, settings, inputs=len(pieces)),
+            num_cpus=job.compute.cpus_per_actor,
+            **RESTARTS,
+        )
+    else:
+        scored = read_pieces(pieces, filesystem=lake.fs, columns=columns).map_batches(
+            ValidatedPairActor,
+            fn_constructor_kwargs=pair,
+            batch_format="pyarrow",
+            batch_size=batch_size,
+            compute=actor_pool(job, settings, beside=1),
+            num_cpus=job.compute.cpus_per_actor,
+            num_gpus=gpus,
+            udf_modifying_row_count=False,
+            **RESTARTS,
+        )
     try:
         # a labeled table's files may give a column types that widen to one (int32 and int64 ids,
         # which validation.check_schema lets through): its batches' types then differ as well

@@ -28,13 +28,15 @@ def user_errors() -> tuple[type[Exception], ...]:
     """Every error that ``lakecast`` prints as one sentence: the user's to act on, not a bug."""
     from jobs.commit import CommitConflict
     from jobs.lake import LakeError
+    from jobs.ray_errors import ActorsDied
     from jobs.ray_runtime import RayUnreachable
     from jobs.submit import SubmitError
     from jobs.tracking import TrackingUnreachable
     from models.predictor import ModelFailed
 
-    # ModelFailed and SubmitError carry their verdict on a retry (retry_cannot_fix)
-    return (*fix_first(), LakeError, CommitConflict, SubmitError, TrackingUnreachable, RayUnreachable, ModelFailed)
+    # these carry their verdict on a retry (retry_cannot_fix)
+    verdicts = (SubmitError, ModelFailed, ActorsDied)
+    return (*fix_first(), LakeError, CommitConflict, TrackingUnreachable, RayUnreachable, *verdicts)
 
 
 def fix_first() -> tuple[type[Exception], ...]:
@@ -43,6 +45,7 @@ def fix_first() -> tuple[type[Exception], ...]:
     from jobs.lake import DamagedManifest, DayElsewhere, EmptyPartition, LakeAccessError
     from jobs.pieces import NamesClash
     from jobs.promotion import PromotionRefused
+    from jobs.ray_errors import ActorsOutOfMemory
     from jobs.validation import InvalidInput
     from models.predictor import ModelInputError, ModelOutputError
     from models.registry import ModelLoadError, RegistryError
@@ -56,6 +59,7 @@ def fix_first() -> tuple[type[Exception], ...]:
         ModelOutputError,
         JobError,
         PromotionRefused,
+        ActorsOutOfMemory,
         LakeAccessError,
         DamagedManifest,
         NamesClash,

@@ -27,8 +27,8 @@ ENCODING_RATIO = 5
 SLICE_ROWS = 262_144  # per block: ~50 MB for the churn table's 30 columns
 
 
-def _read(
-    piece: Piece, filesystem: Any, columns: list[str], dictionary: list[str], threads: bool
+def read_piece(
+    piece: Piece, filesystem: Any, columns: list[str], dictionary: list[str] = (), threads: bool = True
 ) -> Iterator[pa.Table]:
     """One piece, in slices of :data:`SLICE_ROWS` rows."""
     batches = piece_batches(piece, filesystem, columns=columns, dictionary=dictionary, rows=SLICE_ROWS, threads=threads)
@@ -64,7 +64,7 @@ class ListedParquetDatasource(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None, data_context: Any = None):
         return [
             ReadTask(
-                partial(_read, piece, self.filesystem, self.columns, self.dictionary, self.threads),
+                partial(read_piece, piece, self.filesystem, self.columns, self.dictionary, self.threads),
                 BlockMetadata(
                     num_rows=None,
                     size_bytes=piece.size * ENCODING_RATIO,

@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+import os
+import re
 import sys
 from types import FrameType
 
@@ -30,9 +32,26 @@ from jobs.stopping import stop_in
 RETRY_NOTE = "\nFailed to apply UDF transform after "
 
 
+class ActorsOutOfMemory(RuntimeError):
+    """Ray's memory monitor killed an actor on its first try and on each restart
+    (:data:`jobs.ray_runtime.ACTOR_RESTARTS`): running again the same way fails the same way."""
+
+
+class ActorsDied(RuntimeError):
+    """An actor's process ended from outside Python on its first try and on each restart: a
+    crash in native code, the kernel's OOM killer, its node lost. ``fix_first`` (read by
+    :func:`jobs.failures.retry_cannot_fix`): false where Ray says that the node died, which a
+    later try on other nodes may not meet."""
+
+    def __init__(self, message: str, fix_first: bool = True) -> None:
+        super().__init__(message)
+        self.fix_first = fix_first
+
+
 def find_ours(e: BaseException) -> BaseException | None:
-    """Our error (:func:`jobs.failures.user_errors`) in the chain of ``e``, its message as we wrote it."""
-    from ray.exceptions import RayError
+    """Our error (:func:`jobs.failures.user_errors`) in the chain of ``e``, its message as we
+    wrote it; or Ray's for an actor that died on every try, said as what to look at or change."""
+    from ray.exceptions import ActorDiedError, OutOfMemoryError, RayError
 
     from jobs.failures import user_errors
 
@@ -42,8 +61,67 @@ def find_ours(e: BaseException) -> BaseException | None:
             break
         if isinstance(seen, user_errors()) and not isinstance(seen, RayError):
             return _without_retry_note(seen)
+        if isinstance(seen, OutOfMemoryError):
+            return ActorsOutOfMemory(out_of_memory(str(seen)))
+        if isinstance(seen, ActorDiedError) and not seen.actor_init_failed:
+            return actors_died(seen)
         seen = getattr(seen, "cause", None) or seen.__cause__
     return None
+
+
+def out_of_memory(ray_says: str) -> str:
+    """The sentence for Ray's ``OutOfMemoryError``, with the node and its memory as Ray gives them
+    (``Memory on the node (IP: 10.0.0.5, ID: …) was 22.45GB used / 23.54GB limit``)."""
+    from jobs.ray_runtime import ACTOR_RESTARTS
+
+    memory = r"Memory on the node \(IP: ([^,]+),.*?\) was ([\d.]+\s*\w+) used / ([\d.]+\s*\w+) limit"
+    found = re.search(memory, ray_says)
+    where = f" on node {found[1]} ({found[2]} used of {found[3]})" if found else ""
+    return (
+        f"Ray killed the actor scoring the rows for lack of memory{where}, on its first try and on each of its "
+        f"{ACTOR_RESTARTS} restarts: score in smaller batches (compute.batch_size), or fewer at once on a node "
+        "(compute.max_actors, compute.cpus_per_actor), or on nodes with more memory"
+    )
+
+
+def actors_died(e: BaseException) -> ActorsDied:
+    """The sentence for Ray's ``ActorDiedError`` once the restarts are spent, with where the
+    actor's last words are: a segfault's report, or nothing for a SIGKILL, in its stderr file."""
+    from jobs.ray_runtime import ACTOR_RESTARTS
+
+    ray_says = str(e)
+    pid, ip = (re.search(rf"^\s*{key}: (\S+)$", ray_says, re.MULTILINE) for key in ("pid", "ip"))
+    node_lost = "its node has died" in ray_says or bool(getattr(e, "preempted", False))
+    which = f" (pid {pid[1]}{f' on node {ip[1]}' if ip else ''})" if pid else ""
+    cause = (
+        "its node was lost"
+        if node_lost
+        else "a crash in native code (a model's SIGSEGV), the kernel's OOM killer, or `ray stop`"
+    )
+    return ActorsDied(
+        f"the actor scoring the rows died on its first try and on each of its {ACTOR_RESTARTS} restarts, its "
+        f"process ended from outside Python{which}: {cause}; {_last_words(pid[1] if pid else None, e)}",
+        fix_first=not node_lost,
+    )
+
+
+def _last_words(pid: str | None, e: BaseException) -> str:
+    """Where the dead actor's stderr is: its file on this machine (a local Ray's session), or the
+    command that fetches it from a cluster."""
+    import glob
+
+    try:
+        from ray._private import worker  # the session folder has no public accessor in Ray 2.60
+
+        session = worker._global_node.get_session_dir_path() if worker._global_node else None
+    except Exception:
+        session = None
+    if session and pid:
+        found = sorted(glob.glob(os.path.join(session, "logs", f"worker-*-{pid}.err")))
+        if found:
+            return f"what it wrote last is in {found[-1]}"
+    actor = getattr(e, "actor_id", None)
+    return f"what it wrote last: `ray logs actor --id {actor} --err`" if actor else "see the Ray session's worker logs"
 
 
 def raise_ours(e: BaseException) -> None:

@@ -267,6 +267,15 @@ def actor_gpus(job: JobConfig, settings: Settings) -> float:
     return gpus
 
 
+# An actor that dies (killed by Ray's memory monitor, a crash in a model's native code, its node
+# lost) is restarted, and its task retried, this many times; Ray Data's default is forever, so an
+# actor killed for lack of memory on every try held the run, and the cluster, until the Airflow
+# task's timeout (jobs.ray_errors says what to change instead). Actor options only: a read task
+# refuses them, so no read is fused into these actors (the CPU actors read their own pieces).
+ACTOR_RESTARTS = 3
+RESTARTS = {"max_restarts": ACTOR_RESTARTS, "max_task_retries": ACTOR_RESTARTS}
+
+
 def actors_read_and_write(gpus: float) -> bool:
     """CPU actors read, validate, score and write in one process (docs/adr/0002); a GPU actor gets
     its batches from CPU read tasks and hands them to CPU write tasks."""

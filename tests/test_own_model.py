@@ -6,8 +6,10 @@ comparison's metrics are those of the models' own scores."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import sys
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from jobs.config import load_job_file
 from jobs.failures import EXIT_FIX_FIRST, EXIT_TRY_AGAIN, JobError, exit_status
 from jobs.lake import Lake
 from jobs.predict import run_job
+from jobs.ray_errors import ActorsDied
 from jobs.settings import PROJECT_ROOT
 from jobs.tracking import configure
 from jobs.validation import InvalidInput
@@ -931,3 +934,41 @@ def test_a_model_that_raises_is_named_with_its_own_frames(settings, lake, ray_lo
     assert f'  File "<dynamic-code>", line {line}, in predict' in frames, frames
     assert exit_status(failed.value) == status
     assert not Path(lake.partition_path(f"predictions/{table}", DAY)).exists()
+
+
+class _Segfaults(mlflow.pyfunc.PythonModel):
+    """A model whose native code crashes its process on every batch (a library built for another
+    CPU, a bad pointer in an extension)."""
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.Series:
+        os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def test_an_actor_that_crashes_on_every_try_stops_the_run_naming_its_log(settings, lake, ray_local, tmp_path):
+    """Ray Data restarts a dead actor and retries its task forever by default: a model that
+    crashed its process on every batch held the run until the Airflow task's timeout. The run
+    gives up after the restarts and says where the actor's last words are (its stderr: Python's
+    report of the segfault)."""
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    register(
+        settings,
+        "user-segfaults",
+        lambda name: mlflow.pyfunc.log_model(
+            name="model", python_model=_Segfaults(), registered_model_name=name, pip_requirements=["pandas"]
+        ),
+    )
+    job = load_job_file(job_file(tmp_path, "user_segfaults", "user-segfaults", columns=["age"]))
+
+    with pytest.raises(ActorsDied) as died:
+        run_job(job, DAY, settings=settings)
+
+    said = str(died.value)
+    assert re.fullmatch(
+        r"the actor scoring the rows died on its first try and on each of its 3 restarts, its process ended from "
+        r"outside Python \(pid \d+ on node [\d.]+\): a crash in native code \(a model's SIGSEGV\), the kernel's OOM "
+        r"killer, or `ray stop`; what it wrote last is in (/\S+\.err)",
+        said,
+    ), said
+    assert "SIGSEGV" in Path(said.rsplit(" ", 1)[1]).read_text()
+    assert exit_status(died.value) == EXIT_FIX_FIRST
+    assert not Path(lake.partition_path("predictions/user_segfaults", DAY)).exists()
