@@ -73,7 +73,7 @@ def model_failed(model_uri: str, e: Exception, rows: int) -> ModelFailed:
     user debugs their code from them, where Ray's report buries them under its own and MLflow's."""
     import traceback
 
-    skipped = (os.path.dirname(__file__), _package_dir("mlflow"))
+    skipped = (__file__, _package_dir("mlflow"))  # this file's frames and MLflow's wrappers
     frames = [f for f in traceback.extract_tb(e.__traceback__) if not f.filename.startswith(skipped)]
     if len(frames) > 8:  # the model's own entry, and where it raised in what it called
         frames = [frames[0], *frames[-7:]]
@@ -344,7 +344,9 @@ def _on_this_worker() -> str:
     whose image lacks what the driver's environment has."""
     import ray
 
-    node = ray.util.get_node_ip_address() if ray.is_initialized() else "this machine"
+    if not ray.is_initialized():  # built in the caller's process (a test, a notebook)
+        return "in this Python environment"
+    node = ray.util.get_node_ip_address()
     return f"on the Ray worker at {node}, whose Python environment is not that of the job's driver, which loaded it"
 
 
