@@ -79,7 +79,7 @@ def out_of_memory(ray_says: str) -> str:
     where = f" on node {found[1]} ({found[2]} used of {found[3]})" if found else ""
     return (
         f"Ray killed the actor scoring the rows for lack of memory{where}, on its first try and on each of its "
-        f"{ACTOR_RESTARTS} restarts: score in smaller batches (compute.batch_size), or fewer at once on a node "
+        f"{_restarts(ACTOR_RESTARTS)}: score in smaller batches (compute.batch_size), or fewer at once on a node "
         "(compute.max_actors, compute.cpus_per_actor), or on nodes with more memory"
     )
 
@@ -99,10 +99,14 @@ def actors_died(e: BaseException) -> ActorsDied:
         else "a crash in native code (a model's SIGSEGV), the kernel's OOM killer, or `ray stop`"
     )
     return ActorsDied(
-        f"the actor scoring the rows died on its first try and on each of its {ACTOR_RESTARTS} restarts, its "
+        f"the actor scoring the rows died on its first try and on each of its {_restarts(ACTOR_RESTARTS)}, its "
         f"process ended from outside Python{which}: {cause}; {_last_words(pid[1] if pid else None, e)}",
         fix_first=not node_lost,
     )
+
+
+def _restarts(n: int) -> str:
+    return f"{n} restart{'' if n == 1 else 's'}"
 
 
 def _last_words(pid: str | None, e: BaseException) -> str:

@@ -37,7 +37,7 @@ from jobs.settings import PROJECT_ROOT
 from jobs.tracking import configure
 from jobs.validation import InvalidInput
 from models.output_columns import LINEAGE_COLUMNS
-from models.predictor import ModelFailed, ModelOutputError, prediction_columns
+from models.predictor import ModelFailed, ModelOutputError, model_failed, prediction_columns
 from models.registry import ModelLoadError
 from tests.conftest import DAY, LABELED_ROWS, ROWS, S3_BUCKET
 
@@ -840,6 +840,20 @@ def test_a_model_this_environment_cannot_load_is_named_and_not_retried(
     assert written.type == pafs.FileType.NotFound
 
 
+def pickled_model_job(settings, tmp_path: Path, name: str, model: mlflow.pyfunc.PythonModel):
+    """A job scoring the ``age`` column with ``model``, its class pickled with its code as a
+    notebook logs it, registered as ``name`` with ``champion`` on it."""
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    register(
+        settings,
+        name,
+        lambda name: mlflow.pyfunc.log_model(
+            name="model", python_model=model, registered_model_name=name, pip_requirements=["pandas"]
+        ),
+    )
+    return load_job_file(job_file(tmp_path, name.replace("-", "_"), name, columns=["age"]))
+
+
 class _OnlyOnTheDriver(mlflow.pyfunc.PythonModel):
     """Loads where the job's driver runs, not in a Ray actor: a cluster whose image lacks a
     package that the machine submitting the job has."""
@@ -858,15 +872,7 @@ def test_a_model_the_ray_workers_cannot_load_is_named_with_their_node(settings, 
     """An actor's constructor that raises reaches the driver as Ray's ActorDiedError, whose text
     alone holds the error: the predictor raises it from its first batch instead, so that the
     user gets the sentence, with the node whose environment differs."""
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    register(
-        settings,
-        "user-driver-only",
-        lambda name: mlflow.pyfunc.log_model(
-            name="model", python_model=_OnlyOnTheDriver(), registered_model_name=name, pip_requirements=["pandas"]
-        ),
-    )
-    job = load_job_file(job_file(tmp_path, "user_driver_only", "user-driver-only", columns=["age"]))
+    job = pickled_model_job(settings, tmp_path, "user-driver-only", _OnlyOnTheDriver())
 
     with pytest.raises(ModelLoadError) as raised:
         run_job(job, DAY, settings=settings)
@@ -881,44 +887,18 @@ def test_a_model_the_ray_workers_cannot_load_is_named_with_their_node(settings, 
     assert not Path(lake.partition_path("predictions/user_driver_only", DAY)).exists()
 
 
-DOWN = "feature store at 10.0.0.9:6566 did not answer"
-
-
 class _LooksUpAFeature(mlflow.pyfunc.PythonModel):
-    """A model whose own code raises: a bug (a KeyError), or a service it calls that is down."""
-
-    def __init__(self, error: type[Exception]) -> None:
-        self.error = error
+    """A model with a bug in its own code: a column it reads that the job does not give it."""
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.Series:
-        if self.error is KeyError:
-            # a column the job does not give it
-            return model_input["lifetime_value"]
-        raise self.error(DOWN)
+        return model_input["lifetime_value"]
 
 
-@pytest.mark.parametrize(
-    ("error", "said", "status"),
-    [
-        (KeyError, "KeyError scoring a batch of {} rows: 'lifetime_value'", EXIT_FIX_FIRST),
-        (ConnectionError, "ConnectionError scoring a batch of {} rows: " + DOWN, EXIT_TRY_AGAIN),
-    ],
-)
-def test_a_model_that_raises_is_named_with_its_own_frames(settings, lake, ray_local, tmp_path, error, said, status):
+def test_a_model_that_raises_is_named_with_its_own_frames(settings, lake, ray_local, tmp_path):
     """Ray's report of an exception in the model's code is hundreds of lines, ending with Ray
     Data's advice to open an issue on Ray's GitHub. The run says which model raised what, with
-    the model's own frames to debug from; a retry is for a model whose service did not answer."""
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    name = f"user-raises-{error.__name__.lower()}"
-    register(
-        settings,
-        name,
-        lambda name: mlflow.pyfunc.log_model(
-            name="model", python_model=_LooksUpAFeature(error), registered_model_name=name, pip_requirements=["pandas"]
-        ),
-    )
-    table = name.replace("-", "_")
-    job = load_job_file(job_file(tmp_path, table, name, columns=["age"]))
+    the model's own frames to debug from, and is not retried."""
+    job = pickled_model_job(settings, tmp_path, "user-raises", _LooksUpAFeature())
 
     with pytest.raises(ModelFailed) as failed:
         run_job(job, DAY, settings=settings)
@@ -926,14 +906,34 @@ def test_a_model_that_raises_is_named_with_its_own_frames(settings, lake, ray_lo
     assert type(failed.value) is ModelFailed  # the sentence, not Ray's wrapper with its traceback
     first, header, *frames = str(failed.value).splitlines()
     rows = int(first.split(" rows")[0].rsplit(" ", 1)[1])
-    assert first == f"models:/{name}/1 raised " + said.format(rows), first
+    assert first == f"models:/user-raises/1 raised KeyError scoring a batch of {rows} rows: 'lifetime_value'"
     assert header == "the model's traceback, its last frames:"
     # the line of the model's code that raised (pickled with its class, its file is not at hand)
-    raising = 'return model_input["lifetime_value"]' if error is KeyError else "raise self.error(DOWN)"
+    raising = 'return model_input["lifetime_value"]'
     line = 1 + next(i for i, text in enumerate(Path(__file__).read_text().splitlines()) if text.strip() == raising)
     assert f'  File "<dynamic-code>", line {line}, in predict' in frames, frames
-    assert exit_status(failed.value) == status
-    assert not Path(lake.partition_path(f"predictions/{table}", DAY)).exists()
+    assert exit_status(failed.value) == EXIT_FIX_FIRST
+    assert not Path(lake.partition_path(job.output.table, DAY)).exists()
+
+
+def test_a_model_whose_service_does_not_answer_may_be_retried():
+    """An OSError from the model's code (a feature store it calls, down for a moment) exits 75,
+    for Airflow's retries; its frames are the model's."""
+
+    def lookup(rows):
+        raise ConnectionError("feature store at 10.0.0.9:6566 did not answer")
+
+    try:
+        lookup(None)
+    except ConnectionError as e:
+        failed = model_failed("models:/fraud-net/4", e, 8192)
+    first, _, *frames = str(failed).splitlines()
+    assert first == (
+        "models:/fraud-net/4 raised ConnectionError scoring a batch of 8192 rows: feature store at 10.0.0.9:6566 "
+        "did not answer"
+    )
+    assert any(frame.strip().endswith(", in lookup") for frame in frames), frames
+    assert exit_status(failed) == EXIT_TRY_AGAIN
 
 
 class _Segfaults(mlflow.pyfunc.PythonModel):
@@ -944,27 +944,24 @@ class _Segfaults(mlflow.pyfunc.PythonModel):
         os.kill(os.getpid(), signal.SIGSEGV)
 
 
-def test_an_actor_that_crashes_on_every_try_stops_the_run_naming_its_log(settings, lake, ray_local, tmp_path):
+def test_an_actor_that_crashes_on_every_try_stops_the_run_naming_its_log(
+    settings, lake, ray_local, tmp_path, monkeypatch
+):
     """Ray Data restarts a dead actor and retries its task forever by default: a model that
     crashed its process on every batch held the run until the Airflow task's timeout. The run
     gives up after the restarts and says where the actor's last words are (its stderr: Python's
-    report of the segfault)."""
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    register(
-        settings,
-        "user-segfaults",
-        lambda name: mlflow.pyfunc.log_model(
-            name="model", python_model=_Segfaults(), registered_model_name=name, pip_requirements=["pandas"]
-        ),
-    )
-    job = load_job_file(job_file(tmp_path, "user_segfaults", "user-segfaults", columns=["age"]))
+    report of the segfault). One restart here, where the job allows 3: each costs an actor's
+    start, and the bound is the same setting."""
+    monkeypatch.setattr("jobs.pipeline.RESTARTS", {"max_restarts": 1, "max_task_retries": 1})
+    monkeypatch.setattr("jobs.ray_runtime.ACTOR_RESTARTS", 1)
+    job = pickled_model_job(settings, tmp_path, "user-segfaults", _Segfaults())
 
     with pytest.raises(ActorsDied) as died:
         run_job(job, DAY, settings=settings)
 
     said = str(died.value)
     assert re.fullmatch(
-        r"the actor scoring the rows died on its first try and on each of its 3 restarts, its process ended from "
+        r"the actor scoring the rows died on its first try and on each of its 1 restart, its process ended from "
         r"outside Python \(pid \d+ on node [\d.]+\): a crash in native code \(a model's SIGSEGV\), the kernel's OOM "
         r"killer, or `ray stop`; what it wrote last is in (/\S+\.err)",
         said,
