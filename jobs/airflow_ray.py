@@ -45,7 +45,10 @@ def failing_at_once() -> Iterator[None]:
         if retry_cannot_fix(e):
             from airflow.sdk.exceptions import AirflowFailException
 
-            raise AirflowFailException(f"{e} (not retried: a retry fails the same way)") from e
+            # after the sentence, before what follows it (a model's traceback)
+            sentence, *rest = str(e).split("\n", 1)
+            said = "\n".join([f"{sentence} (not retried: a retry fails the same way)", *rest])
+            raise AirflowFailException(said) from e
         raise
 
 

@@ -104,3 +104,50 @@ def test_a_day_under_another_name_is_not_retried_but_one_not_landed_is():
     elsewhere, late = DayElsewhere("partition x does not exist, but … holds dt=20261205/"), NotLanded("not there")
     assert retry_cannot_fix(elsewhere) and exit_status(elsewhere) == EXIT_FIX_FIRST
     assert not retry_cannot_fix(late) and exit_status(late) == EXIT_TRY_AGAIN
+
+
+def _failed(error: type[Exception]):
+    """The error a run gives for a model whose code raised ``error``, with its frames."""
+    from models.predictor import model_failed
+
+    def predict(rows):
+        raise error("lifetime_value")
+
+    try:
+        predict(None)
+    except error as e:
+        return model_failed("models:/fraud-net/4", e, 8192)
+
+
+def test_a_task_that_is_not_retried_says_so_after_the_sentence_not_after_a_models_traceback():
+    """The Airflow task's last lines: the model's error with the verdict on its line, then the
+    model's own frames (jobs.airflow_ray.failing_at_once)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from jobs.airflow_ray import failing_at_once
+
+    with pytest.raises(AirflowFailException) as stopped, failing_at_once():
+        raise _failed(KeyError)
+
+    first, header, *frames = str(stopped.value).splitlines()
+    assert first == (
+        "models:/fraud-net/4 raised KeyError scoring a batch of 8192 rows: 'lifetime_value' "
+        "(not retried: a retry fails the same way)"
+    )
+    assert header == "the model's traceback, its last frames:"
+    assert frames[-1].strip() == 'raise error("lifetime_value")', frames
+
+
+def test_a_models_oserror_keeps_airflows_retries():
+    """A feature store the model calls, down for a moment: exit 75, and the task keeps its retries."""
+    from jobs.airflow_ray import failing_at_once
+    from jobs.failures import EXIT_TRY_AGAIN, exit_status
+    from models.predictor import ModelFailed
+
+    failed = _failed(ConnectionError)
+    assert str(failed).splitlines()[0] == (
+        "models:/fraud-net/4 raised ConnectionError scoring a batch of 8192 rows: lifetime_value"
+    )
+    assert exit_status(failed) == EXIT_TRY_AGAIN
+    with pytest.raises(ModelFailed), failing_at_once():  # not AirflowFailException: Airflow retries it
+        raise failed

@@ -29,7 +29,7 @@ from jobs.ab import run_compare
 from jobs.ab_report import markdown
 from jobs.cli import main as lakecast
 from jobs.config import load_job_file
-from jobs.failures import EXIT_FIX_FIRST, EXIT_TRY_AGAIN, JobError, exit_status
+from jobs.failures import EXIT_FIX_FIRST, JobError, exit_status
 from jobs.lake import Lake
 from jobs.predict import run_job
 from jobs.ray_errors import ActorsDied
@@ -37,7 +37,7 @@ from jobs.settings import PROJECT_ROOT
 from jobs.tracking import configure
 from jobs.validation import InvalidInput
 from models.output_columns import LINEAGE_COLUMNS
-from models.predictor import ModelFailed, ModelOutputError, model_failed, prediction_columns
+from models.predictor import ModelFailed, ModelOutputError, prediction_columns
 from models.registry import ModelLoadError
 from tests.conftest import DAY, LABELED_ROWS, ROWS, S3_BUCKET
 
@@ -914,26 +914,6 @@ def test_a_model_that_raises_is_named_with_its_own_frames(settings, lake, ray_lo
     assert f'  File "<dynamic-code>", line {line}, in predict' in frames, frames
     assert exit_status(failed.value) == EXIT_FIX_FIRST
     assert not Path(lake.partition_path(job.output.table, DAY)).exists()
-
-
-def test_a_model_whose_service_does_not_answer_may_be_retried():
-    """An OSError from the model's code (a feature store it calls, down for a moment) exits 75,
-    for Airflow's retries; its frames are the model's."""
-
-    def lookup(rows):
-        raise ConnectionError("feature store at 10.0.0.9:6566 did not answer")
-
-    try:
-        lookup(None)
-    except ConnectionError as e:
-        failed = model_failed("models:/fraud-net/4", e, 8192)
-    first, _, *frames = str(failed).splitlines()
-    assert first == (
-        "models:/fraud-net/4 raised ConnectionError scoring a batch of 8192 rows: feature store at 10.0.0.9:6566 "
-        "did not answer"
-    )
-    assert any(frame.strip().endswith(", in lookup") for frame in frames), frames
-    assert exit_status(failed) == EXIT_TRY_AGAIN
 
 
 class _Segfaults(mlflow.pyfunc.PythonModel):
