@@ -12,6 +12,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -23,7 +24,25 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import yaml
+
 BIN = Path(sys.executable).parent
+COMPOSE = Path(__file__).resolve().parent.parent / "docker" / "compose.yaml"
+
+
+def compose() -> dict:
+    """docker/compose.yaml, parsed, every ``${VAR:?message}`` and ``${VAR:-default}`` given a value
+    as docker/.env gives it."""
+    text = re.sub(r"\$\{([A-Z_]+)(:[?-][^}]*)?\}", lambda m: f"test-{m.group(1).lower()}", COMPOSE.read_text())
+    return yaml.safe_load(text)
+
+
+def own_settings(service: str) -> dict[str, str]:
+    """The environment compose gives ``service`` beyond the stack's shared one (``x-lakecast-env``,
+    whose addresses and keys the native stack has its own of)."""
+    parsed = compose()
+    shared = parsed["x-lakecast-env"]
+    return {k: str(v) for k, v in parsed["services"][service]["environment"].items() if k not in shared}
 
 
 def pg_bin(name: str) -> str:

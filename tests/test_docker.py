@@ -4,27 +4,18 @@ profile loads from the environment compose gives it."""
 
 from __future__ import annotations
 
-import re
 import shutil
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.stack import pg_bin
+from tests.stack import compose, own_settings, pg_bin
 
 DOCKER = Path(__file__).resolve().parent.parent / "docker"
 
 
-def _compose() -> dict:
-    # ${VAR:?message} and ${VAR:-default}: give every variable a value, as docker/.env does
-    text = (DOCKER / "compose.yaml").read_text()
-    text = re.sub(r"\$\{([A-Z_]+)(:[?-][^}]*)?\}", lambda m: f"test-{m.group(1).lower()}", text)
-    return yaml.safe_load(text)
-
-
-SERVICES = _compose()["services"]
+SERVICES = compose()["services"]
 
 
 def _accepts(argv: list[str]) -> None:
@@ -82,6 +73,15 @@ def test_the_stack_has_what_production_needs():
     assert SERVICES["airflow-scheduler"]["environment"]["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
     for name in ("postgres", "s3", "mlflow", "ray-head", "airflow-apiserver"):
         assert "healthcheck" in SERVICES[name], name
+
+
+def test_the_mlflow_server_runs_without_the_job_runner_lakecast_does_not_use():
+    """MLflow's job runner (huey consumers for its GenAI features) more than doubles the server's
+    memory; the production test's server takes the same setting (tests/stack.own_settings)."""
+    from mlflow.environment_variables import MLFLOW_SERVER_ENABLE_JOB_EXECUTION
+
+    assert own_settings("mlflow") == {MLFLOW_SERVER_ENABLE_JOB_EXECUTION.name: "false"}
+    assert SERVICES["mlflow"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"  # and the shared ones
 
 
 def test_the_production_profile_loads_from_the_compose_environment(monkeypatch):

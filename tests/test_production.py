@@ -27,7 +27,7 @@ import yaml
 from tests.conftest import DAY, LABELED_ROWS, ROWS, S3_BUCKET
 from tests.s3server import free_ports
 from tests.smtpserver import SmtpServer
-from tests.stack import BIN, Airflow, Postgres, Service, http_ok, wait_until
+from tests.stack import BIN, Airflow, Postgres, Service, http_ok, own_settings, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -110,7 +110,7 @@ def stack(s3_server, ray_head, tmp_path_factory):
                 *("--backend-store-uri", postgres.url("mlflow"), "--artifacts-destination", f"{prefix}/mlflow"),
                 "--serve-artifacts",
             ],
-            env={**os.environ, **env},
+            env={**os.environ, **env, **own_settings("mlflow")},  # as compose runs it: no job runner
             logdir=logs,
         )
         started.append(mlflow)
