@@ -930,22 +930,37 @@ def test_an_actor_that_crashes_on_every_try_stops_the_run_naming_its_log(
     """Ray Data restarts a dead actor and retries its task forever by default: a model that
     crashed its process on every batch held the run until the Airflow task's timeout. The run
     gives up after the restarts and says where the actor's last words are (its stderr: Python's
-    report of the segfault). One restart here, where the job allows 3: each costs an actor's
-    start, and the bound is the same setting."""
-    monkeypatch.setattr("jobs.pipeline.RESTARTS", {"max_restarts": 1, "max_task_retries": 1})
+    report of the segfault). So does the nightly comparison, whose actors score the labeled rows
+    with both versions. One restart here, where the job allows 3: each costs an actor's start, and
+    the bound is the same setting."""
+    one = {"max_restarts": 1, "max_task_retries": 1}
+    for module in ("jobs.pipeline", "jobs.ab"):
+        monkeypatch.setattr(f"{module}.RESTARTS", one)
     monkeypatch.setattr("jobs.ray_runtime.ACTOR_RESTARTS", 1)
     job = pickled_model_job(settings, tmp_path, "user-segfaults", _Segfaults())
 
-    with pytest.raises(ActorsDied) as died:
-        run_job(job, DAY, settings=settings)
+    def gives_up(run) -> None:
+        with pytest.raises(ActorsDied) as died:
+            run()
+        said = str(died.value)
+        assert re.fullmatch(
+            r"the actor scoring the rows died on its first try and on each of its 1 restart, its process ended from "
+            r"outside Python \(pid \d+ on node [\d.]+\): a crash in native code \(a model's SIGSEGV\), the kernel's "
+            r"OOM killer, or `ray stop`; what it wrote last is in (/\S+\.err)",
+            said,
+        ), said
+        assert "SIGSEGV" in Path(said.rsplit(" ", 1)[1]).read_text()
+        assert exit_status(died.value) == EXIT_FIX_FIRST
 
-    said = str(died.value)
-    assert re.fullmatch(
-        r"the actor scoring the rows died on its first try and on each of its 1 restart, its process ended from "
-        r"outside Python \(pid \d+ on node [\d.]+\): a crash in native code \(a model's SIGSEGV\), the kernel's OOM "
-        r"killer, or `ray stop`; what it wrote last is in (/\S+\.err)",
-        said,
-    ), said
-    assert "SIGSEGV" in Path(said.rsplit(" ", 1)[1]).read_text()
-    assert exit_status(died.value) == EXIT_FIX_FIRST
+    gives_up(lambda: run_job(job, DAY, settings=settings))
     assert not Path(lake.partition_path("predictions/user_segfaults", DAY)).exists()
+
+    # a second version of it, the challenger, compared with the first on the labeled rows
+    pickled_model_job(settings, tmp_path, "user-segfaults", _Segfaults())
+    client = mlflow.MlflowClient()
+    client.set_registered_model_alias("user-segfaults", "champion", "1")
+    client.set_registered_model_alias("user-segfaults", "challenger", "2")
+    path = Path(job.file)
+    path.write_text(path.read_text() + "ab: {labeled_table: labeled/customers, label: churned, bootstrap: 100}\n")
+    gives_up(lambda: run_compare(load_job_file(path), DAY, settings=settings))
+    assert not Path(lake.partition_path("ab/user_segfaults", DAY)).exists()
