@@ -32,7 +32,6 @@ from jobs.pieces import Piece, folder_values, split_files
 from jobs.preflight import check_listed_columns_taken, model_inputs
 from jobs.ray_errors import raise_ours
 from jobs.ray_runtime import (
-    RESTARTS,
     actor_gpus,
     actor_pool,
     actors_read_and_write,
@@ -40,6 +39,7 @@ from jobs.ray_runtime import (
     ensure_ray,
     files_dataset,
     read_pieces,
+    restarts,
 )
 from jobs.settings import Settings, load_settings
 from jobs.validation import REASON, ColumnRule, InvalidInput
@@ -352,7 +352,7 @@ class PiecesPairActor(ValidatedPairActor):
     """:class:`ValidatedPairActor` for CPU actors that read their own pieces of the labeled
     partition (a row of :func:`jobs.ray_runtime.files_dataset` each). A read that Ray Data fused
     into the actors would have to ask for their remote args, and a read task refuses the
-    restarts' (:data:`jobs.ray_runtime.RESTARTS`)."""
+    restarts' (:func:`jobs.ray_runtime.restarts`)."""
 
     def __init__(self, *, filesystem: Any, columns: list[str], threads: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -434,7 +434,7 @@ def _score_both(
             batch_size=1,
             compute=actor_pool(job, settings, inputs=len(pieces)),
             num_cpus=job.compute.cpus_per_actor,
-            **RESTARTS,
+            **restarts(),
         )
     else:
         scored = read_pieces(pieces, filesystem=lake.fs, columns=columns).map_batches(
@@ -446,7 +446,7 @@ def _score_both(
             num_cpus=job.compute.cpus_per_actor,
             num_gpus=gpus,
             udf_modifying_row_count=False,
-            **RESTARTS,
+            **restarts(),
         )
     try:
         # a labeled table's files may give a column types that widen to one (int32 and int64 ids,

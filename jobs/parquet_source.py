@@ -12,7 +12,7 @@ each piece in slices, which Ray Data cuts into blocks of at most ``target_max_bl
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -28,7 +28,7 @@ SLICE_ROWS = 262_144  # per block: ~50 MB for the churn table's 30 columns
 
 
 def read_piece(
-    piece: Piece, filesystem: Any, columns: list[str], dictionary: list[str] = (), threads: bool = True
+    piece: Piece, filesystem: Any, columns: list[str], dictionary: Sequence[str] = (), threads: bool = True
 ) -> Iterator[pa.Table]:
     """One piece, in slices of :data:`SLICE_ROWS` rows."""
     batches = piece_batches(piece, filesystem, columns=columns, dictionary=dictionary, rows=SLICE_ROWS, threads=threads)

@@ -18,13 +18,13 @@ from jobs.lake import FolderWriter, Lake
 from jobs.pieces import folder_values
 from jobs.preflight import Preflight
 from jobs.ray_runtime import (
-    RESTARTS,
     actor_pool,
     actors_read_and_write,
     decode_on_threads,
     files_at_once,
     files_dataset,
     read_pieces,
+    restarts,
     threads_per_file,
 )
 from jobs.settings import Settings
@@ -131,7 +131,7 @@ def score(
             batch_size=1,
             compute=actors,
             num_cpus=job.compute.cpus_per_actor,
-            **RESTARTS,
+            **restarts(),
         )
         files_done = done.take_all()  # a row per piece
         return started, stage_seconds(files_done), on_cpu_share(files_done), files_done
@@ -154,7 +154,7 @@ def score(
         num_cpus=job.compute.cpus_per_actor,
         num_gpus=gpus,
         udf_modifying_row_count=False,
-        **RESTARTS,
+        **restarts(),
     )
     sink = PredictionFiles(
         FolderWriter(staging, lake.fs),

@@ -273,7 +273,12 @@ def actor_gpus(job: JobConfig, settings: Settings) -> float:
 # task's timeout (jobs.ray_errors says what to change instead). Actor options only: a read task
 # refuses them, so no read is fused into these actors (the CPU actors read their own pieces).
 ACTOR_RESTARTS = 3
-RESTARTS = {"max_restarts": ACTOR_RESTARTS, "max_task_retries": ACTOR_RESTARTS}
+
+
+def restarts() -> dict[str, int]:
+    """The actor options of :data:`ACTOR_RESTARTS`, for ``map_batches``: read when a pipeline is
+    built, so that the bound and the sentences of :mod:`jobs.ray_errors` are one setting."""
+    return {"max_restarts": ACTOR_RESTARTS, "max_task_retries": ACTOR_RESTARTS}
 
 
 def actors_read_and_write(gpus: float) -> bool:

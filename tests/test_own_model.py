@@ -933,9 +933,6 @@ def test_an_actor_that_crashes_on_every_try_stops_the_run_naming_its_log(
     report of the segfault). So does the nightly comparison, whose actors score the labeled rows
     with both versions. One restart here, where the job allows 3: each costs an actor's start, and
     the bound is the same setting."""
-    one = {"max_restarts": 1, "max_task_retries": 1}
-    for module in ("jobs.pipeline", "jobs.ab"):
-        monkeypatch.setattr(f"{module}.RESTARTS", one)
     monkeypatch.setattr("jobs.ray_runtime.ACTOR_RESTARTS", 1)
     job = pickled_model_job(settings, tmp_path, "user-segfaults", _Segfaults())
 
