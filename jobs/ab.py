@@ -38,8 +38,8 @@ from jobs.ray_runtime import (
     decode_on_threads,
     ensure_ray,
     files_dataset,
+    map_on_actors,
     read_pieces,
-    restarts,
 )
 from jobs.settings import Settings, load_settings
 from jobs.validation import REASON, ColumnRule, InvalidInput
@@ -352,7 +352,7 @@ class PiecesPairActor(ValidatedPairActor):
     """:class:`ValidatedPairActor` for CPU actors that read their own pieces of the labeled
     partition (a row of :func:`jobs.ray_runtime.files_dataset` each). A read that Ray Data fused
     into the actors would have to ask for their remote args, and a read task refuses the
-    restarts' (:func:`jobs.ray_runtime.restarts`)."""
+    restarts' options (:func:`jobs.ray_runtime.map_on_actors`)."""
 
     def __init__(self, *, filesystem: Any, columns: list[str], threads: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -421,7 +421,8 @@ def _score_both(
         )
     pair = {"rules": rules, "options": options, "scorers": scorers, "passthrough": passthrough}
     if actors_read_and_write(gpus):  # CPU actors read their own pieces, as the nightly job's do (docs/adr/0002)
-        scored = files_dataset(pieces, lake.uri).map_batches(
+        scored = map_on_actors(
+            files_dataset(pieces, lake.uri),
             PiecesPairActor,
             fn_constructor_kwargs={
                 **pair,
@@ -434,10 +435,10 @@ def _score_both(
             batch_size=1,
             compute=actor_pool(job, settings, inputs=len(pieces)),
             num_cpus=job.compute.cpus_per_actor,
-            **restarts(),
         )
     else:
-        scored = read_pieces(pieces, filesystem=lake.fs, columns=columns).map_batches(
+        scored = map_on_actors(
+            read_pieces(pieces, filesystem=lake.fs, columns=columns),
             ValidatedPairActor,
             fn_constructor_kwargs=pair,
             batch_format="pyarrow",
@@ -446,7 +447,6 @@ def _score_both(
             num_cpus=job.compute.cpus_per_actor,
             num_gpus=gpus,
             udf_modifying_row_count=False,
-            **restarts(),
         )
     try:
         # a labeled table's files may give a column types that widen to one (int32 and int64 ids,

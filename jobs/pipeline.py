@@ -23,8 +23,8 @@ from jobs.ray_runtime import (
     decode_on_threads,
     files_at_once,
     files_dataset,
+    map_on_actors,
     read_pieces,
-    restarts,
     threads_per_file,
 )
 from jobs.settings import Settings
@@ -61,12 +61,12 @@ def score(
     large file's run of row groups, or small files in turn) per thread and a thread per CPU
     (docs/adr/0002); GPU actors get their batches from read tasks and hand them to write tasks.
 
-    Fault tolerance is Ray Data's, kept on purpose (its knobs, ``ray_remote_args``, are deprecated
-    in Ray 2.60): an actor that dies is restarted and its in-flight work resubmitted, a read or
-    write task whose worker dies is retried (Ray's default, 3 times), and both are safe because a
-    retry rewrites the same file names. An exception raised by our code is not retried: it fails
-    the run at once. The job's ``airflow.timeout_minutes`` bounds the whole, and rows out must
-    equal rows in before anything is committed.
+    Fault tolerance is Ray Data's: an actor that dies is restarted and its in-flight work
+    resubmitted, up to :data:`jobs.ray_runtime.ACTOR_RESTARTS` times (Ray Data's default is
+    forever), a read or write task whose worker dies is retried (Ray's default, 3 times), and both
+    are safe because a retry rewrites the same file names. An exception raised by our code is not
+    retried: it fails the run at once. The job's ``airflow.timeout_minutes`` bounds the whole, and
+    rows out must equal rows in before anything is committed.
 
     Returns when the pipeline started (unix seconds); with CPU actors, the seconds they spent in
     each stage (:data:`jobs.part_writer.STAGES`), summed over the actors (else ``{}``), and the
@@ -114,7 +114,8 @@ def score(
         # a task per piece of input, each actor streaming its pieces from read to write (docs/adr/0002)
         actors = actor_pool(job, settings, inputs=len(pre.pieces), at_once=at_once)
         started = time.time()
-        done = files_dataset(pre.pieces, lake.uri).map_batches(
+        done = map_on_actors(
+            files_dataset(pre.pieces, lake.uri),
             ScoreAndWrite,
             fn_constructor_kwargs=score_and_write_kwargs(
                 job,
@@ -131,7 +132,6 @@ def score(
             batch_size=1,
             compute=actors,
             num_cpus=job.compute.cpus_per_actor,
-            **restarts(),
         )
         files_done = done.take_all()  # a row per piece
         return started, stage_seconds(files_done), on_cpu_share(files_done), files_done
@@ -145,7 +145,8 @@ def score(
     # read and write tasks need CPUs beside the actors
     actors = actor_pool(job, settings, beside=2 * IO_CPUS)
     started = time.time()
-    scored = validated.map_batches(
+    scored = map_on_actors(
+        validated,
         predictor,
         fn_constructor_kwargs=kwargs,
         batch_format="pyarrow",
@@ -154,7 +155,6 @@ def score(
         num_cpus=job.compute.cpus_per_actor,
         num_gpus=gpus,
         udf_modifying_row_count=False,
-        **restarts(),
     )
     sink = PredictionFiles(
         FolderWriter(staging, lake.fs),

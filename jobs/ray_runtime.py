@@ -8,6 +8,7 @@ import logging
 import math
 import os
 import re
+import warnings
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -172,7 +173,7 @@ def start_private_ray(num_cpus: int | None = None) -> None:
     starts). ``num_cpus`` None: every core."""
     import ray
 
-    with env_defaults(LOCAL_RAY_ENV):
+    with env_defaults(LOCAL_RAY_ENV), _quiet(TOKEN_AUTH_LOGGER):
         ray.init(
             address="local",
             num_cpus=num_cpus,
@@ -180,6 +181,26 @@ def start_private_ray(num_cpus: int | None = None) -> None:
             logging_level=logging.WARNING,
             _system_config=LOCAL_RAY_CONFIG,
         )
+
+
+# Ray 2.60 starts a local Ray with token authentication unless RAY_AUTH_MODE says otherwise (a
+# token in ~/.ray/auth_token, made the first time), and warns on each start that
+# RAY_AUTH_MODE=disabled opts out. A private Ray is the job's own, started and stopped by it: the
+# warning opened every run's log, the Airflow task's too, with nothing for the user to do. The
+# default stays, without its warning; a RAY_AUTH_MODE the user sets is Ray's to follow, as before.
+TOKEN_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+@contextlib.contextmanager
+def _quiet(logger_name: str) -> Iterator[None]:
+    """The named logger's warnings left out for the block; its errors still pass."""
+    logger = logging.getLogger(logger_name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @contextlib.contextmanager
@@ -275,10 +296,20 @@ def actor_gpus(job: JobConfig, settings: Settings) -> float:
 ACTOR_RESTARTS = 3
 
 
-def restarts() -> dict[str, int]:
-    """The actor options of :data:`ACTOR_RESTARTS`, for ``map_batches``: read when a pipeline is
-    built, so that the bound and the sentences of :mod:`jobs.ray_errors` are one setting."""
-    return {"max_restarts": ACTOR_RESTARTS, "max_task_retries": ACTOR_RESTARTS}
+def map_on_actors(dataset: ray.data.Dataset, fn: type, **kwargs: Any) -> ray.data.Dataset:
+    """``dataset.map_batches(fn, **kwargs)`` on actors restarted, and their tasks retried, at most
+    :data:`ACTOR_RESTARTS` times, read when the pipeline is built so that the bound and the
+    sentences of :mod:`jobs.ray_errors` are one setting.
+
+    Ray 2.60 takes the bound only as actor options passed through ``map_batches``'s
+    ``**ray_remote_args``, which it deprecates for removal in 2.64 with no named parameter for
+    them yet (ray-project/ray#65227). Its warning would open every run's log, the Airflow task's
+    too, with nothing for a user to change: it is left out here, where pyproject.toml's pin (ray
+    below 2.61) keeps the options working.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
+        return dataset.map_batches(fn, **kwargs, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
 
 
 def actors_read_and_write(gpus: float) -> bool:
