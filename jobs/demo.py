@@ -42,7 +42,7 @@ def train_and_register(settings: Settings, lake: Lake, train_day: dt.date, *, na
     from mlflow.models import infer_signature
 
     from models import registry, train
-    from models.tabular_pyfunc import TabularClassifier
+    from models.tabular_pyfunc import CODE, TabularClassifier
 
     client = tracking.configure(settings)
     files = lake.data_files(demo_data.LABELED_TABLE, train_day)
@@ -82,7 +82,7 @@ def train_and_register(settings: Settings, lake: Lake, train_day: dt.date, *, na
                 mlflow.log_metrics(metrics)
                 ref = registry.register_pyfunc(
                     name=name,
-                    python_model=TabularClassifier(),
+                    python_model=CODE,
                     artifact_dir=folder,
                     signature=signature,
                     input_example=example,

@@ -91,13 +91,15 @@ def resolve(client: MlflowClient, name: str, *, alias: str | None = None, versio
 def register_pyfunc(
     *,
     name: str,
-    python_model: object,
+    python_model: object | Path,
     artifact_dir: Path,
     signature: object,
     input_example: object,
     tags: dict[str, str] | None = None,
 ) -> ModelRef:
-    """Log a pyfunc model in the active run and register it as a new version of ``name``."""
+    """Log a pyfunc model in the active run and register it as a new version of ``name``:
+    ``python_model`` a file that calls ``mlflow.models.set_model`` (models from code), or an
+    object MLflow pickles."""
     import mlflow
     from mlflow import MlflowClient
 

@@ -12,6 +12,9 @@ import pyarrow as pa
 
 from models.tabular import TabularScorer
 
+# What the demo logs as its python_model: the file that builds this class (models from code)
+CODE = Path(__file__).with_name("tabular_model_code.py")
+
 
 class TabularClassifier(mlflow.pyfunc.PythonModel):
     """MLflow pyfunc model: load once (``load_context``), score per call (``predict``)."""

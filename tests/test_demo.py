@@ -66,6 +66,13 @@ def test_demo_runs_the_dag_through_airflow(demo):
     # at its logical date, which for a scheduled run's date of 2026-11-22 would be days ago
     duration = float(re.search(r"DagRun Finished: dag_id=lakecast__churn.*?run_duration=([\d.]+)", log)[1])
     assert 0 < duration < 600, duration
+    # lakecast's own steps warn of nothing: neither Ray's token authentication default nor its
+    # deprecated actor options are said, nor MLflow's warning at the log of a pickled model (the
+    # demo logs its model as code)
+    for said in ("RAY_AUTH_MODE", "ray_remote_args", "CloudPickle"):
+        assert said not in log, said
+    logged = {p.name for p in (home / "mlartifacts").rglob("*") if p.is_file()}
+    assert "tabular_model_code.py" in logged and "python_model.pkl" not in logged
     # nothing outside LAKECAST_HOME
     assert sorted(p.name for p in cwd.iterdir()) == ["home"]
     assert {"lake", "mlflow.db", "airflow", "mlartifacts"} <= {p.name for p in home.iterdir()}
