@@ -16,6 +16,13 @@ from pathlib import Path
 
 from jobs.settings import PROJECT_ROOT, Settings
 
+# How many tasks the embedded default's Airflow runs at once (its LocalExecutor forks as many
+# workers when the scheduler starts; Airflow's default is 32). Each predict or compare task there
+# starts a private Ray that takes every core and about 2 GiB at its peak (a 10M-row night): 32
+# jobs due at 02:00 would start 32 Rays on one machine, more memory than a laptop has. At four,
+# the nights queue in Airflow instead, and a sensor waiting in reschedule mode holds no slot.
+LOCAL_PARALLELISM = 4
+
 
 def airflow_env(settings: Settings) -> dict[str, str]:
     home = settings.airflow_home
@@ -38,6 +45,7 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         # One user on one machine: the UI needs no login. Production profiles leave this off.
         env.setdefault("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS", "True")
         env.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home}/airflow.db")
+        env.setdefault("AIRFLOW__CORE__PARALLELISM", str(LOCAL_PARALLELISM))
         port = env.get("AIRFLOW__API__PORT")
         if port and not ({"AIRFLOW__API__BASE_URL", "AIRFLOW__CORE__EXECUTION_API_SERVER_URL"} & env.keys()):
             # Tasks report to the API server at localhost:8080 unless the base URL says otherwise:

@@ -774,3 +774,21 @@ def test_a_relative_lake_root_is_the_same_folder_for_airflow_tasks(home, tmp_pat
     assert airflow_env(settings)["LAKECAST_LAKE_ROOT"] == str(tmp_path / "lake")
     monkeypatch.setenv("LAKECAST_LAKE_ROOT", "s3://bucket/lake")
     assert load_settings().lake_root == "s3://bucket/lake"
+
+
+def test_the_embedded_defaults_airflow_runs_a_few_tasks_at_once(home, monkeypatch):
+    """Each predict task on the embedded default starts a Ray of its own that takes every core:
+    Airflow's 32 tasks at once would be 32 Rays on one machine. Airflow itself, asked as a user
+    asks it, says 4; a value the user sets wins, and a production profile's Airflow is its own."""
+    from jobs.airflow_env import airflow_env, run_airflow
+    from jobs.settings import load_settings
+
+    monkeypatch.delenv("AIRFLOW__CORE__PARALLELISM", raising=False)
+    settings = load_settings()
+    said = run_airflow(settings, ["config", "get-value", "core", "parallelism"], capture=True)
+    assert said.returncode == 0, said.stderr[-2000:]
+    assert said.stdout.strip() == "4"
+    monkeypatch.setenv("AIRFLOW__CORE__PARALLELISM", "8")
+    assert airflow_env(settings)["AIRFLOW__CORE__PARALLELISM"] == "8"
+    monkeypatch.delenv("AIRFLOW__CORE__PARALLELISM")
+    assert "AIRFLOW__CORE__PARALLELISM" not in airflow_env(settings.model_copy(update={"profile": "production"}))
