@@ -16,8 +16,13 @@ def actor_time(seconds: dict[str, float], on_cpu: float | None = None) -> str:
     """``seconds`` by stage as a line for people: "read 1.9 s (48%), validate 0.2 s (5%), ...",
     and the share of it the actors' threads were on a core, where known."""
     total = sum(seconds.values()) or 1.0
-    line = ", ".join(f"{stage} {t:.1f} s ({100 * t / total:.0f}%)" for stage, t in seconds.items())
+    line = ", ".join(f"{stage} {_seconds(t)} s ({100 * t / total:.0f}%)" for stage, t in seconds.items())
     return line if on_cpu is None else f"{line}; on a core {100 * on_cpu:.0f}% of it"
+
+
+def _seconds(t: float) -> str:
+    """A small day's stages take hundredths of a second: "0.042", not "0.0" for each."""
+    return f"{t:.1f}" if t >= 1 else f"{t:.2f}" if t >= 0.1 else f"{t:.3f}"
 
 
 def folder(staging: str) -> str:
