@@ -36,7 +36,7 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import pyarrow.fs as pafs
@@ -187,7 +187,7 @@ def recover(lake: Lake, table: str, ds: dt.date) -> None:
     trash_root = f"{lake.base}/_trash/{table}/ds={ds.isoformat()}"
     if lake.exists(staging_root):
         left = lake.entries(staging_root, recursive=True)
-        if any(i.type == pafs.FileType.File for i in left):  # not just the empty folders of commits
+        if any(i.type == pafs.FileType.File for i in left):  # not just empty folders (older commits left them)
             log.warning("removing staging left by dead runs: %s", lake.uri(staging_root))
         lake.fs.delete_dir(staging_root)
     if lake.exists(trash_root):
@@ -241,8 +241,18 @@ def commit(lake: Lake, staging: str, table: str, ds: dt.date, manifest: dict[str
             _write_manifest(lake, staging, manifest)
             _mark_done(lake, staging)
         _swap_local(lake, staging, target, table, ds)
+        _drop_empty_day(lake, staging)
     log.info("committed %s", lake.uri(target))
     return target
+
+
+def _drop_empty_day(lake: Lake, staging: str) -> None:
+    """The day's folder in staging (``_staging/<table>/ds=…``), once the run's last folder in it
+    is gone: a local lake kept an empty one a night and table, a year's nights 365 of them in each
+    table's staging. Only the partition lock's holder writes in it; S3 keeps no empty folders."""
+    if not lake.is_s3:
+        with suppress(OSError):  # not empty yet (the run's telemetry), or gone already
+            os.rmdir(os.path.dirname(staging))
 
 
 def _write_manifest(lake: Lake, folder: str, manifest: dict[str, Any]) -> None:
@@ -304,5 +314,6 @@ def discard(lake: Lake, staging: str) -> None:
     try:
         if lake.exists(staging):
             lake.fs.delete_dir(staging)
+        _drop_empty_day(lake, staging)
     except OSError as e:  # cleanup must not hide the error that brought us here
         log.warning("could not remove %s (the next run removes it): %s", lake.uri(staging), e)

@@ -66,7 +66,9 @@ def test_only_committed_files_and_manifest_in_partition(first_run, lake):
     assert sum(f["rows"] for f in manifest["output"]) == ROWS
     assert sorted(f["file"] for f in manifest["output"]) == names
     assert manifest["model"]["version"] == first_run.model.version
-    assert not lake.exists(f"{lake.base}/_staging/{OUT}/ds={DAY}/{first_run.run_id}")
+    # nothing of the run is left in staging, not even the day's empty folder
+    for table in (OUT, "quarantine/churn"):
+        assert not lake.exists(f"{lake.base}/_staging/{table}/ds={DAY}"), table
 
 
 def test_run_is_logged_to_mlflow(first_run, settings, churn_job, lake):
