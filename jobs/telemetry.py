@@ -13,7 +13,7 @@ from models.predictor import ACTOR_READY, FIRST_BATCH, TELEMETRY_SEPARATOR
 
 
 def actor_time(seconds: dict[str, float], on_cpu: float | None = None) -> str:
-    """``seconds`` by stage as a line for people: "read 1.9 s (48%), validate 0.2 s (5%), ...",
+    """``seconds`` by stage as a line for people: "read 1.9 s (48%), validate 0.20 s (5%), ...",
     and the share of it the actors' threads were on a core, where known."""
     total = sum(seconds.values()) or 1.0
     line = ", ".join(f"{stage} {_seconds(t)} s ({100 * t / total:.0f}%)" for stage, t in seconds.items())
