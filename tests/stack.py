@@ -24,6 +24,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import yaml
 
 BIN = Path(sys.executable).parent
@@ -43,6 +44,15 @@ def own_settings(service: str) -> dict[str, str]:
     parsed = compose()
     shared = parsed["x-lakecast-env"]
     return {k: str(v) for k, v in parsed["services"][service]["environment"].items() if k not in shared}
+
+
+def cmdline(process: psutil.Process) -> list[str]:
+    """A process's command line as ``ps`` shows it (Airflow and Ray name their workers so), or []
+    once it has ended."""
+    try:
+        return process.cmdline()
+    except psutil.Error:
+        return []
 
 
 def pg_bin(name: str) -> str:

@@ -25,7 +25,7 @@ import yaml
 from tests.conftest import DAY
 from tests.jobfiles import conf_with_job
 from tests.s3server import free_ports
-from tests.stack import Service, wait_until
+from tests.stack import Service, cmdline, wait_until
 
 pytestmark = pytest.mark.slow
 LAKECAST = str(Path(sys.executable).with_name("lakecast"))
@@ -164,8 +164,8 @@ def test_the_printed_airflow_command_starts_every_component(demo, tmp_path):
         assert len(started) > 4  # standalone, its scheduler, API server, dag processor, triggerer
         # the scheduler's LocalExecutor forked a worker for each task that may run at once: 4 on
         # the embedded default, where each predict starts a Ray of its own (Airflow's default, 32)
-        workers = [p for p in started if "LocalExecutor" in " ".join(_cmdline(p))]
-        assert len(workers) == 4, [_cmdline(p) for p in started]
+        workers = [p for p in started if "LocalExecutor" in " ".join(cmdline(p))]
+        assert len(workers) == 4, [cmdline(p) for p in started]
         standalone.proc.send_signal(signal.SIGTERM)
         assert standalone.proc.wait(timeout=60) == 128 + signal.SIGTERM
         assert "lakecast: stopped by SIGTERM; so were airflow standalone and the processes it started" in (
@@ -449,11 +449,3 @@ def test_a_task_that_is_retried_mails_once_when_its_last_try_fails(demo, tmp_pat
     assert mail["Subject"] == f"lakecast: absent failed for {DAY} at check_input"
     body = mail.get_body(("html",)).get_content()
     assert "on try 2 of 2" in body and f"no data for raw/absent on {DAY}" in body, body
-
-
-def _cmdline(process: psutil.Process) -> list[str]:
-    """A process's command line as ``ps`` shows it (Airflow names its workers so), or [] once it ended."""
-    try:
-        return process.cmdline()
-    except psutil.Error:
-        return []

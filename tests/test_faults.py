@@ -24,6 +24,7 @@ from jobs.lake import Lake
 from jobs.predict import run_job
 from jobs.settings import PROJECT_ROOT
 from tests.conftest import DAY
+from tests.stack import cmdline
 
 pytestmark = pytest.mark.slow
 ROWS = 200_000
@@ -39,15 +40,8 @@ def map_workers() -> list[psutil.Process]:
     return [
         p
         for p in psutil.Process().children(recursive=True)
-        if "MapWorker(MapBatches(ScoreAndWrite))" in " ".join(_cmdline(p))
+        if "MapWorker(MapBatches(ScoreAndWrite))" in " ".join(cmdline(p))
     ]
-
-
-def _cmdline(p: psutil.Process) -> list[str]:
-    try:
-        return p.cmdline()
-    except psutil.Error:  # it ended meanwhile
-        return []
 
 
 def staging(lake: Lake) -> Path:
