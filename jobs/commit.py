@@ -183,7 +183,7 @@ def recover(lake: Lake, table: str, ds: dt.date) -> None:
     deletes data files that the committed manifest does not name.
     """
     target = lake.partition_path(table, ds)
-    staging_root = f"{lake.base}/_staging/{table}/ds={ds.isoformat()}"
+    staging_root = lake.staging_day(table, ds)
     trash_root = f"{lake.base}/_trash/{table}/ds={ds.isoformat()}"
     if lake.exists(staging_root):
         left = lake.entries(staging_root, recursive=True)

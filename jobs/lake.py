@@ -195,8 +195,12 @@ class Lake:
         """:meth:`partition_path` as a user would type it, for messages and lineage."""
         return self.uri(self.partition_path(table, ds, layout))
 
+    def staging_day(self, table: str, ds: dt.date) -> str:
+        """Where the runs for ``ds`` of ``table`` stage their output, a folder per run."""
+        return f"{self.base}/_staging/{table}/ds={ds.isoformat()}"
+
     def staging_path(self, table: str, ds: dt.date, run_id: str) -> str:
-        return f"{self.base}/_staging/{table}/ds={ds.isoformat()}/{run_id}"
+        return f"{self.staging_day(table, ds)}/{run_id}"
 
     def exists(self, path: str) -> bool:
         return self._info(path).type != pafs.FileType.NotFound

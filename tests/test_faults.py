@@ -45,8 +45,8 @@ def map_workers() -> list[psutil.Process]:
 
 
 def staging(lake: Lake) -> Path:
-    """Where the runs for DAY stage their output, a folder per run (see Lake.staging_path)."""
-    return Path(lake.staging_path(OUT, DAY, "run")).parent
+    """Where the runs for DAY stage their output, a folder per run."""
+    return Path(lake.staging_day(OUT, DAY))
 
 
 def staged_predictions(lake: Lake) -> list[Path]:
