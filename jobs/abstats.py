@@ -3,12 +3,22 @@ segments, and the verdict. Pure NumPy on arrays of labels and both models' score
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-from jobs.metrics import LOWER_IS_BETTER, METRICS, Classification, Multiclass, better
+from jobs.metrics import LOWER_IS_BETTER, METRICS, PREPARED, Prepared, Scratch, better
+
+CHUNK = 25  # resamples a thread draws in turn from one seed
+# bytes a row of a thread's arrays: the drawn rows, their counts and the weights; a model's sorted
+# weights, positives and two running sums, and the running sums at the ends of runs of ties
+SCRATCH_PER_ROW = 72
+SCRATCH_BYTES = 2 << 30
 
 
 @dataclass(frozen=True)
@@ -47,9 +57,15 @@ class Resampler:
         offsets = np.repeat(self.starts[pick] - np.r_[0, np.cumsum(lengths)[:-1]], lengths)
         return self.order[offsets + np.arange(lengths.sum())]
 
-    def weights(self, rng: np.random.Generator) -> np.ndarray:
-        """The same draw as :meth:`indices`, as how many times each row was drawn."""
-        return np.bincount(self.indices(rng), minlength=self.n)
+    def weights(self, rng: np.random.Generator, scratch: Scratch | None = None) -> np.ndarray:
+        """The same draw as :meth:`indices`, as how many times each row was drawn (floats, as
+        the metrics' dot products take them)."""
+        counts = np.bincount(self.indices(rng), minlength=self.n)
+        if scratch is None:
+            return counts.astype(np.float64)
+        weights = scratch.get("weights", self.n)
+        np.copyto(weights, counts)
+        return weights
 
 
 def compare(
@@ -64,35 +80,16 @@ def compare(
     groups: np.ndarray | None = None,
     segments: np.ndarray | None = None,
     seed: int = 0,
+    workers: int | None = None,
 ) -> Comparison:
-    """Metrics of both models, and a paired bootstrap interval for each difference."""
+    """Metrics of both models, and a paired bootstrap interval for each difference (``workers``:
+    the bootstrap's threads, by default :func:`threads`)."""
     fn = METRICS[task]
-    rng = np.random.default_rng(seed)
-    resampler = Resampler(len(y), groups)
-    if task in ("classification", "multiclass"):  # each resample a reweighting (see Classification)
-        if task == "classification":
-            ca, cb = Classification(y, champion, threshold), Classification(y, challenger, threshold)
-        else:
-            ca, cb = Multiclass(y, champion), Multiclass(y, challenger)
-        a, b = ca.metrics(), cb.metrics()
-
-        def resampled() -> tuple[dict[str, float], dict[str, float]]:
-            w = resampler.weights(rng)
-            return ca.metrics(w), cb.metrics(w)
-    else:
-        a, b = fn(y, champion, threshold), fn(y, challenger, threshold)
-
-        def resampled() -> tuple[dict[str, float], dict[str, float]]:
-            idx = resampler.indices(rng)
-            return fn(y[idx], champion[idx], threshold), fn(y[idx], challenger[idx], threshold)
-
-    draws: dict[str, list[float]] = {m: [] for m in a}
-    for _ in range(bootstrap):
-        ra, rb = resampled()
-        for m in a:
-            draws[m].append(rb[m] - ra[m])
+    models = tuple(PREPARED[task](y, scores, threshold) for scores in (champion, challenger))
+    a, b = (m.metrics() for m in models)
+    draws = resample(models, Resampler(len(y), groups), bootstrap, seed, workers)
     tail = (1 - confidence) / 2 * 100
-    differences = {m: _interval(b[m] - a[m], draws[m], tail) for m in a}
+    differences = {m: _interval(b[m] - a[m], draws[:, i], tail) for i, m in enumerate(a)}
     mcnemar = None
     if task == "classification":
         mcnemar = _mcnemar((champion >= threshold) == (y == 1), (challenger >= threshold) == (y == 1))
@@ -112,11 +109,49 @@ def compare(
     return result
 
 
-def _interval(diff: float, draws: list[float], tail: float) -> Interval:
+def resample(
+    models: tuple[Prepared, Prepared], resampler: Resampler, resamples: int, seed: int, workers: int | None = None
+) -> np.ndarray:
+    """The challenger's metrics minus the champion's on each of ``resamples`` paired resamples:
+    an array of a row per resample, a column per metric (in the order of ``metrics()``'s keys).
+
+    The resamples are drawn in chunks of :data:`CHUNK`, each from its own seed of ``seed``'s
+    sequence, so that they are the same whichever thread takes a chunk and however many threads
+    there are; :func:`threads` says how many."""
+    seeds = np.random.SeedSequence(seed).spawn(-(-resamples // CHUNK))
+    local = threading.local()
+
+    def chunk(i: int) -> list[list[float]]:
+        if not hasattr(local, "scratch"):
+            local.scratch = Scratch()
+        rng, rows = np.random.default_rng(seeds[i]), []
+        for _ in range(min(CHUNK, resamples - i * CHUNK)):
+            w = resampler.weights(rng, local.scratch)
+            ra, rb = (m.metrics(w, local.scratch) for m in models)
+            rows.append([rb[m] - ra[m] for m in ra])
+        return rows
+
+    workers = workers or threads(resampler.n, len(seeds))
+    if workers == 1:
+        parts = [chunk(i) for i in range(len(seeds))]
+    else:  # BLAS's own threads, spinning between our dot products, took the cores our threads wanted
+        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers, "bootstrap") as pool:
+            parts = list(pool.map(chunk, range(len(seeds))))
+    return np.array([row for part in parts for row in part], dtype=np.float64).reshape(resamples, -1)
+
+
+def threads(rows: int, chunks: int) -> int:
+    """Threads for the bootstrap: one per CPU this process may use (NumPy leaves the GIL in each
+    pass over the rows), no more than the chunks, and no more than :data:`SCRATCH_BYTES` of
+    scratch arrays hold (:data:`SCRATCH_PER_ROW` bytes a row each: 2 threads at 10M rows)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cpus, chunks, SCRATCH_BYTES // max(1, SCRATCH_PER_ROW * rows)))
+
+
+def _interval(diff: float, draws: np.ndarray, tail: float) -> Interval:
     """The percentile interval of the resampled differences, over the resamples where the metric
     is defined (ROC AUC needs both classes); NaN where it is defined in none."""
-    defined = np.asarray(draws, dtype=float)
-    defined = defined[~np.isnan(defined)]
+    defined = draws[~np.isnan(draws)]
     if defined.size == 0:
         return Interval(diff, float("nan"), float("nan"))
     low, high = np.percentile(defined, [tail, 100 - tail])

@@ -4,6 +4,7 @@ promotion then rollback with its audit trail."""
 from __future__ import annotations
 
 import json
+import os
 
 import mlflow
 import numpy as np
@@ -108,6 +109,97 @@ def test_a_multiclass_challenger_that_is_right_more_often_is_promoted_on_log_los
     verdict, reasons = abstats.verdict(c, primary="log_loss", min_improvement=0.01, guards={"accuracy": 0.0})
     assert verdict == "promote", reasons
     assert c.differences["log_loss"].high < 0 < c.differences["accuracy"].low
+
+
+def by_definition(task: str, y: np.ndarray, p: np.ndarray) -> dict[str, float]:
+    """Each metric by scikit-learn's function (ECE, which has none, by its plain formula)."""
+    from sklearn import metrics as skm
+
+    from jobs.metrics import ece
+
+    if task == "classification":
+        predicted = (p >= 0.5).astype(int)
+        return {
+            "accuracy": skm.accuracy_score(y, predicted),
+            "precision": skm.precision_score(y, predicted, zero_division=0),
+            "recall": skm.recall_score(y, predicted, zero_division=0),
+            "f1": skm.f1_score(y, predicted, zero_division=0),
+            "roc_auc": skm.roc_auc_score(y, p),
+            "pr_auc": skm.average_precision_score(y, p),
+            "log_loss": skm.log_loss(y, np.clip(p, 1e-15, 1 - 1e-15), labels=[0, 1]),
+            "brier": skm.brier_score_loss(y, p),
+            "ece": ece(y, p),
+        }
+    if task == "multiclass":
+        labels = range(p.shape[1])
+        return {
+            "accuracy": skm.accuracy_score(y, p.argmax(axis=1)),
+            "macro_f1": skm.f1_score(y, p.argmax(axis=1), average="macro"),
+            "log_loss": skm.log_loss(y, p, labels=labels),
+            "brier": skm.brier_score_loss(y, p, labels=labels),
+        }
+    return {
+        "rmse": np.sqrt(skm.mean_squared_error(y, p)),
+        "mae": skm.mean_absolute_error(y, p),
+        "r2": skm.r2_score(y, p),
+    }
+
+
+def _tasks():
+    """Labels and two models' scores for each task, as the bootstrap takes them."""
+    rng = np.random.default_rng(5)
+    n = 2000
+    y = rng.integers(0, 2, n)
+    yield "classification", y, np.round(rng.random(n), 2), np.round(np.clip(0.2 * y + rng.random(n), 0, 1), 3)
+    k = rng.integers(0, 3, n)
+    p = [rng.dirichlet(np.ones(3), n) for _ in range(2)]
+    yield "multiclass", k, *p
+    t = rng.normal(100, 5, n)
+    yield "regression", t, t + rng.normal(0, 2, n), t + rng.normal(0, 1.8, n)
+
+
+@pytest.mark.parametrize("grouped", [False, True], ids=["rows", "entities"])
+@pytest.mark.parametrize("task, y, a, b", list(_tasks()), ids=lambda v: v if isinstance(v, str) else "")
+def test_each_interval_is_that_of_resampling_the_rows_themselves(task, y, a, b, grouped):
+    """The bootstrap weighs the rows by how often a resample drew them, and runs its resamples in
+    chunks on threads: its intervals are those of drawing the same rows and computing each metric
+    on them with scikit-learn, as the definition reads (the chunks' seeds are
+    :func:`abstats.resample`'s)."""
+    groups = np.arange(len(y)) // 4 if grouped else None
+    resamples, seed = 60, 3
+    c = abstats.compare(
+        y, a, b, task=task, threshold=0.5, confidence=0.9, bootstrap=resamples, groups=groups, seed=seed, workers=2
+    )
+    resampler = abstats.Resampler(len(y), groups)
+    draws = []
+    for i, chunk_seed in enumerate(np.random.SeedSequence(seed).spawn(-(-resamples // abstats.CHUNK))):
+        rng = np.random.default_rng(chunk_seed)
+        for _ in range(min(abstats.CHUNK, resamples - i * abstats.CHUNK)):
+            idx = resampler.indices(rng)
+            ra, rb = by_definition(task, y[idx], a[idx]), by_definition(task, y[idx], b[idx])
+            draws.append({m: rb[m] - ra[m] for m in ra})
+    assert set(c.differences) == set(draws[0])
+    for metric, interval in c.differences.items():
+        low, high = np.percentile([d[metric] for d in draws], [5, 95])
+        assert (interval.low, interval.high) == pytest.approx((low, high), rel=1e-9, abs=1e-12), metric
+
+
+def test_the_intervals_do_not_depend_on_how_many_threads_draw_them():
+    y, a, b = constructed(3000, 0.8, 1.0)
+    runs = [
+        abstats.compare(y, a, b, task="classification", threshold=0.5, confidence=0.95, bootstrap=110, workers=w)
+        for w in (1, 2, 5)
+    ]
+    assert runs[0].differences == runs[1].differences == runs[2].differences
+
+
+def test_the_bootstrap_takes_a_thread_per_cpu_within_its_memory_budget():
+    cpus = len(os.sched_getaffinity(0))
+    assert abstats.threads(200_000, 40) == min(cpus, 40)
+    assert abstats.threads(200_000, 1) == 1  # 25 resamples or fewer: one chunk
+    at_10m = abstats.threads(10_000_000, 40)
+    assert at_10m >= 1 and at_10m * abstats.SCRATCH_PER_ROW * 10_000_000 <= abstats.SCRATCH_BYTES
+    assert abstats.threads(100_000_000, 40) == 1  # past the budget, still one
 
 
 def test_psi_is_zero_for_the_same_distribution_and_grows_with_shift():

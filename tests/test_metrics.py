@@ -9,13 +9,15 @@ from sklearn import metrics as skm
 from jobs.metrics import classification, ece, regression
 
 
-@pytest.fixture(params=[0, 1, 2])
+@pytest.fixture(params=[0, 1, 2, 3])
 def preds(request):
     rng = np.random.default_rng(request.param)
     y = rng.integers(0, 2, 5000)
     p = np.clip(0.3 * y + rng.random(5000) * 0.7, 0, 1)
     if request.param == 2:
         p = np.round(p, 1)  # many ties
+    if request.param == 3:
+        p = np.round(p, 4)  # a few ties among distinct scores, as float32 scores have
     return y, p
 
 
