@@ -356,6 +356,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
             json_path=json_path,
         )
         _out(bench_image.markdown(report))
+    elif args.workload == "compare":
+        from jobs import bench_compare
+
+        rows = args.rows or bench_compare.ROWS
+        report = bench_compare.run(rows=rows, resamples=args.resamples, json_path=json_path)
+        _out(bench_compare.markdown(report))
     else:
         from jobs.bench import ROUNDS, run
         from jobs.bench_report import markdown
@@ -442,9 +448,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="measure the job against IO, the model alone and a hand-written loop")
     p.add_argument(
-        "--workload", choices=["tabular", "image"], default="tabular", help="the churn MLP, or ResNet-50 on JPEGs"
+        "--workload",
+        choices=["tabular", "image", "compare"],
+        default="tabular",
+        help="the churn MLP, ResNet-50 on JPEGs, or the A/B comparison's bootstrap",
     )
-    p.add_argument("--rows", type=positive_int, help="rows to score (default 10,000,000 tabular, 50,000 images)")
+    p.add_argument(
+        "--rows",
+        type=positive_int,
+        help="rows to score (default 10,000,000 tabular, 50,000 images, 1,000,000 labeled rows to compare)",
+    )
     p.add_argument("--json", help="write the report as JSON here (a .md beside it, and a .png for tabular)")
     p.add_argument(
         "--rounds",
@@ -458,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--image-size", type=positive_int, default=224, help="image workload: crop size in pixels")
     p.add_argument("--batch-size", type=positive_int, default=256, help="image workload: images per batch")
+    p.add_argument(
+        "--resamples", type=positive_int, default=1000, help="compare workload: bootstrap resamples (ab.bootstrap)"
+    )
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("airflow", help="run an airflow command on lakecast's Airflow home and dags")

@@ -234,6 +234,24 @@ def test_image_bench_reports_the_gpu_figures_where_a_bare_gpu_machine_lacks_the_
     assert "| lakecast pipeline, steady state |" in proc.stdout
 
 
+def test_the_compare_bench_times_the_bootstrap_three_ways(tmp_path):
+    """``lakecast bench --workload compare``: lakecast's bootstrap on its threads and on one, and
+    the rows drawn and scored by hand, at a tiny size; the same draws on any number of threads."""
+    out = tmp_path / "compare.json"
+    proc = bench(tmp_path / "home", out, "--workload", "compare", "--resamples", "60", rows=5000)
+    report = json.loads(out.read_text())
+    assert (report["rows"], report["resamples"], report["settings"]["by_hand_resamples"]) == (5000, 60, 10)
+    assert report["threads"] == min(report["machine"]["cpus"], 3)  # 60 resamples: 3 chunks of 25 at most
+    for key in ("bootstrap_seconds", "one_thread_seconds", "by_hand_seconds"):
+        assert report[key] > 0, key
+    assert report["vs_resampling"] == pytest.approx(report["by_hand_seconds"] / report["bootstrap_seconds"], 5e-2)
+    difference = report["roc_auc_difference"]
+    assert difference["low"] < difference["diff"] < difference["high"]
+    assert "| lakecast, one thread |" in proc.stdout and out.with_suffix(".md").exists()
+    assert f"written: {out} (and its .md beside it)" in proc.stdout
+    assert not (tmp_path / "home").exists()  # nothing generated on disk: the labels live in memory
+
+
 def test_lakecast_bench_hands_the_image_workload_its_flags(home, tmp_path, monkeypatch, capsys):
     """``lakecast bench --workload image`` runs the image bench above in LAKECAST_HOME, with the
     command line's size and batch, and prints its table."""
@@ -320,6 +338,7 @@ def test_bench_checks_where_its_report_goes_before_it_measures(tmp_path, capsys)
         (["bench", "--rows", "-1"], "--rows"),
         (["bench", "--workload", "image", "--batch-size", "0"], "--batch-size"),
         (["bench", "--workload", "image", "--image-size", "-224"], "--image-size"),
+        (["bench", "--workload", "compare", "--resamples", "0"], "--resamples"),
         (["demo", "--rows", "0"], "--rows"),
     ],
 )
