@@ -308,6 +308,8 @@ def _excluded(job: JobConfig, scored: pa.Table, where: str) -> tuple[pa.Table, d
                 f"{100 * job.validation.max_invalid_share:g}% (validation.max_invalid_share), e.g. {example}; "
                 "nothing was compared"
             )
+        if n_bad == n:  # under max_invalid_share: 1.0; every metric would be NaN
+            raise InvalidInput(f"{where}: all {n} labeled rows are invalid, e.g. {example}; nothing is left to compare")
         log.warning("%d of %d labeled rows left out of the comparison: %s", n_bad, n, by_reason)
     return scored.filter(pc.invert(bad)).drop_columns([REASON]), {"rows": n_bad, "reasons": by_reason}
 

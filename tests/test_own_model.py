@@ -746,6 +746,12 @@ def test_compare_of_own_models_leaves_out_the_rows_the_job_would_not_score(
     with pytest.raises(JobError, match=r"models:/user-ab/3 scored \d+ of \d+ labeled rows outside \[0, 1\]"):
         run_compare(load_job_file(path), DAY, settings=settings)
 
+    # a limit of 100% and a rule no row meets: nothing left, said as such rather than NaN metrics
+    every_row = f"max_invalid_share: 1.0, columns: {{{NUMERIC[0]}: {{min: 1.0e12}}}}"
+    path.write_text(path.read_text().replace("max_invalid_share: 0.5", every_row))
+    with pytest.raises(InvalidInput, match=rf"all {LABELED_ROWS} labeled rows are invalid, e\.g\. customer_id=\d+: "):
+        run_compare(load_job_file(path), DAY, settings=settings)
+
 
 @pytest.mark.parametrize("store", ["local", "s3"])
 def test_a_version_whose_files_are_gone_is_named_and_not_retried(
