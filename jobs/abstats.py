@@ -144,8 +144,12 @@ def threads(rows: int, chunks: int) -> int:
     """Threads for the bootstrap: one per CPU this process may use (NumPy leaves the GIL in each
     pass over the rows), no more than the chunks, and no more than :data:`SCRATCH_BYTES` of
     scratch arrays hold (:data:`SCRATCH_PER_ROW` bytes a row each: 2 threads at 10M rows)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, min(cpus, chunks, SCRATCH_BYTES // max(1, SCRATCH_PER_ROW * rows)))
+    return max(1, min(cpus(), chunks, SCRATCH_BYTES // max(1, SCRATCH_PER_ROW * rows)))
+
+
+def cpus() -> int:
+    """The CPUs this process may run on (a container's or taskset's share, where Linux says)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _interval(diff: float, draws: np.ndarray, tail: float) -> Interval:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
 import time
@@ -97,7 +96,7 @@ def run(*, rows: int = ROWS, resamples: int = RESAMPLES, json_path: Path | None 
         "threads_speedup": round(one_thread / seconds, 2),
         "roc_auc_difference": {k: round(v, 5) for k, v in roc_auc.items()},
         "machine": {
-            "cpus": len(os.sched_getaffinity(0)),
+            "cpus": abstats.cpus(),
             "platform": platform.platform(),
             "python": platform.python_version(),
             "numpy": np.__version__,

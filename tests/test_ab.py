@@ -194,8 +194,7 @@ def test_the_intervals_do_not_depend_on_how_many_threads_draw_them():
 
 
 def test_the_bootstrap_takes_a_thread_per_cpu_within_its_memory_budget():
-    cpus = len(os.sched_getaffinity(0))
-    assert abstats.threads(200_000, 40) == min(cpus, 40)
+    assert abstats.threads(200_000, 40) == min(len(os.sched_getaffinity(0)), 40)
     assert abstats.threads(200_000, 1) == 1  # 25 resamples or fewer: one chunk
     at_10m = abstats.threads(10_000_000, 40)
     assert at_10m >= 1 and at_10m * abstats.SCRATCH_PER_ROW * 10_000_000 <= abstats.SCRATCH_BYTES
