@@ -733,9 +733,7 @@ def run(
         },
     }
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report, indent=2))
-        json_path.with_suffix(".md").write_text(bench_report.markdown(report))
+        bench_report.write(report, json_path, bench_report.markdown(report))
         bench_report.chart(report, json_path.with_suffix(".png"))
     return report
 

@@ -20,7 +20,6 @@ Airflow: ``python -m jobs.bench_compare --rows 1000000`` runs it as well.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import time
@@ -29,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from jobs import abstats
+from jobs import abstats, bench_report
 from jobs.argtypes import positive_int
 from jobs.metrics import classification
 
@@ -104,9 +103,7 @@ def run(*, rows: int = ROWS, resamples: int = RESAMPLES, json_path: Path | None 
         "settings": {"task": "classification", "by_hand_resamples": min(BY_HAND, resamples), "chunk": abstats.CHUNK},
     }
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report, indent=2))
-        json_path.with_suffix(".md").write_text(markdown(report))
+        bench_report.write(report, json_path, markdown(report))
     return report
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import logging
 import os
 import platform
@@ -38,6 +37,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from jobs import bench_report
 from jobs.argtypes import positive_int
 from models.image import ImageClassifier, ImageOptions, decode_jpegs
 
@@ -303,9 +303,7 @@ def run(
         },
     }
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(report, indent=2))
-        json_path.with_suffix(".md").write_text(markdown(report))
+        bench_report.write(report, json_path, markdown(report))
     return report
 
 

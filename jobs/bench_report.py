@@ -3,8 +3,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+
+
+def write(report: dict[str, Any], json_path: Path, markdown_text: str) -> None:
+    """A bench's report as JSON at ``json_path``, and as Markdown beside it (``.md``)."""
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(report, indent=2))
+    json_path.with_suffix(".md").write_text(markdown_text)
 
 
 def _shape(hot_path: dict[str, int]) -> str:
