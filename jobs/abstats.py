@@ -119,13 +119,15 @@ def resample(
     sequence, so that they are the same whichever thread takes a chunk and however many threads
     there are; :func:`threads` says how many."""
     seeds = np.random.SeedSequence(seed).spawn(-(-resamples // CHUNK))
-    local = threading.local()
+    local, stopped = threading.local(), threading.Event()
 
     def chunk(i: int) -> list[list[float]]:
         if not hasattr(local, "scratch"):
             local.scratch = Scratch()
         rng, rows = np.random.default_rng(seeds[i]), []
         for _ in range(min(CHUNK, resamples - i * CHUNK)):
+            if stopped.is_set():
+                break
             w = resampler.weights(rng, local.scratch)
             ra, rb = (m.metrics(w, local.scratch) for m in models)
             rows.append([rb[m] - ra[m] for m in ra])
@@ -134,9 +136,14 @@ def resample(
     workers = workers or threads(resampler.n, len(seeds))
     if workers == 1:
         parts = [chunk(i) for i in range(len(seeds))]
-    else:  # BLAS's own threads, spinning between our dot products, took the cores our threads wanted
-        with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(workers, "bootstrap") as pool:
-            parts = list(pool.map(chunk, range(len(seeds))))
+    else:
+        pool = ThreadPoolExecutor(workers, "bootstrap")
+        try:  # BLAS's own threads, spinning between our dot products, took the cores our threads wanted
+            with threadpool_limits(limits=1, user_api="blas"):
+                parts = list(pool.map(chunk, range(len(seeds))))
+        finally:  # a stop (jobs.stopping) lands in this thread: the others end at their next resample
+            stopped.set()
+            pool.shutdown(wait=True, cancel_futures=True)
     return np.array([row for part in parts for row in part], dtype=np.float64).reshape(resamples, -1)
 
 

@@ -271,3 +271,28 @@ def test_a_stopped_comparison_says_it_wrote_nothing(monkeypatch, churn_job):
         "report or verdict was written"
     )
     assert stopped.value.exit_status == 143
+
+
+def test_a_stop_during_the_ab_bootstrap_does_not_wait_for_the_rest_of_its_resamples(handlers):
+    """SIGTERM while the bootstrap's threads draw resamples (minutes of them, for a large labeled
+    partition): the stop lands in the main thread, and each thread ends at its next resample, not
+    at the end of its chunk of 25 (12 s at 10M rows) or of the bootstrap."""
+    from jobs import abstats
+
+    started, sent = [], []
+
+    class Model:  # a resample of 0.1 s: a chunk of 2.5 s
+        def metrics(self, w=None, scratch=None):
+            started.append(time.monotonic())
+            time.sleep(0.05)
+            return {"accuracy": 0.5}
+
+    def stop() -> None:
+        sent.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Timer(0.3, stop).start()
+    with pytest.raises(Stopped), stopping.on_signals():
+        abstats.resample((Model(), Model()), abstats.Resampler(100, None), 1000, seed=0, workers=2)
+    assert started and not [t for t in started if t > sent[0] + 0.5]
+    assert not [t for t in threading.enumerate() if t.name.startswith("bootstrap")]
