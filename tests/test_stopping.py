@@ -276,7 +276,7 @@ def test_a_stopped_comparison_says_it_wrote_nothing(monkeypatch, churn_job):
 def test_a_stop_during_the_ab_bootstrap_does_not_wait_for_the_rest_of_its_resamples(handlers):
     """SIGTERM while the bootstrap's threads draw resamples (minutes of them, for a large labeled
     partition): the stop lands in the main thread, and each thread ends at its next resample, not
-    at the end of its chunk of 25 (12 s at 10M rows) or of the bootstrap."""
+    at the end of its chunk of 25 (20 s at 10M rows on one thread) or of the bootstrap."""
     from jobs import abstats
 
     started, sent = [], []
