@@ -2,8 +2,8 @@
 
 ``lakecast compare`` scores the labeled partition with both versions in one Ray Data pass (the
 scoring ``lakecast bench`` measures), then, in the driver, draws the paired bootstrap over the
-scores: on a large partition the bootstrap is most of the task (200,000 rows and 1,000
-resamples: 3 s of scoring, then 13 s of statistics before this was tuned). This measures, in
+scores: on a large partition the bootstrap is most of the task (the demo's 100,000 labeled rows
+and 1,000 resamples: 3 s of scoring, then 13 s of statistics before this was tuned). This measures, in
 one run, on generated labels and two models' scores (float32, as models give them, so with the
 ties that brings):
 
