@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from jobs.metrics import LOWER_IS_BETTER, METRICS, PREPARED, Prepared, Scratch, better
+from jobs.metrics import LOWER_IS_BETTER, PREPARED, Prepared, Scratch, better
 
 CHUNK = 25  # resamples a thread draws in turn from one seed
 # bytes a row of a thread's arrays: the drawn rows, their counts and the weights; a model's sorted
@@ -84,8 +84,8 @@ def compare(
 ) -> Comparison:
     """Metrics of both models, and a paired bootstrap interval for each difference (``workers``:
     the bootstrap's threads, by default :func:`threads`)."""
-    fn = METRICS[task]
-    models = tuple(PREPARED[task](y, scores, threshold) for scores in (champion, challenger))
+    prepared = PREPARED[task]
+    models = tuple(prepared(y, scores, threshold) for scores in (champion, challenger))
     a, b = (m.metrics() for m in models)
     draws = resample(models, Resampler(len(y), groups), bootstrap, seed, workers)
     tail = (1 - confidence) / 2 * 100
@@ -103,8 +103,8 @@ def compare(
                 continue
             result.segments[value] = {
                 "rows": int(rows.sum()),
-                "champion": fn(y[rows], champion[rows], threshold),
-                "challenger": fn(y[rows], challenger[rows], threshold),
+                "champion": prepared(y[rows], champion[rows], threshold).metrics(),
+                "challenger": prepared(y[rows], challenger[rows], threshold).metrics(),
             }
     return result
 

@@ -229,12 +229,8 @@ def regression(y: np.ndarray, p: np.ndarray, threshold: float = 0.5) -> dict[str
     return Regression(y, p).metrics()
 
 
-METRICS: dict[str, Callable[..., dict[str, float]]] = {
-    "classification": classification,
-    "multiclass": multiclass,
-    "regression": regression,
-}
-# each task's metrics, prepared for a bootstrap: (labels, scores, threshold) -> Prepared
+# each task's metrics: (labels, scores, threshold) -> Prepared, whose metrics() are the rows' own
+# and metrics(w) those of a bootstrap resample
 PREPARED: dict[str, Callable[[np.ndarray, np.ndarray, float], Prepared]] = {
     "classification": Classification,
     "multiclass": Multiclass,
