@@ -118,7 +118,7 @@ def resample(
     The resamples are drawn in chunks of :data:`CHUNK`, each from its own seed of ``seed``'s
     sequence, so that they are the same whichever thread takes a chunk and however many threads
     there are; :func:`threads` says how many."""
-    seeds = np.random.SeedSequence(seed).spawn(-(-resamples // CHUNK))
+    seeds = np.random.SeedSequence(seed).spawn(_chunks(resamples))
     local, stopped = threading.local(), threading.Event()
 
     def chunk(i: int) -> list[list[float]]:
@@ -133,7 +133,7 @@ def resample(
             rows.append([rb[m] - ra[m] for m in ra])
         return rows
 
-    workers = workers or threads(resampler.n, len(seeds))
+    workers = workers or threads(resampler.n, resamples)
     if workers == 1:
         parts = [chunk(i) for i in range(len(seeds))]
     else:
@@ -147,11 +147,16 @@ def resample(
     return np.array([row for part in parts for row in part], dtype=np.float64).reshape(resamples, -1)
 
 
-def threads(rows: int, chunks: int) -> int:
-    """Threads for the bootstrap: one per CPU this process may use (NumPy leaves the GIL in each
-    pass over the rows), no more than the chunks, and no more than :data:`SCRATCH_BYTES` of
-    scratch arrays hold (:data:`SCRATCH_PER_ROW` bytes a row each: 2 threads at 10M rows)."""
-    return max(1, min(cpus(), chunks, SCRATCH_BYTES // max(1, SCRATCH_PER_ROW * rows)))
+def threads(rows: int, resamples: int) -> int:
+    """Threads for a bootstrap of ``resamples`` over ``rows``: one per CPU this process may use
+    (NumPy leaves the GIL in each pass over the rows), no more than the chunks of :data:`CHUNK`
+    resamples, and no more than :data:`SCRATCH_BYTES` of scratch arrays hold
+    (:data:`SCRATCH_PER_ROW` bytes a row each: 2 threads at 10M rows)."""
+    return max(1, min(cpus(), _chunks(resamples), SCRATCH_BYTES // max(1, SCRATCH_PER_ROW * rows)))
+
+
+def _chunks(resamples: int) -> int:
+    return -(-resamples // CHUNK)
 
 
 def cpus() -> int:

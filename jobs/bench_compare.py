@@ -74,7 +74,7 @@ def lakecast_bootstrap(
 
 def run(*, rows: int = ROWS, resamples: int = RESAMPLES, json_path: Path | None = None) -> dict[str, Any]:
     y, a, b = labeled(rows)
-    threads = abstats.threads(rows, -(-resamples // abstats.CHUNK))
+    threads = abstats.threads(rows, resamples)
     lakecast_bootstrap(y[:1000], a[:1000], b[:1000], abstats.CHUNK, 1)  # imports (SciPy's McNemar test) out of the way
     seconds, roc_auc = lakecast_bootstrap(y, a, b, resamples, threads)
     one_thread, roc_auc_one = lakecast_bootstrap(y, a, b, resamples, 1)

@@ -194,11 +194,11 @@ def test_the_intervals_do_not_depend_on_how_many_threads_draw_them():
 
 
 def test_the_bootstrap_takes_a_thread_per_cpu_within_its_memory_budget():
-    assert abstats.threads(200_000, 40) == min(len(os.sched_getaffinity(0)), 40)
-    assert abstats.threads(200_000, 1) == 1  # 25 resamples or fewer: one chunk
-    at_10m = abstats.threads(10_000_000, 40)
+    assert abstats.threads(200_000, 1000) == min(len(os.sched_getaffinity(0)), 40)  # 40 chunks of 25
+    assert abstats.threads(200_000, 25) == 1  # 25 resamples or fewer: one chunk
+    at_10m = abstats.threads(10_000_000, 1000)
     assert at_10m >= 1 and at_10m * abstats.SCRATCH_PER_ROW * 10_000_000 <= abstats.SCRATCH_BYTES
-    assert abstats.threads(100_000_000, 40) == 1  # past the budget, still one
+    assert abstats.threads(100_000_000, 1000) == 1  # past the budget, still one
 
 
 def test_psi_is_zero_for_the_same_distribution_and_grows_with_shift():
