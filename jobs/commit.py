@@ -184,7 +184,7 @@ def recover(lake: Lake, table: str, ds: dt.date) -> None:
     """
     target = lake.partition_path(table, ds)
     staging_root = lake.staging_day(table, ds)
-    trash_root = f"{lake.base}/_trash/{table}/ds={ds.isoformat()}"
+    trash_root = _trash_day(lake, table, ds)
     if lake.exists(staging_root):
         left = lake.entries(staging_root, recursive=True)
         if any(i.type == pafs.FileType.File for i in left):  # not just empty folders (older commits left them)
@@ -272,11 +272,17 @@ def _swap_local(lake: Lake, staging: str, target: str, table: str, ds: dt.date) 
     if _exchange(staging, target):
         shutil.rmtree(staging)  # now holds the previous partition
         return
-    trash = f"{lake.base}/_trash/{table}/ds={ds.isoformat()}/{os.path.basename(staging)}"
+    trash = f"{_trash_day(lake, table, ds)}/{os.path.basename(staging)}"
     os.makedirs(os.path.dirname(trash), exist_ok=True)
     os.rename(target, trash)
     os.rename(staging, target)
     shutil.rmtree(os.path.dirname(trash))
+
+
+def _trash_day(lake: Lake, table: str, ds: dt.date) -> str:
+    """Where a local commit without renameat2 parks the partition it replaces, for :func:`recover`
+    to put back should the commit die between its two renames."""
+    return f"{lake.base}/_trash/{table}/ds={ds.isoformat()}"
 
 
 def _exchange(a: str, b: str) -> bool:
