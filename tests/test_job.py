@@ -68,7 +68,7 @@ def test_only_committed_files_and_manifest_in_partition(first_run, lake):
     assert manifest["model"]["version"] == first_run.model.version
     # nothing of the run is left in staging, not even the day's empty folder
     for table in (OUT, "quarantine/churn"):
-        assert not lake.exists(f"{lake.base}/_staging/{table}/ds={DAY}"), table
+        assert not lake.exists(lake.staging_day(table, DAY)), table
 
 
 def test_run_is_logged_to_mlflow(first_run, settings, churn_job, lake):
