@@ -4,15 +4,30 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 
 def write(report: dict[str, Any], json_path: Path, markdown_text: str) -> None:
-    """A bench's report as JSON at ``json_path``, and as Markdown beside it (``.md``)."""
+    """A bench's report as JSON at ``json_path``, and as Markdown beside it (``.md``).
+
+    A figure that is not a number (a ROC AUC over one row's single class) is written as ``null``:
+    Python's ``NaN`` is not JSON, and ``jq`` or a browser refuses the whole file for it.
+    """
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report, indent=2))
+    json_path.write_text(json.dumps(_json_safe(report), indent=2, allow_nan=False))
     json_path.with_suffix(".md").write_text(markdown_text)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _shape(hot_path: dict[str, int]) -> str:

@@ -368,3 +368,15 @@ def test_the_image_bench_refuses_fewer_than_two_batches(capsys):
         main(["--rows", "300"])
     assert e.value.code == 2
     assert "--rows 300 is less than two batches of --batch-size 256" in capsys.readouterr().err
+
+
+def test_a_figure_that_is_not_a_number_is_written_as_null(tmp_path):
+    """One labeled row has one class, so no ROC AUC: the report stays JSON that any reader takes
+    (``NaN`` is Python's, not JSON's), and the Markdown says ``nan``."""
+    from jobs import bench_compare
+
+    out = tmp_path / "compare.json"
+    bench_compare.run(rows=1, resamples=25, json_path=out)
+    report = json.loads(out.read_text(), parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    assert report["roc_auc_difference"] == {"diff": None, "low": None, "high": None}
+    assert "+nan [+nan, +nan]" in out.with_suffix(".md").read_text()
