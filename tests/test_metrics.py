@@ -9,7 +9,7 @@ from sklearn import metrics as skm
 from jobs.metrics import classification, ece, regression
 
 
-@pytest.fixture(params=[0, 1, 2, 3])
+@pytest.fixture(params=[0, 1, 2, 3, 4])
 def preds(request):
     rng = np.random.default_rng(request.param)
     y = rng.integers(0, 2, 5000)
@@ -17,7 +17,9 @@ def preds(request):
     if request.param == 2:
         p = np.round(p, 1)  # many ties
     if request.param == 3:
-        p = np.round(p, 4)  # a few ties among distinct scores, as float32 scores have
+        p = np.round(p, 4)  # ties among distinct scores: a third of the rows
+    if request.param == 4:
+        p = np.round(p, 6)  # a few ties, as float32 scores have
     return y, p
 
 
