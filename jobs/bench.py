@@ -265,8 +265,10 @@ def model_only(model: Any, files: list[str], batch_size: int, passes: int = 5) -
 
     torch.set_num_threads(os.cpu_count() or 1)
     table = pq.read_table(files[0], columns=model.input_columns)
-    numeric, codes, slots = model.inputs(table)
-    batches = [(x, c, slots) for x, c in zip(numeric.split(batch_size, dim=1), codes.split(batch_size), strict=True)]
+    numeric, codes, slots, sizes = model.inputs(table)
+    batches = [
+        (x, c, slots, sizes) for x, c in zip(numeric.split(batch_size, dim=1), codes.split(batch_size), strict=True)
+    ]
     best = float("inf")
     with torch.inference_mode():
         model.forward(*batches[0])  # warm up, and the scorer picks the first layer's form

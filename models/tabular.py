@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -33,6 +34,10 @@ WEIGHTS_FILE = "weights.pt"
 TIMED_ROWS = 16_384
 # one thread of an actor times the forms; the others score in the first form (x · Wᵀ) meanwhile
 _TIMING = threading.Lock()
+# A batch's categories go into the first layer as one code a row (FeatureSpec.category_codes)
+# where the table of every combination's weights holds no more than this many numbers a row of
+# the batch; past that, building the table costs more than it saves (docs/benchmark.md)
+COMBO_WEIGHTS_PER_ROW = 4
 
 
 @dataclass(frozen=True)
@@ -90,7 +95,7 @@ class FeatureSpec:
         # one-hot: index the column-major matrix as flat memory, (column * n + row): one 1-D
         # scatter per category column, ~3x faster than 2-D fancy indexing
         flat, rows = out.reshape(-1, order="F"), np.arange(n)
-        codes, slots = self.category_codes(table)
+        codes, slots, _ = self.category_codes(table)
         for column in slots[codes].T:
             flat[(len(self.numeric) + column) * n + rows] = 1.0
         return out
@@ -112,29 +117,61 @@ class FeatureSpec:
                 np.copyto(out[j], np.float32(self.means[j]), where=~finite[j])
         return out
 
-    def category_codes(self, table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-        """Each row's category in each categorical column, as ``(codes, slots)``: ``slots[codes]``
-        is the row's one-hot position, counted from the first categorical slot (slot 0 of a
-        column's block takes nulls and unseen values).
+    def category_codes(
+        self, table: pa.Table, most_combinations: int = 0
+    ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...] | None]:
+        """Each row's category in each categorical column, as ``(codes, slots, None)``:
+        ``slots[codes]`` is the row's one-hot position, counted from the first categorical slot
+        (slot 0 of a column's block takes nulls and unseen values).
 
         ``codes`` (rows by categorical columns, int32) are the batch's own dictionary codes, each
         column's and chunk's shifted past those before it; ``slots`` (int64) maps each code to
         its slot. A dictionary-encoded column (the job reads categorical columns so, as Parquet
         stores them) is thus looked up once per distinct value, and its rows cost an add: 20 →
         13 ns a row for the churn table's seven columns, against a lookup per row.
+
+        Where each column comes in one chunk and their codes make no more than
+        ``most_combinations`` combinations, the codes are one column instead, each row's
+        combination: ``code_0 + code_1·size_0 + code_2·size_0·size_1 + …``, with ``size_k``
+        column ``k``'s count of codes (its dictionary's values and one for nulls), given as the
+        third item, and each column's own codes counted from 0. The first layer then sums each
+        combination's weights once a batch and looks a row's up once
+        (:meth:`TabularScorer._first_hidden`): for the champion at 131,072 rows a batch, 30 → 12
+        ns a row against a lookup a column.
         """
+        columns = self._column_codes(table)
+        whole = bool(columns) and all(len(chunks) == 1 for chunks in columns)
+        sizes = tuple(len(chunks[0][1]) for chunks in columns) if whole else ()
+        if whole and math.prod(sizes) <= min(most_combinations, np.iinfo(np.int32).max):  # int32 codes
+            combos, term = np.empty(table.num_rows, dtype=np.int32), np.empty(table.num_rows, dtype=np.int32)
+            stride = 1
+            for k, ((column_codes, _),) in enumerate(columns):
+                if k == 0:
+                    np.copyto(combos, column_codes, casting="unsafe")
+                else:
+                    np.add(combos, np.multiply(column_codes, stride, out=term, casting="unsafe"), out=combos)
+                stride *= sizes[k]
+            return combos[:, None], np.concatenate([slots for ((_, slots),) in columns]), sizes
         codes = np.empty((table.num_rows, len(self.categorical)), dtype=np.int32)
-        slots: list[np.ndarray] = []
-        first_slot = first_code = 0
-        for k, (c, values) in enumerate(self.categorical.items()):
+        all_slots: list[np.ndarray] = []
+        first_code = 0
+        for k, chunks in enumerate(columns):
             start = 0
-            for chunk_codes, chunk_slots in _codes(table.column(c), values):
+            for chunk_codes, chunk_slots in chunks:
                 end = start + len(chunk_codes)
                 np.add(chunk_codes, first_code, out=codes[start:end, k], casting="unsafe")
-                slots.append(chunk_slots + first_slot)
+                all_slots.append(chunk_slots)
                 first_code, start = first_code + len(chunk_slots), end
+        return codes, np.concatenate(all_slots) if all_slots else np.zeros(0, dtype=np.int64), None
+
+    def _column_codes(self, table: pa.Table) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        """Per categorical column, per chunk: each row's code, and each code's slot counted from
+        the first categorical slot (see :func:`_codes`)."""
+        columns, first_slot = [], 0
+        for c, values in self.categorical.items():
+            columns.append([(codes, slots + first_slot) for codes, slots in _codes(table.column(c), values)])
             first_slot += len(values) + 1
-        return codes, np.concatenate(slots).astype(np.int64) if slots else np.zeros(0, dtype=np.int64)
+        return columns
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -300,29 +337,34 @@ class TabularScorer:
             self._net.to(self.device, self.dtype)
         return self
 
-    def inputs(self, table: pa.Table) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def inputs(self, table: pa.Table) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, tuple[int, ...] | None]:
         """What :meth:`forward` takes, from a raw Arrow batch, on the CPU: the numbers unscaled
-        (columns by rows), and each row's category codes with each code's one-hot slot (see
-        :meth:`FeatureSpec.category_codes`)."""
+        (columns by rows); the categories as each row's code in each column with each code's
+        one-hot slot, ``sizes`` None; or, where the batch's columns take few values between them,
+        as each row's combination of them, with each column's count of codes in ``sizes``
+        (:meth:`FeatureSpec.category_codes`)."""
         import torch
 
-        codes, slots = self.spec.category_codes(table)
-        return torch.from_numpy(self.spec.raw_numeric(table)), torch.from_numpy(codes), torch.from_numpy(slots)
+        units = self.spec.hidden[0] if self.spec.hidden else 1  # the first layer's
+        codes, slots, sizes = self.spec.category_codes(table, table.num_rows * COMBO_WEIGHTS_PER_ROW // units)
+        return torch.from_numpy(self.spec.raw_numeric(table)), torch.from_numpy(codes), torch.from_numpy(slots), sizes
 
     def predict_proba(self, table: pa.Table) -> np.ndarray:
         """Probability of the positive class for each row of a raw Arrow batch."""
         import torch
 
-        numeric, codes, slots = self.inputs(table)
+        numeric, codes, slots, sizes = self.inputs(table)
         with torch.inference_mode():
             if self.device.type == "cuda":
                 numeric, codes, slots = (
                     t.pin_memory().to(self.device, non_blocking=True) for t in (numeric, codes, slots)
                 )
-            logits = self.forward(numeric.to(self.dtype), codes, slots).squeeze(1)
+            logits = self.forward(numeric.to(self.dtype), codes, slots, sizes).squeeze(1)
             return torch.sigmoid(logits.float()).cpu().numpy()
 
-    def forward(self, numeric: torch.Tensor, codes: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, numeric: torch.Tensor, codes: torch.Tensor, slots: torch.Tensor, sizes: tuple[int, ...] | None = None
+    ) -> torch.Tensor:
         """Logits from :meth:`inputs`, the numeric product in the faster of two forms.
 
         The numbers come one column per row, so that each is copied contiguously; for
@@ -331,7 +373,7 @@ class TabularScorer:
         layer. Which wins depends on the shapes and the machine, so the first large batch times
         both (:meth:`_faster_form`) in one of an actor's threads; the others score in the first
         form until it has decided."""
-        inputs = (numeric, codes, slots)
+        inputs = (numeric, codes, slots, sizes)
         if self.device.type != "cpu":
             return self._after_first(self._first_hidden(*inputs, by_rows=True))
         if self.numeric_by_rows is None and numeric.shape[1] >= 1024 and _TIMING.acquire(blocking=False):
@@ -343,9 +385,11 @@ class TabularScorer:
         by_rows = True if self.numeric_by_rows is None else self.numeric_by_rows
         return self._after_first(self._first_hidden(*inputs, by_rows=by_rows))
 
-    def _faster_form(self, numeric: torch.Tensor, codes: torch.Tensor, slots: torch.Tensor) -> bool:
+    def _faster_form(
+        self, numeric: torch.Tensor, codes: torch.Tensor, slots: torch.Tensor, sizes: tuple[int, ...] | None
+    ) -> bool:
         """Whether ``x · Wᵀ`` beats ``(W · x)ᵀ`` here, timed on the first :data:`TIMED_ROWS` rows."""
-        part = (numeric[:, :TIMED_ROWS], codes[:TIMED_ROWS], slots)
+        part = (numeric[:, :TIMED_ROWS], codes[:TIMED_ROWS], slots, sizes)
         return _faster(
             lambda: self._first_hidden(*part, by_rows=True), lambda: self._first_hidden(*part, by_rows=False)
         )
@@ -362,15 +406,24 @@ class TabularScorer:
         return hidden
 
     def _first_hidden(
-        self, numeric: torch.Tensor, codes: torch.Tensor, slots: torch.Tensor, *, by_rows: bool
+        self,
+        numeric: torch.Tensor,
+        codes: torch.Tensor,
+        slots: torch.Tensor,
+        sizes: tuple[int, ...] | None,
+        *,
+        by_rows: bool,
     ) -> torch.Tensor:
         """The first layer's output, rows by units: the categories' weights summed per row (one
-        lookup each, in the batch's own table of them), plus the bias, plus the numbers times
+        lookup each, in the batch's own table of them; or, given ``sizes``, one lookup of the
+        row's combination in the table of their sums), plus the bias, plus the numbers times
         their weights."""
         import torch
 
         first = self.first_layer
-        if codes.shape[1]:
+        if sizes is not None:
+            hidden = _combination_weights(first.categories, slots, sizes).index_select(0, codes.view(-1))
+        elif codes.shape[1]:
             hidden = torch.nn.functional.embedding_bag(codes, first.categories[slots], mode="sum")
         else:
             hidden = torch.zeros(numeric.shape[1], first.bias.shape[0], dtype=first.bias.dtype, device=self.device)
@@ -379,6 +432,20 @@ class TabularScorer:
             # its scoring at 8,192 rows a batch)
             return hidden.add_(first.bias).addmm_(numeric.T, first.numeric.T)
         return hidden.add_(torch.addmm(first.bias.unsqueeze(1), first.numeric, numeric).T)
+
+
+def _combination_weights(categories: torch.Tensor, slots: torch.Tensor, sizes: tuple[int, ...]) -> torch.Tensor:
+    """Each combination of a batch's categories' summed weights, rows by units, in the order of
+    :meth:`FeatureSpec.category_codes`' combinations: the first column's code varies fastest. Summed in
+    float32 whatever the layer's dtype, so that a sum rounds once to it (in bfloat16 on a GPU, each
+    column's add would round)."""
+    table, start = None, 0
+    for size in sizes:
+        weights = categories[slots[start : start + size]].float()
+        table = weights if table is None else (weights.unsqueeze(1) + table.unsqueeze(0)).reshape(-1, weights.shape[1])
+        start += size
+    assert table is not None  # category_codes gives sizes only where there are categorical columns
+    return table.to(categories.dtype)
 
 
 @dataclass(frozen=True)

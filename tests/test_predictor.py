@@ -230,18 +230,24 @@ def test_challenger_is_the_better_model(settings, registered, lake):
     assert auc["challenger"] > auc["champion"] + 0.01, auc
 
 
-def test_the_folded_first_layer_scores_as_the_trained_network(settings, registered, raw_batch):
+@pytest.mark.parametrize("combined", [False, True], ids=["lookup per column", "lookup per combination"])
+def test_the_folded_first_layer_scores_as_the_trained_network(settings, registered, raw_batch, combined, monkeypatch):
     """Scoring folds the standardisation and the one-hot encoding into the first layer. On rows
     with nulls, NaN, infinities, unseen and null categories, an integer column with a null, in
     several chunks, read with plain or dictionary-encoded strings, a float column as float32, it
-    gives what the trained network gives on the one-hot features it learned from."""
+    gives what the trained network gives on the one-hot features it learned from. So it does
+    where a batch's categories are looked up as one combination a row (as a large batch of the
+    champion's is: here forced on these small ones; a batch in chunks still takes a lookup per
+    column)."""
     import mlflow
     import pyarrow.compute as pc
     import torch
 
+    from models import tabular
     from models.predictor import arrow_scorer
     from models.tabular import SMALL_DICTIONARY
 
+    monkeypatch.setattr(tabular, "COMBO_WEIGHTS_PER_ROW", 10**9 if combined else 0)
     mlflow.set_tracking_uri(settings.mlflow.tracking_uri)
     n = raw_batch.num_rows
     messy = {
@@ -275,7 +281,9 @@ def test_the_folded_first_layer_scores_as_the_trained_network(settings, register
             trained = torch.sigmoid(scorer.net(torch.from_numpy(features))).squeeze(1).numpy()
         assert np.isfinite(trained).all() and trained.std() > 0
         for table in (batch, encoded, chunked, null_entry, large, narrow):
-            assert table.column("plan_tier").num_chunks == (3 if table is chunked or table is narrow else 1)
+            in_chunks = table is chunked or table is narrow
+            assert table.column("plan_tier").num_chunks == (3 if in_chunks else 1)
+            assert (scorer.inputs(table)[3] is not None) == (combined and not in_chunks)
             np.testing.assert_allclose(scorer.predict_proba(table), trained, atol=1e-6, err_msg=alias)
 
 
@@ -351,10 +359,10 @@ def test_one_of_an_actors_threads_times_the_forms_on_a_slice(settings, registere
 
     first_hidden = scorer._first_hidden
 
-    def recorded(numeric, codes, slots, *, by_rows):
+    def recorded(numeric, codes, slots, sizes, *, by_rows):
         if timing.is_set() and threading.current_thread() is timer:
             timed_rows.append((numeric.shape[1], codes.shape[0]))
-        return first_hidden(numeric, codes, slots, by_rows=by_rows)
+        return first_hidden(numeric, codes, slots, sizes, by_rows=by_rows)
 
     monkeypatch.setattr(tabular, "_faster", held_faster)
     monkeypatch.setattr(scorer, "_first_hidden", recorded)
