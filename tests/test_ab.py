@@ -160,11 +160,13 @@ def _tasks():
 
 @pytest.mark.parametrize("grouped", [False, True], ids=["rows", "entities"])
 @pytest.mark.parametrize("task, y, a, b", list(_tasks()), ids=lambda v: v if isinstance(v, str) else "")
-def test_each_interval_is_that_of_resampling_the_rows_themselves(task, y, a, b, grouped):
+def test_each_interval_is_that_of_resampling_the_rows_themselves(task, y, a, b, grouped, monkeypatch):
     """The bootstrap weighs the rows by how often a resample drew them, and runs its resamples in
     chunks on threads: its intervals are those of drawing the same rows and computing each metric
     on them with scikit-learn, as the definition reads (the chunks' seeds are
-    :func:`abstats.resample`'s)."""
+    :func:`abstats.resample`'s). The rows are drawn in blocks, here of 300 rows, the last one
+    shorter."""
+    monkeypatch.setattr(abstats, "BLOCK", 300)
     groups = np.arange(len(y)) // 4 if grouped else None
     resamples, seed = 60, 3
     c = abstats.compare(
@@ -182,6 +184,22 @@ def test_each_interval_is_that_of_resampling_the_rows_themselves(task, y, a, b, 
     for metric, interval in c.differences.items():
         low, high = np.percentile([d[metric] for d in draws], [5, 95])
         assert (interval.low, interval.high) == pytest.approx((low, high), rel=1e-9, abs=1e-12), metric
+
+
+def test_every_row_is_drawn_alike_whatever_its_block(monkeypatch):
+    """A resample draws how many rows land in each block, then the rows within it: each row is
+    still drawn once on average with a multinomial's spread (variance 1 - 1/n), in a short last
+    block as in the others, and a resample draws n rows in all."""
+    monkeypatch.setattr(abstats, "BLOCK", 300)
+    n, resamples = 1000, 4000
+    resampler, rng = abstats.Resampler(n, None), np.random.default_rng(11)
+    counts = np.array([resampler.weights(rng) for _ in range(resamples)])
+    assert (counts.sum(axis=1) == n).all()
+    blocks = [counts[:, :300], counts[:, 300:600], counts[:, 600:900], counts[:, 900:]]  # the last of 100 rows
+    for block in blocks:
+        assert block.mean() == pytest.approx(1, abs=0.02)
+        assert block.var() == pytest.approx(1 - 1 / n, abs=0.05)
+        assert block.sum(axis=1).var() == pytest.approx(block.shape[1] * (1 - block.shape[1] / n), rel=0.1)
 
 
 def test_the_intervals_do_not_depend_on_how_many_threads_draw_them():
