@@ -47,10 +47,21 @@ def predictor(folder, dtype=None):
     return BatchPredictor(options, TabularScorer(folder))
 
 
-def test_a_gpu_actor_scores_on_cuda_like_the_cpu(scorer_folder):
+@pytest.fixture(params=[False, True], ids=["lookup per column", "lookup per combination"])
+def combined(request, monkeypatch):
+    """The categories looked up per column, or as one combination a row (forced: the challenger's
+    128 units keep this batch on the lookup per column)."""
+    from models import tabular
+
+    monkeypatch.setattr(tabular, "COMBO_WEIGHTS_PER_ROW", 10**9 if request.param else 0)
+    return request.param
+
+
+def test_a_gpu_actor_scores_on_cuda_like_the_cpu(scorer_folder, combined):
     from models.tabular import TabularScorer
 
     folder, batch = scorer_folder
+    assert (TabularScorer(folder).inputs(batch)[3] is not None) == combined
     cpu = TabularScorer(folder).predict_proba(batch)
     gpu = predictor(folder)
     assert gpu.device == "cuda" and next(gpu.model.net.parameters()).is_cuda
@@ -60,7 +71,7 @@ def test_a_gpu_actor_scores_on_cuda_like_the_cpu(scorer_folder):
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_a_lower_precision_stays_close(scorer_folder, dtype):
+def test_a_lower_precision_stays_close(scorer_folder, dtype, combined):
     from models.tabular import TabularScorer
 
     folder, batch = scorer_folder
