@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from jobs.metrics import LOWER_IS_BETTER, PREPARED, Prepared, Scratch, better
+from jobs.metrics import LOWER_IS_BETTER, PREPARED, Prepared, Scratch, better, ranges
 
 CHUNK = 25  # resamples a thread draws in turn from one seed
 BLOCK = 1 << 17  # rows whose counts a resample takes at once (Resampler): 1 MiB of them, in the cache
@@ -55,17 +55,15 @@ class Resampler:
         if groups is not None:
             self.order = np.argsort(groups, kind="mergesort")
             _, self.starts, self.counts = np.unique(groups[self.order], return_index=True, return_counts=True)
-        self.blocks = [(start, min(BLOCK, n - start)) for start in range(0, n, BLOCK)]
+        else:
+            self.blocks = [(start, min(BLOCK, n - start)) for start in range(0, n, BLOCK)]
 
     def indices(self, rng: np.random.Generator) -> np.ndarray:
         """The rows a resample drew, each as many times as it was drawn."""
         if not self.groups:
             return np.concatenate([start + drawn for start, _, drawn in self._row_draws(rng)] or [np.zeros(0, int)])
         pick = rng.integers(0, len(self.starts), len(self.starts))
-        lengths = self.counts[pick]
-        # rows of the picked groups: start of each picked group + 0..len-1, without a Python loop
-        offsets = np.repeat(self.starts[pick] - np.r_[0, np.cumsum(lengths)[:-1]], lengths)
-        return self.order[offsets + np.arange(lengths.sum())]
+        return self.order[ranges(self.starts[pick], self.counts[pick])]  # the picked groups' rows
 
     def weights(self, rng: np.random.Generator, scratch: Scratch | None = None) -> np.ndarray:
         """The same draw as :meth:`indices`, as how many times each row was drawn (floats, as

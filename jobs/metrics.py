@@ -171,7 +171,7 @@ class _Ties:
         lengths = ends - starts + 1
         self.offsets = np.r_[0, np.cumsum(lengths)[:-1]]  # each run's first place in ``rows``
         self.lasts = self.offsets + lengths - 1
-        self.rows = np.repeat(starts - self.offsets, lengths) + np.arange(lengths.sum())
+        self.rows = ranges(starts, lengths)
         self.y = y[self.rows]
 
     def corrections(self, w: np.ndarray, cum_pos: np.ndarray, cum_total: np.ndarray) -> tuple[float, float]:
@@ -187,6 +187,13 @@ class _Ties:
         as_rows = np.divide(cum_pos_r, cum_total_r, out=np.zeros_like(cum_pos_r), where=pos_r > 0)
         as_runs = np.divide(end_pos, end_total, out=np.zeros_like(end_pos), where=run_pos > 0)
         return pairs, float(run_pos @ as_runs) - float(pos_r @ as_rows)
+
+
+def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """``starts[i], starts[i] + 1, …, starts[i] + lengths[i] - 1`` for each ``i``, one after the
+    other, without a Python loop."""
+    offsets = np.r_[0, np.cumsum(lengths)[:-1]]
+    return np.repeat(starts - offsets, lengths) + np.arange(lengths.sum())
 
 
 def _steps(cumulative: np.ndarray, out: np.ndarray) -> np.ndarray:
