@@ -439,11 +439,10 @@ def _combination_weights(categories: torch.Tensor, slots: torch.Tensor, sizes: t
     :meth:`FeatureSpec.category_codes`' combinations: the first column's code varies fastest. Summed in
     float32 whatever the layer's dtype, so that a sum rounds once to it (in bfloat16 on a GPU, each
     column's add would round)."""
-    table, start = None, 0
-    for size in sizes:
-        weights = categories[slots[start : start + size]].float()
+    table = None
+    for column_slots in slots.split(sizes):
+        weights = categories[column_slots].float()
         table = weights if table is None else (weights.unsqueeze(1) + table.unsqueeze(0)).reshape(-1, weights.shape[1])
-        start += size
     assert table is not None  # category_codes gives sizes only where there are categorical columns
     return table.to(categories.dtype)
 
