@@ -59,7 +59,7 @@ from jobs import bench_report, demo_data, foreground, huge_pages
 from jobs.config import ComputeSpec, load_job
 from jobs.lake import Lake
 from jobs.settings import Settings
-from models.predictor import FIRST_BATCH, Lineage, parquet_options, prediction_columns
+from models.predictor import FIRST_BATCH, Lineage, parquet_options
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +148,7 @@ def io_only_pyarrow(
 
     def copy(i: int, path: str) -> int:
         written = output(path)
-        pq.write_table(written, out / f"part-{i}.parquet", **parquet_options(written.column_names))
+        pq.write_table(written, out / f"part-{i}.parquet", **parquet_options(written, key=demo_data.KEY))
         return written.num_rows
 
     t0 = time.perf_counter()
@@ -162,10 +162,11 @@ def io_only_ray(files: list[str], columns: list[str], out: Path, dictionary: lis
 
     t0 = time.perf_counter()
     dataset = read_parquet_files(files, filesystem=None, columns=columns, dictionary=dictionary)
+    # Ray Data's writer takes one set of options for all its files: the key's encoding, which
+    # parquet_options picks from the key's values, stays Parquet's default here
+    schema = output_like(pa.table({demo_data.KEY: pa.array([], pa.int64())})).schema
     dataset.map_batches(output_like, batch_format="pyarrow").write_parquet(
-        str(out),
-        min_rows_per_file=ROWS_PER_FILE,
-        **parquet_options(prediction_columns(demo_data.KEY, SCORE_COLUMN)),
+        str(out), min_rows_per_file=ROWS_PER_FILE, **parquet_options(schema)
     )
     return Timed(time.perf_counter() - t0, sum(pq.ParquetFile(f).metadata.num_rows for f in files))
 

@@ -150,7 +150,7 @@ class ScoreAndWrite:
         the summary of the scores reads, and its sample's spacing (:mod:`jobs.score_stats`)."""
         if not huge_pages:
             huge_pages_off()
-        self.shadow = None if shadow is None else PerFile(shadow)
+        self.shadow = None if shadow is None else PerFile(shadow, key=validator.key)
         if self.shadow is not None:  # the challenger's scores of each output file, written beside it
             kwargs = {**kwargs, "shadow": self.shadow}
         self.predictor = predictor(**kwargs)
@@ -197,7 +197,7 @@ class ScoreAndWrite:
             if scored:  # else every row of the slice was quarantined
                 theirs = None if self.shadow is None else self.shadow.write(name)
                 table = pa.concat_tables(scored, promote_options="permissive")
-                self.output(table, name, **parquet_options(table.schema))
+                self.output(table, name, **parquet_options(table, key=self.validator.key))
                 rows += table.num_rows
                 summary = score_stats.combine(summary, self._summary(table))
                 if theirs is not None:

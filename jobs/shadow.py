@@ -21,8 +21,8 @@ class PerFile:
     a file per thread at once (:func:`jobs.ray_runtime.files_at_once`), so each thread keeps its
     own; built in the actor (a thread's store does not travel)."""
 
-    def __init__(self, writer: FolderWriter) -> None:
-        self.writer = writer
+    def __init__(self, writer: FolderWriter, *, key: str) -> None:
+        self.writer, self.key = writer, key
         self._local = threading.local()
 
     def __call__(self, table: pa.Table) -> None:
@@ -36,7 +36,7 @@ class PerFile:
             return None
         table = pa.concat_tables(batches, promote_options="permissive")
         batches.clear()
-        self.writer(table, name, **parquet_options(table.schema))
+        self.writer(table, name, **parquet_options(table, key=self.key))
         return table
 
     def _batches(self) -> list[pa.Table]:

@@ -72,9 +72,9 @@ class PredictionFiles(Datasink[dict[str, Any]]):
         if self.shadow is not None:
             if shadow is None:
                 raise RuntimeError("the predictor wrote no shadow columns for a job that shadows its challenger")
-            self.shadow(shadow, name, **parquet_options(shadow.schema))
+            self.shadow(shadow, name, **parquet_options(shadow, key=self.key))
             theirs = score_stats.of_table(shadow, self.score_column, self.sample_every)
-        self.predictions(scores, name, **parquet_options(scores.schema))
+        self.predictions(scores, name, **parquet_options(scores, key=self.key))
         return score_stats.of_table(scores, self.score_column, self.sample_every) | score_stats.as_shadow(theirs)
 
     def on_write_complete(self, write_result: WriteResult[dict[str, Any]]) -> None:

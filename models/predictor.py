@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import pyarrow as pa
@@ -575,25 +575,56 @@ def _lineage_columns(lineage: Lineage, n: int) -> dict[str, pa.Array]:
     }
 
 
-def parquet_options(columns: pa.Schema | Sequence[str]) -> dict[str, list[str]]:
-    """How to write a table of predictions to Parquet: ``pq.write_table(t, path, **parquet_options(t.schema))``.
+def parquet_options(columns: pa.Schema | pa.Table, *, key: str | None = None) -> dict[str, Any]:
+    """How to write a table of predictions to Parquet:
+    ``pq.write_table(t, path, **parquet_options(t, key=...))``.
 
     Dictionary pages only for the lineage strings, which :func:`prediction_table` builds
-    dictionary-encoded already, and a multiclass model's class names (given the schema, which
-    says so); by default Parquet also tries a dictionary for the key and the scores, hashing a
-    million distinct values per file before it gives up. Statistics (min and max per row group)
-    for the other columns only: a lineage string holds one value per run, and its statistics
-    cost as much as the rest of the file's. Together 93 → 53 ms per 1M rows.
+    dictionary-encoded already, and a multiclass model's class names; by default Parquet also
+    tries a dictionary for the key and the scores, hashing a million distinct values per file
+    before it gives up. Statistics (min and max per row group) for the other columns only: a
+    lineage string holds one value per run, and its statistics cost as much as the rest of the
+    file's. Together 93 → 53 ms per 1M rows.
+
+    A binary ``prediction`` (0 or 1) is stored as deltas (``DELTA_BINARY_PACKED``, a bit or two a
+    row), and so is an integer key, given a table and its ``key``, where its values span less
+    than :data:`DELTA_KEY_SPAN` (:func:`_deltas_pay`).
     """
-    names = columns.names if isinstance(columns, pa.Schema) else list(columns)
+    schema = columns if isinstance(columns, pa.Schema) else columns.schema
+    names = schema.names
     encoded = [c for c in ENCODED_LINEAGE if c in names]
-    if (
-        isinstance(columns, pa.Schema)
-        and PREDICTION in names
-        and pa.types.is_dictionary(columns.field(PREDICTION).type)
-    ):
-        encoded.append(PREDICTION)
-    return {"use_dictionary": encoded, "write_statistics": [c for c in names if c not in encoded]}
+    deltas = []
+    if PREDICTION in names:
+        kind = schema.field(PREDICTION).type
+        if pa.types.is_dictionary(kind):
+            encoded.append(PREDICTION)
+        elif pa.types.is_integer(kind):
+            deltas.append(PREDICTION)
+    if key is not None and isinstance(columns, pa.Table) and _deltas_pay(columns.column(key)):
+        deltas.append(key)
+    return {
+        "use_dictionary": encoded,
+        "write_statistics": [c for c in names if c not in encoded],
+        "column_encoding": dict.fromkeys(deltas, "DELTA_BINARY_PACKED"),
+    }
+
+
+# An integer key is stored as deltas where its values span less than this. Below, deltas were
+# both faster to write and smaller than plain values compressed with snappy, ids sorted or not
+# (1M rows, one thread: ids 0..n in order 12.7 → 4.6 ns a row and 4.0 → 0.01 bytes; drawn from
+# 2^32, 17.4 → 13.9 ns, 6.4 → 4.2 bytes); from 2^48 on, snappy gives up on the plain values at
+# once (6.5 ns) and deltas cost 16-19 ns, for hardly fewer bytes.
+DELTA_KEY_SPAN = 1 << 40
+
+
+def _deltas_pay(column: pa.ChunkedArray) -> bool:
+    """Whether ``column``'s values are integers spanning less than :data:`DELTA_KEY_SPAN`."""
+    import pyarrow.compute as pc
+
+    if not pa.types.is_integer(column.type) or len(column) == column.null_count:
+        return False
+    span = pc.min_max(column)
+    return span["max"].as_py() - span["min"].as_py() < DELTA_KEY_SPAN
 
 
 def in_batches(score: Callable[[pa.Table], pa.Table], table: pa.Table, batch_size: int | None) -> pa.Table:

@@ -139,6 +139,29 @@ def test_a_multiclass_models_prediction_is_its_most_probable_class(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("keys", "key_as_deltas"),
+    [
+        (np.arange(5_000, dtype=np.int64) + 10**12, True),  # ids in order, far from 0
+        (np.random.default_rng(1).permutation(5_000).astype(np.int64), True),  # shuffled, a small span
+        (np.random.default_rng(2).integers(-(2**62), 2**62, 5_000), False),  # hashes: plain values
+    ],
+)
+def test_the_key_and_prediction_are_stored_as_deltas_where_that_pays(tmp_path, keys, key_as_deltas):
+    """What a reader of the lake sees: the file's encodings, and the same rows read back."""
+    from models.predictor import Lineage, parquet_options, prediction_table
+
+    lineage = Lineage("churn", 3, "r" * 32, dt.datetime(2026, 12, 7, tzinfo=dt.UTC))
+    proba = np.random.default_rng(0).random(len(keys), dtype=np.float32)
+    table = prediction_table(pa.array(keys), proba, key="id", score_column="p", threshold=0.5, lineage=lineage)
+    pq.write_table(table, tmp_path / "part.parquet", **parquet_options(table, key="id"))
+    columns = pq.ParquetFile(tmp_path / "part.parquet").metadata.row_group(0)
+    encodings = {columns.column(i).path_in_schema: columns.column(i).encodings for i in range(columns.num_columns)}
+    assert "DELTA_BINARY_PACKED" in encodings["prediction"]
+    assert ("DELTA_BINARY_PACKED" in encodings["id"]) is key_as_deltas
+    assert pq.read_table(tmp_path / "part.parquet").equals(table)
+
+
+@pytest.mark.parametrize(
     ("returned", "error"),
     [
         (
