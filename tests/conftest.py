@@ -93,12 +93,22 @@ def registered(settings, lake) -> dict[str, int]:
 
 
 @pytest.fixture(scope="session")
-def ray_local(settings) -> Iterator[None]:
-    from jobs.ray_runtime import ensure_ray, stop_ray
+def _private_ray() -> Iterator[None]:
+    """Stops the private Ray of this process at the session's end."""
+    from jobs.ray_runtime import stop_ray
 
-    ensure_ray(settings)
     yield
     stop_ray()
+
+
+@pytest.fixture(scope="module")
+def ray_local(settings, _private_ray) -> None:
+    """A private Ray in this process, started by the first module that needs one and kept for
+    the next; started again after a module stopped it (test_cluster's, before it takes a head's
+    token)."""
+    from jobs.ray_runtime import ensure_ray
+
+    ensure_ray(settings)
 
 
 @pytest.fixture(scope="session")

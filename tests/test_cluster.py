@@ -35,7 +35,12 @@ def cluster(ray_head, cluster_lake, settings, monkeypatch):
     Ray's client keeps the authentication mode and token it first read for the rest of the
     process: after the test they are read again from the environment as it was, or a private Ray
     that a later module starts in this process sends the head's token mode to a Ray that has none,
-    and its actors are cancelled before they run."""
+    and its actors are cancelled before they run. A private Ray that an earlier module left running
+    in this process is stopped first: its driver's log thread, polling that Ray all along, would
+    send it the head's token once the token is read again, and fail on it."""
+    from jobs.ray_runtime import stop_ray
+
+    stop_ray()
     for key, value in ray_head.auth_env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("RAY_ADDRESS", ray_head.address)
