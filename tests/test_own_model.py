@@ -41,6 +41,13 @@ from models.predictor import ModelFailed, ModelOutputError, prediction_columns
 from models.registry import ModelLoadError
 from tests.conftest import DAY, LABELED_ROWS, ROWS, S3_BUCKET
 
+# MLflow's advice to whoever logs a model, given as the users' models here are logged on purpose:
+# a signature inferred from integer columns, no input example
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Hint. Inferred schema contains integer column:UserWarning"),
+    pytest.mark.filterwarnings("ignore:.*An input example was not provided:UserWarning"),
+]
+
 # the demo table's numeric columns, in the order the user's network takes them
 NUMERIC = ["age", "tenure_months", "monthly_charges", "total_charges", "num_support_calls", "data_usage_gb"]
 
@@ -804,9 +811,9 @@ def test_a_model_this_environment_cannot_load_is_named_and_not_retried(
     trainer_code = tmp_path / "trainer_code"
     trainer_code.mkdir()
     (trainer_code / "lakecast_trainer_helpers.py").write_text(
-        "import mlflow.pyfunc\n\n\n"
+        "import mlflow.pyfunc\nimport pandas as pd\n\n\n"
         "class HalfEverywhere(mlflow.pyfunc.PythonModel):\n"
-        "    def predict(self, context, model_input, params=None):\n"
+        "    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.Series:\n"
         "        return model_input['age'] * 0.0 + 0.5\n"
     )
     monkeypatch.syspath_prepend(str(trainer_code))
