@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, NamedTuple
 
@@ -263,10 +263,13 @@ def _all_finite(column: pa.ChunkedArray) -> bool:
     return True
 
 
-def _checks(column: pa.ChunkedArray, rule: ColumnRule) -> Iterator[tuple[pa.ChunkedArray, str]]:
+def _checks(
+    column: pa.ChunkedArray, rule: ColumnRule, *, finite: bool = False
+) -> Iterator[tuple[pa.ChunkedArray, str]]:
     """(mask of the rows breaking one rule, what is wrong with them), for one column. A rule of a
     column the model does not score (``output.passthrough``, the comparison's segment) that may
-    be null checks nothing: no value of it can make a row unfit to score."""
+    be null checks nothing: no value of it can make a row unfit to score. ``finite``: the column
+    is known to hold no NaN or infinity (:meth:`RowValidator.split`'s ``left_to_scorer``)."""
     if rule.kind == "any" and rule.nullable and (rule.min, rule.max, rule.categories) == (None, None, None):
         return
     if pa.types.is_dictionary(column.type):
@@ -274,7 +277,7 @@ def _checks(column: pa.ChunkedArray, rule: ColumnRule) -> Iterator[tuple[pa.Chun
             yield from _dictionary_checks(column, rule)
             return
         column = column.cast(column.type.value_type)
-    if pa.types.is_floating(column.type) and not _all_finite(column):
+    if pa.types.is_floating(column.type) and not finite and not _all_finite(column):
         yield pc.is_inf(column), "infinite"
         if not rule.nullable:
             yield pc.is_nan(column), "NaN"
@@ -291,14 +294,19 @@ def _checks(column: pa.ChunkedArray, rule: ColumnRule) -> Iterator[tuple[pa.Chun
         yield pc.greater(pc.utf8_length(column), rule.max_length), f"longer than {rule.max_length}"
 
 
-def invalid_reasons(batch: pa.Table, rules: list[ColumnRule]) -> pa.Array:
+def invalid_reasons(batch: pa.Table, rules: list[ColumnRule], *, finite: Collection[str] = ()) -> pa.Array:
     """Per row, the first rule it breaks ("age: null", "plan_tier: not an allowed category"), else null.
+    ``finite``: columns known to hold no NaN or infinity, whose search for them is left out.
 
     Nearly every nightly batch is clean, so the masks are first OR-ed as bit arrays; only a batch
     with a bad row pays for naming the reasons row by row.
     """
     n = batch.num_rows
-    masks = [(rule, mask, what) for rule in rules for mask, what in _checks(batch.column(rule.name), rule)]
+    masks = [
+        (rule, mask, what)
+        for rule in rules
+        for mask, what in _checks(batch.column(rule.name), rule, finite=rule.name in finite)
+    ]
     bad = np.zeros(n, dtype=bool)
     for _, mask, _ in masks:
         if mask.null_count < n and pc.any(mask).as_py():
@@ -336,13 +344,17 @@ class RowValidator:
     # the set-aside rows hold it as the wider type, in every file of the quarantine alike
     widened: tuple[tuple[str, pa.DataType], ...] = ()
 
-    def split(self, batch: pa.Table) -> tuple[pa.Table, pa.Table | None]:
+    def split(self, batch: pa.Table, *, left_to_scorer: Collection[str] = ()) -> tuple[pa.Table, pa.Table | None]:
         """The valid rows, and the others with their :data:`REASON` (None when every row is valid).
+
+        ``left_to_scorer``: columns whose NaN and infinity are not searched for here, because the
+        scorer will find them as it converts them and refuse the batch
+        (``models.tabular.refusing_non_finite``), which the caller then splits again without this.
 
         Raises:
             InvalidInput: a row is invalid and the policy is ``fail``.
         """
-        reasons = invalid_reasons(batch, self.rules)
+        reasons = invalid_reasons(batch, self.rules, finite=left_to_scorer)
         if reasons.null_count == len(reasons):
             return batch, None
         bad = pc.is_valid(reasons)

@@ -427,6 +427,13 @@ class BatchPredictor:
         except Exception as e:  # telemetry must never fail a scoring run
             log.warning("could not record the time of %s: %s", event, e)
 
+    @property
+    def refuses_non_finite(self) -> frozenset[str]:
+        """The input columns whose NaN and infinity this predictor's scorer raises on inside
+        ``models.tabular.refusing_non_finite()`` (the built-in model's numbers); none for others,
+        which score whatever the checks let through."""
+        return getattr(self.model, "refuses_non_finite", frozenset())
+
     def score(self, batch: pa.Table) -> np.ndarray:
         """The batch's scores: a vector, or a matrix of a row per input row (a multiclass model's
         column per class, an embedding's component)."""
@@ -689,6 +696,12 @@ class RoutedPredictor:
     ) -> None:
         self.champion, self.challenger = BatchPredictor(*champion), BatchPredictor(*challenger)
         self.share, self.shadow = share, shadow
+
+    @property
+    def refuses_non_finite(self) -> frozenset[str]:
+        """None: a batch the champion or the challenger refused part-way would leave the shadow
+        holding the scores of its first slices, written again when the batch is scored anew."""
+        return frozenset()
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import pyarrow.compute as pc

@@ -13,6 +13,7 @@ import json
 import math
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -38,6 +39,34 @@ _TIMING = threading.Lock()
 # where the table of every combination's weights holds no more than this many numbers a row of
 # the batch; past that, building the table costs more than it saves (docs/benchmark.md)
 COMBO_WEIGHTS_PER_ROW = 4
+# set on a thread inside refusing_non_finite()
+_refusing = threading.local()
+
+
+class NonFiniteNumbers(ValueError):
+    """Under :func:`refusing_non_finite`, a numeric input held NaN or infinity: ``columns``."""
+
+    def __init__(self, columns: list[str]) -> None:
+        super().__init__(f"NaN or infinity in {', '.join(columns)}")
+        self.columns = columns
+
+
+@contextmanager
+def refusing_non_finite() -> Iterator[None]:
+    """On this thread, the scorer raises :class:`NonFiniteNumbers` where a numeric column that is
+    not of an integer type holds NaN or infinity, instead of scoring the value as the column's mean.
+
+    For the job's row checks, which would otherwise pass over every float column to find such
+    values before the scorer passes over them again to convert them (:meth:`FeatureSpec.raw_numeric`
+    finds them anyway): with this, the checks can leave them to the scorer and check in full only
+    the rare batch that raises (``jobs.part_writer``). An integer column's NaN is a null, which
+    the checks count apart. Thread-local because an actor scores a file on each of its threads."""
+    before = getattr(_refusing, "on", False)
+    _refusing.on = True
+    try:
+        yield
+    finally:
+        _refusing.on = before
 
 
 @dataclass(frozen=True)
@@ -112,8 +141,15 @@ class FeatureSpec:
                 start += len(chunk)
         finite = np.isfinite(out)
         if not finite.all():
+            gaps = np.flatnonzero(~finite.all(axis=1))
+            if getattr(_refusing, "on", False):
+                refused = [
+                    self.numeric[j] for j in gaps if not pa.types.is_integer(table.schema.field(self.numeric[j]).type)
+                ]
+                if refused:
+                    raise NonFiniteNumbers(refused)
             # column by column, only those with a gap: a mask over the whole block cost 10 ns a row
-            for j in np.flatnonzero(~finite.all(axis=1)):
+            for j in gaps:
                 np.copyto(out[j], np.float32(self.means[j]), where=~finite[j])
         return out
 
@@ -327,6 +363,11 @@ class TabularScorer:
     @property
     def input_columns(self) -> list[str]:
         return self.spec.columns
+
+    @property
+    def refuses_non_finite(self) -> frozenset[str]:
+        """The columns whose NaN and infinity :func:`refusing_non_finite` makes it raise on."""
+        return frozenset(self.spec.numeric)
 
     def to(self, device: str, *, dtype: str | None = None) -> TabularScorer:
         """Move the network (``cuda`` for a GPU actor); ``dtype='bfloat16'`` halves the math."""

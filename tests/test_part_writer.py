@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
@@ -46,12 +47,14 @@ def writer(settings, registered, folders, monkeypatch):
     monkeypatch.setattr(part_writer, "READ_BYTES", 0)  # not a row group at a time
     predictor = make_predictor(settings, registered["champion"])
 
-    def build(policy: str = "quarantine", dictionary: tuple[str, ...] = ()) -> ScoreAndWrite:
+    def build(
+        policy: str = "quarantine", dictionary: tuple[str, ...] = (), rules: tuple[ColumnRule, ...] = (AGE,)
+    ) -> ScoreAndWrite:
         staging, quarantine = folders
         return ScoreAndWrite(
             type(predictor),
             {"options": predictor.options},
-            validator=RowValidator([AGE], policy, "customer_id", None, str(quarantine)),
+            validator=RowValidator(list(rules), policy, "customer_id", None, str(quarantine)),
             columns=["customer_id", *predictor.model.input_columns],
             dictionary=list(dictionary),
             staging=str(staging),
@@ -171,6 +174,50 @@ def test_invalid_rows_go_to_one_quarantine_file_per_slice(writer, raw, tmp_path,
     assert all(r.startswith("age: ") for r in reasons) and reasons[0] != reasons[1]  # too young, too old
     scored = pa.concat_tables(pq.read_table(staging / n) for n in files_of(staging))
     assert pc.count_distinct(scored["customer_id"]).as_py() == 249 and keys[10] not in scored["customer_id"].to_pylist()
+
+
+def test_nan_and_infinity_left_to_the_scorer_are_set_aside_as_the_checks_would(writer, raw, tmp_path, folders, caplog):
+    """The actor's checks leave the search for NaN and infinity in the model's numbers to the
+    scorer, which finds them as it converts them, and a batch the scorer refuses is checked in
+    full. So an infinite charge (row 100, in the second batch read) and a NaN one (row 400, after
+    it) are set aside, each with its reason; a NaN satisfaction score (row 300), which the model
+    takes as missing, is scored as a null there is; and every other row is scored as it is
+    without them."""
+    charges, satisfaction = raw["monthly_charges"].to_pylist(), raw["satisfaction_score"].to_pylist()
+    charges[100], charges[400], satisfaction[300] = float("inf"), float("nan"), float("nan")
+
+    def with_values(table: pa.Table, **columns: list) -> pa.Table:
+        for name, values in columns.items():
+            index = table.schema.get_field_index(name)
+            table = table.set_column(index, name, pa.array(values, table.schema.field(name).type))
+        return table
+
+    pq.write_table(
+        with_values(raw, monthly_charges=charges, satisfaction_score=satisfaction), tmp_path / "messy.parquet"
+    )
+    rules = (ColumnRule("monthly_charges", "number", nullable=False), ColumnRule("satisfaction_score", "number"))
+    with caplog.at_level("INFO", logger="jobs.part_writer"):
+        done = run(writer(rules=rules), tmp_path / "messy.parquet")
+    assert (done["rows"].to_pylist(), done["quarantined"].to_pylist()) == ([498], [2])
+    assert [r.getMessage() for r in caplog.records if r.name == "jobs.part_writer"] == [
+        "NaN or infinity in ['monthly_charges']: this actor's row checks search its batches for them"
+    ]
+    staging, quarantine = folders
+    rejected = pa.concat_tables(pq.read_table(quarantine / n) for n in files_of(quarantine))
+    keys = raw["customer_id"].to_pylist()
+    assert rejected["customer_id"].to_pylist() == [keys[100], keys[400]]
+    assert rejected[REASON].to_pylist() == ["monthly_charges: infinite", "monthly_charges: NaN"]
+    scored = pa.concat_tables(pq.read_table(staging / n) for n in files_of(staging))
+
+    satisfaction[300] = None
+    kept = [i for i in range(raw.num_rows) if i not in (100, 400)]
+    pq.write_table(with_values(raw, satisfaction_score=satisfaction).take(kept), tmp_path / "clean.parquet")
+    for name in files_of(staging):
+        (staging / name).unlink()
+    run(writer(rules=rules), tmp_path / "clean.parquet")
+    clean = pa.concat_tables(pq.read_table(staging / n) for n in files_of(staging) if n.startswith("clean"))
+    assert scored["customer_id"].equals(clean["customer_id"])
+    np.testing.assert_allclose(scored["churn_probability"], clean["churn_probability"], rtol=1e-6)
 
 
 def test_under_the_fail_policy_an_invalid_row_names_its_file(writer, raw, tmp_path, folders):
@@ -345,7 +392,9 @@ ACTOR_IN_A_PROCESS = """
 import sys
 from jobs.huge_pages import turned_off
 from jobs.part_writer import ScoreAndWrite
-ScoreAndWrite(dict, {}, validator=None, columns=[], dictionary=[], staging="", filesystem=None,
+class Predictor(dict):
+    refuses_non_finite = frozenset()
+ScoreAndWrite(Predictor, {}, validator=None, columns=[], dictionary=[], staging="", filesystem=None,
               batch_size=1, rows_per_file=1, score_column="s", huge_pages=sys.argv[1] == "on")
 print(turned_off())
 """

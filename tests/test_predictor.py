@@ -310,6 +310,48 @@ def test_the_folded_first_layer_scores_as_the_trained_network(settings, register
             np.testing.assert_allclose(scorer.predict_proba(table), trained, atol=1e-6, err_msg=alias)
 
 
+def test_refusing_non_finite_numbers_raises_on_this_thread_only(settings, registered, raw_batch):
+    """What the CPU actors' row checks rely on when they leave NaN and infinity to the scorer:
+    inside ``refusing_non_finite`` a float column's NaN or infinity raises, naming the column,
+    where outside it scores as the column's mean; an integer column's null (NaN once converted)
+    still scores as its mean; and another thread scoring meanwhile is not refused."""
+    import threading
+
+    from models.tabular import NonFiniteNumbers, refusing_non_finite
+
+    predictor = make_predictor(settings, registered["champion"])
+    assert {"tenure_months", "monthly_charges", "age"} <= predictor.refuses_non_finite
+
+    def with_values(table: pa.Table, column: str, values: list) -> pa.Table:
+        typed = pa.array(values + table.column(column).to_pylist()[len(values) :], table.schema.field(column).type)
+        return table.set_column(table.schema.get_field_index(column), column, typed)
+
+    nan = with_values(raw_batch, "tenure_months", [1.0, float("nan")])
+    infinite = with_values(with_values(raw_batch, "monthly_charges", [float("-inf")]), "tenure_months", [float("inf")])
+    null = with_values(raw_batch, "tenure_months", [1.0, None])
+    null_age = with_values(raw_batch, "age", [None])
+    assert pa.types.is_integer(null_age.schema.field("age").type)
+    cases = [("clean", raw_batch), ("nan", nan), ("null", null), ("null_age", null_age)]
+    outside = {name: predictor.score(t) for name, t in cases}
+    np.testing.assert_array_equal(outside["nan"], outside["null"])  # NaN scores as a null would
+
+    elsewhere: list[np.ndarray] = []
+    with refusing_non_finite():
+        other = threading.Thread(target=lambda: elsewhere.append(predictor.score(nan)))
+        other.start()
+        other.join()
+        with pytest.raises(NonFiniteNumbers) as e:
+            predictor.score(nan)
+        assert e.value.columns == ["tenure_months"]
+        with pytest.raises(NonFiniteNumbers) as e:
+            predictor.score(infinite)
+        assert sorted(e.value.columns) == ["monthly_charges", "tenure_months"]
+        np.testing.assert_array_equal(predictor.score(null_age), outside["null_age"])
+        np.testing.assert_array_equal(predictor.score(raw_batch), outside["clean"])  # nulls in float columns too
+    np.testing.assert_array_equal(elsewhere[0], outside["nan"])
+    np.testing.assert_array_equal(predictor.score(nan), outside["nan"])  # refused no more
+
+
 def with_dictionary(table: pa.Table, column: str, entries) -> pa.Table:
     """``table`` with ``column`` dictionary-encoded over ``entries(distinct values)``."""
     values = table.column(column).to_pylist()
