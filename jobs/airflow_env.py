@@ -22,6 +22,9 @@ from jobs.settings import PROJECT_ROOT, Settings
 # jobs due at 02:00 would start 32 Rays on one machine, more memory than a laptop has. At four,
 # the nights queue in Airflow instead, and a sensor waiting in reschedule mode holds no slot.
 LOCAL_PARALLELISM = 4
+# Airflow's execution API imports Starlette's test client (through svcs), which warns, since
+# Starlette moved to httpx2, in every `airflow dags test` and API server: nothing a user can act on
+QUIET = ("ignore:Using `httpx` with `starlette.testclient` is deprecated:UserWarning",)
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
@@ -35,6 +38,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        # after the user's own filters, so that these win for their few messages
+        "PYTHONWARNINGS": ",".join(filter(None, [os.environ.get("PYTHONWARNINGS"), *QUIET])),
     }
     # `airflow standalone` starts its scheduler, API server and the rest as `airflow ...` found on
     # PATH: put this venv's first, as activating it would, or they fail from a shell without it
