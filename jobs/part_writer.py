@@ -236,7 +236,10 @@ class ScoreAndWrite:
                 scores = in_batches(self.predictor, valid, self.batch_size) if valid.num_rows else None
         except NonFiniteNumbers as e:
             seconds["score"] += time.perf_counter() - t1
-            log.info("NaN or infinity in %s: this actor's row checks search its batches for them", e.columns)
+            log.info(
+                "NaN or infinity in %s: this actor checks every batch for them from now on, before scoring it",
+                ", ".join(e.columns),
+            )
             self.left_to_scorer = frozenset()
             return self._checked_and_scored(part, seconds)
         seconds["score"] += time.perf_counter() - t1

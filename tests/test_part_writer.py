@@ -200,7 +200,7 @@ def test_nan_and_infinity_left_to_the_scorer_are_set_aside_as_the_checks_would(w
         done = run(writer(rules=rules), tmp_path / "messy.parquet")
     assert (done["rows"].to_pylist(), done["quarantined"].to_pylist()) == ([498], [2])
     assert [r.getMessage() for r in caplog.records if r.name == "jobs.part_writer"] == [
-        "NaN or infinity in ['monthly_charges']: this actor's row checks search its batches for them"
+        "NaN or infinity in monthly_charges: this actor checks every batch for them from now on, before scoring it"
     ]
     staging, quarantine = folders
     rejected = pa.concat_tables(pq.read_table(quarantine / n) for n in files_of(quarantine))
