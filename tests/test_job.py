@@ -182,36 +182,6 @@ def test_a_process_that_ends_after_using_ray_leaves_no_ray_behind(home):
     assert not left, f"still running after the process ended: {left}"
 
 
-@pytest.mark.slow
-def test_an_actor_ray_kills_for_lack_of_memory_on_every_try_stops_the_run_saying_what_to_change(first_run, lake):
-    """Ray's memory monitor, here told that any use of the node's memory is too much (the private
-    Ray the program starts reads `RAY_memory_usage_threshold`), kills the actor as it starts and
-    again on each of its restarts, as it does an actor whose model does not fit. The run gives up
-    after the restarts with what to change, the node's memory as Ray measured it, and the exit
-    status of a run that must change first; the night's predictions stay as they were, and no Ray
-    is left behind. (The sentence from each form of Ray's text: tests/test_ray_errors.py.)"""
-    from jobs.failures import EXIT_FIX_FIRST
-
-    before = set(read_output(lake)["scoring_run_id"].to_pylist())
-    lakecast = str(Path(sys.executable).with_name("lakecast"))
-    env = _marked_env() | {"RAY_memory_usage_threshold": "0.001"}
-    proc = subprocess.run(
-        [lakecast, "run", "churn", "--date", DAY.isoformat()], env=env, capture_output=True, text=True, timeout=300
-    )
-    said = proc.stderr.strip().splitlines()[-1]
-    assert proc.returncode == EXIT_FIX_FIRST, proc.stderr[-3000:]
-    assert re.fullmatch(
-        r"lakecast: Ray killed the actor scoring the rows for lack of memory on node [\d.]+ \([\d.]+GB used of "
-        r"[\d.]+GB\), on its first try and on each of its 3 restarts: score in smaller batches "
-        r"\(compute\.batch_size\), or fewer at once on a node \(compute\.max_actors, compute\.cpus_per_actor\), or on "
-        r"nodes with more memory",
-        said,
-    ), said
-    assert set(read_output(lake)["scoring_run_id"].to_pylist()) == before
-    left = _ray_left(env)
-    assert not left, f"still running after lakecast exited: {left}"
-
-
 def test_rerun_replaces_the_partition(first_run, settings, lake, churn_job):
     second = run_job(churn_job, DAY, settings=settings, model_alias="challenger")
     table = read_output(lake)
