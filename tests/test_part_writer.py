@@ -22,7 +22,7 @@ from jobs.part_writer import ScoreAndWrite, slice_ends, slices
 from jobs.pieces import Piece
 from jobs.validation import REASON, ColumnRule, InvalidInput, RowValidator
 from tests.conftest import DAY
-from tests.test_predictor import make_predictor
+from tests.test_predictor import make_predictor, with_values
 
 AGE = ColumnRule(name="age", kind="number", nullable=False, min=18, max=120)
 READ_BYTES = part_writer.READ_BYTES  # the actors' own, before a test sets another
@@ -185,12 +185,6 @@ def test_nan_and_infinity_left_to_the_scorer_are_set_aside_as_the_checks_would(w
     without them."""
     charges, satisfaction = raw["monthly_charges"].to_pylist(), raw["satisfaction_score"].to_pylist()
     charges[100], charges[400], satisfaction[300] = float("inf"), float("nan"), float("nan")
-
-    def with_values(table: pa.Table, **columns: list) -> pa.Table:
-        for name, values in columns.items():
-            index = table.schema.get_field_index(name)
-            table = table.set_column(index, name, pa.array(values, table.schema.field(name).type))
-        return table
 
     pq.write_table(
         with_values(raw, monthly_charges=charges, satisfaction_score=satisfaction), tmp_path / "messy.parquet"

@@ -278,11 +278,7 @@ def test_the_folded_first_layer_scores_as_the_trained_network(settings, register
         "age": [None, 0, 200, -5, 40],
         "plan_tier": ["quantum", None, "", "basic", "Basic"],
     }
-    batch = raw_batch
-    for column, values in messy.items():
-        original = batch.column(column).to_pylist()
-        typed = pa.array(values + original[len(values) :], batch.schema.field(column).type)
-        batch = batch.set_column(batch.schema.get_field_index(column), column, typed)
+    batch = with_values(raw_batch, **messy)
     strings = [f.name for f in batch.schema if pa.types.is_string(f.type)]
     encoded = pa.table(
         {c: pc.dictionary_encode(batch.column(c)) if c in strings else batch.column(c) for c in batch.column_names}
@@ -322,14 +318,10 @@ def test_refusing_non_finite_numbers_raises_on_this_thread_only(settings, regist
     predictor = make_predictor(settings, registered["champion"])
     assert {"tenure_months", "monthly_charges", "age"} <= predictor.refuses_non_finite
 
-    def with_values(table: pa.Table, column: str, values: list) -> pa.Table:
-        typed = pa.array(values + table.column(column).to_pylist()[len(values) :], table.schema.field(column).type)
-        return table.set_column(table.schema.get_field_index(column), column, typed)
-
-    nan = with_values(raw_batch, "tenure_months", [1.0, float("nan")])
-    infinite = with_values(with_values(raw_batch, "monthly_charges", [float("-inf")]), "tenure_months", [float("inf")])
-    null = with_values(raw_batch, "tenure_months", [1.0, None])
-    null_age = with_values(raw_batch, "age", [None])
+    nan = with_values(raw_batch, tenure_months=[1.0, float("nan")])
+    infinite = with_values(raw_batch, monthly_charges=[float("-inf")], tenure_months=[float("inf")])
+    null = with_values(raw_batch, tenure_months=[1.0, None])
+    null_age = with_values(raw_batch, age=[None])
     assert pa.types.is_integer(null_age.schema.field("age").type)
     cases = [("clean", raw_batch), ("nan", nan), ("null", null), ("null_age", null_age)]
     outside = {name: predictor.score(t) for name, t in cases}
@@ -350,6 +342,16 @@ def test_refusing_non_finite_numbers_raises_on_this_thread_only(settings, regist
         np.testing.assert_array_equal(predictor.score(raw_batch), outside["clean"])  # nulls in float columns too
     np.testing.assert_array_equal(elsewhere[0], outside["nan"])
     np.testing.assert_array_equal(predictor.score(nan), outside["nan"])  # refused no more
+
+
+def with_values(table: pa.Table, **columns: list) -> pa.Table:
+    """``table`` with the first values of each named column replaced by those given, typed as the
+    column is."""
+    for name, values in columns.items():
+        original = table.column(name).to_pylist()
+        typed = pa.array(values + original[len(values) :], table.schema.field(name).type)
+        table = table.set_column(table.schema.get_field_index(name), name, typed)
+    return table
 
 
 def with_dictionary(table: pa.Table, column: str, entries) -> pa.Table:
