@@ -169,7 +169,7 @@ class _Ties:
 
     def __init__(self, starts: np.ndarray, ends: np.ndarray, y: np.ndarray) -> None:
         lengths = ends - starts + 1
-        self.offsets = np.r_[0, np.cumsum(lengths)[:-1]]  # each run's first place in ``rows``
+        self.offsets = firsts(lengths)  # each run's first place in ``rows``
         self.lasts = self.offsets + lengths - 1
         self.rows = ranges(starts, lengths)
         self.y = y[self.rows]
@@ -192,8 +192,12 @@ class _Ties:
 def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """``starts[i], starts[i] + 1, …, starts[i] + lengths[i] - 1`` for each ``i``, one after the
     other, without a Python loop."""
-    offsets = np.r_[0, np.cumsum(lengths)[:-1]]
-    return np.repeat(starts - offsets, lengths) + np.arange(lengths.sum())
+    return np.repeat(starts - firsts(lengths), lengths) + np.arange(lengths.sum())
+
+
+def firsts(lengths: np.ndarray) -> np.ndarray:
+    """Where each of runs of ``lengths`` laid end to end starts."""
+    return np.r_[0, np.cumsum(lengths)[:-1]]
 
 
 def _steps(cumulative: np.ndarray, out: np.ndarray) -> np.ndarray:
