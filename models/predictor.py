@@ -13,6 +13,7 @@ import logging
 import os
 import time
 import uuid
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
@@ -386,6 +387,11 @@ class BatchPredictor:
             except ModelLoadError as e:
                 self.unloadable = e
         if self.pyfunc is not None:
+            # pandas 3 hands a DataFrame's numbers out as read-only views (copy-on-write), and
+            # MLflow's pytorch flavor makes its input tensor of them with torch.from_numpy: torch
+            # then warns, once in every actor, that writing to that tensor is undefined. The
+            # wrapper only reads it, under no_grad.
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable", module="mlflow.pytorch")
             scorer = arrow_scorer(self.pyfunc)
             self.tensor = tensor_input(self.pyfunc)
             self.types = column_types(self.pyfunc)

@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -20,6 +21,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import pytest
 import torch
 from mlflow.models import infer_signature
@@ -157,6 +159,33 @@ def test_pytorch_model_with_named_columns(settings, lake, ray_local, network, us
     want = expected_scores(network, rows.set_index("customer_id").loc[scored["customer_id"]], NUMERIC)
     np.testing.assert_allclose(scored["score"], want, rtol=1e-6)
     assert set(scored["model_name"]) == {"user-torch"}
+
+
+def test_a_network_on_named_columns_scores_without_torchs_warning_of_read_only_input(
+    settings, lake, user_torch, tmp_path
+):
+    """pandas 3 hands a DataFrame's numbers out as read-only views, and MLflow's pytorch flavor
+    makes its input tensor of them: torch warned in every actor's log that writing to that tensor
+    would be undefined behavior. The wrapper only reads it; the predictor quiets that warning, in
+    a fresh process (torch gives it once a process) where every other warning is shown."""
+    batch = tmp_path / "batch.parquet"
+    pq.write_table(pa.Table.from_pandas(raw_rows(lake)[["customer_id", *NUMERIC]].dropna().head(64)), batch)
+    code = f"""
+import datetime as dt, warnings
+import pyarrow.parquet as pq
+warnings.simplefilter("always")
+from models.predictor import BatchPredictor, Lineage, PredictorOptions
+options = PredictorOptions(
+    model_uri="models:/{user_torch}@champion", tracking_uri={settings.mlflow.tracking_uri!r}, registry_uri=None,
+    key="customer_id", score_column="score", threshold=None,
+    lineage=Lineage("{user_torch}", 1, "run", dt.datetime(2026, 11, 22, tzinfo=dt.UTC)),
+)
+print(len(BatchPredictor(options).score(pq.read_table({str(batch)!r}))))
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["64"]
+    assert "not writable" not in done.stderr, done.stderr[-3000:]
 
 
 @pytest.mark.parametrize(
