@@ -102,6 +102,7 @@ def chart(r: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     names = [
         "IO only",
@@ -125,7 +126,9 @@ def chart(r: dict[str, Any], path: Path) -> None:
     ]
     fig, ax = plt.subplots(figsize=(9, 4))
     bars = ax.bar(names, [r[k] for k in keys], color=["#999", "#999", "#555", "#c66", "#36c", "#36c", "#9bd", "#9bd"])
-    ax.bar_label(bars, labels=[f"{r[k] / 1000:,.0f}k" for k in keys])
+    ax.bar_label(bars, labels=[f"{r[k] / 1e6:.2f}M" for k in keys])
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1e6:g}M" if v else "0"))
+    ax.axhline(r["bound_rows_per_s"], color="#555", linewidth=0.8, linestyle="--")  # the steady state against it
     ax.set_ylabel("rows/s")
     ax.set_ylim(top=max(r[k] for k in keys) * 1.15)  # room for the bar labels under the title
     ax.set_title(
