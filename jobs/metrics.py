@@ -196,7 +196,7 @@ def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
 
 
 def firsts(lengths: np.ndarray) -> np.ndarray:
-    """Where each of runs of ``lengths`` laid end to end starts."""
+    """Where each run starts, of runs of ``lengths`` laid end to end."""
     return np.r_[0, np.cumsum(lengths)[:-1]]
 
 

@@ -166,10 +166,12 @@ def test_a_network_on_named_columns_scores_without_torchs_warning_of_read_only_i
 ):
     """pandas 3 hands a DataFrame's numbers out as read-only views, and MLflow's pytorch flavor
     makes its input tensor of them: torch warned in every actor's log that writing to that tensor
-    would be undefined behavior. The wrapper only reads it; the predictor quiets that warning, in
-    a fresh process (torch gives it once a process) where every other warning is shown."""
+    would be undefined behavior. The wrapper only reads it, so the predictor quiets that one
+    warning. Checked in a fresh process, as torch warns once a process, with every other warning
+    shown."""
+    rows = raw_rows(lake)[["customer_id", *NUMERIC]].dropna().head(64)
     batch = tmp_path / "batch.parquet"
-    pq.write_table(pa.Table.from_pandas(raw_rows(lake)[["customer_id", *NUMERIC]].dropna().head(64)), batch)
+    pq.write_table(pa.Table.from_pandas(rows, preserve_index=False), batch)
     code = f"""
 import datetime as dt, warnings
 import pyarrow.parquet as pq
