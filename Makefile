@@ -8,19 +8,24 @@ SHELL := bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
-# reinstall whenever pyproject.toml changes
-STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+# reinstall whenever pyproject.toml or the pinned versions change
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 ARGS ?=
 
 help:
 	@echo "make demo   install, build the demo lake and models, run lakecast__churn through Airflow"
 	@echo "make test   install, lint, run the tests (slow end-to-end tests included)"
 	@echo "make bench  install, run the benchmark (ARGS='--rows 1000000')"
+	@echo "make constraints  re-resolve the dependencies from pyproject.toml, pin them in constraints.txt"
 
-$(STAMP): pyproject.toml
+# The versions every dependency was tested at (constraints.txt), as Airflow installs itself: the
+# same environment on every machine and every night, and no resolver search (about 170 s of pip's
+# CPU on 2 cores, and backtracking whenever any package releases).
+$(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing lakecast and its dependencies into $(VENV) (a few minutes the first time)"
-	@$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | { grep -v 'is ignored: it is neither' || true; }
+	@$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]' 2>&1 | \
+	  { grep -v 'is ignored: it is neither' || true; }
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -50,7 +55,18 @@ test: lint system-deps
 bench: $(STAMP)
 	$(BIN)/lakecast bench $(ARGS)
 
+# Re-resolve every dependency from pyproject.toml alone, in a scratch virtualenv, and pin what pip
+# chose into constraints.txt; then `make test` installs and tests exactly that.
+RESOLVE := build/resolve-venv
+constraints:
+	rm -rf $(RESOLVE) && $(PYTHON) -m venv $(RESOLVE)
+	$(RESOLVE)/bin/pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | \
+	  { grep -v 'is ignored: it is neither' || true; }
+	{ sed -n '/^#/p' constraints.txt; \
+	  $(RESOLVE)/bin/pip freeze --exclude-editable | sed -E 's/^(torch==[^+]+)\+.*/\1/'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf $(RESOLVE)
+
 clean:
 	rm -rf .lakecast test-artifacts
 
-.PHONY: help install system-deps demo lint test bench clean
+.PHONY: help install system-deps demo lint test bench constraints clean
