@@ -39,8 +39,15 @@ _TIMING = threading.Lock()
 # where the table of every combination's weights holds no more than this many numbers a row of
 # the batch; past that, building the table costs more than it saves (docs/benchmark.md)
 COMBO_WEIGHTS_PER_ROW = 4
-# set on a thread inside refusing_non_finite()
-_refusing = threading.local()
+
+
+class _Refusing(threading.local):
+    """Whether this thread is inside :func:`refusing_non_finite`."""
+
+    on = False
+
+
+_refusing = _Refusing()
 
 
 class NonFiniteNumbers(ValueError):
@@ -61,7 +68,7 @@ def refusing_non_finite() -> Iterator[None]:
     finds them anyway): with this, the checks can leave them to the scorer and check in full only
     the rare batch that raises (``jobs.part_writer``). An integer column's NaN is a null, which
     the checks count apart. Thread-local because an actor scores a file on each of its threads."""
-    before = getattr(_refusing, "on", False)
+    before = _refusing.on
     _refusing.on = True
     try:
         yield
@@ -142,7 +149,7 @@ class FeatureSpec:
         finite = np.isfinite(out)
         if not finite.all():
             gaps = np.flatnonzero(~finite.all(axis=1))
-            if getattr(_refusing, "on", False):
+            if _refusing.on:
                 refused = [
                     self.numeric[j] for j in gaps if not pa.types.is_integer(table.schema.field(self.numeric[j]).type)
                 ]
