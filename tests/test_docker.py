@@ -103,3 +103,20 @@ def test_the_dockerfile_copies_what_exists():
         if line.startswith("COPY"):
             for source in line.split()[1:-1]:
                 assert (DOCKER.parent / source).exists(), source
+
+
+def test_the_image_installs_the_versions_the_tests_passed_with():
+    """Each ``pip install`` of the Dockerfile that resolves dependencies takes ``constraints.txt``,
+    copied in before it, as ``make`` installs the environment the tests run in."""
+    dockerfile = (DOCKER / "Dockerfile").read_text().replace("\\\n", " ")
+    copied, installs = False, []
+    for line in dockerfile.splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and "constraints.txt" in words[1:-1]:
+            copied = True
+        for command in line.removeprefix("RUN ").split("&&"):
+            if command.split()[:2] == ["pip", "install"] and "--no-deps" not in command.split():
+                installs.append(command.strip())
+                assert copied, f"{command.strip()!r} runs before constraints.txt is copied in"
+                assert "-c constraints.txt" in command, f"{command.strip()!r} installs unpinned versions"
+    assert len(installs) == 2, installs  # torch from its index, then lakecast's dependencies
