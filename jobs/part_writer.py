@@ -265,16 +265,21 @@ class ScoreAndWrite:
 
 
 def joined(
-    batches: Iterable[tuple[int, pa.RecordBatch]], rows: int
+    batches: Iterable[tuple[int, pa.RecordBatch]], rows: int, most_bytes: int = READ_BYTES
 ) -> Iterator[tuple[tuple[int, int], pa.RecordBatch]]:
-    """Batches of a piece's small files joined up to ``rows`` rows, where they have the same
-    schema: ``((first file, last file), batch)``. The row checks and the scorer cost per batch as
-    well as per row, and a thousand files of 10,000 rows spent more in those calls than in the
-    rows (docs/benchmark.md). A batch of ``rows`` rows, a large file's, passes as it is."""
+    """Batches of a piece's small files joined up to ``rows`` rows and ``most_bytes`` bytes (a
+    thousand small files of photos stay apart), where they have the same schema: ``((first file,
+    last file), batch)``. The row checks and the scorer cost per batch as well as per row, and a
+    thousand files of 10,000 rows spent more in those calls than in the rows (docs/benchmark.md).
+    A batch of ``rows`` rows, a large file's, passes as it is."""
     held: list[pa.RecordBatch] = []
     first = last = 0
     for i, batch in batches:
-        if held and (batch.schema != held[0].schema or sum(b.num_rows for b in held) + batch.num_rows > rows):
+        if held and (
+            batch.schema != held[0].schema
+            or sum(b.num_rows for b in held) + batch.num_rows > rows
+            or sum(b.nbytes for b in held) + batch.nbytes > most_bytes
+        ):
             yield (first, last), held[0] if len(held) == 1 else pa.concat_batches(held)
             held = []
         if not held:

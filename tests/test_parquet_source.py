@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -158,3 +159,57 @@ def test_a_row_group_whose_columns_fit_the_budget_is_read_whole(tmp_path, monkey
     # a row group over the budget, and rows more than it holds (a table of many columns): fewer rows
     monkeypatch.setattr(pieces, "FEWEST_ROWS", 8)
     assert batch_rows(["id", "x"], 40 * 16) == [40] * 6 + [20]
+
+
+def test_values_whose_width_is_their_own_are_read_a_few_rows_at_a_time_where_they_are_wide(tmp_path, monkeypatch):
+    """Photos' bytes, 10 KB a row: a batch holds no more rows than the file stores in BATCH_BYTES,
+    with or without a budget for whole row groups (the GPU path's read has none), and at least
+    one; narrow strings keep their batches of ``rows`` rows."""
+    from jobs import pieces
+    from jobs.pieces import file_batches
+
+    rng = np.random.default_rng(0)
+    photos = [rng.bytes(10_000) for _ in range(40)]  # random: stored plain
+    path = tmp_path / "photos.parquet"
+    pq.write_table(pa.table({"id": np.arange(40), "photo": pa.array(photos, pa.binary())}), path)
+
+    def batch_rows(columns, budget):
+        batches = list(
+            file_batches(str(path), None, columns=columns, dictionary=[], rows=16, threads=False, whole_up_to=budget)
+        )
+        assert [v.as_py() for b in batches for v in b.column(columns[-1])] == (
+            photos if columns[-1] == "photo" else list(range(40))
+        )
+        return [b.num_rows for b in batches]
+
+    assert batch_rows(["id", "photo"], 0) == [16, 16, 8]  # 192 MiB hold them all
+    monkeypatch.setattr(pieces, "BATCH_BYTES", 100_000)
+    assert batch_rows(["id", "photo"], 0) == [9, 9, 9, 9, 4]  # 10,017 bytes a row stored: 9 in 100,000
+    assert batch_rows(["id", "photo"], 1 << 30) == [9, 9, 9, 9, 4]
+    assert batch_rows(["id"], 0) == [16, 16, 8]  # no column of its own width: no cap
+    monkeypatch.setattr(pieces, "BATCH_BYTES", 5_000)
+    assert batch_rows(["id", "photo"], 0) == [1] * 40
+
+
+def test_a_piece_of_wide_row_groups_is_read_ahead_a_run_of_them_at_a_time(tmp_path, monkeypatch):
+    """pyarrow holds every column chunk it was asked for until the last batch: the row groups of a
+    piece of photos are asked for in runs of at most BATCH_BYTES stored, and batches end with
+    their run."""
+    from jobs import pieces
+    from jobs.pieces import file_batches, read_ahead_runs
+
+    rng = np.random.default_rng(0)
+    photos = [rng.bytes(10_000) for _ in range(40)]
+    path = tmp_path / "photos.parquet"
+    table = pa.table({"id": np.arange(40), "photo": pa.array(photos, pa.binary())})
+    pq.write_table(table, path, row_group_size=8)  # five groups of about 80 KB
+    metadata = pq.read_metadata(path)
+    assert read_ahead_runs(metadata, ["id", "photo"], range(5), 170_000) == [[0, 1], [2, 3], [4]]
+    assert read_ahead_runs(metadata, ["id", "photo"], [1, 2, 3], 50_000) == [[1], [2], [3]]  # a group at least
+    assert read_ahead_runs(metadata, ["id"], range(5), 170_000) == [[0, 1, 2, 3, 4]]  # the columns read only
+    assert read_ahead_runs(metadata, ["id", "photo"], [3], 1) == [[3]]
+
+    monkeypatch.setattr(pieces, "BATCH_BYTES", 100_000)  # 9 rows a batch, a group a run
+    batches = list(file_batches(str(path), None, columns=["id", "photo"], dictionary=[], rows=16, threads=False))
+    assert [b.num_rows for b in batches] == [8] * 5
+    assert pa.Table.from_batches(batches).equals(table)

@@ -371,6 +371,19 @@ def test_batches_of_other_schemas_or_too_many_rows_are_not_joined():
     ]
 
 
+def test_batches_of_wide_rows_are_joined_up_to_their_bytes():
+    """Small files of photos: joined as long as the batch stays within the bytes, whatever its rows."""
+    from jobs.part_writer import joined
+
+    photos = pa.record_batch({"photo": pa.array([b"x" * 1000] * 3, pa.binary())})  # 3,012 bytes
+    batches = [(i, photos) for i in range(5)]
+    assert [(files, b.num_rows) for files, b in joined(batches, 100, most_bytes=7000)] == [
+        ((0, 1), 6),
+        ((2, 3), 6),
+        ((4, 4), 3),
+    ]
+
+
 def test_an_invalid_row_in_a_piece_names_its_file_and_row_groups(writer, raw, tmp_path):
     ages = raw["age"].to_pylist()
     ages[420] = 7
