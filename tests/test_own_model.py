@@ -25,7 +25,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import torch
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
 from sklearn.metrics import roc_auc_score
 
 from jobs.ab import run_compare
@@ -103,6 +103,29 @@ def register(settings, name: str, log) -> None:
     with mlflow.start_run():
         info = log(name)
     mlflow.MlflowClient().set_registered_model_alias(name, "champion", info.registered_model_version)
+
+
+def register_pyfunc(
+    settings,
+    name: str,
+    model: mlflow.pyfunc.PythonModel,
+    *,
+    signature: ModelSignature | None = None,
+    requirements: list[str] | None = None,
+) -> None:
+    """``register`` for a ``PythonModel`` of the user's, with its pinned requirements (pandas by
+    default: MLflow would otherwise spend seconds inferring them)."""
+    register(
+        settings,
+        name,
+        lambda name: mlflow.pyfunc.log_model(
+            name="model",
+            python_model=model,
+            signature=signature,
+            registered_model_name=name,
+            pip_requirements=requirements or ["pandas"],
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -289,17 +312,7 @@ def test_pyfunc_model_gets_strings_and_a_user_error_for_a_bad_output(settings, l
     # the model's class is pickled with its code, as a user's notebook would log it
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
     for name, model in (("user-tiers", _TierScore()), ("user-two-outputs", _TierScore(2)), ("user-nan", _OldAgeNaN())):
-        register(
-            settings,
-            name,
-            lambda name, model=model: mlflow.pyfunc.log_model(
-                name="model",
-                python_model=model,
-                signature=infer_signature(sample, _TierScore().predict(None, sample)),
-                registered_model_name=name,
-                pip_requirements=["pandas"],
-            ),
-        )
+        register_pyfunc(settings, name, model, signature=infer_signature(sample, _TierScore().predict(None, sample)))
 
     run_job(load_job_file(job_file(tmp_path, "user_tiers", "user-tiers")), DAY, settings=settings)
     scored = output(lake, "user_tiers").merge(rows, on="customer_id")
@@ -351,17 +364,8 @@ def test_a_pyfunc_model_gets_a_binary_column_as_bytes(settings, lake, ray_local,
     pq.write_table(rows, partition / "part-0.parquet")
     sample = pd.DataFrame({"photo": photos[:5]})
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    register(
-        settings,
-        "user-photos",
-        lambda name: mlflow.pyfunc.log_model(
-            name="model",
-            python_model=_Brightness(),
-            signature=infer_signature(sample, _Brightness().predict(None, sample)),
-            registered_model_name=name,
-            pip_requirements=["pandas", "pillow"],
-        ),
-    )
+    signature = infer_signature(sample, _Brightness().predict(None, sample))
+    register_pyfunc(settings, "user-photos", _Brightness(), signature=signature, requirements=["pandas", "pillow"])
     job = tmp_path / "jobs" / "photos.yaml"
     job.parent.mkdir()
     job.write_text(
@@ -726,17 +730,7 @@ def test_canary_gives_each_version_its_own_columns(settings, lake, ray_local, tm
         ("user-canary", _AgeScore(), ["age", "tenure_months"]),
     ):
         sample = rows[columns].dropna().head(20)
-        register(
-            settings,
-            name,
-            lambda name, model=model, sample=sample: mlflow.pyfunc.log_model(
-                name="model",
-                python_model=model,
-                signature=infer_signature(sample, model.predict(None, sample)),
-                registered_model_name=name,
-                pip_requirements=["pandas"],
-            ),
-        )
+        register_pyfunc(settings, name, model, signature=infer_signature(sample, model.predict(None, sample)))
     client = mlflow.MlflowClient()
     client.set_registered_model_alias("user-canary", "champion", "1")
     path = job_file(tmp_path, "user_canary", "user-canary")
@@ -912,15 +906,8 @@ def test_a_model_this_environment_cannot_load_is_named_and_not_retried(
     monkeypatch.syspath_prepend(str(trainer_code))
     from lakecast_trainer_helpers import HalfEverywhere  # pickled by reference, as a module's classes are
 
-    register(
-        settings,
-        "user-unloadable",
-        lambda name: mlflow.pyfunc.log_model(
-            name="model",
-            python_model=HalfEverywhere(),
-            registered_model_name=name,
-            pip_requirements=["lakecast-surely-not-installed==1.0", "pandas"],
-        ),
+    register_pyfunc(
+        settings, "user-unloadable", HalfEverywhere(), requirements=["lakecast-surely-not-installed==1.0", "pandas"]
     )
     monkeypatch.delitem(sys.modules, "lakecast_trainer_helpers")
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(trainer_code)])
@@ -950,13 +937,7 @@ def pickled_model_job(settings, tmp_path: Path, name: str, model: mlflow.pyfunc.
     """A job scoring the ``age`` column with ``model``, its class pickled with its code as a
     notebook logs it, registered as ``name`` with ``champion`` on it."""
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    register(
-        settings,
-        name,
-        lambda name: mlflow.pyfunc.log_model(
-            name="model", python_model=model, registered_model_name=name, pip_requirements=["pandas"]
-        ),
-    )
+    register_pyfunc(settings, name, model)
     return load_job_file(job_file(tmp_path, name.replace("-", "_"), name, columns=["age"]))
 
 
