@@ -271,20 +271,26 @@ def joined(
     thousand small files of photos stay apart), where they have the same schema: ``((first file,
     last file), batch)``. The row checks and the scorer cost per batch as well as per row, and a
     thousand files of 10,000 rows spent more in those calls than in the rows (docs/benchmark.md).
-    A batch of ``rows`` rows, a large file's, passes as it is."""
+    A batch of ``rows`` rows, a large file's, passes as it is.
+
+    The held rows and bytes are kept as running sums, each batch's bytes taken once from its
+    buffers' sizes: summed again for every batch, with ``RecordBatch.nbytes`` (65 µs a batch of
+    30 columns), 2,600 files of 100 rows took 207 s to join; now 0.11 s (0.16 before bytes were counted,
+    with the rows summed again for every batch)."""
     held: list[pa.RecordBatch] = []
-    first = last = 0
+    held_rows = held_bytes = first = last = 0
     for i, batch in batches:
+        size = batch.get_total_buffer_size()
         if held and (
-            batch.schema != held[0].schema
-            or sum(b.num_rows for b in held) + batch.num_rows > rows
-            or sum(b.nbytes for b in held) + batch.nbytes > most_bytes
+            batch.schema != held[0].schema or held_rows + batch.num_rows > rows or held_bytes + size > most_bytes
         ):
             yield (first, last), held[0] if len(held) == 1 else pa.concat_batches(held)
-            held = []
+            held, held_rows, held_bytes = [], 0, 0
         if not held:
             first = i
         held.append(batch)
+        held_rows += batch.num_rows
+        held_bytes += size
         last = i
     if held:
         yield (first, last), held[0] if len(held) == 1 else pa.concat_batches(held)

@@ -375,7 +375,7 @@ def test_batches_of_wide_rows_are_joined_up_to_their_bytes():
     """Small files of photos: joined as long as the batch stays within the bytes, whatever its rows."""
     from jobs.part_writer import joined
 
-    photos = pa.record_batch({"photo": pa.array([b"x" * 1000] * 3, pa.binary())})  # 3,012 bytes
+    photos = pa.record_batch({"photo": pa.array([b"x" * 1000] * 3, pa.binary())})  # 3,016 bytes of buffers
     batches = [(i, photos) for i in range(5)]
     assert [(files, b.num_rows) for files, b in joined(batches, 100, most_bytes=7000)] == [
         ((0, 1), 6),
