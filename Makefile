@@ -11,6 +11,9 @@ BIN := $(VENV)/bin
 # reinstall whenever pyproject.toml or the pinned versions change
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt | sha1sum | cut -c1-12)
 ARGS ?=
+PIP_INSTALL := pip install --quiet --disable-pip-version-check
+# pip's warning for each package an extra index of this machine's pip.conf does not hold
+PIP_QUIET := { grep -v 'is ignored: it is neither' || true; }
 
 help:
 	@echo "make demo   install, build the demo lake and models, run lakecast__churn through Airflow"
@@ -24,8 +27,7 @@ help:
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing lakecast and its dependencies into $(VENV) (a few minutes the first time)"
-	@$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[test]' 2>&1 | \
-	  { grep -v 'is ignored: it is neither' || true; }
+	@$(BIN)/$(PIP_INSTALL) -c constraints.txt -e '.[test]' 2>&1 | $(PIP_QUIET)
 	@rm -f $(VENV)/.installed-* && touch $@
 
 install: $(STAMP)
@@ -60,8 +62,7 @@ bench: $(STAMP)
 RESOLVE := build/resolve-venv
 constraints:
 	rm -rf $(RESOLVE) && $(PYTHON) -m venv $(RESOLVE)
-	$(RESOLVE)/bin/pip install --quiet --disable-pip-version-check -e '.[test]' 2>&1 | \
-	  { grep -v 'is ignored: it is neither' || true; }
+	$(RESOLVE)/bin/$(PIP_INSTALL) -e '.[test]' 2>&1 | $(PIP_QUIET)
 	{ sed -n '/^#/p' constraints.txt; \
 	  $(RESOLVE)/bin/pip freeze --exclude-editable | sed -E 's/^(torch==[^+]+)\+.*/\1/'; } > constraints.txt.new
 	mv constraints.txt.new constraints.txt && rm -rf $(RESOLVE)
