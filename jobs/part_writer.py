@@ -37,7 +37,7 @@ import pyarrow as pa
 from jobs import score_stats
 from jobs.huge_pages import turn_off as huge_pages_off
 from jobs.lake import FolderWriter
-from jobs.pieces import Piece, piece_batches
+from jobs.pieces import BATCH_BYTES, Piece, piece_batches
 from jobs.shadow import PerFile
 from jobs.validation import InvalidInput, RowValidator
 from models.predictor import in_batches, parquet_options
@@ -265,13 +265,14 @@ class ScoreAndWrite:
 
 
 def joined(
-    batches: Iterable[tuple[int, pa.RecordBatch]], rows: int, most_bytes: int = READ_BYTES
+    batches: Iterable[tuple[int, pa.RecordBatch]], rows: int, most_bytes: int = BATCH_BYTES
 ) -> Iterator[tuple[tuple[int, int], pa.RecordBatch]]:
-    """Batches of a piece's small files joined up to ``rows`` rows and ``most_bytes`` bytes (a
-    thousand small files of photos stay apart), where they have the same schema: ``((first file,
-    last file), batch)``. The row checks and the scorer cost per batch as well as per row, and a
-    thousand files of 10,000 rows spent more in those calls than in the rows (docs/benchmark.md).
-    A batch of ``rows`` rows, a large file's, passes as it is.
+    """Batches of a piece's small files joined up to ``rows`` rows and ``most_bytes`` bytes, where
+    they have the same schema: ``((first file, last file), batch)``. The row checks and the scorer
+    cost per batch as well as per row, and a thousand files of 10,000 rows spent more in those
+    calls than in the rows (docs/benchmark.md). A batch of ``rows`` rows, a large file's, passes
+    as it is; so do a thousand small files of photos, and a large file's batches of them, which
+    its read sized to the same bytes (:data:`jobs.pieces.BATCH_BYTES`).
 
     The held rows and bytes are kept as running sums, each batch's bytes taken once from its
     buffers' sizes: summed again for every batch, with ``RecordBatch.nbytes`` (65 µs a batch of

@@ -241,7 +241,10 @@ def file_batches(
 
     Whatever the budget, a batch of values whose width is their own (strings, bytes) holds no more
     rows than the file stores in :data:`BATCH_BYTES` (:func:`stored_bytes`): a column of photos'
-    JPEG files, 100 KB a row, would otherwise be read 262,144 rows, 26 GB, at a time.
+    JPEG files, 100 KB a row, would otherwise be read 262,144 rows, 26 GB, at a time. Nor does a
+    read hold much more ahead of its batches: row groups are asked for in runs of at most
+    :data:`READ_AHEAD_BYTES` (:func:`read_ahead_runs`), and a group that stores more alone is read
+    a page at a time (:data:`STREAM_BUFFER`).
 
     ``from_folders``: columns the file lacks and its folders name, with their values, added to each
     batch (:mod:`jobs.folder_columns`)."""
@@ -281,14 +284,32 @@ def file_batches(
             rows = min(rows, max(1, int(BATCH_BYTES // stored_bytes(reader.metadata, columns, groups))))
         elif whole_up_to and row_bytes * rows > whole_up_to:
             rows = max(FEWEST_ROWS, int(whole_up_to // row_bytes))
-        for run in read_ahead_runs(reader.metadata, columns, groups, BATCH_BYTES):
-            yield from reader.iter_batches(batch_size=rows, row_groups=run, columns=columns, use_threads=threads)
+        streamed = None
+        for run in read_ahead_runs(reader.metadata, columns, groups, READ_AHEAD_BYTES):
+            source = reader
+            if read_ahead_bytes(reader.metadata, columns, run) > READ_AHEAD_BYTES:  # a row group alone
+                if streamed is None:
+                    streamed = pq.ParquetFile(
+                        f,
+                        metadata=reader.metadata,
+                        read_dictionary=dictionary or None,
+                        pre_buffer=False,
+                        buffer_size=STREAM_BUFFER,
+                    )
+                source = streamed
+            yield from source.iter_batches(batch_size=rows, row_groups=run, columns=columns, use_threads=threads)
 
 
 # the fewest rows a batch sized by its bytes holds: below, each batch's calls cost more than its rows
 FEWEST_ROWS = 4096
 # the most bytes a batch of rows whose values' widths are their own holds, as the file stores them
-BATCH_BYTES = 192 << 20
+BATCH_BYTES = 64 << 20
+# the most bytes of row groups a read asks for at once, which pyarrow fetches and holds ahead
+READ_AHEAD_BYTES = 192 << 20
+# a row group that stores more than READ_AHEAD_BYTES is read a page at a time through a buffer this
+# size, not held whole: pandas' `to_parquet` writes up to 1M rows a group whatever their size, so
+# 20,000 photos of 100 KB were one 2 GB group, and Arrow held 2.7 GiB to read them
+STREAM_BUFFER = 8 << 20
 
 
 def stored_bytes(metadata: pq.FileMetaData, columns: list[str], row_groups: Sequence[int]) -> float:
@@ -314,17 +335,23 @@ def read_ahead_runs(
     of twenty 100 MB groups: 2.2 GiB of Arrow's memory at its peak, 0.56 GiB in runs)."""
     if len(row_groups) < 2:
         return [list(row_groups)]
-    wanted = set(columns)
     runs: list[list[int]] = [[]]
     held = 0
     for g in row_groups:
-        size = sum(chunk.total_compressed_size for chunk in _chunks(metadata.row_group(g), wanted))
+        size = read_ahead_bytes(metadata, columns, [g])
         if runs[-1] and held + size > most_bytes:
             runs.append([])
             held = 0
         runs[-1].append(g)
         held += size
     return runs
+
+
+def read_ahead_bytes(metadata: pq.FileMetaData, columns: list[str], row_groups: Sequence[int]) -> int:
+    """The bytes the file stores ``columns`` of ``row_groups`` in: what a read of them with
+    ``pre_buffer`` fetches and holds."""
+    wanted = set(columns)
+    return sum(chunk.total_compressed_size for g in row_groups for chunk in _chunks(metadata.row_group(g), wanted))
 
 
 def _chunks(group: pq.RowGroupMetaData, columns: set[str]) -> Iterator[pq.ColumnChunkMetaData]:

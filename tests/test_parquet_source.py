@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -12,6 +15,8 @@ import pytest
 from jobs import parquet_source
 from jobs.pieces import largest_first, split_files
 from jobs.ray_runtime import read_parquet_files, read_pieces
+from jobs.settings import PROJECT_ROOT
+from tests.conftest import DAY
 
 
 def write_files(folder, rows_per_file: int, files: int) -> list[str]:
@@ -182,7 +187,7 @@ def test_values_whose_width_is_their_own_are_read_a_few_rows_at_a_time_where_the
         )
         return [b.num_rows for b in batches]
 
-    assert batch_rows(["id", "photo"], 0) == [16, 16, 8]  # 192 MiB hold them all
+    assert batch_rows(["id", "photo"], 0) == [16, 16, 8]  # 64 MiB hold them all
     monkeypatch.setattr(pieces, "BATCH_BYTES", 100_000)
     assert batch_rows(["id", "photo"], 0) == [9, 9, 9, 9, 4]  # 10,017 bytes a row stored: 9 in 100,000
     assert batch_rows(["id", "photo"], 1 << 30) == [9, 9, 9, 9, 4]
@@ -193,8 +198,8 @@ def test_values_whose_width_is_their_own_are_read_a_few_rows_at_a_time_where_the
 
 def test_a_piece_of_wide_row_groups_is_read_ahead_a_run_of_them_at_a_time(tmp_path, monkeypatch):
     """pyarrow holds every column chunk it was asked for until the last batch: the row groups of a
-    piece of photos are asked for in runs of at most BATCH_BYTES stored, and batches end with
-    their run."""
+    piece of photos are asked for in runs of at most READ_AHEAD_BYTES stored, and batches end
+    with their run."""
     from jobs import pieces
     from jobs.pieces import file_batches, read_ahead_runs
 
@@ -209,7 +214,65 @@ def test_a_piece_of_wide_row_groups_is_read_ahead_a_run_of_them_at_a_time(tmp_pa
     assert read_ahead_runs(metadata, ["id"], range(5), 170_000) == [[0, 1, 2, 3, 4]]  # the columns read only
     assert read_ahead_runs(metadata, ["id", "photo"], [3], 1) == [[3]]
 
-    monkeypatch.setattr(pieces, "BATCH_BYTES", 100_000)  # 9 rows a batch, a group a run
+    monkeypatch.setattr(pieces, "BATCH_BYTES", 100_000)  # 9 rows a batch
+    monkeypatch.setattr(pieces, "READ_AHEAD_BYTES", 100_000)  # a group a run
     batches = list(file_batches(str(path), None, columns=["id", "photo"], dictionary=[], rows=16, threads=False))
     assert [b.num_rows for b in batches] == [8] * 5
     assert pa.Table.from_batches(batches).equals(table)
+
+
+@pytest.mark.parametrize("threads", [False, True])
+def test_row_groups_read_a_page_at_a_time_give_the_same_rows_locally_and_from_s3(storage, monkeypatch, threads):
+    """The read of a group larger than READ_AHEAD_BYTES (here every group: budgets scaled down)
+    goes through a buffered stream of the file, on S3 as on a local disk: the same rows, in
+    batches that end with their group."""
+    from jobs import pieces
+    from jobs.lake import Lake
+    from jobs.pieces import file_batches
+
+    rng = np.random.default_rng(1)
+    table = pa.table({"id": np.arange(40), "photo": pa.array([rng.bytes(10_000) for _ in range(40)], pa.binary())})
+    lake = Lake(storage.lake_root)
+    folder = lake.partition_path("raw/photos", DAY)
+    lake.make_dirs(folder)
+    with lake.fs.open_output_stream(f"{folder}/part-0.parquet") as out:
+        pq.write_table(table, out, row_group_size=16)  # groups of about 160 KB
+    monkeypatch.setattr(pieces, "READ_AHEAD_BYTES", 50_000)
+    monkeypatch.setattr(pieces, "STREAM_BUFFER", 16_384)
+    monkeypatch.setattr(pieces, "BATCH_BYTES", 100_000)  # 9 rows a batch
+    batches = list(
+        file_batches(
+            f"{folder}/part-0.parquet", lake.fs, columns=["id", "photo"], dictionary=[], rows=16, threads=threads
+        )
+    )
+    assert [b.num_rows for b in batches] == [9, 7, 9, 7, 8]
+    assert pa.Table.from_batches(batches).equals(table)
+
+
+def test_a_row_group_larger_than_the_read_ahead_is_read_a_page_at_a_time(tmp_path):
+    """pandas' ``to_parquet`` writes up to a million rows a row group, whatever their width: a
+    file of 20,000 photos was one group of 2 GB, which pyarrow fetched whole before its first
+    batch, and held. A group that stores more than READ_AHEAD_BYTES is read a page at a time
+    instead: Arrow's memory at its peak stays under the group's size (about 30 MB of the
+    decoder's whatever the group, here 64 MB; 160 MB fetched whole). With the budgets scaled
+    down, in a process of its own, whose peak is the read's alone."""
+    rng = np.random.default_rng(0)
+    photos = [rng.bytes(10_000) for _ in range(6400)]
+    path = tmp_path / "photos.parquet"
+    pd.DataFrame({"id": np.arange(6400), "photo": photos}).to_parquet(path)
+    group = pq.read_metadata(path).row_group(0)
+    assert pq.read_metadata(path).num_row_groups == 1 and group.total_byte_size > 64e6
+    read = (
+        "import sys, pyarrow as pa\n"
+        "from jobs import pieces\n"
+        "pieces.READ_AHEAD_BYTES, pieces.BATCH_BYTES, pieces.STREAM_BUFFER = 1 << 20, 256 << 10, 64 << 10\n"
+        "batches = pieces.file_batches(sys.argv[1], None, columns=['id', 'photo'], dictionary=[], "
+        "rows=262_144, threads=False)\n"
+        "print(sum(b.num_rows for b in batches), pa.default_memory_pool().max_memory())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", read, str(path)], capture_output=True, text=True, check=True, cwd=PROJECT_ROOT
+    )
+    rows, peak = map(int, out.stdout.split())
+    assert rows == 6400
+    assert peak < group.total_byte_size, f"Arrow held {peak:,} bytes to read a group of {group.total_byte_size:,}"
