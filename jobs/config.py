@@ -220,7 +220,8 @@ class OutputSpec(Frozen):
         ge=1_000,
         description="CPU actors write files of this many input rows to twice as many; with GPU actors, a lower "
         "bound per file (no tiny Parquet files). Also the size of a piece of work: a large input file is scored in "
-        "runs of its row groups, small ones in turn",
+        "runs of its row groups, small ones in turn. A file of wide predictions (an embedding's vectors) ends sooner, "
+        "at 256 MiB of them",
     )
 
     @field_validator("passthrough")

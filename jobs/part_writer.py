@@ -29,6 +29,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, TypeVar
 
@@ -54,6 +55,13 @@ READ_ROWS = 262_144
 # many. The churn table's 1M-row groups take 156 MB; read whole, its actor's peak RSS grew by
 # 130-170 MB (two files at once), its work 4% faster.
 READ_BYTES = 192 << 20
+# An output file ends early where the predictions (and invalid rows) it holds take more than this
+# many bytes in memory: an actor holds a file's rows until it writes them, and 1M rows of an
+# embedding of 768 float32 are 3 GB (two files at once: an actor's peak RSS 6.8 GiB).
+FILE_BYTES = 256 << 20
+# ... and where a row's predictions are that wide, an actor scores no more rows at once than a
+# quarter of those bytes hold (ScoreAndWrite's prediction_bytes), nor fewer than this
+FEWEST_ROWS = 4096
 
 # what an actor spends its time on, in order; "score" is the predictor's call: the features'
 # conversion from Arrow, the model, and the output rows with their lineage
@@ -123,9 +131,10 @@ class ScoreAndWrite:
     and ``q-part-3-000i.parquet`` (invalid rows, if any), and with ``shadow`` the challenger's
     scores of the same rows as ``part-3-000i.parquet`` in the shadow's folder; of the piece of
     it that starts at row group 12, ``part-3-g0012-000i.parquet``; of small files read in turn,
-    after the first of them (:mod:`jobs.pieces`). A task that Ray retries after its actor died
-    rewrites the same files rather than adding second copies. Each call returns a row of
-    :data:`DONE` per piece.
+    after the first of them (:mod:`jobs.pieces`). Where a slice's predictions would take more than
+    :data:`FILE_BYTES` in memory, its rows go to several files, numbered on in the same way. A
+    task that Ray retries after its actor died rewrites the same files rather than adding second
+    copies. Each call returns a row of :data:`DONE` per piece.
     """
 
     def __init__(
@@ -145,13 +154,16 @@ class ScoreAndWrite:
         threads: bool = False,
         huge_pages: bool = True,
         shadow: FolderWriter | None = None,
+        prediction_bytes: int = 0,
     ):
         """``dictionary``: string columns read dictionary-encoded, as Parquet stores them.
         ``threads``: decode a batch's columns on pyarrow's thread pool, for actors with two CPUs
         or more (with one, its threads would only contend with the other actors).
         ``huge_pages``: False turns transparent huge pages off for this process (the job's
         default: :mod:`jobs.huge_pages` says why). ``score_column`` and ``sample_every``: what
-        the summary of the scores reads, and its sample's spacing (:mod:`jobs.score_stats`)."""
+        the summary of the scores reads, and its sample's spacing (:mod:`jobs.score_stats`).
+        ``prediction_bytes``: the bytes of a row's predictions beyond the usual few (an
+        embedding's vector: :func:`wide_prediction_bytes`), which bound the rows scored at once."""
         if not huge_pages:
             huge_pages_off()
         self.shadow = None if shadow is None else PerFile(shadow, key=validator.key)
@@ -165,6 +177,9 @@ class ScoreAndWrite:
         self.output = FolderWriter(staging, filesystem)
         self.batch_size, self.rows_per_file, self.threads = batch_size, rows_per_file, threads
         self.score_column, self.sample_every = score_column, sample_every
+        # rows scored at once where a row's predictions are wide: a quarter of a file's bytes of
+        # them, so that a file ends within a quarter past FILE_BYTES
+        self.most_rows = max(FEWEST_ROWS, FILE_BYTES // 4 // prediction_bytes) if prediction_bytes else None
 
     def __call__(self, pieces: pa.Table) -> pa.Table:
         done = [self.score_file(*Piece.from_row(row)) for row in pieces.to_pylist()]
@@ -174,47 +189,58 @@ class ScoreAndWrite:
         """Score one piece of input (``uris``: its files', for messages): a row of :data:`DONE`."""
         seconds = dict.fromkeys(STAGES, 0.0)
         cpu = time.thread_time()
-        rows = quarantined = 0
-        summary, shadow = dict(score_stats.EMPTY), dict(score_stats.EMPTY)
-        for i, parts in itertools.groupby(_timed(self._read(piece), seconds), key=itemgetter(0)):
-            name = f"{piece.stem}-{i:04d}.parquet"
-            scored, rejected = [], []
+        done = _Written()
+        files = itertools.count()
+        for _, parts in itertools.groupby(_timed(self._read(piece), seconds), key=itemgetter(0)):
+            scored, rejected, held = [], [], 0
             for _, (first, last), part in parts:
                 try:
                     scores, bad = self._checked_and_scored(part, seconds)
                 except InvalidInput as e:
                     where = piece.label(uris[first]) if first == last else f"one of {uris[first]} to {uris[last]}"
                     raise InvalidInput(f"{where}: {e}") from None
-                if bad is not None:
-                    rejected.append(bad)
-                if scores is not None:
-                    scored.append(scores)
-            t0 = time.perf_counter()
-            # a piece's files may differ in types the checks allow (an int32 key in one, int64 in
-            # the next): one output file holds the wider
-            if rejected:
-                bad = pa.concat_tables(rejected, promote_options="permissive")
-                FolderWriter(self.validator.quarantine_dir, self.validator.fs)(bad, f"q-{name}")
-                quarantined += bad.num_rows
-            if scored:  # else every row of the slice was quarantined
-                theirs = None if self.shadow is None else self.shadow.write(name)
-                table = pa.concat_tables(scored, promote_options="permissive")
-                self.output(table, name, **parquet_options(table, key=self.validator.key))
-                rows += table.num_rows
-                summary = score_stats.combine(summary, self._summary(table))
-                if theirs is not None:
-                    shadow = score_stats.combine(shadow, self._summary(theirs))
-            seconds["write"] += time.perf_counter() - t0
+                for table, kept in ((bad, rejected), (scores, scored)):
+                    if table is not None:
+                        kept.append(table)
+                        held += table.get_total_buffer_size()
+                if held > FILE_BYTES:  # wide predictions (an embedding's vectors): a file now
+                    self._write(f"{piece.stem}-{next(files):04d}.parquet", scored, rejected, done, seconds)
+                    scored, rejected, held = [], [], 0
+            if scored or rejected:
+                self._write(f"{piece.stem}-{next(files):04d}.parquet", scored, rejected, done, seconds)
         return {
             "file": piece.describe(uris),
-            "rows": rows,
-            "quarantined": quarantined,
+            "rows": done.rows,
+            "quarantined": done.quarantined,
             **{f"{k}_s": v for k, v in seconds.items()},
             # with threads, pyarrow's pool decodes the piece too: this thread's time is not all of it
             "cpu_s": math.nan if self.threads else time.thread_time() - cpu,
-            **summary,
-            **score_stats.as_shadow(shadow),
+            **done.summary,
+            **score_stats.as_shadow(done.shadow),
         }
+
+    def _write(
+        self, name: str, scored: list[pa.Table], rejected: list[pa.Table], done: _Written, seconds: dict[str, float]
+    ) -> None:
+        """One output file of scores as ``name``, its invalid rows as ``q-name`` in quarantine and
+        its shadow's scores as ``name`` in the shadow's folder, each where it has rows; counted
+        into ``done``, its time into ``seconds["write"]``."""
+        t0 = time.perf_counter()
+        # a piece's files may differ in types the checks allow (an int32 key in one, int64 in
+        # the next): one output file holds the wider
+        if rejected:
+            bad = pa.concat_tables(rejected, promote_options="permissive")
+            FolderWriter(self.validator.quarantine_dir, self.validator.fs)(bad, f"q-{name}")
+            done.quarantined += bad.num_rows
+        if scored:  # else every row of the file was quarantined
+            theirs = None if self.shadow is None else self.shadow.write(name)
+            table = pa.concat_tables(scored, promote_options="permissive")
+            self.output(table, name, **parquet_options(table, key=self.validator.key))
+            done.rows += table.num_rows
+            done.summary = score_stats.combine(done.summary, self._summary(table))
+            if theirs is not None:
+                done.shadow = score_stats.combine(done.shadow, self._summary(theirs))
+        seconds["write"] += time.perf_counter() - t0
 
     def _checked_and_scored(self, part: pa.Table, seconds: dict[str, float]) -> tuple[pa.Table | None, pa.Table | None]:
         """The scores of ``part``'s valid rows (None where there is none) and its invalid rows
@@ -261,7 +287,43 @@ class ScoreAndWrite:
         )
         if piece.rows is None:
             raise ValueError(f"{piece.path}: a piece handed to an actor carries its row count")
-        return slices(joined(batches, READ_ROWS), slice_ends(piece.rows, self.rows_per_file))
+        parts = slices(joined(batches, READ_ROWS), slice_ends(piece.rows, self.rows_per_file))
+        return parts if self.most_rows is None else _cut(parts, self.most_rows)
+
+
+def _cut(parts: Iterable[tuple[int, T, pa.Table]], rows: int) -> Iterator[tuple[int, T, pa.Table]]:
+    """``parts`` (:func:`slices`') in parts of at most ``rows`` rows, without copying them."""
+    for i, tag, table in parts:
+        for start in range(0, table.num_rows, rows):
+            yield i, tag, table.slice(start, rows)
+
+
+def file_rows(rows_per_file: int, prediction_bytes: int) -> int:
+    """The rows of a file of predictions that the GPU pipeline's write tasks join the actors'
+    batches up to: ``rows_per_file``, or as many as :data:`FILE_BYTES` of wide predictions hold
+    where that is fewer (:func:`wide_prediction_bytes`), a write task holding them all at once."""
+    if not prediction_bytes:
+        return rows_per_file
+    return min(rows_per_file, max(FEWEST_ROWS, FILE_BYTES // prediction_bytes))
+
+
+def wide_prediction_bytes(task: str, dimensions: int | None, class_columns: int, shadow: bool) -> int:
+    """The bytes a row's predictions take beyond the key, the score and the lineage: an
+    embedding's vector of float32, a multiclass model's probability for each class in a column of
+    its own; twice that with a shadow, whose scores an actor holds beside them. 0: none."""
+    wide = 4 * (dimensions or 0) if task == "embedding" else 4 * class_columns
+    return wide * (2 if shadow else 1)
+
+
+@dataclass
+class _Written:
+    """What a piece's output files hold so far: rows scored and set aside, and the summaries of
+    the scores and of their shadow's (:mod:`jobs.score_stats`)."""
+
+    rows: int = 0
+    quarantined: int = 0
+    summary: dict[str, Any] = field(default_factory=lambda: dict(score_stats.EMPTY))
+    shadow: dict[str, Any] = field(default_factory=lambda: dict(score_stats.EMPTY))
 
 
 def joined(

@@ -74,7 +74,7 @@ def score(
     None); and the summaries of the scores written, a file's each (:mod:`jobs.score_stats`), from
     the CPU actors or the GPU pipeline's write tasks.
     """
-    from jobs.part_writer import ScoreAndWrite, on_cpu_share, stage_seconds
+    from jobs.part_writer import ScoreAndWrite, file_rows, on_cpu_share, stage_seconds
 
     at_once = files_at_once(job.compute, len(pre.pieces), gpus=gpus)
     options = predictor_options(
@@ -160,7 +160,7 @@ def score(
         FolderWriter(staging, lake.fs),
         None if shadow_dir is None else FolderWriter(shadow_dir, lake.fs),
         key=job.input.key,
-        min_rows=job.output.rows_per_file,
+        min_rows=file_rows(job.output.rows_per_file, prediction_bytes(job, shadow=shadow_dir is not None)),
         score_column=job.output.score_column,
         sample_every=score_stats.sample_every(pre.rows_in),
     )
@@ -284,4 +284,12 @@ def score_and_write_kwargs(
         "threads": decode_on_threads(threads_per_file(job.compute, at_once)),
         "huge_pages": job.compute.transparent_huge_pages,
         "shadow": None if shadow_dir is None else FolderWriter(shadow_dir, lake.fs),
+        "prediction_bytes": prediction_bytes(job, shadow=shadow_dir is not None),
     }
+
+
+def prediction_bytes(job: JobConfig, *, shadow: bool) -> int:
+    """The bytes of a row's predictions beyond the usual few (:func:`jobs.part_writer.wide_prediction_bytes`)."""
+    from jobs.part_writer import wide_prediction_bytes
+
+    return wide_prediction_bytes(job.model.task, job.model.dimensions, len(job.class_columns), shadow=shadow)

@@ -176,6 +176,86 @@ def test_invalid_rows_go_to_one_quarantine_file_per_slice(writer, raw, tmp_path,
     assert pc.count_distinct(scored["customer_id"]).as_py() == 249 and keys[10] not in scored["customer_id"].to_pylist()
 
 
+def test_a_file_whose_predictions_pass_file_bytes_ends_early_and_the_slice_goes_on(
+    writer, raw, tmp_path, folders, monkeypatch
+):
+    """An actor holds a file's predictions until it writes them, and 1M rows of an embedding of
+    768 float32 are 3 GB: where what a file holds passes FILE_BYTES, it is written at that batch,
+    and the slice goes on in a file numbered next, its invalid rows with it. Here every batch
+    passes it (FILE_BYTES 1): the 64-row reads, cut at the 250-row slice's end, make nine files,
+    each row once and in order, and the summary is the same as the two files' of the default."""
+    ages = raw["age"].to_pylist()
+    ages[10] = 3
+    bad = raw.set_column(raw.schema.get_field_index("age"), "age", pa.array(ages, raw.schema.field("age").type))
+    pq.write_table(bad, tmp_path / "part-7.parquet")
+    staging, quarantine = folders
+    [whole] = run(writer(), tmp_path / "part-7.parquet").to_pylist()
+    assert files_of(staging) == ["part-7-0000.parquet", "part-7-0001.parquet"]
+    for f in [*staging.iterdir(), *quarantine.iterdir()]:
+        f.unlink()
+
+    monkeypatch.setattr(part_writer, "FILE_BYTES", 1)
+    [row] = run(writer(), tmp_path / "part-7.parquet").to_pylist()
+
+    names = [f"part-7-{i:04d}.parquet" for i in range(9)]
+    assert files_of(staging) == names and files_of(quarantine) == ["q-part-7-0000.parquet"]
+    assert [pq.read_metadata(staging / n).num_rows for n in names] == [63, 64, 64, 58, 6, 64, 64, 64, 52]
+    keys = raw["customer_id"].to_pylist()
+    out = pa.concat_tables(pq.read_table(staging / n) for n in names)
+    assert out["customer_id"].to_pylist() == keys[:10] + keys[11:]
+    assert pq.read_table(quarantine / "q-part-7-0000.parquet")["customer_id"].to_pylist() == [keys[10]]
+    assert (row["rows"], row["quarantined"]) == (whole["rows"], whole["quarantined"]) == (499, 1)
+    assert [row[k] for k in ("score_mean", "score_m2")] == pytest.approx([whole["score_mean"], whole["score_m2"]])
+
+
+class _Encoder:
+    """A user's encoder, as the actor's predictor: each row's key and a vector of 1,000 float32
+    (4 KB a row), the row's age in every place."""
+
+    refuses_non_finite = frozenset()
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ages = batch["age"].to_numpy(zero_copy_only=False).astype(np.float32)
+        vectors = pa.FixedSizeListArray.from_arrays(pa.array(np.repeat(ages, 1000)), 1000)
+        return pa.table({"customer_id": batch["customer_id"], "embedding": vectors})
+
+
+def test_wide_predictions_are_scored_and_written_a_file_s_bytes_at_a_time(raw, tmp_path, folders, monkeypatch):
+    """An embedding of 768 float32 is 3 KB a row: 1M rows of them, a file's, held until it was
+    written, took an actor to 6.8 GiB. Where the job's predictions are wide (``prediction_bytes``),
+    the actor scores no more rows at once than a quarter of FILE_BYTES of them hold, and each file
+    ends once its predictions pass FILE_BYTES: here 400 KB, with reads of 250 rows (1 MB of
+    vectors). No file holds more than a quarter past it, and every row is written once, in order."""
+    monkeypatch.setattr(part_writer, "READ_ROWS", 1000)
+    monkeypatch.setattr(part_writer, "FILE_BYTES", 400_000)
+    monkeypatch.setattr(part_writer, "FEWEST_ROWS", 1)
+    pq.write_table(raw, tmp_path / "part-2.parquet")
+    staging, quarantine = folders
+    writer = ScoreAndWrite(
+        _Encoder,
+        {},
+        validator=RowValidator([], "quarantine", "customer_id", None, str(quarantine)),
+        columns=["customer_id", "age"],
+        dictionary=[],
+        staging=str(staging),
+        filesystem=None,
+        batch_size=48,
+        rows_per_file=200,
+        score_column="embedding",
+        prediction_bytes=4000,
+    )
+    [row] = run(writer, tmp_path / "part-2.parquet").to_pylist()
+
+    assert row["rows"] == 500
+    sizes = [pq.read_metadata(staging / name).num_rows for name in files_of(staging)]
+    assert sum(sizes) == 500 and max(sizes) <= 125, sizes  # 100 rows of vectors are FILE_BYTES
+    out = pa.concat_tables(pq.read_table(staging / name) for name in files_of(staging))
+    assert out["customer_id"].to_pylist() == raw["customer_id"].to_pylist()
+    assert out["embedding"].type == pa.list_(pa.float32(), 1000)
+    # the GPU pipeline's write tasks join the actors' batches up to a file's bytes of them too
+    assert (part_writer.file_rows(200, 4000), part_writer.file_rows(200, 0)) == (100, 200)
+
+
 def test_nan_and_infinity_left_to_the_scorer_are_set_aside_as_the_checks_would(writer, raw, tmp_path, folders, caplog):
     """The actor's checks leave the search for NaN and infinity in the model's numbers to the
     scorer, which finds them as it converts them, and a batch the scorer refuses is checked in
