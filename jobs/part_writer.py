@@ -38,7 +38,7 @@ import pyarrow as pa
 from jobs import score_stats
 from jobs.huge_pages import turn_off as huge_pages_off
 from jobs.lake import FolderWriter
-from jobs.pieces import BATCH_BYTES, Piece, piece_batches
+from jobs.pieces import BATCH_BYTES, FEWEST_ROWS, Piece, piece_batches
 from jobs.shadow import PerFile
 from jobs.validation import InvalidInput, RowValidator
 from models.predictor import in_batches, parquet_options
@@ -60,8 +60,7 @@ READ_BYTES = 192 << 20
 # embedding of 768 float32 are 3 GB (two files at once: an actor's peak RSS 6.8 GiB).
 FILE_BYTES = 256 << 20
 # ... and where a row's predictions are that wide, an actor scores no more rows at once than a
-# quarter of those bytes hold (ScoreAndWrite's prediction_bytes), nor fewer than this
-FEWEST_ROWS = 4096
+# quarter of those bytes hold (ScoreAndWrite's prediction_bytes), nor fewer than FEWEST_ROWS
 
 # what an actor spends its time on, in order; "score" is the predictor's call: the features'
 # conversion from Arrow, the model, and the output rows with their lineage
