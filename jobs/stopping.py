@@ -104,6 +104,12 @@ class _Guard:
                 log.warning("%s received while committing: the run finishes first", _name(signum))
                 self.warned = True
             return
+        if _in_logging():
+            # raised here, the stop could leave logging's lock held by this thread, and every other
+            # thread then waits forever at its next log line: the cleanup, waiting on s3fs's
+            # thread, hung (seen in the suite on a loaded machine). Sent again in 10 ms.
+            _thread.start_new_thread(_send_again, (signum,))
+            return
         self.restore()  # a second signal acts as it did before this block
         if self.held:
             log.warning("%s arrived during a call to MLflow: the run stops when the call returns", _name(signum))
@@ -124,6 +130,19 @@ class _Guard:
         # from another thread, a moment later: sent from this one, or by anything that waits here
         # for a thread to start, Python would run the handler at once, still inside the finalizer
         _thread.start_new_thread(_send_again, (stop.signum,))
+
+
+def _in_logging() -> bool:
+    """Whether this thread holds the logging module's lock or a handler's: it has them only for
+    the few lines of logging's own code that take and give them back."""
+    handlers = (ref() for ref in list(getattr(logging, "_handlerList", [])))
+    locks = [getattr(logging, "_lock", None), *(getattr(h, "lock", None) for h in handlers)]
+    return any(_owned(lock) for lock in locks)
+
+
+def _owned(lock: Any) -> bool:
+    owned = getattr(lock, "_is_owned", None)  # an RLock's; where Python lacks it, nothing is deferred
+    return bool(owned and owned())
 
 
 def _name(signum: int) -> str:

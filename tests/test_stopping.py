@@ -101,6 +101,36 @@ def test_a_stop_that_lands_in_a_finalizer_is_not_lost(handlers):
     assert {s: signal.getsignal(s) for s in stopping.SIGNALS} == handlers
 
 
+@pytest.mark.parametrize("lock", ["module", "handler"])
+def test_a_stop_that_lands_inside_logging_waits_until_its_lock_is_free(handlers, lock):
+    """Raised while this thread holds logging's lock (the module's, or a handler's as it writes a
+    line), the stop could leave it held, and every other thread waits forever at its next log
+    line: a stopped run's cleanup, waiting on s3fs's thread, hung (on a loaded machine, in the
+    suite). The stop lands once the lock is given back, and another thread can log meanwhile."""
+    handler = logging.StreamHandler()
+    held = logging._lock if lock == "module" else handler.lock
+    logging.getLogger().addHandler(handler)
+    given_back = False
+    try:
+        with pytest.raises(Stopped) as stopped, stopping.on_signals():
+            with held:
+                signal.raise_signal(signal.SIGTERM)  # deferred: this thread holds the lock
+                time.sleep(0.05)
+            given_back = True
+            logged = threading.Thread(target=logging.getLogger("another.thread").debug, args=("a line",))
+            logged.start()
+            logged.join(5)
+            assert not logged.is_alive(), "another thread could not log"
+            for _ in range(100):
+                time.sleep(0.01)  # where the stop sent again lands
+            pytest.fail("the stop was lost")
+    finally:
+        logging.getLogger().removeHandler(handler)
+    assert given_back, "the stop landed while the lock was held"
+    assert stopped.value.signum == signal.SIGTERM
+    assert {s: signal.getsignal(s) for s in stopping.SIGNALS} == handlers
+
+
 def test_a_stop_during_the_commit_lets_the_run_finish(handlers, caplog):
     committed = False
     with caplog.at_level(logging.WARNING, logger="jobs.stopping"), stopping.on_signals():
