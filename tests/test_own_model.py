@@ -646,6 +646,7 @@ def test_an_embedding_model_writes_a_vector_a_row(settings, lake, ray_local, tmp
     vector = schema.field("embedding").type
     assert pa.types.is_fixed_size_list(vector) and (vector.list_size, vector.value_type) == (16, pa.float32())
     assert not schema.field("embedding").nullable
+    assert not vector.value_field.nullable  # Parquet's "required float element": no null among the values
     scored = output(lake, "user_embed")
     rows = raw_rows(lake).set_index("customer_id").loc[scored["customer_id"], NUMERIC]
     vectors = np.stack(scored["embedding"].to_numpy())
@@ -662,6 +663,8 @@ def test_an_embedding_model_writes_a_vector_a_row(settings, lake, ray_local, tmp
     again = run_job(as_on_gpus(job, monkeypatch), DAY, settings=settings)
     rescored = output(lake, "user_embed").set_index("customer_id").sort_index()
     assert len(lake.committed("predictions/user_embed", DAY)[1]["output"]) > 1
+    files = lake.data_files("predictions/user_embed", DAY)
+    assert pads.dataset([f.path for f in files], format="parquet").schema.field("embedding").type == vector
     fused = scored.set_index("customer_id").sort_index()
     np.testing.assert_array_equal(np.stack(rescored["embedding"].to_numpy()), np.stack(fused["embedding"].to_numpy()))
     assert again.scores["mean"] == pytest.approx(result.scores["mean"], rel=1e-6)

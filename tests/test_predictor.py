@@ -224,6 +224,38 @@ def test_an_embedding_models_vectors_are_written_as_they_are_and_a_wrong_one_is_
         embedding_vectors(returned, 3, "m", 4)
 
 
+def test_an_embeddings_values_are_required_and_read_with_the_days_written_before(tmp_path):
+    """An embedding's values are stored as Parquet's ``required float element``: none can be
+    null, and readers skip a definition level per value. Days written before, when the values were
+    declared nullable, read together with a day written now as one table, in either order."""
+    import pandas as pd
+
+    from models.predictor import Lineage, parquet_options, prediction_table
+
+    lineage = Lineage("m", 1, "r" * 32, dt.datetime(2026, 11, 21, tzinfo=dt.UTC))
+    vectors = np.arange(12, dtype=np.float32).reshape(3, 4)
+    now = prediction_table(pa.array([7, 8, 9]), vectors, key="id", score_column="vec", threshold=None, lineage=lineage)
+    (tmp_path / "ds=2026-11-21").mkdir()
+    pq.write_table(now, tmp_path / "ds=2026-11-21" / "p.parquet", **parquet_options(now, key="id"))
+    element = pq.ParquetFile(tmp_path / "ds=2026-11-21" / "p.parquet").schema.column(1)
+    assert (element.path, element.max_definition_level) == ("vec.list.element", 1)  # 2 where values may be null
+    assert str(pq.read_schema(tmp_path / "ds=2026-11-21" / "p.parquet").field("vec").type) == (
+        "fixed_size_list<element: float not null>[4]"
+    )
+
+    before = now.set_column(1, "vec", pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel() + 100), 4))
+    (tmp_path / "ds=2026-11-20").mkdir()
+    pq.write_table(before, tmp_path / "ds=2026-11-20" / "p.parquet")
+    days = sorted(tmp_path.glob("ds=*/p.parquet"))
+    for files in (days, days[::-1]):
+        table = pads.dataset([str(f) for f in files], format="parquet").to_table()
+        read = np.stack(table["vec"].to_numpy(zero_copy_only=False))
+        np.testing.assert_array_equal(
+            np.sort(read.ravel()), np.sort(np.concatenate([vectors.ravel(), vectors.ravel() + 100]))
+        )
+    assert pd.read_parquet(tmp_path).shape[0] == 6
+
+
 def test_threshold_from_job_overrides_model(settings, registered, raw_batch):
     out = make_predictor(settings, registered["champion"], threshold=0.0)(raw_batch)
     assert out["prediction"].to_numpy().all()
