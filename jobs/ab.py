@@ -420,6 +420,7 @@ def _score_both(
             gpus=gpus,
             rules=rules,
             from_folders=folder_values(pieces),
+            label_selector=job.compute.label_selector,
         )
     pair = {"rules": rules, "options": options, "scorers": scorers, "passthrough": passthrough}
     if actors_read_and_write(gpus):  # CPU actors read their own pieces, as the nightly job's do (docs/adr/0002)
@@ -436,7 +437,7 @@ def _score_both(
             batch_format="pyarrow",
             batch_size=1,
             compute=actor_pool(job, settings, inputs=len(pieces)),
-            num_cpus=job.compute.cpus_per_actor,
+            spec=job.compute,
         )
     else:
         scored = map_on_actors(
@@ -446,7 +447,7 @@ def _score_both(
             batch_format="pyarrow",
             batch_size=batch_size,
             compute=actor_pool(job, settings, beside=1),
-            num_cpus=job.compute.cpus_per_actor,
+            spec=job.compute,
             num_gpus=gpus,
             udf_modifying_row_count=False,
         )

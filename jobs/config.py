@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import Field, PrivateAttr, StringConstraints, field_validator, model_validator
 
-from jobs import day_folders
+from jobs import day_folders, labels
 from jobs.settings import CONF_SHOWN, PROJECT_CONF, PROJECT_ROOT, conf_dir
 from jobs.yamlconf import ConfigError, Frozen, load_model
 from models.output_columns import FIXED_COLUMNS
@@ -359,12 +359,25 @@ class ComputeSpec(Frozen):
         False,
         description="false: CPU actors turn Linux's transparent huge pages off for themselves (jobs/huge_pages.py)",
     )
+    label_selector: dict[str, str] = Field(
+        {},
+        description="the labels of the nodes the actors may run on, as Ray's label selectors (jobs/labels.py): "
+        "ray.io/accelerator-type: H100, ray.io/market-type: spot, in(A100, H100), !spot",
+    )
 
     @field_validator("gpus_per_actor")
     @classmethod
     def _non_negative(cls, v: float | str) -> float | str:
         if not isinstance(v, str) and v < 0:
             raise ValueError("must be 'auto' or >= 0")
+        return v
+
+    @field_validator("label_selector")
+    @classmethod
+    def _ray_takes_it(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, selector in v.items():
+            if why := labels.syntax_error(key, selector):
+                raise ValueError(why)
         return v
 
     @field_validator("batch_size", mode="before")
@@ -378,6 +391,12 @@ class ComputeSpec(Frozen):
     def _pool_bounds(self) -> ComputeSpec:
         if self.max_actors < self.min_actors:
             raise ValueError(f"max_actors ({self.max_actors}) must be >= min_actors ({self.min_actors})")
+        if self.gpus_per_actor == 0 and labels.asks_for_accelerator(self.label_selector):
+            raise ValueError(
+                f"label_selector picks the nodes by {labels.ACCELERATOR}, and gpus_per_actor is 0: the actors "
+                "would hold those nodes without their GPUs; set gpus_per_actor to auto or 1, or pick the nodes "
+                "by another label"
+            )
         return self
 
 

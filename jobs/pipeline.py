@@ -107,6 +107,7 @@ def score(
             rules=pre.rules,
             at_once=at_once,
             from_folders=folder_values(pre.pieces),
+            label_selector=job.compute.label_selector,
         )
         with stopping.held():
             mlflow.log_param("compute.batch_size_chosen", batch_size)
@@ -131,7 +132,7 @@ def score(
             batch_format="pyarrow",
             batch_size=1,
             compute=actors,
-            num_cpus=job.compute.cpus_per_actor,
+            spec=job.compute,
         )
         files_done = done.take_all()  # a row per piece
         return started, stage_seconds(files_done), on_cpu_share(files_done), files_done
@@ -152,7 +153,7 @@ def score(
         batch_format="pyarrow",
         batch_size=batch_size,
         compute=actors,
-        num_cpus=job.compute.cpus_per_actor,
+        spec=job.compute,
         num_gpus=gpus,
         udf_modifying_row_count=False,
     )

@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
-from jobs import commit, drift, input_stats, pipeline, score_stats, stopping, telemetry, tracking, validation
+from jobs import commit, drift, input_stats, labels, pipeline, score_stats, stopping, telemetry, tracking, validation
 from jobs.config import JobConfig
 from jobs.failures import JobError
 from jobs.lake import DataFile, Lake
@@ -477,6 +477,7 @@ def _log_start(job: JobConfig, ds: dt.date, pre: Preflight, lake: Lake, settings
             "compute.batch_size": job.compute.batch_size,
             "compute.dtype": job.compute.dtype if gpus else "float32",
             "compute.transparent_huge_pages": job.compute.transparent_huge_pages,
+            "compute.label_selector": labels.shown(job.compute.label_selector),
         }
     )
     if job.compute.dtype != "float32" and not gpus:

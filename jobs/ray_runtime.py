@@ -252,7 +252,8 @@ def private_ray(settings: Settings) -> bool:
 
 
 def actor_gpus(job: JobConfig, settings: Settings) -> float:
-    """The GPUs of each of the job's actors (``auto``: one where the cluster has GPUs, else CPU
+    """The GPUs of each of the job's actors (``auto``: one where the nodes the actors may run on
+    have GPUs, or where ``compute.label_selector`` picks them by their GPUs' model, else CPU
     actors), once it is known that a node can hold such an actor.
 
     Ray Data waits for an actor no node can hold, its progress log repeating "pending: 4 CPU",
@@ -260,30 +261,51 @@ def actor_gpus(job: JobConfig, settings: Settings) -> float:
     at once. A cluster's autoscaler may add a node that fits, so there it is a warning.
 
     Raises:
-        ConfigError: on a private Ray, naming what the actor asks and what the largest node has.
+        ConfigError: on a private Ray, naming what the actor asks and what the nodes have.
     """
     import ray
 
+    from jobs import labels
     from jobs.yamlconf import ConfigError
 
-    requested = job.compute.gpus_per_actor
-    has_gpus = ray.cluster_resources().get("GPU", 0) >= 1
-    gpus = (1.0 if has_gpus else 0.0) if requested == "auto" else float(requested)
-    need = {"CPU": job.compute.cpus_per_actor} | ({"GPU": gpus} if gpus else {})
-    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
-    if any(all(node.get(k, 0) >= v for k, v in need.items()) for node in nodes):
+    compute = job.compute
+    selector = compute.label_selector
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    allowed = [n["Resources"] for n in nodes if labels.matches(selector, n.get("Labels") or {})]
+    has_gpus = sum(n.get("GPU", 0) for n in allowed) >= 1
+    if compute.gpus_per_actor == "auto":
+        gpus = 1.0 if has_gpus or labels.asks_for_accelerator(selector) else 0.0
+    else:
+        gpus = float(compute.gpus_per_actor)
+    need = {"CPU": compute.cpus_per_actor} | ({"GPU": gpus} if gpus else {})
+    if any(all(node.get(k, 0) >= v for k, v in need.items()) for node in allowed):
         return gpus
-    largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
-    has = ", ".join(f"{largest.get(k, 0):g} {k}" for k in need)
-    asked = " and ".join(f"{v:g} {k} (compute.{k.lower()}s_per_actor)" for k, v in need.items())
-    message = f"{job.file}: each actor asks for {asked}, and no node of this Ray has that much (the largest: {has})"
-    if private_ray(settings):
+    if not allowed:
+        held = labels.held(selector, [n.get("Labels") or {} for n in nodes])
+        message = (
+            f"{job.file}: the actors may run only on nodes labelled {labels.shown(selector)} "
+            f"(compute.label_selector), and no node of this Ray is ({held})"
+        )
+        advice = (
+            "a private Ray's node has only the labels Ray gives it: run the job on a cluster that has such nodes "
+            "(RAY_ADDRESS or the profile's ray.address), or leave compute.label_selector out"
+        )
+    else:
+        largest = max(allowed, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
+        has = ", ".join(f"{largest.get(k, 0):g} {k}" for k in need)
+        asked = " and ".join(f"{v:g} {k} (compute.{k.lower()}s_per_actor)" for k, v in need.items())
+        which = f" labelled {labels.shown(selector)}" if selector else ""
+        message = f"{job.file}: each actor asks for {asked}, and no node{which} of this Ray has that much"
+        message += f" (the largest: {has})"
         if gpus and not has_gpus:
-            raise ConfigError(
-                f"{message}; this machine's Ray has no GPU: set compute.gpus_per_actor to auto (GPU actors where "
-                "there are GPUs, CPU actors elsewhere) or 0"
+            advice = (
+                "this machine's Ray has no GPU: set compute.gpus_per_actor to auto (GPU actors where there are GPUs, "
+                "CPU actors elsewhere) or 0"
             )
-        raise ConfigError(f"{message}; ask for less, or give the local Ray more (the profile's ray.num_cpus)")
+        else:
+            advice = "ask for less, or give the local Ray more (the profile's ray.num_cpus)"
+    if private_ray(settings):
+        raise ConfigError(f"{message}; {advice}")
     log.warning("%s; the job waits until the cluster's autoscaler adds a node that fits", message)
     return gpus
 
@@ -296,9 +318,10 @@ def actor_gpus(job: JobConfig, settings: Settings) -> float:
 ACTOR_RESTARTS = 3
 
 
-def map_on_actors(dataset: ray.data.Dataset, fn: type, **kwargs: Any) -> ray.data.Dataset:
-    """``dataset.map_batches(fn, **kwargs)`` on actors restarted, and their tasks retried, at most
-    :data:`ACTOR_RESTARTS` times, read when the pipeline is built so that the bound and the
+def map_on_actors(dataset: ray.data.Dataset, fn: type, *, spec: ComputeSpec, **kwargs: Any) -> ray.data.Dataset:
+    """``dataset.map_batches(fn, **kwargs)`` on actors of the job file's ``compute`` (``spec``):
+    each with its CPUs, on a node its label selector allows, restarted, and its tasks retried, at
+    most :data:`ACTOR_RESTARTS` times, read when the pipeline is built so that the bound and the
     sentences of :mod:`jobs.ray_errors` are one setting.
 
     Ray 2.60 takes the bound only as actor options passed through ``map_batches``'s
@@ -309,7 +332,14 @@ def map_on_actors(dataset: ray.data.Dataset, fn: type, **kwargs: Any) -> ray.dat
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated", category=DeprecationWarning)
-        return dataset.map_batches(fn, **kwargs, max_restarts=ACTOR_RESTARTS, max_task_retries=ACTOR_RESTARTS)
+        return dataset.map_batches(
+            fn,
+            **kwargs,
+            num_cpus=spec.cpus_per_actor,
+            label_selector=dict(spec.label_selector) or None,
+            max_restarts=ACTOR_RESTARTS,
+            max_task_retries=ACTOR_RESTARTS,
+        )
 
 
 def actors_read_and_write(gpus: float) -> bool:

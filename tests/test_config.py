@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 from pathlib import Path
@@ -166,6 +167,47 @@ def test_the_precision_is_one_of_three(tmp_path):
     expected = r"compute\.dtype: Input should be 'float32', 'bfloat16' or 'float16' \(got 'bf16'\)"
     with pytest.raises(ConfigError, match=expected):
         load_job_file(write(tmp_path, VALID + "compute: {dtype: bf16}\n"))
+
+
+def test_a_label_selector_is_checked_as_ray_would_when_the_file_loads(tmp_path):
+    """Ray refuses a selector's syntax only when it creates the actor, after the run's checks, its
+    MLflow run and its Ray have started: the job file says so at once."""
+    selector = {"ray.io/accelerator-type": "in(A100, H100)", "ray.io/market-type": "!spot", "team": "!in(a,b)"}
+    job = load_job_file(write(tmp_path, VALID + f"compute: {{label_selector: {json.dumps(selector)}}}\n"))
+    assert job.compute.label_selector == selector
+    for text, error in [
+        ("{ray.io/market-type: 'in(spot'}", "compute.label_selector: 'in(spot' is not a label selector"),
+        ("{zone: 'us west'}", "compute.label_selector: 'us west' is not a label selector"),
+        ("{'gpu type': A100}", "compute.label_selector: the label key 'gpu type' is not a label's name"),
+        ("{-bad.prefix/gpu: A100}", "the label key '-bad.prefix/gpu' has a prefix that is not a series of DNS"),
+        (
+            "{ray.io/accelerator-type: H100}, gpus_per_actor: 0",
+            "compute: label_selector picks the nodes by ray.io/accelerator-type, and gpus_per_actor is 0",
+        ),
+    ]:
+        path = write(tmp_path, VALID + f"compute: {{label_selector: {text}}}\n")
+        with pytest.raises(ConfigError) as e:
+            load_job_file(path)
+        assert f"{path}: " in str(e.value) and error in str(e.value), text
+
+
+@pytest.mark.parametrize(
+    ("selector", "placed"),
+    [  # each as Ray 2.60 placed an actor, or left it pending, on a node labelled only team: ml
+        ({"team": "ml"}, True),
+        ({"team": "!ml"}, False),
+        ({"zone": "!a"}, True),
+        ({"zone": "!in(a,b)"}, True),
+        ({"team": "in(ml, x)"}, True),
+        ({"zone": "a"}, False),
+        ({"team": "ml", "zone": "a"}, False),
+        ({}, True),
+    ],
+)
+def test_a_selector_matches_a_nodes_labels_as_ray_places_actors(selector, placed):
+    from jobs import labels
+
+    assert labels.matches(selector, {"team": "ml"}) is placed
 
 
 def test_failure_mail_addresses_are_checked_when_the_file_loads(tmp_path, monkeypatch):

@@ -265,7 +265,32 @@ def test_an_mlflow_server_out_of_reach_is_worth_a_retry_not_a_missing_model(home
     ), err
 
 
-@pytest.mark.parametrize("compute", [{"cpus_per_actor": 4}, {"gpus_per_actor": 1}], ids=["cpus", "gpus"])
+def test_the_actors_run_on_the_nodes_their_label_selector_allows(settings, lake, registered, ray_local, churn_job):
+    """``compute.label_selector`` reaches Ray as the actors' own: here this Ray's one node by its id,
+    and not on a spot node (a label it lacks, which a negated selector allows, as Ray has it)."""
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+
+    selector = {"ray.io/node-id": ray.get_runtime_context().get_node_id(), "ray.io/market-type": "!spot"}
+    job = churn_job.model_copy(update={"compute": churn_job.compute.model_copy(update={"label_selector": selector})})
+    result = run_job(job, DAY, settings=settings, dry_run=True)
+    assert result.rows == ROWS
+    params = mlflow.MlflowClient(settings.mlflow.tracking_uri).get_run(result.run_id).data.params
+    assert (
+        params["compute.label_selector"] == f"ray.io/node-id: {selector['ray.io/node-id']}, ray.io/market-type: !spot"
+    )
+    # what Ray's GCS holds of the run's actor (a private Ray serves no state API over HTTP)
+    tables = [
+        gcs_pb2.ActorTableData.FromString(b) for b in state._connect_and_get_accessor().get_actor_table(None, None)
+    ]
+    assert selector in [dict(t.label_selector) for t in tables if "ScoreAndWrite" in t.class_name]
+
+
+@pytest.mark.parametrize(
+    "compute",
+    [{"cpus_per_actor": 4}, {"gpus_per_actor": 1}, {"label_selector": {"ray.io/market-type": "spot"}}],
+    ids=["cpus", "gpus", "labels"],
+)
 def test_an_actor_no_node_can_hold_is_refused_at_once(settings, lake, registered, ray_local, churn_job, compute):
     """Ray Data would wait for it until the task's timeout, hours later, printing "pending: 4 CPU"."""
     from jobs.yamlconf import ConfigError
@@ -273,6 +298,16 @@ def test_an_actor_no_node_can_hold_is_refused_at_once(settings, lake, registered
     if ray.cluster_resources().get("GPU") and "gpus_per_actor" in compute:
         pytest.skip("this machine's Ray has a GPU")
     job = churn_job.model_copy(update={"compute": churn_job.compute.model_copy(update=compute)})
+    if "label_selector" in compute:
+        with pytest.raises(ConfigError) as raised:
+            run_job(job, DAY, settings=settings)
+        assert str(raised.value) == (
+            "conf/jobs/churn.yaml: the actors may run only on nodes labelled ray.io/market-type: spot "
+            "(compute.label_selector), and no node of this Ray is (ray.io/market-type: none); a private Ray's node "
+            "has only the labels Ray gives it: run the job on a cluster that has such nodes (RAY_ADDRESS or the "
+            "profile's ray.address), or leave compute.label_selector out"
+        )
+        return
     asked = f"{job.compute.cpus_per_actor:g} CPU (compute.cpus_per_actor)"
     has = f"{ray.cluster_resources()['CPU']:g} CPU"
     advice = "ask for less, or give the local Ray more (the profile's ray.num_cpus)"
@@ -299,6 +334,24 @@ def test_on_a_cluster_an_actor_no_node_holds_yet_waits_for_the_autoscaler(settin
     cluster = settings.model_copy(update={"ray": settings.ray.model_copy(update={"address": "ray-head:6379"})})
     assert actor_gpus(job, cluster) == (1.0 if ray.cluster_resources().get("GPU") else 0.0)
     assert "each actor asks for 64 CPU (compute.cpus_per_actor), and no node of this Ray has that much" in caplog.text
+    assert "the job waits until the cluster's autoscaler adds a node that fits" in caplog.text
+
+
+def test_on_a_cluster_a_gpu_model_no_node_has_yet_is_waited_for_on_a_gpu(settings, ray_local, churn_job, caplog):
+    """Picked by their GPUs' model, the actors take a GPU (``gpus_per_actor: auto``) even where no
+    node has one yet: the autoscaler adds an H100 node for them, not a CPU actor's."""
+    from jobs.ray_runtime import actor_gpus
+
+    selector = {"ray.io/accelerator-type": "H100"}
+    job = churn_job.model_copy(update={"compute": churn_job.compute.model_copy(update={"label_selector": selector})})
+    cluster = settings.model_copy(update={"ray": settings.ray.model_copy(update={"address": "ray-head:6379"})})
+    if any(n["Labels"].get("ray.io/accelerator-type") == "H100" for n in ray.nodes()):
+        pytest.skip("this machine's Ray has an H100")
+    assert actor_gpus(job, cluster) == 1.0
+    assert (
+        "the actors may run only on nodes labelled ray.io/accelerator-type: H100 (compute.label_selector), and no "
+        "node of this Ray is (ray.io/accelerator-type: "
+    ) in caplog.text
     assert "the job waits until the cluster's autoscaler adds a node that fits" in caplog.text
 
 
