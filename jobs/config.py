@@ -378,7 +378,7 @@ class ComputeSpec(Frozen):
         for key, selector in v.items():
             if why := labels.syntax_error(key, selector):
                 raise ValueError(why)
-        return v
+        return {key: labels.for_ray(selector) for key, selector in v.items()}
 
     @field_validator("batch_size", mode="before")
     @classmethod

@@ -56,6 +56,15 @@ def syntax_error(key: str, selector: str) -> str | None:
     return None
 
 
+def for_ray(selector: str) -> str:
+    """``selector`` as Ray's scheduler reads it: ``in(A100,H100)`` for ``in(A100, H100)``.
+
+    Ray 2.60's check takes a space after the comma, and its scheduler then keeps the space in the
+    value (src/ray/common/scheduling/label_selector.cc splits at the commas and trims nothing): it
+    waits for a node labelled " H100", which never comes, while an H100 node stands idle."""
+    return selector.replace(", ", ",")
+
+
 def requirements(selector: Mapping[str, str]) -> list[Requirement]:
     """``selector``'s keys as requirements, each checked by :func:`syntax_error` first."""
     out = []
