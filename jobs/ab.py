@@ -420,7 +420,7 @@ def _score_both(
             gpus=gpus,
             rules=rules,
             from_folders=folder_values(pieces),
-            label_selector=job.compute.label_selector,
+            placement=job.compute.placement,
         )
     pair = {"rules": rules, "options": options, "scorers": scorers, "passthrough": passthrough}
     if actors_read_and_write(gpus):  # CPU actors read their own pieces, as the nightly job's do (docs/adr/0002)

@@ -148,15 +148,15 @@ def choose(
     rules: Sequence[ColumnRule] = (),
     at_once: int = 1,
     from_folders: Mapping[str, Mapping[str, Any]] | None = None,
-    label_selector: Mapping[str, str] | None = None,
+    placement: Mapping[str, Any] | None = None,
 ) -> int:
     """Measure and return the batch size for this run (see the module's docstring).
 
     On CPU actors the measurement runs here, with the actors' thread count per file (``cpus``)
     and as many files at once (``at_once``: threads calling the predictor side by side); for GPU
-    actors it runs as one Ray task given the same GPUs and CPUs as an actor, on a node of the
-    actors' ``label_selector`` (their GPUs' model), since the driver may have no GPU (a GPU actor
-    scores one batch at a time).
+    actors it runs as one Ray task given the same GPUs and CPUs as an actor, placed as the actors
+    are (``ComputeSpec.placement``: their GPUs' model), since the driver may have no GPU (a GPU
+    actor scores one batch at a time).
     """
     candidates = candidate_sizes(rows_in, gpus)
     sample = sample_rows(paths, filesystem, columns, max(candidates), dictionary, rules, from_folders)
@@ -165,7 +165,7 @@ def choose(
     if gpus > 0:
         import ray
 
-        placed = {"label_selector": dict(label_selector)} if label_selector else {}
+        placed = {key: value for key, value in (placement or {}).items() if value}
         remote = ray.remote(num_cpus=cpus, num_gpus=gpus, **placed)(_measure_in_actor_resources)
         throughput = ray.get(remote.remote(options, scorer, sample, candidates))
     else:

@@ -340,6 +340,22 @@ class ABSpec(Frozen):
         return self
 
 
+def ray_label_selector(selector: dict[str, str]) -> dict[str, str]:
+    """``selector`` as Ray reads it, once its syntax is known good (jobs/labels.py)."""
+    for key, text in selector.items():
+        if why := labels.syntax_error(key, text):
+            raise ValueError(why)
+    return {key: labels.for_ray(text) for key, text in selector.items()}
+
+
+class FallbackOption(Frozen):
+    """One entry of ``compute.fallback_strategy``, as Ray's ``fallback_strategy`` takes it."""
+
+    label_selector: dict[str, str] = Field(description="{} for any node")
+
+    _ray_takes_it = field_validator("label_selector")(ray_label_selector)
+
+
 class ComputeSpec(Frozen):
     min_actors: int = Field(1, ge=1)
     max_actors: int = Field(2, ge=1)
@@ -364,6 +380,11 @@ class ComputeSpec(Frozen):
         description="the labels of the nodes the actors may run on, as Ray's label selectors (jobs/labels.py): "
         "ray.io/accelerator-type: H100, ray.io/market-type: spot, in(A100, H100), !spot",
     )
+    fallback_strategy: list[FallbackOption] = Field(
+        [],
+        description="where Ray places an actor when no node of label_selector can hold it: each entry's "
+        "label_selector in turn ({} for any node), as Ray's fallback_strategy",
+    )
 
     @field_validator("gpus_per_actor")
     @classmethod
@@ -372,13 +393,7 @@ class ComputeSpec(Frozen):
             raise ValueError("must be 'auto' or >= 0")
         return v
 
-    @field_validator("label_selector")
-    @classmethod
-    def _ray_takes_it(cls, v: dict[str, str]) -> dict[str, str]:
-        for key, selector in v.items():
-            if why := labels.syntax_error(key, selector):
-                raise ValueError(why)
-        return {key: labels.for_ray(selector) for key, selector in v.items()}
+    _ray_takes_it = field_validator("label_selector")(ray_label_selector)
 
     @field_validator("batch_size", mode="before")
     @classmethod
@@ -391,13 +406,35 @@ class ComputeSpec(Frozen):
     def _pool_bounds(self) -> ComputeSpec:
         if self.max_actors < self.min_actors:
             raise ValueError(f"max_actors ({self.max_actors}) must be >= min_actors ({self.min_actors})")
-        if self.gpus_per_actor == 0 and labels.asks_for_accelerator(self.label_selector):
+        if self.fallback_strategy and not self.label_selector:
             raise ValueError(
-                f"label_selector picks the nodes by {labels.ACCELERATOR}, and gpus_per_actor is 0: the actors "
-                "would hold those nodes without their GPUs; set gpus_per_actor to auto or 1, or pick the nodes "
-                "by another label"
+                "fallback_strategy is where Ray places an actor that no node of label_selector can hold, and "
+                "without a label_selector every node is one: give label_selector the nodes to try first"
             )
+        for where, selector in self.selectors.items():
+            if self.gpus_per_actor == 0 and labels.asks_for_accelerator(selector):
+                raise ValueError(
+                    f"{where} picks the nodes by {labels.ACCELERATOR}, and gpus_per_actor is 0: the actors "
+                    "would hold those nodes without their GPUs; set gpus_per_actor to auto or 1, or pick the "
+                    "nodes by another label"
+                )
         return self
+
+    @property
+    def selectors(self) -> dict[str, dict[str, str]]:
+        """The label selectors of the nodes the actors may run on, in the order Ray tries them, by
+        where the job file gives each."""
+        return {"label_selector": self.label_selector} | {
+            f"fallback_strategy.{i}.label_selector": f.label_selector for i, f in enumerate(self.fallback_strategy)
+        }
+
+    @property
+    def placement(self) -> dict[str, object]:
+        """Ray's options for the nodes an actor (or the GPU probe of ``batch_size: auto``) runs on."""
+        return {
+            "label_selector": dict(self.label_selector) or None,
+            "fallback_strategy": [{"label_selector": dict(f.label_selector)} for f in self.fallback_strategy] or None,
+        }
 
 
 class AirflowSpec(Frozen):

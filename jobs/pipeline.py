@@ -107,7 +107,7 @@ def score(
             rules=pre.rules,
             at_once=at_once,
             from_folders=folder_values(pre.pieces),
-            label_selector=job.compute.label_selector,
+            placement=job.compute.placement,
         )
         with stopping.held():
             mlflow.log_param("compute.batch_size_chosen", batch_size)

@@ -478,6 +478,9 @@ def _log_start(job: JobConfig, ds: dt.date, pre: Preflight, lake: Lake, settings
             "compute.dtype": job.compute.dtype if gpus else "float32",
             "compute.transparent_huge_pages": job.compute.transparent_huge_pages,
             "compute.label_selector": labels.shown(job.compute.label_selector),
+            "compute.fallback_strategy": "; ".join(
+                labels.shown(f.label_selector) or "any node" for f in job.compute.fallback_strategy
+            ),
         }
     )
     if job.compute.dtype != "float32" and not gpus:

@@ -253,8 +253,8 @@ def private_ray(settings: Settings) -> bool:
 
 def actor_gpus(job: JobConfig, settings: Settings) -> float:
     """The GPUs of each of the job's actors (``auto``: one where the nodes the actors may run on
-    have GPUs, or where ``compute.label_selector`` picks them by their GPUs' model, else CPU
-    actors), once it is known that a node can hold such an actor.
+    have GPUs, or where ``compute.label_selector`` or a fallback's picks them by their GPUs'
+    model, else CPU actors), once it is known that a node can hold such an actor.
 
     Ray Data waits for an actor no node can hold, its progress log repeating "pending: 4 CPU",
     until the task's timeout kills it hours later. A private Ray never grows, so that is an error
@@ -269,23 +269,36 @@ def actor_gpus(job: JobConfig, settings: Settings) -> float:
     from jobs.yamlconf import ConfigError
 
     compute = job.compute
-    selector = compute.label_selector
+    selectors = compute.selectors
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    allowed = [n["Resources"] for n in nodes if labels.matches(selector, n.get("Labels") or {})]
+    node_labels = [n.get("Labels") or {} for n in nodes]
+    allowed = [
+        n["Resources"]
+        for n, held in zip(nodes, node_labels, strict=True)
+        if any(labels.matches(s, held) for s in selectors.values())
+    ]
     has_gpus = sum(n.get("GPU", 0) for n in allowed) >= 1
     if compute.gpus_per_actor == "auto":
-        gpus = 1.0 if has_gpus or labels.asks_for_accelerator(selector) else 0.0
+        gpus = 1.0 if has_gpus or any(map(labels.asks_for_accelerator, selectors.values())) else 0.0
     else:
         gpus = float(compute.gpus_per_actor)
     need = {"CPU": compute.cpus_per_actor} | ({"GPU": gpus} if gpus else {})
     if any(all(node.get(k, 0) >= v for k, v in need.items()) for node in allowed):
+        if compute.fallback_strategy and not any(labels.matches(compute.label_selector, n) for n in node_labels):
+            log.info(
+                "no node of this Ray is labelled %s (compute.label_selector): Ray places the actors by "
+                "compute.fallback_strategy",
+                labels.shown(compute.label_selector),
+            )
         return gpus
+    where = " or ".join(
+        f"labelled {labels.shown(s)} (compute.{key})" if s else f"of any labels (compute.{key})"
+        for key, s in selectors.items()
+    )
     if not allowed:
-        held = labels.held(selector, [n.get("Labels") or {} for n in nodes])
-        message = (
-            f"{job.file}: the actors may run only on nodes labelled {labels.shown(selector)} "
-            f"(compute.label_selector), and no node of this Ray is ({held})"
-        )
+        keys = {key: "" for s in selectors.values() for key in s}
+        message = f"{job.file}: the actors may run only on nodes {where}, and no node of this Ray is "
+        message += f"({labels.held(keys, node_labels)})"
         advice = (
             "a private Ray's node has only the labels Ray gives it: run the job on a cluster that has such nodes "
             "(RAY_ADDRESS or the profile's ray.address), or leave compute.label_selector out"
@@ -294,7 +307,7 @@ def actor_gpus(job: JobConfig, settings: Settings) -> float:
         largest = max(allowed, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)))
         has = ", ".join(f"{largest.get(k, 0):g} {k}" for k in need)
         asked = " and ".join(f"{v:g} {k} (compute.{k.lower()}s_per_actor)" for k, v in need.items())
-        which = f" labelled {labels.shown(selector)}" if selector else ""
+        which = f" {where}" if compute.label_selector else ""
         message = f"{job.file}: each actor asks for {asked}, and no node{which} of this Ray has that much"
         message += f" (the largest: {has})"
         if gpus and not has_gpus:
@@ -336,7 +349,7 @@ def map_on_actors(dataset: ray.data.Dataset, fn: type, *, spec: ComputeSpec, **k
             fn,
             **kwargs,
             num_cpus=spec.cpus_per_actor,
-            label_selector=dict(spec.label_selector) or None,
+            **spec.placement,
             max_restarts=ACTOR_RESTARTS,
             max_task_retries=ACTOR_RESTARTS,
         )

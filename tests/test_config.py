@@ -192,6 +192,46 @@ def test_a_label_selector_is_checked_as_ray_would_when_the_file_loads(tmp_path):
         assert f"{path}: " in str(e.value) and error in str(e.value), text
 
 
+def test_a_fallback_strategy_is_checked_as_ray_would_when_the_file_loads(tmp_path):
+    """Ray's ``fallback_strategy``: the nodes to place an actor on where none of ``label_selector``
+    can hold it, each entry's selector in turn; ``{}`` for any node."""
+    fallbacks = [{"label_selector": {"ray.io/market-type": "on-demand", "zone": "in(a, b)"}}, {"label_selector": {}}]
+    text = f"compute: {{label_selector: {{ray.io/market-type: spot}}, fallback_strategy: {json.dumps(fallbacks)}}}\n"
+    compute = load_job_file(write(tmp_path, VALID + text)).compute
+    assert compute.placement == {
+        "label_selector": {"ray.io/market-type": "spot"},
+        "fallback_strategy": [
+            {"label_selector": {"ray.io/market-type": "on-demand", "zone": "in(a,b)"}},
+            {"label_selector": {}},
+        ],
+    }
+    for text, error in [
+        (
+            "{label_selector: {zone: a}, fallback_strategy: [{label_selector: {zone: 'in(b'}}]}",
+            "compute.fallback_strategy.0.label_selector: 'in(b' is not a label selector",
+        ),
+        (
+            "{label_selector: {zone: a}, fallback_strategy: [{zone: b}]}",
+            "compute.fallback_strategy.0.label_selector: required key is missing",
+        ),
+        (
+            "{fallback_strategy: [{label_selector: {zone: b}}]}",
+            "compute: fallback_strategy is where Ray places an actor that no node of label_selector can hold, and "
+            "without a label_selector every node is one",
+        ),
+        (
+            "{label_selector: {zone: a}, gpus_per_actor: 0, fallback_strategy: "
+            "[{label_selector: {ray.io/accelerator-type: A100}}]}",
+            "compute: fallback_strategy.0.label_selector picks the nodes by ray.io/accelerator-type, and "
+            "gpus_per_actor is 0",
+        ),
+    ]:
+        path = write(tmp_path, VALID + f"compute: {text}\n")
+        with pytest.raises(ConfigError) as e:
+            load_job_file(path)
+        assert f"{path}: {error}" in str(e.value), text
+
+
 @pytest.mark.parametrize(
     ("selector", "placed"),
     [  # each as Ray 2.60 placed an actor, or left it pending, on a node labelled only team: ml

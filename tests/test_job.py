@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -321,19 +322,74 @@ def test_an_actor_no_node_can_hold_is_refused_at_once(settings, lake, registered
     )
 
 
-def test_actors_whose_labels_no_node_has_are_refused_at_once(settings, lake, registered, ray_local, churn_job):
+@pytest.mark.timeout(180)  # an actor Ray cannot place waits for ever
+def test_actors_no_node_of_their_selector_holds_run_where_their_fallback_strategy_allows(
+    settings, lake, registered, ray_local, churn_job, caplog
+):
+    """Spot nodes first, else this node: a private Ray has no spot node, so Ray places the actors
+    by ``compute.fallback_strategy``, and the run scores every row."""
+    from ray._private.state import state
+    from ray.core.generated import gcs_pb2
+
+    node = ray.get_runtime_context().get_node_id()
+    placed = {
+        "label_selector": {"ray.io/market-type": "spot"},
+        "fallback_strategy": [{"label_selector": {"ray.io/node-id": node}}],
+    }
+    compute = type(churn_job.compute).model_validate(churn_job.compute.model_dump() | placed)
+    job = churn_job.model_copy(update={"compute": compute})
+    with caplog.at_level(logging.INFO, logger="jobs.ray_runtime"):
+        result = run_job(job, DAY, settings=settings, dry_run=True)
+    assert result.rows == ROWS
+    assert (
+        "no node of this Ray is labelled ray.io/market-type: spot (compute.label_selector): Ray places the actors "
+        "by compute.fallback_strategy"
+    ) in caplog.text
+    params = mlflow.MlflowClient(settings.mlflow.tracking_uri).get_run(result.run_id).data.params
+    assert params["compute.fallback_strategy"] == f"ray.io/node-id: {node}"
+    tables = [
+        gcs_pb2.ActorTableData.FromString(b) for b in state._connect_and_get_accessor().get_actor_table(None, None)
+    ]
+    fallbacks = [
+        [
+            (c.label_key, list(c.label_values))
+            for o in t.fallback_strategy.options
+            for c in o.label_selector.label_constraints
+        ]
+        for t in tables
+        if "ScoreAndWrite" in t.class_name
+    ]
+    assert [("ray.io/node-id", [node])] in fallbacks
+
+
+@pytest.mark.parametrize(
+    ("placed", "where", "held"),
+    [
+        ({}, "labelled ray.io/market-type: spot (compute.label_selector)", "ray.io/market-type: none"),
+        (
+            {"fallback_strategy": [{"label_selector": {"zone": "in(a, b)"}}]},
+            "labelled ray.io/market-type: spot (compute.label_selector) or labelled zone: in(a,b) "
+            "(compute.fallback_strategy.0.label_selector)",
+            "ray.io/market-type: none; zone: none",
+        ),
+    ],
+    ids=["selector", "fallback"],
+)
+def test_actors_whose_labels_no_node_has_are_refused_at_once(
+    settings, lake, registered, ray_local, churn_job, placed, where, held
+):
     """A private Ray's node has only the labels Ray gives it: a spot node never comes."""
     from jobs.yamlconf import ConfigError
 
-    selector = {"ray.io/market-type": "spot"}
-    job = churn_job.model_copy(update={"compute": churn_job.compute.model_copy(update={"label_selector": selector})})
+    placed = {"label_selector": {"ray.io/market-type": "spot"}} | placed
+    compute = type(churn_job.compute).model_validate(churn_job.compute.model_dump() | placed)
+    job = churn_job.model_copy(update={"compute": compute})
     with pytest.raises(ConfigError) as raised:
         run_job(job, DAY, settings=settings)
     assert str(raised.value) == (
-        "conf/jobs/churn.yaml: the actors may run only on nodes labelled ray.io/market-type: spot "
-        "(compute.label_selector), and no node of this Ray is (ray.io/market-type: none); a private Ray's node "
-        "has only the labels Ray gives it: run the job on a cluster that has such nodes (RAY_ADDRESS or the "
-        "profile's ray.address), or leave compute.label_selector out"
+        f"conf/jobs/churn.yaml: the actors may run only on nodes {where}, and no node of this Ray is ({held}); a "
+        "private Ray's node has only the labels Ray gives it: run the job on a cluster that has such nodes "
+        "(RAY_ADDRESS or the profile's ray.address), or leave compute.label_selector out"
     )
 
 
