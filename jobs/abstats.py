@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from jobs.metrics import LOWER_IS_BETTER, PREPARED, Prepared, Scratch, better, ranges
+from jobs.metrics import LOWER_IS_BETTER, PREPARED, Classification, Prepared, Scratch, better, ranges
 
 CHUNK = 25  # resamples a thread draws in turn from one seed
 BLOCK = 1 << 17  # rows whose counts a resample takes at once (Resampler): 1 MiB of them, in the cache
@@ -104,7 +104,12 @@ def compare(
     prepared = PREPARED[task]
     models = tuple(prepared(y, scores, threshold) for scores in (champion, challenger))
     a, b = (m.metrics() for m in models)
-    draws = resample(models, Resampler(len(y), groups), bootstrap, seed, workers)
+    order = drawing_order(models[0])
+    if order is not None:
+        for model in models:
+            model.weights_drawn_in(order)
+    drawn = None if groups is None or order is None else groups[order]
+    draws = resample(models, Resampler(len(y), groups if drawn is None else drawn), bootstrap, seed, workers)
     tail = (1 - confidence) / 2 * 100
     differences = {m: _interval(b[m] - a[m], draws[:, i], tail) for i, m in enumerate(a)}
     mcnemar = None
@@ -124,6 +129,13 @@ def compare(
                 "challenger": prepared(y[rows], challenger[rows], threshold).metrics(),
             }
     return result
+
+
+def drawing_order(champion: Prepared) -> np.ndarray | None:
+    """The rows in the order the bootstrap draws their weights in (None: their own): a
+    classification's in its champion's order, so that its champion reads them as drawn
+    (:meth:`Classification.weights_drawn_in`). A draw is the same in any order of the rows."""
+    return champion.order if isinstance(champion, Classification) else None
 
 
 def resample(

@@ -18,6 +18,7 @@ from jobs import abstats
 from jobs.ab import NothingToCompare, latest_report, psi, run_compare
 from jobs.ab_report import markdown
 from jobs.lake import Lake
+from jobs.metrics import PREPARED
 from jobs.promotion import PREVIOUS, PromotionRefused, promote, read_audit, rollback
 from jobs.validation import InvalidInput
 from tests.conftest import DAY
@@ -172,6 +173,10 @@ def test_each_interval_is_that_of_resampling_the_rows_themselves(task, y, a, b, 
     c = abstats.compare(
         y, a, b, task=task, threshold=0.5, confidence=0.9, bootstrap=resamples, groups=groups, seed=seed, workers=2
     )
+    order = abstats.drawing_order(PREPARED[task](y, a, 0.5))  # the rows as the bootstrap draws them
+    if order is not None:
+        y, a, b = y[order], a[order], b[order]
+        groups = None if groups is None else groups[order]
     resampler = abstats.Resampler(len(y), groups)
     draws = []
     for i, chunk_seed in enumerate(np.random.SeedSequence(seed).spawn(-(-resamples // abstats.CHUNK))):
