@@ -30,7 +30,7 @@ from airflow.sdk import (
     task,
 )
 
-from jobs import deadline_email
+from jobs import deadline_email, labels
 from jobs.airflow_ray import LakecastJobOperator
 from jobs.config import ON_INPUT, JobConfig, job_files, load_job_files, zone_info
 from jobs.failure_email import FailureEmail
@@ -96,6 +96,7 @@ def _doc(job: JobConfig, table_uri: str) -> str:
 | input wait | {_wait(job)} |
 | actors | {job.compute.min_actors} to {job.compute.max_actors} |
 | per actor | {job.compute.cpus_per_actor:g} CPU(s), GPUs: {job.compute.gpus_per_actor} |
+| nodes | {_nodes(job)} |
 | Airflow pool | {f"`{job.airflow.pool}` (predict, compare)" if job.airflow.pool else "the default pool"} |
 | failure mail | {", ".join(job.airflow.email_on_failure) or "none (airflow.email_on_failure)"} |
 | deadline | {_deadline_doc(job)} |
@@ -126,6 +127,19 @@ def _catch_up(job: JobConfig) -> str:
     runs = job.airflow.max_active_runs
     at_once = "one at a time" if runs == 1 else f"{runs} at a time (airflow.max_active_runs)"
     return f"every night from {first} on that came after the DAG's last scheduled run, oldest first, {at_once}"
+
+
+def _nodes(job: JobConfig) -> str:
+    """The nodes the actors run on: those of the label selector, else each fallback's in turn."""
+    compute = job.compute
+    if not compute.label_selector:
+        return "any node of the Ray cluster (compute.label_selector)"
+    picked = [compute.label_selector, *(f.label_selector for f in compute.fallback_strategy)]
+    nodes = ", else ".join(f"labelled `{labels.shown(s)}`" if s else "any node" for s in picked)
+    keys = (
+        "compute.label_selector, compute.fallback_strategy" if compute.fallback_strategy else "compute.label_selector"
+    )
+    return f"{nodes} ({keys})"
 
 
 def _deadline_doc(job: JobConfig) -> str:

@@ -147,6 +147,25 @@ def test_the_dags_docs_say_what_the_score_column_holds(settings, parsed, tmp_pat
     ) in dags["lakecast__vectors"]["doc_md"]
 
 
+def test_the_dags_docs_say_which_nodes_the_actors_run_on(settings, parsed, tmp_path):
+    """A job file's label selector, and where Ray places the actors when no such node can hold
+    them, in the DAG's docs, where a user opening it in the Airflow UI reads its settings."""
+    assert (
+        "| nodes | any node of the Ray cluster (compute.label_selector) |"
+        in parsed["dags"]["lakecast__churn"]["doc_md"]
+    )
+    placed = CHURN.replace(
+        "\ncompute:\n",
+        "\ncompute:\n  label_selector: {ray.io/market-type: spot, zone: 'in(a, b)'}\n"
+        "  fallback_strategy: [{label_selector: {ray.io/market-type: on-demand}}, {label_selector: {}}]\n",
+    )
+    dag = parse_dags(settings, LAKECAST_CONF=str(conf_with(tmp_path, churn=placed)))["dags"]["lakecast__churn"]
+    assert (
+        "| nodes | labelled `ray.io/market-type: spot, zone: in(a,b)`, else labelled `ray.io/market-type: on-demand`, "
+        "else any node (compute.label_selector, compute.fallback_strategy) |"
+    ) in dag["doc_md"]
+
+
 def test_a_job_that_names_who_to_mail_mails_them_from_every_task(settings, parsed, tmp_path):
     """``airflow.email_on_failure``: each task calls the mail when it fails for good (which task
     fails is not known in advance); a job that names nobody has no callback at all."""
