@@ -108,8 +108,8 @@ def compare(
     if order is not None:
         for model in models:
             model.weights_drawn_in(order)
-    drawn = None if groups is None or order is None else groups[order]
-    draws = resample(models, Resampler(len(y), groups if drawn is None else drawn), bootstrap, seed, workers)
+        groups = None if groups is None else groups[order]  # each drawn place's group
+    draws = resample(models, Resampler(len(y), groups), bootstrap, seed, workers)
     tail = (1 - confidence) / 2 * 100
     differences = {m: _interval(b[m] - a[m], draws[:, i], tail) for i, m in enumerate(a)}
     mcnemar = None
