@@ -565,7 +565,7 @@ def hot_path_worker(out_dir: str, batch_size: int, count: int, alias: str | None
     with ThreadPoolExecutor(at_once) as pool:  # files handed out as they finish, as Ray Data does
         done = list(pool.map(lambda p: actor.score_file(p, [lake.uri(f) for f in p.paths]), mine))
     done_unix = time.time()
-    first_batch = telemetry.read(lake, staging).get(FIRST_BATCH)
+    first_batch = telemetry.read(lake, staging).earliest.get(FIRST_BATCH)
     return {
         "rows": rows,
         "done_unix": done_unix,

@@ -82,6 +82,17 @@ def matches(selector: Mapping[str, str], labels: Mapping[str, str]) -> bool:
     return all(r.matches(labels) for r in requirements(selector))
 
 
+def placed_by(selectors: Mapping[str, Mapping[str, str]], nodes: list[Mapping[str, str]]) -> dict[str, int]:
+    """How many of ``nodes`` (their labels) each of ``selectors`` placed, tried in their order as
+    Ray tries a selector and then its fallbacks; a node none matches (its labels changed since)
+    under "none"."""
+    placed: dict[str, int] = {}
+    for labels in nodes:
+        which = next((key for key, selector in selectors.items() if matches(selector, labels)), "none")
+        placed[which] = placed.get(which, 0) + 1
+    return placed
+
+
 def asks_for_accelerator(selector: Mapping[str, str]) -> bool:
     """Whether ``selector`` picks nodes by their GPUs' model: then its actors want a GPU."""
     return any(r.key == ACCELERATOR and not r.negated for r in requirements(selector))

@@ -355,8 +355,9 @@ def _run_locked(
             raise
         seconds = time.perf_counter() - t0
         committed_unix = time.time()
+        notes = telemetry.read(lake, staging)
         milestones = telemetry.milestones(
-            started_at.timestamp(), ray_ready, pre.done_unix, pipeline_start, telemetry.read(lake, staging)
+            started_at.timestamp(), ray_ready, pre.done_unix, pipeline_start, notes.earliest
         )
         first_batch_unix = milestones.get("first_batch")
         mlflow.log_metrics(
@@ -371,6 +372,7 @@ def _run_locked(
                 scores=scores,
                 shadow_scores=shadow_scores,
                 scores_are=_scores_are(job),
+                placed=labels.placed_by(job.compute.selectors, notes.nodes) if job.compute.fallback_strategy else {},
             )
         )
         if not dry_run:
@@ -415,9 +417,11 @@ def _end_metrics(
     scores: dict[str, float],
     shadow_scores: dict[str, float],
     scores_are: str = "scores",
+    placed: dict[str, int] | None = None,
 ) -> dict[str, float]:
     """The run's MLflow metrics once it is committed: its speed, its start step by step, where the
-    actors' time went, and the figures tomorrow compares itself with; the log says the same."""
+    actors' time went, how many actors each of the job file's label selectors placed (``placed``,
+    where it has fallbacks), and the figures tomorrow compares itself with; the log says the same."""
     job_start = milestones["job_start"]
     metrics = {"rows": pre.rows_in, "seconds": seconds, "rows_per_s": pre.rows_in / seconds}
     first_batch = milestones.get("first_batch")
@@ -432,6 +436,15 @@ def _end_metrics(
         if on_cpu is not None:
             metrics["actors.on_cpu_share"] = on_cpu
         log.info("the actors' time: %s", telemetry.actor_time(actor_seconds, on_cpu))
+    if placed:
+        metrics |= {f"actors.placed_by.{key}": n for key, n in placed.items()}
+        log.info(
+            "the actors' nodes: %s",
+            ", ".join(
+                f"{n} by compute.{key}" if key != "none" else f"{n} on nodes none of the label selectors matches"
+                for key, n in placed.items()
+            ),
+        )
     if pre.input_nulls:
         metrics |= {f"input.null_share.{name}": share for name, share in pre.input_nulls.items()}
         log.info("the inputs: %s", input_stats.describe(pre.input_nulls))

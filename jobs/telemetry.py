@@ -7,9 +7,12 @@ once the pipeline is done. The figures land in MLflow, ``lakecast run``'s output
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
+
 from jobs import commit
 from jobs.lake import Lake
-from models.predictor import ACTOR_READY, FIRST_BATCH, TELEMETRY_SEPARATOR
+from models.predictor import ACTOR_NODE, ACTOR_READY, FIRST_BATCH, TELEMETRY_SEPARATOR
 
 
 def actor_time(seconds: dict[str, float], on_cpu: float | None = None) -> str:
@@ -30,18 +33,32 @@ def folder(staging: str) -> str:
     return f"{staging}-telemetry"
 
 
-def read(lake: Lake, staging: str) -> dict[str, float]:
-    """The earliest time each event was recorded by any actor (see BatchPredictor), then clean up."""
+@dataclass(frozen=True)
+class Notes:
+    """What the actors noted (see BatchPredictor): the earliest time of each event, and the labels
+    of each scoring actor's node, once per actor process."""
+
+    earliest: dict[str, float]
+    nodes: list[dict[str, str]]
+
+
+def read(lake: Lake, staging: str) -> Notes:
+    """What the actors noted, then clean up."""
     where = folder(staging)
-    infos = lake.entries(where)
     earliest: dict[str, float] = {}
-    for info in infos:
-        event = info.base_name.split(TELEMETRY_SEPARATOR, 1)[0]
+    nodes: dict[tuple[str, str], dict[str, str]] = {}
+    for info in lake.entries(where):
+        event, _, writer = info.base_name.partition(TELEMETRY_SEPARATOR)
         with lake.fs.open_input_stream(info.path) as f:
-            t = float(f.read())
-        earliest[event] = min(t, earliest.get(event, t))
+            text = f.read()
+        if event == ACTOR_NODE:  # a canary's actor notes its node for each of its two predictors
+            labels = json.loads(text)
+            nodes[writer.split("-")[0], labels.get("ray.io/node-id", "")] = labels
+        else:
+            t = float(text)
+            earliest[event] = min(t, earliest.get(event, t))
     commit.discard(lake, where)
-    return earliest
+    return Notes(earliest, list(nodes.values()))
 
 
 def milestones(

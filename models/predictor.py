@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
+import json
 import logging
 import os
 import time
@@ -34,8 +35,9 @@ ENCODED_LINEAGE = ("model_name", "variant", "scoring_run_id")  # one string per 
 # The challenger's shadow columns beside a batch's own, on their way to a write task (with_shadow)
 SHADOW_PREFIX = "shadow:"
 
-# Events an actor records for the job's start-up figures (file names: EVENT--pid-random)
-ACTOR_READY, FIRST_BATCH = "actor-ready", "first-batch"
+# Events an actor records for the job's start-up figures (file names: EVENT--pid-random), and
+# the labels of the node it scores on (the job tells which of its label selectors placed it)
+ACTOR_READY, FIRST_BATCH, ACTOR_NODE = "actor-ready", "first-batch", "actor-node"
 TELEMETRY_SEPARATOR = "--"
 
 
@@ -424,14 +426,25 @@ class BatchPredictor:
         Both are written at the first batch, inside a task the job waits for. Written at the end
         of the constructor, the ready file of an actor that got no batch could land after the job
         had committed and cleaned up its staging, and stay there (seen on S3)."""
+        self._note(event, repr(at))
+
+    def _record_node(self) -> None:
+        """Note the labels of the node this actor runs on, once, at its first batch (as
+        :meth:`_record`): which of the job file's label selectors placed it, the job tells."""
+        import ray
+
+        if ray.is_initialized():
+            self._note(ACTOR_NODE, json.dumps(ray.get_runtime_context().get_node_labels()))
+
+    def _note(self, event: str, text: str) -> None:
         if self.options.telemetry_dir is None or self.options.filesystem is None:
             return
         try:
             name = f"{event}{TELEMETRY_SEPARATOR}{os.getpid()}-{uuid.uuid4().hex[:8]}"
             with self.options.filesystem.open_output_stream(f"{self.options.telemetry_dir}/{name}") as f:
-                f.write(repr(at).encode())
+                f.write(text.encode())
         except Exception as e:  # telemetry must never fail a scoring run
-            log.warning("could not record the time of %s: %s", event, e)
+            log.warning("could not record %s: %s", event, e)
 
     @property
     def refuses_non_finite(self) -> frozenset[str]:
@@ -479,6 +492,7 @@ class BatchPredictor:
             self.reported_first_batch = True
             self._record(ACTOR_READY, self.ready_at)
             self._record(FIRST_BATCH, time.time())
+            self._record_node()
         options = self.options
         batch = widened(batch, options.widened)
         return prediction_table(

@@ -338,15 +338,20 @@ def test_actors_no_node_of_their_selector_holds_run_where_their_fallback_strateg
     }
     compute = type(churn_job.compute).model_validate(churn_job.compute.model_dump() | placed)
     job = churn_job.model_copy(update={"compute": compute})
-    with caplog.at_level(logging.INFO, logger="jobs.ray_runtime"):
+    with caplog.at_level(logging.INFO, logger="jobs"):
         result = run_job(job, DAY, settings=settings, dry_run=True)
     assert result.rows == ROWS
     assert (
         "no node of this Ray is labelled ray.io/market-type: spot (compute.label_selector): Ray places the actors "
         "by compute.fallback_strategy"
     ) in caplog.text
-    params = mlflow.MlflowClient(settings.mlflow.tracking_uri).get_run(result.run_id).data.params
-    assert params["compute.fallback_strategy"] == f"ray.io/node-id: {node}"
+    run = mlflow.MlflowClient(settings.mlflow.tracking_uri).get_run(result.run_id)
+    assert run.data.params["compute.fallback_strategy"] == f"ray.io/node-id: {node}"
+    # the actor that scored, noted at its first batch, and the selector that placed it
+    assert {k: v for k, v in run.data.metrics.items() if k.startswith("actors.placed_by.")} == {
+        "actors.placed_by.fallback_strategy.0.label_selector": 1.0
+    }
+    assert "the actors' nodes: 1 by compute.fallback_strategy.0.label_selector" in caplog.text
     tables = [
         gcs_pb2.ActorTableData.FromString(b) for b in state._connect_and_get_accessor().get_actor_table(None, None)
     ]
