@@ -1,8 +1,9 @@
-"""When each step of a run's start was reached, and where its actors' time went.
+"""When each step of a run's start was reached, where its actors' time went, and on what nodes.
 
-The actors record their first events (ready, first batch) as small files beside the staging
-folder, the one place every actor can write on any cluster; the driver reads the earliest of each
-once the pipeline is done. The figures land in MLflow, ``lakecast run``'s output and the bench.
+The actors record their first events (ready, first batch) and their node's labels as small files
+beside the staging folder, the one place every actor can write on any cluster; the driver reads
+the earliest of each event, and each actor's node, once the pipeline is done. The figures land in
+MLflow, ``lakecast run``'s output and the bench.
 """
 
 from __future__ import annotations
