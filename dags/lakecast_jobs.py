@@ -134,8 +134,7 @@ def _nodes(job: JobConfig) -> str:
     compute = job.compute
     if not compute.label_selector:
         return "any node of the Ray cluster (compute.label_selector)"
-    picked = [compute.label_selector, *(f.label_selector for f in compute.fallback_strategy)]
-    nodes = ", else ".join(f"labelled `{labels.shown(s)}`" if s else "any node" for s in picked)
+    nodes = ", else ".join(f"labelled `{labels.shown(s)}`" if s else "any node" for s in compute.selectors.values())
     keys = (
         "compute.label_selector, compute.fallback_strategy" if compute.fallback_strategy else "compute.label_selector"
     )
