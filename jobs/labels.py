@@ -13,7 +13,7 @@ where Ray is not imported (Airflow's parsing of the dags folder).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 # a label's name or value, as Kubernetes and Ray spell them
@@ -103,6 +103,6 @@ def shown(selector: Mapping[str, str]) -> str:
     return ", ".join(f"{key}: {value}" for key, value in selector.items())
 
 
-def held(selector: Mapping[str, str], nodes: list[Mapping[str, str]]) -> str:
-    """What ``nodes`` (their labels) hold under each key of ``selector``: its values, or none."""
-    return "; ".join(f"{key}: {', '.join(sorted({n[key] for n in nodes if key in n})) or 'none'}" for key in selector)
+def held(keys: Iterable[str], nodes: list[Mapping[str, str]]) -> str:
+    """What ``nodes`` (their labels) hold under each of ``keys``: its values, or none."""
+    return "; ".join(f"{key}: {', '.join(sorted({n[key] for n in nodes if key in n})) or 'none'}" for key in keys)

@@ -296,7 +296,7 @@ def actor_gpus(job: JobConfig, settings: Settings) -> float:
         for key, s in selectors.items()
     )
     if not allowed:
-        keys = {key: "" for s in selectors.values() for key in s}
+        keys = dict.fromkeys(key for s in selectors.values() for key in s)  # each once, in the file's order
         message = f"{job.file}: the actors may run only on nodes {where}, and no node of this Ray is "
         message += f"({labels.held(keys, node_labels)})"
         advice = (
