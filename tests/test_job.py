@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 import ray
 
+from jobs.config import JobConfig
 from jobs.failures import exit_status
 from jobs.lake import LakeError
 from jobs.predict import run_job
@@ -266,6 +267,12 @@ def test_an_mlflow_server_out_of_reach_is_worth_a_retry_not_a_missing_model(home
     ), err
 
 
+def placed_as(job: JobConfig, **compute: object) -> JobConfig:
+    """``job`` with these ``compute`` keys, checked as the job file's loading checks them (a label
+    selector is kept as Ray reads it)."""
+    return job.model_copy(update={"compute": type(job.compute).model_validate(job.compute.model_dump() | compute)})
+
+
 @pytest.mark.timeout(180)  # an actor Ray cannot place waits for ever
 def test_the_actors_run_on_the_nodes_their_label_selector_allows(settings, lake, registered, ray_local, churn_job):
     """``compute.label_selector`` reaches Ray as the actors' own: here this Ray's one node by its id,
@@ -277,8 +284,7 @@ def test_the_actors_run_on_the_nodes_their_label_selector_allows(settings, lake,
 
     node = ray.get_runtime_context().get_node_id()
     written = {"ray.io/node-id": f"in(another-node, {node})", "ray.io/market-type": "!spot"}
-    compute = type(churn_job.compute).model_validate(churn_job.compute.model_dump() | {"label_selector": written})
-    job = churn_job.model_copy(update={"compute": compute})
+    job = placed_as(churn_job, label_selector=written)
     result = run_job(job, DAY, settings=settings, dry_run=True)
     assert result.rows == ROWS
     params = mlflow.MlflowClient(settings.mlflow.tracking_uri).get_run(result.run_id).data.params
@@ -336,8 +342,7 @@ def test_actors_no_node_of_their_selector_holds_run_where_their_fallback_strateg
         "label_selector": {"ray.io/market-type": "spot"},
         "fallback_strategy": [{"label_selector": {"ray.io/node-id": node}}],
     }
-    compute = type(churn_job.compute).model_validate(churn_job.compute.model_dump() | placed)
-    job = churn_job.model_copy(update={"compute": compute})
+    job = placed_as(churn_job, **placed)
     with caplog.at_level(logging.INFO, logger="jobs"):
         result = run_job(job, DAY, settings=settings, dry_run=True)
     assert result.rows == ROWS
@@ -386,9 +391,7 @@ def test_actors_whose_labels_no_node_has_are_refused_at_once(
     """A private Ray's node has only the labels Ray gives it: a spot node never comes."""
     from jobs.yamlconf import ConfigError
 
-    placed = {"label_selector": {"ray.io/market-type": "spot"}} | placed
-    compute = type(churn_job.compute).model_validate(churn_job.compute.model_dump() | placed)
-    job = churn_job.model_copy(update={"compute": compute})
+    job = placed_as(churn_job, **({"label_selector": {"ray.io/market-type": "spot"}} | placed))
     with pytest.raises(ConfigError) as raised:
         run_job(job, DAY, settings=settings)
     assert str(raised.value) == (
